@@ -1,0 +1,277 @@
+//! Accept loops and the per-connection phases. The accept loop only accepts and spawns (a slow
+//! client can never stall accepts); each connection's task runs, under one `connect_timeout`:
+//! PROXY in (optional) → TLS handshake (TLS listeners) → CONNECT peek; then pick + connect +
+//! pump in [`crate::forward`].
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use mqedge_shared::io::Rewind;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch};
+use tokio_rustls::TlsAcceptor;
+
+use crate::config::ListenerConfig;
+use crate::metrics::{BytesLabel, ListenerLabel, Metrics};
+use crate::peek::{read_connect, Peeked};
+use crate::tls::TlsFacts;
+use crate::Lb;
+
+/// A listener with its TLS acceptor and counter handles.
+pub struct ListenerRt {
+    /// Its config.
+    pub cfg: ListenerConfig,
+    acceptor: Option<TlsAcceptor>,
+    /// Connections accepted.
+    pub accepted: Counter,
+    /// Connections open.
+    pub active: Gauge,
+    /// Bytes from clients.
+    pub bytes_in: Counter,
+    /// Bytes to clients.
+    pub bytes_out: Counter,
+}
+
+impl ListenerRt {
+    /// Resolves counters and builds the acceptor.
+    pub fn new(cfg: ListenerConfig, m: &Metrics) -> Self {
+        let l = ListenerLabel {
+            listener: cfg.name.clone(),
+        };
+        let b = |d| BytesLabel {
+            name: cfg.name.clone(),
+            direction: d,
+        };
+        ListenerRt {
+            acceptor: cfg.tls.as_ref().map(|t| TlsAcceptor::from(t.server_config.clone())),
+            accepted: m.accepted.get_or_create_owned(&l),
+            active: m.active.get_or_create_owned(&l),
+            bytes_in: m.listener_bytes.get_or_create_owned(&b("in")),
+            bytes_out: m.listener_bytes.get_or_create_owned(&b("out")),
+            cfg,
+        }
+    }
+}
+
+/// What the client side told us before forwarding.
+#[derive(Debug, Clone)]
+pub struct ClientFacts {
+    /// Connection id (logs, UNIQUE_ID TLV).
+    pub conn_id: String,
+    /// Real client address (from an upstream PROXY header when there is one).
+    pub src: SocketAddr,
+    /// Address the client connected to.
+    pub dst: SocketAddr,
+    /// TLS facts for TLS listeners.
+    pub tls: Option<TlsFacts>,
+}
+
+/// Why a connection ended before forwarding; the label is the metric's `reason`.
+#[derive(Debug, thiserror::Error)]
+pub enum Reject {
+    /// connect_timeout elapsed.
+    #[error("timed out before a complete CONNECT")]
+    Timeout,
+    /// Bad or missing upstream PROXY header.
+    #[error("{0}")]
+    ProxyHeader(mqedge_shared::proxy::ProxyError),
+    /// TLS handshake failed.
+    #[error("TLS handshake failed: {0}")]
+    Tls(std::io::Error),
+    /// Bad first packet.
+    #[error("{0}")]
+    Peek(mqedge_shared::peek::PeekError),
+    /// Client closed or errored before sending a full CONNECT.
+    #[error("client closed before a complete CONNECT: {0}")]
+    ClientIo(std::io::Error),
+}
+
+impl Reject {
+    /// Metric label.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Reject::Timeout => "timeout",
+            Reject::ProxyHeader(_) => "proxy_header",
+            Reject::Tls(_) => "tls_handshake",
+            Reject::Peek(e) => e.label(),
+            Reject::ClientIo(_) => "client_io",
+        }
+    }
+}
+
+/// Accepts until `stop` turns true; every connection runs in its own task holding `done`.
+pub async fn accept_loop(
+    lb: Arc<Lb>,
+    rt: Arc<ListenerRt>,
+    listener: TcpListener,
+    mut stop: watch::Receiver<bool>,
+    kill: watch::Receiver<bool>,
+    done: mpsc::Sender<()>,
+) {
+    loop {
+        let accepted = tokio::select! {
+            _ = stop.changed() => break,
+            a = listener.accept() => a,
+        };
+        match accepted {
+            Ok((tcp, peer)) => {
+                rt.accepted.inc();
+                let _ = tcp.set_nodelay(true);
+                let (lb, rt, kill, done) = (lb.clone(), rt.clone(), kill.clone(), done.clone());
+                tokio::spawn(async move {
+                    rt.active.inc();
+                    handle(lb, rt.clone(), tcp, peer, kill).await;
+                    rt.active.dec();
+                    drop(done);
+                });
+            }
+            Err(e) => {
+                // EMFILE/ENFILE/ENOBUFS: back off instead of spinning; other errors are per-connection.
+                let raw = e.raw_os_error();
+                if matches!(raw, Some(23) | Some(24) | Some(105) | Some(12)) {
+                    tracing::warn!(listener = %rt.cfg.name, error = %e, "accept failed: out of resources, backing off 100ms");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                } else {
+                    tracing::debug!(listener = %rt.cfg.name, error = %e, "accept failed");
+                }
+            }
+        }
+    }
+    tracing::debug!(listener = %rt.cfg.name, "accept loop stopped");
+}
+
+async fn handle(lb: Arc<Lb>, rt: Arc<ListenerRt>, tcp: TcpStream, peer: SocketAddr, kill: watch::Receiver<bool>) {
+    let live = lb.live.load_full();
+    let conn_id = lb.next_conn_id(&live.lb.name);
+    let dst = tcp.local_addr().unwrap_or(peer);
+    let limit = live.lb.max_connect_packet;
+    let prelude = async {
+        // Phase 1: PROXY header from an upstream L4 balancer.
+        let (src, dst, head) = if rt.cfg.proxy_protocol {
+            let (info, rest) = read_proxy_header(&tcp).await?;
+            (info.src.unwrap_or(peer), info.dst.unwrap_or(dst), rest)
+        } else {
+            (peer, dst, Vec::new())
+        };
+        let stream = Rewind::new(head, tcp);
+        // Phase 2: TLS.
+        match &rt.acceptor {
+            Some(acc) => {
+                let t0 = std::time::Instant::now();
+                let tls = acc.accept(stream).await.map_err(Reject::Tls)?;
+                lb.metrics
+                    .tls_handshake_seconds
+                    .get_or_create(&ListenerLabel {
+                        listener: rt.cfg.name.clone(),
+                    })
+                    .observe(t0.elapsed().as_secs_f64());
+                let facts = crate::tls::facts(tls.get_ref().1);
+                let mut tls = tls;
+                let peeked = peek_phase(&mut tls, limit).await?;
+                Ok((ClientStream::Tls(Box::new(tls)), src, dst, Some(facts), peeked))
+            }
+            None => {
+                let mut s = stream;
+                let peeked = peek_phase(&mut s, limit).await?;
+                Ok((ClientStream::Plain(s), src, dst, None, peeked))
+            }
+        }
+    };
+    let res = match tokio::time::timeout(live.lb.connect_timeout, prelude).await {
+        Ok(r) => r,
+        Err(_) => Err(Reject::Timeout),
+    };
+    let (client, src, dst, tls, peeked) = match res {
+        Ok(v) => v,
+        Err(e) => {
+            lb.metrics.reject(&rt.cfg.name, e.label());
+            tracing::info!(conn = %conn_id, listener = %rt.cfg.name, peer = %peer, reason = e.label(), "closed before forwarding: {e}");
+            return;
+        }
+    };
+    let facts = ClientFacts { conn_id, src, dst, tls };
+    crate::forward::forward(&lb, &rt, &live, client, facts, peeked, kill).await;
+}
+
+async fn peek_phase<S: AsyncRead + Unpin>(s: &mut S, limit: usize) -> Result<Peeked, Reject> {
+    read_connect(s, limit).await
+}
+
+/// Reads a PROXY v1/v2 header byte-exactly enough: whatever was read past it is returned to be
+/// replayed in front of the stream.
+async fn read_proxy_header(tcp: &TcpStream) -> Result<(mqedge_shared::proxy::ProxyInfo, Vec<u8>), Reject> {
+    let mut buf = Vec::with_capacity(256);
+    loop {
+        match mqedge_shared::proxy::parse(&buf) {
+            Ok(Some((info, len))) => return Ok((info, buf.split_off(len))),
+            Ok(None) => {}
+            Err(e) => return Err(Reject::ProxyHeader(e)),
+        }
+        if buf.len() > 64 * 1024 {
+            return Err(Reject::ProxyHeader(mqedge_shared::proxy::ProxyError::Invalid("header too long".into())));
+        }
+        tcp.readable().await.map_err(Reject::ClientIo)?;
+        let mut chunk = [0u8; 512];
+        match tcp.try_read(&mut chunk) {
+            Ok(0) => {
+                return Err(Reject::ClientIo(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "eof in PROXY header",
+                )))
+            }
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(Reject::ClientIo(e)),
+        }
+    }
+}
+
+/// The client side after its prelude: plain TCP or TLS, both with replayable read-ahead.
+pub enum ClientStream {
+    /// Plain TCP.
+    Plain(Rewind<TcpStream>),
+    /// TLS-terminated.
+    Tls(Box<tokio_rustls::server::TlsStream<Rewind<TcpStream>>>),
+}
+
+impl AsyncRead for ClientStream {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            ClientStream::Plain(s) => std::pin::Pin::new(s).poll_read(cx, buf),
+            ClientStream::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for ClientStream {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            ClientStream::Plain(s) => std::pin::Pin::new(s).poll_write(cx, buf),
+            ClientStream::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+    fn poll_flush(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            ClientStream::Plain(s) => std::pin::Pin::new(s).poll_flush(cx),
+            ClientStream::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+    fn poll_shutdown(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            ClientStream::Plain(s) => std::pin::Pin::new(s).poll_shutdown(cx),
+            ClientStream::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}

@@ -1,0 +1,148 @@
+//! LB metrics, registered once in a prometheus-client registry. Hot paths hold pre-resolved
+//! counter handles (an `Arc<AtomicU64>` each), so counting a forwarded chunk is one atomic add,
+//! never a label lookup.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+/// Labels for per-listener series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerLabel {
+    /// Listener name.
+    pub listener: String,
+}
+
+/// Labels for rejected connections.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RejectLabel {
+    /// Listener name.
+    pub listener: String,
+    /// Why: `tls_handshake`, `timeout`, `not_connect`, `malformed`, `too_large`, `bad_protocol`,
+    /// `proxy_header`, `no_backend`, `over_limit`, `rate_limited`, `client_io`.
+    pub reason: String,
+}
+
+/// Labels for per-backend series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BackendLabel {
+    /// Backend name.
+    pub backend: String,
+}
+
+/// Labels for byte counters.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BytesLabel {
+    /// Listener or backend name (by family).
+    pub name: String,
+    /// `in` (from clients towards backends) or `out` (towards clients).
+    pub direction: &'static str,
+}
+
+fn latency_histogram() -> Histogram {
+    // 0.1 ms .. ~3.3 s
+    Histogram::new(exponential_buckets(0.0001, 2.0, 16))
+}
+
+/// Every LB metric.
+pub struct Metrics {
+    /// The registry `/metrics` encodes.
+    pub registry: Registry,
+    /// Connections accepted by listener.
+    pub accepted: Family<ListenerLabel, Counter>,
+    /// Connections refused or closed before forwarding, by listener and reason.
+    pub rejected: Family<RejectLabel, Counter>,
+    /// Client connections open now, by listener.
+    pub active: Family<ListenerLabel, Gauge>,
+    /// Client bytes by listener and direction.
+    pub listener_bytes: Family<BytesLabel, Counter>,
+    /// Connections forwarded, by backend.
+    pub backend_total: Family<BackendLabel, Counter>,
+    /// Forwarded connections open now, by backend.
+    pub backend_active: Family<BackendLabel, Gauge>,
+    /// Bytes by backend and direction.
+    pub backend_bytes: Family<BytesLabel, Counter>,
+    /// Failed connects to a backend while forwarding.
+    pub backend_connect_failures: Family<BackendLabel, Counter>,
+    /// Time to connect to a backend (seconds).
+    pub backend_connect_seconds: Family<BackendLabel, Histogram, fn() -> Histogram>,
+    /// TLS handshake time (seconds), by listener.
+    pub tls_handshake_seconds: Family<ListenerLabel, Histogram, fn() -> Histogram>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Creates and registers every family.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("mqedge_lb");
+        let m = Metrics {
+            accepted: Family::default(),
+            rejected: Family::default(),
+            active: Family::default(),
+            listener_bytes: Family::default(),
+            backend_total: Family::default(),
+            backend_active: Family::default(),
+            backend_bytes: Family::default(),
+            backend_connect_failures: Family::default(),
+            backend_connect_seconds: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
+            tls_handshake_seconds: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
+            registry: Registry::default(),
+        };
+        registry.register("connections_accepted", "Client connections accepted", m.accepted.clone());
+        registry.register(
+            "connections_rejected",
+            "Client connections closed before forwarding, by reason",
+            m.rejected.clone(),
+        );
+        registry.register("connections_active", "Client connections open now", m.active.clone());
+        registry.register("listener_bytes", "Client bytes by listener and direction", m.listener_bytes.clone());
+        registry.register("backend_connections", "Connections forwarded to a backend", m.backend_total.clone());
+        registry.register(
+            "backend_connections_active",
+            "Forwarded connections open now",
+            m.backend_active.clone(),
+        );
+        registry.register("backend_bytes", "Bytes by backend and direction", m.backend_bytes.clone());
+        registry.register(
+            "backend_connect_failures",
+            "Failed connects to a backend while forwarding",
+            m.backend_connect_failures.clone(),
+        );
+        registry.register(
+            "backend_connect_seconds",
+            "Time to open a connection to a backend",
+            m.backend_connect_seconds.clone(),
+        );
+        registry.register(
+            "tls_handshake_seconds",
+            "Client TLS handshake time",
+            m.tls_handshake_seconds.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    /// Counts one rejected connection.
+    pub fn reject(&self, listener: &str, reason: &str) {
+        self.rejected
+            .get_or_create(&RejectLabel {
+                listener: listener.to_string(),
+                reason: reason.to_string(),
+            })
+            .inc();
+    }
+
+    /// Encodes the registry as Prometheus text.
+    pub fn encode(&self) -> String {
+        let mut s = String::new();
+        let _ = prometheus_client::encoding::text::encode(&mut s, &self.registry);
+        s
+    }
+}

@@ -1,0 +1,38 @@
+//! TLS facts of a terminated client connection: SNI, ALPN, version, cipher and the client
+//! certificate (CN, SANs, SHA-256). The handshake itself runs in the connection's task
+//! (`listener.rs`) under `connect_timeout`.
+
+use mqedge_shared::tls::{cipher_name, version_name, CertFacts};
+
+/// What the LB learned from a client's TLS handshake.
+#[derive(Debug, Clone, Default)]
+pub struct TlsFacts {
+    /// Server name the client asked for.
+    pub sni: Option<String>,
+    /// Negotiated ALPN protocol.
+    pub alpn: Option<Vec<u8>>,
+    /// `TLSv1.3` / `TLSv1.2`.
+    pub version: &'static str,
+    /// OpenSSL-style cipher name.
+    pub cipher: &'static str,
+    /// The client certificate, when one was presented (rustls verified it against `client_ca`,
+    /// or the handshake would have failed).
+    pub cert: Option<CertFacts>,
+}
+
+/// Reads the facts off a finished server handshake.
+pub fn facts(conn: &rustls::ServerConnection) -> TlsFacts {
+    TlsFacts {
+        sni: conn.server_name().map(str::to_string),
+        alpn: conn.alpn_protocol().map(<[u8]>::to_vec),
+        version: conn.protocol_version().map(version_name).unwrap_or("unknown"),
+        cipher: conn
+            .negotiated_cipher_suite()
+            .map(|s| cipher_name(s.suite()))
+            .unwrap_or("UNKNOWN"),
+        cert: conn
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .and_then(|leaf| CertFacts::from_der(leaf.as_ref())),
+    }
+}

@@ -1,0 +1,735 @@
+//! Dev and test certificates (rcgen): a throwaway CA, a server certificate for the local host and
+//! client certificates for mTLS, so `mqedge certs`, `mqedge up` and the tests can run TLS end to
+//! end without openssl or a real PKI. Nothing here is meant for production keys.
+//!
+//! Everything is ECDSA P-256 in PEM. The CA may only sign leaves (path length 0); the server
+//! certificate covers `localhost`, `127.0.0.1` and `::1` plus any extra names; client
+//! certificates carry the `clientAuth` usage so a WebPKI client verifier accepts them.
+
+use std::fs;
+use std::io::Write;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, PublicKeyData, SanType,
+};
+use time::{Duration, OffsetDateTime};
+
+/// Subject CN of the dev CA.
+const CA_CN: &str = "mqedge dev CA";
+/// Subject CN of the server certificate.
+const SERVER_CN: &str = "localhost";
+/// CN used when no client CN is asked for; written as `client.pem`/`client.key`.
+const DEFAULT_CLIENT_CN: &str = "dev-client";
+/// File stem for the default client certificate.
+const DEFAULT_CLIENT_STEM: &str = "client";
+/// Stems `generate` writes itself: a client CN equal to one of them (ignoring case, for
+/// case-insensitive file systems) would overwrite the CA or server files.
+const RESERVED_STEMS: [&str; 2] = ["ca", "server"];
+/// CA lifetime: ten years (counted from the back-dated start).
+const CA_VALID_DAYS: i64 = 3652;
+/// Server and client certificate lifetime: two years.
+const LEAF_VALID_DAYS: i64 = 730;
+
+/// What to generate, so the `mqedge certs` flags map one to one onto [`generate`].
+#[derive(Debug, Clone, Default)]
+pub struct CertOptions {
+    /// Extra subject alternative names for the server cert (DNS names or IP literals), beyond
+    /// localhost and 127.0.0.1.
+    pub sans: Vec<String>,
+    /// One client certificate per CN; empty => a single "dev-client" cert written as
+    /// client.pem/client.key.
+    pub client_cns: Vec<String>,
+    /// Keep existing CA files in the directory (reuse ca.pem/ca.key if both exist) instead of
+    /// making a new CA, so clients that already trust it keep working.
+    pub reuse_ca: bool,
+}
+
+/// Why certificates could not be made, so the CLI can print one clear line.
+#[derive(Debug, thiserror::Error)]
+pub enum CertError {
+    /// Reading or writing a file failed; `path` says which.
+    #[error("cannot read or write {}", path.display())]
+    Io {
+        /// The file or directory that failed.
+        path: PathBuf,
+        /// The underlying I/O error.
+        source: std::io::Error,
+    },
+    /// rcgen refused (bad SAN, unparsable or mismatched CA files, key generation).
+    #[error("certificate generation failed")]
+    Rcgen(#[from] rcgen::Error),
+    /// A client CN that cannot be used as a file stem (empty, a path separator, "..", a
+    /// control character, or the reserved names "ca"/"server").
+    #[error("client CN {0:?} cannot be used as a file name")]
+    BadName(String),
+}
+
+/// Generate the dev PKI into `out_dir` (created if missing) and return the paths written.
+///
+/// Files (PEM, ECDSA P-256): `ca.pem`, `ca.key` (not rewritten when an existing CA is reused),
+/// `server.pem`, `server.key`, and per client CN `{CN}.pem`/`{CN}.key` (or `client.pem`/
+/// `client.key` with CN `dev-client` when `client_cns` is empty). Keys are written with mode
+/// 0600 on unix. Names are checked and every certificate is made before the first file is
+/// written, so a refused request leaves the directory untouched.
+pub fn generate(out_dir: &Path, opts: &CertOptions) -> Result<Vec<PathBuf>, CertError> {
+    let clients = client_stems(&opts.client_cns)?;
+
+    let ca_pem_path = out_dir.join("ca.pem");
+    let ca_key_path = out_dir.join("ca.key");
+    let mut files: Vec<(PathBuf, String, bool)> = Vec::new();
+    let ca = if opts.reuse_ca && ca_pem_path.is_file() && ca_key_path.is_file() {
+        Ca::load(read(&ca_pem_path)?, read(&ca_key_path)?)?
+    } else {
+        let ca = Ca::new()?;
+        files.push((ca_pem_path, ca.cert_pem.clone(), false));
+        files.push((ca_key_path, ca.key_pem.clone(), true));
+        ca
+    };
+
+    let (server_pem, server_key) = ca.server(&opts.sans)?;
+    files.push((out_dir.join("server.pem"), server_pem, false));
+    files.push((out_dir.join("server.key"), server_key, true));
+    for (stem, cn) in clients {
+        let (cert, key) = ca.client(cn)?;
+        files.push((out_dir.join(format!("{stem}.pem")), cert, false));
+        files.push((out_dir.join(format!("{stem}.key")), key, true));
+    }
+
+    fs::create_dir_all(out_dir).map_err(|source| CertError::Io {
+        path: out_dir.to_path_buf(),
+        source,
+    })?;
+    let mut written = Vec::with_capacity(files.len());
+    for (path, contents, secret) in files {
+        write_file(&path, &contents, secret)?;
+        written.push(path);
+    }
+    Ok(written)
+}
+
+/// In-memory PKI for tests: PEM strings without touching disk, so a test can start a TLS
+/// listener and mTLS clients from one value.
+#[derive(Debug, Clone)]
+pub struct DevPki {
+    /// CA certificate; what servers and clients trust.
+    pub ca_pem: String,
+    /// CA private key (PKCS#8), kept so [`DevPki::client`] can issue more certificates.
+    pub ca_key_pem: String,
+    /// Server certificate for localhost, 127.0.0.1, ::1 and the extra SANs.
+    pub server_pem: String,
+    /// Server private key (PKCS#8).
+    pub server_key_pem: String,
+}
+
+impl DevPki {
+    /// New CA + server cert for localhost/127.0.0.1/::1 + extra `sans`, so a test gets a
+    /// working TLS server identity in one call.
+    pub fn new(sans: &[String]) -> Result<Self, CertError> {
+        let ca = Ca::new()?;
+        let (server_pem, server_key_pem) = ca.server(sans)?;
+        Ok(DevPki {
+            ca_pem: ca.cert_pem,
+            ca_key_pem: ca.key_pem,
+            server_pem,
+            server_key_pem,
+        })
+    }
+
+    /// Issue a client certificate `(cert_pem, key_pem)` with this CN, signed by this CA, so a
+    /// test can present an mTLS identity. It has the clientAuth usage, and a DNS SAN equal to
+    /// the CN when the CN contains only `[A-Za-z0-9.-]`.
+    pub fn client(&self, cn: &str) -> Result<(String, String), CertError> {
+        Ca::load(self.ca_pem.clone(), self.ca_key_pem.clone())?.client(cn)
+    }
+}
+
+/// A CA that can sign, with the PEM it came from.
+struct Ca {
+    cert_pem: String,
+    key_pem: String,
+    issuer: Issuer<'static, KeyPair>,
+}
+
+impl Ca {
+    /// A fresh self-signed CA that may sign leaves only.
+    fn new() -> Result<Self, CertError> {
+        let now = OffsetDateTime::now_utc();
+        let mut params = CertificateParams::default();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params.distinguished_name.push(DnType::CommonName, CA_CN);
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        params.not_before = now - Duration::days(1);
+        params.not_after = params.not_before + Duration::days(CA_VALID_DAYS);
+        let key = KeyPair::generate()?;
+        let cert = params.self_signed(&key)?;
+        Ok(Ca {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+            issuer: Issuer::new(params, key),
+        })
+    }
+
+    /// An existing CA from its certificate and key. Refuses a key that does not belong to the
+    /// certificate: everything it signed would fail verification much later, at a handshake.
+    fn load(cert_pem: String, key_pem: String) -> Result<Self, CertError> {
+        let key = KeyPair::from_pem(&key_pem)?;
+        let (_, pem) = x509_parser::pem::parse_x509_pem(cert_pem.as_bytes())
+            .map_err(|_| rcgen::Error::CouldNotParseCertificate)?;
+        let cert = pem
+            .parse_x509()
+            .map_err(|_| rcgen::Error::CouldNotParseCertificate)?;
+        if cert.public_key().raw != key.subject_public_key_info().as_slice() {
+            return Err(
+                rcgen::Error::X509("CA key does not match the CA certificate".into()).into(),
+            );
+        }
+        let issuer = Issuer::from_ca_cert_pem(&cert_pem, key)?;
+        Ok(Ca {
+            cert_pem,
+            key_pem,
+            issuer,
+        })
+    }
+
+    /// Server certificate `(cert_pem, key_pem)` for the local host plus `extra` names.
+    fn server(&self, extra: &[String]) -> Result<(String, String), CertError> {
+        let mut sans = vec![
+            SanType::DnsName(SERVER_CN.try_into()?),
+            SanType::IpAddress(IpAddr::from([127, 0, 0, 1])),
+            SanType::IpAddress(IpAddr::from([0u16, 0, 0, 0, 0, 0, 0, 1])),
+        ];
+        for name in extra {
+            let san = match name.parse::<IpAddr>() {
+                Ok(ip) => SanType::IpAddress(ip),
+                Err(_) => SanType::DnsName(name.as_str().try_into()?),
+            };
+            if !sans.contains(&san) {
+                sans.push(san);
+            }
+        }
+        self.leaf(SERVER_CN, sans, ExtendedKeyUsagePurpose::ServerAuth)
+    }
+
+    /// Client certificate `(cert_pem, key_pem)` with this CN.
+    fn client(&self, cn: &str) -> Result<(String, String), CertError> {
+        let dns_like = !cn.is_empty()
+            && cn
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-');
+        let sans = if dns_like {
+            vec![SanType::DnsName(cn.try_into()?)]
+        } else {
+            Vec::new()
+        };
+        self.leaf(cn, sans, ExtendedKeyUsagePurpose::ClientAuth)
+    }
+
+    /// A leaf with a fresh key, signed by this CA.
+    fn leaf(
+        &self,
+        cn: &str,
+        sans: Vec<SanType>,
+        eku: ExtendedKeyUsagePurpose,
+    ) -> Result<(String, String), CertError> {
+        let now = OffsetDateTime::now_utc();
+        let mut params = CertificateParams::default();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params.distinguished_name.push(DnType::CommonName, cn);
+        params.subject_alt_names = sans;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![eku];
+        params.use_authority_key_identifier_extension = true;
+        params.not_before = now - Duration::days(1);
+        params.not_after = now + Duration::days(LEAF_VALID_DAYS);
+        let key = KeyPair::generate()?;
+        let cert = params.signed_by(&key, &self.issuer)?;
+        Ok((cert.pem(), key.serialize_pem()))
+    }
+}
+
+/// `(file stem, CN)` per client certificate, refusing CNs that are not safe file stems.
+fn client_stems(cns: &[String]) -> Result<Vec<(&str, &str)>, CertError> {
+    if cns.is_empty() {
+        return Ok(vec![(DEFAULT_CLIENT_STEM, DEFAULT_CLIENT_CN)]);
+    }
+    let mut out: Vec<(&str, &str)> = Vec::with_capacity(cns.len());
+    for cn in cns {
+        let unsafe_stem = cn.is_empty()
+            || cn.contains(['/', '\\'])
+            || cn.contains("..")
+            || cn.chars().any(char::is_control)
+            || RESERVED_STEMS.iter().any(|r| cn.eq_ignore_ascii_case(r));
+        if unsafe_stem {
+            return Err(CertError::BadName(cn.clone()));
+        }
+        if !out.iter().any(|(stem, _)| *stem == cn) {
+            out.push((cn, cn));
+        }
+    }
+    Ok(out)
+}
+
+/// Read a whole PEM file.
+fn read(path: &Path) -> Result<String, CertError> {
+    fs::read_to_string(path).map_err(|source| CertError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Write `contents` to `path`, replacing it; `secret` files get mode 0600 on unix before any
+/// byte is written, also when the file already existed with a wider mode.
+fn write_file(path: &Path, contents: &str, secret: bool) -> Result<(), CertError> {
+    let io_err = |source| CertError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut options = fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    if secret {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options.open(path).map_err(io_err)?;
+    #[cfg(unix)]
+    if secret {
+        use std::os::unix::fs::PermissionsExt;
+        file.set_permissions(fs::Permissions::from_mode(0o600))
+            .map_err(io_err)?;
+    }
+    #[cfg(not(unix))]
+    let _ = secret;
+    file.write_all(contents.as_bytes()).map_err(io_err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeSet;
+    use std::net::{Ipv4Addr, Ipv6Addr};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    use rustls::client::danger::ServerCertVerifier;
+    use rustls::client::WebPkiServerVerifier;
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+    use rustls::server::danger::ClientCertVerifier;
+    use rustls::server::WebPkiClientVerifier;
+    use rustls::RootCertStore;
+    use x509_parser::extensions::GeneralName;
+    use x509_parser::prelude::{FromDer, X509Certificate};
+
+    /// A unique directory under the system temp dir, removed on drop (also when a test fails).
+    struct TempDir(PathBuf);
+
+    impl TempDir {
+        fn new(name: &str) -> Self {
+            static NEXT: AtomicUsize = AtomicUsize::new(0);
+            let n = NEXT.fetch_add(1, Ordering::Relaxed);
+            let dir = std::env::temp_dir()
+                .join(format!("mqedge-certs-{name}-{}-{n}", std::process::id()));
+            let _ = fs::remove_dir_all(&dir);
+            TempDir(dir)
+        }
+
+        fn path(&self) -> &Path {
+            &self.0
+        }
+
+        fn file(&self, name: &str) -> String {
+            fs::read_to_string(self.0.join(name)).unwrap()
+        }
+
+        fn listing(&self) -> BTreeSet<String> {
+            fs::read_dir(&self.0)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().into_string().unwrap())
+                .collect()
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn names(list: &[&str]) -> BTreeSet<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    fn der(pem: &str) -> CertificateDer<'static> {
+        CertificateDer::from_pem_slice(pem.as_bytes()).unwrap()
+    }
+
+    /// Parse `der` and hand the certificate to `check` (x509-parser borrows the DER).
+    fn with_cert<T>(der: &CertificateDer<'_>, check: impl FnOnce(&X509Certificate<'_>) -> T) -> T {
+        let (rest, cert) = X509Certificate::from_der(der).unwrap();
+        assert!(rest.is_empty());
+        check(&cert)
+    }
+
+    fn cn(cert: &X509Certificate<'_>) -> String {
+        cert.subject()
+            .iter_common_name()
+            .next()
+            .unwrap()
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
+    fn sans(cert: &X509Certificate<'_>) -> (Vec<String>, Vec<IpAddr>) {
+        let (mut dns, mut ips) = (Vec::new(), Vec::new());
+        let Some(ext) = cert.subject_alternative_name().unwrap() else {
+            return (dns, ips);
+        };
+        for name in &ext.value.general_names {
+            match name {
+                GeneralName::DNSName(d) => dns.push(d.to_string()),
+                GeneralName::IPAddress(b) => ips.push(match b.len() {
+                    4 => IpAddr::from(<[u8; 4]>::try_from(*b).unwrap()),
+                    16 => IpAddr::from(<[u8; 16]>::try_from(*b).unwrap()),
+                    n => panic!("IP SAN of {n} bytes"),
+                }),
+                other => panic!("unexpected SAN {other:?}"),
+            }
+        }
+        (dns, ips)
+    }
+
+    fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+        Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+    }
+
+    fn roots(ca_pem: &str) -> Arc<RootCertStore> {
+        let mut roots = RootCertStore::empty();
+        roots.add(der(ca_pem)).unwrap();
+        Arc::new(roots)
+    }
+
+    fn client_verifier(ca_pem: &str) -> Arc<dyn ClientCertVerifier> {
+        WebPkiClientVerifier::builder_with_provider(roots(ca_pem), provider())
+            .build()
+            .unwrap()
+    }
+
+    fn client_accepted(ca_pem: &str, cert_pem: &str) -> bool {
+        client_verifier(ca_pem)
+            .verify_client_cert(&der(cert_pem), &[], UnixTime::now())
+            .is_ok()
+    }
+
+    fn server_accepted(ca_pem: &str, cert_pem: &str, name: &str) -> bool {
+        let verifier = WebPkiServerVerifier::builder_with_provider(roots(ca_pem), provider())
+            .build()
+            .unwrap();
+        let name = ServerName::try_from(name.to_string()).unwrap();
+        verifier
+            .verify_server_cert(&der(cert_pem), &[], &name, &[], UnixTime::now())
+            .is_ok()
+    }
+
+    #[test]
+    fn generate_writes_exactly_the_default_files() {
+        let dir = TempDir::new("default");
+        let written = generate(dir.path(), &CertOptions::default()).unwrap();
+        let expected = names(&[
+            "ca.key",
+            "ca.pem",
+            "client.key",
+            "client.pem",
+            "server.key",
+            "server.pem",
+        ]);
+        assert_eq!(dir.listing(), expected);
+        let returned: BTreeSet<String> = written
+            .iter()
+            .map(|p| {
+                assert_eq!(p.parent(), Some(dir.path()));
+                p.file_name().unwrap().to_str().unwrap().to_string()
+            })
+            .collect();
+        assert_eq!(returned, expected);
+        assert_eq!(written.len(), expected.len());
+        with_cert(&der(&dir.file("client.pem")), |c| {
+            assert_eq!(cn(c), "dev-client")
+        });
+        for pem in ["ca.pem", "server.pem", "client.pem"] {
+            assert!(dir.file(pem).starts_with("-----BEGIN CERTIFICATE-----"));
+        }
+        for key in ["ca.key", "server.key", "client.key"] {
+            assert!(dir.file(key).starts_with("-----BEGIN PRIVATE KEY-----"));
+        }
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn keys_are_private_and_certs_are_not() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = TempDir::new("modes");
+        fs::create_dir_all(dir.path()).unwrap();
+        // A key left world-readable by someone else must be tightened when replaced.
+        let stale = dir.path().join("server.key");
+        fs::write(&stale, "old").unwrap();
+        fs::set_permissions(&stale, fs::Permissions::from_mode(0o644)).unwrap();
+        generate(dir.path(), &CertOptions::default()).unwrap();
+        let mode = |name: &str| {
+            fs::metadata(dir.path().join(name))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777
+        };
+        for key in ["ca.key", "server.key", "client.key"] {
+            assert_eq!(mode(key), 0o600, "{key}");
+        }
+        assert_ne!(mode("ca.pem") & 0o044, 0, "certificates stay readable");
+    }
+
+    #[test]
+    fn generate_writes_one_pair_per_client_cn() {
+        let dir = TempDir::new("clients");
+        let opts = CertOptions {
+            client_cns: vec!["alice".into(), "bob@example.com".into(), "alice".into()],
+            ..CertOptions::default()
+        };
+        let written = generate(dir.path(), &opts).unwrap();
+        assert_eq!(written.len(), 8, "duplicate CN written once: {written:?}");
+        assert_eq!(
+            dir.listing(),
+            names(&[
+                "alice.key",
+                "alice.pem",
+                "bob@example.com.key",
+                "bob@example.com.pem",
+                "ca.key",
+                "ca.pem",
+                "server.key",
+                "server.pem",
+            ])
+        );
+        for name in ["alice", "bob@example.com"] {
+            let cert = dir.file(&format!("{name}.pem"));
+            with_cert(&der(&cert), |c| assert_eq!(cn(c), name));
+            assert!(client_accepted(&dir.file("ca.pem"), &cert), "{name}");
+        }
+    }
+
+    #[test]
+    fn ca_is_a_leaf_only_signing_ca() {
+        let pki = DevPki::new(&[]).unwrap();
+        with_cert(&der(&pki.ca_pem), |ca| {
+            assert_eq!(cn(ca), "mqedge dev CA");
+            assert_eq!(ca.subject().as_raw(), ca.issuer().as_raw(), "self-signed");
+            let bc = ca.basic_constraints().unwrap().unwrap().value;
+            assert!(bc.ca);
+            assert_eq!(bc.path_len_constraint, Some(0));
+            let ku = ca.key_usage().unwrap().unwrap().value;
+            assert!(ku.key_cert_sign() && ku.crl_sign());
+            let validity = ca.validity();
+            let now = OffsetDateTime::now_utc();
+            assert!(validity.not_before.to_datetime() < now - Duration::hours(23));
+            assert!(validity.not_after.to_datetime() > now + Duration::days(9 * 365));
+        });
+    }
+
+    #[test]
+    fn server_cert_has_local_and_extra_sans() {
+        let extra = vec![
+            "mqtt.example.com".to_string(),
+            "10.1.2.3".to_string(),
+            "fd00::7".to_string(),
+            "localhost".to_string(),
+        ];
+        let pki = DevPki::new(&extra).unwrap();
+        with_cert(&der(&pki.server_pem), |c| {
+            assert_eq!(cn(c), "localhost");
+            let (dns, ips) = sans(c);
+            assert_eq!(dns, ["localhost", "mqtt.example.com"]);
+            assert_eq!(
+                ips,
+                [
+                    IpAddr::from(Ipv4Addr::LOCALHOST),
+                    IpAddr::from(Ipv6Addr::LOCALHOST),
+                    "10.1.2.3".parse::<IpAddr>().unwrap(),
+                    "fd00::7".parse::<IpAddr>().unwrap(),
+                ]
+            );
+            let eku = c.extended_key_usage().unwrap().unwrap().value;
+            assert!(eku.server_auth && !eku.client_auth);
+            assert!(!c.basic_constraints().unwrap().is_some_and(|bc| bc.value.ca));
+        });
+        for name in [
+            "localhost",
+            "127.0.0.1",
+            "::1",
+            "mqtt.example.com",
+            "10.1.2.3",
+        ] {
+            assert!(
+                server_accepted(&pki.ca_pem, &pki.server_pem, name),
+                "{name}"
+            );
+        }
+        assert!(!server_accepted(
+            &pki.ca_pem,
+            &pki.server_pem,
+            "other.example.com"
+        ));
+    }
+
+    #[test]
+    fn bad_server_san_is_an_error() {
+        assert!(matches!(
+            DevPki::new(&["bücher.example".to_string()]),
+            Err(CertError::Rcgen(_))
+        ));
+    }
+
+    #[test]
+    fn client_cert_names_cn_and_ca_issuer() {
+        let pki = DevPki::new(&[]).unwrap();
+        let ca_subject = with_cert(&der(&pki.ca_pem), |ca| ca.subject().as_raw().to_vec());
+        let (cert, key) = pki.client("device-42.fleet").unwrap();
+        assert!(key.starts_with("-----BEGIN PRIVATE KEY-----"));
+        with_cert(&der(&cert), |c| {
+            assert_eq!(cn(c), "device-42.fleet");
+            assert_eq!(c.issuer().as_raw(), ca_subject.as_slice());
+            assert_eq!(sans(c), (vec!["device-42.fleet".to_string()], vec![]));
+            let eku = c.extended_key_usage().unwrap().unwrap().value;
+            assert!(eku.client_auth && !eku.server_auth);
+        });
+        // A CN that is not DNS-like gets no SAN but is still a usable identity.
+        let (cert, _) = pki.client("Dev Client #1").unwrap();
+        with_cert(&der(&cert), |c| {
+            assert_eq!(cn(c), "Dev Client #1");
+            assert_eq!(sans(c), (vec![], vec![]));
+        });
+        assert!(client_accepted(&pki.ca_pem, &cert));
+    }
+
+    #[test]
+    fn rustls_client_verifier_accepts_only_our_client_certs() {
+        let pki = DevPki::new(&[]).unwrap();
+        let (cert, _) = pki.client("dev-client").unwrap();
+        assert!(client_accepted(&pki.ca_pem, &cert));
+        // Another CA's client and our own server certificate (serverAuth only) are refused.
+        let other = DevPki::new(&[]).unwrap();
+        let (foreign, _) = other.client("dev-client").unwrap();
+        assert!(!client_accepted(&pki.ca_pem, &foreign));
+        assert!(!client_accepted(&pki.ca_pem, &pki.server_pem));
+    }
+
+    #[test]
+    fn files_on_disk_work_for_mtls() {
+        let dir = TempDir::new("mtls");
+        generate(dir.path(), &CertOptions::default()).unwrap();
+        let ca = dir.file("ca.pem");
+        assert!(client_accepted(&ca, &dir.file("client.pem")));
+        assert!(server_accepted(&ca, &dir.file("server.pem"), "localhost"));
+        // The key files parse and belong to their certificates.
+        for stem in ["server", "client"] {
+            let key = KeyPair::from_pem(&dir.file(&format!("{stem}.key"))).unwrap();
+            with_cert(&der(&dir.file(&format!("{stem}.pem"))), |c| {
+                assert_eq!(c.public_key().raw, key.subject_public_key_info().as_slice())
+            });
+        }
+    }
+
+    #[test]
+    fn reuse_ca_keeps_ca_files_and_still_chains() {
+        let dir = TempDir::new("reuse");
+        generate(dir.path(), &CertOptions::default()).unwrap();
+        let (ca_pem, ca_key) = (dir.file("ca.pem"), dir.file("ca.key"));
+        let old_server = dir.file("server.pem");
+
+        let opts = CertOptions {
+            reuse_ca: true,
+            client_cns: vec!["carol".into()],
+            ..CertOptions::default()
+        };
+        let written = generate(dir.path(), &opts).unwrap();
+        assert!(!written
+            .iter()
+            .any(|p| p.ends_with("ca.pem") || p.ends_with("ca.key")));
+        assert_eq!(dir.file("ca.pem"), ca_pem);
+        assert_eq!(dir.file("ca.key"), ca_key);
+        assert_ne!(dir.file("server.pem"), old_server, "leaves are reissued");
+        assert!(server_accepted(
+            &ca_pem,
+            &dir.file("server.pem"),
+            "localhost"
+        ));
+        assert!(client_accepted(&ca_pem, &dir.file("carol.pem")));
+
+        // Without reuse_ca a new CA replaces the old one.
+        generate(dir.path(), &CertOptions::default()).unwrap();
+        assert_ne!(dir.file("ca.pem"), ca_pem);
+    }
+
+    #[test]
+    fn reuse_ca_without_ca_files_makes_one() {
+        let dir = TempDir::new("reuse-empty");
+        let opts = CertOptions {
+            reuse_ca: true,
+            ..CertOptions::default()
+        };
+        let written = generate(dir.path(), &opts).unwrap();
+        assert!(written.iter().any(|p| p.ends_with("ca.pem")));
+        assert!(client_accepted(
+            &dir.file("ca.pem"),
+            &dir.file("client.pem")
+        ));
+    }
+
+    #[test]
+    fn reuse_ca_refuses_a_key_from_another_ca() {
+        let dir = TempDir::new("mismatch");
+        generate(dir.path(), &CertOptions::default()).unwrap();
+        let other = DevPki::new(&[]).unwrap();
+        fs::write(dir.path().join("ca.key"), &other.ca_key_pem).unwrap();
+        let opts = CertOptions {
+            reuse_ca: true,
+            ..CertOptions::default()
+        };
+        assert!(matches!(
+            generate(dir.path(), &opts),
+            Err(CertError::Rcgen(rcgen::Error::X509(_)))
+        ));
+    }
+
+    #[test]
+    fn bad_client_cns_are_refused_before_writing() {
+        for bad in ["../x", "", "a/b", "a\\b", "x\ny", "..", "ca", "Server"] {
+            let dir = TempDir::new("bad");
+            let opts = CertOptions {
+                client_cns: vec!["fine".into(), bad.into()],
+                ..CertOptions::default()
+            };
+            match generate(dir.path(), &opts) {
+                Err(CertError::BadName(name)) => assert_eq!(name, bad),
+                other => panic!("{bad:?}: expected BadName, got {other:?}"),
+            }
+            assert!(!dir.path().exists(), "{bad:?}: nothing written");
+        }
+    }
+
+    #[test]
+    fn io_error_names_the_path() {
+        let dir = TempDir::new("io");
+        fs::create_dir_all(dir.path()).unwrap();
+        let blocker = dir.path().join("not-a-dir");
+        fs::write(&blocker, "").unwrap();
+        match generate(&blocker, &CertOptions::default()) {
+            Err(CertError::Io { path, .. }) => assert_eq!(path, blocker),
+            other => panic!("expected Io, got {other:?}"),
+        }
+    }
+}

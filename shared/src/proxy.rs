@@ -1,0 +1,431 @@
+//! The PROXY protocol: v2 headers sent to brokers (byte-compatible with HAProxy's
+//! `send-proxy-v2-ssl-cn`, plus mqedge's certificate-fingerprint TLV) and v1/v2 headers accepted
+//! from an upstream L4 load balancer or from the LB. Framing and address handling come from the
+//! `ppp` crate; the SSL TLV's nested layout (which `ppp` leaves opaque) is encoded and decoded here.
+//! Everything in this module is pure: bytes in, values out.
+
+use std::net::{IpAddr, SocketAddr};
+
+use ppp::v2;
+
+/// `PP2_TYPE_ALPN`.
+pub const PP2_TYPE_ALPN: u8 = 0x01;
+/// `PP2_TYPE_AUTHORITY` (the SNI host name).
+pub const PP2_TYPE_AUTHORITY: u8 = 0x02;
+/// `PP2_TYPE_UNIQUE_ID` (the LB's connection id).
+pub const PP2_TYPE_UNIQUE_ID: u8 = 0x05;
+/// `PP2_TYPE_SSL`.
+pub const PP2_TYPE_SSL: u8 = 0x20;
+/// `PP2_SUBTYPE_SSL_VERSION`.
+pub const PP2_SUBTYPE_SSL_VERSION: u8 = 0x21;
+/// `PP2_SUBTYPE_SSL_CN`.
+pub const PP2_SUBTYPE_SSL_CN: u8 = 0x22;
+/// `PP2_SUBTYPE_SSL_CIPHER`.
+pub const PP2_SUBTYPE_SSL_CIPHER: u8 = 0x23;
+/// mqedge's application TLV: SHA-256 of the client certificate DER.
+pub const PP2_TYPE_MQEDGE_CERT_SHA256: u8 = 0xE0;
+/// SSL client flag: the connection used TLS.
+pub const PP2_CLIENT_SSL: u8 = 0x01;
+/// SSL client flag: a client certificate was presented on this connection.
+pub const PP2_CLIENT_CERT_CONN: u8 = 0x02;
+/// SSL client flag: a client certificate was presented in this TLS session.
+pub const PP2_CLIENT_CERT_SESS: u8 = 0x04;
+
+/// The v2 signature every binary header starts with.
+pub const V2_SIGNATURE: [u8; 12] = *b"\r\n\r\n\0\r\nQUIT\n";
+
+/// TLS facts about the client connection, for the `PP2_TYPE_SSL` TLV.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SslInfo {
+    /// Protocol version as OpenSSL names it (`TLSv1.3`).
+    pub version: String,
+    /// Cipher suite as OpenSSL names it (`TLS_AES_256_GCM_SHA384`).
+    pub cipher: String,
+    /// Whether a client certificate was presented.
+    pub client_cert: bool,
+    /// Whether the presented certificate verified against the client CA.
+    pub verified: bool,
+    /// The certificate's subject CN.
+    pub cn: Option<String>,
+    /// SHA-256 of the client certificate's DER.
+    pub cert_sha256: Option<[u8; 32]>,
+}
+
+/// Everything one PROXY v2 header carries, as the LB sends it or a broker receives it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProxyInfo {
+    /// The real client address (`None` for a LOCAL header, e.g. a health check).
+    pub src: Option<SocketAddr>,
+    /// The address the client connected to.
+    pub dst: Option<SocketAddr>,
+    /// Negotiated ALPN protocol.
+    pub alpn: Option<Vec<u8>>,
+    /// SNI host name the client sent.
+    pub authority: Option<String>,
+    /// The sender's connection id.
+    pub unique_id: Option<Vec<u8>>,
+    /// TLS facts; `None` for a plain-TCP client.
+    pub ssl: Option<SslInfo>,
+}
+
+/// Why a PROXY header was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProxyError {
+    /// The stream does not start with a PROXY v1 or v2 signature.
+    #[error("no PROXY protocol header")]
+    Missing,
+    /// A PROXY header that does not parse.
+    #[error("invalid PROXY header: {0}")]
+    Invalid(String),
+}
+
+fn same_family(src: SocketAddr, dst: SocketAddr) -> (SocketAddr, SocketAddr) {
+    fn v6(a: SocketAddr) -> SocketAddr {
+        match a.ip() {
+            IpAddr::V4(v4) => SocketAddr::new(IpAddr::V6(v4.to_ipv6_mapped()), a.port()),
+            IpAddr::V6(_) => a,
+        }
+    }
+    if src.is_ipv4() == dst.is_ipv4() {
+        (src, dst)
+    } else {
+        (v6(src), v6(dst))
+    }
+}
+
+/// Encodes a v2 header: command PROXY with the client's addresses, then the TLVs in HAProxy's
+/// order (ALPN, AUTHORITY, UNIQUE_ID, SSL{VERSION, CN, CIPHER}) and mqedge's 0xE0.
+/// With `src == None` the command is LOCAL with no addresses (health checks).
+pub fn encode_v2(info: &ProxyInfo) -> Vec<u8> {
+    let mut b = match (info.src, info.dst) {
+        (Some(src), Some(dst)) => v2::Builder::with_addresses(
+            v2::Version::Two | v2::Command::Proxy,
+            v2::Protocol::Stream,
+            same_family(src, dst),
+        ),
+        (Some(src), None) => {
+            let dst = SocketAddr::new(
+                if src.is_ipv4() {
+                    IpAddr::from([0, 0, 0, 0])
+                } else {
+                    IpAddr::from([0u16; 8])
+                },
+                0,
+            );
+            v2::Builder::with_addresses(
+                v2::Version::Two | v2::Command::Proxy,
+                v2::Protocol::Stream,
+                (src, dst),
+            )
+        }
+        _ => v2::Builder::with_addresses(
+            v2::Version::Two | v2::Command::Local,
+            v2::Protocol::Unspecified,
+            v2::Addresses::Unspecified,
+        ),
+    };
+    b = b.reserve_capacity(128);
+    // Writing into a Vec cannot fail; lengths are bounded by the caller's inputs (< 64 KiB).
+    let push = |b: v2::Builder, kind: u8, v: &[u8]| -> v2::Builder {
+        match b.write_tlv(kind, v) {
+            Ok(b) => b,
+            Err(_) => unreachable_builder(),
+        }
+    };
+    if let Some(alpn) = &info.alpn {
+        b = push(b, PP2_TYPE_ALPN, alpn);
+    }
+    if let Some(a) = &info.authority {
+        b = push(b, PP2_TYPE_AUTHORITY, a.as_bytes());
+    }
+    if let Some(id) = &info.unique_id {
+        b = push(b, PP2_TYPE_UNIQUE_ID, &id[..id.len().min(128)]);
+    }
+    if let Some(ssl) = &info.ssl {
+        b = push(b, PP2_TYPE_SSL, &encode_ssl_value(ssl));
+        if let Some(fp) = &ssl.cert_sha256 {
+            b = push(b, PP2_TYPE_MQEDGE_CERT_SHA256, fp);
+        }
+    }
+    b.build().unwrap_or_default()
+}
+
+#[cold]
+fn unreachable_builder() -> v2::Builder {
+    // ppp's builder only fails on I/O to its Vec; keep a valid (LOCAL) header rather than panic.
+    v2::Builder::with_addresses(
+        v2::Version::Two | v2::Command::Local,
+        v2::Protocol::Unspecified,
+        v2::Addresses::Unspecified,
+    )
+}
+
+/// Encodes the value of a `PP2_TYPE_SSL` TLV: client flags, verify, then sub-TLVs.
+pub fn encode_ssl_value(ssl: &SslInfo) -> Vec<u8> {
+    let mut v = Vec::with_capacity(64);
+    let mut client = PP2_CLIENT_SSL;
+    if ssl.client_cert {
+        client |= PP2_CLIENT_CERT_CONN | PP2_CLIENT_CERT_SESS;
+    }
+    v.push(client);
+    let verify: u32 = if ssl.client_cert && ssl.verified { 0 } else { 1 };
+    v.extend_from_slice(&verify.to_be_bytes());
+    let mut sub = |kind: u8, val: &[u8]| {
+        let val = &val[..val.len().min(usize::from(u16::MAX))];
+        v.push(kind);
+        v.extend_from_slice(&(val.len() as u16).to_be_bytes());
+        v.extend_from_slice(val);
+    };
+    if !ssl.version.is_empty() {
+        sub(PP2_SUBTYPE_SSL_VERSION, ssl.version.as_bytes());
+    }
+    if let Some(cn) = &ssl.cn {
+        sub(PP2_SUBTYPE_SSL_CN, cn.as_bytes());
+    }
+    if !ssl.cipher.is_empty() {
+        sub(PP2_SUBTYPE_SSL_CIPHER, ssl.cipher.as_bytes());
+    }
+    v
+}
+
+/// A v2 LOCAL header (no addresses): what health checks send to a backend that wants PROXY.
+pub fn encode_v2_local() -> Vec<u8> {
+    encode_v2(&ProxyInfo::default())
+}
+
+/// A v1 text header (`PROXY TCP4 src dst sport dport\r\n`); `UNKNOWN` when no source is known.
+pub fn encode_v1(src: Option<SocketAddr>, dst: Option<SocketAddr>) -> Vec<u8> {
+    match (src, dst) {
+        (Some(s), Some(d)) => {
+            let (s, d) = same_family(s, d);
+            let fam = if s.is_ipv4() { "TCP4" } else { "TCP6" };
+            format!("PROXY {fam} {} {} {} {}\r\n", s.ip(), d.ip(), s.port(), d.port()).into_bytes()
+        }
+        (Some(s), None) => {
+            let (fam, any) = if s.is_ipv4() { ("TCP4", "0.0.0.0") } else { ("TCP6", "::") };
+            format!("PROXY {fam} {} {any} {} 0\r\n", s.ip(), s.port()).into_bytes()
+        }
+        _ => b"PROXY UNKNOWN\r\n".to_vec(),
+    }
+}
+
+/// Parses a PROXY v1 or v2 header at the start of `buf`. `Ok(None)`: more bytes needed;
+/// `Ok(Some((info, len)))`: the header is `len` bytes and what follows is the client's stream.
+pub fn parse(buf: &[u8]) -> Result<Option<(ProxyInfo, usize)>, ProxyError> {
+    const V1: &[u8] = b"PROXY ";
+    let n = buf.len();
+    if n == 0 {
+        return Ok(None);
+    }
+    if buf[..n.min(12)] == V2_SIGNATURE[..n.min(12)] {
+        if n < 16 {
+            return Ok(None);
+        }
+        let total = 16 + usize::from(u16::from_be_bytes([buf[14], buf[15]]));
+        if n < total {
+            return Ok(None);
+        }
+        let h = v2::Header::try_from(&buf[..total]).map_err(|e| ProxyError::Invalid(e.to_string()))?;
+        return from_v2(&h).map(|i| Some((i, total)));
+    }
+    if buf[..n.min(6)] == V1[..n.min(6)] {
+        let window = &buf[..n.min(108)];
+        let Some(nl) = window.windows(2).position(|w| w == b"\r\n") else {
+            return if n >= 108 {
+                Err(ProxyError::Invalid("v1 header longer than 107 bytes".into()))
+            } else {
+                Ok(None)
+            };
+        };
+        let total = nl + 2;
+        let h = ppp::v1::Header::try_from(&buf[..total]).map_err(|e| ProxyError::Invalid(e.to_string()))?;
+        let (src, dst) = match h.addresses {
+            ppp::v1::Addresses::Tcp4(a) => (
+                Some(SocketAddr::new(a.source_address.into(), a.source_port)),
+                Some(SocketAddr::new(a.destination_address.into(), a.destination_port)),
+            ),
+            ppp::v1::Addresses::Tcp6(a) => (
+                Some(SocketAddr::new(a.source_address.into(), a.source_port)),
+                Some(SocketAddr::new(a.destination_address.into(), a.destination_port)),
+            ),
+            ppp::v1::Addresses::Unknown => (None, None),
+        };
+        return Ok(Some((
+            ProxyInfo {
+                src,
+                dst,
+                ..Default::default()
+            },
+            total,
+        )));
+    }
+    Err(ProxyError::Missing)
+}
+
+fn from_v2(h: &v2::Header<'_>) -> Result<ProxyInfo, ProxyError> {
+    let mut info = ProxyInfo::default();
+    if h.command == v2::Command::Proxy {
+        match h.addresses {
+            v2::Addresses::IPv4(a) => {
+                info.src = Some(SocketAddr::new(a.source_address.into(), a.source_port));
+                info.dst = Some(SocketAddr::new(a.destination_address.into(), a.destination_port));
+            }
+            v2::Addresses::IPv6(a) => {
+                info.src = Some(SocketAddr::new(a.source_address.into(), a.source_port));
+                info.dst = Some(SocketAddr::new(a.destination_address.into(), a.destination_port));
+            }
+            _ => {}
+        }
+    }
+    let mut fp = None;
+    for tlv in h.tlvs() {
+        let tlv = tlv.map_err(|e| ProxyError::Invalid(e.to_string()))?;
+        let v: &[u8] = &tlv.value;
+        match tlv.kind {
+            PP2_TYPE_ALPN => info.alpn = Some(v.to_vec()),
+            PP2_TYPE_AUTHORITY => info.authority = Some(String::from_utf8_lossy(v).into_owned()),
+            PP2_TYPE_UNIQUE_ID => info.unique_id = Some(v.to_vec()),
+            PP2_TYPE_SSL => info.ssl = Some(parse_ssl_value(v)?),
+            PP2_TYPE_MQEDGE_CERT_SHA256 => {
+                fp = Some(
+                    <[u8; 32]>::try_from(v)
+                        .map_err(|_| ProxyError::Invalid("certificate fingerprint TLV is not 32 bytes".into()))?,
+                )
+            }
+            _ => {}
+        }
+    }
+    if let (Some(ssl), Some(fp)) = (info.ssl.as_mut(), fp) {
+        ssl.cert_sha256 = Some(fp);
+    }
+    Ok(info)
+}
+
+/// Decodes the value of a `PP2_TYPE_SSL` TLV (as HAProxy or mqedge lb send it).
+pub fn parse_ssl_value(v: &[u8]) -> Result<SslInfo, ProxyError> {
+    if v.len() < 5 {
+        return Err(ProxyError::Invalid("SSL TLV shorter than 5 bytes".into()));
+    }
+    let client = v[0];
+    let verify = u32::from_be_bytes([v[1], v[2], v[3], v[4]]);
+    let cert = client & (PP2_CLIENT_CERT_CONN | PP2_CLIENT_CERT_SESS) != 0;
+    let mut ssl = SslInfo {
+        client_cert: cert,
+        verified: cert && verify == 0,
+        ..Default::default()
+    };
+    let mut rest = &v[5..];
+    while !rest.is_empty() {
+        if rest.len() < 3 {
+            return Err(ProxyError::Invalid("truncated SSL sub-TLV".into()));
+        }
+        let kind = rest[0];
+        let len = usize::from(u16::from_be_bytes([rest[1], rest[2]]));
+        if rest.len() < 3 + len {
+            return Err(ProxyError::Invalid("SSL sub-TLV runs past its TLV".into()));
+        }
+        let val = &rest[3..3 + len];
+        match kind {
+            PP2_SUBTYPE_SSL_VERSION => ssl.version = String::from_utf8_lossy(val).into_owned(),
+            PP2_SUBTYPE_SSL_CN => ssl.cn = Some(String::from_utf8_lossy(val).into_owned()),
+            PP2_SUBTYPE_SSL_CIPHER => ssl.cipher = String::from_utf8_lossy(val).into_owned(),
+            _ => {}
+        }
+        rest = &rest[3 + len..];
+    }
+    Ok(ssl)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> ProxyInfo {
+        ProxyInfo {
+            src: Some("127.0.0.7:50000".parse().unwrap()),
+            dst: Some("127.0.0.1:8883".parse().unwrap()),
+            alpn: Some(b"mqtt".to_vec()),
+            authority: Some("broker.example".into()),
+            unique_id: Some(b"edge-1-0000000000000001".to_vec()),
+            ssl: Some(SslInfo {
+                version: "TLSv1.3".into(),
+                cipher: "TLS_AES_256_GCM_SHA384".into(),
+                client_cert: true,
+                verified: true,
+                cn: Some("device-7".into()),
+                cert_sha256: Some([7; 32]),
+            }),
+        }
+    }
+
+    #[test]
+    fn v2_round_trip_with_all_tlvs() {
+        let info = sample();
+        let bytes = encode_v2(&info);
+        assert_eq!(&bytes[..12], &V2_SIGNATURE);
+        assert_eq!(bytes[12], 0x21); // v2, PROXY
+        assert_eq!(bytes[13], 0x11); // TCP4 stream
+        let (back, len) = parse(&bytes).unwrap().unwrap();
+        assert_eq!(len, bytes.len());
+        assert_eq!(back, info);
+        // every prefix is incomplete
+        for i in 0..bytes.len() {
+            assert_eq!(parse(&bytes[..i]), Ok(None), "{i}");
+        }
+    }
+
+    #[test]
+    fn ssl_tlv_layout_matches_haproxy() {
+        let v = encode_ssl_value(&sample().ssl.unwrap());
+        assert_eq!(v[0], 0x07, "HAProxy sends SSL|CERT_CONN|CERT_SESS with a cert");
+        assert_eq!(&v[1..5], &[0, 0, 0, 0], "verify 0 = verified");
+        assert_eq!(v[5], PP2_SUBTYPE_SSL_VERSION);
+        assert_eq!(&v[6..8], &[0, 7]);
+        assert_eq!(&v[8..15], b"TLSv1.3");
+        assert_eq!(v[15], PP2_SUBTYPE_SSL_CN);
+        let no_cert = encode_ssl_value(&SslInfo {
+            version: "TLSv1.2".into(),
+            ..Default::default()
+        });
+        assert_eq!(no_cert[0], 0x01);
+        assert_eq!(&no_cert[1..5], &[0, 0, 0, 1]);
+    }
+
+    #[test]
+    fn local_and_v1() {
+        let (i, _) = parse(&encode_v2_local()).unwrap().unwrap();
+        assert_eq!(i.src, None);
+        let v1 = encode_v1(Some("127.0.0.9:1234".parse().unwrap()), Some("127.0.0.1:1883".parse().unwrap()));
+        assert_eq!(v1, b"PROXY TCP4 127.0.0.9 127.0.0.1 1234 1883\r\n");
+        let mut stream = v1.clone();
+        stream.extend_from_slice(&[0x10, 0x00]);
+        let (i, len) = parse(&stream).unwrap().unwrap();
+        assert_eq!(len, v1.len());
+        assert_eq!(i.src, Some("127.0.0.9:1234".parse().unwrap()));
+        assert_eq!(parse(b"PROXY TCP4 1.2"), Ok(None));
+        let mixed = encode_v2(&ProxyInfo {
+            src: Some("[::1]:5".parse().unwrap()),
+            dst: Some("127.0.0.1:6".parse().unwrap()),
+            ..Default::default()
+        });
+        let (i, _) = parse(&mixed).unwrap().unwrap();
+        assert_eq!(i.src, Some("[::1]:5".parse().unwrap()));
+    }
+
+    #[test]
+    fn refusals() {
+        assert_eq!(parse(&[0x10, 0x0c]), Err(ProxyError::Missing));
+        assert_eq!(parse(b"GET / HTTP/1.1\r\n"), Err(ProxyError::Missing));
+        assert!(matches!(parse(b"PROXY TCP4 nope\r\n"), Err(ProxyError::Invalid(_))));
+        assert!(matches!(parse(&[b'P'; 1][..]), Ok(None)));
+        let long = [b"PROXY ".as_slice(), &[b'1'; 200]].concat();
+        assert!(matches!(parse(&long), Err(ProxyError::Invalid(_))));
+        // v2 with a bad SSL TLV
+        let mut bad = encode_v2(&sample());
+        let n = bad.len();
+        bad[n - 34] = 0xff; // corrupt the 0xE0 TLV's length high byte
+        assert!(matches!(parse(&bad), Err(ProxyError::Invalid(_))));
+        assert!(parse_ssl_value(&[1, 0, 0]).is_err());
+        assert!(parse_ssl_value(&[1, 0, 0, 0, 0, 0x22, 0, 9, b'x']).is_err());
+    }
+}

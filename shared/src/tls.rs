@@ -1,0 +1,227 @@
+//! TLS material and facts: PEM loading, rustls server/client configs with the three client-auth
+//! modes, and the facts a broker needs about a client certificate (CN, SANs, SHA-256), named the
+//! way OpenSSL/HAProxy name them so PROXY v2 TLVs match what HAProxy sends.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::crypto::CryptoProvider;
+use rustls::server::WebPkiClientVerifier;
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+/// Errors loading TLS material; each names the file so the operator knows which one to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A PEM file could not be read or holds nothing usable.
+    #[error("{path}: {what}")]
+    Pem {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        what: String,
+    },
+    /// rustls refused the combination (key does not match cert, no usable CA, ...).
+    #[error("TLS setup: {0}")]
+    Rustls(String),
+}
+
+/// Whether a listener asks for client certificates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientAuth {
+    /// Never asks for one.
+    #[default]
+    None,
+    /// Asks; a client without one is accepted, one with a bad one is refused.
+    Optional,
+    /// A client without a valid certificate fails the handshake.
+    Required,
+}
+
+/// The crypto provider every mqedge TLS config uses (aws-lc-rs: fastest ECDSA/handshakes).
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
+/// Reads every certificate in a PEM file (a chain: leaf first).
+pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let err = |what: String| TlsError::Pem {
+        path: path.to_path_buf(),
+        what,
+    };
+    let iter = CertificateDer::pem_file_iter(path).map_err(|e| err(format!("cannot read certificates: {e}")))?;
+    let certs: Vec<_> = iter
+        .collect::<Result<_, _>>()
+        .map_err(|e| err(format!("bad PEM: {e}")))?;
+    if certs.is_empty() {
+        return Err(err("no CERTIFICATE block found".into()));
+    }
+    Ok(certs)
+}
+
+/// Reads the first private key (PKCS#8, PKCS#1 or SEC1) in a PEM file.
+pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    PrivateKeyDer::from_pem_file(path).map_err(|e| TlsError::Pem {
+        path: path.to_path_buf(),
+        what: format!("cannot read private key: {e}"),
+    })
+}
+
+/// Certificates parsed from PEM text (tests and in-memory PKI).
+pub fn certs_from_pem(pem: &str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    CertificateDer::pem_slice_iter(pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| TlsError::Rustls(format!("bad certificate PEM: {e}")))
+}
+
+/// A private key parsed from PEM text.
+pub fn key_from_pem(pem: &str) -> Result<PrivateKeyDer<'static>, TlsError> {
+    PrivateKeyDer::from_pem_slice(pem.as_bytes()).map_err(|e| TlsError::Rustls(format!("bad key PEM: {e}")))
+}
+
+/// Builds a root store from CA certificates.
+pub fn root_store(cas: Vec<CertificateDer<'static>>) -> Result<RootCertStore, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for c in cas {
+        roots
+            .add(c)
+            .map_err(|e| TlsError::Rustls(format!("bad CA certificate: {e}")))?;
+    }
+    Ok(roots)
+}
+
+/// A server config: TLS 1.2 and 1.3, the given client-auth mode against `client_ca`, ALPN list.
+pub fn server_config(
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    client_ca: Option<Vec<CertificateDer<'static>>>,
+    client_auth: ClientAuth,
+    alpn: &[String],
+) -> Result<Arc<ServerConfig>, TlsError> {
+    let provider = provider();
+    let builder = ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Rustls(e.to_string()))?;
+    let builder = match (client_auth, client_ca) {
+        (ClientAuth::None, _) => builder.with_no_client_auth(),
+        (mode, Some(ca)) => {
+            let roots = Arc::new(root_store(ca)?);
+            let v = WebPkiClientVerifier::builder_with_provider(roots, provider);
+            let v = if mode == ClientAuth::Optional {
+                v.allow_unauthenticated()
+            } else {
+                v
+            };
+            builder.with_client_cert_verifier(v.build().map_err(|e| TlsError::Rustls(e.to_string()))?)
+        }
+        (_, None) => {
+            return Err(TlsError::Rustls(
+                "client_auth optional/required needs client_ca".into(),
+            ))
+        }
+    };
+    let mut cfg = builder
+        .with_single_cert(chain, key)
+        .map_err(|e| TlsError::Rustls(format!("certificate/key: {e}")))?;
+    cfg.alpn_protocols = alpn.iter().map(|a| a.as_bytes().to_vec()).collect();
+    Ok(Arc::new(cfg))
+}
+
+/// A client config trusting `ca`, optionally presenting a client certificate (tests, bench).
+pub fn client_config(
+    ca: Vec<CertificateDer<'static>>,
+    client: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
+) -> Result<Arc<ClientConfig>, TlsError> {
+    let b = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Rustls(e.to_string()))?
+        .with_root_certificates(root_store(ca)?);
+    let cfg = match client {
+        Some((chain, key)) => b
+            .with_client_auth_cert(chain, key)
+            .map_err(|e| TlsError::Rustls(e.to_string()))?,
+        None => b.with_no_client_auth(),
+    };
+    Ok(Arc::new(cfg))
+}
+
+/// What a broker or log line needs to know about a client certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertFacts {
+    /// Subject common name (the first one), if any.
+    pub cn: Option<String>,
+    /// DNS, IP, e-mail and URI SANs, as text.
+    pub sans: Vec<String>,
+    /// SHA-256 of the DER, for pinning.
+    pub sha256: [u8; 32],
+}
+
+impl CertFacts {
+    /// Parses a DER certificate; `None` if it does not parse (rustls verified it already, so
+    /// that would be a certificate x509-parser cannot read, not an attack).
+    pub fn from_der(der: &[u8]) -> Option<CertFacts> {
+        use x509_parser::extensions::GeneralName;
+        let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+        let cn = cert
+            .subject()
+            .iter_common_name()
+            .next()
+            .and_then(|a| a.as_str().ok())
+            .map(str::to_string);
+        let mut sans = Vec::new();
+        if let Ok(Some(ext)) = cert.subject_alternative_name() {
+            for n in &ext.value.general_names {
+                match n {
+                    GeneralName::DNSName(s) | GeneralName::RFC822Name(s) | GeneralName::URI(s) => {
+                        sans.push((*s).to_string())
+                    }
+                    GeneralName::IPAddress(b) => {
+                        if let Ok(a) = <[u8; 4]>::try_from(*b) {
+                            sans.push(std::net::IpAddr::from(a).to_string());
+                        } else if let Ok(a) = <[u8; 16]>::try_from(*b) {
+                            sans.push(std::net::IpAddr::from(a).to_string());
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        Some(CertFacts {
+            cn,
+            sans,
+            sha256: Sha256::digest(der).into(),
+        })
+    }
+}
+
+/// The protocol version as OpenSSL (and so HAProxy's SSL_VERSION sub-TLV) names it.
+pub fn version_name(v: rustls::ProtocolVersion) -> &'static str {
+    match v {
+        rustls::ProtocolVersion::TLSv1_3 => "TLSv1.3",
+        rustls::ProtocolVersion::TLSv1_2 => "TLSv1.2",
+        rustls::ProtocolVersion::TLSv1_1 => "TLSv1.1",
+        rustls::ProtocolVersion::TLSv1_0 => "TLSv1",
+        _ => "unknown",
+    }
+}
+
+/// The cipher suite as OpenSSL names it (HAProxy's SSL_CIPHER sub-TLV).
+pub fn cipher_name(s: rustls::CipherSuite) -> &'static str {
+    use rustls::CipherSuite as C;
+    match s {
+        C::TLS13_AES_128_GCM_SHA256 => "TLS_AES_128_GCM_SHA256",
+        C::TLS13_AES_256_GCM_SHA384 => "TLS_AES_256_GCM_SHA384",
+        C::TLS13_CHACHA20_POLY1305_SHA256 => "TLS_CHACHA20_POLY1305_SHA256",
+        C::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256 => "ECDHE-ECDSA-AES128-GCM-SHA256",
+        C::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384 => "ECDHE-ECDSA-AES256-GCM-SHA384",
+        C::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256 => "ECDHE-ECDSA-CHACHA20-POLY1305",
+        C::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256 => "ECDHE-RSA-AES128-GCM-SHA256",
+        C::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384 => "ECDHE-RSA-AES256-GCM-SHA384",
+        C::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256 => "ECDHE-RSA-CHACHA20-POLY1305",
+        _ => "UNKNOWN",
+    }
+}

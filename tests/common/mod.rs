@@ -1,0 +1,489 @@
+//! Builders for integration tests: temp dirs, certificates, the real `mqedge` binary, real
+//! Mosquitto, a PROXY-parsing mock broker, and raw MQTT clients bound to chosen 127.0.0.x source
+//! addresses. Everything started here stops when its handle drops; every wait has a deadline.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+
+/// A directory removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let p = std::env::temp_dir().join(format!("mqedge-test-{tag}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+    pub fn write(&self, name: &str, text: &str) -> PathBuf {
+        let p = self.0.join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Dev PKI written to `dir/certs`: ca.pem, server.pem/key, client certs per CN, plus a second
+/// unrelated CA ("evil") with its own client cert.
+pub struct Pki {
+    pub dir: PathBuf,
+}
+
+impl Pki {
+    pub fn new(dir: &Path, cns: &[&str]) -> Pki {
+        let certs = dir.join("certs");
+        let opts = mqedge_shared::certs::CertOptions {
+            sans: vec![],
+            client_cns: cns.iter().map(|s| s.to_string()).collect(),
+            reuse_ca: false,
+        };
+        mqedge_shared::certs::generate(&certs, &opts).unwrap();
+        let evil = dir.join("evil");
+        mqedge_shared::certs::generate(
+            &evil,
+            &mqedge_shared::certs::CertOptions {
+                sans: vec![],
+                client_cns: vec!["intruder".into()],
+                reuse_ca: false,
+            },
+        )
+        .unwrap();
+        Pki { dir: dir.to_path_buf() }
+    }
+    pub fn file(&self, name: &str) -> String {
+        self.dir.join("certs").join(name).display().to_string()
+    }
+    pub fn evil(&self, name: &str) -> String {
+        self.dir.join("evil").join(name).display().to_string()
+    }
+    /// rustls client config trusting our CA, presenting `cn`'s cert (or none).
+    pub fn client_config(&self, cn: Option<&str>) -> Arc<rustls::ClientConfig> {
+        let ca = mqedge_shared::tls::load_certs(Path::new(&self.file("ca.pem"))).unwrap();
+        let id = cn.map(|cn| {
+            (
+                mqedge_shared::tls::load_certs(Path::new(&self.file(&format!("{cn}.pem")))).unwrap(),
+                mqedge_shared::tls::load_key(Path::new(&self.file(&format!("{cn}.key")))).unwrap(),
+            )
+        });
+        mqedge_shared::tls::client_config(ca, id).unwrap()
+    }
+}
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_mqedge")
+}
+
+/// A child process whose stderr is collected; SIGTERM then SIGKILL on drop.
+pub struct Proc {
+    pub child: Child,
+    pub log: Arc<Mutex<Vec<String>>>,
+    pub name: String,
+}
+
+impl Proc {
+    pub fn spawn(name: &str, mut cmd: Command) -> Proc {
+        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {name}: {e}"));
+        let log = Arc::new(Mutex::new(Vec::new()));
+        for pipe in [
+            child.stderr.take().map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
+            child.stdout.take().map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let log = log.clone();
+            let tag = name.to_string();
+            std::thread::spawn(move || {
+                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                    if std::env::var_os("MQEDGE_TEST_VERBOSE").is_some() {
+                        eprintln!("[{tag}] {line}");
+                    }
+                    log.lock().unwrap().push(line);
+                }
+            });
+        }
+        Proc {
+            child,
+            log,
+            name: name.to_string(),
+        }
+    }
+
+    /// Waits until a log line contains `needle`; returns that line.
+    pub fn wait_log(&self, needle: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(l) = self.log.lock().unwrap().iter().find(|l| l.contains(needle)) {
+                return l.clone();
+            }
+            if Instant::now() > deadline {
+                panic!("{}: no log line with {needle:?} within {timeout:?}; log:\n{}", self.name, self.logs());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn count_log(&self, needle: &str) -> usize {
+        self.log.lock().unwrap().iter().filter(|l| l.contains(needle)).count()
+    }
+
+    pub fn logs(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let _ = Command::new("kill").arg(format!("-{sig}")).arg(self.child.id().to_string()).status();
+    }
+
+    /// Waits for exit; `None` on timeout.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                return Some(s);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.signal("TERM");
+            if self.wait_exit(Duration::from_secs(3)).is_none() {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+            }
+        }
+    }
+}
+
+/// A running `mqedge lb`, with the addresses its listeners bound (from its log).
+pub struct Lb {
+    pub proc: Proc,
+    pub config: PathBuf,
+}
+
+impl Lb {
+    pub fn start(config: &Path) -> Lb {
+        let mut cmd = Command::new(bin());
+        cmd.arg("lb").arg("-c").arg(config);
+        if std::env::var_os("RUST_LOG").is_none() {
+            cmd.env("RUST_LOG", "info,mqedge_lb=debug");
+        }
+        let proc = Proc::spawn("lb", cmd);
+        proc.wait_log("listening", Duration::from_secs(20));
+        Lb {
+            proc,
+            config: config.to_path_buf(),
+        }
+    }
+
+    /// The address of the named listener, read from the `listening` log line.
+    pub fn addr(&self, listener: &str) -> SocketAddr {
+        let line = self
+            .proc
+            .wait_log(&format!("listener={listener} addr="), Duration::from_secs(10));
+        let a = line.split("addr=").nth(1).unwrap().split_whitespace().next().unwrap();
+        a.parse().unwrap()
+    }
+}
+
+/// A free TCP port on 127.0.0.1 (bind 0, read, release). For peers that cannot take port 0.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Waits until something accepts TCP on `addr`.
+pub fn wait_port(addr: SocketAddr, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    while std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+        if Instant::now() > deadline {
+            panic!("nothing listens on {addr} after {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+pub fn which(bin: &str) -> String {
+    for dir in ["/usr/sbin", "/usr/bin", "/usr/local/sbin", "/usr/local/bin"] {
+        let p = Path::new(dir).join(bin);
+        if p.exists() {
+            return p.display().to_string();
+        }
+    }
+    panic!("{bin} is not installed: .ci/run installs it (apt)");
+}
+
+/// A real Mosquitto broker on 127.0.0.1.
+pub struct Mosquitto {
+    pub proc: Proc,
+    pub addr: SocketAddr,
+    _dir: TempDir,
+}
+
+impl Mosquitto {
+    pub fn start() -> Mosquitto {
+        Self::start_with("")
+    }
+    pub fn start_with(extra: &str) -> Mosquitto {
+        let dir = TempDir::new("mosq");
+        let port = free_port();
+        let conf = dir.write(
+            "mosquitto.conf",
+            &format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n{extra}\n"),
+        );
+        let mut cmd = Command::new(which("mosquitto"));
+        cmd.arg("-c").arg(&conf);
+        let proc = Proc::spawn("mosquitto", cmd);
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        wait_port(addr, Duration::from_secs(10));
+        Mosquitto { proc, addr, _dir: dir }
+    }
+}
+
+/// A raw TCP connection from a chosen source IP (127.0.0.x).
+pub async fn tcp_from(src: Option<IpAddr>, dst: SocketAddr) -> std::io::Result<TcpStream> {
+    let sock = TcpSocket::new_v4()?;
+    if let Some(ip) = src {
+        sock.bind(SocketAddr::new(ip, 0))?;
+    }
+    sock.connect(dst).await
+}
+
+/// A TLS connection from a chosen source IP.
+pub async fn tls_from(
+    src: Option<IpAddr>,
+    dst: SocketAddr,
+    cfg: Arc<rustls::ClientConfig>,
+) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    let tcp = tcp_from(src, dst).await?;
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    tokio_rustls::TlsConnector::from(cfg).connect(name, tcp).await
+}
+
+/// Sends a CONNECT and reads a CONNACK; returns the CONNACK return code.
+pub async fn mqtt_connect<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S, client_id: &str) -> std::io::Result<u8> {
+    let pkt = mqedge_shared::peek::encode_connect(4, client_id, None, 30);
+    s.write_all(&pkt).await?;
+    let mut ack = [0u8; 4];
+    tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut ack))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no CONNACK"))??;
+    if ack[0] != 0x20 {
+        return Err(std::io::Error::other(format!("not a CONNACK: {ack:?}")));
+    }
+    Ok(ack[3])
+}
+
+/// What the mock broker saw on one connection.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub backend: String,
+    pub proxy: Option<mqedge_shared::proxy::ProxyInfo>,
+    /// The raw header bytes (to compare layouts).
+    pub proxy_raw: Vec<u8>,
+    pub client_id: String,
+    pub peer: SocketAddr,
+}
+
+/// A mock MQTT broker: optionally expects a PROXY header (parsed with `ppp` via mqedge-shared),
+/// reads the CONNECT, answers CONNACK, then echoes nothing and keeps the connection open until the
+/// client closes. Records what it saw.
+pub struct MockBroker {
+    pub name: String,
+    pub addr: SocketAddr,
+    pub seen: Arc<Mutex<Vec<Seen>>>,
+    stop: tokio::sync::watch::Sender<bool>,
+}
+
+impl MockBroker {
+    pub async fn start(name: &str, expect_proxy: bool) -> MockBroker {
+        Self::start_on(name, "127.0.0.1:0".parse().unwrap(), expect_proxy).await
+    }
+    pub async fn start_on(name: &str, bind: SocketAddr, expect_proxy: bool) -> MockBroker {
+        let l = tokio::net::TcpListener::bind(bind).await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let (stop, mut stop_rx) = tokio::sync::watch::channel(false);
+        let (s2, n2) = (seen.clone(), name.to_string());
+        tokio::spawn(async move {
+            loop {
+                let (mut c, peer) = tokio::select! {
+                    _ = stop_rx.changed() => break,
+                    a = l.accept() => match a { Ok(a) => a, Err(_) => continue },
+                };
+                let (seen, name) = (s2.clone(), n2.clone());
+                let mut stop_c = stop_rx.clone();
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut proxy = None;
+                    let mut proxy_raw = Vec::new();
+                    let mut off = 0;
+                    loop {
+                        let mut chunk = [0u8; 1024];
+                        let n = match c.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => n,
+                        };
+                        buf.extend_from_slice(&chunk[..n]);
+                        if expect_proxy && proxy.is_none() {
+                            match mqedge_shared::proxy::parse(&buf) {
+                                Ok(Some((info, len))) => {
+                                    proxy_raw = buf[..len].to_vec();
+                                    proxy = Some(info);
+                                    off = len;
+                                    // a LOCAL header (health check) with nothing after it
+                                }
+                                Ok(None) => continue,
+                                Err(_) => return,
+                            }
+                        }
+                        match mqedge_shared::peek::peek_connect(&buf[off..], 1 << 20) {
+                            Ok(mqedge_shared::peek::Peek::Complete(cn)) => {
+                                seen.lock().unwrap().push(Seen {
+                                    backend: name.clone(),
+                                    proxy: proxy.clone(),
+                                    proxy_raw: proxy_raw.clone(),
+                                    client_id: cn.client_id.to_string(),
+                                    peer,
+                                });
+                                if c.write_all(&[0x20, 2, 0, 0]).await.is_err() {
+                                    return;
+                                }
+                                break;
+                            }
+                            Ok(_) => continue,
+                            Err(_) => return,
+                        }
+                    }
+                    // hold the connection: answer PINGREQ, until the client closes or we stop
+                    let mut chunk = [0u8; 1024];
+                    loop {
+                        tokio::select! {
+                            _ = stop_c.changed() => return,
+                            r = c.read(&mut chunk) => match r {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => {
+                                    if chunk[..n].windows(2).any(|w| w == [0xc0, 0x00]) {
+                                        let _ = c.write_all(&[0xd0, 0x00]).await;
+                                    }
+                                }
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        MockBroker {
+            name: name.to_string(),
+            addr,
+            seen,
+            stop,
+        }
+    }
+
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    pub fn clients(&self) -> Vec<String> {
+        self.seen().into_iter().map(|s| s.client_id).collect()
+    }
+
+    pub fn stop(&self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+impl Drop for MockBroker {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+/// Polls `f` until it returns true or the deadline passes.
+pub async fn eventually<F: FnMut() -> bool>(timeout: Duration, mut f: F) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// An LB config with one plain listener and one TLS listener (client_auth as given), and the
+/// given backends `(name, addr, proxy_mode)`.
+pub fn lb_config(pki: &Pki, client_auth: &str, strategy: &str, backends: &[(&str, SocketAddr, &str)], extra_lb: &str) -> String {
+    let mut s = format!(
+        r#"[lb]
+name = "test-edge"
+connect_timeout = "2s"
+max_connect_packet = "4KiB"
+drain_timeout = "2s"
+{extra_lb}
+
+[[listener]]
+name = "mqtts"
+bind = "127.0.0.1:0"
+[listener.tls]
+cert = "{cert}"
+key = "{key}"
+client_ca = "{ca}"
+client_auth = "{client_auth}"
+alpn = ["mqtt"]
+
+[[listener]]
+name = "mqtt"
+bind = "127.0.0.1:0"
+
+[balance]
+strategy = "{strategy}"
+fallback = "source_ip"
+retries = 2
+
+[health]
+kind = "tcp"
+interval = "500ms"
+timeout = "500ms"
+fall = 2
+rise = 1
+"#,
+        cert = pki.file("server.pem"),
+        key = pki.file("server.key"),
+        ca = pki.file("ca.pem"),
+    );
+    for (name, addr, pp) in backends {
+        s.push_str(&format!(
+            "\n[[backend]]\nname = \"{name}\"\naddr = \"{addr}\"\nproxy_protocol = \"{pp}\"\n"
+        ));
+    }
+    s
+}

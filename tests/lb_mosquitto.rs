@@ -1,0 +1,87 @@
+//! `mosquitto_pub`/`mosquitto_sub` through the LB's TLS listener to a real Mosquitto, with and
+//! without client certificates, and the `client_auth = "required"` refusals.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+
+fn sub_pub(lb: std::net::SocketAddr, pki: &Pki, cert: Option<(&str, &str)>, topic: &str, msg: &str) -> (bool, String) {
+    let mut sub = Command::new(which("mosquitto_sub"));
+    sub.args(["-h", "127.0.0.1", "-p", &lb.port().to_string(), "--cafile", &pki.file("ca.pem")])
+        .args(["-t", topic, "-C", "1", "-W", "8", "-i", &format!("sub-{topic}")]);
+    if let Some((c, k)) = cert {
+        sub.args(["--cert", c, "--key", k]);
+    }
+    let mut sub = Proc::spawn("mosquitto_sub", sub);
+    // publish until the subscriber has its subscription in place and prints the message
+    let deadline = std::time::Instant::now() + Duration::from_secs(8);
+    while std::time::Instant::now() < deadline {
+        let mut p = Command::new(which("mosquitto_pub"));
+        p.args(["-h", "127.0.0.1", "-p", &lb.port().to_string(), "--cafile", &pki.file("ca.pem")])
+            .args(["-t", topic, "-m", msg, "-i", &format!("pub-{topic}")]);
+        if let Some((c, k)) = cert {
+            p.args(["--cert", c, "--key", k]);
+        }
+        let _ = p.output();
+        if sub.wait_exit(Duration::from_millis(300)).is_some() {
+            break;
+        }
+    }
+    let status = sub.wait_exit(Duration::from_secs(2));
+    (status.map(|s| s.success()).unwrap_or(false), sub.logs())
+}
+
+#[test]
+fn mosquitto_clients_through_tls_with_and_without_client_cert() {
+    let dir = TempDir::new("mosq-tls");
+    let pki = Pki::new(dir.path(), &["device-1"]);
+    let mosq = Mosquitto::start();
+    let cfg = dir.write("lb.toml", &lb_config(&pki, "optional", "client_id", &[("mosq", mosq.addr, "none")], ""));
+    let lb = Lb::start(&cfg);
+    let tls = lb.addr("mqtts");
+
+    let (ok, out) = sub_pub(tls, &pki, None, "t/nocert", "hello-anon");
+    assert!(ok, "no client cert: subscriber did not get the message: {out}");
+    assert!(out.contains("hello-anon"), "{out}");
+
+    let (c, k) = (pki.file("device-1.pem"), pki.file("device-1.key"));
+    let (ok, out) = sub_pub(tls, &pki, Some((&c, &k)), "t/cert", "hello-cert");
+    assert!(ok && out.contains("hello-cert"), "with client cert: {out}");
+    // the LB logged the CN of the certificate it verified
+    lb.proc.wait_log("cn=\"device-1\"", Duration::from_secs(5));
+}
+
+#[test]
+fn required_client_auth_refuses_missing_or_foreign_certs() {
+    let dir = TempDir::new("mosq-req");
+    let pki = Pki::new(dir.path(), &["device-1"]);
+    let mosq = Mosquitto::start();
+    let cfg = dir.write("lb.toml", &lb_config(&pki, "required", "client_id", &[("mosq", mosq.addr, "none")], ""));
+    let lb = Lb::start(&cfg);
+    let tls = lb.addr("mqtts");
+    let port = tls.port().to_string();
+
+    let run_pub = |extra: &[&str]| {
+        Command::new(which("mosquitto_pub"))
+            .args(["-h", "127.0.0.1", "-p", &port, "--cafile", &pki.file("ca.pem"), "-t", "x", "-m", "y"])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let none = run_pub(&[]);
+    assert!(!none.status.success(), "no certificate must fail");
+    let (ec, ek) = (pki.evil("intruder.pem"), pki.evil("intruder.key"));
+    let foreign = run_pub(&["--cert", &ec, "--key", &ek]);
+    assert!(!foreign.status.success(), "a certificate from another CA must fail");
+    let (c, k) = (pki.file("device-1.pem"), pki.file("device-1.key"));
+    let good = run_pub(&["--cert", &c, "--key", &k]);
+    assert!(good.status.success(), "our client cert must pass: {}", String::from_utf8_lossy(&good.stderr));
+    // both refusals were counted as TLS handshake failures, never forwarded
+    lb.proc.wait_log("reason=\"tls_handshake\"", Duration::from_secs(5));
+    lb.proc.wait_log("closed: both sides closed", Duration::from_secs(5));
+    assert!(lb.proc.count_log("reason=\"tls_handshake\"") >= 2, "{}", lb.proc.logs());
+    assert_eq!(lb.proc.count_log("closed: "), 1, "only the good client was forwarded");
+}
