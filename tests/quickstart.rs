@@ -1,0 +1,58 @@
+//! The README's quickstart, run as written: certs, check, Mosquitto on 21883, the LB on
+//! 8883/1883 from configs/quickstart/lb.toml, a TLS subscriber with the client cert, and TLS and
+//! plain publishers.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+
+#[test]
+fn readme_quickstart_works_as_written() {
+    let dir = TempDir::new("quickstart");
+    let root = env!("CARGO_MANIFEST_DIR");
+    // the config as committed, next to freshly generated certs
+    let cfg = dir.write(
+        "lb.toml",
+        &std::fs::read_to_string(format!("{root}/configs/quickstart/lb.toml")).unwrap(),
+    );
+    let certs = dir.path().join("certs");
+    let out = Command::new(bin()).args(["certs", "--out"]).arg(&certs).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(bin()).args(["check", "-c"]).arg(&cfg).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let mut m = Command::new(which("mosquitto"));
+    m.args(["-p", "21883"]);
+    let _mosq = Proc::spawn("mosquitto", m);
+    wait_port("127.0.0.1:21883".parse().unwrap(), Duration::from_secs(10));
+    let lb = Lb::start(&cfg);
+    wait_port("127.0.0.1:8883".parse().unwrap(), Duration::from_secs(10));
+
+    let c = |n: &str| certs.join(n).display().to_string();
+    let mut sub = Command::new(which("mosquitto_sub"));
+    sub.args(["-h", "localhost", "-p", "8883", "--cafile", &c("ca.pem"), "--cert", &c("client.pem")])
+        .args(["--key", &c("client.key"), "-t", "demo/#", "-v", "-C", "2", "-W", "15"]);
+    let mut sub = Proc::spawn("mosquitto_sub", sub);
+    // publish (repeating until the subscription is in place) over TLS and plain
+    let deadline = std::time::Instant::now() + Duration::from_secs(12);
+    while sub.count_log("hi from") < 2 && std::time::Instant::now() < deadline {
+        if sub.count_log("hi from TLS") == 0 {
+            let _ = Command::new(which("mosquitto_pub"))
+                .args(["-h", "localhost", "-p", "8883", "--cafile", &c("ca.pem"), "-t", "demo/hello", "-m", "hi from TLS"])
+                .output();
+        } else {
+            let _ = Command::new(which("mosquitto_pub"))
+                .args(["-h", "127.0.0.1", "-p", "1883", "-t", "demo/hello", "-m", "hi from plain"])
+                .output();
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    sub.wait_exit(Duration::from_secs(3));
+    let got = sub.logs();
+    assert!(got.contains("demo/hello hi from TLS"), "{got}");
+    assert!(got.contains("demo/hello hi from plain"), "{got}");
+    lb.proc.wait_log("cn=\"dev-client\"", Duration::from_secs(5));
+}
