@@ -53,7 +53,9 @@ fn proxy_v2(c: &mut Criterion) {
             cert_sha256: Some([0xab; 32]),
         }),
     };
-    c.bench_function("proxy_v2_encode/ssl_cn_tlvs", |b| b.iter(|| encode_v2(black_box(&info))));
+    c.bench_function("proxy_v2_encode/ssl_cn_tlvs", |b| {
+        b.iter(|| encode_v2(black_box(&info)))
+    });
 }
 
 criterion_group!(benches, peek, proxy_v2);

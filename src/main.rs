@@ -8,7 +8,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 
 #[derive(Parser)]
-#[command(name = "mqedge", version, about = "MQTT edge load balancer and clustered broker")]
+#[command(
+    name = "mqedge",
+    version,
+    about = "MQTT edge load balancer and clustered broker"
+)]
 struct Cli {
     /// Log format on stderr (level from RUST_LOG, default info).
     #[arg(long, value_enum, default_value = "human", global = true)]
@@ -121,7 +125,8 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 
 /// Which role a config file is for, judged by its top-level tables.
 fn role_of(path: &std::path::Path) -> Result<&'static str, String> {
-    let src = std::fs::read_to_string(path).map_err(|e| format!("{}: cannot read config file: {e}", path.display()))?;
+    let src = std::fs::read_to_string(path)
+        .map_err(|e| format!("{}: cannot read config file: {e}", path.display()))?;
     let t: toml::Table = match toml::from_str(&src) {
         Ok(t) => t,
         // let the role parser report the syntax error with its line
@@ -185,8 +190,8 @@ fn run_lb(path: &std::path::Path) -> ExitCode {
         }
     };
     let res: anyhow::Result<()> = rt.block_on(async move {
-        let listeners = mqedge_lb::bind(&cfg).await?;
-        mqedge_lb::run(cfg, listeners, shutdown_signal()).await?;
+        let bound = mqedge_lb::bind(&cfg).await?;
+        mqedge_lb::run(cfg, bound, shutdown_signal()).await?;
         Ok(())
     });
     // Connections still open after drain_timeout end with the runtime.
@@ -206,7 +211,10 @@ fn run_lb(path: &std::path::Path) -> ExitCode {
 /// Resolves on the first SIGINT or SIGTERM; a second one exits at once.
 async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
         std::future::pending::<()>().await;
         return;
     };

@@ -19,7 +19,10 @@ async fn closed_after(addr: std::net::SocketAddr, bytes: &[u8]) -> Duration {
         match tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf)).await {
             Ok(Ok(0)) | Ok(Err(_)) => return t0.elapsed(),
             Ok(Ok(_)) => continue,
-            Err(_) => panic!("connection with {:?}… still open after 10s", &bytes[..bytes.len().min(8)]),
+            Err(_) => panic!(
+                "connection with {:?}… still open after 10s",
+                &bytes[..bytes.len().min(8)]
+            ),
         }
     }
 }
@@ -29,7 +32,16 @@ async fn bad_first_packets_are_closed_and_counted() {
     let dir = TempDir::new("bad-input");
     let pki = Pki::new(dir.path(), &[]);
     let mock = MockBroker::start("node1", false).await;
-    let cfg = dir.write("lb.toml", &lb_config(&pki, "none", "client_id", &[("node1", mock.addr, "none")], ""));
+    let cfg = dir.write(
+        "lb.toml",
+        &lb_config(
+            &pki,
+            "none",
+            "client_id",
+            &[("node1", mock.addr, "none")],
+            "",
+        ),
+    );
     let lb = Lb::start(&cfg);
     let plain = lb.addr("mqtt");
     let tls = lb.addr("mqtts");
@@ -40,7 +52,9 @@ async fn bad_first_packets_are_closed_and_counted() {
 
     let garbage: Vec<u8> = (0..200u32).map(|i| (i * 7 + 3) as u8).collect();
     assert!(closed_after(plain, &garbage).await < Duration::from_secs(1));
-    assert!(closed_after(plain, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await < Duration::from_secs(1));
+    assert!(
+        closed_after(plain, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await < Duration::from_secs(1)
+    );
     // SUBSCRIBE before CONNECT
     assert!(closed_after(plain, &[0x82, 0x05, 0, 1, 0, 1, b'a']).await < Duration::from_secs(1));
     // CONNECT declaring 100 KiB (limit 4 KiB): refused from the header alone
@@ -54,22 +68,38 @@ async fn bad_first_packets_are_closed_and_counted() {
     // a CONNECT that never finishes: closed at connect_timeout (2s), not before, not much after
     let half = &mqedge_shared::peek::encode_connect(4, "slowpoke", None, 10)[..8];
     let t = closed_after(plain, half).await;
-    assert!(t >= Duration::from_millis(1900) && t < Duration::from_secs(4), "{t:?}");
+    assert!(
+        t >= Duration::from_millis(1900) && t < Duration::from_secs(4),
+        "{t:?}"
+    );
     // plain MQTT to the TLS port: a failed handshake
-    assert!(closed_after(tls, &mqedge_shared::peek::encode_connect(4, "c", None, 10)).await < Duration::from_secs(1));
+    assert!(
+        closed_after(tls, &mqedge_shared::peek::encode_connect(4, "c", None, 10)).await
+            < Duration::from_secs(1)
+    );
     // a TLS client that stops mid-handshake (nothing after ClientHello's first bytes)
     let t = closed_after(tls, &[0x16, 0x03, 0x01, 0x00, 0xff, 0x01]).await;
     assert!(t < Duration::from_secs(4), "{t:?}");
 
     // none of these reached the backend
     assert_eq!(mock.clients(), vec!["steady".to_string()]);
-    for reason in ["not_connect", "too_large", "malformed", "timeout", "tls_handshake"] {
-        lb.proc.wait_log(&format!("reason=\"{reason}\""), Duration::from_secs(3));
+    for reason in [
+        "not_connect",
+        "too_large",
+        "malformed",
+        "timeout",
+        "tls_handshake",
+    ] {
+        lb.proc
+            .wait_log(&format!("reason=\"{reason}\""), Duration::from_secs(3));
     }
     // still serving: the steady client's session answers a ping, a new client connects
     good.write_all(&[0xc0, 0x00]).await.unwrap();
     let mut pong = [0u8; 2];
-    tokio::time::timeout(Duration::from_secs(3), good.read_exact(&mut pong)).await.unwrap().unwrap();
+    tokio::time::timeout(Duration::from_secs(3), good.read_exact(&mut pong))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(pong, [0xd0, 0x00]);
     let mut again = tcp_from(None, plain).await.unwrap();
     assert_eq!(mqtt_connect(&mut again, "after").await.unwrap(), 0);
@@ -80,7 +110,16 @@ async fn sigterm_stops_cleanly_with_exit_0() {
     let dir = TempDir::new("sigterm");
     let pki = Pki::new(dir.path(), &[]);
     let mock = MockBroker::start("node1", false).await;
-    let cfg = dir.write("lb.toml", &lb_config(&pki, "none", "client_id", &[("node1", mock.addr, "none")], ""));
+    let cfg = dir.write(
+        "lb.toml",
+        &lb_config(
+            &pki,
+            "none",
+            "client_id",
+            &[("node1", mock.addr, "none")],
+            "",
+        ),
+    );
     let mut lb = Lb::start(&cfg);
     let plain = lb.addr("mqtt");
     let mut c = tcp_from(None, plain).await.unwrap();
@@ -88,11 +127,16 @@ async fn sigterm_stops_cleanly_with_exit_0() {
     lb.proc.signal("TERM");
     // listeners close at once
     assert!(
-        eventually(Duration::from_secs(3), || std::net::TcpStream::connect(plain).is_err()).await,
+        eventually(Duration::from_secs(3), || std::net::TcpStream::connect(
+            plain
+        )
+        .is_err())
+        .await,
         "listener still accepting after SIGTERM"
     );
     // the open connection may finish; when it goes, the LB exits 0 (drain_timeout is 2s)
     drop(c);
-    let status = tokio::task::block_in_place(|| lb.proc.wait_exit(Duration::from_secs(5))).expect("LB did not exit");
+    let status = tokio::task::block_in_place(|| lb.proc.wait_exit(Duration::from_secs(5)))
+        .expect("LB did not exit");
     assert_eq!(status.code(), Some(0));
 }

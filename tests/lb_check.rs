@@ -8,7 +8,12 @@ use std::process::Command;
 use common::*;
 
 fn check(path: &std::path::Path) -> (i32, String, String) {
-    let out = Command::new(bin()).arg("check").arg("-c").arg(path).output().unwrap();
+    let out = Command::new(bin())
+        .arg("check")
+        .arg("-c")
+        .arg(path)
+        .output()
+        .unwrap();
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -20,7 +25,11 @@ fn check(path: &std::path::Path) -> (i32, String, String) {
 fn design_example_is_accepted() {
     let dir = TempDir::new("check-ok");
     let _pki = Pki::new(dir.path(), &[]);
-    let example = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/configs/lb.example.toml")).unwrap();
+    let example = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/configs/lb.example.toml"
+    ))
+    .unwrap();
     let p = dir.write("lb.toml", &example);
     let (code, out, err) = check(&p);
     assert_eq!(code, 0, "stdout: {out} stderr: {err}");
@@ -45,20 +54,33 @@ fn broken_files_are_refused_with_file_line() {
         assert_eq!(code, 1, "{name}: stdout {out} stderr {err}");
         let first = err.lines().next().unwrap_or("");
         let want = format!("{}:{line}: ", p.display());
-        assert!(first.starts_with(&want), "{name}: expected {want:?}…, got {err:?}");
-        assert!(first.contains(what), "{name}: expected {what:?} in {first:?}");
+        assert!(
+            first.starts_with(&want),
+            "{name}: expected {want:?}…, got {err:?}"
+        );
+        assert!(
+            first.contains(what),
+            "{name}: expected {what:?} in {first:?}"
+        );
     }
     // a missing file: exit 1, one line naming it
     let (code, _, err) = check(&dir.path().join("nope.toml"));
     assert_eq!(code, 1);
-    assert!(err.contains("nope.toml") && err.lines().count() == 1, "{err}");
+    assert!(
+        err.contains("nope.toml") && err.lines().count() == 1,
+        "{err}"
+    );
 }
 
 #[test]
 fn lb_refuses_to_start_on_a_bad_config_and_bad_arguments_exit_1() {
     let dir = TempDir::new("check-run");
     let p = dir.write("lb.toml", "[lb]\nbogus = true\n");
-    let out = Command::new(bin()).args(["lb", "-c"]).arg(&p).output().unwrap();
+    let out = Command::new(bin())
+        .args(["lb", "-c"])
+        .arg(&p)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("lb.toml:2: unknown field `bogus`"));
     let out = Command::new(bin()).arg("frobnicate").output().unwrap();

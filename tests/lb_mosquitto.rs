@@ -8,10 +8,32 @@ use std::time::Duration;
 
 use common::*;
 
-fn sub_pub(lb: std::net::SocketAddr, pki: &Pki, cert: Option<(&str, &str)>, topic: &str, msg: &str) -> (bool, String) {
+fn sub_pub(
+    lb: std::net::SocketAddr,
+    pki: &Pki,
+    cert: Option<(&str, &str)>,
+    topic: &str,
+    msg: &str,
+) -> (bool, String) {
     let mut sub = Command::new(which("mosquitto_sub"));
-    sub.args(["-h", "127.0.0.1", "-p", &lb.port().to_string(), "--cafile", &pki.file("ca.pem")])
-        .args(["-t", topic, "-C", "1", "-W", "8", "-i", &format!("sub-{topic}")]);
+    sub.args([
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &lb.port().to_string(),
+        "--cafile",
+        &pki.file("ca.pem"),
+    ])
+    .args([
+        "-t",
+        topic,
+        "-C",
+        "1",
+        "-W",
+        "8",
+        "-i",
+        &format!("sub-{topic}"),
+    ]);
     if let Some((c, k)) = cert {
         sub.args(["--cert", c, "--key", k]);
     }
@@ -20,8 +42,15 @@ fn sub_pub(lb: std::net::SocketAddr, pki: &Pki, cert: Option<(&str, &str)>, topi
     let deadline = std::time::Instant::now() + Duration::from_secs(8);
     while std::time::Instant::now() < deadline {
         let mut p = Command::new(which("mosquitto_pub"));
-        p.args(["-h", "127.0.0.1", "-p", &lb.port().to_string(), "--cafile", &pki.file("ca.pem")])
-            .args(["-t", topic, "-m", msg, "-i", &format!("pub-{topic}")]);
+        p.args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &lb.port().to_string(),
+            "--cafile",
+            &pki.file("ca.pem"),
+        ])
+        .args(["-t", topic, "-m", msg, "-i", &format!("pub-{topic}")]);
         if let Some((c, k)) = cert {
             p.args(["--cert", c, "--key", k]);
         }
@@ -39,12 +68,24 @@ fn mosquitto_clients_through_tls_with_and_without_client_cert() {
     let dir = TempDir::new("mosq-tls");
     let pki = Pki::new(dir.path(), &["device-1"]);
     let mosq = Mosquitto::start();
-    let cfg = dir.write("lb.toml", &lb_config(&pki, "optional", "client_id", &[("mosq", mosq.addr, "none")], ""));
+    let cfg = dir.write(
+        "lb.toml",
+        &lb_config(
+            &pki,
+            "optional",
+            "client_id",
+            &[("mosq", mosq.addr, "none")],
+            "",
+        ),
+    );
     let lb = Lb::start(&cfg);
     let tls = lb.addr("mqtts");
 
     let (ok, out) = sub_pub(tls, &pki, None, "t/nocert", "hello-anon");
-    assert!(ok, "no client cert: subscriber did not get the message: {out}");
+    assert!(
+        ok,
+        "no client cert: subscriber did not get the message: {out}"
+    );
     assert!(out.contains("hello-anon"), "{out}");
 
     let (c, k) = (pki.file("device-1.pem"), pki.file("device-1.key"));
@@ -59,14 +100,34 @@ fn required_client_auth_refuses_missing_or_foreign_certs() {
     let dir = TempDir::new("mosq-req");
     let pki = Pki::new(dir.path(), &["device-1"]);
     let mosq = Mosquitto::start();
-    let cfg = dir.write("lb.toml", &lb_config(&pki, "required", "client_id", &[("mosq", mosq.addr, "none")], ""));
+    let cfg = dir.write(
+        "lb.toml",
+        &lb_config(
+            &pki,
+            "required",
+            "client_id",
+            &[("mosq", mosq.addr, "none")],
+            "",
+        ),
+    );
     let lb = Lb::start(&cfg);
     let tls = lb.addr("mqtts");
     let port = tls.port().to_string();
 
     let run_pub = |extra: &[&str]| {
         Command::new(which("mosquitto_pub"))
-            .args(["-h", "127.0.0.1", "-p", &port, "--cafile", &pki.file("ca.pem"), "-t", "x", "-m", "y"])
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "--cafile",
+                &pki.file("ca.pem"),
+                "-t",
+                "x",
+                "-m",
+                "y",
+            ])
             .args(extra)
             .output()
             .unwrap()
@@ -75,13 +136,30 @@ fn required_client_auth_refuses_missing_or_foreign_certs() {
     assert!(!none.status.success(), "no certificate must fail");
     let (ec, ek) = (pki.evil("intruder.pem"), pki.evil("intruder.key"));
     let foreign = run_pub(&["--cert", &ec, "--key", &ek]);
-    assert!(!foreign.status.success(), "a certificate from another CA must fail");
+    assert!(
+        !foreign.status.success(),
+        "a certificate from another CA must fail"
+    );
     let (c, k) = (pki.file("device-1.pem"), pki.file("device-1.key"));
     let good = run_pub(&["--cert", &c, "--key", &k]);
-    assert!(good.status.success(), "our client cert must pass: {}", String::from_utf8_lossy(&good.stderr));
+    assert!(
+        good.status.success(),
+        "our client cert must pass: {}",
+        String::from_utf8_lossy(&good.stderr)
+    );
     // both refusals were counted as TLS handshake failures, never forwarded
-    lb.proc.wait_log("reason=\"tls_handshake\"", Duration::from_secs(5));
-    lb.proc.wait_log("closed: both sides closed", Duration::from_secs(5));
-    assert!(lb.proc.count_log("reason=\"tls_handshake\"") >= 2, "{}", lb.proc.logs());
-    assert_eq!(lb.proc.count_log("closed: "), 1, "only the good client was forwarded");
+    lb.proc
+        .wait_log("reason=\"tls_handshake\"", Duration::from_secs(5));
+    lb.proc
+        .wait_log("closed: both sides closed", Duration::from_secs(5));
+    assert!(
+        lb.proc.count_log("reason=\"tls_handshake\"") >= 2,
+        "{}",
+        lb.proc.logs()
+    );
+    assert_eq!(
+        lb.proc.count_log("closed: "),
+        1,
+        "only the good client was forwarded"
+    );
 }

@@ -19,10 +19,26 @@ fn readme_quickstart_works_as_written() {
         &std::fs::read_to_string(format!("{root}/configs/quickstart/lb.toml")).unwrap(),
     );
     let certs = dir.path().join("certs");
-    let out = Command::new(bin()).args(["certs", "--out"]).arg(&certs).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let out = Command::new(bin()).args(["check", "-c"]).arg(&cfg).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(bin())
+        .args(["certs", "--out"])
+        .arg(&certs)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = Command::new(bin())
+        .args(["check", "-c"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     let mut m = Command::new(which("mosquitto"));
     m.args(["-p", "21883"]);
@@ -33,19 +49,58 @@ fn readme_quickstart_works_as_written() {
 
     let c = |n: &str| certs.join(n).display().to_string();
     let mut sub = Command::new(which("mosquitto_sub"));
-    sub.args(["-h", "localhost", "-p", "8883", "--cafile", &c("ca.pem"), "--cert", &c("client.pem")])
-        .args(["--key", &c("client.key"), "-t", "demo/#", "-v", "-C", "2", "-W", "15"]);
+    sub.args([
+        "-h",
+        "localhost",
+        "-p",
+        "8883",
+        "--cafile",
+        &c("ca.pem"),
+        "--cert",
+        &c("client.pem"),
+    ])
+    .args([
+        "--key",
+        &c("client.key"),
+        "-t",
+        "demo/#",
+        "-v",
+        "-C",
+        "2",
+        "-W",
+        "15",
+    ]);
     let mut sub = Proc::spawn("mosquitto_sub", sub);
     // publish (repeating until the subscription is in place) over TLS and plain
     let deadline = std::time::Instant::now() + Duration::from_secs(12);
     while sub.count_log("hi from") < 2 && std::time::Instant::now() < deadline {
         if sub.count_log("hi from TLS") == 0 {
             let _ = Command::new(which("mosquitto_pub"))
-                .args(["-h", "localhost", "-p", "8883", "--cafile", &c("ca.pem"), "-t", "demo/hello", "-m", "hi from TLS"])
+                .args([
+                    "-h",
+                    "localhost",
+                    "-p",
+                    "8883",
+                    "--cafile",
+                    &c("ca.pem"),
+                    "-t",
+                    "demo/hello",
+                    "-m",
+                    "hi from TLS",
+                ])
                 .output();
         } else {
             let _ = Command::new(which("mosquitto_pub"))
-                .args(["-h", "127.0.0.1", "-p", "1883", "-t", "demo/hello", "-m", "hi from plain"])
+                .args([
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    "1883",
+                    "-t",
+                    "demo/hello",
+                    "-m",
+                    "hi from plain",
+                ])
                 .output();
         }
         std::thread::sleep(Duration::from_millis(200));
@@ -54,5 +109,6 @@ fn readme_quickstart_works_as_written() {
     let got = sub.logs();
     assert!(got.contains("demo/hello hi from TLS"), "{got}");
     assert!(got.contains("demo/hello hi from plain"), "{got}");
-    lb.proc.wait_log("cn=\"dev-client\"", Duration::from_secs(5));
+    lb.proc
+        .wait_log("cn=\"dev-client\"", Duration::from_secs(5));
 }

@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use mqedge_shared::config::{from_toml, read_config_file, resolve_path, ByteSize, ConfigErrors, HumanDuration, Problems};
+use mqedge_shared::config::{
+    from_toml, read_config_file, resolve_path, ByteSize, ConfigErrors, HumanDuration, Problems,
+};
 use mqedge_shared::tls::{self, ClientAuth};
 use serde::Deserialize;
 use toml::Spanned;
@@ -221,14 +223,17 @@ impl std::str::FromStr for BackendAddr {
         if let Ok(a) = s.parse::<SocketAddr>() {
             return Ok(BackendAddr::Ip(a));
         }
-        let bad = || format!("invalid backend address {s:?}: expected host:port, like \"10.0.0.2:1883\"");
+        let bad =
+            || format!("invalid backend address {s:?}: expected host:port, like \"10.0.0.2:1883\"");
         let (host, port) = s.rsplit_once(':').ok_or_else(bad)?;
         let port: u16 = port.parse().map_err(|_| bad())?;
         let host_ok = !host.is_empty()
             && host.len() <= 253
-            && host
-                .split('.')
-                .all(|l| !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'));
+            && host.split('.').all(|l| {
+                !l.is_empty()
+                    && l.len() <= 63
+                    && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            });
         if !host_ok || port == 0 || host.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
             return Err(bad());
         }
@@ -290,20 +295,34 @@ impl Config {
             connect_rate_per_ip: None,
             connect_burst_per_ip: None,
         });
-        let admin = rl.admin.as_ref().and_then(|a| match a.get_ref().parse::<SocketAddr>() {
-            Ok(s) => Some(s),
-            Err(_) => {
-                p.at(a.span(), format!("admin: invalid address {:?}: expected ip:port", a.get_ref()));
-                None
-            }
-        });
-        let max_connect_packet = rl.max_connect_packet.as_ref().map(|s| s.get_ref().0).unwrap_or(64 * 1024);
+        let admin = rl
+            .admin
+            .as_ref()
+            .and_then(|a| match a.get_ref().parse::<SocketAddr>() {
+                Ok(s) => Some(s),
+                Err(_) => {
+                    p.at(
+                        a.span(),
+                        format!("admin: invalid address {:?}: expected ip:port", a.get_ref()),
+                    );
+                    None
+                }
+            });
+        let max_connect_packet = rl
+            .max_connect_packet
+            .as_ref()
+            .map(|s| s.get_ref().0)
+            .unwrap_or(64 * 1024);
         if let Some(s) = &rl.max_connect_packet {
             if s.get_ref().0 < 16 || s.get_ref().0 > 16 << 20 {
                 p.at(s.span(), "max_connect_packet must be between 16B and 16MiB");
             }
         }
-        let burst = rl.connect_burst_per_ip.as_ref().map(|b| *b.get_ref()).unwrap_or(20);
+        let burst = rl
+            .connect_burst_per_ip
+            .as_ref()
+            .map(|b| *b.get_ref())
+            .unwrap_or(20);
         if let Some(b) = &rl.connect_burst_per_ip {
             if *b.get_ref() == 0 {
                 p.at(b.span(), "connect_burst_per_ip must be at least 1");
@@ -330,14 +349,20 @@ impl Config {
             if l.name.get_ref().is_empty() {
                 p.at(l.name.span(), "listener name must not be empty");
             } else if !names.insert(l.name.get_ref().clone()) {
-                p.at(l.name.span(), format!("duplicate listener name {:?}", l.name.get_ref()));
+                p.at(
+                    l.name.span(),
+                    format!("duplicate listener name {:?}", l.name.get_ref()),
+                );
             }
             let bind = match l.bind.get_ref().parse::<SocketAddr>() {
                 Ok(a) => a,
                 Err(_) => {
                     p.at(
                         l.bind.span(),
-                        format!("bind: invalid address {:?}: expected ip:port, like \"0.0.0.0:8883\"", l.bind.get_ref()),
+                        format!(
+                            "bind: invalid address {:?}: expected ip:port, like \"0.0.0.0:8883\"",
+                            l.bind.get_ref()
+                        ),
                     );
                     continue;
                 }
@@ -351,13 +376,19 @@ impl Config {
                     let key = resolve_path(path, &t.key);
                     let ca = t.client_ca.as_ref().map(|c| resolve_path(path, c));
                     if t.client_auth != ClientAuth::None && ca.is_none() {
-                        p.at(span.clone(), format!("client_auth = {:?} needs client_ca", t.client_auth).to_lowercase());
+                        p.at(
+                            span.clone(),
+                            format!("client_auth = {:?} needs client_ca", t.client_auth)
+                                .to_lowercase(),
+                        );
                     }
                     let loaded = (|| {
                         let chain = tls::load_certs(&cert)?;
                         let k = tls::load_key(&key)?;
                         let ca_certs = match &ca {
-                            Some(c) if t.client_auth != ClientAuth::None => Some(tls::load_certs(c)?),
+                            Some(c) if t.client_auth != ClientAuth::None => {
+                                Some(tls::load_certs(c)?)
+                            }
                             _ => None,
                         };
                         tls::server_config(chain, k, ca_certs, t.client_auth, &t.alpn)
@@ -392,7 +423,10 @@ impl Config {
         });
         let fallback = match &rb.fallback {
             Some(f) if *f.get_ref() == Strategy::ClientId => {
-                p.at(f.span(), "fallback cannot be client_id (it is used when the client id is empty)");
+                p.at(
+                    f.span(),
+                    "fallback cannot be client_id (it is used when the client id is empty)",
+                );
                 Strategy::SourceIp
             }
             Some(f) => *f.get_ref(),
@@ -426,14 +460,15 @@ fn parse_health(rh: Option<RawHealth>, p: &mut Problems<'_>) -> HealthConfig {
         fall: None,
         rise: None,
     });
-    let dur = |d: &Option<Spanned<HumanDuration>>, def: u64, what: &str, p: &mut Problems<'_>| match d {
-        Some(d) if d.get_ref().0 < Duration::from_millis(10) => {
-            p.at(d.span(), format!("{what} must be at least 10ms"));
-            Duration::from_secs(def)
-        }
-        Some(d) => d.get_ref().0,
-        None => Duration::from_secs(def),
-    };
+    let dur =
+        |d: &Option<Spanned<HumanDuration>>, def: u64, what: &str, p: &mut Problems<'_>| match d {
+            Some(d) if d.get_ref().0 < Duration::from_millis(10) => {
+                p.at(d.span(), format!("{what} must be at least 10ms"));
+                Duration::from_secs(def)
+            }
+            Some(d) => d.get_ref().0,
+            None => Duration::from_secs(def),
+        };
     let count = |c: &Option<Spanned<u32>>, def: u32, what: &str, p: &mut Problems<'_>| match c {
         Some(c) if *c.get_ref() == 0 => {
             p.at(c.span(), format!("{what} must be at least 1"));
@@ -462,8 +497,16 @@ fn parse_backends(raw: Vec<RawBackend>, p: &mut Problems<'_>) -> Vec<BackendConf
             }
         };
         let name = b.name.get_ref().clone();
-        if name.is_empty() || name.len() > 64 || !name.bytes().all(|c| c.is_ascii_alphanumeric() || b"-_.".contains(&c)) {
-            p.at(b.name.span(), format!("backend name {name:?} must be 1-64 characters of [A-Za-z0-9._-]"));
+        if name.is_empty()
+            || name.len() > 64
+            || !name
+                .bytes()
+                .all(|c| c.is_ascii_alphanumeric() || b"-_.".contains(&c))
+        {
+            p.at(
+                b.name.span(),
+                format!("backend name {name:?} must be 1-64 characters of [A-Za-z0-9._-]"),
+            );
             continue;
         }
         if out.iter().any(|o| o.name == name) {
@@ -513,21 +556,48 @@ mod tests {
         );
         let c = parse(&ok).unwrap();
         assert_eq!(c.backends[0].proxy_protocol, ProxyMode::V2);
-        assert_eq!(c.backends[1].addr, BackendAddr::Host("broker-1.broker".into(), 1883));
+        assert_eq!(
+            c.backends[1].addr,
+            BackendAddr::Host("broker-1.broker".into(), 1883)
+        );
         assert_eq!(c.backends[1].weight, 3);
 
-        let e = parse(&format!("{MIN}[[backend]]\nname = \"a\"\naddr = \"nope\"\n")).unwrap_err().to_string();
+        let e = parse(&format!(
+            "{MIN}[[backend]]\nname = \"a\"\naddr = \"nope\"\n"
+        ))
+        .unwrap_err()
+        .to_string();
         assert!(e.starts_with("lb.toml:6: invalid backend address"), "{e}");
-        let e = parse(&format!("{MIN}[lb]\nconnect_timeout = \"5 parsecs\"\n")).unwrap_err().to_string();
+        let e = parse(&format!("{MIN}[lb]\nconnect_timeout = \"5 parsecs\"\n"))
+            .unwrap_err()
+            .to_string();
         assert!(e.starts_with("lb.toml:5: invalid duration"), "{e}");
-        let e = parse(&format!("{MIN}[lb]\nbogus = 1\n")).unwrap_err().to_string();
+        let e = parse(&format!("{MIN}[lb]\nbogus = 1\n"))
+            .unwrap_err()
+            .to_string();
         assert!(e.starts_with("lb.toml:5: unknown field `bogus`"), "{e}");
-        let e = parse("[[listener]]\nname = \"x\"\nbind = \"localhost\"\n[health]\nfall = 0\n").unwrap_err();
+        let e = parse("[[listener]]\nname = \"x\"\nbind = \"localhost\"\n[health]\nfall = 0\n")
+            .unwrap_err();
         assert_eq!(e.0.len(), 2, "all problems at once: {e}");
-        assert!(e.0[0].to_string().starts_with("lb.toml:3: bind: invalid address"), "{e}");
-        assert!(e.0[1].to_string().starts_with("lb.toml:5: fall must be at least 1"), "{e}");
-        let e = parse(&format!("{MIN}[balance]\nstrategy = \"coin_flip\"\n")).unwrap_err().to_string();
-        assert!(e.starts_with("lb.toml:5: unknown variant `coin_flip`"), "{e}");
+        assert!(
+            e.0[0]
+                .to_string()
+                .starts_with("lb.toml:3: bind: invalid address"),
+            "{e}"
+        );
+        assert!(
+            e.0[1]
+                .to_string()
+                .starts_with("lb.toml:5: fall must be at least 1"),
+            "{e}"
+        );
+        let e = parse(&format!("{MIN}[balance]\nstrategy = \"coin_flip\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("lb.toml:5: unknown variant `coin_flip`"),
+            "{e}"
+        );
         let e = parse(&format!("{MIN}[[backend]]\nname = \"a\"\naddr = \"1.2.3.4:1\"\n[[backend]]\nname = \"a\"\naddr = \"1.2.3.4:2\"\n"))
             .unwrap_err()
             .to_string();
@@ -535,7 +605,10 @@ mod tests {
         let e = parse("[[listener]]\nname = \"x\"\nbind = \"127.0.0.1:1\"\n[listener.tls]\ncert = \"/nonexistent.pem\"\nkey = \"/k\"\n")
             .unwrap_err()
             .to_string();
-        assert!(e.starts_with("lb.toml:4") || e.starts_with("lb.toml:5"), "{e}");
+        assert!(
+            e.starts_with("lb.toml:4") || e.starts_with("lb.toml:5"),
+            "{e}"
+        );
         assert!(e.contains("/nonexistent.pem"), "{e}");
     }
 }

@@ -37,7 +37,10 @@ pub async fn connect(addr: &BackendAddr) -> io::Result<TcpStream> {
 
 /// The backends that may take a new connection, in config order.
 pub fn usable(live: &Live) -> Vec<&Arc<Backend>> {
-    live.backends.iter().filter(|b| b.state() == State::Up && b.cfg.weight > 0).collect()
+    live.backends
+        .iter()
+        .filter(|b| b.state() == State::Up && b.weight() > 0)
+        .collect()
 }
 
 /// Forwards one client whose CONNECT has been peeked.
@@ -54,8 +57,8 @@ pub async fn forward(
     let cands: Vec<Candidate<'_>> = ok
         .iter()
         .map(|b| Candidate {
-            name: &b.cfg.name,
-            weight: b.cfg.weight,
+            name: &b.name,
+            weight: b.weight(),
             active: b.active(),
         })
         .collect();
@@ -71,8 +74,8 @@ pub async fn forward(
         let b = ok[i];
         let t0 = Instant::now();
         let connected = tokio::time::timeout(live.health.timeout, async {
-            let mut s = connect(&b.cfg.addr).await?;
-            let mut first = crate::proxy_header::header_for(b.cfg.proxy_protocol, &facts);
+            let mut s = connect(&b.addr).await?;
+            let mut first = crate::proxy_header::header_for(b.proxy_mode(), &facts);
             first.extend_from_slice(&peeked.bytes);
             s.write_all(&first).await?;
             Ok::<_, io::Error>(s)
@@ -84,13 +87,13 @@ pub async fn forward(
                 lb.metrics
                     .backend_connect_seconds
                     .get_or_create(&BackendLabel {
-                        backend: b.cfg.name.clone(),
+                        backend: b.name.clone(),
                     })
                     .observe(t0.elapsed().as_secs_f64());
                 let guard = b.open_connection();
                 b.counters.bytes_in.inc_by(peeked.bytes.len() as u64);
                 rt.bytes_in.inc_by(peeked.bytes.len() as u64);
-                tracing::debug!(conn = %facts.conn_id, client_id = %peeked.client_id, src = %facts.src, backend = %b.cfg.name, "forwarding");
+                tracing::debug!(conn = %facts.conn_id, client_id = %peeked.client_id, src = %facts.src, backend = %b.name, "forwarding");
                 let started = Instant::now();
                 let counters = PumpCounters {
                     up: [rt.bytes_in.clone(), b.counters.bytes_in.clone()],
@@ -105,7 +108,7 @@ pub async fn forward(
                     username = peeked.username.as_deref().unwrap_or(""),
                     src = %facts.src,
                     cn = facts.tls.as_ref().and_then(|t| t.cert.as_ref()).and_then(|c| c.cn.as_deref()).unwrap_or(""),
-                    backend = %b.cfg.name,
+                    backend = %b.name,
                     bytes_in = up + peeked.bytes.len() as u64,
                     bytes_out = down,
                     secs = started.elapsed().as_secs_f64(),
@@ -115,7 +118,11 @@ pub async fn forward(
             }
             Err(e) => {
                 b.counters.connect_failures.inc();
-                tracing::warn!(conn = %facts.conn_id, backend = %b.cfg.name, addr = %b.cfg.addr, error = %e, "backend connect failed; trying the next in hash order");
+                // passive health: a failed connect while forwarding counts as a failed check
+                if let Some(st) = b.record_check(false, &live.health) {
+                    tracing::warn!(backend = %b.name, state = st.as_str(), "backend state changed by a failed forward connect");
+                }
+                tracing::warn!(conn = %facts.conn_id, backend = %b.name, addr = %b.addr, error = %e, "backend connect failed; trying the next in hash order");
             }
         }
     }
@@ -203,7 +210,12 @@ impl Dir {
         }
     }
 
-    fn poll_copy<R, W>(&mut self, cx: &mut Context<'_>, r: &mut R, w: &mut W) -> Poll<io::Result<()>>
+    fn poll_copy<R, W>(
+        &mut self,
+        cx: &mut Context<'_>,
+        r: &mut R,
+        w: &mut W,
+    ) -> Poll<io::Result<()>>
     where
         R: AsyncRead + Unpin,
         W: AsyncWrite + Unpin,
@@ -369,7 +381,10 @@ mod tests {
         let (c_tx, close) = watch::channel(false);
         let task = tokio::spawn(pump(a, b, counters(), kill, close));
         c_tx.send(true).unwrap();
-        let (_, _, why) = tokio::time::timeout(std::time::Duration::from_secs(2), task).await.unwrap().unwrap();
+        let (_, _, why) = tokio::time::timeout(std::time::Duration::from_secs(2), task)
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(why, "backend removed or drained");
     }
 }

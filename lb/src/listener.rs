@@ -25,7 +25,7 @@ use crate::Lb;
 pub struct ListenerRt {
     /// Its config.
     pub cfg: ListenerConfig,
-    acceptor: Option<TlsAcceptor>,
+    tls: arc_swap::ArcSwapOption<rustls::ServerConfig>,
     /// Connections accepted.
     pub accepted: Counter,
     /// Connections open.
@@ -47,13 +47,18 @@ impl ListenerRt {
             direction: d,
         };
         ListenerRt {
-            acceptor: cfg.tls.as_ref().map(|t| TlsAcceptor::from(t.server_config.clone())),
+            tls: arc_swap::ArcSwapOption::new(cfg.tls.as_ref().map(|t| t.server_config.clone())),
             accepted: m.accepted.get_or_create_owned(&l),
             active: m.active.get_or_create_owned(&l),
             bytes_in: m.listener_bytes.get_or_create_owned(&b("in")),
             bytes_out: m.listener_bytes.get_or_create_owned(&b("out")),
             cfg,
         }
+    }
+
+    /// Takes a new TLS config (certificate rotation on reload) for connections accepted from now.
+    pub fn set_tls(&self, sc: Arc<rustls::ServerConfig>) {
+        self.tls.store(Some(sc));
     }
 }
 
@@ -85,6 +90,9 @@ pub enum Reject {
     /// Bad first packet.
     #[error("{0}")]
     Peek(mqedge_shared::peek::PeekError),
+    /// Over `connect_rate_per_ip`.
+    #[error("over the per-IP connect rate")]
+    RateLimited,
     /// Client closed or errored before sending a full CONNECT.
     #[error("client closed before a complete CONNECT: {0}")]
     ClientIo(std::io::Error),
@@ -99,6 +107,7 @@ impl Reject {
             Reject::Tls(_) => "tls_handshake",
             Reject::Peek(e) => e.label(),
             Reject::ClientIo(_) => "client_io",
+            Reject::RateLimited => "rate_limited",
         }
     }
 }
@@ -120,12 +129,24 @@ pub async fn accept_loop(
         match accepted {
             Ok((tcp, peer)) => {
                 rt.accepted.inc();
+                let max = lb.live.load().lb.max_connections;
+                if lb.client_conns.load(std::sync::atomic::Ordering::Relaxed) >= max {
+                    // accept and close at once: the client sees a clean close, not a hang
+                    lb.metrics.reject(&rt.cfg.name, "over_limit");
+                    warn_sampled(&rt.cfg.name, "over_limit", peer);
+                    drop(tcp);
+                    continue;
+                }
+                lb.client_conns
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let _ = tcp.set_nodelay(true);
                 let (lb, rt, kill, done) = (lb.clone(), rt.clone(), kill.clone(), done.clone());
                 tokio::spawn(async move {
                     rt.active.inc();
-                    handle(lb, rt.clone(), tcp, peer, kill).await;
+                    handle(lb.clone(), rt.clone(), tcp, peer, kill).await;
                     rt.active.dec();
+                    lb.client_conns
+                        .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
                     drop(done);
                 });
             }
@@ -144,7 +165,13 @@ pub async fn accept_loop(
     tracing::debug!(listener = %rt.cfg.name, "accept loop stopped");
 }
 
-async fn handle(lb: Arc<Lb>, rt: Arc<ListenerRt>, tcp: TcpStream, peer: SocketAddr, kill: watch::Receiver<bool>) {
+async fn handle(
+    lb: Arc<Lb>,
+    rt: Arc<ListenerRt>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    kill: watch::Receiver<bool>,
+) {
     let live = lb.live.load_full();
     let conn_id = lb.next_conn_id(&live.lb.name);
     let dst = tcp.local_addr().unwrap_or(peer);
@@ -157,10 +184,19 @@ async fn handle(lb: Arc<Lb>, rt: Arc<ListenerRt>, tcp: TcpStream, peer: SocketAd
         } else {
             (peer, dst, Vec::new())
         };
+        if !lb.limiter.allow(
+            src.ip(),
+            live.lb.connect_rate_per_ip,
+            live.lb.connect_burst_per_ip,
+            std::time::Instant::now(),
+        ) {
+            return Err(Reject::RateLimited);
+        }
         let stream = Rewind::new(head, tcp);
         // Phase 2: TLS.
-        match &rt.acceptor {
-            Some(acc) => {
+        match rt.tls.load_full() {
+            Some(sc) => {
+                let acc = TlsAcceptor::from(sc);
                 let t0 = std::time::Instant::now();
                 let tls = acc.accept(stream).await.map_err(Reject::Tls)?;
                 lb.metrics
@@ -172,7 +208,13 @@ async fn handle(lb: Arc<Lb>, rt: Arc<ListenerRt>, tcp: TcpStream, peer: SocketAd
                 let facts = crate::tls::facts(tls.get_ref().1);
                 let mut tls = tls;
                 let peeked = peek_phase(&mut tls, limit).await?;
-                Ok((ClientStream::Tls(Box::new(tls)), src, dst, Some(facts), peeked))
+                Ok((
+                    ClientStream::Tls(Box::new(tls)),
+                    src,
+                    dst,
+                    Some(facts),
+                    peeked,
+                ))
             }
             None => {
                 let mut s = stream;
@@ -187,14 +229,37 @@ async fn handle(lb: Arc<Lb>, rt: Arc<ListenerRt>, tcp: TcpStream, peer: SocketAd
     };
     let (client, src, dst, tls, peeked) = match res {
         Ok(v) => v,
+        Err(Reject::RateLimited) => {
+            lb.metrics.reject(&rt.cfg.name, "rate_limited");
+            warn_sampled(&rt.cfg.name, "rate_limited", peer);
+            return;
+        }
         Err(e) => {
             lb.metrics.reject(&rt.cfg.name, e.label());
             tracing::info!(conn = %conn_id, listener = %rt.cfg.name, peer = %peer, reason = e.label(), "closed before forwarding: {e}");
             return;
         }
     };
-    let facts = ClientFacts { conn_id, src, dst, tls };
+    let facts = ClientFacts {
+        conn_id,
+        src,
+        dst,
+        tls,
+    };
     crate::forward::forward(&lb, &rt, &live, client, facts, peeked, kill).await;
+}
+
+/// Logs a refusal that may come in floods at most once a second (the counter has them all).
+fn warn_sampled(listener: &str, reason: &str, peer: SocketAddr) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    if LAST.swap(now, Ordering::Relaxed) != now {
+        tracing::warn!(listener, reason, peer = %peer, "connection refused (further ones this second are only counted)");
+    }
 }
 
 async fn peek_phase<S: AsyncRead + Unpin>(s: &mut S, limit: usize) -> Result<Peeked, Reject> {
@@ -203,7 +268,9 @@ async fn peek_phase<S: AsyncRead + Unpin>(s: &mut S, limit: usize) -> Result<Pee
 
 /// Reads a PROXY v1/v2 header byte-exactly enough: whatever was read past it is returned to be
 /// replayed in front of the stream.
-async fn read_proxy_header(tcp: &TcpStream) -> Result<(mqedge_shared::proxy::ProxyInfo, Vec<u8>), Reject> {
+async fn read_proxy_header(
+    tcp: &TcpStream,
+) -> Result<(mqedge_shared::proxy::ProxyInfo, Vec<u8>), Reject> {
     let mut buf = Vec::with_capacity(256);
     loop {
         match mqedge_shared::proxy::parse(&buf) {
@@ -212,7 +279,9 @@ async fn read_proxy_header(tcp: &TcpStream) -> Result<(mqedge_shared::proxy::Pro
             Err(e) => return Err(Reject::ProxyHeader(e)),
         }
         if buf.len() > 64 * 1024 {
-            return Err(Reject::ProxyHeader(mqedge_shared::proxy::ProxyError::Invalid("header too long".into())));
+            return Err(Reject::ProxyHeader(
+                mqedge_shared::proxy::ProxyError::Invalid("header too long".into()),
+            ));
         }
         tcp.readable().await.map_err(Reject::ClientIo)?;
         let mut chunk = [0u8; 512];
@@ -262,13 +331,19 @@ impl AsyncWrite for ClientStream {
             ClientStream::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_write(cx, buf),
         }
     }
-    fn poll_flush(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
         match self.get_mut() {
             ClientStream::Plain(s) => std::pin::Pin::new(s).poll_flush(cx),
             ClientStream::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_flush(cx),
         }
     }
-    fn poll_shutdown(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
         match self.get_mut() {
             ClientStream::Plain(s) => std::pin::Pin::new(s).poll_shutdown(cx),
             ClientStream::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_shutdown(cx),

@@ -69,6 +69,18 @@ pub struct Metrics {
     pub backend_connect_failures: Family<BackendLabel, Counter>,
     /// Time to connect to a backend (seconds).
     pub backend_connect_seconds: Family<BackendLabel, Histogram, fn() -> Histogram>,
+    /// 1 when the backend is up.
+    pub backend_up: Family<BackendLabel, Gauge>,
+    /// Failed health checks (active and passive).
+    pub check_failures: Family<BackendLabel, Counter>,
+    /// Health check duration (seconds).
+    pub check_seconds: Family<BackendLabel, Histogram, fn() -> Histogram>,
+    /// Config generation in force.
+    pub reload_generation: Gauge,
+    /// Reloads refused (invalid file).
+    pub reload_failures: Counter,
+    /// Successful reloads.
+    pub reloads: Counter,
     /// TLS handshake time (seconds), by listener.
     pub tls_handshake_seconds: Family<ListenerLabel, Histogram, fn() -> Histogram>,
 }
@@ -92,25 +104,55 @@ impl Metrics {
             backend_active: Family::default(),
             backend_bytes: Family::default(),
             backend_connect_failures: Family::default(),
-            backend_connect_seconds: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
-            tls_handshake_seconds: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
+            backend_connect_seconds: Family::new_with_constructor(
+                latency_histogram as fn() -> Histogram,
+            ),
+            tls_handshake_seconds: Family::new_with_constructor(
+                latency_histogram as fn() -> Histogram,
+            ),
+            backend_up: Family::default(),
+            check_failures: Family::default(),
+            check_seconds: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
+            reload_generation: Gauge::default(),
+            reload_failures: Counter::default(),
+            reloads: Counter::default(),
             registry: Registry::default(),
         };
-        registry.register("connections_accepted", "Client connections accepted", m.accepted.clone());
+        registry.register(
+            "connections_accepted",
+            "Client connections accepted",
+            m.accepted.clone(),
+        );
         registry.register(
             "connections_rejected",
             "Client connections closed before forwarding, by reason",
             m.rejected.clone(),
         );
-        registry.register("connections_active", "Client connections open now", m.active.clone());
-        registry.register("listener_bytes", "Client bytes by listener and direction", m.listener_bytes.clone());
-        registry.register("backend_connections", "Connections forwarded to a backend", m.backend_total.clone());
+        registry.register(
+            "connections_active",
+            "Client connections open now",
+            m.active.clone(),
+        );
+        registry.register(
+            "listener_bytes",
+            "Client bytes by listener and direction",
+            m.listener_bytes.clone(),
+        );
+        registry.register(
+            "backend_connections",
+            "Connections forwarded to a backend",
+            m.backend_total.clone(),
+        );
         registry.register(
             "backend_connections_active",
             "Forwarded connections open now",
             m.backend_active.clone(),
         );
-        registry.register("backend_bytes", "Bytes by backend and direction", m.backend_bytes.clone());
+        registry.register(
+            "backend_bytes",
+            "Bytes by backend and direction",
+            m.backend_bytes.clone(),
+        );
         registry.register(
             "backend_connect_failures",
             "Failed connects to a backend while forwarding",
@@ -126,6 +168,37 @@ impl Metrics {
             "Client TLS handshake time",
             m.tls_handshake_seconds.clone(),
         );
+        registry.register(
+            "backend_up",
+            "1 when the backend takes new connections",
+            m.backend_up.clone(),
+        );
+        registry.register(
+            "backend_check_failures",
+            "Failed health checks (active, and failed forward connects)",
+            m.check_failures.clone(),
+        );
+        registry.register(
+            "backend_check_seconds",
+            "Health check duration",
+            m.check_seconds.clone(),
+        );
+        registry.register(
+            "config_generation",
+            "Config generation in force",
+            m.reload_generation.clone(),
+        );
+        registry.register(
+            "config_reload_failures",
+            "Config reloads refused",
+            m.reload_failures.clone(),
+        );
+        registry.register(
+            "config_reloads",
+            "Config reloads applied",
+            m.reloads.clone(),
+        );
+        m.reload_generation.set(1);
         Metrics { registry, ..m }
     }
 

@@ -25,7 +25,10 @@ pub fn facts(conn: &rustls::ServerConnection) -> TlsFacts {
     TlsFacts {
         sni: conn.server_name().map(str::to_string),
         alpn: conn.alpn_protocol().map(<[u8]>::to_vec),
-        version: conn.protocol_version().map(version_name).unwrap_or("unknown"),
+        version: conn
+            .protocol_version()
+            .map(version_name)
+            .unwrap_or("unknown"),
         cipher: conn
             .negotiated_cipher_suite()
             .map(|s| cipher_name(s.suite()))

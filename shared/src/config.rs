@@ -40,7 +40,9 @@ impl fmt::Display for HumanDuration {
 
 /// Parses `"500ms"`, `"5s"`, `"2m"`, `"1h"`, `"1d"`, `"1m30s"` (and `"1.5s"`).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let bad = || format!("invalid duration {s:?}: expected a number with a unit, like \"500ms\", \"5s\", \"2m\", \"1h\"");
+    let bad = || {
+        format!("invalid duration {s:?}: expected a number with a unit, like \"500ms\", \"5s\", \"2m\", \"1h\"")
+    };
     let t = s.trim();
     if t.is_empty() {
         return Err(bad());
@@ -107,7 +109,11 @@ pub struct ByteSize(pub u64);
 
 /// Parses `"64KiB"`, `"1 MiB"`, `"1GiB"`, `"10KB"` (powers of 1000), `"512"`, `"512B"`.
 pub fn parse_size(s: &str) -> Result<u64, String> {
-    let bad = || format!("invalid size {s:?}: expected a number with a unit, like \"64KiB\", \"1MiB\", \"512B\"");
+    let bad = || {
+        format!(
+            "invalid size {s:?}: expected a number with a unit, like \"64KiB\", \"1MiB\", \"512B\""
+        )
+    };
     let t = s.trim();
     let num_end = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     if num_end == 0 {
@@ -170,11 +176,15 @@ impl Cidr {
         };
         match (self.addr, ip) {
             (IpAddr::V4(n), IpAddr::V4(a)) => {
-                let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0);
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
                 u32::from(n) & mask == u32::from(a) & mask
             }
             (IpAddr::V6(n), IpAddr::V6(a)) => {
-                let mask = u128::MAX.checked_shl(128 - u32::from(self.prefix)).unwrap_or(0);
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
                 u128::from(n) & mask == u128::from(a) & mask
             }
             _ => false,
@@ -265,7 +275,11 @@ impl fmt::Display for ConfigErrors {
 /// 1-based line number of a byte offset in `src`.
 pub fn line_of(src: &str, offset: usize) -> usize {
     let end = offset.min(src.len());
-    src.as_bytes()[..end].iter().filter(|&&b| b == b'\n').count() + 1
+    src.as_bytes()[..end]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
 }
 
 /// Reads a config file, reporting an unreadable file in the same located form.
@@ -407,9 +421,15 @@ mod tests {
         let t: T = from_toml("f.toml", src).unwrap();
         assert_eq!(t.a.0, Duration::from_secs(5));
         let e = from_toml::<T>("f.toml", "a = \"5s\"\n\nzzz = 1\n").unwrap_err();
-        assert!(e.to_string().starts_with("f.toml:3: unknown field `zzz`"), "{e}");
+        assert!(
+            e.to_string().starts_with("f.toml:3: unknown field `zzz`"),
+            "{e}"
+        );
         let e = from_toml::<T>("f.toml", "\na = \"5x\"\n").unwrap_err();
-        assert!(e.to_string().starts_with("f.toml:2: invalid duration"), "{e}");
+        assert!(
+            e.to_string().starts_with("f.toml:2: invalid duration"),
+            "{e}"
+        );
         let e = from_toml::<T>("f.toml", "a = [\n").unwrap_err();
         assert!(e.to_string().starts_with("f.toml:"), "{e}");
     }

@@ -18,7 +18,11 @@ pub struct Rewind<S> {
 impl<S> Rewind<S> {
     /// Wraps `inner`; `prefix` is served before anything read from `inner`.
     pub fn new(prefix: Vec<u8>, inner: S) -> Self {
-        Rewind { prefix, pos: 0, inner }
+        Rewind {
+            prefix,
+            pos: 0,
+            inner,
+        }
     }
     /// The wrapped stream.
     pub fn get_ref(&self) -> &S {
@@ -27,7 +31,11 @@ impl<S> Rewind<S> {
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Rewind<S> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         if self.pos < self.prefix.len() {
             let n = (self.prefix.len() - self.pos).min(buf.remaining());
             let start = self.pos;
@@ -44,7 +52,11 @@ impl<S: AsyncRead + Unpin> AsyncRead for Rewind<S> {
 }
 
 impl<S: AsyncWrite + Unpin> AsyncWrite for Rewind<S> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

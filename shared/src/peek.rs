@@ -181,8 +181,8 @@ impl<'a> Reader<'a> {
         Ok(s)
     }
     fn properties(&mut self) -> Result<(), PeekError> {
-        let (len, used) = decode_varint(self.b)?
-            .ok_or(PeekError::Malformed("truncated property length"))?;
+        let (len, used) =
+            decode_varint(self.b)?.ok_or(PeekError::Malformed("truncated property length"))?;
         self.take(used)?;
         self.take(len)?;
         Ok(())
@@ -190,7 +190,12 @@ impl<'a> Reader<'a> {
 }
 
 /// Builds a CONNECT packet; used by health checks, tests and benchmarks.
-pub fn encode_connect(level: u8, client_id: &str, username: Option<&str>, keep_alive: u16) -> Vec<u8> {
+pub fn encode_connect(
+    level: u8,
+    client_id: &str,
+    username: Option<&str>,
+    keep_alive: u16,
+) -> Vec<u8> {
     let name: &[u8] = if level == 3 { b"MQIsdp" } else { b"MQTT" };
     let mut body = Vec::with_capacity(32 + client_id.len());
     body.extend_from_slice(&(name.len() as u16).to_be_bytes());
@@ -256,7 +261,11 @@ mod tests {
             assert_eq!(c.packet_len, p.len());
             // every strict prefix is incomplete, never an error
             for i in 0..p.len() {
-                assert_eq!(peek_connect(&p[..i], 1024).unwrap(), Peek::Incomplete, "{level} {i}");
+                assert_eq!(
+                    peek_connect(&p[..i], 1024).unwrap(),
+                    Peek::Incomplete,
+                    "{level} {i}"
+                );
             }
             // bytes after the CONNECT (pipelined PUBLISH) are not part of it
             let mut more = p.clone();
@@ -288,27 +297,54 @@ mod tests {
 
     #[test]
     fn refusals() {
-        assert_eq!(peek_connect(b"GET / HTTP/1.1\r\n", 1024), Err(PeekError::NotConnect(b'G')));
-        assert_eq!(peek_connect(&[0x16, 3, 1], 1024), Err(PeekError::NotConnect(0x16)));
-        assert_eq!(peek_connect(&[0x30, 0], 1024), Err(PeekError::NotConnect(0x30)));
-        assert_eq!(peek_connect(&[0x11, 0], 1024), Err(PeekError::NotConnect(0x11)));
+        assert_eq!(
+            peek_connect(b"GET / HTTP/1.1\r\n", 1024),
+            Err(PeekError::NotConnect(b'G'))
+        );
+        assert_eq!(
+            peek_connect(&[0x16, 3, 1], 1024),
+            Err(PeekError::NotConnect(0x16))
+        );
+        assert_eq!(
+            peek_connect(&[0x30, 0], 1024),
+            Err(PeekError::NotConnect(0x30))
+        );
+        assert_eq!(
+            peek_connect(&[0x11, 0], 1024),
+            Err(PeekError::NotConnect(0x11))
+        );
         // declared too large, detected from the header alone
-        assert_eq!(peek_connect(&[0x10, 0xff, 0xff, 0x03], 65536), Err(PeekError::TooLarge(65539)));
-        assert!(matches!(peek_connect(&[0x10, 0xff, 0xff, 0xff, 0xff], usize::MAX), Err(PeekError::Malformed(_))));
+        assert_eq!(
+            peek_connect(&[0x10, 0xff, 0xff, 0x03], 65536),
+            Err(PeekError::TooLarge(65539))
+        );
+        assert!(matches!(
+            peek_connect(&[0x10, 0xff, 0xff, 0xff, 0xff], usize::MAX),
+            Err(PeekError::Malformed(_))
+        ));
         let mut p = encode_connect(4, "x", None, 0);
         p[8] = 9; // level 9
         assert_eq!(peek_connect(&p, 1024), Err(PeekError::BadProtocol));
         let mut p = encode_connect(4, "x", None, 0);
         p[9] |= 1; // reserved flag
-        assert!(matches!(peek_connect(&p, 1024), Err(PeekError::Malformed(_))));
+        assert!(matches!(
+            peek_connect(&p, 1024),
+            Err(PeekError::Malformed(_))
+        ));
         let mut p = encode_connect(4, "x", None, 0);
         p[1] += 1; // declared longer: trailing byte inside the packet
         p.push(0);
-        assert!(matches!(peek_connect(&p, 1024), Err(PeekError::Malformed(_))));
+        assert!(matches!(
+            peek_connect(&p, 1024),
+            Err(PeekError::Malformed(_))
+        ));
         let mut p = encode_connect(4, "\u{e9}", None, 0);
         let n = p.len();
         p[n - 1] = 0xff; // bad UTF-8
-        assert!(matches!(peek_connect(&p, 1024), Err(PeekError::Malformed(_))));
+        assert!(matches!(
+            peek_connect(&p, 1024),
+            Err(PeekError::Malformed(_))
+        ));
     }
 
     #[test]
@@ -320,7 +356,9 @@ mod tests {
             x ^= x >> 7;
             x ^= x << 17;
             let len = (x % 40) as usize;
-            let mut buf: Vec<u8> = (0..len).map(|i| (x >> (i % 8 * 8)) as u8 ^ i as u8).collect();
+            let mut buf: Vec<u8> = (0..len)
+                .map(|i| (x >> (i % 8 * 8)) as u8 ^ i as u8)
+                .collect();
             if !buf.is_empty() {
                 buf[0] = 0x10;
             }

@@ -168,7 +168,11 @@ pub fn encode_ssl_value(ssl: &SslInfo) -> Vec<u8> {
         client |= PP2_CLIENT_CERT_CONN | PP2_CLIENT_CERT_SESS;
     }
     v.push(client);
-    let verify: u32 = if ssl.client_cert && ssl.verified { 0 } else { 1 };
+    let verify: u32 = if ssl.client_cert && ssl.verified {
+        0
+    } else {
+        1
+    };
     v.extend_from_slice(&verify.to_be_bytes());
     let mut sub = |kind: u8, val: &[u8]| {
         let val = &val[..val.len().min(usize::from(u16::MAX))];
@@ -199,10 +203,21 @@ pub fn encode_v1(src: Option<SocketAddr>, dst: Option<SocketAddr>) -> Vec<u8> {
         (Some(s), Some(d)) => {
             let (s, d) = same_family(s, d);
             let fam = if s.is_ipv4() { "TCP4" } else { "TCP6" };
-            format!("PROXY {fam} {} {} {} {}\r\n", s.ip(), d.ip(), s.port(), d.port()).into_bytes()
+            format!(
+                "PROXY {fam} {} {} {} {}\r\n",
+                s.ip(),
+                d.ip(),
+                s.port(),
+                d.port()
+            )
+            .into_bytes()
         }
         (Some(s), None) => {
-            let (fam, any) = if s.is_ipv4() { ("TCP4", "0.0.0.0") } else { ("TCP6", "::") };
+            let (fam, any) = if s.is_ipv4() {
+                ("TCP4", "0.0.0.0")
+            } else {
+                ("TCP6", "::")
+            };
             format!("PROXY {fam} {} {any} {} 0\r\n", s.ip(), s.port()).into_bytes()
         }
         _ => b"PROXY UNKNOWN\r\n".to_vec(),
@@ -225,28 +240,38 @@ pub fn parse(buf: &[u8]) -> Result<Option<(ProxyInfo, usize)>, ProxyError> {
         if n < total {
             return Ok(None);
         }
-        let h = v2::Header::try_from(&buf[..total]).map_err(|e| ProxyError::Invalid(e.to_string()))?;
+        let h =
+            v2::Header::try_from(&buf[..total]).map_err(|e| ProxyError::Invalid(e.to_string()))?;
         return from_v2(&h).map(|i| Some((i, total)));
     }
     if buf[..n.min(6)] == V1[..n.min(6)] {
         let window = &buf[..n.min(108)];
         let Some(nl) = window.windows(2).position(|w| w == b"\r\n") else {
             return if n >= 108 {
-                Err(ProxyError::Invalid("v1 header longer than 107 bytes".into()))
+                Err(ProxyError::Invalid(
+                    "v1 header longer than 107 bytes".into(),
+                ))
             } else {
                 Ok(None)
             };
         };
         let total = nl + 2;
-        let h = ppp::v1::Header::try_from(&buf[..total]).map_err(|e| ProxyError::Invalid(e.to_string()))?;
+        let h = ppp::v1::Header::try_from(&buf[..total])
+            .map_err(|e| ProxyError::Invalid(e.to_string()))?;
         let (src, dst) = match h.addresses {
             ppp::v1::Addresses::Tcp4(a) => (
                 Some(SocketAddr::new(a.source_address.into(), a.source_port)),
-                Some(SocketAddr::new(a.destination_address.into(), a.destination_port)),
+                Some(SocketAddr::new(
+                    a.destination_address.into(),
+                    a.destination_port,
+                )),
             ),
             ppp::v1::Addresses::Tcp6(a) => (
                 Some(SocketAddr::new(a.source_address.into(), a.source_port)),
-                Some(SocketAddr::new(a.destination_address.into(), a.destination_port)),
+                Some(SocketAddr::new(
+                    a.destination_address.into(),
+                    a.destination_port,
+                )),
             ),
             ppp::v1::Addresses::Unknown => (None, None),
         };
@@ -268,11 +293,17 @@ fn from_v2(h: &v2::Header<'_>) -> Result<ProxyInfo, ProxyError> {
         match h.addresses {
             v2::Addresses::IPv4(a) => {
                 info.src = Some(SocketAddr::new(a.source_address.into(), a.source_port));
-                info.dst = Some(SocketAddr::new(a.destination_address.into(), a.destination_port));
+                info.dst = Some(SocketAddr::new(
+                    a.destination_address.into(),
+                    a.destination_port,
+                ));
             }
             v2::Addresses::IPv6(a) => {
                 info.src = Some(SocketAddr::new(a.source_address.into(), a.source_port));
-                info.dst = Some(SocketAddr::new(a.destination_address.into(), a.destination_port));
+                info.dst = Some(SocketAddr::new(
+                    a.destination_address.into(),
+                    a.destination_port,
+                ));
             }
             _ => {}
         }
@@ -287,10 +318,9 @@ fn from_v2(h: &v2::Header<'_>) -> Result<ProxyInfo, ProxyError> {
             PP2_TYPE_UNIQUE_ID => info.unique_id = Some(v.to_vec()),
             PP2_TYPE_SSL => info.ssl = Some(parse_ssl_value(v)?),
             PP2_TYPE_MQEDGE_CERT_SHA256 => {
-                fp = Some(
-                    <[u8; 32]>::try_from(v)
-                        .map_err(|_| ProxyError::Invalid("certificate fingerprint TLV is not 32 bytes".into()))?,
-                )
+                fp = Some(<[u8; 32]>::try_from(v).map_err(|_| {
+                    ProxyError::Invalid("certificate fingerprint TLV is not 32 bytes".into())
+                })?)
             }
             _ => {}
         }
@@ -377,7 +407,10 @@ mod tests {
     #[test]
     fn ssl_tlv_layout_matches_haproxy() {
         let v = encode_ssl_value(&sample().ssl.unwrap());
-        assert_eq!(v[0], 0x07, "HAProxy sends SSL|CERT_CONN|CERT_SESS with a cert");
+        assert_eq!(
+            v[0], 0x07,
+            "HAProxy sends SSL|CERT_CONN|CERT_SESS with a cert"
+        );
         assert_eq!(&v[1..5], &[0, 0, 0, 0], "verify 0 = verified");
         assert_eq!(v[5], PP2_SUBTYPE_SSL_VERSION);
         assert_eq!(&v[6..8], &[0, 7]);
@@ -395,7 +428,10 @@ mod tests {
     fn local_and_v1() {
         let (i, _) = parse(&encode_v2_local()).unwrap().unwrap();
         assert_eq!(i.src, None);
-        let v1 = encode_v1(Some("127.0.0.9:1234".parse().unwrap()), Some("127.0.0.1:1883".parse().unwrap()));
+        let v1 = encode_v1(
+            Some("127.0.0.9:1234".parse().unwrap()),
+            Some("127.0.0.1:1883".parse().unwrap()),
+        );
         assert_eq!(v1, b"PROXY TCP4 127.0.0.9 127.0.0.1 1234 1883\r\n");
         let mut stream = v1.clone();
         stream.extend_from_slice(&[0x10, 0x00]);
@@ -416,7 +452,10 @@ mod tests {
     fn refusals() {
         assert_eq!(parse(&[0x10, 0x0c]), Err(ProxyError::Missing));
         assert_eq!(parse(b"GET / HTTP/1.1\r\n"), Err(ProxyError::Missing));
-        assert!(matches!(parse(b"PROXY TCP4 nope\r\n"), Err(ProxyError::Invalid(_))));
+        assert!(matches!(
+            parse(b"PROXY TCP4 nope\r\n"),
+            Err(ProxyError::Invalid(_))
+        ));
         assert!(matches!(parse(&[b'P'; 1][..]), Ok(None)));
         let long = [b"PROXY ".as_slice(), &[b'1'; 200]].concat();
         assert!(matches!(parse(&long), Err(ProxyError::Invalid(_))));

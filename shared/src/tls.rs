@@ -53,7 +53,8 @@ pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError>
         path: path.to_path_buf(),
         what,
     };
-    let iter = CertificateDer::pem_file_iter(path).map_err(|e| err(format!("cannot read certificates: {e}")))?;
+    let iter = CertificateDer::pem_file_iter(path)
+        .map_err(|e| err(format!("cannot read certificates: {e}")))?;
     let certs: Vec<_> = iter
         .collect::<Result<_, _>>()
         .map_err(|e| err(format!("bad PEM: {e}")))?;
@@ -80,7 +81,8 @@ pub fn certs_from_pem(pem: &str) -> Result<Vec<CertificateDer<'static>>, TlsErro
 
 /// A private key parsed from PEM text.
 pub fn key_from_pem(pem: &str) -> Result<PrivateKeyDer<'static>, TlsError> {
-    PrivateKeyDer::from_pem_slice(pem.as_bytes()).map_err(|e| TlsError::Rustls(format!("bad key PEM: {e}")))
+    PrivateKeyDer::from_pem_slice(pem.as_bytes())
+        .map_err(|e| TlsError::Rustls(format!("bad key PEM: {e}")))
 }
 
 /// Builds a root store from CA certificates.
@@ -116,7 +118,8 @@ pub fn server_config(
             } else {
                 v
             };
-            builder.with_client_cert_verifier(v.build().map_err(|e| TlsError::Rustls(e.to_string()))?)
+            builder
+                .with_client_cert_verifier(v.build().map_err(|e| TlsError::Rustls(e.to_string()))?)
         }
         (_, None) => {
             return Err(TlsError::Rustls(

@@ -66,7 +66,9 @@ impl Pki {
             },
         )
         .unwrap();
-        Pki { dir: dir.to_path_buf() }
+        Pki {
+            dir: dir.to_path_buf(),
+        }
     }
     pub fn file(&self, name: &str) -> String {
         self.dir.join("certs").join(name).display().to_string()
@@ -79,7 +81,8 @@ impl Pki {
         let ca = mqedge_shared::tls::load_certs(Path::new(&self.file("ca.pem"))).unwrap();
         let id = cn.map(|cn| {
             (
-                mqedge_shared::tls::load_certs(Path::new(&self.file(&format!("{cn}.pem")))).unwrap(),
+                mqedge_shared::tls::load_certs(Path::new(&self.file(&format!("{cn}.pem"))))
+                    .unwrap(),
                 mqedge_shared::tls::load_key(Path::new(&self.file(&format!("{cn}.key")))).unwrap(),
             )
         });
@@ -100,12 +103,20 @@ pub struct Proc {
 
 impl Proc {
     pub fn spawn(name: &str, mut cmd: Command) -> Proc {
-        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
         let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {name}: {e}"));
         let log = Arc::new(Mutex::new(Vec::new()));
         for pipe in [
-            child.stderr.take().map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
-            child.stdout.take().map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
+            child
+                .stderr
+                .take()
+                .map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
+            child
+                .stdout
+                .take()
+                .map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
         ]
         .into_iter()
         .flatten()
@@ -136,14 +147,23 @@ impl Proc {
                 return l.clone();
             }
             if Instant::now() > deadline {
-                panic!("{}: no log line with {needle:?} within {timeout:?}; log:\n{}", self.name, self.logs());
+                panic!(
+                    "{}: no log line with {needle:?} within {timeout:?}; log:\n{}",
+                    self.name,
+                    self.logs()
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }
     }
 
     pub fn count_log(&self, needle: &str) -> usize {
-        self.log.lock().unwrap().iter().filter(|l| l.contains(needle)).count()
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains(needle))
+            .count()
     }
 
     pub fn logs(&self) -> String {
@@ -151,7 +171,10 @@ impl Proc {
     }
 
     pub fn signal(&self, sig: &str) {
-        let _ = Command::new("kill").arg(format!("-{sig}")).arg(self.child.id().to_string()).status();
+        let _ = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.child.id().to_string())
+            .status();
     }
 
     /// Waits for exit; `None` on timeout.
@@ -204,17 +227,28 @@ impl Lb {
 
     /// The address of the named listener, read from the `listening` log line.
     pub fn addr(&self, listener: &str) -> SocketAddr {
-        let line = self
-            .proc
-            .wait_log(&format!("listener={listener} addr="), Duration::from_secs(10));
-        let a = line.split("addr=").nth(1).unwrap().split_whitespace().next().unwrap();
+        let line = self.proc.wait_log(
+            &format!("listener={listener} addr="),
+            Duration::from_secs(10),
+        );
+        let a = line
+            .split("addr=")
+            .nth(1)
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap();
         a.parse().unwrap()
     }
 }
 
 /// A free TCP port on 127.0.0.1 (bind 0, read, release). For peers that cannot take port 0.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Waits until something accepts TCP on `addr`.
@@ -254,14 +288,20 @@ impl Mosquitto {
         let port = free_port();
         let conf = dir.write(
             "mosquitto.conf",
-            &format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n{extra}\n"),
+            &format!(
+                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n{extra}\n"
+            ),
         );
         let mut cmd = Command::new(which("mosquitto"));
         cmd.arg("-c").arg(&conf);
         let proc = Proc::spawn("mosquitto", cmd);
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         wait_port(addr, Duration::from_secs(10));
-        Mosquitto { proc, addr, _dir: dir }
+        Mosquitto {
+            proc,
+            addr,
+            _dir: dir,
+        }
     }
 }
 
@@ -282,11 +322,16 @@ pub async fn tls_from(
 ) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
     let tcp = tcp_from(src, dst).await?;
     let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
-    tokio_rustls::TlsConnector::from(cfg).connect(name, tcp).await
+    tokio_rustls::TlsConnector::from(cfg)
+        .connect(name, tcp)
+        .await
 }
 
 /// Sends a CONNECT and reads a CONNACK; returns the CONNACK return code.
-pub async fn mqtt_connect<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S, client_id: &str) -> std::io::Result<u8> {
+pub async fn mqtt_connect<S: AsyncRead + AsyncWrite + Unpin>(
+    s: &mut S,
+    client_id: &str,
+) -> std::io::Result<u8> {
     let pkt = mqedge_shared::peek::encode_connect(4, client_id, None, 30);
     s.write_all(&pkt).await?;
     let mut ack = [0u8; 4];
@@ -441,7 +486,13 @@ pub async fn eventually<F: FnMut() -> bool>(timeout: Duration, mut f: F) -> bool
 
 /// An LB config with one plain listener and one TLS listener (client_auth as given), and the
 /// given backends `(name, addr, proxy_mode)`.
-pub fn lb_config(pki: &Pki, client_auth: &str, strategy: &str, backends: &[(&str, SocketAddr, &str)], extra_lb: &str) -> String {
+pub fn lb_config(
+    pki: &Pki,
+    client_auth: &str,
+    strategy: &str,
+    backends: &[(&str, SocketAddr, &str)],
+    extra_lb: &str,
+) -> String {
     let mut s = format!(
         r#"[lb]
 name = "test-edge"
@@ -486,4 +537,158 @@ rise = 1
         ));
     }
     s
+}
+
+/// A minimal HTTP/1.1 request (Connection: close); returns (status, body).
+pub fn http(method: &str, addr: SocketAddr, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(3)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(s, "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n").unwrap();
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw);
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(body)
+    } else {
+        body.to_string()
+    };
+    (status, body)
+}
+
+fn dechunk(mut b: &str) -> String {
+    let mut out = String::new();
+    while let Some((len, rest)) = b.split_once("\r\n") {
+        let n = usize::from_str_radix(len.trim(), 16).unwrap_or(0);
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        b = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+pub fn get_json(addr: SocketAddr, path: &str) -> serde_json::Value {
+    let (code, body) = http("GET", addr, path);
+    assert_eq!(code, 200, "GET {path}: {body}");
+    serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {path}: not JSON ({e}): {body}"))
+}
+
+/// Parses Prometheus text exposition strictly enough to catch a broken output: every sample
+/// line is `name{labels} value`, every name was announced by `# TYPE`. Returns samples.
+pub fn parse_prometheus(text: &str) -> Vec<(String, String, f64)> {
+    let mut typed = std::collections::HashSet::new();
+    let mut out = Vec::new();
+    for line in text.lines() {
+        if line.is_empty() || line == "# EOF" {
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            typed.insert(rest.split_whitespace().next().unwrap().to_string());
+            continue;
+        }
+        if line.starts_with('#') {
+            continue;
+        }
+        let (series, value) = line
+            .rsplit_once(' ')
+            .unwrap_or_else(|| panic!("bad line {line:?}"));
+        let (name, labels) = match series.split_once('{') {
+            Some((n, l)) => {
+                assert!(l.ends_with('}'), "bad labels in {line:?}");
+                (n.to_string(), l.trim_end_matches('}').to_string())
+            }
+            None => (series.to_string(), String::new()),
+        };
+        assert!(
+            name.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'),
+            "bad metric name in {line:?}"
+        );
+        let base_known = typed.iter().any(|t: &String| name.starts_with(t.as_str()));
+        assert!(base_known, "sample {name} without # TYPE");
+        let v: f64 = value
+            .parse()
+            .unwrap_or_else(|_| panic!("bad value in {line:?}"));
+        out.push((name, labels, v));
+    }
+    out
+}
+
+/// Sum of samples of `name` whose labels contain every `needle`.
+pub fn metric(samples: &[(String, String, f64)], name: &str, needles: &[&str]) -> f64 {
+    samples
+        .iter()
+        .filter(|(n, l, _)| n == name && needles.iter().all(|x| l.contains(x)))
+        .map(|(_, _, v)| v)
+        .sum()
+}
+
+impl Mosquitto {
+    /// Starts Mosquitto on a given port (to restart a killed backend at the same address).
+    pub fn start_on(port: u16) -> Mosquitto {
+        let dir = TempDir::new("mosq");
+        let conf = dir.write(
+            "mosquitto.conf",
+            &format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"),
+        );
+        let mut cmd = Command::new(which("mosquitto"));
+        cmd.arg("-c").arg(&conf);
+        let proc = Proc::spawn("mosquitto", cmd);
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        wait_port(addr, Duration::from_secs(10));
+        Mosquitto {
+            proc,
+            addr,
+            _dir: dir,
+        }
+    }
+}
+
+/// The backend name a client id hashes to over `names` (equal weights), as the LB computes it.
+pub fn hashed_backend(client_id: &str, names: &[&str]) -> String {
+    let c: Vec<mqedge_lb::balance::Candidate<'_>> = names
+        .iter()
+        .map(|n| mqedge_lb::balance::Candidate {
+            name: n,
+            weight: 1,
+            active: 0,
+        })
+        .collect();
+    names[mqedge_lb::balance::hash_order(client_id.as_bytes(), &c)[0]].to_string()
+}
+
+/// A client id that hashes to `want` over `names`.
+pub fn id_for(want: &str, names: &[&str], prefix: &str) -> String {
+    (0..10_000)
+        .map(|i| format!("{prefix}-{i}"))
+        .find(|id| hashed_backend(id, names) == want)
+        .unwrap()
+}
+
+impl Lb {
+    /// The admin API address, from the `admin listening` log line.
+    pub fn admin(&self) -> SocketAddr {
+        let line = self
+            .proc
+            .wait_log("admin listening", Duration::from_secs(10));
+        line.split("addr=")
+            .nth(1)
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    }
 }

@@ -1,0 +1,129 @@
+//! The admin HTTP API on `[lb] admin` (axum): `/healthz`, `/metrics` (Prometheus text),
+//! `GET /api/backends`, `POST /api/backends/{name}/drain` (and `/ready` to undo it),
+//! `GET /api/reload`. Shapes are DESIGN.md's; bind it to a private address.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+
+use crate::backends::{close_after, Backend, State as BState};
+use crate::Lb;
+
+fn backend_json(b: &Backend) -> Value {
+    json!({
+        "name": b.name,
+        "addr": b.addr.to_string(),
+        "state": b.state().as_str(),
+        "active_connections": b.active(),
+        "total_connections": b.total(),
+        "last_check_ms": b.last_check_ms(),
+    })
+}
+
+async fn healthz(State(lb): State<Arc<Lb>>) -> Response {
+    if lb.accepting() {
+        (StatusCode::OK, "ok\n").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response()
+    }
+}
+
+async fn metrics(State(lb): State<Arc<Lb>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        lb.metrics.encode(),
+    )
+        .into_response()
+}
+
+async fn backends(State(lb): State<Arc<Lb>>) -> Json<Value> {
+    let live = lb.live.load();
+    Json(Value::Array(
+        live.backends.iter().map(|b| backend_json(b)).collect(),
+    ))
+}
+
+fn find(lb: &Lb, name: &str) -> Option<Arc<Backend>> {
+    lb.live
+        .load()
+        .backends
+        .iter()
+        .find(|b| b.name == name)
+        .cloned()
+}
+
+fn not_found(name: &str) -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        Json(json!({ "error": format!("no backend named {name:?}") })),
+    )
+        .into_response()
+}
+
+async fn drain(State(lb): State<Arc<Lb>>, Path(name): Path<String>) -> Response {
+    let Some(b) = find(&lb, &name) else {
+        return not_found(&name);
+    };
+    if b.set_state(BState::Draining) != BState::Draining {
+        let after = lb.live.load().lb.drain_timeout;
+        tracing::info!(backend = %name, drain_timeout = ?after, "backend drained by the admin API");
+        close_after(b.clone(), after);
+    }
+    Json(backend_json(&b)).into_response()
+}
+
+async fn ready(State(lb): State<Arc<Lb>>, Path(name): Path<String>) -> Response {
+    let Some(b) = find(&lb, &name) else {
+        return not_found(&name);
+    };
+    if b.state() == BState::Draining {
+        // back through a check before traffic
+        b.set_state(BState::Checking);
+        tracing::info!(backend = %name, "backend undrained by the admin API; takes traffic after its next check");
+    }
+    Json(backend_json(&b)).into_response()
+}
+
+async fn reload(State(lb): State<Arc<Lb>>) -> Json<Value> {
+    let generation = lb.live.load().generation;
+    let last_error = lb.reload.last_error.lock().ok().and_then(|e| e.clone());
+    Json(json!({ "generation": generation, "last_error": last_error }))
+}
+
+/// The admin router.
+pub fn router(lb: Arc<Lb>) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .route("/api/backends", get(backends))
+        .route("/api/backends/{name}/drain", post(drain))
+        .route("/api/backends/{name}/ready", post(ready))
+        .route("/api/reload", get(reload))
+        .with_state(lb)
+}
+
+/// Serves the admin API on a bound listener until `stop` resolves.
+pub async fn serve(
+    lb: Arc<Lb>,
+    listener: TcpListener,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    if let Ok(a) = listener.local_addr() {
+        tracing::info!(addr = %a, "admin listening");
+    }
+    if let Err(e) = axum::serve(listener, router(lb))
+        .with_graceful_shutdown(stop)
+        .await
+    {
+        tracing::error!(error = %e, "admin server failed");
+    }
+}

@@ -1,0 +1,226 @@
+//! Hot reload by diff. The file watcher and SIGHUP feed one loop; the whole file is parsed and
+//! validated first, and an invalid file changes nothing (logged, counted, shown at
+//! `/api/reload`). A valid one is applied as a diff: backends with the same name and address are
+//! kept (state, connections, counters) and take the new weight and PROXY mode; new ones start in
+//! `checking` and get their first check before any traffic; removed ones stop taking connections
+//! and their leftovers close after `drain_timeout`. Balance, health and `[lb]` limits swap
+//! atomically; TLS certificates of unchanged listeners are swapped too (certificate rotation);
+//! other listener changes need a restart and say so.
+//!
+//! The watcher looks at the file's directory, not the file: editors and Kubernetes ConfigMaps
+//! replace files (rename, symlink swap), which a watch on the file itself would miss. Any event
+//! there triggers a re-read; a content hash skips no-op events.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+
+use crate::backends::{close_after, Backend, State};
+use crate::config::Config;
+use crate::{Lb, Live};
+
+/// What a reload did, for logs and tests.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Applied {
+    /// Backends added.
+    pub added: Vec<String>,
+    /// Backends removed (now draining).
+    pub removed: Vec<String>,
+    /// Backends kept.
+    pub kept: Vec<String>,
+    /// Listener changes that need a restart.
+    pub needs_restart: Vec<String>,
+    /// The generation now in force.
+    pub generation: u64,
+}
+
+/// Reload bookkeeping shown at `/api/reload`.
+#[derive(Debug, Default)]
+pub struct ReloadStatus {
+    /// The last refused file's error (cleared by a successful reload).
+    pub last_error: std::sync::Mutex<Option<String>>,
+}
+
+/// Applies a validated config to the running LB.
+pub fn apply(lb: &Arc<Lb>, new: &Config) -> Applied {
+    let old = lb.live.load_full();
+    let mut out = Applied::default();
+    let mut next: Vec<Arc<Backend>> = Vec::with_capacity(new.backends.len());
+    let mut fresh = Vec::new();
+    for bc in &new.backends {
+        match old
+            .backends
+            .iter()
+            .find(|o| o.name == bc.name && o.addr == bc.addr)
+        {
+            Some(o) => {
+                o.update(bc);
+                out.kept.push(bc.name.clone());
+                next.push(o.clone());
+            }
+            None => {
+                let b = Arc::new(Backend::new(bc, State::Checking, &lb.metrics));
+                out.added.push(bc.name.clone());
+                fresh.push(b.clone());
+                next.push(b);
+            }
+        }
+    }
+    let removed: Vec<Arc<Backend>> = old
+        .backends
+        .iter()
+        .filter(|o| !next.iter().any(|n| Arc::ptr_eq(n, o)))
+        .cloned()
+        .collect();
+    out.generation = old.generation + 1;
+    lb.live.store(Arc::new(Live {
+        lb: new.lb.clone(),
+        balance: new.balance,
+        health: new.health,
+        backends: next,
+        generation: out.generation,
+    }));
+    for b in removed {
+        out.removed.push(b.name.clone());
+        b.set_state(State::Draining);
+        close_after(b, new.lb.drain_timeout);
+    }
+    for b in fresh {
+        tokio::spawn(crate::health::run_checker(lb.clone(), b, false));
+    }
+    out.needs_restart = lb.swap_listener_tls(&new.listeners);
+    for (what, old_v, new_v) in [
+        ("name", &old.lb.name, &new.lb.name),
+        (
+            "admin",
+            &format!("{:?}", old.lb.admin),
+            &format!("{:?}", new.lb.admin),
+        ),
+        (
+            "workers",
+            &old.lb.workers.to_string(),
+            &new.lb.workers.to_string(),
+        ),
+    ] {
+        if old_v != new_v {
+            out.needs_restart.push(format!("[lb] {what}"));
+        }
+    }
+    lb.metrics.reload_generation.set(out.generation as i64);
+    lb.metrics.reloads.inc();
+    out
+}
+
+/// Re-reads the config file and applies it, or records why not.
+pub fn reload_from_file(lb: &Arc<Lb>, path: &Path) -> Result<Applied, String> {
+    match Config::load(path) {
+        Ok(cfg) => {
+            let a = apply(lb, &cfg);
+            if let Ok(mut e) = lb.reload.last_error.lock() {
+                *e = None;
+            }
+            tracing::info!(
+                generation = a.generation,
+                added = ?a.added,
+                removed = ?a.removed,
+                kept = a.kept.len(),
+                "config reloaded"
+            );
+            for r in &a.needs_restart {
+                tracing::warn!(
+                    "config reload: {r} changed; that change needs a restart and was not applied"
+                );
+            }
+            Ok(a)
+        }
+        Err(e) => {
+            let msg = e.to_string();
+            lb.metrics.reload_failures.inc();
+            tracing::error!(
+                "config reload refused, nothing changed: {}",
+                msg.replace('\n', "; ")
+            );
+            if let Ok(mut le) = lb.reload.last_error.lock() {
+                *le = Some(msg.clone());
+            }
+            Err(msg)
+        }
+    }
+}
+
+fn digest(path: &Path) -> Option<u64> {
+    std::fs::read(path).ok().map(|b| mqedge_shared_hash(&b))
+}
+
+fn mqedge_shared_hash(b: &[u8]) -> u64 {
+    crate::balance::stable_hash(b)
+}
+
+/// Watches the config file (and SIGHUP) until `stop`; debounces bursts of events by 200 ms.
+pub async fn watch_loop(lb: Arc<Lb>, path: PathBuf, mut stop: watch::Receiver<bool>) {
+    let (tx, mut rx) = mpsc::channel::<bool>(16);
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."));
+    let wtx = tx.clone();
+    let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+        if let Ok(ev) = res {
+            if !matches!(ev.kind, notify::EventKind::Access(_)) {
+                let _ = wtx.try_send(false);
+            }
+        }
+    });
+    let _watcher = match watcher {
+        Ok(mut w) => {
+            use notify::Watcher;
+            if let Err(e) = w.watch(&dir, notify::RecursiveMode::NonRecursive) {
+                tracing::warn!(dir = %dir.display(), error = %e, "cannot watch the config directory; SIGHUP still reloads");
+            }
+            Some(w)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "no file watcher; SIGHUP still reloads");
+            None
+        }
+    };
+    #[cfg(unix)]
+    {
+        let htx = tx.clone();
+        tokio::spawn(async move {
+            use tokio::signal::unix::{signal, SignalKind};
+            if let Ok(mut hup) = signal(SignalKind::hangup()) {
+                while hup.recv().await.is_some() {
+                    if htx.send(true).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+    }
+    let mut last = digest(&path);
+    loop {
+        let forced = tokio::select! {
+            _ = stop.changed() => break,
+            m = rx.recv() => match m { Some(f) => f, None => break },
+        };
+        // debounce: collect the burst an editor or a ConfigMap swap makes
+        let mut forced = forced;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        while let Ok(f) = rx.try_recv() {
+            forced |= f;
+        }
+        let now = digest(&path);
+        if !forced && now == last {
+            continue;
+        }
+        if forced {
+            tracing::info!("SIGHUP: re-reading {}", path.display());
+        }
+        last = now;
+        let _ = reload_from_file(&lb, &path);
+    }
+}
