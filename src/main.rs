@@ -7,6 +7,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+mod up;
+
 #[derive(Parser)]
 #[command(
     name = "mqedge",
@@ -34,6 +36,27 @@ enum Cmd {
         /// Config file (TOML).
         #[arg(short, long)]
         config: PathBuf,
+    },
+    /// Run a broker node.
+    Broker {
+        /// Config file (TOML).
+        #[arg(short, long)]
+        config: PathBuf,
+    },
+    /// Add or update a user in a password file (argon2); the password is read from the
+    /// terminal, or from stdin when it is not one.
+    Passwd {
+        /// Password file (created when missing).
+        #[arg(short, long)]
+        file: PathBuf,
+        /// User name.
+        user: String,
+    },
+    /// The local topology: dev certs, the LB and a broker node as child processes.
+    Up {
+        /// Working directory for certs, generated configs and data.
+        #[arg(long, default_value = ".mqedge")]
+        dir: PathBuf,
     },
     /// Validate a config file: exit 0, or exit 1 with `file:line: what is wrong`.
     Check {
@@ -85,6 +108,9 @@ fn main() -> ExitCode {
     match cli.cmd {
         Cmd::Check { config } => check(&config),
         Cmd::Lb { config } => run_lb(&config),
+        Cmd::Broker { config } => run_broker(&config),
+        Cmd::Passwd { file, user } => passwd(&file, &user),
+        Cmd::Up { dir } => up::run(&dir),
         Cmd::Certs {
             out,
             client_cn,
@@ -145,13 +171,21 @@ fn check(path: &std::path::Path) -> ExitCode {
             eprintln!("{e}");
             ExitCode::from(1)
         }
-        Ok("broker") => {
-            eprintln!(
-                "{}:1: this is a broker config ([node]); this build of mqedge has no broker role yet",
-                path.display()
-            );
-            ExitCode::from(1)
-        }
+        Ok("broker") => match mqedge_broker::config::Config::load(path) {
+            Ok(c) => {
+                println!(
+                    "{}: ok (broker config: node {}, {} listener(s))",
+                    path.display(),
+                    c.name,
+                    c.listeners.len()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::from(1)
+            }
+        },
         Ok(_) => match mqedge_lb::config::Config::load(path) {
             Ok(c) => {
                 println!(
@@ -204,6 +238,90 @@ fn run_lb(path: &std::path::Path) -> ExitCode {
         Err(e) => {
             eprintln!("mqedge lb: {e:#}");
             ExitCode::from(2)
+        }
+    }
+}
+
+fn run_broker(path: &std::path::Path) -> ExitCode {
+    let cfg = match mqedge_broker::config::Config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(1);
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("mqedge-broker")
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("mqedge broker: cannot start the runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let res: anyhow::Result<()> = rt.block_on(async move {
+        let bound = mqedge_broker::bind(&cfg).await?;
+        let b = mqedge_broker::Broker::new(cfg)?;
+        mqedge_broker::run_with(b, bound, shutdown_signal()).await?;
+        Ok(())
+    });
+    rt.shutdown_timeout(std::time::Duration::from_secs(1));
+    match res {
+        Ok(()) => {
+            tracing::info!("stopped");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("mqedge broker: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn passwd(file: &std::path::Path, user: &str) -> ExitCode {
+    use std::io::{BufRead, IsTerminal, Write};
+    let stdin = std::io::stdin();
+    let password = if stdin.is_terminal() {
+        let read = |prompt: &str| -> Option<String> {
+            eprint!("{prompt}");
+            let _ = std::io::stderr().flush();
+            // no echo control without a tty crate: warn instead of silently echoing
+            let mut s = String::new();
+            stdin.lock().read_line(&mut s).ok()?;
+            Some(s.trim_end_matches(['\r', '\n']).to_string())
+        };
+        eprintln!("(the password is echoed; pipe it on stdin to avoid that)");
+        let (Some(a), Some(b)) = (read("Password: "), read("Repeat: ")) else {
+            eprintln!("mqedge passwd: no password read");
+            return ExitCode::from(1);
+        };
+        if a != b {
+            eprintln!("mqedge passwd: the passwords differ");
+            return ExitCode::from(1);
+        }
+        a
+    } else {
+        let mut s = String::new();
+        if stdin.lock().read_line(&mut s).is_err() {
+            eprintln!("mqedge passwd: cannot read the password from stdin");
+            return ExitCode::from(1);
+        }
+        s.trim_end_matches(['\r', '\n']).to_string()
+    };
+    if password.is_empty() {
+        eprintln!("mqedge passwd: empty password refused");
+        return ExitCode::from(1);
+    }
+    match mqedge_broker::auth::set_user(file, user, password.as_bytes()) {
+        Ok(()) => {
+            println!("{}: set password of {user}", file.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("mqedge passwd: {e}");
+            ExitCode::from(1)
         }
     }
 }

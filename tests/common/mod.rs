@@ -692,3 +692,257 @@ impl Lb {
             .unwrap()
     }
 }
+
+/// A running `mqedge broker`.
+pub struct BrokerProc {
+    pub proc: Proc,
+    pub config: PathBuf,
+}
+
+impl BrokerProc {
+    pub fn start(config: &Path) -> BrokerProc {
+        let mut cmd = Command::new(bin());
+        cmd.arg("broker").arg("-c").arg(config);
+        if std::env::var_os("RUST_LOG").is_none() {
+            cmd.env("RUST_LOG", "info");
+        }
+        let proc = Proc::spawn("broker", cmd);
+        proc.wait_log(" listener=", Duration::from_secs(20));
+        BrokerProc {
+            proc,
+            config: config.to_path_buf(),
+        }
+    }
+    /// The address of the (first, or named) MQTT listener.
+    pub fn addr(&self) -> SocketAddr {
+        let line = self.proc.wait_log(" listener=", Duration::from_secs(10));
+        line.split(" addr=")
+            .nth(1)
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    }
+    pub fn addr_of(&self, listener: &str) -> SocketAddr {
+        let line = self.proc.wait_log(
+            &format!("listener={listener} addr="),
+            Duration::from_secs(10),
+        );
+        line.split(" addr=")
+            .nth(1)
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    }
+    pub fn admin(&self) -> SocketAddr {
+        let line = self
+            .proc
+            .wait_log("admin listening", Duration::from_secs(10));
+        line.split("addr=")
+            .nth(1)
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    }
+    pub fn kill9(&mut self) {
+        let _ = self.proc.child.kill();
+        let _ = self.proc.child.wait();
+    }
+}
+
+/// A broker config: `[node]` (name node1, admin on port 0, plus `node_extra` lines), one plain
+/// listener named "mqtt" on `bind`, anonymous allowed unless `extra` has its own `[auth]`, then
+/// `extra` TOML.
+pub fn broker_config(bind: &str, node_extra: &str, extra: &str) -> String {
+    let auth = if extra.contains("[auth]") {
+        ""
+    } else {
+        "[auth]\nallow_anonymous = true\n"
+    };
+    format!(
+        "[node]\nname = \"node1\"\nadmin = \"127.0.0.1:0\"\n{node_extra}\n\n[[listener]]\nname = \"mqtt\"\nbind = \"{bind}\"\n\n{auth}{extra}\n"
+    )
+}
+
+/// A raw MQTT client over any stream, speaking through the broker's own codec, for tests that
+/// need to see exact packets (reason codes, flags).
+pub struct Raw<S> {
+    pub s: S,
+    pub v: mqedge_broker::protocol::Version,
+    buf: bytes::BytesMut,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Raw<S> {
+    pub fn new(s: S, v: mqedge_broker::protocol::Version) -> Self {
+        Raw {
+            s,
+            v,
+            buf: bytes::BytesMut::new(),
+        }
+    }
+    pub async fn send(&mut self, p: mqedge_broker::protocol::Packet) {
+        let mut out = bytes::BytesMut::new();
+        mqedge_broker::protocol::encode(&p, self.v, &mut out);
+        self.s.write_all(&out).await.unwrap();
+    }
+    /// Next packet, or None when the server closed the connection (or nothing came in `t`).
+    pub async fn recv(&mut self, t: Duration) -> Option<mqedge_broker::protocol::Packet> {
+        let deadline = tokio::time::Instant::now() + t;
+        loop {
+            if let Ok(Some(p)) =
+                mqedge_broker::protocol::decode(&mut self.buf, Some(self.v), 1 << 24)
+            {
+                return Some(p);
+            }
+            let mut chunk = [0u8; 4096];
+            match tokio::time::timeout_at(deadline, self.s.read(&mut chunk)).await {
+                Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return None,
+                Ok(Ok(n)) => self.buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+    /// Whether the server closed the connection within `t` (packets before the close are skipped).
+    pub async fn closed_within(&mut self, t: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + t;
+        loop {
+            let mut chunk = [0u8; 4096];
+            match tokio::time::timeout_at(deadline, self.s.read(&mut chunk)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => return true,
+                Ok(Ok(_)) => continue,
+                Err(_) => return false,
+            }
+        }
+    }
+    pub async fn connect(
+        &mut self,
+        id: &str,
+        clean: bool,
+        keep_alive: u16,
+    ) -> mqedge_broker::protocol::ConnAck {
+        self.connect_with(id, clean, keep_alive, None, None, Default::default())
+            .await
+    }
+    pub async fn connect_with(
+        &mut self,
+        id: &str,
+        clean: bool,
+        keep_alive: u16,
+        will: Option<mqedge_broker::protocol::Will>,
+        user: Option<(&str, &str)>,
+        properties: mqedge_broker::protocol::ConnectProperties,
+    ) -> mqedge_broker::protocol::ConnAck {
+        use mqedge_broker::protocol::*;
+        self.send(Packet::Connect(Box::new(Connect {
+            version: self.v,
+            clean_start: clean,
+            keep_alive,
+            client_id: id.to_string(),
+            will,
+            username: user.map(|u| u.0.to_string()),
+            password: user.map(|u| bytes::Bytes::copy_from_slice(u.1.as_bytes())),
+            properties,
+        })))
+        .await;
+        match self.recv(Duration::from_secs(5)).await {
+            Some(Packet::ConnAck(a)) => a,
+            other => panic!("expected CONNACK, got {other:?}"),
+        }
+    }
+    pub async fn subscribe(&mut self, pid: u16, filters: &[(&str, u8)]) -> Vec<u8> {
+        use mqedge_broker::protocol::*;
+        self.send(Packet::Subscribe(Subscribe {
+            packet_id: pid,
+            properties: Default::default(),
+            filters: filters
+                .iter()
+                .map(|(f, q)| SubscribeFilter {
+                    filter: f.to_string(),
+                    qos: QoS::from_u8(*q).unwrap(),
+                    no_local: false,
+                    retain_as_published: false,
+                    retain_handling: RetainHandling::SendAtSubscribe,
+                })
+                .collect(),
+        }))
+        .await;
+        loop {
+            match self.recv(Duration::from_secs(5)).await {
+                Some(Packet::SubAck(a)) => {
+                    assert_eq!(a.packet_id, pid);
+                    return a.codes;
+                }
+                Some(_) => continue,
+                None => panic!("no SUBACK"),
+            }
+        }
+    }
+    pub async fn publish(
+        &mut self,
+        topic: &str,
+        payload: &[u8],
+        qos: u8,
+        pid: Option<u16>,
+        retain: bool,
+    ) {
+        use mqedge_broker::protocol::*;
+        self.send(Packet::Publish(Publish {
+            dup: false,
+            qos: QoS::from_u8(qos).unwrap(),
+            retain,
+            topic: topic.to_string(),
+            packet_id: pid,
+            properties: Default::default(),
+            payload: bytes::Bytes::copy_from_slice(payload),
+        }))
+        .await;
+    }
+    /// Collects PUBLISH packets until `t` passes with nothing new; acks QoS 1/2 as a client must.
+    pub async fn collect(&mut self, t: Duration) -> Vec<mqedge_broker::protocol::Publish> {
+        use mqedge_broker::protocol::*;
+        let mut got = Vec::new();
+        while let Some(p) = self.recv(t).await {
+            match p {
+                Packet::Publish(p) => {
+                    match (p.qos, p.packet_id) {
+                        (QoS::AtLeastOnce, Some(id)) => {
+                            self.send(Packet::PubAck(PubAck {
+                                packet_id: id,
+                                code: 0,
+                                properties: Default::default(),
+                            }))
+                            .await
+                        }
+                        (QoS::ExactlyOnce, Some(id)) => {
+                            self.send(Packet::PubRec(PubAck {
+                                packet_id: id,
+                                code: 0,
+                                properties: Default::default(),
+                            }))
+                            .await
+                        }
+                        _ => {}
+                    }
+                    got.push(p);
+                }
+                Packet::PubRel(r) => {
+                    self.send(Packet::PubComp(PubAck {
+                        packet_id: r.packet_id,
+                        code: 0,
+                        properties: Default::default(),
+                    }))
+                    .await
+                }
+                _ => {}
+            }
+        }
+        got
+    }
+}

@@ -1,0 +1,1142 @@
+//! Who may connect and what they may touch: the `[auth]` password file (`user:hash` lines with
+//! argon2 PHC hashes, written by `mqedge passwd`) and the mosquitto-format ACL file.
+//!
+//! Both are parsed up front into plain values, so a bad line is a `file:line: what` config error
+//! at load or reload time, never a surprise on a client's CONNECT. Checks are pure functions of
+//! those values and never panic on anything a client sends.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::fmt;
+use std::fs;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use argon2::password_hash::rand_core::{OsRng, RngCore};
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::{Algorithm, Argon2, Params, Version};
+use mqedge_shared::config::Located;
+
+/// Errors, each pinned to the file and line like every mqedge config error.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    /// A malformed line (or argument), as `file:line: what`.
+    #[error("{0}")]
+    Config(Located),
+    /// The file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file as the operator named it.
+        path: PathBuf,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// The argon2 hasher or the OS random source failed.
+    #[error("password hashing failed: {0}")]
+    Hash(String),
+}
+
+fn located(file: &str, line: Option<usize>, message: impl Into<String>) -> AuthError {
+    AuthError::Config(Located {
+        file: file.to_string(),
+        line,
+        message: message.into(),
+    })
+}
+
+fn read_file(path: &Path) -> Result<String, AuthError> {
+    fs::read_to_string(path).map_err(|source| AuthError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Passwords
+// ---------------------------------------------------------------------------------------------
+
+/// argon2id cost used for new hashes: 19 MiB, 2 passes, 1 lane. This is OWASP's minimum
+/// recommendation and argon2 0.5's default, pinned here so a crate upgrade cannot silently
+/// change how long a CONNECT takes. Verification always uses the cost stored in each hash.
+const M_COST_KIB: u32 = 19 * 1024;
+const T_COST: u32 = 2;
+const P_COST: u32 = 1;
+
+/// A valid hash with the same cost as [`hash_password`] produces (of the password
+/// `unknown-user`; knowing it grants nothing, and the tests use it to prove that). Unknown users
+/// are verified against it so that "no such user" and "wrong password" take about the same time
+/// and a client cannot enumerate usernames by timing CONNECTs.
+const DUMMY_HASH: &str =
+    "$argon2id$v=19$m=19456,t=2,p=1$6m+0B4lx0uQZlskbGw7R1g$HFZIiU7vuGOm7WZR9AAUkFzAj3KaS/JQKLMU0tt2jDI";
+
+fn hasher() -> Result<Argon2<'static>, AuthError> {
+    let params = Params::new(M_COST_KIB, T_COST, P_COST, None)
+        .map_err(|e| AuthError::Hash(e.to_string()))?;
+    Ok(Argon2::new(Algorithm::Argon2id, Version::V0x13, params))
+}
+
+/// Hashes a password for the password file: argon2id PHC string with a fresh 16-byte salt from
+/// the OS. Used by `mqedge passwd`; a hash verifies in well under 50 ms in a release build.
+pub fn hash_password(password: &[u8]) -> Result<String, AuthError> {
+    let mut salt = [0u8; 16];
+    OsRng
+        .try_fill_bytes(&mut salt)
+        .map_err(|e| AuthError::Hash(format!("no random salt: {e}")))?;
+    let salt = SaltString::encode_b64(&salt).map_err(|e| AuthError::Hash(e.to_string()))?;
+    let hash = hasher()?
+        .hash_password(password, &salt)
+        .map_err(|e| AuthError::Hash(e.to_string()))?;
+    Ok(hash.to_string())
+}
+
+/// Checks that `hash` is a complete argon2 PHC string that [`PasswordFile::verify`] can use.
+fn check_hash(hash: &str) -> Result<(), String> {
+    let parsed = PasswordHash::new(hash).map_err(|e| e.to_string())?;
+    Algorithm::try_from(parsed.algorithm).map_err(|e| e.to_string())?;
+    Params::try_from(&parsed).map_err(|e| e.to_string())?;
+    if parsed.salt.is_none() || parsed.hash.is_none() {
+        return Err("salt or hash output missing".into());
+    }
+    Ok(())
+}
+
+/// Why a username cannot be stored in a password file, if it cannot: the format is
+/// `user:hash` per trimmed line, so ':' and line breaks would change the meaning, a leading '#'
+/// would make the line a comment, and outer whitespace would be trimmed away.
+fn username_problem(user: &str) -> Option<&'static str> {
+    if user.is_empty() {
+        Some("is empty")
+    } else if user.contains(':') {
+        Some("contains ':'")
+    } else if user.contains(['\n', '\r']) {
+        Some("contains a line break")
+    } else if user.starts_with('#') {
+        Some("starts with '#' (it would read as a comment)")
+    } else if user.trim() != user {
+        Some("starts or ends with whitespace")
+    } else {
+        None
+    }
+}
+
+/// What one password-file line holds.
+enum PwLine<'a> {
+    /// Blank or `# comment`.
+    Skip,
+    /// `user:hash` (not yet validated).
+    Entry(&'a str, &'a str),
+    /// No ':' on a non-comment line.
+    NoColon,
+}
+
+fn split_pw_line(line: &str) -> PwLine<'_> {
+    let t = line.trim();
+    if t.is_empty() || t.starts_with('#') {
+        PwLine::Skip
+    } else if let Some((user, hash)) = t.split_once(':') {
+        PwLine::Entry(user, hash)
+    } else {
+        PwLine::NoColon
+    }
+}
+
+/// The users allowed to log in with a password, loaded from `[auth] password_file`.
+///
+/// `user:hash` lines; hash is an argon2 PHC string (`$argon2id$v=19$...`). Blank lines and `#`
+/// comments allowed. A line without ':', with a hash that is not a valid PHC string, or naming a
+/// user already defined is a Config error at its line. `Debug` shows usernames, never hashes.
+#[derive(Clone, Default)]
+pub struct PasswordFile {
+    /// username → PHC string, each checked by [`check_hash`] at parse time.
+    users: HashMap<String, String>,
+}
+
+impl fmt::Debug for PasswordFile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut users: Vec<&str> = self.users.keys().map(String::as_str).collect();
+        users.sort_unstable();
+        f.debug_struct("PasswordFile")
+            .field("users", &users)
+            .finish()
+    }
+}
+
+impl PasswordFile {
+    /// Reads and parses the password file at `path` (errors name the path as given).
+    pub fn load(path: &Path) -> Result<Self, AuthError> {
+        let text = read_file(path)?;
+        let file = Self::parse(&path.display().to_string(), &text)?;
+        warn_if_world_readable(path);
+        tracing::debug!(path = %path.display(), users = file.len(), "password file loaded");
+        Ok(file)
+    }
+
+    /// Parses password-file `text`; `file` is only used to name it in errors. Stops at the
+    /// first bad line.
+    pub fn parse(file: &str, text: &str) -> Result<Self, AuthError> {
+        let mut users = HashMap::new();
+        let mut first_line: HashMap<&str, usize> = HashMap::new();
+        for (idx, line) in text.lines().enumerate() {
+            let n = idx + 1;
+            let (user, hash) = match split_pw_line(line) {
+                PwLine::Skip => continue,
+                PwLine::NoColon => {
+                    return Err(located(file, Some(n), "expected `user:hash`, found no ':'"))
+                }
+                PwLine::Entry(user, hash) => (user, hash),
+            };
+            if let Some(why) = username_problem(user) {
+                return Err(located(
+                    file,
+                    Some(n),
+                    format!("invalid username {user:?}: it {why}"),
+                ));
+            }
+            if let Err(why) = check_hash(hash) {
+                return Err(located(
+                    file,
+                    Some(n),
+                    format!(
+                        "user {user:?}: the hash is not an argon2 PHC string \
+                         ($argon2id$v=19$...): {why}"
+                    ),
+                ));
+            }
+            if let Some(prev) = first_line.insert(user, n) {
+                return Err(located(
+                    file,
+                    Some(n),
+                    format!("user {user:?} is already defined at line {prev}"),
+                ));
+            }
+            users.insert(user.to_string(), hash.to_string());
+        }
+        Ok(PasswordFile { users })
+    }
+
+    /// Whether `password` is right for `user`, through argon2 with the cost stored in the hash.
+    /// An unknown user is `false` after verifying against a dummy hash of the same cost, so the
+    /// answer takes about as long either way (usernames cannot be probed by timing). The final
+    /// comparison inside argon2 is constant-time.
+    pub fn verify(&self, user: &str, password: &[u8]) -> bool {
+        let (stored, known) = match self.users.get(user) {
+            Some(h) => (h.as_str(), true),
+            None => (DUMMY_HASH, false),
+        };
+        let Ok(parsed) = PasswordHash::new(stored) else {
+            return false;
+        };
+        let ok = Argon2::default().verify_password(password, &parsed).is_ok();
+        known && ok
+    }
+
+    /// How many users the file defines (for logs and metrics).
+    pub fn len(&self) -> usize {
+        self.users.len()
+    }
+
+    /// Whether the file defines no users at all (then no password can succeed).
+    pub fn is_empty(&self) -> bool {
+        self.users.is_empty()
+    }
+}
+
+#[cfg(unix)]
+fn warn_if_world_readable(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(meta) = fs::metadata(path) {
+        if meta.permissions().mode() & 0o004 != 0 {
+            tracing::warn!(
+                path = %path.display(),
+                "password file is world-readable; `chmod 600` it"
+            );
+        }
+    }
+}
+
+#[cfg(not(unix))]
+fn warn_if_world_readable(_path: &Path) {}
+
+/// Adds or replaces USER in the password file at `path` — what `mqedge passwd -f FILE USER`
+/// does. Other lines (comments too) keep their text and order; a new user is appended. A missing
+/// file is created with mode 0600; an existing file keeps its permissions. The new file is
+/// written beside the old one and renamed over it, so a crash leaves the old file or the new one,
+/// never half of one; if the result would not load (the file already had a bad line), nothing
+/// is written and that line's error is returned.
+///
+/// Usernames may not be empty, contain ':' or line breaks, start with '#', or have outer
+/// whitespace (a Config error with no line number).
+pub fn set_user(path: &Path, user: &str, password: &[u8]) -> Result<(), AuthError> {
+    let name = path.display().to_string();
+    if let Some(why) = username_problem(user) {
+        return Err(located(
+            &name,
+            None,
+            format!("invalid username {user:?}: it {why}"),
+        ));
+    }
+    let existing = match fs::read_to_string(path) {
+        Ok(text) => Some(text),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+        Err(source) => {
+            return Err(AuthError::Io {
+                path: path.to_path_buf(),
+                source,
+            })
+        }
+    };
+    let entry = format!("{user}:{}", hash_password(password)?);
+    let mut out = String::new();
+    let mut replaced = false;
+    for line in existing.as_deref().unwrap_or("").lines() {
+        match split_pw_line(line) {
+            PwLine::Entry(u, _) if u == user => {
+                // A duplicate would be rejected by `parse` below; replace only the first.
+                if !replaced {
+                    out.push_str(&entry);
+                    out.push('\n');
+                    replaced = true;
+                }
+            }
+            _ => {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+    }
+    if !replaced {
+        out.push_str(&entry);
+        out.push('\n');
+    }
+    PasswordFile::parse(&name, &out)?;
+    write_replacing(path, existing.is_some(), out.as_bytes())
+}
+
+/// Writes `data` to a temporary file beside `path` and renames it over `path`. A new file gets
+/// mode 0600; an existing one's permissions are copied. A symlinked `path` is followed, so the
+/// link stays and its target is replaced.
+fn write_replacing(path: &Path, exists: bool, data: &[u8]) -> Result<(), AuthError> {
+    let io_err = |p: &Path| {
+        let p = p.to_path_buf();
+        move |source| AuthError::Io { path: p, source }
+    };
+    let target = if exists {
+        fs::canonicalize(path).map_err(io_err(path))?
+    } else {
+        path.to_path_buf()
+    };
+    let file_name = target.file_name().ok_or_else(|| AuthError::Io {
+        path: path.to_path_buf(),
+        source: io::Error::new(io::ErrorKind::InvalidInput, "not a file name"),
+    })?;
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(file_name);
+    tmp_name.push(format!(".tmp{}", std::process::id()));
+    let tmp = target.with_file_name(tmp_name);
+
+    let result = (|| {
+        let mut opts = fs::OpenOptions::new();
+        opts.write(true).create_new(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            opts.mode(0o600);
+        }
+        let mut f = opts.open(&tmp).map_err(io_err(&tmp))?;
+        if exists {
+            let perms = fs::metadata(&target).map_err(io_err(path))?.permissions();
+            f.set_permissions(perms).map_err(io_err(&tmp))?;
+        }
+        f.write_all(data).map_err(io_err(&tmp))?;
+        f.sync_all().map_err(io_err(&tmp))?;
+        fs::rename(&tmp, &target).map_err(io_err(path))
+    })();
+    if result.is_err() {
+        // Best effort: the temporary file may not exist if opening it failed.
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+// ---------------------------------------------------------------------------------------------
+// ACL
+// ---------------------------------------------------------------------------------------------
+
+/// What a client wants to do with a topic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Receive a message published on a concrete topic (checked on delivery).
+    Read,
+    /// Publish on a concrete topic.
+    Write,
+    /// Subscribe to a topic filter (checked on SUBSCRIBE, against the filter as requested).
+    Subscribe,
+}
+
+/// The access word of one ACL line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Grant {
+    Read,
+    Write,
+    ReadWrite,
+    Deny,
+}
+
+impl Grant {
+    fn from_word(w: &str) -> Option<Grant> {
+        match w {
+            "read" => Some(Grant::Read),
+            "write" => Some(Grant::Write),
+            "readwrite" => Some(Grant::ReadWrite),
+            "deny" => Some(Grant::Deny),
+            _ => None,
+        }
+    }
+
+    fn allows_read(self) -> bool {
+        matches!(self, Grant::Read | Grant::ReadWrite)
+    }
+
+    fn allows_write(self) -> bool {
+        matches!(self, Grant::Write | Grant::ReadWrite)
+    }
+}
+
+/// One `topic` or `pattern` line.
+#[derive(Debug, Clone)]
+struct Entry {
+    grant: Grant,
+    /// A valid MQTT topic filter (for patterns: before `%u`/`%c` substitution).
+    filter: String,
+}
+
+/// A mosquitto-format ACL file: who may publish, receive and subscribe to what.
+///
+/// `topic [read|write|readwrite|deny] FILTER` lines before any `user` line apply to everyone,
+/// anonymous clients included (DESIGN.md's rule; in mosquitto they apply to anonymous clients
+/// only); after `user NAME` they apply to NAME only; `pattern` lines apply to everyone with
+/// `%u`/`%c` replaced. A `deny` that matches wins; otherwise something
+/// must grant the access. The default (and an ACL with no entries) denies everything.
+#[derive(Debug, Clone, Default)]
+pub struct Acl {
+    /// `topic` lines before the first `user` line.
+    everyone: Vec<Entry>,
+    /// `topic` lines after `user NAME`, by NAME (several blocks for one user add up).
+    users: HashMap<String, Vec<Entry>>,
+    /// `pattern` lines, wherever they appear.
+    patterns: Vec<Entry>,
+}
+
+impl Acl {
+    /// Reads and parses the ACL file at `path` (errors name the path as given).
+    pub fn load(path: &Path) -> Result<Self, AuthError> {
+        let text = read_file(path)?;
+        let acl = Self::parse(&path.display().to_string(), &text)?;
+        tracing::debug!(
+            path = %path.display(),
+            everyone = acl.everyone.len(),
+            users = acl.users.len(),
+            patterns = acl.patterns.len(),
+            "ACL loaded"
+        );
+        Ok(acl)
+    }
+
+    /// Parses ACL `text`; `file` is only used to name it in errors. Stops at the first bad line.
+    pub fn parse(file: &str, text: &str) -> Result<Self, AuthError> {
+        let mut acl = Acl::default();
+        // `None` until the first `user` line: until then `topic` lines go to `everyone`, which
+        // covers users and anonymous clients alike. This differs from mosquitto, where that first
+        // block applies to anonymous clients only; DESIGN.md [auth] asks for everyone.
+        let mut current_user: Option<String> = None;
+        for (idx, raw) in text.lines().enumerate() {
+            let n = idx + 1;
+            let err = |msg: String| located(file, Some(n), msg);
+            let line = raw.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let (keyword, rest) = match line.split_once(char::is_whitespace) {
+                Some((k, r)) => (k, r.trim_start()),
+                None => (line, ""),
+            };
+            match keyword {
+                "user" => {
+                    if rest.is_empty() {
+                        return Err(err("`user` needs a username".into()));
+                    }
+                    acl.users.entry(rest.to_string()).or_default();
+                    current_user = Some(rest.to_string());
+                }
+                "topic" | "pattern" => {
+                    let entry = parse_entry(keyword, rest).map_err(err)?;
+                    if keyword == "pattern" {
+                        acl.patterns.push(entry);
+                    } else if let Some(user) = &current_user {
+                        acl.users.entry(user.clone()).or_default().push(entry);
+                    } else {
+                        acl.everyone.push(entry);
+                    }
+                }
+                other => {
+                    return Err(err(format!(
+                        "unknown keyword {other:?}: expected `topic`, `user` or `pattern`"
+                    )))
+                }
+            }
+        }
+        Ok(acl)
+    }
+
+    /// May this client (username `None` = anonymous) do `access` on `topic`? For
+    /// [`Access::Subscribe`], `topic` is the filter as requested (`$share/GROUP/` is stripped
+    /// first: the group does not change what is delivered). A topic name with wildcards for
+    /// Read/Write, or an invalid filter for Subscribe, is refused.
+    ///
+    /// The broker should check Read again on each delivery: a subscribe that passed may still
+    /// cover topics that a deny entry (or a later reload) withholds.
+    pub fn check(
+        &self,
+        username: Option<&str>,
+        client_id: &str,
+        topic: &str,
+        access: Access,
+    ) -> bool {
+        let target = match access {
+            Access::Read | Access::Write => {
+                if topic.is_empty() || topic.contains(['+', '#', '\0']) {
+                    return false;
+                }
+                topic
+            }
+            Access::Subscribe => match strip_share(topic) {
+                Some(f) if valid_filter(f) => f,
+                _ => return false,
+            },
+        };
+        let mut allowed = false;
+        let mut visit = |grant: Grant, filter: &str| -> bool {
+            let hit = match access {
+                Access::Subscribe if grant == Grant::Deny => filters_overlap(filter, target),
+                Access::Subscribe => grant.allows_read() && filter_covers(filter, target),
+                Access::Read if grant == Grant::Deny || grant.allows_read() => {
+                    topic_matches(filter, target)
+                }
+                Access::Write if grant == Grant::Deny || grant.allows_write() => {
+                    topic_matches(filter, target)
+                }
+                _ => false,
+            };
+            if hit && grant == Grant::Deny {
+                return false; // stop: deny wins
+            }
+            allowed |= hit;
+            true
+        };
+
+        let user_entries = username.and_then(|u| self.users.get(u));
+        for e in self
+            .everyone
+            .iter()
+            .chain(user_entries.into_iter().flatten())
+        {
+            if !visit(e.grant, &e.filter) {
+                return false;
+            }
+        }
+        for e in &self.patterns {
+            let Some(filter) = substitute(&e.filter, username, client_id) else {
+                continue;
+            };
+            if !visit(e.grant, &filter) {
+                return false;
+            }
+        }
+        allowed
+    }
+}
+
+/// Parses the part of a `topic`/`pattern` line after the keyword: optional access word, then
+/// the filter (the rest of the line, so it may contain spaces).
+fn parse_entry(keyword: &str, rest: &str) -> Result<Entry, String> {
+    let (grant, filter) = match rest.split_once(char::is_whitespace) {
+        Some((w, f)) => match Grant::from_word(w) {
+            Some(g) => (g, f.trim_start()),
+            None => (Grant::ReadWrite, rest),
+        },
+        None => match Grant::from_word(rest) {
+            Some(_) => return Err(format!("`{keyword} {rest}` needs a topic filter")),
+            None => (Grant::ReadWrite, rest),
+        },
+    };
+    if filter.is_empty() {
+        return Err(format!("`{keyword}` needs a topic filter"));
+    }
+    if !valid_filter(filter) {
+        return Err(format!(
+            "invalid topic filter {filter:?}: '+' and '#' must fill a whole level, \
+             and '#' must be the last level"
+        ));
+    }
+    Ok(Entry {
+        grant,
+        filter: filter.to_string(),
+    })
+}
+
+/// `$share/GROUP/FILTER` → `FILTER`; other filters unchanged; a malformed share → `None`.
+fn strip_share(filter: &str) -> Option<&str> {
+    match filter.strip_prefix("$share/") {
+        None => Some(filter),
+        Some(rest) => {
+            let (group, f) = rest.split_once('/')?;
+            if group.is_empty() || group.contains(['+', '#']) || f.is_empty() {
+                None
+            } else {
+                Some(f)
+            }
+        }
+    }
+}
+
+/// Replaces `%u` and `%c` in a pattern, in one pass (so a username that is literally `%c`
+/// stays `%c`). `None` (the pattern does not apply) when it needs a username and there is none,
+/// or when a value it needs is empty or holds '+', '#' or '/': such a value would turn a
+/// per-client pattern into a wildcard or reach into another client's subtree.
+fn substitute<'a>(
+    pattern: &'a str,
+    username: Option<&str>,
+    client_id: &str,
+) -> Option<Cow<'a, str>> {
+    let safe = |v: &str| !v.is_empty() && !v.contains(['+', '#', '/', '\0']);
+    if pattern.contains("%u") && !username.is_some_and(safe) {
+        return None;
+    }
+    if pattern.contains("%c") && !safe(client_id) {
+        return None;
+    }
+    if !pattern.contains('%') {
+        return Some(Cow::Borrowed(pattern));
+    }
+    let mut out = String::with_capacity(pattern.len() + 16);
+    let mut rest = pattern;
+    while let Some(i) = rest.find('%') {
+        out.push_str(&rest[..i]);
+        let tail = &rest[i..];
+        rest = if let (Some(u), Some(after)) = (username, tail.strip_prefix("%u")) {
+            out.push_str(u);
+            after
+        } else if let Some(after) = tail.strip_prefix("%c") {
+            out.push_str(client_id);
+            after
+        } else {
+            out.push('%');
+            &tail[1..]
+        };
+    }
+    out.push_str(rest);
+    Some(Cow::Owned(out))
+}
+
+/// A valid MQTT topic filter: not empty, no NUL, '+' and '#' fill their level, '#' last.
+fn valid_filter(filter: &str) -> bool {
+    if filter.is_empty() || filter.contains('\0') {
+        return false;
+    }
+    let mut levels = filter.split('/').peekable();
+    while let Some(level) = levels.next() {
+        let last = levels.peek().is_none();
+        match level {
+            "+" => {}
+            "#" if last => {}
+            l if l.contains(['+', '#']) => return false,
+            _ => {}
+        }
+    }
+    true
+}
+
+fn is_wildcard(level: &str) -> bool {
+    level == "+" || level == "#"
+}
+
+/// MQTT's `$` rule: a topic whose first level starts with '$' (`$SYS/...`) is not matched by a
+/// filter whose first level is a wildcard.
+fn dollar_blocked(filter: &str, topic: &str) -> bool {
+    topic.starts_with('$') && filter.split('/').next().is_some_and(is_wildcard)
+}
+
+/// Whether `filter` matches the concrete `topic` ('+' one level, '#' the rest including the
+/// parent, plus the `$` rule).
+fn topic_matches(filter: &str, topic: &str) -> bool {
+    if dollar_blocked(filter, topic) {
+        return false;
+    }
+    let mut f = filter.split('/');
+    let mut t = topic.split('/');
+    loop {
+        match (f.next(), t.next()) {
+            (Some("#"), _) => return true,
+            (None, None) => return true,
+            (Some("+"), Some(_)) => {}
+            (Some(fl), Some(tl)) if fl == tl => {}
+            _ => return false,
+        }
+    }
+}
+
+/// Whether every topic the `requested` filter can match is also matched by `entry` (mosquitto's
+/// sub-pattern check): a '+' in the request is covered only by '+' or '#' in the entry, a '#'
+/// only by '#'. `a/#` covers `a/b/+`; `a/+` does not cover `a/#`.
+fn filter_covers(entry: &str, requested: &str) -> bool {
+    // A wildcard-first entry cannot cover `$...` topics; a literal `$...` request only asks for
+    // those. (A wildcard-first request only matches non-`$` topics, so it is unaffected.)
+    if dollar_blocked(entry, requested) {
+        return false;
+    }
+    let mut e = entry.split('/');
+    let mut r = requested.split('/');
+    loop {
+        match (e.next(), r.next()) {
+            (Some("#"), _) => return true,
+            (None, None) => return true,
+            (Some("+"), Some(rl)) if rl != "#" => {}
+            (Some(el), Some(rl)) if el == rl => {}
+            _ => return false,
+        }
+    }
+}
+
+/// Whether some topic could be matched by both filters. Used for `deny` entries on Subscribe,
+/// conservatively: a subscription is refused if it could ever deliver a denied topic, even when
+/// it would also deliver allowed ones (deny `a/secret` refuses subscribing to `a/+` and `#`).
+fn filters_overlap(a: &str, b: &str) -> bool {
+    // The shared topic would start with '$' (from the literal side) and so be invisible to the
+    // wildcard-first side.
+    if dollar_blocked(a, b) || dollar_blocked(b, a) {
+        return false;
+    }
+    let mut x = a.split('/');
+    let mut y = b.split('/');
+    loop {
+        match (x.next(), y.next()) {
+            (Some("#"), _) | (_, Some("#")) => return true,
+            (None, None) => return true,
+            (Some("+"), Some(_)) | (Some(_), Some("+")) => {}
+            (Some(xl), Some(yl)) if xl == yl => {}
+            _ => return false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    /// A directory under the system temp dir, removed on drop.
+    struct TempDir(PathBuf);
+
+    impl TempDir {
+        fn new(name: &str) -> TempDir {
+            let dir =
+                std::env::temp_dir().join(format!("mqedge-auth-{}-{name}", std::process::id()));
+            let _ = fs::remove_dir_all(&dir);
+            fs::create_dir_all(&dir).unwrap();
+            TempDir(dir)
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn config_line(err: AuthError) -> Option<usize> {
+        match err {
+            AuthError::Config(l) => l.line,
+            other => panic!("expected a Config error, got {other}"),
+        }
+    }
+
+    #[test]
+    fn password_round_trip() {
+        let hash = hash_password(b"s3cret").unwrap();
+        assert!(
+            hash.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"),
+            "{hash}"
+        );
+        let pw = PasswordFile::parse("passwd", &format!("# users\n\nalice:{hash}\n")).unwrap();
+        assert_eq!(pw.len(), 1);
+        assert!(!pw.is_empty());
+        assert!(pw.verify("alice", b"s3cret"));
+        assert!(!pw.verify("alice", b"s3cret "));
+        assert!(!pw.verify("alice", b""));
+        assert!(!pw.verify("bob", b"s3cret"));
+        // The dummy hash behind unknown users verifies, yet the answer must stay false.
+        assert!(!pw.verify("bob", b"unknown-user"));
+        assert!(!format!("{pw:?}").contains("argon2"), "Debug leaks hashes");
+    }
+
+    #[test]
+    fn salts_differ() {
+        assert_ne!(hash_password(b"x").unwrap(), hash_password(b"x").unwrap());
+    }
+
+    #[test]
+    fn dummy_hash_has_the_cost_of_new_hashes() {
+        check_hash(DUMMY_HASH).unwrap();
+        let known = PasswordFile::parse("passwd", &format!("u:{DUMMY_HASH}")).unwrap();
+        assert!(known.verify("u", b"unknown-user"));
+        let dummy = PasswordHash::new(DUMMY_HASH).unwrap();
+        let fresh = hash_password(b"x").unwrap();
+        let fresh = PasswordHash::new(&fresh).unwrap();
+        assert_eq!(dummy.algorithm, fresh.algorithm);
+        assert_eq!(
+            Params::try_from(&dummy).unwrap(),
+            Params::try_from(&fresh).unwrap()
+        );
+    }
+
+    /// One verification at the default cost must stay well under 2 s even in a debug build, or
+    /// every test that logs in gets slow. Best of three tries, so a busy machine does not fail
+    /// it.
+    #[test]
+    fn verify_is_fast_enough_for_debug_tests() {
+        let pw = PasswordFile::parse("passwd", &format!("u:{DUMMY_HASH}")).unwrap();
+        for (user, password, expected) in
+            [("u", &b"unknown-user"[..], true), ("nobody", b"x", false)]
+        {
+            let limit = Duration::from_secs(2);
+            let mut best = Duration::MAX;
+            for _ in 0..3 {
+                let start = Instant::now();
+                assert_eq!(pw.verify(user, password), expected);
+                best = best.min(start.elapsed());
+                if best < limit {
+                    break;
+                }
+            }
+            assert!(best < limit, "{user}: verify took {best:?}");
+        }
+    }
+
+    #[test]
+    fn password_parse_errors_carry_the_line() {
+        let good = DUMMY_HASH;
+        let cases = [
+            (format!("# c\n\nalice:{good}\nbob\n"), 4),
+            (format!("alice:{good}\nbob:plaintext\n"), 2),
+            (format!("\n\n:{good}\n"), 3),
+            (format!("alice:{good}\n# again\nalice:{good}\n"), 3),
+            ("x:$pbkdf2-sha256$i=1000$c2FsdA$aGFzaA\n".to_string(), 1),
+            ("x:$argon2id$v=19$m=19456,t=2,p=1\n".to_string(), 1),
+            (format!("ok:{good}\nalice :{good}\n"), 2),
+        ];
+        for (text, line) in cases {
+            let err = PasswordFile::parse("passwd", &text).unwrap_err();
+            let shown = err.to_string();
+            assert!(shown.starts_with(&format!("passwd:{line}: ")), "{shown}");
+            assert_eq!(config_line(err), Some(line), "{text}");
+        }
+    }
+
+    #[test]
+    fn load_reports_missing_file_with_its_path() {
+        let dir = TempDir::new("missing");
+        let path = dir.0.join("nope");
+        let err = PasswordFile::load(&path).unwrap_err();
+        assert!(matches!(err, AuthError::Io { .. }), "{err}");
+        assert!(err.to_string().contains("nope"), "{err}");
+        assert!(matches!(Acl::load(&path), Err(AuthError::Io { .. })));
+    }
+
+    #[test]
+    fn set_user_adds_and_replaces_keeping_other_lines() {
+        let dir = TempDir::new("set-user");
+        let path = dir.0.join("passwd");
+        set_user(&path, "alice", b"one").unwrap();
+        let text = fs::read_to_string(&path).unwrap();
+        assert!(text.starts_with("alice:$argon2id$"), "{text}");
+
+        let mut text = format!("# operators\n{text}\n# devices\n");
+        fs::write(&path, &text).unwrap();
+        set_user(&path, "bob", b"two").unwrap();
+        text = fs::read_to_string(&path).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 5, "{text}");
+        assert_eq!(lines[0], "# operators");
+        assert!(lines[1].starts_with("alice:"));
+        assert_eq!(lines[2], "");
+        assert_eq!(lines[3], "# devices");
+        assert!(lines[4].starts_with("bob:"));
+        let alice_before = lines[1].to_string();
+
+        set_user(&path, "alice", b"three").unwrap();
+        let after = fs::read_to_string(&path).unwrap();
+        let after_lines: Vec<&str> = after.lines().collect();
+        assert_eq!(after_lines.len(), 5, "{after}");
+        assert_eq!(after_lines[0], "# operators");
+        assert!(after_lines[1].starts_with("alice:"));
+        assert_ne!(after_lines[1], alice_before);
+        assert_eq!(after_lines[3], "# devices");
+        assert_eq!(after_lines[4], lines[4], "bob must be untouched");
+
+        let pw = PasswordFile::load(&path).unwrap();
+        assert_eq!(pw.len(), 2);
+        assert!(pw.verify("alice", b"three"));
+        assert!(!pw.verify("alice", b"one"));
+        assert!(pw.verify("bob", b"two"));
+        let leftovers = fs::read_dir(&dir.0).unwrap().count();
+        assert_eq!(leftovers, 1, "temporary file left behind");
+    }
+
+    #[test]
+    fn set_user_rejects_bad_usernames_and_broken_files() {
+        let dir = TempDir::new("bad-user");
+        let path = dir.0.join("passwd");
+        for bad in ["", "a:b", "a\nb", "a\rb", "#x", " x", "x\t"] {
+            let err = set_user(&path, bad, b"pw").unwrap_err();
+            match err {
+                AuthError::Config(l) => assert_eq!(l.line, None, "{bad:?}"),
+                other => panic!("{bad:?}: {other}"),
+            }
+        }
+        assert!(!path.exists(), "nothing may be written for a bad username");
+
+        fs::write(&path, "# ok\ngarbage\n").unwrap();
+        let err = set_user(&path, "alice", b"pw").unwrap_err();
+        assert_eq!(config_line(err), Some(2));
+        assert_eq!(fs::read_to_string(&path).unwrap(), "# ok\ngarbage\n");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn set_user_creates_the_file_with_mode_0600_and_keeps_an_existing_mode() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = TempDir::new("mode");
+        let path = dir.0.join("passwd");
+        set_user(&path, "alice", b"pw").unwrap();
+        let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o640)).unwrap();
+        set_user(&path, "bob", b"pw").unwrap();
+        let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o640);
+    }
+
+    fn acl(text: &str) -> Acl {
+        Acl::parse("acl", text).unwrap()
+    }
+
+    const R: Access = Access::Read;
+    const W: Access = Access::Write;
+    const S: Access = Access::Subscribe;
+
+    #[test]
+    fn first_block_applies_to_everyone_including_anonymous() {
+        let a = acl("topic read public/#\nuser alice\ntopic readwrite alice/#\n");
+        assert!(a.check(None, "c1", "public/news", R));
+        assert!(a.check(Some("alice"), "c1", "public/news", R));
+        assert!(a.check(Some("bob"), "c1", "public/news", R));
+        assert!(!a.check(None, "c1", "public/news", W));
+        assert!(a.check(None, "c1", "public/#", S));
+    }
+
+    #[test]
+    fn user_block_applies_only_to_that_user() {
+        let a = acl("user alice\ntopic alice/#\nuser bob\ntopic read bob/in\n");
+        assert!(a.check(Some("alice"), "c", "alice/x", W));
+        assert!(a.check(Some("alice"), "c", "alice/x", R));
+        assert!(!a.check(Some("bob"), "c", "alice/x", R));
+        assert!(!a.check(None, "c", "alice/x", R));
+        assert!(a.check(Some("bob"), "c", "bob/in", R));
+        assert!(!a.check(Some("bob"), "c", "bob/in", W));
+        assert!(!a.check(Some("alice"), "c", "bob/in", R));
+    }
+
+    #[test]
+    fn several_blocks_for_one_user_add_up() {
+        let a = acl("user alice\ntopic a\nuser bob\ntopic b\nuser alice\ntopic c\n");
+        assert!(a.check(Some("alice"), "x", "a", R));
+        assert!(a.check(Some("alice"), "x", "c", R));
+        assert!(!a.check(Some("alice"), "x", "b", R));
+    }
+
+    #[test]
+    fn patterns_substitute_username_and_client_id() {
+        let a = acl("user alice\npattern write devices/%u/%c/up\npattern read cmd/%c\n");
+        // Patterns apply to everyone, even though they sit in alice's block.
+        assert!(a.check(Some("bob"), "dev1", "devices/bob/dev1/up", W));
+        assert!(!a.check(Some("bob"), "dev1", "devices/bob/dev2/up", W));
+        assert!(!a.check(Some("bob"), "dev1", "devices/alice/dev1/up", W));
+        assert!(!a.check(Some("bob"), "dev1", "devices/bob/dev1/up", R));
+        assert!(a.check(None, "dev1", "cmd/dev1", R));
+        assert!(!a.check(None, "dev1", "cmd/dev2", R));
+        // %u never matches an anonymous client.
+        assert!(!a.check(None, "dev1", "devices/%u/dev1/up", W));
+        assert!(!a.check(None, "dev1", "devices//dev1/up", W));
+    }
+
+    #[test]
+    fn pattern_values_with_wildcards_or_slashes_do_not_match() {
+        let a = acl("pattern read devices/%u/#\npattern read cmd/%c\n");
+        assert!(a.check(Some("bob"), "c", "devices/bob/x", R));
+        assert!(!a.check(Some("+"), "c", "devices/+/#", S));
+        assert!(!a.check(Some("#"), "c", "devices/x/y", R));
+        assert!(!a.check(Some("a/b"), "c", "devices/a/b/x", R));
+        assert!(!a.check(Some(""), "c", "devices//x", R));
+        assert!(!a.check(None, "#", "cmd/x", R));
+        assert!(!a.check(None, "a/b", "cmd/a/b", R));
+        assert!(!a.check(None, "+", "cmd/+", S));
+        // One-pass substitution: a user literally named `%c` does not become its client id.
+        let a = acl("pattern readwrite devices/%u/%c\n");
+        assert!(!a.check(Some("%c"), "bob", "devices/bob/bob", W));
+        assert!(a.check(Some("%c"), "bob", "devices/%c/bob", W));
+        assert!(a.check(Some("bob"), "bob", "devices/bob/bob", W));
+    }
+
+    #[test]
+    fn deny_wins() {
+        let a = acl(
+            "topic readwrite #\ntopic deny secret/#\nuser alice\ntopic deny public/x\n\
+             pattern deny private/%u\n",
+        );
+        assert!(a.check(None, "c", "public/x", R));
+        assert!(a.check(None, "c", "public/x", W));
+        assert!(!a.check(None, "c", "secret/x", R));
+        assert!(!a.check(None, "c", "secret", W));
+        assert!(!a.check(Some("alice"), "c", "public/x", R));
+        assert!(a.check(Some("bob"), "c", "public/x", R));
+        assert!(!a.check(Some("bob"), "c", "private/bob", W));
+        assert!(a.check(Some("bob"), "c", "private/alice", W));
+        // Subscribe: refused when the request could ever deliver a denied topic.
+        assert!(!a.check(None, "c", "secret/#", S));
+        assert!(!a.check(None, "c", "+/x", S));
+        assert!(!a.check(None, "c", "#", S));
+        assert!(a.check(None, "c", "public/#", S));
+        assert!(!a.check(Some("alice"), "c", "public/#", S));
+    }
+
+    #[test]
+    fn wildcard_entries_match_topics() {
+        let a = acl("topic read sensors/+/temp\ntopic write cmd/#\n");
+        assert!(a.check(None, "c", "sensors/kitchen/temp", R));
+        assert!(!a.check(None, "c", "sensors/kitchen/humidity", R));
+        assert!(!a.check(None, "c", "sensors/a/b/temp", R));
+        assert!(!a.check(None, "c", "sensors/temp", R));
+        assert!(!a.check(None, "c", "sensors/kitchen/temp", W));
+        assert!(a.check(None, "c", "cmd", W), "'#' includes the parent");
+        assert!(a.check(None, "c", "cmd/a/b/c", W));
+        assert!(!a.check(None, "c", "cmdx", W));
+        assert!(!a.check(None, "c", "cmd/a", R));
+        // A topic name with wildcards is not a topic: refused for Read/Write.
+        assert!(!a.check(None, "c", "cmd/+", W));
+    }
+
+    #[test]
+    fn subscribe_needs_an_entry_covering_the_requested_filter() {
+        let a = acl("topic read a/#\ntopic readwrite b/+\ntopic write w/#\n");
+        assert!(a.check(None, "c", "a/b/+", S));
+        assert!(a.check(None, "c", "a/#", S));
+        assert!(a.check(None, "c", "a", S));
+        assert!(a.check(None, "c", "b/+", S));
+        assert!(a.check(None, "c", "b/x", S));
+        assert!(
+            !a.check(None, "c", "b/#", S),
+            "a/+ style entry must not cover '#'"
+        );
+        assert!(!a.check(None, "c", "b/x/y", S));
+        assert!(!a.check(None, "c", "+/x", S));
+        assert!(
+            !a.check(None, "c", "w/x", S),
+            "write does not allow subscribe"
+        );
+        assert!(!a.check(None, "c", "a/+/#/x", S), "invalid filter");
+        // The share prefix is stripped; the group does not matter.
+        assert!(a.check(None, "c", "$share/g1/a/x", S));
+        assert!(!a.check(None, "c", "$share/g1/b/#", S));
+        assert!(!a.check(None, "c", "$share/g1", S));
+    }
+
+    #[test]
+    fn dollar_topics_are_not_matched_by_leading_wildcards() {
+        let a = acl("topic readwrite #\ntopic read +/status\n");
+        assert!(a.check(None, "c", "anything/at/all", W));
+        assert!(!a.check(None, "c", "$SYS/broker/uptime", R));
+        assert!(!a.check(None, "c", "$SYS/status", R));
+        assert!(!a.check(None, "c", "$SYS/#", S));
+        let a = acl("topic read $SYS/#\n");
+        assert!(a.check(None, "c", "$SYS/broker/uptime", R));
+        assert!(a.check(None, "c", "$SYS/#", S));
+        // Deny `#` does not reach `$SYS` either, matching how Read is decided.
+        let a = acl("topic read $SYS/#\ntopic deny #\n");
+        assert!(a.check(None, "c", "$SYS/broker/uptime", R));
+        assert!(a.check(None, "c", "$SYS/#", S));
+        assert!(!a.check(None, "c", "other", R));
+    }
+
+    #[test]
+    fn empty_acl_denies_everything() {
+        let a = acl("# nothing here\n\n   \n");
+        for access in [R, W, S] {
+            assert!(!a.check(None, "c", "a", access));
+            assert!(!a.check(Some("alice"), "c", "a", access));
+        }
+        assert!(!Acl::default().check(Some("alice"), "c", "#", S));
+    }
+
+    #[test]
+    fn topics_may_contain_spaces_and_access_defaults_to_readwrite() {
+        let a = acl("topic my topic/with spaces\ntopic read  spaced  out \ntopic readership\n");
+        assert!(a.check(None, "c", "my topic/with spaces", W));
+        assert!(a.check(None, "c", "my topic/with spaces", R));
+        assert!(a.check(None, "c", "spaced  out", R));
+        assert!(!a.check(None, "c", "spaced  out", W));
+        assert!(a.check(None, "c", "readership", W));
+    }
+
+    #[test]
+    fn malformed_acl_lines_are_rejected_with_their_line() {
+        let cases = [
+            ("topic read a\nbogus b\n", 2),
+            ("# c\n\ntopic\n", 3),
+            ("topic read\n", 1),
+            ("topic deny   \n", 1),
+            ("user\n", 1),
+            ("pattern write\n", 1),
+            ("topic a/#/b\n", 1),
+            ("topic read a/b+\n", 1),
+            ("\n\n\npattern read x/%u#\n", 4),
+            ("Topic a\n", 1),
+        ];
+        for (text, line) in cases {
+            let err = Acl::parse("acl", text).unwrap_err();
+            let shown = err.to_string();
+            assert!(
+                shown.starts_with(&format!("acl:{line}: ")),
+                "{text:?}: {shown}"
+            );
+            assert_eq!(config_line(err), Some(line), "{text:?}");
+        }
+    }
+
+    #[test]
+    fn matcher_helpers() {
+        assert!(topic_matches("#", "a"));
+        assert!(topic_matches("a/+", "a/"));
+        assert!(!topic_matches("a/+", "a"));
+        assert!(topic_matches("+/+", "/x"));
+        assert!(filters_overlap("a/+", "+/b"));
+        assert!(filters_overlap("a", "a/#"));
+        assert!(!filters_overlap("a/b", "a"));
+        assert!(!filters_overlap("a/+/c", "a/b/d"));
+        assert!(!filters_overlap("#", "$SYS/x"));
+        assert!(filters_overlap("+/x", "#"));
+        assert!(filter_covers("+/+", "a/+"));
+        assert!(!filter_covers("+", "a/b"));
+        assert!(!filter_covers("a/b", "a/+"));
+    }
+}

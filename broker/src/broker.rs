@@ -1,0 +1,720 @@
+//! The broker core shared by every connection: the session registry, the router, retained
+//! messages, auth, the store, and the publish path (match → per-session queue → notify). A
+//! cluster plugs in here: [`Broker::publish`] is where a message would also be handed to other
+//! nodes, and sessions are exported/imported through their store records.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
+
+use crate::auth::{Access, Acl, PasswordFile};
+use crate::config::{Config, SharedPolicy};
+use crate::message::{unix_now, Message};
+use crate::metrics::Metrics;
+use crate::protocol::{QoS, Version, Will};
+use crate::retained::Retained;
+use crate::router::{Matches, Router, SubOptions};
+use crate::session::{
+    decode_outgoing, encode_outgoing, message_key, message_prefix, Attached, Outgoing, Session,
+    State, Sub,
+};
+use crate::store::{Op, Store, StoreError, Table};
+
+const SHARDS: usize = 32;
+
+/// Errors starting a broker.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    /// The store could not be opened or read.
+    #[error("{0}")]
+    Store(#[from] StoreError),
+    /// A password or ACL file is broken.
+    #[error("{0}")]
+    Auth(#[from] crate::auth::AuthError),
+    /// A listener could not be bound.
+    #[error("cannot bind {what} on {addr}: {source}")]
+    Bind {
+        /// Which listener.
+        what: String,
+        /// Address.
+        addr: SocketAddr,
+        /// Cause.
+        source: std::io::Error,
+    },
+}
+
+/// What `attach` decided for a connecting client.
+pub struct Attach {
+    /// The session now bound to this connection.
+    pub session: Arc<Session>,
+    /// CONNACK Session Present.
+    pub session_present: bool,
+    /// Fires when another connection takes this session over.
+    pub kicked: oneshot::Receiver<u8>,
+}
+
+/// Authentication and authorization state.
+pub struct Auth {
+    /// Anonymous clients allowed.
+    pub allow_anonymous: bool,
+    /// Password file.
+    pub passwords: Option<PasswordFile>,
+    /// ACL.
+    pub acl: Option<Acl>,
+}
+
+/// The node's shared state.
+pub struct Broker {
+    /// Config.
+    pub cfg: Config,
+    sessions: Vec<Mutex<HashMap<Arc<str>, Arc<Session>>>>,
+    /// Local subscriptions by filter.
+    pub router: Router<Arc<str>>,
+    /// Retained messages.
+    pub retained: Retained<Arc<Message>>,
+    /// Auth.
+    pub auth: Auth,
+    /// Durable store (`data_dir`).
+    pub store: Option<Store>,
+    /// Metrics.
+    pub metrics: Metrics,
+    shared_rr: Vec<Mutex<HashMap<String, u64>>>,
+    conn_seq: AtomicU64,
+    /// Start time (uptime).
+    pub started: Instant,
+    rng: AtomicU64,
+}
+
+fn shard_of(s: &str) -> usize {
+    // FNV-1a: cheap and stable
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in s.as_bytes() {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x100_0000_01b3);
+    }
+    (h % SHARDS as u64) as usize
+}
+
+impl Broker {
+    /// Builds the broker: loads auth files, opens the store and restores sessions, queues and
+    /// retained messages from it.
+    pub fn new(cfg: Config) -> Result<Arc<Broker>, BrokerError> {
+        let passwords = match &cfg.auth.password_file {
+            Some(p) => Some(PasswordFile::load(p)?),
+            None => None,
+        };
+        let acl = match &cfg.auth.acl_file {
+            Some(p) => Some(Acl::load(p)?),
+            None => None,
+        };
+        let store = match &cfg.data_dir {
+            Some(d) => Some(Store::open(d)?),
+            None => None,
+        };
+        let b = Broker {
+            auth: Auth {
+                allow_anonymous: cfg.auth.allow_anonymous,
+                passwords,
+                acl,
+            },
+            cfg,
+            sessions: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            router: Router::new(),
+            retained: Retained::new(),
+            store,
+            metrics: Metrics::new(),
+            shared_rr: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            conn_seq: AtomicU64::new(0),
+            started: Instant::now(),
+            rng: AtomicU64::new(0x9e37_79b9_7f4a_7c15 ^ unix_now()),
+        };
+        b.restore()?;
+        Ok(Arc::new(b))
+    }
+
+    fn restore(&self) -> Result<(), BrokerError> {
+        let Some(store) = &self.store else {
+            return Ok(());
+        };
+        let mut restored = 0usize;
+        for (k, v) in store.scan(Table::Sessions)? {
+            let Ok(id) = String::from_utf8(k) else {
+                continue;
+            };
+            let Some(st) = State::decode(&v) else {
+                tracing::warn!(client_id = %id, "unreadable session record skipped");
+                continue;
+            };
+            let id: Arc<str> = Arc::from(id);
+            for (f, s) in &st.subs {
+                self.router.subscribe(&id, f, sub_options(s));
+            }
+            let s = Arc::new(Session::restored(id.clone(), st));
+            self.shard(&id).insert(id, s);
+            restored += 1;
+        }
+        let mut queued = 0usize;
+        for (k, v) in store.scan(Table::Messages)? {
+            let Some(pos) = k.iter().position(|b| *b == 0) else {
+                continue;
+            };
+            let (id, rest) = k.split_at(pos);
+            let Ok(seq) = <[u8; 8]>::try_from(&rest[1..]) else {
+                continue;
+            };
+            let seq = u64::from_be_bytes(seq);
+            let Ok(id) = std::str::from_utf8(id) else {
+                continue;
+            };
+            let Some(s) = self.session(id) else {
+                store.write_nowait(vec![Op::Delete {
+                    table: Table::Messages,
+                    key: k.clone(),
+                }]);
+                continue;
+            };
+            if let Some(o) = decode_outgoing(&v, seq) {
+                let mut st = s.lock();
+                st.next_seq = st.next_seq.max(seq + 1);
+                st.queue.push_back(o);
+                queued += 1;
+            }
+        }
+        for (k, v) in store.scan(Table::Retained)? {
+            if let (Ok(t), Some(m)) = (String::from_utf8(k), Message::decode(&v)) {
+                self.retained.set(&t, Some(Arc::new(m)));
+            }
+        }
+        // restored sessions are offline: their expiry counts from now
+        let now = Instant::now();
+        for shard in &self.sessions {
+            let list: Vec<_> = shard
+                .lock()
+                .map(|m| m.values().cloned().collect())
+                .unwrap_or_default();
+            for s in list {
+                s.lock().disconnected_at = Some(now);
+            }
+        }
+        self.metrics.sessions.set(restored as i64);
+        self.metrics.retained.set(self.retained.len() as i64);
+        self.metrics
+            .subscriptions
+            .set(self.router.subscription_count() as i64);
+        if restored > 0 || queued > 0 {
+            tracing::info!(
+                sessions = restored,
+                queued_messages = queued,
+                retained = self.retained.len(),
+                "restored from the store"
+            );
+        }
+        Ok(())
+    }
+
+    fn shard(&self, id: &str) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, Arc<Session>>> {
+        self.sessions[shard_of(id)]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The session of a client id.
+    pub fn session(&self, id: &str) -> Option<Arc<Session>> {
+        self.shard(id).get(id).cloned()
+    }
+
+    /// Every session (admin, $SYS).
+    pub fn session_count(&self) -> usize {
+        self.sessions
+            .iter()
+            .map(|s| s.lock().map(|m| m.len()).unwrap_or(0))
+            .sum()
+    }
+
+    /// A new connection id.
+    pub fn next_conn_id(&self) -> u64 {
+        self.conn_seq.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Binds a client to its session, taking it over from another connection if needed.
+    #[allow(clippy::too_many_arguments)]
+    pub fn attach(
+        self: &Arc<Self>,
+        client_id: &str,
+        clean_start: bool,
+        expiry: u32,
+        version: Version,
+        username: Option<String>,
+        peer: SocketAddr,
+        conn_id: u64,
+    ) -> Attach {
+        let (tx, rx) = oneshot::channel();
+        let id: Arc<str> = Arc::from(client_id);
+        let mut map = self.shard(client_id);
+        let existing = map.get(client_id).cloned();
+        let mut discard = None;
+        let (session, present) = match existing {
+            Some(s) => {
+                {
+                    let mut st = s.lock();
+                    if let Some(mut old) = st.conn.take() {
+                        if let Some(k) = old.kick.take() {
+                            let _ = k.send(crate::protocol::reason::SESSION_TAKEN_OVER);
+                        }
+                        self.metrics.takeovers.inc();
+                        tracing::info!(
+                            client_id,
+                            old_conn = old.conn_id,
+                            new_conn = conn_id,
+                            "session taken over"
+                        );
+                    }
+                }
+                if clean_start {
+                    discard = Some(s);
+                    let n = Arc::new(Session::new(id.clone()));
+                    map.insert(id.clone(), n.clone());
+                    (n, false)
+                } else {
+                    (s, true)
+                }
+            }
+            None => {
+                let n = Arc::new(Session::new(id.clone()));
+                map.insert(id.clone(), n.clone());
+                self.metrics.sessions.inc();
+                (n, false)
+            }
+        };
+        drop(map);
+        if let Some(old) = discard {
+            self.drop_session_state(&old);
+        }
+        let record = {
+            let mut st = session.lock();
+            st.conn = Some(Attached {
+                conn_id,
+                kick: Some(tx),
+            });
+            st.generation += 1;
+            st.expiry = expiry;
+            st.version = version;
+            st.username = username;
+            st.peer = Some(peer);
+            st.disconnected_at = None;
+            st.persistent().then(|| st.encode())
+        };
+        if let (Some(store), Some(rec)) = (&self.store, record) {
+            store.write_nowait(vec![Op::Put {
+                table: Table::Sessions,
+                key: client_id.as_bytes().to_vec(),
+                value: rec,
+            }]);
+        } else if let Some(store) = &self.store {
+            // a clean/non-persistent session leaves nothing behind
+            store.write_nowait(vec![
+                Op::Delete {
+                    table: Table::Sessions,
+                    key: client_id.as_bytes().to_vec(),
+                },
+                Op::DeletePrefix {
+                    table: Table::Messages,
+                    prefix: message_prefix(client_id),
+                },
+            ]);
+        }
+        Attach {
+            session,
+            session_present: present,
+            kicked: rx,
+        }
+    }
+
+    /// Removes a session's subscriptions and stored data (not its map entry).
+    fn drop_session_state(&self, s: &Session) {
+        let subs: Vec<String> = {
+            let mut st = s.lock();
+            st.queue.clear();
+            st.inflight.clear();
+            std::mem::take(&mut st.subs).into_keys().collect()
+        };
+        for f in &subs {
+            self.router.unsubscribe(&s.client_id, f);
+        }
+        self.metrics
+            .subscriptions
+            .set(self.router.subscription_count() as i64);
+        if let Some(store) = &self.store {
+            store.write_nowait(vec![
+                Op::Delete {
+                    table: Table::Sessions,
+                    key: s.client_id.as_bytes().to_vec(),
+                },
+                Op::DeletePrefix {
+                    table: Table::Messages,
+                    prefix: message_prefix(&s.client_id),
+                },
+            ]);
+        }
+    }
+
+    /// Ends a session completely (clean disconnect of a non-persistent session, or expiry).
+    pub fn remove_session(&self, s: &Arc<Session>) {
+        let removed = {
+            let mut map = self.shard(&s.client_id);
+            match map.get(&s.client_id) {
+                Some(cur) if Arc::ptr_eq(cur, s) => map.remove(&s.client_id).is_some(),
+                _ => false,
+            }
+        };
+        if removed {
+            self.metrics.sessions.dec();
+            self.drop_session_state(s);
+        }
+    }
+
+    /// Unbinds a connection from its session when the connection ends; publishes or schedules the
+    /// will; removes or schedules the expiry of the session.
+    pub fn detach(self: &Arc<Self>, s: &Arc<Session>, conn_id: u64, will: Option<Will>) {
+        let (mine, expiry, generation, record) = {
+            let mut st = s.lock();
+            let mine = st.conn.as_ref().is_some_and(|c| c.conn_id == conn_id);
+            if mine {
+                st.conn = None;
+                st.disconnected_at = Some(Instant::now());
+            }
+            (
+                mine,
+                st.expiry,
+                st.generation,
+                st.persistent().then(|| st.encode()),
+            )
+        };
+        if let Some(w) = will {
+            let delay = w.properties.will_delay_interval.unwrap_or(0);
+            // the will goes out when the delay ends or the session ends, whichever is first
+            let delay = if mine { delay.min(expiry) } else { 0 };
+            if delay == 0 {
+                self.publish_will(w, &s.client_id);
+            } else {
+                let (b, s2) = (self.clone(), s.clone());
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_secs(u64::from(delay))).await;
+                    let still = {
+                        let st = s2.lock();
+                        st.generation == generation && st.conn.is_none()
+                    };
+                    if still {
+                        b.publish_will(w, &s2.client_id);
+                    }
+                });
+            }
+        }
+        if !mine {
+            return;
+        }
+        if expiry == 0 {
+            self.remove_session(s);
+            return;
+        }
+        if let (Some(store), Some(rec)) = (&self.store, record) {
+            store.write_nowait(vec![Op::Put {
+                table: Table::Sessions,
+                key: s.client_id.as_bytes().to_vec(),
+                value: rec,
+            }]);
+        }
+        if expiry != u32::MAX {
+            let (b, s2) = (self.clone(), s.clone());
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_secs(u64::from(expiry))).await;
+                let expired = {
+                    let st = s2.lock();
+                    st.generation == generation && st.conn.is_none()
+                };
+                if expired {
+                    tracing::info!(client_id = %s2.client_id, "session expired");
+                    b.remove_session(&s2);
+                }
+            });
+        }
+    }
+
+    fn publish_will(&self, w: Will, client_id: &Arc<str>) {
+        let now = unix_now();
+        let msg = Message {
+            topic: Arc::from(w.topic.as_str()),
+            payload: w.payload,
+            qos: w.qos,
+            retain: w.retain,
+            publisher: client_id.clone(),
+            expires_at: w
+                .properties
+                .message_expiry_interval
+                .map(|e| now + u64::from(e)),
+            payload_format_indicator: w.properties.payload_format_indicator,
+            content_type: w.properties.content_type,
+            response_topic: w.properties.response_topic,
+            correlation_data: w.properties.correlation_data,
+            user_properties: w.properties.user_properties,
+        };
+        tracing::debug!(client_id = %client_id, topic = %msg.topic, "publishing will");
+        // a will may only go where the client could have published it
+        let username = self
+            .session(client_id)
+            .and_then(|s| s.lock().username.clone());
+        if let Some(acl) = &self.auth.acl {
+            if !acl.check(username.as_deref(), client_id, &msg.topic, Access::Write) {
+                self.metrics.dropped("not_authorized");
+                return;
+            }
+        }
+        let ops = self.publish(Arc::new(msg));
+        if let (Some(store), false) = (&self.store, ops.is_empty()) {
+            store.write_nowait(ops);
+        }
+    }
+
+    /// Routes a message to every matching session (and sets/clears the retained message).
+    /// Returns the store operations the caller must make durable before acknowledging.
+    pub fn publish(&self, msg: Arc<Message>) -> Vec<Op> {
+        let mut ops = Vec::new();
+        if msg.retain {
+            let topic: &str = &msg.topic;
+            if msg.payload.is_empty() {
+                if self.retained.set(topic, None).is_some() {
+                    ops.push(Op::Delete {
+                        table: Table::Retained,
+                        key: topic.as_bytes().to_vec(),
+                    });
+                }
+            } else {
+                self.retained.set(topic, Some(msg.clone()));
+                if self.store.is_some() {
+                    ops.push(Op::Put {
+                        table: Table::Retained,
+                        key: topic.as_bytes().to_vec(),
+                        value: msg.encode(),
+                    });
+                }
+            }
+            self.metrics.retained.set(self.retained.len() as i64);
+        }
+        let mut m = Matches::default();
+        self.router.matches(&msg.topic, &mut m);
+        for (client, opts) in &m.direct {
+            self.deliver(client, &msg, opts, false, &mut ops);
+        }
+        for g in &m.shared {
+            if let Some((client, opts)) = self.pick_shared(&g.group, &g.filter, &g.members) {
+                self.deliver(&client, &msg, &opts, false, &mut ops);
+            }
+        }
+        if self.store.is_none() {
+            ops.clear();
+        }
+        ops
+    }
+
+    fn pick_shared(
+        &self,
+        group: &str,
+        filter: &str,
+        members: &[(Arc<str>, SubOptions)],
+    ) -> Option<(Arc<str>, SubOptions)> {
+        if members.is_empty() {
+            return None;
+        }
+        // online members first: a message should not wait in an offline member's queue while
+        // another member could take it now
+        let online: Vec<&(Arc<str>, SubOptions)> = members
+            .iter()
+            .filter(|(c, _)| self.session(c).is_some_and(|s| s.lock().conn.is_some()))
+            .collect();
+        let pool: Vec<&(Arc<str>, SubOptions)> = if online.is_empty() {
+            members.iter().collect()
+        } else {
+            online
+        };
+        let idx = match self.cfg.shared_policy {
+            SharedPolicy::Random => (self.next_random() % pool.len() as u64) as usize,
+            // on one node, local = all: these spread in turn
+            SharedPolicy::RoundRobin | SharedPolicy::PreferLocal | SharedPolicy::LocalOnly => {
+                let key = format!("{group}\u{0}{filter}");
+                let mut m = self.shared_rr[shard_of(&key)]
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
+                let c = m.entry(key).or_insert(0);
+                *c = c.wrapping_add(1);
+                (*c % pool.len() as u64) as usize
+            }
+        };
+        pool.get(idx).map(|(c, o)| (c.clone(), *o))
+    }
+
+    fn next_random(&self) -> u64 {
+        let mut x = self.rng.fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::Relaxed);
+        x ^= x >> 30;
+        x = x.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        x ^= x >> 27;
+        x = x.wrapping_mul(0x94d0_49bb_1331_11eb);
+        x ^ (x >> 31)
+    }
+
+    /// Queues one message for one session (bounded queue, drop oldest); `as_retained` marks a
+    /// delivery of a retained message at subscribe time (RETAIN flag set).
+    pub fn deliver(
+        &self,
+        client: &str,
+        msg: &Arc<Message>,
+        opts: &SubOptions,
+        as_retained: bool,
+        ops: &mut Vec<Op>,
+    ) {
+        if opts.no_local && *msg.publisher == *client {
+            return;
+        }
+        let Some(s) = self.session(client) else {
+            return;
+        };
+        let qos = msg
+            .qos
+            .min(QoS::from_u8(opts.qos).unwrap_or(QoS::AtMostOnce));
+        let mut st = s.lock();
+        if let Some(acl) = &self.auth.acl {
+            if !acl.check(st.username.as_deref(), client, &msg.topic, Access::Read) {
+                return;
+            }
+        }
+        let online = st.conn.is_some();
+        if !online && (!st.persistent() || qos == QoS::AtMostOnce) {
+            return;
+        }
+        let mut seq = 0;
+        if qos != QoS::AtMostOnce && st.persistent() && self.store.is_some() {
+            seq = st.next_seq;
+            st.next_seq += 1;
+        }
+        let out = Outgoing {
+            msg: msg.clone(),
+            qos,
+            retain: if as_retained {
+                true
+            } else {
+                opts.retain_as_published && msg.retain
+            },
+            sub_ids: opts.subscription_id.into_iter().collect(),
+            seq,
+        };
+        if seq != 0 {
+            ops.push(Op::Put {
+                table: Table::Messages,
+                key: message_key(client, seq),
+                value: encode_outgoing(&out),
+            });
+        }
+        st.queue.push_back(out);
+        let limit = self.cfg.limits.max_offline_messages.max(1);
+        while st.queue.len() > limit {
+            // drop the oldest; QoS 0 first would be kinder but the spec'd limit is per session
+            if let Some(old) = st.queue.pop_front() {
+                self.metrics.dropped("queue_full");
+                if old.seq != 0 {
+                    ops.push(Op::Delete {
+                        table: Table::Messages,
+                        key: message_key(client, old.seq),
+                    });
+                }
+            }
+        }
+        drop(st);
+        if online {
+            s.notify.notify_one();
+        }
+    }
+
+    /// Adds a subscription for a session; returns whether it is new (for Retain Handling 1).
+    pub fn subscribe(&self, s: &Session, filter: &str, sub: Sub) -> bool {
+        self.router
+            .subscribe(&s.client_id, filter, sub_options(&sub));
+        let new = s.lock().subs.insert(filter.to_string(), sub).is_none();
+        self.metrics
+            .subscriptions
+            .set(self.router.subscription_count() as i64);
+        new
+    }
+
+    /// Removes a subscription; true when it existed.
+    pub fn unsubscribe(&self, s: &Session, filter: &str) -> bool {
+        let existed = s.lock().subs.remove(filter).is_some();
+        self.router.unsubscribe(&s.client_id, filter);
+        self.metrics
+            .subscriptions
+            .set(self.router.subscription_count() as i64);
+        existed
+    }
+
+    /// Persists a session record (after subscription changes); resolves when durable.
+    pub async fn persist_session(&self, s: &Session) {
+        let rec = {
+            let st = s.lock();
+            st.persistent().then(|| st.encode())
+        };
+        if let (Some(store), Some(rec)) = (&self.store, rec) {
+            let _ = store
+                .write(vec![Op::Put {
+                    table: Table::Sessions,
+                    key: s.client_id.as_bytes().to_vec(),
+                    value: rec,
+                }])
+                .await;
+        }
+    }
+
+    /// Queues retained messages matching a new subscription.
+    pub fn send_retained(&self, s: &Session, filter: &str, opts: SubOptions) {
+        let mut ops = Vec::new();
+        let now = unix_now();
+        for (_, m) in self.retained.matching(filter) {
+            if !m.expired(now) {
+                self.deliver(
+                    &s.client_id,
+                    &m,
+                    &SubOptions {
+                        no_local: false,
+                        ..opts
+                    },
+                    true,
+                    &mut ops,
+                );
+            }
+        }
+        if let (Some(store), false) = (&self.store, ops.is_empty()) {
+            store.write_nowait(ops);
+        }
+    }
+
+    /// Forgets acknowledged stored messages.
+    pub fn acked(&self, client_id: &str, seq: u64) {
+        if let (Some(store), true) = (&self.store, seq != 0) {
+            store.write_nowait(vec![Op::Delete {
+                table: Table::Messages,
+                key: message_key(client_id, seq),
+            }]);
+        }
+    }
+}
+
+/// Router options of a session subscription.
+pub fn sub_options(s: &Sub) -> SubOptions {
+    SubOptions {
+        qos: s.qos as u8,
+        no_local: s.no_local,
+        retain_as_published: s.retain_as_published,
+        subscription_id: s.id,
+    }
+}

@@ -1,0 +1,364 @@
+//! The broker config in two stages (raw TOML with `deny_unknown_fields` → validated [`Config`]),
+//! reported as `file:line: what is wrong`. `mqedge check` and `mqedge broker` share this code.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use mqedge_shared::config::{
+    from_toml, read_config_file, resolve_path, ByteSize, Cidr, ConfigErrors, Problems,
+};
+use serde::Deserialize;
+use toml::Spanned;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    node: Option<RawNode>,
+    #[serde(default)]
+    listener: Vec<RawListener>,
+    cluster: Option<RawCluster>,
+    auth: Option<RawAuth>,
+    limits: Option<RawLimits>,
+    shared_subscriptions: Option<RawShared>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNode {
+    name: Option<Spanned<String>>,
+    data_dir: Option<String>,
+    admin: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawListener {
+    name: Option<String>,
+    bind: Spanned<String>,
+    #[serde(default)]
+    proxy_protocol: ProxyIn,
+    #[serde(default)]
+    trusted_proxies: Vec<Spanned<String>>,
+    #[serde(default)]
+    use_cn_as_username: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCluster {
+    bind: Spanned<String>,
+    #[serde(default)]
+    seeds: Vec<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAuth {
+    allow_anonymous: Option<bool>,
+    password_file: Option<Spanned<String>>,
+    acl_file: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    max_offline_messages: Option<usize>,
+    max_inflight: Option<Spanned<u16>>,
+    max_packet_size: Option<Spanned<ByteSize>>,
+    max_connections: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawShared {
+    policy: Option<SharedPolicy>,
+}
+
+/// Whether a listener expects a PROXY header first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProxyIn {
+    /// Never: the TCP peer is the client.
+    #[default]
+    Off,
+    /// Accepted when present (only from trusted proxies).
+    Optional,
+    /// Every connection must start with one, from a trusted proxy.
+    Required,
+}
+
+/// How a `$share` group picks a member.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SharedPolicy {
+    /// Members on the receiving node when there are any, else anywhere.
+    #[default]
+    PreferLocal,
+    /// Only members on the receiving node.
+    LocalOnly,
+    /// In turn.
+    RoundRobin,
+    /// At random.
+    Random,
+}
+
+/// One MQTT listener.
+#[derive(Debug, Clone)]
+pub struct ListenerConfig {
+    /// Name (metrics label); defaults to the bind address.
+    pub name: String,
+    /// Address.
+    pub bind: SocketAddr,
+    /// PROXY header expectation.
+    pub proxy_protocol: ProxyIn,
+    /// Who may send a PROXY header.
+    pub trusted_proxies: Vec<Cidr>,
+    /// Take the verified certificate CN from the PROXY SSL TLV as the username.
+    pub use_cn_as_username: bool,
+}
+
+/// `[cluster]`.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// Gossip + node-to-node address.
+    pub bind: SocketAddr,
+    /// Peers to join through.
+    pub seeds: Vec<SocketAddr>,
+}
+
+/// `[auth]`.
+#[derive(Debug, Clone)]
+pub struct AuthConfig {
+    /// Whether clients without a username may connect.
+    pub allow_anonymous: bool,
+    /// `user:argon2-PHC` file.
+    pub password_file: Option<PathBuf>,
+    /// mosquitto-format ACL file.
+    pub acl_file: Option<PathBuf>,
+}
+
+/// `[limits]`.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Queued QoS>0 messages per session; over it the oldest is dropped.
+    pub max_offline_messages: usize,
+    /// Unacknowledged QoS>0 messages per client (also our Receive Maximum).
+    pub max_inflight: u16,
+    /// Largest packet accepted (and announced in v5 CONNACK).
+    pub max_packet_size: usize,
+    /// Client connections per node.
+    pub max_connections: u64,
+}
+
+/// A validated broker config.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it came from.
+    pub path: PathBuf,
+    /// Node name.
+    pub name: String,
+    /// Persistence directory; `None` = memory only.
+    pub data_dir: Option<PathBuf>,
+    /// Admin HTTP address.
+    pub admin: Option<SocketAddr>,
+    /// MQTT listeners.
+    pub listeners: Vec<ListenerConfig>,
+    /// Clustering.
+    pub cluster: Option<ClusterConfig>,
+    /// Authentication and authorization.
+    pub auth: AuthConfig,
+    /// Limits.
+    pub limits: Limits,
+    /// Shared subscription policy.
+    pub shared_policy: SharedPolicy,
+}
+
+fn addr(p: &mut Problems<'_>, s: &Spanned<String>, what: &str) -> Option<SocketAddr> {
+    match s.get_ref().parse() {
+        Ok(a) => Some(a),
+        Err(_) => {
+            p.at(
+                s.span(),
+                format!(
+                    "{what}: invalid address {:?}: expected ip:port",
+                    s.get_ref()
+                ),
+            );
+            None
+        }
+    }
+}
+
+impl Config {
+    /// Reads and validates a broker config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+        let src = read_config_file(path)?;
+        Self::parse(path, &src)
+    }
+
+    /// Validates config text that came from `path`.
+    pub fn parse(path: &Path, src: &str) -> Result<Config, ConfigErrors> {
+        let file = path.display().to_string();
+        let raw: RawFile = from_toml(&file, src)?;
+        let mut p = Problems::new(&file, src);
+        let node = raw.node.unwrap_or(RawNode {
+            name: None,
+            data_dir: None,
+            admin: None,
+        });
+        let name = match &node.name {
+            Some(n) if n.get_ref().is_empty() || n.get_ref().contains(['/', '+', '#', ' ']) => {
+                p.at(
+                    n.span(),
+                    "node name must be non-empty without '/', '+', '#' or spaces",
+                );
+                String::new()
+            }
+            Some(n) => n.get_ref().clone(),
+            None => "node1".into(),
+        };
+        let admin = node.admin.as_ref().and_then(|a| addr(&mut p, a, "admin"));
+        let data_dir = node.data_dir.as_ref().map(|d| resolve_path(path, d));
+        if raw.listener.is_empty() {
+            p.top("at least one [[listener]] is required");
+        }
+        let mut listeners = Vec::new();
+        for l in &raw.listener {
+            let Some(bind) = addr(&mut p, &l.bind, "bind") else {
+                continue;
+            };
+            let mut trusted = Vec::new();
+            for t in &l.trusted_proxies {
+                match t.get_ref().parse::<Cidr>() {
+                    Ok(c) => trusted.push(c),
+                    Err(e) => p.at(t.span(), e),
+                }
+            }
+            if l.proxy_protocol != ProxyIn::Off && l.trusted_proxies.is_empty() {
+                p.at(l.bind.span(), "proxy_protocol needs trusted_proxies (the load balancers allowed to send PROXY headers)");
+            }
+            if l.use_cn_as_username && l.proxy_protocol == ProxyIn::Off {
+                p.at(l.bind.span(), "use_cn_as_username needs proxy_protocol (the CN comes from the PROXY v2 SSL TLV)");
+            }
+            listeners.push(ListenerConfig {
+                name: l.name.clone().unwrap_or_else(|| bind.to_string()),
+                bind,
+                proxy_protocol: l.proxy_protocol,
+                trusted_proxies: trusted,
+                use_cn_as_username: l.use_cn_as_username,
+            });
+        }
+        let cluster = raw.cluster.as_ref().and_then(|c| {
+            let bind = addr(&mut p, &c.bind, "cluster bind")?;
+            let seeds = c
+                .seeds
+                .iter()
+                .filter_map(|s| addr(&mut p, s, "seed"))
+                .collect();
+            Some(ClusterConfig { bind, seeds })
+        });
+        let ra = raw.auth.unwrap_or(RawAuth {
+            allow_anonymous: None,
+            password_file: None,
+            acl_file: None,
+        });
+        let check_file = |p: &mut Problems<'_>, f: &Option<Spanned<String>>| {
+            f.as_ref().map(|f| {
+                let r = resolve_path(path, f.get_ref());
+                if !r.is_file() {
+                    p.at(
+                        f.span(),
+                        format!("{} does not exist or is not a file", r.display()),
+                    );
+                }
+                r
+            })
+        };
+        let auth = AuthConfig {
+            allow_anonymous: ra.allow_anonymous.unwrap_or(false),
+            password_file: check_file(&mut p, &ra.password_file),
+            acl_file: check_file(&mut p, &ra.acl_file),
+        };
+        let rl = raw.limits.unwrap_or(RawLimits {
+            max_offline_messages: None,
+            max_inflight: None,
+            max_packet_size: None,
+            max_connections: None,
+        });
+        let max_inflight = match &rl.max_inflight {
+            Some(m) if *m.get_ref() == 0 => {
+                p.at(m.span(), "max_inflight must be at least 1");
+                32
+            }
+            Some(m) => *m.get_ref(),
+            None => 32,
+        };
+        let max_packet_size = match &rl.max_packet_size {
+            Some(m) if m.get_ref().0 < 64 || m.get_ref().0 > 268_435_455 => {
+                p.at(m.span(), "max_packet_size must be between 64B and 256MiB");
+                1 << 20
+            }
+            Some(m) => m.get_ref().0 as usize,
+            None => 1 << 20,
+        };
+        let limits = Limits {
+            max_offline_messages: rl.max_offline_messages.unwrap_or(1000),
+            max_inflight,
+            max_packet_size,
+            max_connections: rl.max_connections.unwrap_or(200_000),
+        };
+        p.finish()?;
+        Ok(Config {
+            path: path.to_path_buf(),
+            name,
+            data_dir,
+            admin,
+            listeners,
+            cluster,
+            auth,
+            limits,
+            shared_policy: raw
+                .shared_subscriptions
+                .and_then(|s| s.policy)
+                .unwrap_or_default(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_errors() {
+        let c = Config::parse(
+            Path::new("b.toml"),
+            "[[listener]]\nbind = \"127.0.0.1:1883\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.name, "node1");
+        assert_eq!(c.limits.max_offline_messages, 1000);
+        assert_eq!(c.limits.max_inflight, 32);
+        assert_eq!(c.limits.max_packet_size, 1 << 20);
+        assert_eq!(c.shared_policy, SharedPolicy::PreferLocal);
+        assert!(!c.auth.allow_anonymous);
+        let e = Config::parse(
+            Path::new("b.toml"),
+            "[[listener]]\nbind = \"127.0.0.1:1883\"\nproxy_protocol = \"required\"\ntrusted_proxies = [\"10.0.0.0/33\"]\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.starts_with("b.toml:4: invalid CIDR"), "{e}");
+        let e = Config::parse(Path::new("b.toml"), "[node]\nnom = 1\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("b.toml:2: unknown field `nom`"), "{e}");
+        let e = Config::parse(
+            Path::new("b.toml"),
+            "[[listener]]\nbind = \"x\"\n[shared_subscriptions]\npolicy = \"sticky\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("b.toml:4: unknown variant `sticky`"), "{e}");
+    }
+}

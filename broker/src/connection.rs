@@ -1,0 +1,821 @@
+//! One client connection, one task: CONNECT (auth, session attach/takeover, CONNACK), then a
+//! loop that reads and handles packets, drains the session queue into the socket (bounded by
+//! the client's Receive Maximum and our write buffer), enforces keep-alive (1.5×) and obeys a
+//! takeover. Buffers are released while the connection is idle, so an idle client costs little.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use crate::auth::Access;
+use crate::broker::{sub_options, Broker};
+use crate::message::{unix_now, Message};
+use crate::protocol::{
+    decode, encode, encoded_len, reason, AckProperties, ConnAck, ConnAckProperties, Connect,
+    DecodeError, Disconnect, Packet, PubAck, Publish, QoS, RetainHandling, SubAck, Subscribe,
+    UnsubAck, Unsubscribe, Version, Will,
+};
+use crate::session::{Await, Session, Sub};
+use crate::topic::{parse_shared, valid_topic_filter, valid_topic_name};
+
+/// Topic aliases a v5 client may use towards us.
+pub const TOPIC_ALIAS_MAX: u16 = 1024;
+/// Stop pulling from the session queue while this much is waiting to be written.
+const OUT_HIGH: usize = 64 * 1024;
+/// Time allowed for the first packet (CONNECT) after TCP/PROXY.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Who is on the other end, as the listener established it.
+#[derive(Debug, Clone)]
+pub struct ClientInfo {
+    /// The client's address (from the PROXY header when there was one).
+    pub addr: SocketAddr,
+    /// The verified certificate CN to use as the username.
+    pub cn_username: Option<String>,
+}
+
+/// Why a connection ended.
+#[derive(Debug)]
+enum End {
+    /// DISCONNECT received (will kept when v5 code 0x04).
+    Normal { keep_will: bool },
+    /// The peer closed or the socket failed.
+    Io,
+    /// Keep-alive expired.
+    KeepAlive,
+    /// Another connection took the session.
+    TakenOver,
+    /// A protocol violation: v5 gets a DISCONNECT with this reason code.
+    Violation(u8, String),
+}
+
+impl End {
+    fn label(&self) -> &'static str {
+        match self {
+            End::Normal { .. } => "normal",
+            End::Io => "closed",
+            End::KeepAlive => "keepalive",
+            End::TakenOver => "taken_over",
+            End::Violation(..) => "protocol_error",
+        }
+    }
+}
+
+impl From<DecodeError> for End {
+    fn from(e: DecodeError) -> End {
+        End::Violation(e.reason_code(), e.to_string())
+    }
+}
+
+fn send(out: &mut BytesMut, p: &Packet, v: Version) {
+    encode(p, v, out);
+}
+
+async fn write_all(w: &mut OwnedWriteHalf, out: &mut BytesMut) -> std::io::Result<()> {
+    use tokio::io::AsyncWriteExt;
+    while !out.is_empty() {
+        w.write_buf(out).await?;
+    }
+    Ok(())
+}
+
+async fn read_more(r: &mut OwnedReadHalf, buf: &mut BytesMut) -> std::io::Result<usize> {
+    use tokio::io::AsyncReadExt;
+    buf.reserve(4096);
+    r.read_buf(buf).await
+}
+
+/// Serves a client from its first byte after any PROXY header (`rbuf` holds bytes read ahead).
+pub async fn run(b: Arc<Broker>, tcp: TcpStream, mut rbuf: BytesMut, info: ClientInfo) {
+    let _ = tcp.set_nodelay(true);
+    let (mut r, mut w) = tcp.into_split();
+    let max = b.cfg.limits.max_packet_size;
+    // CONNECT
+    let first = tokio::time::timeout(CONNECT_TIMEOUT, async {
+        loop {
+            if let Some(p) = decode(&mut rbuf, None, max)? {
+                return Ok::<Packet, DecodeError>(p);
+            }
+            match read_more(&mut r, &mut rbuf).await {
+                Ok(0) | Err(_) => return Err(DecodeError::Malformed("closed before CONNECT")),
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    let connect = match first {
+        Ok(Ok(Packet::Connect(c))) => *c,
+        Ok(Err(DecodeError::UnsupportedVersion(l))) => {
+            // MQTT-3.1.2-2: CONNACK 0x01 (v3 layout) then close
+            let mut out = BytesMut::new();
+            let code = if l >= 5 {
+                reason::UNSUPPORTED_PROTOCOL_VERSION
+            } else {
+                0x84
+            };
+            send(
+                &mut out,
+                &connack(false, code, ConnAckProperties::default()),
+                if l >= 5 { Version::V5 } else { Version::V311 },
+            );
+            let _ = write_all(&mut w, &mut out).await;
+            b.metrics.reject("unsupported_version");
+            tracing::info!(peer = %info.addr, level = l, "refused: unsupported protocol version");
+            return;
+        }
+        Ok(Err(e)) => {
+            b.metrics.reject("bad_connect");
+            tracing::info!(peer = %info.addr, error = %e, "closed: bad first packet");
+            return;
+        }
+        Ok(Ok(_)) => {
+            b.metrics.reject("bad_connect");
+            tracing::info!(peer = %info.addr, "closed: first packet is not CONNECT");
+            return;
+        }
+        Err(_) => {
+            b.metrics.reject("connect_timeout");
+            tracing::info!(peer = %info.addr, "closed: no CONNECT within {CONNECT_TIMEOUT:?}");
+            return;
+        }
+    };
+    let v = connect.version;
+    let mut out = BytesMut::new();
+    let (client_id, assigned, username, expiry) = match admit(&b, &connect, &info).await {
+        Ok(x) => x,
+        Err((code, why)) => {
+            send(
+                &mut out,
+                &connack(false, code, ConnAckProperties::default()),
+                v,
+            );
+            let _ = write_all(&mut w, &mut out).await;
+            b.metrics.reject(why);
+            tracing::info!(peer = %info.addr, client_id = %connect.client_id, code, "refused: {why}");
+            return;
+        }
+    };
+    let conn_id = b.next_conn_id();
+    let att = b.attach(
+        &client_id,
+        connect.clean_start,
+        expiry,
+        v,
+        username.clone(),
+        info.addr,
+        conn_id,
+    );
+    let session = att.session.clone();
+    let mut kicked = att.kicked;
+    b.metrics.connections.inc();
+    b.metrics.connected.inc();
+    tracing::info!(
+        conn = conn_id,
+        client_id = %client_id,
+        username = username.as_deref().unwrap_or(""),
+        peer = %info.addr,
+        version = v.level(),
+        clean_start = connect.clean_start,
+        session_present = att.session_present,
+        "client connected"
+    );
+    let mut props = ConnAckProperties::default();
+    if v.is_v5() {
+        props.receive_maximum = Some(b.cfg.limits.max_inflight);
+        props.maximum_packet_size = Some(max as u32);
+        props.topic_alias_maximum = Some(TOPIC_ALIAS_MAX);
+        props.assigned_client_identifier = assigned.then(|| client_id.clone());
+    }
+    send(
+        &mut out,
+        &connack(att.session_present, reason::SUCCESS, props),
+        v,
+    );
+    let mut c = Conn {
+        b: b.clone(),
+        s: session.clone(),
+        v,
+        out,
+        client_receive_max: connect.properties.receive_maximum.unwrap_or(u16::MAX),
+        client_max_packet: connect
+            .properties
+            .maximum_packet_size
+            .map(|m| m as usize)
+            .unwrap_or(usize::MAX),
+        aliases: HashMap::new(),
+        will: connect.will.clone(),
+        connect_expiry_zero: expiry == 0,
+    };
+    if att.session_present {
+        c.resend_inflight();
+    }
+    let keep_alive = (connect.keep_alive > 0)
+        .then(|| Duration::from_millis(u64::from(connect.keep_alive) * 1500));
+    let mut deadline = keep_alive.map(|k| Instant::now() + k);
+    let end = loop {
+        // handle every complete packet already buffered
+        let mut fault = None;
+        loop {
+            match decode(&mut rbuf, Some(v), max) {
+                Ok(Some(p)) => {
+                    if let Some(k) = keep_alive {
+                        deadline = Some(Instant::now() + k);
+                    }
+                    if let Err(e) = c.handle(p).await {
+                        fault = Some(e);
+                        break;
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    fault = Some(End::from(e));
+                    break;
+                }
+            }
+        }
+        if let Some(e) = fault {
+            break e;
+        }
+        if rbuf.is_empty() && rbuf.capacity() > 0 {
+            rbuf = BytesMut::new(); // idle: hold no read buffer
+        }
+        c.drain_queue();
+        let has_out = !c.out.is_empty();
+        let can_pull = c.out.len() < OUT_HIGH;
+        tokio::select! {
+            biased;
+            _ = &mut kicked => break End::TakenOver,
+            res = r.readable() => {
+                if res.is_err() { break End::Io; }
+                rbuf.reserve(4096);
+                match r.try_read_buf(&mut rbuf) {
+                    Ok(0) => break End::Io,
+                    Ok(n) => { b.metrics.bytes_received.inc_by(n as u64); }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(_) => break End::Io,
+                }
+            }
+            res = write_some(&mut w, &mut c.out), if has_out => {
+                match res {
+                    Ok(n) => {
+                        b.metrics.bytes_sent.inc_by(n as u64);
+                        if c.out.is_empty() { c.out = BytesMut::new(); }
+                    }
+                    Err(_) => break End::Io,
+                }
+            }
+            _ = session.notify.notified(), if can_pull => {}
+            _ = sleep_until(deadline) => break End::KeepAlive,
+        }
+    };
+    // say why, where v5 allows it, and flush what is pending (bounded)
+    let code = match &end {
+        End::TakenOver => Some(reason::SESSION_TAKEN_OVER),
+        End::KeepAlive => Some(reason::KEEP_ALIVE_TIMEOUT),
+        End::Violation(code, _) => Some(*code),
+        _ => None,
+    };
+    if let (true, Some(code)) = (v.is_v5(), code) {
+        send(
+            &mut c.out,
+            &Packet::Disconnect(Disconnect {
+                code,
+                ..Default::default()
+            }),
+            v,
+        );
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(1), write_all(&mut w, &mut c.out)).await;
+    let will = match &end {
+        End::Normal { keep_will: false } => None,
+        _ => c.will.take(),
+    };
+    b.metrics.connected.dec();
+    if let End::Violation(_, why) = &end {
+        b.metrics.reject("protocol_error");
+        tracing::info!(conn = conn_id, client_id = %client_id, peer = %info.addr, "closed: {why}");
+    } else {
+        tracing::info!(conn = conn_id, client_id = %client_id, peer = %info.addr, reason = end.label(), "client disconnected");
+    }
+    b.detach(&session, conn_id, will);
+}
+
+async fn write_some(w: &mut OwnedWriteHalf, out: &mut BytesMut) -> std::io::Result<usize> {
+    use tokio::io::AsyncWriteExt;
+    let n = w.write_buf(out).await?;
+    if n == 0 {
+        return Err(std::io::ErrorKind::WriteZero.into());
+    }
+    Ok(n)
+}
+
+async fn sleep_until(d: Option<Instant>) {
+    match d {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn connack(session_present: bool, code: u8, properties: ConnAckProperties) -> Packet {
+    Packet::ConnAck(ConnAck {
+        session_present,
+        code,
+        properties,
+    })
+}
+
+/// Authenticates and names the client: (client id, was it assigned, username, session expiry).
+async fn admit(
+    b: &Arc<Broker>,
+    c: &Connect,
+    info: &ClientInfo,
+) -> Result<(String, bool, Option<String>, u32), (u8, &'static str)> {
+    let v5 = c.version.is_v5();
+    if c.properties.authentication_method.is_some() {
+        return Err((
+            reason::BAD_AUTHENTICATION_METHOD,
+            "unsupported enhanced authentication",
+        ));
+    }
+    let (client_id, assigned) = if c.client_id.is_empty() {
+        if !v5 && !c.clean_start {
+            // MQTT-3.1.3-8
+            return Err((
+                reason::CLIENT_IDENTIFIER_NOT_VALID,
+                "empty client id without clean session",
+            ));
+        }
+        (
+            format!(
+                "auto-{:016x}",
+                b.next_conn_id() ^ unix_now().rotate_left(32)
+            ),
+            true,
+        )
+    } else {
+        (c.client_id.clone(), false)
+    };
+    let username = match &info.cn_username {
+        Some(cn) => Some(cn.clone()),
+        None => {
+            match (&c.username, &b.auth.passwords) {
+                (None, _) if !b.auth.allow_anonymous => {
+                    return Err((reason::NOT_AUTHORIZED, "anonymous not allowed"))
+                }
+                (Some(u), Some(_)) => {
+                    let (b2, u2) = (b.clone(), u.clone());
+                    let pw = c.password.clone().unwrap_or_default();
+                    let ok = tokio::task::spawn_blocking(move || {
+                        b2.auth
+                            .passwords
+                            .as_ref()
+                            .is_some_and(|p| p.verify(&u2, &pw))
+                    })
+                    .await
+                    .unwrap_or(false);
+                    if !ok {
+                        return Err((
+                            reason::BAD_USER_NAME_OR_PASSWORD,
+                            "bad username or password",
+                        ));
+                    }
+                }
+                _ => {}
+            }
+            c.username.clone()
+        }
+    };
+    let expiry = if v5 {
+        c.properties.session_expiry_interval.unwrap_or(0)
+    } else if c.clean_start {
+        0
+    } else {
+        u32::MAX
+    };
+    Ok((client_id, assigned, username, expiry))
+}
+
+struct Conn {
+    b: Arc<Broker>,
+    s: Arc<Session>,
+    v: Version,
+    out: BytesMut,
+    client_receive_max: u16,
+    client_max_packet: usize,
+    aliases: HashMap<u16, String>,
+    will: Option<Will>,
+    connect_expiry_zero: bool,
+}
+
+impl Conn {
+    fn ack(&mut self, kind: fn(PubAck) -> Packet, packet_id: u16, code: u8) {
+        let p = kind(PubAck {
+            packet_id,
+            code,
+            properties: AckProperties::default(),
+        });
+        send(&mut self.out, &p, self.v);
+    }
+
+    /// MQTT-4.4.0-1: on resumption, resend unacknowledged PUBLISH (DUP) and PUBREL, in order.
+    fn resend_inflight(&mut self) {
+        let now = unix_now();
+        let st = self.s.lock();
+        let mut buf = BytesMut::new();
+        for (pid, state, o) in st.inflight.iter() {
+            match state {
+                Await::PubComp => encode(
+                    &Packet::PubRel(PubAck {
+                        packet_id: *pid,
+                        code: 0,
+                        properties: AckProperties::default(),
+                    }),
+                    self.v,
+                    &mut buf,
+                ),
+                _ => {
+                    let p = self.publish_packet(o, Some(*pid), true, now);
+                    encode(&Packet::Publish(p), self.v, &mut buf);
+                }
+            }
+        }
+        drop(st);
+        self.out.extend_from_slice(&buf);
+    }
+
+    fn publish_packet(
+        &self,
+        o: &crate::session::Outgoing,
+        packet_id: Option<u16>,
+        dup: bool,
+        now: u64,
+    ) -> Publish {
+        Publish {
+            dup,
+            qos: o.qos,
+            retain: o.retain,
+            topic: o.msg.topic.to_string(),
+            packet_id,
+            properties: if self.v.is_v5() {
+                o.msg.properties(now, &o.sub_ids)
+            } else {
+                Default::default()
+            },
+            payload: o.msg.payload.clone(),
+        }
+    }
+
+    /// Moves queued messages into the write buffer, within the inflight window.
+    fn drain_queue(&mut self) {
+        if self.out.len() >= OUT_HIGH {
+            return;
+        }
+        let window = usize::from(self.b.cfg.limits.max_inflight.min(self.client_receive_max));
+        let now = unix_now();
+        let mut st = self.s.lock();
+        let mut acked = Vec::new();
+        while self.out.len() < OUT_HIGH {
+            let Some(front) = st.queue.front() else { break };
+            if front.qos != QoS::AtMostOnce && st.inflight.len() >= window {
+                break;
+            }
+            let Some(o) = st.queue.pop_front() else { break };
+            if o.msg.expired(now) {
+                self.b.metrics.dropped("expired");
+                acked.push(o.seq);
+                continue;
+            }
+            let pid = (o.qos != QoS::AtMostOnce).then(|| st.next_packet_id());
+            let p = Packet::Publish(self.publish_packet(&o, pid, false, now));
+            if self.client_max_packet != usize::MAX
+                && encoded_len(&p, self.v) > self.client_max_packet
+            {
+                // MQTT-3.1.2-25: discard what the client said it cannot take
+                self.b.metrics.dropped("too_large");
+                acked.push(o.seq);
+                continue;
+            }
+            encode(&p, self.v, &mut self.out);
+            self.b.metrics.messages_sent.inc();
+            if let Some(pid) = pid {
+                let state = if o.qos == QoS::AtLeastOnce {
+                    Await::PubAck
+                } else {
+                    Await::PubRec
+                };
+                st.inflight.push_back((pid, state, o));
+            } else {
+                acked.push(o.seq);
+            }
+        }
+        drop(st);
+        for seq in acked {
+            self.b.acked(&self.s.client_id, seq);
+        }
+    }
+
+    async fn handle(&mut self, p: Packet) -> Result<(), End> {
+        match p {
+            Packet::Publish(p) => self.on_publish(p).await,
+            Packet::PubAck(a) => {
+                self.finish_inflight(a.packet_id, Await::PubAck);
+                Ok(())
+            }
+            Packet::PubRec(a) => {
+                let found = {
+                    let mut st = self.s.lock();
+                    let pos = st
+                        .inflight
+                        .iter()
+                        .position(|(p, s, _)| *p == a.packet_id && *s == Await::PubRec);
+                    match pos {
+                        Some(i) if a.code >= 0x80 => st.inflight.remove(i).map(|x| x.2.seq),
+                        Some(i) => {
+                            if let Some(e) = st.inflight.get_mut(i) {
+                                e.1 = Await::PubComp;
+                            }
+                            Some(0)
+                        }
+                        None => None,
+                    }
+                };
+                match found {
+                    Some(seq) if a.code >= 0x80 => self.b.acked(&self.s.client_id, seq),
+                    Some(_) => self.ack(Packet::PubRel, a.packet_id, 0),
+                    None => self.ack(
+                        Packet::PubRel,
+                        a.packet_id,
+                        reason::PACKET_IDENTIFIER_NOT_FOUND,
+                    ),
+                }
+                Ok(())
+            }
+            Packet::PubComp(a) => {
+                self.finish_inflight(a.packet_id, Await::PubComp);
+                Ok(())
+            }
+            Packet::PubRel(a) => {
+                let had = self.s.lock().qos2_in.remove(&a.packet_id);
+                let code = if had {
+                    0
+                } else {
+                    reason::PACKET_IDENTIFIER_NOT_FOUND
+                };
+                self.ack(Packet::PubComp, a.packet_id, code);
+                Ok(())
+            }
+            Packet::Subscribe(s) => self.on_subscribe(s).await,
+            Packet::Unsubscribe(u) => self.on_unsubscribe(u).await,
+            Packet::PingReq => {
+                send(&mut self.out, &Packet::PingResp, self.v);
+                Ok(())
+            }
+            Packet::Disconnect(d) => {
+                if let Some(e) = d.properties.session_expiry_interval {
+                    if self.connect_expiry_zero && e != 0 {
+                        // MQTT-3.14.2-2
+                        return Err(End::Violation(
+                            reason::PROTOCOL_ERROR,
+                            "session expiry set at DISCONNECT after 0 at CONNECT".into(),
+                        ));
+                    }
+                    self.s.lock().expiry = e;
+                }
+                Err(End::Normal {
+                    keep_will: d.code == reason::DISCONNECT_WITH_WILL,
+                })
+            }
+            Packet::Auth(_) => Err(End::Violation(
+                reason::PROTOCOL_ERROR,
+                "AUTH without enhanced authentication".into(),
+            )),
+            _ => Err(End::Violation(
+                reason::PROTOCOL_ERROR,
+                "a packet only a server sends".into(),
+            )),
+        }
+    }
+
+    fn finish_inflight(&mut self, pid: u16, want: Await) {
+        let seq = {
+            let mut st = self.s.lock();
+            let pos = st
+                .inflight
+                .iter()
+                .position(|(p, s, _)| *p == pid && *s == want);
+            pos.and_then(|i| st.inflight.remove(i)).map(|x| x.2.seq)
+        };
+        if let Some(seq) = seq {
+            self.b.acked(&self.s.client_id, seq);
+        }
+    }
+
+    async fn on_publish(&mut self, mut p: Publish) -> Result<(), End> {
+        let v5 = self.v.is_v5();
+        self.b.metrics.messages_received.inc();
+        if let Some(a) = p.properties.topic_alias {
+            if a > TOPIC_ALIAS_MAX {
+                return Err(End::Violation(
+                    reason::TOPIC_ALIAS_INVALID,
+                    format!("topic alias {a} over the maximum"),
+                ));
+            }
+            if p.topic.is_empty() {
+                match self.aliases.get(&a) {
+                    Some(t) => p.topic = t.clone(),
+                    None => {
+                        return Err(End::Violation(
+                            reason::PROTOCOL_ERROR,
+                            format!("unknown topic alias {a}"),
+                        ))
+                    }
+                }
+            } else {
+                self.aliases.insert(a, p.topic.clone());
+            }
+        }
+        if !valid_topic_name(&p.topic) {
+            return Err(End::Violation(
+                reason::TOPIC_NAME_INVALID,
+                format!("invalid topic name {:?}", p.topic),
+            ));
+        }
+        if !p.properties.subscription_identifiers.is_empty() {
+            // MQTT-3.3.4-6
+            return Err(End::Violation(
+                reason::PROTOCOL_ERROR,
+                "subscription identifier from a client".into(),
+            ));
+        }
+        let pid = p.packet_id.unwrap_or(0);
+        if p.qos == QoS::ExactlyOnce {
+            let mut st = self.s.lock();
+            if st.qos2_in.contains(&pid) {
+                // a retransmission of a message we already routed: acknowledge only (MQTT-4.3.3)
+                drop(st);
+                self.ack(Packet::PubRec, pid, 0);
+                return Ok(());
+            }
+            if st.qos2_in.len() >= usize::from(self.b.cfg.limits.max_inflight) {
+                return Err(End::Violation(
+                    reason::RECEIVE_MAXIMUM_EXCEEDED,
+                    "receive maximum exceeded".into(),
+                ));
+            }
+            st.qos2_in.insert(pid);
+        }
+        let allowed = !p.topic.starts_with("$SYS")
+            && match &self.b.auth.acl {
+                Some(acl) => {
+                    let user = self.s.lock().username.clone();
+                    acl.check(user.as_deref(), &self.s.client_id, &p.topic, Access::Write)
+                }
+                None => true,
+            };
+        let code = if allowed {
+            let now = unix_now();
+            let props = p.properties;
+            let msg = Message {
+                topic: Arc::from(p.topic.as_str()),
+                payload: p.payload,
+                qos: p.qos,
+                retain: p.retain,
+                publisher: self.s.client_id.clone(),
+                expires_at: props.message_expiry_interval.map(|e| now + u64::from(e)),
+                payload_format_indicator: props.payload_format_indicator,
+                content_type: props.content_type,
+                response_topic: props.response_topic,
+                correlation_data: props.correlation_data,
+                user_properties: props.user_properties,
+            };
+            let ops = self.b.publish(Arc::new(msg));
+            if let (Some(store), false) = (&self.b.store, ops.is_empty()) {
+                // acknowledge only what is durable
+                if let Err(e) = store.write(ops).await {
+                    tracing::error!(error = %e, "store write failed");
+                    return Err(End::Violation(
+                        reason::UNSPECIFIED_ERROR,
+                        "store write failed".into(),
+                    ));
+                }
+            }
+            0
+        } else {
+            self.b.metrics.dropped("not_authorized");
+            tracing::debug!(client_id = %self.s.client_id, topic = %p.topic, "publish denied by ACL");
+            // v5 says so; v3.1.1 acknowledges and drops (MQTT-3.3.5-2)
+            if v5 {
+                reason::NOT_AUTHORIZED
+            } else {
+                0
+            }
+        };
+        match p.qos {
+            QoS::AtMostOnce => {}
+            QoS::AtLeastOnce => self.ack(Packet::PubAck, pid, code),
+            QoS::ExactlyOnce => {
+                if code >= 0x80 {
+                    self.s.lock().qos2_in.remove(&pid);
+                }
+                self.ack(Packet::PubRec, pid, code)
+            }
+        }
+        Ok(())
+    }
+
+    async fn on_subscribe(&mut self, s: Subscribe) -> Result<(), End> {
+        let v5 = self.v.is_v5();
+        let mut codes = Vec::with_capacity(s.filters.len());
+        let mut retained = Vec::new();
+        let user = self.s.lock().username.clone();
+        for f in &s.filters {
+            let shared = parse_shared(&f.filter);
+            if shared.is_some() && f.no_local {
+                // MQTT-3.8.3-4
+                return Err(End::Violation(
+                    reason::PROTOCOL_ERROR,
+                    "No Local on a shared subscription".into(),
+                ));
+            }
+            if !valid_topic_filter(&f.filter) {
+                codes.push(reason::TOPIC_FILTER_INVALID);
+                continue;
+            }
+            let plain = shared.map(|(_, f)| f).unwrap_or(&f.filter);
+            if let Some(acl) = &self.b.auth.acl {
+                if !acl.check(user.as_deref(), &self.s.client_id, plain, Access::Subscribe) {
+                    codes.push(reason::NOT_AUTHORIZED);
+                    continue;
+                }
+            }
+            let sub = Sub {
+                qos: f.qos,
+                no_local: f.no_local,
+                retain_as_published: f.retain_as_published,
+                retain_handling: f.retain_handling,
+                id: s.properties.subscription_identifier,
+            };
+            let new = self.b.subscribe(&self.s, &f.filter, sub);
+            codes.push(f.qos as u8);
+            let send_retained = shared.is_none()
+                && match f.retain_handling {
+                    RetainHandling::SendAtSubscribe => true,
+                    RetainHandling::SendIfNew => new,
+                    RetainHandling::DoNotSend => false,
+                };
+            if send_retained {
+                retained.push((f.filter.clone(), sub));
+            }
+        }
+        self.b.persist_session(&self.s).await;
+        send(
+            &mut self.out,
+            &Packet::SubAck(SubAck {
+                packet_id: s.packet_id,
+                properties: AckProperties::default(),
+                codes: if v5 {
+                    codes
+                } else {
+                    codes
+                        .into_iter()
+                        .map(|c| if c >= 0x80 { 0x80 } else { c })
+                        .collect()
+                },
+            }),
+            self.v,
+        );
+        for (f, sub) in retained {
+            self.b.send_retained(&self.s, &f, sub_options(&sub));
+        }
+        Ok(())
+    }
+
+    async fn on_unsubscribe(&mut self, u: Unsubscribe) -> Result<(), End> {
+        let mut codes = Vec::with_capacity(u.filters.len());
+        for f in &u.filters {
+            let existed = self.b.unsubscribe(&self.s, f);
+            codes.push(if existed {
+                0
+            } else {
+                reason::NO_SUBSCRIPTION_EXISTED
+            });
+        }
+        self.b.persist_session(&self.s).await;
+        send(
+            &mut self.out,
+            &Packet::UnsubAck(UnsubAck {
+                packet_id: u.packet_id,
+                properties: AckProperties::default(),
+                codes,
+            }),
+            self.v,
+        );
+        Ok(())
+    }
+}

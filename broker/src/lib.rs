@@ -1,0 +1,121 @@
+//! mqedge-broker: an MQTT 3.1.1 / 5.0 broker node. A connection's path: [`listener`] accepts and
+//! reads the PROXY header (trusted proxies only); [`connection`] runs the client: CONNECT and
+//! auth ([`auth`]), the session ([`session`], registry and publish path in [`broker`]), routing
+//! through the topic trie ([`router`], [`topic`]), retained messages ([`retained`]), durable
+//! state ([`store`]). [`protocol`] is the pure codec; [`admin`], [`metrics`], [`sys`] observe.
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod auth;
+pub mod broker;
+pub mod config;
+pub mod connection;
+pub mod listener;
+pub mod message;
+pub mod metrics;
+pub mod protocol;
+pub mod retained;
+pub mod router;
+pub mod session;
+pub mod store;
+pub mod sys;
+pub mod topic;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+
+pub use crate::broker::{Broker, BrokerError};
+use crate::config::Config;
+
+/// Listeners bound before the broker runs.
+pub struct Bound {
+    /// One per `[[listener]]`, in config order.
+    pub listeners: Vec<TcpListener>,
+    /// Admin API.
+    pub admin: Option<TcpListener>,
+}
+
+/// Binds the config's listeners (a taken port is a clear startup error).
+pub async fn bind(cfg: &Config) -> Result<Bound, BrokerError> {
+    let mut listeners = Vec::new();
+    for l in &cfg.listeners {
+        listeners.push(
+            TcpListener::bind(l.bind)
+                .await
+                .map_err(|e| BrokerError::Bind {
+                    what: format!("listener {}", l.name),
+                    addr: l.bind,
+                    source: e,
+                })?,
+        );
+    }
+    let admin = match cfg.admin {
+        Some(a) => Some(TcpListener::bind(a).await.map_err(|e| BrokerError::Bind {
+            what: "admin".into(),
+            addr: a,
+            source: e,
+        })?),
+        None => None,
+    };
+    Ok(Bound { listeners, admin })
+}
+
+/// Runs a broker node on bound listeners until `shutdown`; then stops accepting, closes client
+/// connections (their sessions stay, persisted when `data_dir` is set) and flushes the store.
+pub async fn run(
+    cfg: Config,
+    bound: Bound,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), BrokerError> {
+    let b = Broker::new(cfg)?;
+    run_with(b, bound, shutdown).await
+}
+
+/// [`run`] with a broker the caller built.
+pub async fn run_with(
+    b: Arc<Broker>,
+    bound: Bound,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), BrokerError> {
+    if b.cfg.cluster.is_some() {
+        tracing::warn!("[cluster] is configured but this build runs the node standalone (clustering arrives with the cluster issue)");
+    }
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
+    if let Some(a) = bound.admin {
+        let mut stop = stop_rx.clone();
+        tokio::spawn(admin::serve(b.clone(), a, async move {
+            let _ = stop.wait_for(|s| *s).await;
+        }));
+    }
+    tokio::spawn(sys::run(b.clone(), stop_rx.clone()));
+    let mut loops = Vec::new();
+    for (lc, l) in b.cfg.listeners.iter().zip(bound.listeners) {
+        let addr = l.local_addr().map(|a| a.to_string()).unwrap_or_default();
+        tracing::info!(node = %b.cfg.name, listener = %lc.name, addr = %addr, proxy_protocol = ?lc.proxy_protocol, "listening");
+        loops.push(tokio::spawn(listener::accept_loop(
+            b.clone(),
+            Arc::new(lc.clone()),
+            l,
+            stop_rx.clone(),
+            done_tx.clone(),
+        )));
+    }
+    drop(done_tx);
+    shutdown.await;
+    tracing::info!(node = %b.cfg.name, "shutting down");
+    let _ = stop_tx.send(true);
+    for l in loops {
+        let _ = l.await;
+    }
+    // connections end with the runtime; give in-flight acks a moment
+    let _ = tokio::time::timeout(Duration::from_millis(200), done_rx.recv()).await;
+    if let Some(s) = &b.store {
+        s.close().await;
+    }
+    Ok(())
+}

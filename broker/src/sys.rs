@@ -1,0 +1,67 @@
+//! `$SYS/brokers/{node}/...` topics, published (retained) every 10 s: version, uptime, clients,
+//! messages, subscriptions. Per node: in a cluster each node reports itself.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::watch;
+
+use crate::broker::Broker;
+use crate::message::Message;
+use crate::protocol::QoS;
+
+/// How often the topics are refreshed.
+pub const INTERVAL: Duration = Duration::from_secs(10);
+
+/// Publishes the current values once.
+pub fn publish_once(b: &Broker) {
+    let m = &b.metrics;
+    let node = &b.cfg.name;
+    let items: [(&str, String); 9] = [
+        ("version", format!("mqedge {}", env!("CARGO_PKG_VERSION"))),
+        (
+            "uptime",
+            format!("{} seconds", b.started.elapsed().as_secs()),
+        ),
+        ("clients/connected", m.connected.get().to_string()),
+        ("clients/total", b.session_count().to_string()),
+        ("messages/received", m.messages_received.get().to_string()),
+        ("messages/sent", m.messages_sent.get().to_string()),
+        (
+            "subscriptions/count",
+            b.router.subscription_count().to_string(),
+        ),
+        ("retained/count", b.retained.len().to_string()),
+        ("bytes/received", m.bytes_received.get().to_string()),
+    ];
+    let publisher: Arc<str> = Arc::from("$SYS");
+    for (k, v) in items {
+        let msg = Message {
+            topic: Arc::from(format!("$SYS/brokers/{node}/{k}").as_str()),
+            payload: Bytes::from(v),
+            qos: QoS::AtMostOnce,
+            retain: true,
+            publisher: publisher.clone(),
+            expires_at: None,
+            payload_format_indicator: None,
+            content_type: None,
+            response_topic: None,
+            correlation_data: None,
+            user_properties: Vec::new(),
+        };
+        // $SYS values are refreshed, not persisted
+        let _ = b.publish(Arc::new(msg));
+    }
+}
+
+/// Refreshes the topics until `stop`.
+pub async fn run(b: Arc<Broker>, mut stop: watch::Receiver<bool>) {
+    loop {
+        publish_once(&b);
+        tokio::select! {
+            _ = stop.changed() => break,
+            _ = tokio::time::sleep(INTERVAL) => {}
+        }
+    }
+}
