@@ -20,7 +20,7 @@ const TEMPLATES: [(&str, &str, &str); 2] = [
     ("lb", "lb.toml", include_str!("../configs/local/lb.toml")),
 ];
 
-/// Ports of the topology (DESIGN.md): what they are, where.
+/// Ports of the topology (DESIGN.md): what they are, where (checked free before starting).
 const PORTS: [(&str, &str); 5] = [
     ("LB TLS", "127.0.0.1:8883"),
     ("LB plain", "127.0.0.1:1883"),
@@ -86,32 +86,54 @@ pub fn run(dir: &Path) -> ExitCode {
             }
         }
     }
-    // ready when every port answers
+    // ready when an MQTT CONNECT through the LB's plain port gets a CONNACK from node1
+    // (admin ports are probed with a bare TCP connect; MQTT ports are not, to keep logs clean)
     let deadline = Instant::now() + Duration::from_secs(20);
-    for (what, addr) in PORTS {
-        let a: SocketAddr = match addr.parse() {
-            Ok(a) => a,
-            Err(_) => continue,
-        };
-        while TcpStream::connect_timeout(&a, Duration::from_millis(200)).is_err() {
-            if Instant::now() > deadline
-                || children
-                    .iter_mut()
-                    .any(|(_, c)| matches!(c.try_wait(), Ok(Some(_))))
-            {
-                stop_all(&mut children);
-                return ExitCode::from(fail_code(format!(
-                    "{what} ({addr}) did not come up; see the output above"
-                )));
-            }
-            std::thread::sleep(Duration::from_millis(50));
+    loop {
+        let admins_up = ["127.0.0.1:9100", "127.0.0.1:19101"]
+            .iter()
+            .filter_map(|a| a.parse::<SocketAddr>().ok())
+            .all(|a| TcpStream::connect_timeout(&a, Duration::from_millis(200)).is_ok());
+        if admins_up && mqtt_probe("127.0.0.1:1883") {
+            break;
         }
+        if Instant::now() > deadline
+            || children
+                .iter_mut()
+                .any(|(_, c)| matches!(c.try_wait(), Ok(Some(_))))
+        {
+            stop_all(&mut children);
+            return ExitCode::from(fail_code(
+                "the topology did not come up; see the output above".into(),
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(200));
     }
     print_banner(&certs);
     let code = wait(&mut children);
     stop_all(&mut children);
     println!("mqedge up: stopped");
     code
+}
+
+/// One MQTT CONNECT → CONNACK round trip (client id `mqedge-up-probe`).
+fn mqtt_probe(addr: &str) -> bool {
+    use std::io::{Read, Write};
+    let Ok(a) = addr.parse::<SocketAddr>() else {
+        return false;
+    };
+    let Ok(mut s) = TcpStream::connect_timeout(&a, Duration::from_millis(300)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    let connect = mqedge_shared::peek::encode_connect(4, "mqedge-up-probe", None, 10);
+    if s.write_all(&connect).is_err() {
+        return false;
+    }
+    let mut ack = [0u8; 4];
+    let ok = s.read_exact(&mut ack).is_ok() && ack[0] == 0x20 && ack[3] == 0;
+    let _ = s.write_all(&[0xe0, 0x00]);
+    ok
 }
 
 fn fail_code(msg: String) -> u8 {

@@ -700,6 +700,7 @@ fn put_body<S: Sink>(packet: &Packet, v: Version, s: &mut S) {
             s.short(a.packet_id);
             put_props(s, v5, &a.properties);
             for &code in &a.codes {
+                // 3.1.1 has a single failure return code, 0x80.
                 s.byte(if v5 || code <= 2 { code } else { 0x80 });
             }
         }
@@ -982,8 +983,8 @@ properties! {
         0x13 => server_keep_alive, 0x1A => response_information, 0x1C => server_reference,
         0x15 => authentication_method, 0x16 => authentication_data,
     }
-    // Several Subscription Identifiers only server → client; the broker rejects them inbound
-    // (MQTT-3.3.4-6 v5), which the codec cannot tell apart.
+    // Subscription Identifiers travel server → client only: the broker, which knows the
+    // direction, rejects them in a client's PUBLISH (MQTT-3.3.4-6 v5).
     PublishProperties {
         0x01 => payload_format_indicator, 0x02 => message_expiry_interval, 0x23 => topic_alias,
         0x08 => response_topic, 0x09 => correlation_data, 0x26 => user_properties,
