@@ -36,13 +36,14 @@ pub enum BrokerError {
     #[error("{0}")]
     Auth(#[from] crate::auth::AuthError),
     /// A listener could not be bound.
-    #[error("cannot bind {what} on {addr}: {source}")]
+    #[error("cannot bind {what} on {addr}")]
     Bind {
         /// Which listener.
         what: String,
         /// Address.
         addr: SocketAddr,
-        /// Cause.
+        /// Cause (shown by the caller's error chain).
+        #[source]
         source: std::io::Error,
     },
 }

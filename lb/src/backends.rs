@@ -84,6 +84,8 @@ pub struct Backend {
     /// Counter handles.
     pub counters: BackendCounters,
     close_tx: watch::Sender<bool>,
+    /// Bumped at every entry into `Draining`, so a stale drain timer never fires.
+    drain_epoch: AtomicU64,
 }
 
 impl std::fmt::Debug for Backend {
@@ -136,6 +138,7 @@ impl Backend {
             streak: AtomicI64::new(0),
             counters,
             close_tx: watch::channel(false).0,
+            drain_epoch: AtomicU64::new(0),
         }
     }
 
@@ -169,6 +172,9 @@ impl Backend {
     pub fn set_state(&self, s: State) -> State {
         let prev = State::from_u8(self.state.swap(s as u8, Ordering::Relaxed));
         self.counters.up.set(i64::from(s == State::Up));
+        if s == State::Draining && prev != State::Draining {
+            self.drain_epoch.fetch_add(1, Ordering::Relaxed);
+        }
         if s != prev {
             self.streak.store(0, Ordering::Relaxed);
         }
@@ -272,9 +278,11 @@ impl Drop for ConnGuard {
 
 /// Closes a drained or removed backend's leftover connections after `after`.
 pub fn close_after(b: Arc<Backend>, after: std::time::Duration) {
+    let epoch = b.drain_epoch.load(Ordering::Relaxed);
     tokio::spawn(async move {
         tokio::time::sleep(after).await;
-        if b.state() == State::Draining {
+        // only the drain that armed this timer may end it (drain → ready → drain re-arms)
+        if b.state() == State::Draining && b.drain_epoch.load(Ordering::Relaxed) == epoch {
             if b.active() > 0 {
                 tracing::info!(backend = %b.name, connections = b.active(), "drain_timeout reached: closing leftover connections");
             }

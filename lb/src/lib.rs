@@ -36,13 +36,14 @@ use crate::metrics::Metrics;
 #[derive(Debug, thiserror::Error)]
 pub enum LbError {
     /// A listener could not be bound.
-    #[error("cannot bind listener {name} on {addr}: {source}")]
+    #[error("cannot bind listener {name} on {addr}")]
     Bind {
         /// Listener name.
         name: String,
         /// Address.
         addr: std::net::SocketAddr,
-        /// Cause.
+        /// Cause (shown by the caller's error chain).
+        #[source]
         source: std::io::Error,
     },
     /// The listeners given to [`run`] do not match the config's.

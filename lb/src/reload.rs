@@ -75,8 +75,13 @@ pub fn apply(lb: &Arc<Lb>, new: &Config) -> Applied {
         .cloned()
         .collect();
     out.generation = old.generation + 1;
+    // name, admin and workers need a restart: keep the running values (reported below)
+    let mut lb_settings = new.lb.clone();
+    lb_settings.name = old.lb.name.clone();
+    lb_settings.admin = old.lb.admin;
+    lb_settings.workers = old.lb.workers;
     lb.live.store(Arc::new(Live {
-        lb: new.lb.clone(),
+        lb: lb_settings,
         balance: new.balance,
         health: new.health,
         backends: next,
@@ -150,12 +155,30 @@ pub fn reload_from_file(lb: &Arc<Lb>, path: &Path) -> Result<Applied, String> {
     }
 }
 
+/// Hash of the config file and of every TLS file it names: a renewed certificate (same
+/// config, new files) is a change too.
 fn digest(path: &Path) -> Option<u64> {
-    std::fs::read(path).ok().map(|b| mqedge_shared_hash(&b))
+    let text = std::fs::read(path).ok()?;
+    let mut all = text;
+    for f in tls_files(path) {
+        if let Ok(b) = std::fs::read(&f) {
+            all.extend_from_slice(&b);
+        }
+    }
+    Some(crate::balance::stable_hash(&all))
 }
 
-fn mqedge_shared_hash(b: &[u8]) -> u64 {
-    crate::balance::stable_hash(b)
+/// The TLS files a config names (when it parses).
+fn tls_files(path: &Path) -> Vec<PathBuf> {
+    Config::load(path)
+        .map(|c| {
+            c.listeners
+                .iter()
+                .filter_map(|l| l.tls.as_ref())
+                .flat_map(|t| t.files.clone())
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// Watches the config file (and SIGHUP) until `stop`; debounces bursts of events by 200 ms.
@@ -179,6 +202,18 @@ pub async fn watch_loop(lb: Arc<Lb>, path: PathBuf, mut stop: watch::Receiver<bo
             use notify::Watcher;
             if let Err(e) = w.watch(&dir, notify::RecursiveMode::NonRecursive) {
                 tracing::warn!(dir = %dir.display(), error = %e, "cannot watch the config directory; SIGHUP still reloads");
+            }
+            // certificate directories too, for rotation without touching the config
+            let mut dirs: Vec<PathBuf> = tls_files(&path)
+                .iter()
+                .filter_map(|f| f.parent().map(Path::to_path_buf))
+                .collect();
+            dirs.sort();
+            dirs.dedup();
+            for d in dirs.iter().filter(|d| **d != dir) {
+                if let Err(e) = w.watch(d, notify::RecursiveMode::NonRecursive) {
+                    tracing::warn!(dir = %d.display(), error = %e, "cannot watch a certificate directory; SIGHUP still reloads");
+                }
             }
             Some(w)
         }
