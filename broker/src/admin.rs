@@ -24,6 +24,13 @@ async fn metrics(State(b): State<Arc<Broker>>) -> Response {
             .map(|s| s.stats().commits as i64)
             .unwrap_or(0),
     );
+    if let Some(c) = b.cluster() {
+        let peers = c.peers();
+        let up = peers.iter().filter(|p| p.1.up).count();
+        b.metrics.cluster_peers_up.set(up as i64);
+        b.metrics.cluster_peers_down.set((peers.len() - up) as i64);
+        b.metrics.cluster_routes.set(c.remote_routes() as i64);
+    }
     (
         [(
             header::CONTENT_TYPE,
@@ -54,12 +61,31 @@ async fn client(State(b): State<Arc<Broker>>, Path(id): Path<String>) -> Respons
     .into_response()
 }
 
+async fn cluster(State(b): State<Arc<Broker>>) -> Json<serde_json::Value> {
+    let mut nodes = vec![json!({
+        "name": b.cfg.name,
+        "state": "up",
+        "routes": b.cluster().map(|c| c.local_routes()).unwrap_or_else(|| b.router.filter_count()),
+    })];
+    if let Some(c) = b.cluster() {
+        for (n, st, routes) in c.peers() {
+            nodes.push(json!({
+                "name": n.to_string(),
+                "state": if st.up { "up" } else { "down" },
+                "routes": routes,
+            }));
+        }
+    }
+    Json(json!({ "node": b.cfg.name, "nodes": nodes }))
+}
+
 /// The admin router.
 pub fn router(b: Arc<Broker>) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route("/api/clients/{client_id}", get(client))
+        .route("/api/cluster", get(cluster))
         .with_state(b)
 }
 

@@ -11,6 +11,9 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
+use crate::cluster::frame::Frame;
+use crate::cluster::Cluster;
+
 use crate::auth::{Access, Acl, PasswordFile};
 use crate::config::{Config, SharedPolicy};
 use crate::message::{unix_now, Message};
@@ -35,6 +38,9 @@ pub enum BrokerError {
     /// A password or ACL file is broken.
     #[error("{0}")]
     Auth(#[from] crate::auth::AuthError),
+    /// The cluster layer could not start.
+    #[error("{0}")]
+    Cluster(#[from] crate::cluster::ClusterError),
     /// A listener could not be bound.
     #[error("cannot bind {what} on {addr}")]
     Bind {
@@ -88,6 +94,17 @@ pub struct Broker {
     /// Start time (uptime).
     pub started: Instant,
     rng: AtomicU64,
+    cluster: std::sync::OnceLock<Arc<Cluster>>,
+}
+
+/// What a publish set in motion: store writes to make durable and remote nodes' acks to await
+/// before acknowledging the publisher.
+#[derive(Default)]
+pub struct Published {
+    /// Store operations.
+    pub ops: Vec<Op>,
+    /// Acks of forwarded copies (QoS 1/2).
+    pub acks: Vec<oneshot::Receiver<Frame>>,
 }
 
 fn shard_of(s: &str) -> usize {
@@ -132,9 +149,35 @@ impl Broker {
             conn_seq: AtomicU64::new(0),
             started: Instant::now(),
             rng: AtomicU64::new(0x9e37_79b9_7f4a_7c15 ^ unix_now()),
+            cluster: std::sync::OnceLock::new(),
         };
         b.restore()?;
         Ok(Arc::new(b))
+    }
+
+    /// Joins this broker to a cluster layer (once, before serving).
+    pub fn set_cluster(&self, c: Arc<Cluster>) {
+        // routes restored from the store become this node's announced routes
+        for f in self.router.filters() {
+            for _ in 0..self.router_key_count(&f) {
+                c.local_add(&f);
+            }
+        }
+        let _ = self.cluster.set(c);
+    }
+
+    fn router_key_count(&self, f: &str) -> usize {
+        let mut n = 0;
+        for shard in &self.sessions {
+            let m = shard.lock().unwrap_or_else(|p| p.into_inner());
+            n += m.values().filter(|s| s.lock().subs.contains_key(f)).count();
+        }
+        n
+    }
+
+    /// The cluster layer, when clustered.
+    pub fn cluster(&self) -> Option<&Arc<Cluster>> {
+        self.cluster.get()
     }
 
     fn restore(&self) -> Result<(), BrokerError> {
@@ -252,15 +295,19 @@ impl Broker {
         username: Option<String>,
         peer: SocketAddr,
         conn_id: u64,
+        import: Option<(Vec<u8>, Vec<Vec<u8>>)>,
     ) -> Attach {
         let (tx, rx) = oneshot::channel();
         let id: Arc<str> = Arc::from(client_id);
+        if let (Some((rec, queued)), false) = (import, clean_start) {
+            self.import_session(&id, &rec, &queued);
+        }
         let mut map = self.shard(client_id);
         let existing = map.get(client_id).cloned();
         let mut discard = None;
         let (session, present) = match existing {
             Some(s) => {
-                {
+                let ends = {
                     let mut st = s.lock();
                     if let Some(mut old) = st.conn.take() {
                         if let Some(k) = old.kick.take() {
@@ -274,8 +321,18 @@ impl Broker {
                             "session taken over"
                         );
                     }
-                }
-                if clean_start {
+                    // A session that lasts only as long as its connection (3.1.1 clean session,
+                    // v5 expiry 0) ends with it and is never resumed (MQTT-3.1.2-6, MQTT 5
+                    // §3.1.2.11.2), even when a takeover arrives before that connection closed.
+                    let ends = clean_start || !st.persistent();
+                    if ends {
+                        // the old session's will-delay and expiry timers stand down: a new
+                        // connection for this client id came (MQTT-3.1.2-8)
+                        st.generation += 1;
+                    }
+                    ends
+                };
+                if ends {
                     discard = Some(s);
                     let n = Arc::new(Session::new(id.clone()));
                     map.insert(id.clone(), n.clone());
@@ -344,7 +401,11 @@ impl Broker {
             std::mem::take(&mut st.subs).into_keys().collect()
         };
         for f in &subs {
-            self.router.unsubscribe(&s.client_id, f);
+            if self.router.unsubscribe(&s.client_id, f) {
+                if let Some(c) = self.cluster() {
+                    c.local_del(f);
+                }
+            }
         }
         self.metrics
             .subscriptions
@@ -361,6 +422,12 @@ impl Broker {
                 },
             ]);
         }
+    }
+
+    /// Whether `s` is the registered session of its client id (not replaced or removed).
+    fn is_current(&self, s: &Arc<Session>) -> bool {
+        self.session(&s.client_id)
+            .is_some_and(|cur| Arc::ptr_eq(&cur, s))
     }
 
     /// Ends a session completely (clean disconnect of a non-persistent session, or expiry).
@@ -397,11 +464,21 @@ impl Broker {
         };
         if let Some(w) = will {
             let delay = w.properties.will_delay_interval.unwrap_or(0);
-            // the will goes out when the delay ends or the session ends, whichever is first
-            let delay = if mine { delay.min(expiry) } else { 0 };
-            if delay == 0 {
-                self.publish_will(w, &s.client_id);
+            let delay = if mine {
+                // the will goes out when the delay ends or the session ends, whichever is first
+                Some(delay.min(expiry))
+            } else if delay == 0 || !self.is_current(s) {
+                // taken over: no delay, or the takeover ended the session (clean start, or a
+                // session that lasted only as long as its connection): the will goes out now
+                Some(0)
             } else {
+                // taken over by a connection that resumed the session: a new connection came
+                // before the will delay elapsed, so the will is not sent (MQTT-3.1.2-8)
+                None
+            };
+            if delay == Some(0) {
+                self.publish_will(w, &s.client_id);
+            } else if let Some(delay) = delay {
                 let (b, s2) = (self.clone(), s.clone());
                 tokio::spawn(async move {
                     tokio::time::sleep(Duration::from_secs(u64::from(delay))).await;
@@ -474,51 +551,275 @@ impl Broker {
                 return;
             }
         }
-        let ops = self.publish(Arc::new(msg));
+        let ops = self.publish(Arc::new(msg)).ops;
         if let (Some(store), false) = (&self.store, ops.is_empty()) {
             store.write_nowait(ops);
         }
     }
 
-    /// Routes a message to every matching session (and sets/clears the retained message).
-    /// Returns the store operations the caller must make durable before acknowledging.
-    pub fn publish(&self, msg: Arc<Message>) -> Vec<Op> {
-        let mut ops = Vec::new();
+    /// Routes a message to every matching session, here and on other nodes (and sets/clears
+    /// the retained message everywhere). Returns what the caller must await before
+    /// acknowledging the publisher: store writes and remote acks.
+    pub fn publish(&self, msg: Arc<Message>) -> Published {
+        let mut out = Published::default();
+        let cluster = self.cluster();
         if msg.retain {
-            let topic: &str = &msg.topic;
-            if msg.payload.is_empty() {
-                if self.retained.set(topic, None).is_some() {
-                    ops.push(Op::Delete {
-                        table: Table::Retained,
-                        key: topic.as_bytes().to_vec(),
-                    });
-                }
-            } else {
-                self.retained.set(topic, Some(msg.clone()));
-                if self.store.is_some() {
-                    ops.push(Op::Put {
-                        table: Table::Retained,
-                        key: topic.as_bytes().to_vec(),
-                        value: msg.encode(),
-                    });
+            self.retain_locally(&msg, &mut out.ops);
+            if let Some(c) = cluster {
+                if !msg.topic.starts_with("$SYS") {
+                    c.broadcast_retained(&msg);
                 }
             }
-            self.metrics.retained.set(self.retained.len() as i64);
         }
         let mut m = Matches::default();
         self.router.matches(&msg.topic, &mut m);
         for (client, opts) in &m.direct {
-            self.deliver(client, &msg, opts, false, &mut ops);
+            self.deliver(client, &msg, opts, false, &mut out.ops);
         }
-        for g in &m.shared {
-            if let Some((client, opts)) = self.pick_shared(&g.group, &g.filter, &g.members) {
-                self.deliver(&client, &msg, &opts, false, &mut ops);
+        // $SYS stays on its node
+        let remote = match cluster {
+            Some(c) if !msg.topic.starts_with("$SYS") => Some((c, c.remote_matches(&msg.topic))),
+            _ => None,
+        };
+        // shared groups: one member cluster-wide per (group, filter)
+        let mut remote_shared: HashMap<Arc<str>, Vec<(String, String)>> = HashMap::new();
+        let mut groups: HashMap<(String, String), GroupCandidates> = HashMap::new();
+        for g in m.shared {
+            groups.entry((g.group, g.filter)).or_default().0 = g.members;
+        }
+        if let Some((_, rm)) = &remote {
+            for g in &rm.shared {
+                groups
+                    .entry((g.group.clone(), g.filter.clone()))
+                    .or_default()
+                    .1 = g.members.iter().map(|(n, _)| n.clone()).collect();
+            }
+        }
+        for ((group, filter), (local, nodes)) in groups {
+            match self.choose_shared(&group, &filter, &local, &nodes) {
+                Some(Target::Local(client, opts)) => {
+                    self.deliver(&client, &msg, &opts, false, &mut out.ops)
+                }
+                Some(Target::Node(n)) => remote_shared.entry(n).or_default().push((group, filter)),
+                None => {}
+            }
+        }
+        if let Some((c, rm)) = remote {
+            let mut direct: Vec<Arc<str>> = rm.direct.into_iter().map(|(n, _)| n).collect();
+            direct.sort();
+            direct.dedup();
+            let mut nodes: Vec<Arc<str>> = direct
+                .iter()
+                .cloned()
+                .chain(remote_shared.keys().cloned())
+                .collect();
+            nodes.sort();
+            nodes.dedup();
+            if !nodes.is_empty() {
+                let enc = msg.encode();
+                let want_ack = msg.qos != QoS::AtMostOnce;
+                for n in nodes {
+                    let is_direct = direct.binary_search(&n).is_ok();
+                    let shared = remote_shared.remove(&n).unwrap_or_default();
+                    if let Some(rx) = c.forward(&n, is_direct, shared, &enc, want_ack) {
+                        out.acks.push(rx);
+                    }
+                }
             }
         }
         if self.store.is_none() {
-            ops.clear();
+            out.ops.clear();
         }
-        ops
+        out
+    }
+
+    fn retain_locally(&self, msg: &Arc<Message>, ops: &mut Vec<Op>) {
+        let topic: &str = &msg.topic;
+        if msg.payload.is_empty() {
+            if self.retained.set(topic, None).is_some() {
+                ops.push(Op::Delete {
+                    table: Table::Retained,
+                    key: topic.as_bytes().to_vec(),
+                });
+            }
+        } else {
+            self.retained.set(topic, Some(msg.clone()));
+            if self.store.is_some() && !topic.starts_with("$SYS") {
+                ops.push(Op::Put {
+                    table: Table::Retained,
+                    key: topic.as_bytes().to_vec(),
+                    value: msg.encode(),
+                });
+            }
+        }
+        self.metrics.retained.set(self.retained.len() as i64);
+    }
+
+    /// A retained message (or clear) from another node.
+    pub async fn set_retained_from_peer(&self, msg: Arc<Message>) {
+        let mut ops = Vec::new();
+        self.retain_locally(&msg, &mut ops);
+        if let (Some(store), false) = (&self.store, ops.is_empty()) {
+            store.write_nowait(ops);
+        }
+    }
+
+    /// Delivers a message another node forwarded: to local non-shared subscribers when
+    /// `direct`, and to one local member of each listed shared group. Never forwards again.
+    pub async fn deliver_forwarded(
+        &self,
+        msg: Arc<Message>,
+        direct: bool,
+        shared: &[(String, String)],
+    ) {
+        self.metrics.cluster_received.inc();
+        let mut ops = Vec::new();
+        let mut m = Matches::default();
+        self.router.matches(&msg.topic, &mut m);
+        if direct {
+            for (client, opts) in &m.direct {
+                self.deliver(client, &msg, opts, false, &mut ops);
+            }
+        }
+        for (group, filter) in shared {
+            if let Some(g) = m
+                .shared
+                .iter()
+                .find(|g| g.group == *group && g.filter == *filter)
+            {
+                if let Some((client, opts)) = self.pick_shared(group, filter, &g.members) {
+                    self.deliver(&client, &msg, &opts, false, &mut ops);
+                }
+            }
+        }
+        if let (Some(store), false) = (&self.store, ops.is_empty()) {
+            let _ = store.write(ops).await;
+        }
+    }
+
+    /// Chooses where a shared group's copy goes, by policy: a local member or another node.
+    fn choose_shared(
+        &self,
+        group: &str,
+        filter: &str,
+        local: &[(Arc<str>, SubOptions)],
+        nodes: &[Arc<str>],
+    ) -> Option<Target> {
+        let local_pick = |b: &Self| {
+            b.pick_shared(group, filter, local)
+                .map(|(c, o)| Target::Local(c, o))
+        };
+        match self.cfg.shared_policy {
+            SharedPolicy::LocalOnly => local_pick(self),
+            SharedPolicy::PreferLocal if !local.is_empty() => local_pick(self),
+            policy => {
+                // every local member and every remote node is one candidate
+                let n = local.len() + nodes.len();
+                if n == 0 {
+                    return None;
+                }
+                let i = if policy == SharedPolicy::Random {
+                    (self.next_random() % n as u64) as usize
+                } else {
+                    let key = format!("{group}\u{0}{filter}\u{0}cluster");
+                    let mut m = self.shared_rr[shard_of(&key)]
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner());
+                    let c = m.entry(key).or_insert(0);
+                    *c = c.wrapping_add(1);
+                    (*c % n as u64) as usize
+                };
+                if i < local.len() {
+                    local.get(i).map(|(c, o)| Target::Local(c.clone(), *o))
+                } else {
+                    nodes.get(i - local.len()).map(|n| Target::Node(n.clone()))
+                }
+            }
+        }
+    }
+
+    /// Hands this node's session of `client_id` to another node: closes its connection, and
+    /// (unless the new connection starts clean) exports subscriptions and queued messages.
+    pub fn export_session(
+        &self,
+        client_id: &str,
+        clean_start: bool,
+    ) -> Option<(Vec<u8>, Vec<Vec<u8>>)> {
+        let s = self.session(client_id)?;
+        let export = {
+            let mut st = s.lock();
+            if let Some(mut old) = st.conn.take() {
+                if let Some(k) = old.kick.take() {
+                    let _ = k.send(crate::protocol::reason::SESSION_TAKEN_OVER);
+                }
+                self.metrics.takeovers.inc();
+            }
+            (!clean_start && st.persistent()).then(|| {
+                let queued: Vec<Vec<u8>> = st
+                    .inflight
+                    .iter()
+                    .map(|(_, _, o)| o)
+                    .chain(st.queue.iter())
+                    .map(encode_outgoing)
+                    .collect();
+                (st.encode(), queued)
+            })
+        };
+        self.metrics.cluster_handovers.inc();
+        self.remove_session(&s);
+        export
+    }
+
+    fn import_session(&self, id: &Arc<str>, rec: &[u8], queued: &[Vec<u8>]) {
+        let Some(mut st) = State::decode(rec) else {
+            tracing::warn!(client_id = %id, "unreadable session from a peer ignored");
+            return;
+        };
+        let mut ops = Vec::new();
+        for q in queued {
+            if let Some(mut o) = decode_outgoing(q, 0) {
+                if self.store.is_some() && o.qos != QoS::AtMostOnce {
+                    o.seq = st.next_seq;
+                    st.next_seq += 1;
+                    ops.push(Op::Put {
+                        table: Table::Messages,
+                        key: message_key(id, o.seq),
+                        value: encode_outgoing(&o),
+                    });
+                }
+                st.queue.push_back(o);
+            }
+        }
+        let subs: Vec<(String, Sub)> = st.subs.iter().map(|(f, s)| (f.clone(), *s)).collect();
+        let n = st.queue.len();
+        let s = Arc::new(Session::restored(id.clone(), st));
+        {
+            let mut map = self.shard(id);
+            if map.contains_key(id) {
+                return; // a local session wins
+            }
+            map.insert(id.clone(), s.clone());
+        }
+        self.metrics.sessions.inc();
+        for (f, sub) in subs {
+            if self.router.subscribe(id, &f, sub_options(&sub)) {
+                if let Some(c) = self.cluster() {
+                    c.local_add(&f);
+                }
+            }
+        }
+        self.metrics
+            .subscriptions
+            .set(self.router.subscription_count() as i64);
+        if let Some(store) = &self.store {
+            ops.push(Op::Put {
+                table: Table::Sessions,
+                key: id.as_bytes().to_vec(),
+                value: s.lock().encode(),
+            });
+            store.write_nowait(ops);
+        }
+        tracing::info!(client_id = %id, queued = n, "session taken over from another node");
     }
 
     fn pick_shared(
@@ -608,7 +909,7 @@ impl Broker {
             } else {
                 opts.retain_as_published && msg.retain
             },
-            sub_ids: opts.subscription_id.into_iter().collect(),
+            sub_ids: opts.ids().collect(),
             seq,
         };
         if seq != 0 {
@@ -640,8 +941,14 @@ impl Broker {
 
     /// Adds a subscription for a session; returns whether it is new (for Retain Handling 1).
     pub fn subscribe(&self, s: &Session, filter: &str, sub: Sub) -> bool {
-        self.router
-            .subscribe(&s.client_id, filter, sub_options(&sub));
+        if self
+            .router
+            .subscribe(&s.client_id, filter, sub_options(&sub))
+        {
+            if let Some(c) = self.cluster() {
+                c.local_add(filter);
+            }
+        }
         let new = s.lock().subs.insert(filter.to_string(), sub).is_none();
         self.metrics
             .subscriptions
@@ -652,7 +959,11 @@ impl Broker {
     /// Removes a subscription; true when it existed.
     pub fn unsubscribe(&self, s: &Session, filter: &str) -> bool {
         let existed = s.lock().subs.remove(filter).is_some();
-        self.router.unsubscribe(&s.client_id, filter);
+        if self.router.unsubscribe(&s.client_id, filter) {
+            if let Some(c) = self.cluster() {
+                c.local_del(filter);
+            }
+        }
         self.metrics
             .subscriptions
             .set(self.router.subscription_count() as i64);
@@ -710,6 +1021,17 @@ impl Broker {
     }
 }
 
+/// A shared group's local members and the other nodes with members.
+type GroupCandidates = (Vec<(Arc<str>, SubOptions)>, Vec<Arc<str>>);
+
+/// Where a shared group's copy goes.
+enum Target {
+    /// A member on this node.
+    Local(Arc<str>, SubOptions),
+    /// Another node (which picks one of its members).
+    Node(Arc<str>),
+}
+
 /// Router options of a session subscription.
 pub fn sub_options(s: &Sub) -> SubOptions {
     SubOptions {
@@ -717,5 +1039,6 @@ pub fn sub_options(s: &Sub) -> SubOptions {
         no_local: s.no_local,
         retain_as_published: s.retain_as_published,
         subscription_id: s.id,
+        extra_ids: [0; 3],
     }
 }

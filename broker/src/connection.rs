@@ -43,7 +43,7 @@ pub struct ClientInfo {
 /// Why a connection ended.
 #[derive(Debug)]
 enum End {
-    /// DISCONNECT received (will kept when v5 code 0x04).
+    /// DISCONNECT received (will kept unless the v5 code is 0x00).
     Normal { keep_will: bool },
     /// The peer closed or the socket failed.
     Io,
@@ -112,17 +112,17 @@ pub async fn run(b: Arc<Broker>, tcp: TcpStream, mut rbuf: BytesMut, info: Clien
     let connect = match first {
         Ok(Ok(Packet::Connect(c))) => *c,
         Ok(Err(DecodeError::UnsupportedVersion(l))) => {
-            // MQTT-3.1.2-2: CONNACK 0x01 (v3 layout) then close
+            // MQTT-3.1.2-2: CONNACK 0x01 in the 3.1.1 layout (the one every client can read,
+            // as mosquitto does), then close
             let mut out = BytesMut::new();
-            let code = if l >= 5 {
-                reason::UNSUPPORTED_PROTOCOL_VERSION
-            } else {
-                0x84
-            };
             send(
                 &mut out,
-                &connack(false, code, ConnAckProperties::default()),
-                if l >= 5 { Version::V5 } else { Version::V311 },
+                &connack(
+                    false,
+                    reason::UNSUPPORTED_PROTOCOL_VERSION,
+                    ConnAckProperties::default(),
+                ),
+                Version::V311,
             );
             let _ = write_all(&mut w, &mut out).await;
             b.metrics.reject("unsupported_version");
@@ -162,6 +162,11 @@ pub async fn run(b: Arc<Broker>, tcp: TcpStream, mut rbuf: BytesMut, info: Clien
         }
     };
     let conn_id = b.next_conn_id();
+    // in a cluster, the session may live on another node: it is handed over before CONNACK
+    let import = match b.cluster() {
+        Some(c) => c.take_session(&client_id, connect.clean_start).await,
+        None => None,
+    };
     let att = b.attach(
         &client_id,
         connect.clean_start,
@@ -170,6 +175,7 @@ pub async fn run(b: Arc<Broker>, tcp: TcpStream, mut rbuf: BytesMut, info: Clien
         username.clone(),
         info.addr,
         conn_id,
+        import,
     );
     let session = att.session.clone();
     let mut kicked = att.kicked;
@@ -587,8 +593,10 @@ impl Conn {
                     }
                     self.s.lock().expiry = e;
                 }
+                // only reason 0x00 discards the will (MQTT-3.14.4-3); 0x04 asks for it and any
+                // error code means the client did not end normally (MQTT 5 §3.1.2.5)
                 Err(End::Normal {
-                    keep_will: d.code == reason::DISCONNECT_WITH_WILL,
+                    keep_will: d.code != reason::SUCCESS,
                 })
             }
             Packet::Auth(_) => Err(End::Violation(
@@ -694,7 +702,8 @@ impl Conn {
                 correlation_data: props.correlation_data,
                 user_properties: props.user_properties,
             };
-            let ops = self.b.publish(Arc::new(msg));
+            let published = self.b.publish(Arc::new(msg));
+            let ops = published.ops;
             if let (Some(store), false) = (&self.b.store, ops.is_empty()) {
                 // acknowledge only what is durable
                 if let Err(e) = store.write(ops).await {
@@ -703,6 +712,19 @@ impl Conn {
                         reason::UNSPECIFIED_ERROR,
                         "store write failed".into(),
                     ));
+                }
+            }
+            // QoS 1/2 across nodes: acknowledge once every node took its copy; otherwise close
+            // without acknowledging, so the client publishes again (at least once holds)
+            for ack in published.acks {
+                match tokio::time::timeout(crate::cluster::FORWARD_ACK_TIMEOUT, ack).await {
+                    Ok(Ok(_)) => {}
+                    _ => {
+                        return Err(End::Violation(
+                            reason::SERVER_BUSY,
+                            "a cluster peer did not acknowledge a forwarded message".into(),
+                        ))
+                    }
                 }
             }
             0

@@ -8,6 +8,7 @@
 pub mod admin;
 pub mod auth;
 pub mod broker;
+pub mod cluster;
 pub mod config;
 pub mod connection;
 pub mod listener;
@@ -81,10 +82,21 @@ pub async fn run_with(
     bound: Bound,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), BrokerError> {
-    if b.cfg.cluster.is_some() {
-        tracing::warn!("[cluster] is configured but this build runs the node standalone (clustering arrives with the cluster issue)");
-    }
     let (stop_tx, stop_rx) = watch::channel(false);
+    let cluster = match &b.cfg.cluster {
+        Some(cc) => {
+            let c = cluster::Cluster::new(
+                &b.cfg.name,
+                cc,
+                b.metrics.cluster_forwarded.clone(),
+                b.metrics.cluster_forwarded_bytes.clone(),
+            );
+            b.set_cluster(c.clone());
+            c.start(&b, cc, stop_rx.clone()).await?;
+            Some(c)
+        }
+        None => None,
+    };
     let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
     if let Some(a) = bound.admin {
         let mut stop = stop_rx.clone();
@@ -108,6 +120,10 @@ pub async fn run_with(
     drop(done_tx);
     shutdown.await;
     tracing::info!(node = %b.cfg.name, "shutting down");
+    if let Some(c) = &cluster {
+        // peers mark us down at once instead of waiting for the failure detector
+        c.leave().await;
+    }
     let _ = stop_tx.send(true);
     for l in loops {
         let _ = l.await;

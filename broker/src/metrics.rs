@@ -43,6 +43,20 @@ pub struct Metrics {
     pub takeovers: Counter,
     /// Store commits.
     pub store_commits: Gauge,
+    /// Cluster peers up.
+    pub cluster_peers_up: Gauge,
+    /// Cluster peers known but down.
+    pub cluster_peers_down: Gauge,
+    /// Remote routes (filter, node) known.
+    pub cluster_routes: Gauge,
+    /// Messages forwarded to other nodes.
+    pub cluster_forwarded: Counter,
+    /// Payload-carrying bytes forwarded to other nodes.
+    pub cluster_forwarded_bytes: Counter,
+    /// Messages received from other nodes.
+    pub cluster_received: Counter,
+    /// Sessions handed over to another node.
+    pub cluster_handovers: Counter,
 }
 
 impl Default for Metrics {
@@ -70,6 +84,13 @@ impl Metrics {
             retained: Gauge::default(),
             takeovers: Counter::default(),
             store_commits: Gauge::default(),
+            cluster_peers_up: Gauge::default(),
+            cluster_peers_down: Gauge::default(),
+            cluster_routes: Gauge::default(),
+            cluster_forwarded: Counter::default(),
+            cluster_forwarded_bytes: Counter::default(),
+            cluster_received: Counter::default(),
+            cluster_handovers: Counter::default(),
         };
         r.register(
             "connections",
@@ -135,6 +156,41 @@ impl Metrics {
             "store_commits",
             "Store transactions committed",
             m.store_commits.clone(),
+        );
+        r.register(
+            "cluster_peers_up",
+            "Cluster peers up",
+            m.cluster_peers_up.clone(),
+        );
+        r.register(
+            "cluster_peers_down",
+            "Cluster peers known but down",
+            m.cluster_peers_down.clone(),
+        );
+        r.register(
+            "cluster_routes",
+            "Remote routes (filter, node) known",
+            m.cluster_routes.clone(),
+        );
+        r.register(
+            "cluster_forwarded_messages",
+            "Messages forwarded to other nodes",
+            m.cluster_forwarded.clone(),
+        );
+        r.register(
+            "cluster_forwarded_bytes",
+            "Encoded message bytes forwarded to other nodes",
+            m.cluster_forwarded_bytes.clone(),
+        );
+        r.register(
+            "cluster_received_messages",
+            "Messages received from other nodes",
+            m.cluster_received.clone(),
+        );
+        r.register(
+            "cluster_session_handovers",
+            "Sessions handed over to another node",
+            m.cluster_handovers.clone(),
         );
         Metrics { registry: r, ..m }
     }

@@ -33,6 +33,18 @@ pub struct SubOptions {
     pub retain_as_published: bool,
     /// MQTT 5 Subscription Identifier to echo in forwarded PUBLISHes.
     pub subscription_id: Option<u32>,
+    /// Identifiers of further overlapping subscriptions merged into this match
+    /// (MQTT-3.3.4-3: every matching subscription's identifier is sent); 0 = unused slot.
+    pub extra_ids: [u32; 3],
+}
+
+impl SubOptions {
+    /// Every subscription identifier of this match.
+    pub fn ids(&self) -> impl Iterator<Item = u32> + '_ {
+        self.subscription_id
+            .into_iter()
+            .chain(self.extra_ids.iter().copied().filter(|i| *i != 0))
+    }
 }
 
 /// One shared-subscription group matched by a topic: every member of `$share/{group}/{filter}`.
@@ -229,11 +241,19 @@ fn walk<'a, K>(root: &'a Node<K>, topic: &str, mut visit: impl FnMut(&'a Subs<K>
 /// Combines two subscriptions of one key whose filters both match: the max-QoS one wins, and
 /// the first subscription identifier seen is kept.
 fn merge(into: &mut SubOptions, other: SubOptions) {
-    let id = into.subscription_id.or(other.subscription_id);
-    if other.qos > into.qos {
-        *into = other;
+    // No Local and Retain As Published are per subscription (MQTT-3.8.3-3): one copy is owed
+    // when any matching subscription would send it, and it keeps RETAIN if any asks for that
+    into.no_local &= other.no_local;
+    into.retain_as_published |= other.retain_as_published;
+    into.qos = into.qos.max(other.qos);
+    let mut ids: Vec<u32> = into.ids().chain(other.ids()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    into.subscription_id = ids.first().copied();
+    into.extra_ids = [0; 3];
+    for (slot, id) in into.extra_ids.iter_mut().zip(ids.iter().skip(1)) {
+        *slot = *id;
     }
-    into.subscription_id = id;
 }
 
 /// Collapses repeated keys in place, keeping first-seen order.
@@ -566,6 +586,7 @@ mod tests {
             no_local: true,
             retain_as_published: true,
             subscription_id: None,
+            extra_ids: [0; 3],
         };
         assert!(r.subscribe(&1, "a/+/c", high));
         let with_id = SubOptions {
@@ -581,14 +602,30 @@ mod tests {
             got[&1],
             SubOptions {
                 qos: 2,
-                no_local: true,
+                // a/b/c has no No Local: one copy is still owed for the client's own publish
+                no_local: false,
                 retain_as_published: true,
                 subscription_id: Some(7),
+                extra_ids: [0; 3],
             }
         );
         assert_eq!(got[&2], opts(1));
         // Only one filter matches: no merging involved.
         assert_eq!(direct_of(&r, "a/x")[&1], with_id);
+    }
+
+    #[test]
+    fn every_overlapping_subscription_identifier_is_kept() {
+        let r = Router::new();
+        let id = |i| SubOptions {
+            qos: 1,
+            subscription_id: Some(i),
+            ..SubOptions::default()
+        };
+        r.subscribe(&1, "si/+", id(7));
+        r.subscribe(&1, "si/#", id(9));
+        let got = direct_of(&r, "si/a");
+        assert_eq!(got[&1].ids().collect::<Vec<_>>(), vec![7, 9]);
     }
 
     #[test]
@@ -829,6 +866,7 @@ mod tests {
                 no_local: rng.below(2) == 0,
                 retain_as_published: false,
                 subscription_id: (rng.below(2) == 0).then(|| rng.below(1000) as u32),
+                extra_ids: [0; 3],
             };
             let new = r.subscribe(&key, &filter, o);
             let old = subs.iter().position(|(k, f, _)| *k == key && *f == filter);

@@ -51,7 +51,7 @@ pub fn publish_once(b: &Broker) {
             user_properties: Vec::new(),
         };
         // $SYS values are refreshed, not persisted
-        let _ = b.publish(Arc::new(msg));
+        let _ = b.publish(Arc::new(msg)).ops;
     }
 }
 

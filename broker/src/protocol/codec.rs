@@ -732,9 +732,9 @@ fn put_code_and_props<S: Sink, P: Props>(s: &mut S, v5: bool, code: u8, props: &
     let has_props = props_len(props) > 0;
     if v5 && (code != 0 || has_props) {
         s.byte(code);
-        if has_props {
-            put_props(s, v5, props);
-        }
+        // always with a property length (even 0) after a reason code: valid either way, and
+        // what mosquitto sends; some clients (rumqttc 0.25) cannot read the shorter form
+        put_props(s, v5, props);
     }
 }
 

@@ -525,7 +525,8 @@ fn spec_vectors_small_packets() {
             Packet::Disconnect(Disconnect::default()),
         ),
         (
-            vec![0xE0, 0x01, 0x04],
+            // the encoder always writes the property length after a reason code
+            vec![0xE0, 0x02, 0x04, 0x00],
             v5,
             Packet::Disconnect(Disconnect {
                 code: 4,
@@ -548,7 +549,7 @@ fn spec_vectors_small_packets() {
             Packet::PubRel(id10.clone()),
         ),
         (
-            vec![0x40, 0x03, 0x00, 0x0A, 0x10],
+            vec![0x40, 0x04, 0x00, 0x0A, 0x10, 0x00],
             v5,
             Packet::PubAck(PubAck {
                 code: 0x10,
@@ -680,9 +681,22 @@ fn v5_acks_use_the_short_forms() {
         enc(&ack(0, AckProperties::default()), Version::V5),
         [0x50, 0x02, 0, 1]
     );
+    // with a reason code, the property length (0) follows: valid, and readable by every client
     assert_eq!(
         enc(&ack(0x97, AckProperties::default()), Version::V5),
-        [0x50, 0x03, 0, 1, 0x97]
+        [0x50, 0x04, 0, 1, 0x97, 0]
+    );
+    // the 3-byte short form still decodes
+    assert_eq!(
+        ok(&[0x50, 0x03, 0, 1, 0x97], Some(Version::V5)),
+        ack(0x97, AckProperties::default())
+    );
+    assert_eq!(
+        ok(&[0xE0, 0x01, 0x04], Some(Version::V5)),
+        Packet::Disconnect(Disconnect {
+            code: 4,
+            ..Default::default()
+        })
     );
     let with = enc(&ack(0, ack_props()), Version::V5);
     assert_eq!(with.get(1..5), Some(&[with.len() as u8 - 2, 0, 1, 0][..]));
