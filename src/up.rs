@@ -1,6 +1,7 @@
 //! `mqedge up`: the local topology of DESIGN.md as child processes of this binary — dev certs
-//! (generated when missing), broker node1 and the LB from `configs/local/` (embedded, with paths
-//! rewritten to `--dir`), child output prefixed with its role, Ctrl-C stops every child.
+//! (generated when missing), three clustered broker nodes and the LB from `configs/local/`
+//! (embedded, with paths rewritten to `--dir`), child output prefixed with its role, Ctrl-C
+//! stops every child.
 
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -11,22 +12,47 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-const TEMPLATES: [(&str, &str, &str); 2] = [
+const TEMPLATES: [(&str, &str, &str); 4] = [
     (
         "node1",
         "node1.toml",
         include_str!("../configs/local/node1.toml"),
     ),
+    (
+        "node2",
+        "node2.toml",
+        include_str!("../configs/local/node2.toml"),
+    ),
+    (
+        "node3",
+        "node3.toml",
+        include_str!("../configs/local/node3.toml"),
+    ),
     ("lb", "lb.toml", include_str!("../configs/local/lb.toml")),
 ];
 
 /// Ports of the topology (DESIGN.md): what they are, where (checked free before starting).
-const PORTS: [(&str, &str); 5] = [
+const PORTS: [(&str, &str); 12] = [
     ("LB TLS", "127.0.0.1:8883"),
     ("LB plain", "127.0.0.1:1883"),
     ("LB admin", "127.0.0.1:9100"),
     ("node1 MQTT", "127.0.0.1:11883"),
+    ("node2 MQTT", "127.0.0.1:11884"),
+    ("node3 MQTT", "127.0.0.1:11885"),
     ("node1 admin", "127.0.0.1:19101"),
+    ("node2 admin", "127.0.0.1:19102"),
+    ("node3 admin", "127.0.0.1:19103"),
+    ("node1 cluster", "127.0.0.1:14371"),
+    ("node2 cluster", "127.0.0.1:14372"),
+    ("node3 cluster", "127.0.0.1:14373"),
+];
+
+/// Admin endpoints probed for readiness.
+const ADMINS: [&str; 4] = [
+    "127.0.0.1:9100",
+    "127.0.0.1:19101",
+    "127.0.0.1:19102",
+    "127.0.0.1:19103",
 ];
 
 fn fail(msg: impl std::fmt::Display) -> ExitCode {
@@ -90,11 +116,11 @@ pub fn run(dir: &Path) -> ExitCode {
     // (admin ports are probed with a bare TCP connect; MQTT ports are not, to keep logs clean)
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let admins_up = ["127.0.0.1:9100", "127.0.0.1:19101"]
+        let admins_up = ADMINS
             .iter()
             .filter_map(|a| a.parse::<SocketAddr>().ok())
             .all(|a| TcpStream::connect_timeout(&a, Duration::from_millis(200)).is_ok());
-        if admins_up && mqtt_probe("127.0.0.1:1883") {
+        if admins_up && cluster_formed("127.0.0.1:19101", 3) && mqtt_probe("127.0.0.1:1883") {
             break;
         }
         if Instant::now() > deadline
@@ -114,6 +140,29 @@ pub fn run(dir: &Path) -> ExitCode {
     stop_all(&mut children);
     println!("mqedge up: stopped");
     code
+}
+
+/// Whether node1's `/api/cluster` lists `n` nodes up.
+fn cluster_formed(admin: &str, n: usize) -> bool {
+    use std::io::{Read, Write};
+    let Ok(a) = admin.parse::<SocketAddr>() else {
+        return false;
+    };
+    let Ok(mut s) = TcpStream::connect_timeout(&a, Duration::from_millis(300)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    if s.write_all(
+        format!("GET /api/cluster HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n")
+            .as_bytes(),
+    )
+    .is_err()
+    {
+        return false;
+    }
+    let mut body = String::new();
+    let _ = s.read_to_string(&mut body);
+    body.matches("\"state\":\"up\"").count() >= n
 }
 
 /// One MQTT CONNECT → CONNACK round trip (client id `mqedge-up-probe`).

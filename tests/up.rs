@@ -1,6 +1,7 @@
-//! `mqedge up` as a new user runs it: dev certs generated, LB + node1 started, a TLS
-//! `mosquitto_sub` with the generated client certificate on 8883 receives what `mosquitto_pub`
-//! sends on 1883, and Ctrl-C (SIGINT) stops everything, leaving no process behind.
+//! `mqedge up` as a new user runs it: dev certs generated, the LB and three clustered nodes
+//! started, a TLS `mosquitto_sub` with the generated client certificate on 8883 receives what
+//! `mosquitto_pub` sends on 1883 — with client ids that hash to different nodes, so the message
+//! crosses the cluster — and Ctrl-C (SIGINT) stops everything, leaving no process behind.
 
 mod common;
 
@@ -33,6 +34,10 @@ fn up_runs_the_local_topology_and_ctrl_c_stops_it() {
         sub_line.contains(&certs.join("client.pem").display().to_string()),
         "{sub_line}"
     );
+
+    let names = ["node1", "node2", "node3"];
+    let sub_id = id_for("node1", &names, "up-sub");
+    let pub_id = id_for("node2", &names, "up-pub");
     let c = |f: &str| certs.join(f).display().to_string();
     let mut sub = Command::new(which("mosquitto_sub"));
     sub.args([
@@ -44,10 +49,10 @@ fn up_runs_the_local_topology_and_ctrl_c_stops_it() {
         &c("ca.pem"),
         "--cert",
         &c("client.pem"),
-        "--key",
-        &c("client.key"),
     ])
     .args([
+        "--key",
+        &c("client.key"),
         "-t",
         "demo/#",
         "-v",
@@ -56,13 +61,13 @@ fn up_runs_the_local_topology_and_ctrl_c_stops_it() {
         "-W",
         "15",
         "-i",
-        "up-tls-sub",
+        &sub_id,
     ]);
     let mut sub = Proc::spawn("sub", sub);
     // node1 sees the TLS client through the LB: PROXY v2, the certificate CN as username
-    let admin = "127.0.0.1:19101".parse().unwrap();
+    let admin1 = "127.0.0.1:19101".parse().unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while http("GET", admin, "/api/clients/up-tls-sub").0 != 200 {
+    while http("GET", admin1, &format!("/api/clients/{sub_id}")).0 != 200 {
         assert!(
             std::time::Instant::now() < deadline,
             "subscriber never reached node1: {}",
@@ -70,9 +75,18 @@ fn up_runs_the_local_topology_and_ctrl_c_stops_it() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    let v = get_json(admin, "/api/clients/up-tls-sub");
+    let v = get_json(admin1, &format!("/api/clients/{sub_id}"));
     assert_eq!(v["username"], "dev-client", "{v}");
     assert_eq!(v["node"], "node1");
+    let cluster = get_json(admin1, "/api/cluster");
+    let up_nodes = cluster["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|n| n["state"] == "up")
+        .count();
+    assert_eq!(up_nodes, 3, "{cluster}");
+
     let deadline = std::time::Instant::now() + Duration::from_secs(12);
     while sub.count_log("demo/hello") == 0 && std::time::Instant::now() < deadline {
         let _ = Command::new(which("mosquitto_pub"))
@@ -81,30 +95,42 @@ fn up_runs_the_local_topology_and_ctrl_c_stops_it() {
                 "127.0.0.1",
                 "-p",
                 "1883",
+                "-i",
+                &pub_id,
                 "-t",
                 "demo/hello",
                 "-m",
-                "hello from plain MQTT",
+                "hello across nodes",
             ])
             .output();
         std::thread::sleep(Duration::from_millis(300));
     }
     sub.wait_exit(Duration::from_secs(2));
     assert!(
-        sub.logs().contains("demo/hello hello from plain MQTT"),
+        sub.logs().contains("demo/hello hello across nodes"),
         "sub: {}\nup: {}",
         sub.logs(),
+        up.logs()
+    );
+    // the publisher really was on node2
+    assert!(
+        up.logs()
+            .lines()
+            .any(|l| l.contains("[node2]") && l.contains(&format!("client_id={pub_id} "))),
+        "{}",
         up.logs()
     );
 
     up.signal("INT");
     let st = up
-        .wait_exit(Duration::from_secs(15))
+        .wait_exit(Duration::from_secs(20))
         .expect("mqedge up did not stop on Ctrl-C");
     assert!(st.success(), "{st:?}");
     assert!(up.logs().contains("mqedge up: stopped"));
     // no child left behind: every port is free again
-    for port in [8883, 1883, 9100, 11883, 19101] {
+    for port in [
+        8883, 1883, 9100, 11883, 11884, 11885, 19101, 19102, 19103, 14371, 14372, 14373,
+    ] {
         assert!(
             std::net::TcpListener::bind(("127.0.0.1", port)).is_ok(),
             "port {port} still taken after Ctrl-C"
