@@ -18,22 +18,21 @@ use common::*;
 /// The script's own checks are bounded and take well under a minute; this is the backstop.
 const SCRIPT_TIMEOUT: Duration = Duration::from_secs(120);
 
-fn python() -> &'static str {
-    "python3"
-}
+/// The interpreter `.ci/run` installs paho-mqtt for.
+const PYTHON: &str = "python3";
 
 fn require_paho() {
-    let out = Command::new(python())
+    let out = Command::new(PYTHON)
         .args([
             "-c",
             "import paho.mqtt.client as m; assert hasattr(m, 'CallbackAPIVersion')",
         ])
         .output()
-        .unwrap_or_else(|e| panic!("cannot run {}: {e}", python()));
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", PYTHON));
     assert!(
         out.status.success(),
         "paho-mqtt 2.x is not importable by {} (pip install paho-mqtt; .ci/run installs it):\n{}",
-        python(),
+        PYTHON,
         String::from_utf8_lossy(&out.stderr)
     );
 }
@@ -41,7 +40,7 @@ fn require_paho() {
 /// Runs the script to completion or kills it at `timeout`; (exit status, stdout + stderr).
 fn run_script(host: &str, port: u16, timeout: Duration) -> (Option<i32>, String) {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/interop/paho_interop.py");
-    let mut child = Command::new(python())
+    let mut child = Command::new(PYTHON)
         .arg("-u")
         .arg(script)
         .arg(host)
@@ -97,9 +96,14 @@ fn paho_v311_and_v5_interoperate() {
     require_paho();
     let dir = TempDir::new("paho");
     let cfg = dir.write("b.toml", &broker_config("127.0.0.1:0", "", ""));
-    let broker = BrokerProc::start(&cfg);
+    let mut broker = BrokerProc::start(&cfg);
     let addr = broker.addr();
     let (status, output) = run_script(&addr.ip().to_string(), addr.port(), SCRIPT_TIMEOUT);
+    // a broker that died mid-run shows up as a cascade of refused connections: say so first
+    let broker_state = match broker.proc.child.try_wait() {
+        Ok(Some(exit)) => format!("the broker EXITED during the run ({exit})"),
+        _ => "the broker is still running".to_string(),
+    };
     // the check names only; the reasons are in the script output below
     let failed: Vec<&str> = output
         .lines()
@@ -108,8 +112,8 @@ fn paho_v311_and_v5_interoperate() {
         .collect();
     assert!(
         status == Some(0) && failed.is_empty(),
-        "paho interop failed: {} (exit {status:?}; None = killed after {SCRIPT_TIMEOUT:?})\n\
-         --- script output ---\n{output}\n--- broker log (tail) ---\n{}",
+        "paho interop failed: {} (exit {status:?}; None = killed after {SCRIPT_TIMEOUT:?}); \
+         {broker_state}\n--- script output ---\n{output}\n--- broker log (tail) ---\n{}",
         if failed.is_empty() {
             "the script did not finish cleanly".to_string()
         } else {
