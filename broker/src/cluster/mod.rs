@@ -46,8 +46,12 @@ pub struct PeerStatus {
     pub addr: SocketAddr,
 }
 
+/// The outgoing side of a peer channel. Control frames (routes, acks, sessions) are never
+/// dropped; forwarded publishes are bounded by [`PEER_QUEUE`] per peer (over it they are dropped
+/// and counted — a QoS 1/2 publisher then gets no ack and publishes again).
 struct Peer {
-    tx: mpsc::Sender<Frame>,
+    tx: mpsc::UnboundedSender<Frame>,
+    queued_forwards: Arc<std::sync::atomic::AtomicUsize>,
     addr: SocketAddr,
 }
 
@@ -185,10 +189,10 @@ impl Cluster {
                 .self_node_state()
                 .set("leaving", "true");
         }
-        let peers: Vec<mpsc::Sender<Frame>> =
+        let peers: Vec<mpsc::UnboundedSender<Frame>> =
             lock(&self.peers).values().map(|p| p.tx.clone()).collect();
         for p in peers {
-            let _ = p.try_send(Frame::Leave);
+            let _ = p.send(Frame::Leave);
         }
         // let one gossip round and the Leave frames go out
         tokio::time::sleep(GOSSIP_INTERVAL * 2).await;
@@ -276,21 +280,23 @@ impl Cluster {
     /// Opens (or replaces) the outgoing channel to a peer: Hello, then a snapshot of our routes
     /// and retained messages, then whatever is queued later (deltas, forwards, replies).
     fn connect_peer(self: &Arc<Self>, n: Arc<str>, addr: SocketAddr) {
-        let (tx, rx) = mpsc::channel(PEER_QUEUE);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let queued_forwards = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         // snapshot and registration under the local-routes lock: no delta can slip between
         {
             let local = lock(&self.local);
-            let _ = tx.try_send(Frame::Hello {
+            let _ = tx.send(Frame::Hello {
                 node: self.node.to_string(),
                 epoch: self.epoch,
             });
-            let _ = tx.try_send(Frame::RoutesReset {
+            let _ = tx.send(Frame::RoutesReset {
                 filters: local.keys().cloned().collect(),
             });
             lock(&self.peers).insert(
                 n.clone(),
                 Peer {
                     tx: tx.clone(),
+                    queued_forwards: queued_forwards.clone(),
                     addr,
                 },
             );
@@ -304,12 +310,12 @@ impl Cluster {
                 .map(|(_, m)| m.encode())
                 .collect();
             if !msgs.is_empty() {
-                let _ = tx.try_send(Frame::Retained { msgs });
+                let _ = tx.send(Frame::Retained { msgs });
             }
         }
         let me = self.clone();
         tokio::spawn(async move {
-            if let Err(e) = me.clone().write_loop(addr, rx).await {
+            if let Err(e) = me.clone().write_loop(addr, rx, queued_forwards).await {
                 tracing::debug!(node = %me.node, peer = %n, error = %e, "cluster: channel to peer closed");
             }
         });
@@ -318,7 +324,8 @@ impl Cluster {
     async fn write_loop(
         self: Arc<Self>,
         addr: SocketAddr,
-        mut rx: mpsc::Receiver<Frame>,
+        mut rx: mpsc::UnboundedReceiver<Frame>,
+        queued_forwards: Arc<std::sync::atomic::AtomicUsize>,
     ) -> std::io::Result<()> {
         let mut s = None;
         for i in 0..20 {
@@ -338,17 +345,23 @@ impl Cluster {
         };
         let _ = s.set_nodelay(true);
         let mut buf = Vec::with_capacity(64 * 1024);
+        let count = |f: &Frame| usize::from(matches!(f, Frame::Forward { .. }));
         while let Some(f) = rx.recv().await {
             buf.clear();
+            let mut forwards = count(&f);
             encode(&f, &mut buf);
             // batch whatever else is queued (up to ~1 MiB per write)
             while buf.len() < (1 << 20) {
                 match rx.try_recv() {
-                    Ok(f) => encode(&f, &mut buf),
+                    Ok(f) => {
+                        forwards += count(&f);
+                        encode(&f, &mut buf);
+                    }
                     Err(_) => break,
                 }
             }
             s.write_all(&buf).await?;
+            queued_forwards.fetch_sub(forwards, Ordering::Relaxed);
         }
         Ok(())
     }
@@ -393,11 +406,21 @@ impl Cluster {
     }
 
     fn send_to(&self, n: &str, f: Frame) -> bool {
-        let tx = lock(&self.peers).get(n).map(|p| p.tx.clone());
-        match tx {
-            Some(tx) => tx.try_send(f).is_ok(),
-            None => false,
+        let peers = lock(&self.peers);
+        let Some(p) = peers.get(n) else { return false };
+        if matches!(f, Frame::Forward { .. }) {
+            // bounded data: a peer that cannot keep up loses forwards, never control frames
+            if p.queued_forwards.fetch_add(1, Ordering::Relaxed) >= PEER_QUEUE {
+                p.queued_forwards.fetch_sub(1, Ordering::Relaxed);
+                return false;
+            }
+            if p.tx.send(f).is_err() {
+                p.queued_forwards.fetch_sub(1, Ordering::Relaxed);
+                return false;
+            }
+            return true;
         }
+        p.tx.send(f).is_ok()
     }
 
     async fn handle(self: &Arc<Self>, n: Arc<str>, f: Frame) {
@@ -504,7 +527,7 @@ impl Cluster {
     /// Sends to every peer (callers hold `local` when order with snapshots matters).
     fn broadcast_locked(&self, f: Frame) {
         for p in lock(&self.peers).values() {
-            let _ = p.tx.try_send(f.clone());
+            let _ = p.tx.send(f.clone());
         }
     }
 
@@ -514,7 +537,7 @@ impl Cluster {
             msgs: vec![m.encode()],
         };
         for p in lock(&self.peers).values() {
-            let _ = p.tx.try_send(f.clone());
+            let _ = p.tx.send(f.clone());
         }
     }
 
@@ -558,9 +581,16 @@ impl Cluster {
             self.forwarded_bytes.inc_by(msg.len() as u64);
             rx
         } else {
-            // no channel: the node is down or not yet connected; its routes go with it
             lock(&self.waiting).remove(&id);
-            None
+            if lock(&self.peers).contains_key(&**n) {
+                // the peer is there but its queue is full: a QoS 1/2 publisher must not be
+                // acknowledged (its receiver fails at once); QoS 0 is dropped, as under overload
+                tracing::warn!(node = %self.node, peer = %n, "cluster: forward queue full, message not forwarded");
+                want_ack.then(|| oneshot::channel().1)
+            } else {
+                // no channel: the node is down or not yet connected; its routes go with it
+                None
+            }
         }
     }
 
