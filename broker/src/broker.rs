@@ -755,12 +755,26 @@ impl Broker {
                 self.metrics.takeovers.inc();
             }
             (!clean_start && st.persistent()).then(|| {
+                // in-flight messages keep their packet id and state (MQTT-4.4.0-1: they are
+                // resent with DUP, PUBREL for those past PUBREC); then the queue
+                let tag = |kind: u8, pid: u16, o: &Outgoing| {
+                    let mut v = vec![kind];
+                    v.extend_from_slice(&pid.to_be_bytes());
+                    v.extend_from_slice(&encode_outgoing(o));
+                    v
+                };
                 let queued: Vec<Vec<u8>> = st
                     .inflight
                     .iter()
-                    .map(|(_, _, o)| o)
-                    .chain(st.queue.iter())
-                    .map(encode_outgoing)
+                    .map(|(pid, state, o)| {
+                        let kind = match state {
+                            crate::session::Await::PubAck => 1,
+                            crate::session::Await::PubRec => 2,
+                            crate::session::Await::PubComp => 3,
+                        };
+                        tag(kind, *pid, o)
+                    })
+                    .chain(st.queue.iter().map(|o| tag(0, 0, o)))
                     .collect();
                 (st.encode(), queued)
             })
@@ -777,7 +791,11 @@ impl Broker {
         };
         let mut ops = Vec::new();
         for q in queued {
-            if let Some(mut o) = decode_outgoing(q, 0) {
+            let (Some(&kind), Some(pid)) = (q.first(), q.get(1..3)) else {
+                continue;
+            };
+            let pid = u16::from_be_bytes([pid[0], pid[1]]);
+            if let Some(mut o) = decode_outgoing(&q[3..], 0) {
                 if self.store.is_some() && o.qos != QoS::AtMostOnce {
                     o.seq = st.next_seq;
                     st.next_seq += 1;
@@ -787,7 +805,16 @@ impl Broker {
                         value: encode_outgoing(&o),
                     });
                 }
-                st.queue.push_back(o);
+                let state = match kind {
+                    1 => Some(crate::session::Await::PubAck),
+                    2 => Some(crate::session::Await::PubRec),
+                    3 => Some(crate::session::Await::PubComp),
+                    _ => None,
+                };
+                match state {
+                    Some(state) => st.inflight.push_back((pid, state, o)),
+                    None => st.queue.push_back(o),
+                }
             }
         }
         let subs: Vec<(String, Sub)> = st.subs.iter().map(|(f, s)| (f.clone(), *s)).collect();

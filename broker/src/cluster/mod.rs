@@ -53,6 +53,8 @@ struct Peer {
     tx: mpsc::UnboundedSender<Frame>,
     queued_forwards: Arc<std::sync::atomic::AtomicUsize>,
     addr: SocketAddr,
+    /// The peer's incarnation (chitchat generation): a restarted node gets a fresh channel.
+    generation: u64,
 }
 
 /// This node's view of the cluster.
@@ -68,7 +70,8 @@ pub struct Cluster {
     pub routes: Router<Arc<str>>,
     node_filters: Mutex<HashMap<Arc<str>, HashSet<String>>>,
     local: Mutex<HashMap<String, u32>>,
-    waiting: Mutex<HashMap<u64, oneshot::Sender<Frame>>>,
+    /// Answers awaited from peers (forward acks, session handovers), by request id.
+    waiting: Mutex<HashMap<u64, Waiter>>,
     next_id: AtomicU64,
     broker: OnceLock<Weak<Broker>>,
     forwarded: Counter,
@@ -77,6 +80,12 @@ pub struct Cluster {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// An answer awaited from one peer.
+struct Waiter {
+    peer: Arc<str>,
+    tx: oneshot::Sender<Frame>,
 }
 
 /// Errors starting the cluster layer.
@@ -207,11 +216,16 @@ impl Cluster {
         mut stop: watch::Receiver<bool>,
     ) {
         loop {
-            let now: HashMap<Arc<str>, SocketAddr> = live
+            let now: HashMap<Arc<str>, (SocketAddr, u64)> = live
                 .borrow_and_update()
                 .keys()
                 .filter(|id| *id.node_id != *self.node)
-                .map(|id| (id.node_id.clone(), id.gossip_advertise_addr))
+                .map(|id| {
+                    (
+                        id.node_id.clone(),
+                        (id.gossip_advertise_addr, id.generation_id),
+                    )
+                })
                 .collect();
             self.apply_membership(now);
             tokio::select! {
@@ -223,7 +237,7 @@ impl Cluster {
         }
     }
 
-    fn apply_membership(self: &Arc<Self>, live: HashMap<Arc<str>, SocketAddr>) {
+    fn apply_membership(self: &Arc<Self>, live: HashMap<Arc<str>, (SocketAddr, u64)>) {
         // gone: drop routes and channel
         let gone: Vec<Arc<str>> = lock(&self.status)
             .iter()
@@ -233,16 +247,25 @@ impl Cluster {
         for n in gone {
             self.node_down(&n, "failure detector");
         }
-        for (n, addr) in live {
-            let need = {
+        for (n, (addr, generation)) in live {
+            let (need, restarted) = {
                 let peers = lock(&self.peers);
                 match peers.get(&n) {
-                    Some(p) => p.tx.is_closed() || p.addr != addr,
-                    None => true,
+                    Some(p) => (
+                        p.tx.is_closed() || p.addr != addr || p.generation != generation,
+                        p.generation != generation,
+                    ),
+                    None => (true, false),
                 }
             };
+            if restarted {
+                // a new incarnation (restarted before the detector noticed): what the old one
+                // owed us will never come
+                tracing::info!(node = %self.node, peer = %n, "cluster: peer restarted; reconnecting");
+                self.release_waiters(&n);
+            }
             if need {
-                self.connect_peer(n.clone(), addr);
+                self.connect_peer(n.clone(), addr, generation);
             }
             let mut st = lock(&self.status);
             let e = st
@@ -265,8 +288,28 @@ impl Cluster {
         };
         lock(&self.peers).remove(n);
         self.drop_routes(n);
+        self.release_waiters(n);
         if was_up {
             tracing::warn!(node = %self.node, peer = %n, "cluster: peer down ({why}); its routes dropped");
+        }
+    }
+
+    /// Answers everything still awaited from a peer that is gone: a forward to it counts as
+    /// done (its subscribers went with it), a session request as "not there".
+    fn release_waiters(&self, n: &str) {
+        let gone: Vec<(u64, Waiter)> = {
+            let mut w = lock(&self.waiting);
+            let ids: Vec<u64> = w
+                .iter()
+                .filter(|(_, x)| &*x.peer == n)
+                .map(|(id, _)| *id)
+                .collect();
+            ids.into_iter()
+                .filter_map(|id| w.remove(&id).map(|x| (id, x)))
+                .collect()
+        };
+        for (id, w) in gone {
+            let _ = w.tx.send(Frame::Session { id, export: None });
         }
     }
 
@@ -279,7 +322,7 @@ impl Cluster {
 
     /// Opens (or replaces) the outgoing channel to a peer: Hello, then a snapshot of our routes
     /// and retained messages, then whatever is queued later (deltas, forwards, replies).
-    fn connect_peer(self: &Arc<Self>, n: Arc<str>, addr: SocketAddr) {
+    fn connect_peer(self: &Arc<Self>, n: Arc<str>, addr: SocketAddr, generation: u64) {
         let (tx, rx) = mpsc::unbounded_channel();
         let queued_forwards = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         // snapshot and registration under the local-routes lock: no delta can slip between
@@ -298,6 +341,7 @@ impl Cluster {
                     tx: tx.clone(),
                     queued_forwards: queued_forwards.clone(),
                     addr,
+                    generation,
                 },
             );
         }
@@ -468,7 +512,7 @@ impl Cluster {
                     _ => 0,
                 };
                 if let Some(w) = lock(&self.waiting).remove(&id) {
-                    let _ = w.send(f);
+                    let _ = w.tx.send(f);
                 }
             }
             Frame::Retained { msgs } => {
@@ -564,7 +608,13 @@ impl Cluster {
         };
         let rx = want_ack.then(|| {
             let (tx, rx) = oneshot::channel();
-            lock(&self.waiting).insert(id, tx);
+            lock(&self.waiting).insert(
+                id,
+                Waiter {
+                    peer: n.clone(),
+                    tx,
+                },
+            );
             rx
         });
         let sent = self.send_to(
@@ -605,7 +655,13 @@ impl Cluster {
         for n in peers {
             let id = self.next_id.fetch_add(1, Ordering::Relaxed);
             let (tx, rx) = oneshot::channel();
-            lock(&self.waiting).insert(id, tx);
+            lock(&self.waiting).insert(
+                id,
+                Waiter {
+                    peer: n.clone(),
+                    tx,
+                },
+            );
             if self.send_to(
                 &n,
                 Frame::TakeSession {
