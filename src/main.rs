@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+mod bench;
 mod up;
 
 #[derive(Parser)]
@@ -64,6 +65,11 @@ enum Cmd {
         #[arg(short, long)]
         config: PathBuf,
     },
+    /// Load generator: pub/sub message rates and latency, connect storms, held connections.
+    Bench {
+        #[command(subcommand)]
+        cmd: bench::BenchCmd,
+    },
     /// Generate a dev CA, a server certificate and client certificates (PEM, ECDSA P-256).
     Certs {
         /// Output directory.
@@ -111,6 +117,7 @@ fn main() -> ExitCode {
         Cmd::Broker { config } => run_broker(&config),
         Cmd::Passwd { file, user } => passwd(&file, &user),
         Cmd::Up { dir } => up::run(&dir),
+        Cmd::Bench { cmd } => bench::run(cmd),
         Cmd::Certs {
             out,
             client_cn,
