@@ -28,6 +28,9 @@ use crate::session::{
 use crate::store::{Op, Store, StoreError, Table};
 
 const SHARDS: usize = 32;
+/// How far past `max_offline_messages` a connected session's backlog may grow while its
+/// publishers are held back, before the oldest messages are dropped.
+pub const OVERFLOW_FACTOR: usize = 4;
 
 /// Errors starting a broker.
 #[derive(Debug, thiserror::Error)]
@@ -105,6 +108,8 @@ pub struct Published {
     pub ops: Vec<Op>,
     /// Acks of forwarded copies (QoS 1/2).
     pub acks: Vec<oneshot::Receiver<Frame>>,
+    /// Connected sessions whose backlog is over the limit: the publisher waits for them.
+    pub congested: Vec<Arc<Session>>,
 }
 
 fn shard_of(s: &str) -> usize {
@@ -574,7 +579,9 @@ impl Broker {
         let mut m = Matches::default();
         self.router.matches(&msg.topic, &mut m);
         for (client, opts) in &m.direct {
-            self.deliver(client, &msg, opts, false, &mut out.ops);
+            if let Some(c) = self.deliver(client, &msg, opts, false, &mut out.ops) {
+                out.congested.push(c);
+            }
         }
         // $SYS stays on its node
         let remote = match cluster {
@@ -598,7 +605,9 @@ impl Broker {
         for ((group, filter), (local, nodes)) in groups {
             match self.choose_shared(&group, &filter, &local, &nodes) {
                 Some(Target::Local(client, opts)) => {
-                    self.deliver(&client, &msg, &opts, false, &mut out.ops)
+                    if let Some(c) = self.deliver(&client, &msg, &opts, false, &mut out.ops) {
+                        out.congested.push(c);
+                    }
                 }
                 Some(Target::Node(n)) => remote_shared.entry(n).or_default().push((group, filter)),
                 None => {}
@@ -678,7 +687,7 @@ impl Broker {
         self.router.matches(&msg.topic, &mut m);
         if direct {
             for (client, opts) in &m.direct {
-                self.deliver(client, &msg, opts, false, &mut ops);
+                let _ = self.deliver(client, &msg, opts, false, &mut ops);
             }
         }
         for (group, filter) in shared {
@@ -688,7 +697,7 @@ impl Broker {
                 .find(|g| g.group == *group && g.filter == *filter)
             {
                 if let Some((client, opts)) = self.pick_shared(group, filter, &g.members) {
-                    self.deliver(&client, &msg, &opts, false, &mut ops);
+                    let _ = self.deliver(&client, &msg, &opts, false, &mut ops);
                 }
             }
         }
@@ -903,12 +912,12 @@ impl Broker {
         opts: &SubOptions,
         as_retained: bool,
         ops: &mut Vec<Op>,
-    ) {
+    ) -> Option<Arc<Session>> {
         if opts.no_local && *msg.publisher == *client {
-            return;
+            return None;
         }
         let Some(s) = self.session(client) else {
-            return;
+            return None;
         };
         let qos = msg
             .qos
@@ -916,12 +925,12 @@ impl Broker {
         let mut st = s.lock();
         if let Some(acl) = &self.auth.acl {
             if !acl.check(st.username.as_deref(), client, &msg.topic, Access::Read) {
-                return;
+                return None;
             }
         }
         let online = st.conn.is_some();
         if !online && (!st.persistent() || qos == QoS::AtMostOnce) {
-            return;
+            return None;
         }
         let mut seq = 0;
         if qos != QoS::AtMostOnce && st.persistent() && self.store.is_some() {
@@ -948,8 +957,16 @@ impl Broker {
         }
         st.queue.push_back(out);
         let limit = self.cfg.limits.max_offline_messages.max(1);
-        while st.queue.len() > limit {
-            // drop the oldest; QoS 0 first would be kinder but the spec'd limit is per session
+        // a connected subscriber that falls behind holds its publishers back (they wait for
+        // `space` before reading more) instead of losing messages; only far past the limit, or
+        // for an offline session, the oldest are dropped
+        let hard = if online {
+            limit.saturating_mul(OVERFLOW_FACTOR)
+        } else {
+            limit
+        };
+        let congested = online && st.queue.len() >= limit;
+        while st.queue.len() > hard {
             if let Some(old) = st.queue.pop_front() {
                 self.metrics.dropped("queue_full");
                 if old.seq != 0 {
@@ -964,6 +981,7 @@ impl Broker {
         if online {
             s.notify.notify_one();
         }
+        congested.then_some(s)
     }
 
     /// Adds a subscription for a session; returns whether it is new (for Retain Handling 1).

@@ -26,6 +26,8 @@ use crate::topic::{parse_shared, valid_topic_filter, valid_topic_name};
 
 /// Topic aliases a v5 client may use towards us.
 pub const TOPIC_ALIAS_MAX: u16 = 1024;
+/// Longest a publisher is held back by one congested subscriber before it goes on.
+const CONGESTION_WAIT: Duration = Duration::from_secs(2);
 /// Stop pulling from the session queue while this much is waiting to be written.
 const OUT_HIGH: usize = 64 * 1024;
 /// Time allowed for the first packet (CONNECT) after TCP/PROXY.
@@ -520,7 +522,11 @@ impl Conn {
                 acked.push(o.seq);
             }
         }
+        let backlog = st.queue.len();
         drop(st);
+        if backlog <= self.b.cfg.limits.max_offline_messages / 2 {
+            self.s.space.notify_waiters();
+        }
         for seq in acked {
             self.b.acked(&self.s.client_id, seq);
         }
@@ -724,6 +730,34 @@ impl Conn {
                             reason::SERVER_BUSY,
                             "a cluster peer did not acknowledge a forwarded message".into(),
                         ))
+                    }
+                }
+            }
+            // server-side flow control: a connected subscriber far behind holds this publisher
+            // back (no PUBACK, no further reads) until its backlog halves, bounded in time
+            let limit = self.b.cfg.limits.max_offline_messages.max(1);
+            for c in published.congested {
+                if Arc::ptr_eq(&c, &self.s) {
+                    continue;
+                }
+                let deadline = tokio::time::Instant::now() + CONGESTION_WAIT;
+                loop {
+                    let space = c.space.notified();
+                    tokio::pin!(space);
+                    space.as_mut().enable();
+                    let backlog = {
+                        let st = c.lock();
+                        if st.conn.is_some() {
+                            st.queue.len()
+                        } else {
+                            0
+                        }
+                    };
+                    if backlog < limit / 2 + 1 {
+                        break;
+                    }
+                    if tokio::time::timeout_at(deadline, space).await.is_err() {
+                        break;
                     }
                 }
             }

@@ -209,6 +209,9 @@ pub struct Session {
     pub state: Mutex<State>,
     /// Rung when something was queued (or must be resent).
     pub notify: Notify,
+    /// Rung when the queue of a connected session drained below half its limit: publishers
+    /// held back by this session's backlog continue (server-side flow control).
+    pub space: Notify,
 }
 
 impl Session {
@@ -218,6 +221,7 @@ impl Session {
             client_id,
             state: Mutex::new(State::new()),
             notify: Notify::new(),
+            space: Notify::new(),
         }
     }
 
@@ -227,6 +231,7 @@ impl Session {
             client_id,
             state: Mutex::new(st),
             notify: Notify::new(),
+            space: Notify::new(),
         }
     }
 

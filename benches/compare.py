@@ -1,0 +1,600 @@
+#!/usr/bin/env python3
+"""Runs mqedge side by side with HAProxy, NGINX and Mosquitto on this machine, with
+`mqedge bench` as the client, and writes docs/benchmarks.md and docs/benchmarks.svg.
+
+Called by benches/compare.sh (which installs the peers and builds mqedge). Every figure is
+measured in the same run; each row gives mqedge's figure, the peer's, the ratio and whether the
+target of issue 7 is met.
+"""
+import argparse
+import datetime
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MQ = os.path.join(ROOT, "target", "release", "mqedge")
+WORK = tempfile.mkdtemp(prefix="mqedge-compare-")
+PROCS = []
+COMMANDS = []
+
+
+def log(*a):
+    print("[compare]", *a, file=sys.stderr, flush=True)
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
+
+
+def wait_port(port, host="127.0.0.1", timeout=20.0):
+    end = time.time() + timeout
+    while time.time() < end:
+        try:
+            socket.create_connection((host, port), timeout=0.3).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on {host}:{port}")
+
+
+class Proc:
+    """A server under test; RSS is summed over the process and its children (nginx workers)."""
+
+    def __init__(self, name, cmd, env=None):
+        self.name = name
+        logf = open(os.path.join(WORK, f"{name}.log"), "w")
+        e = dict(os.environ)
+        e.update(env or {})
+        self.p = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=e,
+                                  start_new_session=True)
+        PROCS.append(self)
+
+    def pids(self):
+        out = [self.p.pid]
+        try:
+            kids = subprocess.run(["pgrep", "-P", str(self.p.pid)], capture_output=True, text=True).stdout
+            out += [int(x) for x in kids.split()]
+        except Exception:
+            pass
+        return out
+
+    def rss_kb(self):
+        total = 0
+        for pid in self.pids():
+            try:
+                with open(f"/proc/{pid}/status") as f:
+                    for line in f:
+                        if line.startswith("VmRSS:"):
+                            total += int(line.split()[1])
+            except OSError:
+                pass
+        return total
+
+    def stop(self):
+        if self.p.poll() is None:
+            try:
+                os.killpg(self.p.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            try:
+                self.p.wait(5)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.p.pid, signal.SIGKILL)
+                self.p.wait()
+
+
+def stop_all():
+    for p in reversed(PROCS):
+        p.stop()
+    PROCS.clear()
+
+
+def bench(args, timeout=600):
+    cmd = [MQ, "bench"] + args + ["--json"]
+    COMMANDS.append("mqedge bench " + " ".join(args) + " --json")
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    if r.returncode != 0:
+        raise RuntimeError(f"bench failed ({r.returncode}): {' '.join(cmd)}\n{r.stderr}")
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def bench_bg(args):
+    cmd = [MQ, "bench"] + args + ["--json"]
+    COMMANDS.append("mqedge bench " + " ".join(args) + " --json")
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def bg_result(p, timeout=600):
+    out, err = p.communicate(timeout=timeout)
+    if p.returncode != 0:
+        raise RuntimeError(f"bench failed: {err}")
+    return json.loads(out.strip().splitlines()[-1])
+
+
+# ---------- servers ----------
+
+def certs():
+    d = os.path.join(WORK, "certs")
+    subprocess.run([MQ, "certs", "--out", d], check=True, capture_output=True)
+    pem = os.path.join(d, "haproxy.pem")
+    with open(pem, "w") as f:
+        f.write(open(os.path.join(d, "server.pem")).read() + open(os.path.join(d, "server.key")).read())
+    return d
+
+
+def mosquitto(name, port):
+    conf = os.path.join(WORK, f"{name}.conf")
+    with open(conf, "w") as f:
+        f.write(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
+    p = Proc(name, ["mosquitto", "-c", conf])
+    wait_port(port)
+    return p
+
+
+def mqedge_broker(name, port, extra=""):
+    conf = os.path.join(WORK, f"{name}.toml")
+    with open(conf, "w") as f:
+        f.write(f'[node]\nname = "{name}"\n\n[[listener]]\nbind = "127.0.0.1:{port}"\n\n'
+                f'[auth]\nallow_anonymous = true\n\n[limits]\nmax_offline_messages = 100000\n{extra}\n')
+    p = Proc(name, [MQ, "broker", "-c", conf], env={"RUST_LOG": "warn"})
+    wait_port(port)
+    return p
+
+
+def mqedge_lb(port, backends, c):
+    conf = os.path.join(WORK, "lb.toml")
+    with open(conf, "w") as f:
+        f.write(f'''[lb]
+name = "bench-lb"
+workers = 1
+max_connections = 100000
+connect_timeout = "10s"
+
+[[listener]]
+name = "mqtts"
+bind = "127.0.0.1:{port}"
+[listener.tls]
+cert = "{c}/server.pem"
+key = "{c}/server.key"
+client_ca = "{c}/ca.pem"
+client_auth = "required"
+
+[balance]
+strategy = "source_ip"
+
+[health]
+kind = "tcp"
+interval = "2s"
+''')
+        for i, b in enumerate(backends):
+            f.write(f'\n[[backend]]\nname = "m{i}"\naddr = "127.0.0.1:{b}"\nproxy_protocol = "none"\n')
+    p = Proc("mqedge-lb", [MQ, "lb", "-c", conf], env={"RUST_LOG": "warn"})
+    wait_port(port)
+    return p
+
+
+def haproxy(port, backends, c):
+    conf = os.path.join(WORK, "haproxy.cfg")
+    servers = "".join(f"  server m{i} 127.0.0.1:{b}\n" for i, b in enumerate(backends))
+    with open(conf, "w") as f:
+        f.write(f"""global
+  nbthread 1
+  maxconn 100000
+  tune.ssl.default-dh-param 2048
+defaults
+  mode tcp
+  timeout connect 5s
+  timeout client 600s
+  timeout server 600s
+frontend mqtts
+  bind 127.0.0.1:{port} ssl crt {c}/haproxy.pem ca-file {c}/ca.pem verify required
+  default_backend brokers
+backend brokers
+  balance source
+  hash-type consistent
+{servers}""")
+    p = Proc("haproxy", ["haproxy", "-f", conf, "-db"])
+    wait_port(port)
+    return p
+
+
+def nginx(port, backends, c):
+    d = os.path.join(WORK, "nginx")
+    os.makedirs(d, exist_ok=True)
+    conf = os.path.join(d, "nginx.conf")
+    servers = "".join(f"    server 127.0.0.1:{b};\n" for b in backends)
+    with open(conf, "w") as f:
+        f.write(f"""load_module /usr/lib/nginx/modules/ngx_stream_module.so;
+worker_processes 1;
+worker_rlimit_nofile 20000;
+daemon off;
+pid {d}/nginx.pid;
+error_log {d}/error.log warn;
+events {{ worker_connections 20000; }}
+stream {{
+  upstream brokers {{
+    hash $remote_addr consistent;
+{servers}  }}
+  server {{
+    listen 127.0.0.1:{port} ssl;
+    ssl_certificate {c}/server.pem;
+    ssl_certificate_key {c}/server.key;
+    ssl_client_certificate {c}/ca.pem;
+    ssl_verify_client on;
+    proxy_timeout 600s;
+    proxy_pass brokers;
+  }}
+}}
+""")
+    p = Proc("nginx", ["nginx", "-c", conf, "-p", d])
+    wait_port(port)
+    return p
+
+
+# ---------- scenarios ----------
+
+def tls_args(port, c):
+    return ["-p", str(port), "--cafile", f"{c}/ca.pem", "--cert", f"{c}/client.pem", "--key", f"{c}/client.key"]
+
+
+def lb_rows(q, c):
+    rows = []
+    b1, b2 = free_port(), free_port()
+    backends = [mosquitto("mosq-b1", b1), mosquitto("mosq-b2", b2)]
+    fronts = {}
+    for name, start in (("mqedge lb", mqedge_lb), ("HAProxy", haproxy), ("NGINX", nginx)):
+        port = free_port()
+        fronts[name] = (start(port, [b1, b2], c), port)
+    res = {}
+    dur = "3s" if q else "10s"
+    n_conn = 300 if q else 3000
+    n_hold = 500 if q else 9900
+    for name, (proc, port) in fronts.items():
+        log("LB:", name)
+        r = {}
+        # memory first, on a fresh process (allocators keep what earlier scenarios used)
+        r["rss_per_conn_kb"] = hold_rss(proc, ["--clients", str(n_hold)] + tls_args(port, c))
+        conn = bench(["conn", "--clients", str(n_conn), "--concurrency", "32", "--close-each"] + tls_args(port, c))
+        r["handshakes"] = conn["connects_per_s"]
+        qos0 = bench(["pubsub", "--pubs", "4", "--subs", "1", "-q", "0", "-s", "64", "-d", dur,
+                      "--topic", "lb/%i", "--sub-topic", "lb/#"] + tls_args(port, c))
+        r["qos0"] = qos0["received"] / qos0["duration_s"]
+        qos1 = bench(["pubsub", "--pubs", "4", "--subs", "1", "-q", "1", "-s", "64", "-d", dur,
+                      "--topic", "lb1/%i", "--sub-topic", "lb1/#"] + tls_args(port, c))
+        r["qos1"] = qos1["received"] / qos1["duration_s"]
+        fixed = bench(["pubsub", "--pubs", "4", "--subs", "1", "-q", "0", "-s", "64", "-d", dur,
+                       "--rate", "5000", "--topic", "lbr/%i", "--sub-topic", "lbr/#"] + tls_args(port, c))
+        r["p99_20k"] = fixed["latency_us"]["p99"]
+        res[name] = r
+    for p in list(fronts.values()):
+        p[0].stop()
+    for b in backends:
+        b.stop()
+    m = res["mqedge lb"]
+    for peer in ("HAProxy", "NGINX"):
+        o = res[peer]
+        rows.append(("LB", f"full TLS 1.3 handshakes/s, client certs required (1 worker) vs {peer}",
+                     m["handshakes"], o["handshakes"], "≥ 2×" if peer == "HAProxy" else "", 2.0 if peer == "HAProxy" else None, True))
+        rows.append(("LB", f"RSS per idle TLS connection, KiB ({n_hold} held) vs {peer}",
+                     m["rss_per_conn_kb"], o["rss_per_conn_kb"], "≤ 1/3" if peer == "HAProxy" else "", 1 / 3 if peer == "HAProxy" else None, False))
+        rows.append(("LB", f"QoS 0 delivered msg/s through the LB to Mosquitto vs {peer}",
+                     m["qos0"], o["qos0"], "≥ 1.1×" if peer == "HAProxy" else "", 1.1 if peer == "HAProxy" else None, True))
+        rows.append(("LB", f"QoS 1 delivered msg/s through the LB vs {peer}", m["qos1"], o["qos1"], "", None, True))
+        rows.append(("LB", f"p99 latency at 20k msg/s, µs vs {peer}",
+                     m["p99_20k"], o["p99_20k"], "≤ 1×" if peer == "HAProxy" else "", 1.0 if peer == "HAProxy" else None, False))
+    return rows
+
+
+def hold_rss(proc, args):
+    """KiB of server RSS per idle connection: N connections held, peak RSS minus RSS before."""
+    time.sleep(0.5)
+    base = proc.rss_kb()
+    hold = bench_bg(["hold", "--duration", "4s", "--concurrency", "200", "--src", "127.0.0.1-127.0.0.40"] + args)
+    peak = base
+    while hold.poll() is None:
+        peak = max(peak, proc.rss_kb())
+        time.sleep(0.2)
+    held = bg_result(hold)
+    n = held.get("connections") or held.get("held") or held.get("clients") or 1
+    return (peak - base) / max(1, n)
+
+
+def split_pubsub(port, pubs, subs, qos, dur, rate, topic, shared=None):
+    """Subscribers and publishers in two processes (so neither starves the other), publishers at
+    `rate` msg/s each (0 = as fast as they can). Returns sent/received/duration/latency."""
+    secs = float(dur[:-1])
+    sub_args = ["sub", "-p", str(port), "--clients", str(subs), "--topic", f"{topic}/#", "-q", str(qos),
+                "-d", f"{secs + 4:g}s"]
+    if shared:
+        sub_args += ["--shared", shared]
+    sub = bench_bg(sub_args)
+    time.sleep(1.5)
+    pub = bench(["pub", "-p", str(port), "--clients", str(pubs), "-q", str(qos), "-s", "64", "-d", dur,
+                 "--rate", str(rate), "--topic", f"{topic}/%i"])
+    got = bg_result(sub)
+    return {"sent": pub["sent"], "received": got["received"], "duration_s": pub["duration_s"],
+            "latency_us": got["latency_us"]}
+
+
+def broker_rows(q):
+    rate_fanin = 30000
+    rate_fanout = 3000
+    rows = []
+    dur = "3s" if q else "10s"
+    n_hold = 500 if q else 9900
+    res = {}
+    for name in ("mqedge broker", "Mosquitto"):
+        log("broker:", name)
+        port = free_port()
+        proc = mqedge_broker("node-bench", port) if name == "mqedge broker" else mosquitto("mosq-bench", port)
+        r = {}
+        r["rss_per_conn_kb"] = hold_rss(proc, ["-p", str(port), "--clients", str(n_hold)])
+        f0 = split_pubsub(port, pubs=10, subs=1, qos=0, dur=dur, rate=rate_fanin, topic="in")
+        r["fanin0"] = f0["received"] / f0["duration_s"]
+        f1 = split_pubsub(port, pubs=10, subs=2, qos=1, dur=dur, rate=0, topic="in1", shared="g")
+        r["fanin1"] = f1["received"] / f1["duration_s"]
+        r["fanin1_loss"] = max(0, f1["sent"] - f1["received"]) / max(1, f1["sent"])
+        fo = split_pubsub(port, pubs=1, subs=100, qos=0, dur=dur, rate=rate_fanout, topic="out")
+        r["fanout"] = fo["received"] / fo["duration_s"]
+        r["lat_p99"] = f0["latency_us"]["p99"]
+        res[name] = r
+        proc.stop()
+    m, o = res["mqedge broker"], res["Mosquitto"]
+    rows.append(("Broker", "QoS 0 fan-in, 10 publishers → 1 subscriber, 64 B, delivered msg/s", m["fanin0"], o["fanin0"], "≥ 1.5×", 1.5, True))
+    rows.append(("Broker", f"QoS 1 fan-in, 10 publishers → $share group of 2, delivered msg/s (loss: mqedge {m['fanin1_loss']:.1%}, Mosquitto {o['fanin1_loss']:.1%})",
+                 m["fanin1"], o["fanin1"], "≥ 3×, zero loss", 3.0, True))
+    rows.append(("Broker", "fan-out 1 → 100 subscribers, delivered msg/s", m["fanout"], o["fanout"], "≥ 1.2×", 1.2, True))
+    rows.append(("Broker", "QoS 0 fan-in p99 latency, µs", m["lat_p99"], o["lat_p99"], "", None, False))
+    rows.append(("Broker", f"RSS per idle connection, KiB ({n_hold} held; target ≤ 4 KiB absolute)", m["rss_per_conn_kb"], o["rss_per_conn_kb"], "≤ 4 KiB", ("abs", 4.0), False))
+    return rows, m
+
+
+def subscribe_many(port, n, per_packet=1000):
+    """One raw MQTT 3.1.1 connection subscribing n filters `dev/{i}/cmd`, per_packet at a time."""
+    s = socket.create_connection(("127.0.0.1", port))
+
+    def pkt(t, body):
+        n_ = len(body)
+        rl = b""
+        while True:
+            d, n_ = n_ % 128, n_ // 128
+            rl += bytes([d | (0x80 if n_ else 0)])
+            if not n_:
+                break
+        return bytes([t]) + rl + body
+
+    def s_(x):
+        b = x.encode()
+        return struct.pack(">H", len(b)) + b
+    s.sendall(pkt(0x10, s_("MQTT") + bytes([4, 2]) + struct.pack(">H", 60) + s_("routes-bench")))
+    s.recv(4)
+    pid = 1
+    for start in range(0, n, per_packet):
+        body = struct.pack(">H", pid)
+        for i in range(start, min(n, start + per_packet)):
+            body += s_(f"dev/{i}/cmd") + b"\x00"
+        s.sendall(pkt(0x82, body))
+        pid += 1
+    # wait for every SUBACK (they are small; read until the count of SUBACK packets is reached)
+    need = pid - 1
+    got, buf = 0, b""
+    s.settimeout(60)
+    while got < need:
+        buf += s.recv(65536)
+        while len(buf) >= 2:
+            ln, i, mul = 0, 1, 1
+            while True:
+                if i >= len(buf):
+                    break
+                d = buf[i]
+                ln += (d & 127) * mul
+                mul *= 128
+                i += 1
+                if d < 128:
+                    break
+            if len(buf) < i + ln:
+                break
+            if buf[0] == 0x90:
+                got += 1
+            buf = buf[i + ln:]
+    return s
+
+
+def cluster_rows(q):
+    rows = []
+    dur = "3s" if q else "10s"
+    ports = [free_port() for _ in range(2)]
+    cports = [free_port() for _ in range(2)]
+    admins = [free_port() for _ in range(2)]
+    seeds = ", ".join(f'"127.0.0.1:{p}"' for p in cports)
+    nodes = []
+    for i in range(2):
+        extra = f'\n[cluster]\nbind = "127.0.0.1:{cports[i]}"\nseeds = [{seeds}]\n'
+        conf = os.path.join(WORK, f"cnode{i}.toml")
+        with open(conf, "w") as f:
+            f.write(f'[node]\nname = "cnode{i + 1}"\nadmin = "127.0.0.1:{admins[i]}"\n\n[[listener]]\nbind = "127.0.0.1:{ports[i]}"\n\n'
+                    f'[auth]\nallow_anonymous = true\n{extra}')
+        nodes.append(Proc(f"cnode{i + 1}", [MQ, "broker", "-c", conf], env={"RUST_LOG": "warn"}))
+        wait_port(ports[i])
+
+    def api(i, path):
+        return json.load(urllib.request.urlopen(f"http://127.0.0.1:{admins[i]}{path}", timeout=3))
+
+    end = time.time() + 30
+    while time.time() < end:
+        try:
+            if sum(1 for n in api(0, "/api/cluster")["nodes"] if n["state"] == "up") == 2:
+                break
+        except Exception:
+            pass
+        time.sleep(0.2)
+    log("cluster: same-node vs cross-node")
+    same = bench(["pubsub", "-p", str(ports[0]), "--pubs", "4", "--subs", "1", "-q", "0", "-s", "64", "-d", dur,
+                  "--topic", "s/%i", "--sub-topic", "s/#"])
+    sub = bench_bg(["sub", "-p", str(ports[1]), "--clients", "1", "--topic", "x/#", "-q", "0",
+                    "-d", str(int(dur[:-1]) + 3) + "s"])
+    time.sleep(1.5)
+    pub = bench(["pub", "-p", str(ports[0]), "--clients", "4", "-q", "0", "-s", "64", "-d", dur, "--topic", "x/%i"])
+    cross_sub = bg_result(sub)
+    cross = cross_sub["received"] / max(0.001, pub["duration_s"])
+    same_rate = same["received"] / same["duration_s"]
+    rows.append(("Cluster", "cross-node vs same-node QoS 0 delivered msg/s (4 publishers → 1 subscriber)", cross, same_rate, "≥ 0.7×", 0.7, True))
+    log("cluster: route propagation")
+    n = 10_000 if q else 100_000
+    t0 = time.time()
+    conn = subscribe_many(ports[0], n)
+    t_sub = time.time() - t0
+    seen = 0
+    end = time.time() + 60
+    while time.time() < end:
+        try:
+            seen = next((x["routes"] for x in api(1, "/api/cluster")["nodes"] if x["name"] == "cnode1"), 0)
+        except Exception:
+            seen = 0
+        if seen >= n:
+            break
+        time.sleep(0.02)
+    t_route = time.time() - t0
+    conn.close()
+    rows.append(("Cluster", f"route propagation: {n:,} filters subscribed on node1 (took {t_sub:.2f} s) until node2 routes all, s",
+                 t_route, 2.0, "< 2 s", ("abs_lt", 2.0), False))
+    for p in nodes:
+        p.stop()
+    return rows
+
+
+# ---------- report ----------
+
+def verdict(row):
+    _, _, m, o, _, target, higher = row
+    if target is None:
+        return "", m / o if o else float("inf")
+    if isinstance(target, tuple):
+        kind, v = target
+        ok = m < v if kind == "abs_lt" else m <= v
+        return ("met" if ok else f"missed ({m:.2f} vs {v})"), (m / o if o else float("inf"))
+    ratio = m / o if o else float("inf")
+    ok = ratio >= target if higher else ratio <= target
+    return ("met" if ok else f"missed by {abs(ratio - target) / target:.0%}"), ratio
+
+
+def svg(rows, path):
+    scored = [(r, verdict(r)) for r in rows if r[5] is not None and not isinstance(r[5], tuple)]
+    w, bar, gap, left = 900, 22, 10, 420
+    h = 40 + len(scored) * (bar + gap)
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">',
+           '<text x="10" y="20" font-size="14">mqedge / peer ratio (green: target met); the line marks the target</text>']
+    scale = (w - left - 40) / 4.0
+    for i, (r, (v, ratio)) in enumerate(scored):
+        y = 35 + i * (bar + gap)
+        shown = min(ratio, 4.0)
+        color = "#2a9d4b" if v == "met" else "#d0453f"
+        label = r[1][:62]
+        out.append(f'<text x="10" y="{y + 15}">{label}</text>')
+        out.append(f'<rect x="{left}" y="{y}" width="{shown * scale:.1f}" height="{bar}" fill="{color}"/>')
+        tx = left + r[5] * scale
+        out.append(f'<line x1="{tx:.1f}" y1="{y - 2}" x2="{tx:.1f}" y2="{y + bar + 2}" stroke="black" stroke-width="2"/>')
+        out.append(f'<text x="{left + shown * scale + 5:.1f}" y="{y + 15}">{ratio:.2f}×</text>')
+    out.append("</svg>")
+    with open(path, "w") as f:
+        f.write("\n".join(out))
+
+
+def versions():
+    def first(cmd):
+        try:
+            r = subprocess.run(cmd, capture_output=True, text=True)
+            return (r.stdout + r.stderr).strip().splitlines()[0]
+        except Exception:
+            return "?"
+    return {
+        "mqedge": first([MQ, "--version"]),
+        "HAProxy": first(["haproxy", "-v"]),
+        "NGINX": first(["nginx", "-v"]),
+        "Mosquitto": first(["mosquitto", "-h"]),
+    }
+
+
+def write_md(rows, q, started, path):
+    cpu = "?"
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    v = versions()
+    lines = [
+        "# Benchmarks",
+        "",
+        f"Written by `benches/compare.sh{' --quick' if q else ''}` on {started:%Y-%m-%d %H:%M} UTC. Every figure of a row "
+        "was measured in the same run on the same machine, with `mqedge bench` as the client.",
+        "",
+        f"- Machine: {os.cpu_count()} cores ({cpu}), {mem:.0f} GiB, {platform.platform()}",
+        "- Versions: " + "; ".join(f"{k}: {x}" for k, x in v.items()),
+        "- LB rows: each LB terminates TLS 1.3 with required client certificates and hashes to the same two Mosquitto "
+        "backends (source hashing for all three), one worker thread each (`[lb] workers = 1`, HAProxy `nbthread 1`, "
+        "NGINX `worker_processes 1`).",
+        "- Broker rows: plain TCP on 127.0.0.1, default Mosquitto settings, mqedge broker without `data_dir`.",
+        "- RSS per connection: (peak RSS while N idle connections are held − RSS before) / N, summed over the "
+        "server's processes.",
+        "",
+        "![ratios](benchmarks.svg)",
+        "",
+        "| area | scenario | mqedge | peer | ratio | target | result |",
+        "|---|---|---:|---:|---:|---|---|",
+    ]
+    for r in rows:
+        v_, ratio = verdict(r)
+        lines.append(f"| {r[0]} | {r[1]} | {r[2]:,.1f} | {r[3]:,.1f} | {ratio:.2f} | {r[4]} | {v_} |")
+    lines += ["", "## Commands", "", "```"] + sorted(set(COMMANDS)) + ["```", ""]
+    with open(path, "w") as f:
+        f.write("\n".join(lines))
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true", help="a few seconds per scenario (smoke test)")
+    ap.add_argument("--out", default=os.path.join(ROOT, "docs", "benchmarks.md"))
+    ap.add_argument("--only", choices=["lb", "broker", "cluster"], action="append")
+    a = ap.parse_args()
+    started = datetime.datetime.now(datetime.timezone.utc)
+    rows = []
+    try:
+        c = certs()
+        only = a.only or ["lb", "broker", "cluster"]
+        if "lb" in only:
+            rows += lb_rows(a.quick, c)
+        if "broker" in only:
+            rows += broker_rows(a.quick)[0]
+        if "cluster" in only:
+            rows += cluster_rows(a.quick)
+    finally:
+        stop_all()
+    write_md(rows, a.quick, started, a.out)
+    svg(rows, os.path.join(os.path.dirname(a.out), "benchmarks.svg"))
+    for r in rows:
+        v_, ratio = verdict(r)
+        print(f"{r[0]:8} {r[1][:70]:70} {r[2]:>12,.1f} {r[3]:>12,.1f} {ratio:6.2f} {v_}")
+    shutil.rmtree(WORK, ignore_errors=True)
+    log("wrote", a.out)
+
+
+if __name__ == "__main__":
+    main()
