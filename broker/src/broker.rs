@@ -916,9 +916,7 @@ impl Broker {
         if opts.no_local && *msg.publisher == *client {
             return None;
         }
-        let Some(s) = self.session(client) else {
-            return None;
-        };
+        let s = self.session(client)?;
         let qos = msg
             .qos
             .min(QoS::from_u8(opts.qos).unwrap_or(QoS::AtMostOnce));
