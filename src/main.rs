@@ -165,7 +165,22 @@ fn role_of(path: &std::path::Path) -> Result<&'static str, String> {
         // let the role parser report the syntax error with its line
         Err(_) => return Ok("lb"),
     };
-    if t.contains_key("node") {
+    let broker = ["node", "cluster", "auth", "limits", "shared_subscriptions"]
+        .iter()
+        .any(|k| t.contains_key(*k));
+    let lb = ["lb", "backend", "balance", "health"]
+        .iter()
+        .any(|k| t.contains_key(*k));
+    if broker && !lb {
+        return Ok("broker");
+    }
+    if lb {
+        return Ok("lb");
+    }
+    // only [[listener]]: whichever role accepts it
+    if mqedge_lb::config::Config::load(path).is_err()
+        && mqedge_broker::config::Config::load(path).is_ok()
+    {
         Ok("broker")
     } else {
         Ok("lb")
@@ -180,6 +195,19 @@ fn check(path: &std::path::Path) -> ExitCode {
         }
         Ok("broker") => match mqedge_broker::config::Config::load(path) {
             Ok(c) => {
+                // the files the broker loads at start are checked too
+                if let Some(p) = &c.auth.password_file {
+                    if let Err(e) = mqedge_broker::auth::PasswordFile::load(p) {
+                        eprintln!("{e}");
+                        return ExitCode::from(1);
+                    }
+                }
+                if let Some(p) = &c.auth.acl_file {
+                    if let Err(e) = mqedge_broker::auth::Acl::load(p) {
+                        eprintln!("{e}");
+                        return ExitCode::from(1);
+                    }
+                }
                 println!(
                     "{}: ok (broker config: node {}, {} listener(s))",
                     path.display(),
@@ -269,6 +297,15 @@ fn run_broker(path: &std::path::Path) -> ExitCode {
         }
     };
     let res: anyhow::Result<()> = rt.block_on(async move {
+        // SIGHUP must not kill a broker (its default action): the broker has no reloadable
+        // settings, so say so instead
+        if let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            tokio::spawn(async move {
+                while hup.recv().await.is_some() {
+                    tracing::warn!("SIGHUP: the broker config is not reloadable; restart the node to apply changes");
+                }
+            });
+        }
         let bound = mqedge_broker::bind(&cfg).await?;
         let b = mqedge_broker::Broker::new(cfg)?;
         mqedge_broker::run_with(b, bound, shutdown_signal()).await?;

@@ -830,11 +830,13 @@ impl Broker {
         let n = st.queue.len();
         let s = Arc::new(Session::restored(id.clone(), st));
         {
-            let mut map = self.shard(id);
-            if map.contains_key(id) {
-                return; // a local session wins
+            // the handed-over session is the newer one (the client was last connected there):
+            // it replaces whatever stale session this node still held
+            let stale = self.shard(id).insert(id.clone(), s.clone());
+            if let Some(old) = stale {
+                self.metrics.sessions.dec();
+                self.drop_session_state(&old);
             }
-            map.insert(id.clone(), s.clone());
         }
         self.metrics.sessions.inc();
         for (f, sub) in subs {

@@ -376,6 +376,14 @@ async fn admit(
                 (None, _) if !b.auth.allow_anonymous => {
                     return Err((reason::NOT_AUTHORIZED, "anonymous not allowed"))
                 }
+                // a username alone proves nothing: without a password file (or a certificate
+                // CN from a trusted proxy) such a client is as anonymous as one without
+                (Some(_), None) if !b.auth.allow_anonymous => {
+                    return Err((
+                        reason::BAD_USER_NAME_OR_PASSWORD,
+                        "no password file to check the username against",
+                    ))
+                }
                 (Some(u), Some(_)) => {
                     let (b2, u2) = (b.clone(), u.clone());
                     let pw = c.password.clone().unwrap_or_default();

@@ -434,6 +434,9 @@ impl Cluster {
                 match (&from, f) {
                     (None, Frame::Hello { node, epoch }) => {
                         tracing::debug!(node = %self.node, peer = %node, epoch, "cluster: inbound channel from peer");
+                        // a peer that (re)connects may have dropped our routes (it thought we were
+                        // down, or it restarted): send it our snapshot again
+                        self.resend_snapshot(&node);
                         from = Some(Arc::from(node.as_str()));
                     }
                     (None, _) => return Err("first frame is not Hello".into()),
@@ -539,6 +542,16 @@ impl Cluster {
                 self.send_to(&n, Frame::Session { id, export });
             }
             Frame::Leave => self.node_down(&n, "left gracefully"),
+        }
+    }
+
+    /// Sends our complete route list to one peer (in order with later deltas).
+    fn resend_snapshot(&self, n: &str) {
+        let local = lock(&self.local);
+        if let Some(p) = lock(&self.peers).get(n) {
+            let _ = p.tx.send(Frame::RoutesReset {
+                filters: local.keys().cloned().collect(),
+            });
         }
     }
 
