@@ -193,7 +193,8 @@ def haproxy(port, backends, c):
     with open(conf, "w") as f:
         f.write(f"""global
   nbthread 1
-  maxconn 100000
+  # 2 fds per proxied connection must fit the 20,000 fd limit of this machine
+  maxconn 9950
   tune.ssl.default-dh-param 2048
 defaults
   mode tcp

@@ -183,16 +183,22 @@ pub async fn run(b: Arc<Broker>, tcp: TcpStream, mut rbuf: BytesMut, info: Clien
     let mut kicked = att.kicked;
     b.metrics.connections.inc();
     b.metrics.connected.inc();
-    tracing::info!(
-        conn = conn_id,
-        client_id = %client_id,
-        username = username.as_deref().unwrap_or(""),
-        peer = %info.addr,
-        version = v.level(),
-        clean_start = connect.clean_start,
-        session_present = att.session_present,
-        "client connected"
-    );
+    // LB health checks connect every few seconds: keep them out of the INFO log
+    let quiet = client_id.starts_with("mqedge-hc-");
+    if quiet {
+        tracing::debug!(conn = conn_id, client_id = %client_id, peer = %info.addr, "health check connected");
+    } else {
+        tracing::info!(
+            conn = conn_id,
+            client_id = %client_id,
+            username = username.as_deref().unwrap_or(""),
+            peer = %info.addr,
+            version = v.level(),
+            clean_start = connect.clean_start,
+            session_present = att.session_present,
+            "client connected"
+        );
+    }
     let mut props = ConnAckProperties::default();
     if v.is_v5() {
         props.receive_maximum = Some(b.cfg.limits.max_inflight);
@@ -308,6 +314,8 @@ pub async fn run(b: Arc<Broker>, tcp: TcpStream, mut rbuf: BytesMut, info: Clien
     if let End::Violation(_, why) = &end {
         b.metrics.reject("protocol_error");
         tracing::info!(conn = conn_id, client_id = %client_id, peer = %info.addr, "closed: {why}");
+    } else if quiet {
+        tracing::debug!(conn = conn_id, client_id = %client_id, reason = end.label(), "health check disconnected");
     } else {
         tracing::info!(conn = conn_id, client_id = %client_id, peer = %info.addr, reason = end.label(), "client disconnected");
     }

@@ -73,7 +73,12 @@ fn still_live(lb: &Lb, b: &Arc<Backend>) -> bool {
 pub async fn check_and_record(lb: &Lb, b: &Arc<Backend>) {
     let live = lb.live.load_full();
     let hc = live.health;
-    let client_id = format!("mqedge-hc-{}-{}", live.lb.name, b.name);
+    let client_id = format!(
+        "mqedge-hc-{}-{}-{}",
+        live.lb.name,
+        b.name,
+        std::process::id()
+    );
     let t0 = Instant::now();
     let res = check_once(b, hc.kind, hc.timeout, &client_id).await;
     let took = t0.elapsed();
