@@ -110,6 +110,8 @@ pub struct Published {
     pub acks: Vec<oneshot::Receiver<Frame>>,
     /// Connected sessions whose backlog is over the limit: the publisher waits for them.
     pub congested: Vec<Arc<Session>>,
+    /// Peers whose forward queue is over its limit: the publisher waits for them too.
+    pub peer_gates: Vec<Arc<crate::cluster::Gate>>,
 }
 
 fn shard_of(s: &str) -> usize {
@@ -630,8 +632,12 @@ impl Broker {
                 for n in nodes {
                     let is_direct = direct.binary_search(&n).is_ok();
                     let shared = remote_shared.remove(&n).unwrap_or_default();
-                    if let Some(rx) = c.forward(&n, is_direct, shared, &enc, want_ack) {
+                    let (rx, gate) = c.forward(&n, is_direct, shared, &enc, want_ack);
+                    if let Some(rx) = rx {
                         out.acks.push(rx);
+                    }
+                    if let Some(g) = gate {
+                        out.peer_gates.push(g);
                     }
                 }
             }
@@ -683,11 +689,12 @@ impl Broker {
     ) {
         self.metrics.cluster_received.inc();
         let mut ops = Vec::new();
+        let mut congested = Vec::new();
         let mut m = Matches::default();
         self.router.matches(&msg.topic, &mut m);
         if direct {
             for (client, opts) in &m.direct {
-                let _ = self.deliver(client, &msg, opts, false, &mut ops);
+                congested.extend(self.deliver(client, &msg, opts, false, &mut ops));
             }
         }
         for (group, filter) in shared {
@@ -697,12 +704,18 @@ impl Broker {
                 .find(|g| g.group == *group && g.filter == *filter)
             {
                 if let Some((client, opts)) = self.pick_shared(group, filter, &g.members) {
-                    let _ = self.deliver(&client, &msg, &opts, false, &mut ops);
+                    congested.extend(self.deliver(&client, &msg, &opts, false, &mut ops));
                 }
             }
         }
         if let (Some(store), false) = (&self.store, ops.is_empty()) {
             let _ = store.write(ops).await;
+        }
+        // a slow local subscriber slows this peer channel (and through its gate, the remote
+        // publishers) instead of losing what they send
+        let limit = self.cfg.limits.max_offline_messages.max(1);
+        for c in congested {
+            wait_for_space(&c, limit).await;
         }
     }
 
@@ -1062,6 +1075,30 @@ impl Broker {
                 table: Table::Messages,
                 key: message_key(client_id, seq),
             }]);
+        }
+    }
+}
+
+/// Waits (bounded) until a connected session's backlog fell to half its limit.
+pub async fn wait_for_space(c: &Session, limit: usize) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    loop {
+        let space = c.space.notified();
+        tokio::pin!(space);
+        space.as_mut().enable();
+        let backlog = {
+            let st = c.lock();
+            if st.conn.is_some() {
+                st.queue.len()
+            } else {
+                0
+            }
+        };
+        if backlog < limit / 2 + 1 {
+            break;
+        }
+        if tokio::time::timeout_at(deadline, space).await.is_err() {
+            break;
         }
     }
 }

@@ -223,6 +223,7 @@ pub async fn run(b: Arc<Broker>, tcp: TcpStream, mut rbuf: BytesMut, info: Clien
             .map(|m| m as usize)
             .unwrap_or(usize::MAX),
         aliases: HashMap::new(),
+        pending: std::collections::VecDeque::new(),
         will: connect.will.clone(),
         connect_expiry_zero: expiry == 0,
     };
@@ -261,6 +262,7 @@ pub async fn run(b: Arc<Broker>, tcp: TcpStream, mut rbuf: BytesMut, info: Clien
         }
         c.drain_queue();
         let has_out = !c.out.is_empty();
+        let waiting = c.pending.front().is_some_and(|p| p.wait.is_some());
         let can_pull = c.out.len() < OUT_HIGH;
         tokio::select! {
             biased;
@@ -286,6 +288,17 @@ pub async fn run(b: Arc<Broker>, tcp: TcpStream, mut rbuf: BytesMut, info: Clien
             }
             _ = session.notify.notified(), if can_pull => {}
             _ = sleep_until(deadline) => break End::KeepAlive,
+            ok = await_front(&mut c.pending), if waiting => {
+                if !ok {
+                    break End::Violation(
+                        reason::SERVER_BUSY,
+                        "a message could not be stored or was not acknowledged by a cluster peer".into(),
+                    );
+                }
+                if let Err(e) = c.flush_acks() {
+                    break e;
+                }
+            }
         }
     };
     // say why, where v5 allows it, and flush what is pending (bounded)
@@ -329,6 +342,19 @@ async fn write_some(w: &mut OwnedWriteHalf, out: &mut BytesMut) -> std::io::Resu
         return Err(std::io::ErrorKind::WriteZero.into());
     }
     Ok(n)
+}
+
+/// Awaits the oldest pending acknowledgement's wait; true when it went well.
+async fn await_front(p: &mut std::collections::VecDeque<PendingAck>) -> bool {
+    let Some(front) = p.front_mut() else {
+        return true;
+    };
+    let Some(w) = front.wait.as_mut() else {
+        return true;
+    };
+    let ok = w.await.unwrap_or(false);
+    front.wait = None;
+    ok
 }
 
 async fn sleep_until(d: Option<Instant>) {
@@ -425,6 +451,18 @@ async fn admit(
     Ok((client_id, assigned, username, expiry))
 }
 
+/// A QoS 1/2 acknowledgement owed to the client, in arrival order.
+struct PendingAck {
+    qos: QoS,
+    pid: u16,
+    code: u8,
+    /// Durability and cluster acks still awaited (true when all went well).
+    wait: Option<tokio::task::JoinHandle<bool>>,
+}
+
+/// Acknowledgements a connection may owe at once before it stops reading.
+const MAX_PENDING_ACKS: usize = 1024;
+
 struct Conn {
     b: Arc<Broker>,
     s: Arc<Session>,
@@ -433,6 +471,7 @@ struct Conn {
     client_receive_max: u16,
     client_max_packet: usize,
     aliases: HashMap<u16, String>,
+    pending: std::collections::VecDeque<PendingAck>,
     will: Option<Will>,
     connect_expiry_zero: bool,
 }
@@ -689,8 +728,13 @@ impl Conn {
             if st.qos2_in.contains(&pid) {
                 // a retransmission of a message we already routed: acknowledge only (MQTT-4.3.3)
                 drop(st);
-                self.ack(Packet::PubRec, pid, 0);
-                return Ok(());
+                self.pending.push_back(PendingAck {
+                    qos: QoS::ExactlyOnce,
+                    pid,
+                    code: 0,
+                    wait: None,
+                });
+                return self.flush_acks();
             }
             if st.qos2_in.len() >= usize::from(self.b.cfg.limits.max_inflight) {
                 return Err(End::Violation(
@@ -708,6 +752,7 @@ impl Conn {
                 }
                 None => true,
             };
+        let mut pending_wait = None;
         let code = if allowed {
             let now = unix_now();
             let props = p.properties;
@@ -726,26 +771,40 @@ impl Conn {
             };
             let published = self.b.publish(Arc::new(msg));
             let ops = published.ops;
-            if let (Some(store), false) = (&self.b.store, ops.is_empty()) {
-                // acknowledge only what is durable
-                if let Err(e) = store.write(ops).await {
-                    tracing::error!(error = %e, "store write failed");
-                    return Err(End::Violation(
-                        reason::UNSPECIFIED_ERROR,
-                        "store write failed".into(),
-                    ));
-                }
+            // acknowledge only what is durable and what every other node took (QoS 1/2); the
+            // wait runs beside the connection, which goes on reading: acks leave in order
+            let store = self.b.store.clone().filter(|_| !ops.is_empty());
+            let acks = published.acks;
+            if store.is_some() || !acks.is_empty() {
+                let wait = tokio::spawn(async move {
+                    if let Some(store) = store {
+                        if let Err(e) = store.write(ops).await {
+                            tracing::error!(error = %e, "store write failed");
+                            return false;
+                        }
+                    }
+                    for ack in acks {
+                        match tokio::time::timeout(crate::cluster::FORWARD_ACK_TIMEOUT, ack).await {
+                            Ok(Ok(_)) => {}
+                            _ => return false,
+                        }
+                    }
+                    true
+                });
+                pending_wait = Some(wait);
             }
-            // QoS 1/2 across nodes: acknowledge once every node took its copy; otherwise close
-            // without acknowledging, so the client publishes again (at least once holds)
-            for ack in published.acks {
-                match tokio::time::timeout(crate::cluster::FORWARD_ACK_TIMEOUT, ack).await {
-                    Ok(Ok(_)) => {}
-                    _ => {
-                        return Err(End::Violation(
-                            reason::SERVER_BUSY,
-                            "a cluster peer did not acknowledge a forwarded message".into(),
-                        ))
+            // the same across nodes: a peer whose forward queue is full holds its publishers back
+            for g in published.peer_gates {
+                let deadline = tokio::time::Instant::now() + CONGESTION_WAIT;
+                loop {
+                    let space = g.space.notified();
+                    tokio::pin!(space);
+                    space.as_mut().enable();
+                    if !g.congested() {
+                        break;
+                    }
+                    if tokio::time::timeout_at(deadline, space).await.is_err() {
+                        break;
                     }
                 }
             }
@@ -753,28 +812,8 @@ impl Conn {
             // back (no PUBACK, no further reads) until its backlog halves, bounded in time
             let limit = self.b.cfg.limits.max_offline_messages.max(1);
             for c in published.congested {
-                if Arc::ptr_eq(&c, &self.s) {
-                    continue;
-                }
-                let deadline = tokio::time::Instant::now() + CONGESTION_WAIT;
-                loop {
-                    let space = c.space.notified();
-                    tokio::pin!(space);
-                    space.as_mut().enable();
-                    let backlog = {
-                        let st = c.lock();
-                        if st.conn.is_some() {
-                            st.queue.len()
-                        } else {
-                            0
-                        }
-                    };
-                    if backlog < limit / 2 + 1 {
-                        break;
-                    }
-                    if tokio::time::timeout_at(deadline, space).await.is_err() {
-                        break;
-                    }
+                if !Arc::ptr_eq(&c, &self.s) {
+                    crate::broker::wait_for_space(&c, limit).await;
                 }
             }
             0
@@ -788,14 +827,59 @@ impl Conn {
                 0
             }
         };
-        match p.qos {
-            QoS::AtMostOnce => {}
-            QoS::AtLeastOnce => self.ack(Packet::PubAck, pid, code),
-            QoS::ExactlyOnce => {
-                if code >= 0x80 {
-                    self.s.lock().qos2_in.remove(&pid);
+        if p.qos == QoS::ExactlyOnce && code >= 0x80 {
+            self.s.lock().qos2_in.remove(&pid);
+        }
+        if p.qos != QoS::AtMostOnce {
+            self.pending.push_back(PendingAck {
+                qos: p.qos,
+                pid,
+                code,
+                wait: pending_wait,
+            });
+            // bounded: a client that floods without waiting for acks waits here
+            while self.pending.len() > MAX_PENDING_ACKS {
+                self.wait_front().await?;
+                self.flush_acks()?;
+            }
+        }
+        self.flush_acks()
+    }
+
+    /// Awaits the oldest pending acknowledgement's durability/cluster wait.
+    async fn wait_front(&mut self) -> Result<(), End> {
+        if let Some(front) = self.pending.front_mut() {
+            if let Some(w) = front.wait.as_mut() {
+                let ok = w.await.unwrap_or(false);
+                front.wait = None;
+                if !ok {
+                    return Err(End::Violation(
+                        reason::SERVER_BUSY,
+                        "a message could not be stored or was not acknowledged by a cluster peer"
+                            .into(),
+                    ));
                 }
-                self.ack(Packet::PubRec, pid, code)
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes, in order (MQTT-4.6.0-2), every acknowledgement whose wait is over.
+    fn flush_acks(&mut self) -> Result<(), End> {
+        while let Some(front) = self.pending.front() {
+            if let Some(w) = &front.wait {
+                if !w.is_finished() {
+                    break;
+                }
+                // finished: its result is read by wait_front
+                return Ok(());
+            }
+            let Some(a) = self.pending.pop_front() else {
+                break;
+            };
+            match a.qos {
+                QoS::AtLeastOnce => self.ack(Packet::PubAck, a.pid, a.code),
+                _ => self.ack(Packet::PubRec, a.pid, a.code),
             }
         }
         Ok(())

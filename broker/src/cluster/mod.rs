@@ -51,7 +51,7 @@ pub struct PeerStatus {
 /// and counted — a QoS 1/2 publisher then gets no ack and publishes again).
 struct Peer {
     tx: mpsc::UnboundedSender<Frame>,
-    queued_forwards: Arc<std::sync::atomic::AtomicUsize>,
+    queued_forwards: Arc<Gate>,
     addr: SocketAddr,
     /// The peer's incarnation (chitchat generation): a restarted node gets a fresh channel.
     generation: u64,
@@ -80,6 +80,24 @@ pub struct Cluster {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Forwards queued to one peer, and the bell publishers wait on when it is over [`PEER_QUEUE`]
+/// (cluster-wide server-side flow control: a slow peer slows its publishers, it does not lose
+/// their messages).
+#[derive(Debug, Default)]
+pub struct Gate {
+    /// Forward frames queued and not yet written.
+    pub queued: std::sync::atomic::AtomicUsize,
+    /// Rung when the queue fell under half of [`PEER_QUEUE`].
+    pub space: tokio::sync::Notify,
+}
+
+impl Gate {
+    /// Whether publishers should wait.
+    pub fn congested(&self) -> bool {
+        self.queued.load(Ordering::Relaxed) >= PEER_QUEUE
+    }
 }
 
 /// An answer awaited from one peer.
@@ -324,7 +342,7 @@ impl Cluster {
     /// and retained messages, then whatever is queued later (deltas, forwards, replies).
     fn connect_peer(self: &Arc<Self>, n: Arc<str>, addr: SocketAddr, generation: u64) {
         let (tx, rx) = mpsc::unbounded_channel();
-        let queued_forwards = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let queued_forwards = Arc::new(Gate::default());
         // snapshot and registration under the local-routes lock: no delta can slip between
         {
             let local = lock(&self.local);
@@ -369,7 +387,7 @@ impl Cluster {
         self: Arc<Self>,
         addr: SocketAddr,
         mut rx: mpsc::UnboundedReceiver<Frame>,
-        queued_forwards: Arc<std::sync::atomic::AtomicUsize>,
+        queued_forwards: Arc<Gate>,
     ) -> std::io::Result<()> {
         let mut s = None;
         for i in 0..20 {
@@ -405,7 +423,13 @@ impl Cluster {
                 }
             }
             s.write_all(&buf).await?;
-            queued_forwards.fetch_sub(forwards, Ordering::Relaxed);
+            let left = queued_forwards
+                .queued
+                .fetch_sub(forwards, Ordering::Relaxed)
+                - forwards;
+            if forwards > 0 && left < PEER_QUEUE / 2 {
+                queued_forwards.space.notify_waiters();
+            }
         }
         Ok(())
     }
@@ -453,21 +477,26 @@ impl Cluster {
     }
 
     fn send_to(&self, n: &str, f: Frame) -> bool {
+        self.send_gated(n, f).0
+    }
+
+    /// Sends a frame; for forwards also returns the peer's gate when it is congested.
+    fn send_gated(&self, n: &str, f: Frame) -> (bool, Option<Arc<Gate>>) {
         let peers = lock(&self.peers);
-        let Some(p) = peers.get(n) else { return false };
+        let Some(p) = peers.get(n) else {
+            return (false, None);
+        };
         if matches!(f, Frame::Forward { .. }) {
-            // bounded data: a peer that cannot keep up loses forwards, never control frames
-            if p.queued_forwards.fetch_add(1, Ordering::Relaxed) >= PEER_QUEUE {
-                p.queued_forwards.fetch_sub(1, Ordering::Relaxed);
-                return false;
+            let before = p.queued_forwards.queued.fetch_add(1, Ordering::Relaxed);
+            // far past the soft limit (publishers not waiting, e.g. wills): drop
+            if before >= PEER_QUEUE * 4 || p.tx.send(f).is_err() {
+                p.queued_forwards.queued.fetch_sub(1, Ordering::Relaxed);
+                return (false, None);
             }
-            if p.tx.send(f).is_err() {
-                p.queued_forwards.fetch_sub(1, Ordering::Relaxed);
-                return false;
-            }
-            return true;
+            let gate = (before + 1 >= PEER_QUEUE).then(|| p.queued_forwards.clone());
+            return (true, gate);
         }
-        p.tx.send(f).is_ok()
+        (p.tx.send(f).is_ok(), None)
     }
 
     async fn handle(self: &Arc<Self>, n: Arc<str>, f: Frame) {
@@ -613,7 +642,7 @@ impl Cluster {
         shared: Vec<(String, String)>,
         msg: &[u8],
         want_ack: bool,
-    ) -> Option<oneshot::Receiver<Frame>> {
+    ) -> (Option<oneshot::Receiver<Frame>>, Option<Arc<Gate>>) {
         let id = if want_ack {
             self.next_id.fetch_add(1, Ordering::Relaxed)
         } else {
@@ -630,7 +659,7 @@ impl Cluster {
             );
             rx
         });
-        let sent = self.send_to(
+        let (sent, gate) = self.send_gated(
             n,
             Frame::Forward {
                 id,
@@ -642,17 +671,17 @@ impl Cluster {
         if sent {
             self.forwarded.inc();
             self.forwarded_bytes.inc_by(msg.len() as u64);
-            rx
+            (rx, gate)
         } else {
             lock(&self.waiting).remove(&id);
             if lock(&self.peers).contains_key(&**n) {
                 // the peer is there but its queue is full: a QoS 1/2 publisher must not be
                 // acknowledged (its receiver fails at once); QoS 0 is dropped, as under overload
                 tracing::warn!(node = %self.node, peer = %n, "cluster: forward queue full, message not forwarded");
-                want_ack.then(|| oneshot::channel().1)
+                (want_ack.then(|| oneshot::channel().1), None)
             } else {
                 // no channel: the node is down or not yet connected; its routes go with it
-                None
+                (None, None)
             }
         }
     }
