@@ -566,8 +566,15 @@ def write_md(rows, q, started, path):
         v_, ratio = verdict(r)
         lines.append(f"| {r[0]} | {r[1]} | {r[2]:,.1f} | {r[3]:,.1f} | {ratio:.2f} | {r[4]} | {v_} |")
     lines += ["", "## Commands", "", "```"] + sorted(set(COMMANDS)) + ["```", ""]
+    # the hand-written analysis below the table survives re-runs
+    kept = ""
+    if os.path.exists(path):
+        text = open(path).read()
+        i = text.find("\n## Analysis")
+        if i >= 0:
+            kept = text[i:]
     with open(path, "w") as f:
-        f.write("\n".join(lines))
+        f.write("\n".join(lines) + kept)
 
 
 def main():
