@@ -99,17 +99,22 @@ pub async fn run(b: Arc<Broker>, tcp: TcpStream, mut rbuf: BytesMut, info: Clien
     let (mut r, mut w) = tcp.into_split();
     let max = b.cfg.limits.max_packet_size;
     // CONNECT
-    let first = tokio::time::timeout(CONNECT_TIMEOUT, async {
-        loop {
-            if let Some(p) = decode(&mut rbuf, None, max)? {
-                return Ok::<Packet, DecodeError>(p);
+    // boxed: the CONNECT phase's state is freed once it is over (an idle connection keeps
+    // only what the main loop needs)
+    let first = tokio::time::timeout(
+        CONNECT_TIMEOUT,
+        Box::pin(async {
+            loop {
+                if let Some(p) = decode(&mut rbuf, None, max)? {
+                    return Ok::<Packet, DecodeError>(p);
+                }
+                match read_more(&mut r, &mut rbuf).await {
+                    Ok(0) | Err(_) => return Err(DecodeError::Malformed("closed before CONNECT")),
+                    Ok(_) => {}
+                }
             }
-            match read_more(&mut r, &mut rbuf).await {
-                Ok(0) | Err(_) => return Err(DecodeError::Malformed("closed before CONNECT")),
-                Ok(_) => {}
-            }
-        }
-    })
+        }),
+    )
     .await;
     let connect = match first {
         Ok(Ok(Packet::Connect(c))) => *c,
@@ -149,7 +154,7 @@ pub async fn run(b: Arc<Broker>, tcp: TcpStream, mut rbuf: BytesMut, info: Clien
     };
     let v = connect.version;
     let mut out = BytesMut::new();
-    let (client_id, assigned, username, expiry) = match admit(&b, &connect, &info).await {
+    let (client_id, assigned, username, expiry) = match Box::pin(admit(&b, &connect, &info)).await {
         Ok(x) => x,
         Err((code, why)) => {
             send(
@@ -166,7 +171,7 @@ pub async fn run(b: Arc<Broker>, tcp: TcpStream, mut rbuf: BytesMut, info: Clien
     let conn_id = b.next_conn_id();
     // in a cluster, the session may live on another node: it is handed over before CONNACK
     let import = match b.cluster() {
-        Some(c) => c.take_session(&client_id, connect.clean_start).await,
+        Some(c) => Box::pin(c.take_session(&client_id, connect.clean_start)).await,
         None => None,
     };
     let att = b.attach(

@@ -67,7 +67,7 @@ async fn handle(
     };
     if lc.proxy_protocol != ProxyIn::Off {
         let trusted = lc.trusted_proxies.iter().any(|c| c.contains(peer.ip()));
-        match tokio::time::timeout(PROXY_TIMEOUT, read_proxy(&mut tcp, &mut buf)).await {
+        match tokio::time::timeout(PROXY_TIMEOUT, Box::pin(read_proxy(&mut tcp, &mut buf))).await {
             Ok(Ok(Some(h))) => {
                 if !trusted {
                     b.metrics.reject("untrusted_proxy");

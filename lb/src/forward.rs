@@ -73,13 +73,16 @@ pub async fn forward(
     for &i in order.iter().take(attempts) {
         let b = ok[i];
         let t0 = Instant::now();
-        let connected = tokio::time::timeout(live.health.timeout, async {
-            let mut s = connect(&b.addr).await?;
-            let mut first = crate::proxy_header::header_for(b.proxy_mode(), &facts);
-            first.extend_from_slice(&peeked.bytes);
-            s.write_all(&first).await?;
-            Ok::<_, io::Error>(s)
-        })
+        let connected = tokio::time::timeout(
+            live.health.timeout,
+            Box::pin(async {
+                let mut s = connect(&b.addr).await?;
+                let mut first = crate::proxy_header::header_for(b.proxy_mode(), &facts);
+                first.extend_from_slice(&peeked.bytes);
+                s.write_all(&first).await?;
+                Ok::<_, io::Error>(s)
+            }),
+        )
         .await
         .unwrap_or_else(|_| Err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out")));
         match connected {

@@ -223,7 +223,7 @@ async fn handle(
             }
         }
     };
-    let res = match tokio::time::timeout(live.lb.connect_timeout, prelude).await {
+    let res = match tokio::time::timeout(live.lb.connect_timeout, Box::pin(prelude)).await {
         Ok(r) => r,
         Err(_) => Err(Reject::Timeout),
     };
