@@ -40,10 +40,14 @@ const LB_ADMIN: &str = "admin = \"127.0.0.1:0\"";
 
 /// A port free for both TCP and UDP on `ip` (gossip and the node channel share `[cluster] bind`).
 fn free_cluster_port(ip: &str) -> u16 {
-    for _ in 0..100 {
-        let tcp = std::net::TcpListener::bind((ip, 0)).unwrap();
-        let port = tcp.local_addr().unwrap().port();
-        if UdpSocket::bind((ip, port)).is_ok() {
+    // below the kernel's ephemeral range (32768+): no client socket of a parallel test can take
+    // the port between this check and the node's bind
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let base = (std::process::id() % 500) * 20;
+    for _ in 0..2000 {
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let port = (20_000 + (base + n) % 12_000) as u16;
+        if std::net::TcpListener::bind((ip, port)).is_ok() && UdpSocket::bind((ip, port)).is_ok() {
             return port;
         }
     }

@@ -42,7 +42,7 @@ pub enum BrokerError {
     #[error("{0}")]
     Auth(#[from] crate::auth::AuthError),
     /// The cluster layer could not start.
-    #[error("{0}")]
+    #[error(transparent)]
     Cluster(#[from] crate::cluster::ClusterError),
     /// A listener could not be bound.
     #[error("cannot bind {what} on {addr}")]
