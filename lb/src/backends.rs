@@ -8,7 +8,6 @@ use std::sync::Arc;
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
-use tokio::sync::watch;
 
 use crate::config::{BackendAddr, BackendConfig, HealthConfig, ProxyMode};
 use crate::metrics::{BackendLabel, BytesLabel, Metrics};
@@ -83,7 +82,7 @@ pub struct Backend {
     streak: AtomicI64,
     /// Counter handles.
     pub counters: BackendCounters,
-    close_tx: watch::Sender<bool>,
+    close: crate::signal::Signal,
     /// Bumped at every entry into `Draining`, so a stale drain timer never fires.
     drain_epoch: AtomicU64,
 }
@@ -137,7 +136,7 @@ impl Backend {
             last_check_ms: AtomicU64::new(0),
             streak: AtomicI64::new(0),
             counters,
-            close_tx: watch::channel(false).0,
+            close: crate::signal::Signal::new(),
             drain_epoch: AtomicU64::new(0),
         }
     }
@@ -254,13 +253,13 @@ impl Backend {
     }
 
     /// A receiver that turns true when leftover connections must close.
-    pub fn close_signal(&self) -> watch::Receiver<bool> {
-        self.close_tx.subscribe()
+    pub fn close_signal(&self) -> &crate::signal::Signal {
+        &self.close
     }
 
     /// Tells every connection to this backend to close now.
     pub fn close_all(&self) {
-        let _ = self.close_tx.send(true);
+        self.close.fire();
     }
 }
 

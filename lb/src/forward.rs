@@ -11,10 +11,10 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Instant;
 
+use crate::signal::Subscription;
 use prometheus_client::metrics::counter::Counter;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
-use tokio::sync::watch;
 
 use crate::backends::{Backend, State};
 use crate::balance::Candidate;
@@ -43,7 +43,77 @@ pub fn usable(live: &Live) -> Vec<&Arc<Backend>> {
         .collect()
 }
 
-/// Forwards one client whose CONNECT has been peeked.
+/// A connection in its forwarding phase: exactly what the byte pump and the closing log line
+/// need. Everything else from the setup (hash order, candidate lists, TLS facts, the replayed
+/// CONNECT) is dropped before the pump starts, because this is what an idle connection costs.
+pub struct Established {
+    client: ClientStream,
+    backend: TcpStream,
+    counters: PumpCounters,
+    kill: Subscription,
+    close: Subscription,
+    _guard: crate::backends::ConnGuard,
+    log: Box<ConnLog>,
+}
+
+/// The fields of the closing log line.
+struct ConnLog {
+    conn_id: String,
+    rt: Arc<ListenerRt>,
+    client_id: String,
+    username: Option<String>,
+    src: std::net::SocketAddr,
+    cn: Option<String>,
+    backend: String,
+    replayed: u64,
+    started: Instant,
+}
+
+impl Established {
+    /// Pumps bytes until the connection ends, then logs it. (Not an `async fn`: the pump is built
+    /// first so that the future holds each field once.)
+    pub fn run(self) -> impl std::future::Future<Output = ()> {
+        let Established {
+            client,
+            backend,
+            counters,
+            kill,
+            close,
+            _guard,
+            log,
+        } = self;
+        let mut pumping = pump(client, backend, counters, kill, close);
+        async move {
+            // by reference: awaiting by value would move the pump into a second slot
+            let (up, down, why) = (&mut pumping).await;
+            drop(_guard);
+            log.closed(up, down, why);
+        }
+    }
+}
+
+impl ConnLog {
+    fn closed(&self, up: u64, down: u64, why: &str) {
+        let log = self;
+        tracing::info!(
+            conn = %log.conn_id,
+            listener = %log.rt.cfg.name,
+            client_id = %log.client_id,
+            username = log.username.as_deref().unwrap_or(""),
+            src = %log.src,
+            cn = log.cn.as_deref().unwrap_or(""),
+            backend = %log.backend,
+            bytes_in = up + log.replayed,
+            bytes_out = down,
+            secs = log.started.elapsed().as_secs_f64(),
+            "closed: {why}"
+        );
+    }
+}
+
+/// Picks a backend for a client whose CONNECT has been peeked, connects (walking the hash order
+/// up to `retries` more), and sends the PROXY header and the replayed CONNECT. `None` when no
+/// backend took it (logged and counted here).
 pub async fn forward(
     lb: &Arc<Lb>,
     rt: &Arc<ListenerRt>,
@@ -51,8 +121,8 @@ pub async fn forward(
     client: ClientStream,
     facts: ClientFacts,
     peeked: Peeked,
-    kill: watch::Receiver<bool>,
-) {
+    kill: Subscription,
+) -> Option<Established> {
     let ok = usable(live);
     let cands: Vec<Candidate<'_>> = ok
         .iter()
@@ -73,16 +143,13 @@ pub async fn forward(
     for &i in order.iter().take(attempts) {
         let b = ok[i];
         let t0 = Instant::now();
-        let connected = tokio::time::timeout(
-            live.health.timeout,
-            Box::pin(async {
-                let mut s = connect(&b.addr).await?;
-                let mut first = crate::proxy_header::header_for(b.proxy_mode(), &facts);
-                first.extend_from_slice(&peeked.bytes);
-                s.write_all(&first).await?;
-                Ok::<_, io::Error>(s)
-            }),
-        )
+        let connected = tokio::time::timeout(live.health.timeout, async {
+            let mut s = connect(&b.addr).await?;
+            let mut first = crate::proxy_header::header_for(b.proxy_mode(), &facts);
+            first.extend_from_slice(&peeked.bytes);
+            s.write_all(&first).await?;
+            Ok::<_, io::Error>(s)
+        })
         .await
         .unwrap_or_else(|_| Err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out")));
         match connected {
@@ -94,30 +161,34 @@ pub async fn forward(
                     })
                     .observe(t0.elapsed().as_secs_f64());
                 let guard = b.open_connection();
-                b.counters.bytes_in.inc_by(peeked.bytes.len() as u64);
-                rt.bytes_in.inc_by(peeked.bytes.len() as u64);
+                let replayed = peeked.bytes.len() as u64;
+                b.counters.bytes_in.inc_by(replayed);
+                rt.bytes_in.inc_by(replayed);
                 tracing::debug!(conn = %facts.conn_id, client_id = %peeked.client_id, src = %facts.src, backend = %b.name, "forwarding");
-                let started = Instant::now();
                 let counters = PumpCounters {
                     up: [rt.bytes_in.clone(), b.counters.bytes_in.clone()],
                     down: [rt.bytes_out.clone(), b.counters.bytes_out.clone()],
                 };
-                let (up, down, why) = pump(client, backend, counters, kill, b.close_signal()).await;
-                drop(guard);
-                tracing::info!(
-                    conn = %facts.conn_id,
-                    listener = %rt.cfg.name,
-                    client_id = %peeked.client_id,
-                    username = peeked.username.as_deref().unwrap_or(""),
-                    src = %facts.src,
-                    cn = facts.tls.as_ref().and_then(|t| t.cert.as_ref()).and_then(|c| c.cn.as_deref()).unwrap_or(""),
-                    backend = %b.name,
-                    bytes_in = up + peeked.bytes.len() as u64,
-                    bytes_out = down,
-                    secs = started.elapsed().as_secs_f64(),
-                    "closed: {why}"
-                );
-                return;
+                let cn = facts.tls.and_then(|t| t.cert).and_then(|c| c.cn);
+                return Some(Established {
+                    client,
+                    backend,
+                    counters,
+                    kill,
+                    close: b.close_signal().subscribe(),
+                    _guard: guard,
+                    log: Box::new(ConnLog {
+                        conn_id: facts.conn_id,
+                        rt: rt.clone(),
+                        client_id: peeked.client_id,
+                        username: peeked.username,
+                        src: facts.src,
+                        cn,
+                        backend: b.name.clone(),
+                        replayed,
+                        started: Instant::now(),
+                    }),
+                });
             }
             Err(e) => {
                 b.counters.connect_failures.inc();
@@ -138,6 +209,7 @@ pub async fn forward(
         candidates = order.len(),
         "closed: no backend available"
     );
+    None
 }
 
 /// Counter handles bumped per forwarded chunk (listener and backend).
@@ -149,43 +221,80 @@ pub struct PumpCounters {
 }
 
 /// Copies both ways until both directions end (or one ends and the other lingers past
-/// [`HALF_CLOSE_LINGER`], or an error, or `kill`/`close` fire). Returns (bytes up, bytes down, why).
-pub async fn pump<A, B>(
+/// [`HALF_CLOSE_LINGER`], or an error, or `kill`/`close` fire). Resolves to (bytes up, bytes
+/// down, why). A plain struct rather than an `async fn` with `select!`: an idle connection's
+/// task is mostly this value, so it holds each part once.
+pub fn pump<A, B>(
     a: A,
     b: B,
     counters: PumpCounters,
-    mut kill: watch::Receiver<bool>,
-    mut close: watch::Receiver<bool>,
-) -> (u64, u64, &'static str)
+    kill: Subscription,
+    close: Subscription,
+) -> Forwarding<A, B>
 where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut p = Pump {
-        a,
-        b,
-        up: Dir::new(counters.up),
-        down: Dir::new(counters.down),
-    };
-    let mut linger: Option<Pin<Box<tokio::time::Sleep>>> = None;
-    let why = loop {
-        tokio::select! {
-            r = &mut p => match r {
-                Ok(true) => break "both sides closed",
-                Ok(false) => {
-                    // one direction ended; give the other a bounded time to finish
-                    if linger.is_none() {
-                        linger = Some(Box::pin(tokio::time::sleep(HALF_CLOSE_LINGER)));
+    Forwarding {
+        p: Pump {
+            a,
+            b,
+            up: Dir::new(counters.up),
+            down: Dir::new(counters.down),
+        },
+        linger: None,
+        kill,
+        close,
+    }
+}
+
+/// The future [`pump`] returns.
+pub struct Forwarding<A, B> {
+    p: Pump<A, B>,
+    /// Armed when one direction has finished.
+    linger: Option<Pin<Box<tokio::time::Sleep>>>,
+    kill: Subscription,
+    close: Subscription,
+}
+
+impl<A, B> Future for Forwarding<A, B>
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    type Output = (u64, u64, &'static str);
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let me = self.get_mut();
+        let why = 'why: {
+            if me.kill.poll_fired(cx).is_ready() {
+                break 'why "LB shutting down";
+            }
+            if me.close.poll_fired(cx).is_ready() {
+                break 'why "backend removed or drained";
+            }
+            loop {
+                match Pin::new(&mut me.p).poll(cx) {
+                    Poll::Ready(Ok(true)) => break 'why "both sides closed",
+                    Poll::Ready(Ok(false)) => {
+                        // one direction ended; give the other a bounded time to finish
+                        if me.linger.is_none() {
+                            me.linger = Some(Box::pin(tokio::time::sleep(HALF_CLOSE_LINGER)));
+                        }
                     }
+                    Poll::Ready(Err(_)) => break 'why "connection error",
+                    Poll::Pending => break,
                 }
-                Err(_) => break "connection error",
-            },
-            _ = async { match linger.as_mut() { Some(l) => l.await, None => std::future::pending().await } } => break "half-closed, peer did not finish",
-            r = kill.changed() => if r.is_err() || *kill.borrow() { break "LB shutting down" },
-            r = close.changed() => if r.is_err() || *close.borrow() { break "backend removed or drained" },
-        }
-    };
-    (p.up.total, p.down.total, why)
+            }
+            if let Some(l) = me.linger.as_mut() {
+                if l.as_mut().poll(cx).is_ready() {
+                    break 'why "half-closed, peer did not finish";
+                }
+            }
+            return Poll::Pending;
+        };
+        Poll::Ready((me.p.up.total, me.p.down.total, why))
+    }
 }
 
 struct Dir {
@@ -338,6 +447,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::signal::Signal;
     use tokio::io::AsyncReadExt;
 
     fn counters() -> PumpCounters {
@@ -351,11 +461,10 @@ mod tests {
     async fn pumps_both_ways_and_half_closes() {
         let (mut client, a) = tokio::io::duplex(64);
         let (b, mut backend) = tokio::io::duplex(64);
-        let (_k, kill) = watch::channel(false);
-        let (_c, close) = watch::channel(false);
+        let (kill, close) = (Signal::new(), Signal::new());
         let c = counters();
         let up_counter = c.up[0].clone();
-        let task = tokio::spawn(pump(a, b, c, kill, close));
+        let task = tokio::spawn(pump(a, b, c, kill.subscribe(), close.subscribe()));
         let big: Vec<u8> = (0..100_000u32).map(|i| i as u8).collect();
         let big2 = big.clone();
         let writer = tokio::spawn(async move {
@@ -380,10 +489,10 @@ mod tests {
     async fn close_signal_ends_it() {
         let (_client, a) = tokio::io::duplex(64);
         let (b, _backend) = tokio::io::duplex(64);
-        let (_k, kill) = watch::channel(false);
-        let (c_tx, close) = watch::channel(false);
-        let task = tokio::spawn(pump(a, b, counters(), kill, close));
-        c_tx.send(true).unwrap();
+        let (kill, close) = (Signal::new(), Signal::new());
+        let task = tokio::spawn(pump(a, b, counters(), kill.subscribe(), close.subscribe()));
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        close.fire();
         let (_, _, why) = tokio::time::timeout(std::time::Duration::from_secs(2), task)
             .await
             .unwrap()

@@ -17,7 +17,9 @@ pub mod metrics;
 pub mod peek;
 pub mod proxy_header;
 pub mod reload;
+pub mod signal;
 pub mod tls;
+pub mod tls_stream;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -223,6 +225,8 @@ pub async fn run_with(
     }
     let (stop_tx, stop_rx) = watch::channel(false);
     let (kill_tx, kill_rx) = watch::channel(false);
+    // what open connections watch (the admin API keeps the watch channel)
+    let conn_kill = signal::Signal::new();
     let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
     if let Some(a) = admin {
         // the admin API outlives the accept loops until the drain ends (operators watch it)
@@ -271,7 +275,7 @@ pub async fn run_with(
             rt,
             tcp,
             stop_rx.clone(),
-            kill_rx.clone(),
+            conn_kill.clone(),
             done_tx.clone(),
         )));
     }
@@ -287,9 +291,11 @@ pub async fn run_with(
     // Every connection task holds a `done_tx` clone: recv() returns None when all are gone.
     if tokio::time::timeout(drain, done_rx.recv()).await.is_err() {
         tracing::info!("drain_timeout reached: closing the remaining connections");
+        conn_kill.fire();
         let _ = kill_tx.send(true);
         let _ = tokio::time::timeout(Duration::from_secs(1), done_rx.recv()).await;
     }
+    conn_kill.fire();
     let _ = kill_tx.send(true);
     Ok(())
 }

@@ -13,12 +13,12 @@ use prometheus_client::metrics::gauge::Gauge;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
-use tokio_rustls::TlsAcceptor;
 
 use crate::config::ListenerConfig;
 use crate::metrics::{BytesLabel, ListenerLabel, Metrics};
 use crate::peek::{read_connect, Peeked};
 use crate::tls::TlsFacts;
+use crate::tls_stream::TlsConn;
 use crate::Lb;
 
 /// A listener with its TLS acceptor and counter handles.
@@ -47,7 +47,11 @@ impl ListenerRt {
             direction: d,
         };
         ListenerRt {
-            tls: arc_swap::ArcSwapOption::new(cfg.tls.as_ref().map(|t| t.server_config.clone())),
+            tls: arc_swap::ArcSwapOption::new(
+                cfg.tls
+                    .as_ref()
+                    .map(|t| crate::tls_stream::prepare(t.server_config.clone())),
+            ),
             accepted: m.accepted.get_or_create_owned(&l),
             active: m.active.get_or_create_owned(&l),
             bytes_in: m.listener_bytes.get_or_create_owned(&b("in")),
@@ -58,7 +62,7 @@ impl ListenerRt {
 
     /// Takes a new TLS config (certificate rotation on reload) for connections accepted from now.
     pub fn set_tls(&self, sc: Arc<rustls::ServerConfig>) {
-        self.tls.store(Some(sc));
+        self.tls.store(Some(crate::tls_stream::prepare(sc)));
     }
 }
 
@@ -118,7 +122,7 @@ pub async fn accept_loop(
     rt: Arc<ListenerRt>,
     listener: TcpListener,
     mut stop: watch::Receiver<bool>,
-    kill: watch::Receiver<bool>,
+    kill: crate::signal::Signal,
     done: mpsc::Sender<()>,
 ) {
     loop {
@@ -140,15 +144,20 @@ pub async fn accept_loop(
                 lb.client_conns
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let _ = tcp.set_nodelay(true);
-                let (lb, rt, kill, done) = (lb.clone(), rt.clone(), kill.clone(), done.clone());
-                tokio::spawn(async move {
+                let (lb, rt, kill, done) = (lb.clone(), rt.clone(), kill.subscribe(), done.clone());
+                let fut = async move {
                     rt.active.inc();
-                    handle(lb.clone(), rt.clone(), tcp, peer, kill).await;
+                    // the setup phases are boxed: their state is freed before the long pump
+                    let est = Box::pin(handle(lb.clone(), rt.clone(), tcp, peer, kill)).await;
+                    if let Some(est) = est {
+                        est.run().await;
+                    }
                     rt.active.dec();
                     lb.client_conns
                         .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
                     drop(done);
-                });
+                };
+                tokio::spawn(fut);
             }
             Err(e) => {
                 // EMFILE/ENFILE/ENOBUFS: back off instead of spinning; other errors are per-connection.
@@ -170,8 +179,8 @@ async fn handle(
     rt: Arc<ListenerRt>,
     tcp: TcpStream,
     peer: SocketAddr,
-    kill: watch::Receiver<bool>,
-) {
+    kill: crate::signal::Subscription,
+) -> Option<crate::forward::Established> {
     let live = lb.live.load_full();
     let conn_id = lb.next_conn_id(&live.lb.name);
     let dst = tcp.local_addr().unwrap_or(peer);
@@ -192,20 +201,18 @@ async fn handle(
         ) {
             return Err(Reject::RateLimited);
         }
-        let stream = Rewind::new(head, tcp);
         // Phase 2: TLS.
         match rt.tls.load_full() {
             Some(sc) => {
-                let acc = TlsAcceptor::from(sc);
                 let t0 = std::time::Instant::now();
-                let tls = acc.accept(stream).await.map_err(Reject::Tls)?;
+                let tls = TlsConn::accept(sc, tcp, head).await.map_err(Reject::Tls)?;
                 lb.metrics
                     .tls_handshake_seconds
                     .get_or_create(&ListenerLabel {
                         listener: rt.cfg.name.clone(),
                     })
                     .observe(t0.elapsed().as_secs_f64());
-                let facts = crate::tls::facts(tls.get_ref().1);
+                let facts = tls.facts();
                 let mut tls = tls;
                 let peeked = peek_phase(&mut tls, limit).await?;
                 Ok((
@@ -217,7 +224,7 @@ async fn handle(
                 ))
             }
             None => {
-                let mut s = stream;
+                let mut s = Rewind::new(head, tcp);
                 let peeked = peek_phase(&mut s, limit).await?;
                 Ok((ClientStream::Plain(s), src, dst, None, peeked))
             }
@@ -232,12 +239,12 @@ async fn handle(
         Err(Reject::RateLimited) => {
             lb.metrics.reject(&rt.cfg.name, "rate_limited");
             warn_sampled(&rt.cfg.name, "rate_limited", peer);
-            return;
+            return None;
         }
         Err(e) => {
             lb.metrics.reject(&rt.cfg.name, e.label());
             tracing::info!(conn = %conn_id, listener = %rt.cfg.name, peer = %peer, reason = e.label(), "closed before forwarding: {e}");
-            return;
+            return None;
         }
     };
     let facts = ClientFacts {
@@ -246,7 +253,7 @@ async fn handle(
         dst,
         tls,
     };
-    crate::forward::forward(&lb, &rt, &live, client, facts, peeked, kill).await;
+    crate::forward::forward(&lb, &rt, &live, client, facts, peeked, kill).await
 }
 
 /// Logs a refusal that may come in floods at most once a second (the counter has them all).
@@ -304,7 +311,7 @@ pub enum ClientStream {
     /// Plain TCP.
     Plain(Rewind<TcpStream>),
     /// TLS-terminated.
-    Tls(Box<tokio_rustls::server::TlsStream<Rewind<TcpStream>>>),
+    Tls(Box<TlsConn>),
 }
 
 impl AsyncRead for ClientStream {

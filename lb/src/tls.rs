@@ -20,10 +20,11 @@ pub struct TlsFacts {
     pub cert: Option<CertFacts>,
 }
 
-/// Reads the facts off a finished server handshake.
-pub fn facts(conn: &rustls::ServerConnection) -> TlsFacts {
+/// Reads the facts off a finished server handshake (`sni` comes from the ClientHello, which the
+/// unbuffered connection does not keep).
+pub fn facts_of(conn: &rustls::CommonState, sni: Option<String>) -> TlsFacts {
     TlsFacts {
-        sni: conn.server_name().map(str::to_string),
+        sni,
         alpn: conn.alpn_protocol().map(<[u8]>::to_vec),
         version: conn
             .protocol_version()
