@@ -353,8 +353,9 @@ impl Dir {
                 }
                 return Poll::Ready(Ok(()));
             }
-            let mut stack = [0u8; 8192];
-            let mut rb = ReadBuf::new(&mut stack);
+            // not zeroed: only the part the read filled is used
+            let mut stack = [std::mem::MaybeUninit::<u8>::uninit(); 8192];
+            let mut rb = ReadBuf::uninit(&mut stack);
             match Pin::new(&mut *r).poll_read(cx, &mut rb) {
                 Poll::Pending => {
                     if self.need_flush {

@@ -37,6 +37,9 @@ const WRITE_OVERHEAD: usize = 256;
 const MAX_INCOMING: usize = 64 * 1024 + READ_CHUNK;
 
 thread_local! {
+    /// Where records are sealed before they go to the socket: one buffer per worker thread, so
+    /// a write neither zeroes a 16 KiB stack array nor keeps a buffer in the connection.
+    static SEAL_SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
     /// The SNI of the ClientHello rustls has just processed on this thread (see [`SniCapture`]).
     static LAST_SNI: RefCell<Option<Option<String>>> = const { RefCell::new(None) };
 }
@@ -322,6 +325,52 @@ impl TlsConn {
             }
         }
     }
+
+    /// Encrypts `chunk` (at most one record) into `scratch` and writes it to the socket; what
+    /// the socket does not take now is kept in `outgoing`.
+    fn seal_and_send(
+        &mut self,
+        cx: &mut Context<'_>,
+        chunk: &[u8],
+        scratch: &mut Vec<u8>,
+    ) -> io::Result<()> {
+        if scratch.len() < WRITE_CHUNK + WRITE_OVERHEAD {
+            scratch.resize(WRITE_CHUNK + WRITE_OVERHEAD, 0);
+        }
+        let sealed = self.with_write_traffic(|w, outgoing| match w.encrypt(chunk, scratch) {
+            Ok(n) => Ok(n),
+            Err(EncryptError::InsufficientSize(s)) => {
+                // never expected for one record's worth; fall back to the heap
+                let start = outgoing.len();
+                outgoing.resize(start + s.required_size, 0);
+                let n = w
+                    .encrypt(chunk, &mut outgoing[start..])
+                    .map_err(|e| io::Error::other(e.to_string()))?;
+                outgoing.truncate(start + n);
+                Ok(0)
+            }
+            Err(e) => Err(io::Error::other(e.to_string())),
+        })?;
+        // write straight from the scratch buffer; keep only what the socket does not take now
+        let mut off = 0;
+        if self.outgoing.is_empty() {
+            while off < sealed {
+                match Pin::new(&mut self.io).poll_write(cx, &scratch[off..sealed]) {
+                    Poll::Ready(Ok(0)) => return Err(io::ErrorKind::WriteZero.into()),
+                    Poll::Ready(Ok(k)) => off += k,
+                    Poll::Ready(Err(e)) => return Err(e),
+                    Poll::Pending => break,
+                }
+            }
+        }
+        if off < sealed {
+            self.outgoing.extend_from_slice(&scratch[off..sealed]);
+        }
+        if let Poll::Ready(Err(e)) = self.poll_write_out(cx) {
+            return Err(e);
+        }
+        Ok(())
+    }
 }
 
 impl AsyncRead for TlsConn {
@@ -349,8 +398,9 @@ impl AsyncRead for TlsConn {
             if let Poll::Ready(Err(e)) = me.poll_write_out(cx) {
                 return Poll::Ready(Err(e));
             }
-            let mut stack = [0u8; READ_CHUNK];
-            let mut rb = ReadBuf::new(&mut stack);
+            // not zeroed: only the part the socket filled is read
+            let mut stack = [std::mem::MaybeUninit::<u8>::uninit(); READ_CHUNK];
+            let mut rb = ReadBuf::uninit(&mut stack);
             ready!(Pin::new(&mut me.io).poll_read(cx, &mut rb))?;
             let n = rb.filled().len();
             if n == 0 {
@@ -378,13 +428,14 @@ impl AsyncRead for TlsConn {
             };
             let progress = if incoming.is_empty() {
                 // the common case: whole records, decrypted in the stack buffer
-                let (used, progress) = drive(conn, &mut stack[..n], outgoing, &mut sink)?;
+                let got = rb.filled_mut();
+                let (used, progress) = drive(conn, got, outgoing, &mut sink)?;
                 if used < n {
-                    incoming.extend_from_slice(&stack[used..n]);
+                    incoming.extend_from_slice(&got[used..n]);
                 }
                 progress
             } else {
-                incoming.extend_from_slice(&stack[..n]);
+                incoming.extend_from_slice(rb.filled());
                 let (used, progress) = drive(conn, incoming, outgoing, &mut sink)?;
                 incoming.drain(..used);
                 if incoming.is_empty() {
@@ -426,40 +477,11 @@ impl AsyncWrite for TlsConn {
             return Poll::Ready(Ok(0));
         }
         let chunk = &data[..data.len().min(WRITE_CHUNK)];
-        let mut stack = [0u8; WRITE_CHUNK + WRITE_OVERHEAD];
-        let sealed = me.with_write_traffic(|w, outgoing| {
-            match w.encrypt(chunk, &mut stack) {
-                Ok(n) => Ok(n),
-                Err(EncryptError::InsufficientSize(s)) => {
-                    // never expected for one record's worth; fall back to the heap
-                    let start = outgoing.len();
-                    outgoing.resize(start + s.required_size, 0);
-                    let n = w
-                        .encrypt(chunk, &mut outgoing[start..])
-                        .map_err(|e| io::Error::other(e.to_string()))?;
-                    outgoing.truncate(start + n);
-                    Ok(0)
-                }
-                Err(e) => Err(io::Error::other(e.to_string())),
-            }
+        SEAL_SCRATCH.with(|scratch| {
+            let mut scratch = scratch.borrow_mut();
+            me.seal_and_send(cx, chunk, &mut scratch)
         })?;
-        // write straight from the stack; keep only what the socket does not take now
-        let mut off = 0;
-        if me.outgoing.is_empty() {
-            while off < sealed {
-                match Pin::new(&mut me.io).poll_write(cx, &stack[off..sealed]) {
-                    Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
-                    Poll::Ready(Ok(k)) => off += k,
-                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                    Poll::Pending => break,
-                }
-            }
-        }
-        if off < sealed {
-            me.outgoing.extend_from_slice(&stack[off..sealed]);
-        }
         // the plaintext is now protected and owned here: report it written
-        let _ = me.poll_write_out(cx)?;
         Poll::Ready(Ok(chunk.len()))
     }
 
