@@ -155,6 +155,18 @@ async fn proxy_v1_on_the_plain_listener_gives_the_broker_the_real_client() {
         let p = c.proxy.expect("health checks send a PROXY header");
         assert_eq!((p.src, p.dst), (None, None), "LOCAL header: {p:?}");
     }
+
+    // A refusal after the PROXY header is logged with the real client, not the L4 balancer.
+    let mut bad = b"PROXY TCP4 203.0.113.8 192.0.2.1 4343 1883\r\n".to_vec();
+    bad.extend_from_slice(b"\x30\x05\x00\x01tx");
+    let mut s = tcp_from(Some(ip("127.0.0.5")), plain).await.unwrap();
+    s.write_all(&bad).await.unwrap();
+    closed_without_answer(&mut s).await;
+    let line = lb
+        .proc
+        .wait_log("closed before forwarding", Duration::from_secs(5));
+    assert!(line.contains("src=203.0.113.8:4343"), "LB log: {line}");
+    assert!(line.contains("peer=127.0.0.5:"), "LB log: {line}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

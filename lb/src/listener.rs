@@ -185,6 +185,8 @@ async fn handle(
     let conn_id = lb.next_conn_id(&live.lb.name);
     let dst = tcp.local_addr().unwrap_or(peer);
     let limit = live.lb.max_connect_packet;
+    // the real client address once a PROXY header has named it (for refusal log lines)
+    let src_seen = std::sync::OnceLock::new();
     let prelude = async {
         // Phase 1: PROXY header from an upstream L4 balancer.
         let (src, dst, head) = if rt.cfg.proxy_protocol {
@@ -193,6 +195,7 @@ async fn handle(
         } else {
             (peer, dst, Vec::new())
         };
+        let _ = src_seen.set(src);
         if !lb.limiter.allow(
             src.ip(),
             live.lb.connect_rate_per_ip,
@@ -238,12 +241,17 @@ async fn handle(
         Ok(v) => v,
         Err(Reject::RateLimited) => {
             lb.metrics.reject(&rt.cfg.name, "rate_limited");
-            warn_sampled(&rt.cfg.name, "rate_limited", peer);
+            warn_sampled(
+                &rt.cfg.name,
+                "rate_limited",
+                src_seen.get().copied().unwrap_or(peer),
+            );
             return None;
         }
         Err(e) => {
             lb.metrics.reject(&rt.cfg.name, e.label());
-            tracing::info!(conn = %conn_id, listener = %rt.cfg.name, peer = %peer, reason = e.label(), "closed before forwarding: {e}");
+            // src: the client (from PROXY when there is one); peer: who connected over TCP
+            tracing::info!(conn = %conn_id, listener = %rt.cfg.name, src = %src_seen.get().copied().unwrap_or(peer), peer = %peer, reason = e.label(), "closed before forwarding: {e}");
             return None;
         }
     };
@@ -257,7 +265,7 @@ async fn handle(
 }
 
 /// Logs a refusal that may come in floods at most once a second (the counter has them all).
-fn warn_sampled(listener: &str, reason: &str, peer: SocketAddr) {
+fn warn_sampled(listener: &str, reason: &str, src: SocketAddr) {
     use std::sync::atomic::{AtomicU64, Ordering};
     static LAST: AtomicU64 = AtomicU64::new(0);
     let now = std::time::SystemTime::now()
@@ -265,7 +273,7 @@ fn warn_sampled(listener: &str, reason: &str, peer: SocketAddr) {
         .map(|d| d.as_secs())
         .unwrap_or(0);
     if LAST.swap(now, Ordering::Relaxed) != now {
-        tracing::warn!(listener, reason, peer = %peer, "connection refused (further ones this second are only counted)");
+        tracing::warn!(listener, reason, src = %src, "connection refused (further ones this second are only counted)");
     }
 }
 
