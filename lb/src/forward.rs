@@ -354,7 +354,7 @@ impl Dir {
                 return Poll::Ready(Ok(()));
             }
             // not zeroed: only the part the read filled is used
-            let mut stack = [std::mem::MaybeUninit::<u8>::uninit(); 8192];
+            let mut stack = [std::mem::MaybeUninit::<u8>::uninit(); 16 * 1024];
             let mut rb = ReadBuf::uninit(&mut stack);
             match Pin::new(&mut *r).poll_read(cx, &mut rb) {
                 Poll::Pending => {
