@@ -28,6 +28,8 @@ use crate::tls::TlsFacts;
 /// Largest TLS record on the wire (16 KiB of payload plus header, content type, padding and tag
 /// allowance); a read of this size can always complete a record that has begun.
 const READ_CHUNK: usize = 16 * 1024 + 5 + 256;
+/// How long a failing handshake may spend sending its alert.
+const ALERT_WRITE_TIME: std::time::Duration = std::time::Duration::from_secs(1);
 /// Most plaintext encrypted per `poll_write` (one full record).
 const WRITE_CHUNK: usize = 16 * 1024;
 /// Room for one record's overhead when encrypting `WRITE_CHUNK` bytes.
@@ -134,6 +136,22 @@ fn drive(
     }
 }
 
+/// After a TLS error rustls has queued the fatal alert that explains it; this takes it out into
+/// `outgoing` so it can be sent before the connection closes.
+///
+/// Exactly one call: rustls hands out queued records before it looks at the buffer, and a
+/// second call would deframe again, which needs the buffer of the failed call (an empty one
+/// makes rustls 0.23 panic when a handshake message was half joined).
+fn queue_alert(conn: &mut UnbufferedServerConnection, outgoing: &mut Vec<u8>) {
+    if !conn.wants_write() {
+        return; // nothing queued: the call would go on to deframe
+    }
+    let UnbufferedStatus { state, .. } = conn.process_tls_records(&mut []);
+    if let Ok(ConnectionState::EncodeTlsData(mut e)) = state {
+        let _ = encode(&mut e, outgoing);
+    }
+}
+
 fn encode(
     e: &mut rustls::unbuffered::EncodeTlsData<'_, rustls::server::ServerConnectionData>,
     outgoing: &mut Vec<u8>,
@@ -211,7 +229,15 @@ impl TlsConn {
             if let Some(sni) = LAST_SNI.with(|s| s.borrow_mut().take()) {
                 t.sni = sni;
             }
-            let (used, progress) = res?;
+            let (used, progress) = match res {
+                Ok(v) => v,
+                Err(e) => {
+                    // tell the client why (e.g. certificate_required) before closing
+                    queue_alert(&mut t.conn, &mut t.outgoing);
+                    let _ = tokio::time::timeout(ALERT_WRITE_TIME, t.write_out()).await;
+                    return Err(e);
+                }
+            };
             t.incoming.drain(..used);
             t.write_out().await?;
             match progress {
@@ -254,6 +280,14 @@ impl TlsConn {
     /// SNI, ALPN, version, cipher and client certificate of the finished handshake.
     pub fn facts(&self) -> TlsFacts {
         crate::tls::facts_of(&self.conn, self.sni.clone())
+    }
+
+    /// Queues the alert for `e` and writes what the socket takes now (no waiting: the
+    /// connection is about to close); returns `e`.
+    fn fail(&mut self, cx: &mut Context<'_>, e: io::Error) -> io::Error {
+        queue_alert(&mut self.conn, &mut self.outgoing);
+        let _ = self.poll_write_out(cx);
+        e
     }
 
     /// Writes all of `outgoing` (handshake phase).
@@ -429,14 +463,20 @@ impl AsyncRead for TlsConn {
             let progress = if incoming.is_empty() {
                 // the common case: whole records, decrypted in the stack buffer
                 let got = rb.filled_mut();
-                let (used, progress) = drive(conn, got, outgoing, &mut sink)?;
+                let (used, progress) = match drive(conn, got, outgoing, &mut sink) {
+                    Ok(v) => v,
+                    Err(e) => return Poll::Ready(Err(me.fail(cx, e))),
+                };
                 if used < n {
                     incoming.extend_from_slice(&got[used..n]);
                 }
                 progress
             } else {
                 incoming.extend_from_slice(rb.filled());
-                let (used, progress) = drive(conn, incoming, outgoing, &mut sink)?;
+                let (used, progress) = match drive(conn, incoming, outgoing, &mut sink) {
+                    Ok(v) => v,
+                    Err(e) => return Poll::Ready(Err(me.fail(cx, e))),
+                };
                 incoming.drain(..used);
                 if incoming.is_empty() {
                     *incoming = Vec::new();
@@ -718,18 +758,45 @@ mod tests {
         let c = tokio_rustls::TlsConnector::from(anon)
             .connect(ServerName::try_from("localhost").unwrap(), tcp)
             .await;
-        if let Ok(mut c) = c {
-            // TLS 1.3: the client learns of the refusal on its first read
-            let _ = c.write_all(b"x").await;
-            let mut b = [0u8; 8];
-            assert!(!matches!(c.read(&mut b).await, Ok(n) if n > 0));
-        }
+        // TLS 1.3: the client learns of the refusal on its first read, from the alert
+        let mut c = c.expect("TLS 1.3 completes the client's side before the server decides");
+        let _ = c.write_all(b"x").await;
+        let mut b = [0u8; 8];
+        let r = c.read(&mut b).await;
+        let msg = format!("{r:?}");
+        assert!(
+            msg.contains("CertificateRequired"),
+            "the client must get the certificate_required alert, got {msg}"
+        );
         let err = tokio::time::timeout(Duration::from_secs(5), srv)
             .await
             .unwrap()
             .unwrap()
             .unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
+    }
+
+    #[tokio::test]
+    async fn garbage_after_the_handshake_is_an_error_not_a_panic() {
+        let s = setup(&[]);
+        for garbage in [
+            &b"\x17\x03\x03\x00\x20not a sealed record at all, 32 b"[..],
+            &b"\x16\x03\x03\x40\x00"[..], // a handshake record header announcing 16 KiB
+            &[0xffu8; 300][..],
+        ] {
+            let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = l.local_addr().unwrap();
+            let srv = tokio::spawn(echo_server(l, s.server.clone()));
+            let c = client(s.client.clone(), addr).await;
+            let (mut tcp, _) = c.into_inner();
+            tcp.write_all(garbage).await.unwrap();
+            let _ = tcp.shutdown().await;
+            let r = tokio::time::timeout(Duration::from_secs(5), srv)
+                .await
+                .expect("the server ends")
+                .expect("no panic");
+            assert!(r.is_err(), "garbage {garbage:?} was accepted");
+        }
     }
 
     #[tokio::test]
