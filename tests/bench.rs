@@ -334,14 +334,36 @@ fn tls_through_the_lb_with_client_certificates() {
     assert_eq!(j["connections"], 20);
     assert_eq!(j["errors"], 0);
 
-    // no client certificate: the LB refuses the handshake, one line, exit 2
-    let (code, out, err) = bench(
-        &["conn", "-p", &tls_port, "-c", "5", "--cafile", &ca],
-        Duration::from_secs(30),
-    );
-    assert_eq!(code, 2, "stdout: {out}\nstderr: {err}");
-    assert_eq!(err.lines().count(), 1, "{err}");
-    assert!(err.starts_with("mqedge bench: TLS handshake with"), "{err}");
+    // --insecure: no --cafile, the server is not checked, the client certificate still is
+    let j = bench_json(&[
+        "conn",
+        "-p",
+        &tls_port,
+        "-c",
+        "20",
+        "--close-each",
+        "--insecure",
+        "--cert",
+        &cert,
+        "--key",
+        &key,
+    ]);
+    assert_eq!(j["connections"], 20, "{j}");
+    assert_eq!(j["errors"], 0);
+
+    // no client certificate: the LB refuses the handshake, one line, exit 2 (with or without
+    // --insecure: skipping the client's checks does not skip the server's)
+    for trust in [vec!["--cafile", ca.as_str()], vec!["--insecure"]] {
+        let mut args = vec!["conn", "-p", &tls_port, "-c", "5"];
+        args.extend(trust);
+        let (code, out, err) = bench(&args, Duration::from_secs(30));
+        assert_eq!(code, 2, "{args:?}: stdout: {out}\nstderr: {err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(
+            err.starts_with("mqedge bench: TLS handshake with"),
+            "{args:?}: {err}"
+        );
+    }
 }
 
 #[test]
@@ -372,6 +394,13 @@ fn bad_arguments_and_fd_limit_exit_1() {
     );
     assert_eq!(code, 1, "{err}");
     assert!(err.starts_with("mqedge bench: --src"), "{err}");
+    // --insecure replaces --cafile; both at once is a contradiction
+    let (code, _, err) = bench(
+        &["conn", "--insecure", "--cafile", "ca.pem"],
+        Duration::from_secs(10),
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("--insecure"), "{err}");
     // far more than any open-files limit: refused before a single connection is tried
     let (code, _, err) = bench(
         &["hold", "-p", "1", "-c", "100000000"],

@@ -48,7 +48,8 @@ pub struct Endpoint {
 
 /// A TLS client config with the name to verify the server against.
 pub struct TlsTarget {
-    /// rustls config (CA, optional client certificate, no session resumption).
+    /// rustls config (CA or `--insecure`, optional client certificate, no session resumption),
+    /// built once and shared by every connection.
     pub config: Arc<rustls::ClientConfig>,
     /// SNI and verification name.
     pub server_name: ServerName<'static>,

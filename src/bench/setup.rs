@@ -11,7 +11,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use mqedge_broker::protocol::Version;
-use rustls::pki_types::ServerName;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -52,30 +55,33 @@ pub async fn endpoint(c: &Common) -> Result<Endpoint, BenchError> {
             "--src mixes IPv4 and IPv6 addresses".into(),
         ));
     }
-    let tls = match &c.cafile {
-        None => None,
-        Some(ca) => {
-            let usage =
-                |e: mqedge_shared::tls::TlsError| BenchError::Usage(strip_os_error(&e.to_string()));
-            let ca = mqedge_shared::tls::load_certs(ca).map_err(usage)?;
-            let id = match (&c.cert, &c.key) {
-                (Some(cert), Some(key)) => Some((
-                    mqedge_shared::tls::load_certs(cert).map_err(usage)?,
-                    mqedge_shared::tls::load_key(key).map_err(usage)?,
-                )),
-                _ => None,
-            };
-            let shared = mqedge_shared::tls::client_config(ca, id).map_err(usage)?;
-            // Every connection does a full handshake: that is what a connect storm measures.
-            let mut config = (*shared).clone();
-            config.resumption = rustls::client::Resumption::disabled();
-            let server_name = ServerName::try_from(c.sni.clone())
-                .map_err(|_| BenchError::Usage(format!("--sni {:?}: not a valid name", c.sni)))?;
-            Some(TlsTarget {
-                config: Arc::new(config),
-                server_name,
-            })
-        }
+    let tls = if c.cafile.is_none() && !c.insecure {
+        None
+    } else {
+        let usage =
+            |e: mqedge_shared::tls::TlsError| BenchError::Usage(strip_os_error(&e.to_string()));
+        let id = match (&c.cert, &c.key) {
+            (Some(cert), Some(key)) => Some((
+                mqedge_shared::tls::load_certs(cert).map_err(usage)?,
+                mqedge_shared::tls::load_key(key).map_err(usage)?,
+            )),
+            _ => None,
+        };
+        let mut config = match &c.cafile {
+            Some(ca) => {
+                let ca = mqedge_shared::tls::load_certs(ca).map_err(usage)?;
+                (*mqedge_shared::tls::client_config(ca, id).map_err(usage)?).clone()
+            }
+            None => insecure_config(id)?,
+        };
+        // Every connection does a full handshake: that is what a connect storm measures.
+        config.resumption = rustls::client::Resumption::disabled();
+        let server_name = ServerName::try_from(c.sni.clone())
+            .map_err(|_| BenchError::Usage(format!("--sni {:?}: not a valid name", c.sni)))?;
+        Some(TlsTarget {
+            config: Arc::new(config),
+            server_name,
+        })
     };
     Ok(Endpoint {
         addr,
@@ -94,6 +100,66 @@ pub async fn endpoint(c: &Common) -> Result<Endpoint, BenchError> {
             .map(|p| Bytes::from(p.clone().into_bytes())),
         connect_timeout: c.connect_timeout,
     })
+}
+
+/// The `--insecure` client config: same provider and protocol versions as the verifying one,
+/// the client certificate (if any) still presented, the server taken on trust.
+fn insecure_config(
+    id: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
+) -> Result<rustls::ClientConfig, BenchError> {
+    let provider = mqedge_shared::tls::provider();
+    let verifier = Arc::new(AnyServer(provider.clone()));
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| BenchError::Usage(format!("TLS: {e}")))?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier);
+    match id {
+        Some((chain, key)) => builder
+            .with_client_auth_cert(chain, key)
+            .map_err(|e| BenchError::Usage(format!("--cert/--key: {e}"))),
+        None => Ok(builder.with_no_client_auth()),
+    }
+}
+
+/// `--insecure`: accepts any server certificate and handshake signature, so a load generator
+/// spends its CPU on the handshakes it drives, not on checking a server it set up itself.
+#[derive(Debug)]
+struct AnyServer(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for AnyServer {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Ok(HandshakeSignatureValid::assertion())
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Ok(HandshakeSignatureValid::assertion())
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
 }
 
 /// Makes sure `connections` sockets (plus `extra` of our own, such as a probe) fit under the
