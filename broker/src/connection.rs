@@ -1,7 +1,9 @@
 //! One client connection, one task: CONNECT (auth, session attach/takeover, CONNACK), then a
 //! loop that reads and handles packets, drains the session queue into the socket (bounded by
 //! the client's Receive Maximum and our write buffer), enforces keep-alive (1.5×) and obeys a
-//! takeover. Buffers are released while the connection is idle, so an idle client costs little.
+//! takeover. Buffers are released while the connection is idle, so an idle client costs little:
+//! its task holds only [`Live`] and the main loop's futures; the CONNECT phase and the rare
+//! packets that must wait (held-back publishes, SUBSCRIBE) run in boxed futures of their own.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -11,6 +13,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use crate::auth::Access;
@@ -93,8 +96,17 @@ async fn read_more(r: &mut OwnedReadHalf, buf: &mut BytesMut) -> std::io::Result
     r.read_buf(buf).await
 }
 
-/// Serves a client from its first byte after any PROXY header (`rbuf` holds bytes read ahead).
-pub async fn run(b: Arc<Broker>, tcp: TcpStream, mut rbuf: BytesMut, info: ClientInfo) {
+/// The CONNECT phase, from the client's first byte after any PROXY header (`rbuf` holds bytes
+/// read ahead): reads CONNECT, authenticates, attaches the session and queues CONNACK.
+/// `None` when the client was refused or went away (already answered and logged). Kept apart
+/// from [`Live::serve`] so its state (the CONNECT packet, the CONNACK properties) is not part of
+/// every connection's long-lived task.
+pub async fn establish(
+    b: Arc<Broker>,
+    tcp: TcpStream,
+    mut rbuf: BytesMut,
+    info: ClientInfo,
+) -> Option<Live> {
     let _ = tcp.set_nodelay(true);
     let (mut r, mut w) = tcp.into_split();
     let max = b.cfg.limits.max_packet_size;
@@ -134,22 +146,22 @@ pub async fn run(b: Arc<Broker>, tcp: TcpStream, mut rbuf: BytesMut, info: Clien
             let _ = write_all(&mut w, &mut out).await;
             b.metrics.reject("unsupported_version");
             tracing::info!(peer = %info.addr, level = l, "refused: unsupported protocol version");
-            return;
+            return None;
         }
         Ok(Err(e)) => {
             b.metrics.reject("bad_connect");
             tracing::info!(peer = %info.addr, error = %e, "closed: bad first packet");
-            return;
+            return None;
         }
         Ok(Ok(_)) => {
             b.metrics.reject("bad_connect");
             tracing::info!(peer = %info.addr, "closed: first packet is not CONNECT");
-            return;
+            return None;
         }
         Err(_) => {
             b.metrics.reject("connect_timeout");
             tracing::info!(peer = %info.addr, "closed: no CONNECT within {CONNECT_TIMEOUT:?}");
-            return;
+            return None;
         }
     };
     let v = connect.version;
@@ -165,7 +177,7 @@ pub async fn run(b: Arc<Broker>, tcp: TcpStream, mut rbuf: BytesMut, info: Clien
             let _ = write_all(&mut w, &mut out).await;
             b.metrics.reject(why);
             tracing::info!(peer = %info.addr, client_id = %connect.client_id, code, "refused: {why}");
-            return;
+            return None;
         }
     };
     let conn_id = b.next_conn_id();
@@ -184,8 +196,7 @@ pub async fn run(b: Arc<Broker>, tcp: TcpStream, mut rbuf: BytesMut, info: Clien
         conn_id,
         import,
     );
-    let session = att.session.clone();
-    let mut kicked = att.kicked;
+    let kicked = att.kicked;
     b.metrics.connections.inc();
     b.metrics.connected.inc();
     // LB health checks connect every few seconds: keep them out of the INFO log
@@ -217,8 +228,8 @@ pub async fn run(b: Arc<Broker>, tcp: TcpStream, mut rbuf: BytesMut, info: Clien
         v,
     );
     let mut c = Conn {
-        b: b.clone(),
-        s: session.clone(),
+        b,
+        s: att.session,
         v,
         out,
         client_receive_max: connect.properties.receive_maximum.unwrap_or(u16::MAX),
@@ -227,9 +238,9 @@ pub async fn run(b: Arc<Broker>, tcp: TcpStream, mut rbuf: BytesMut, info: Clien
             .maximum_packet_size
             .map(|m| m as usize)
             .unwrap_or(usize::MAX),
-        aliases: HashMap::new(),
+        aliases: None,
         pending: std::collections::VecDeque::new(),
-        will: connect.will.clone(),
+        will: connect.will.map(Box::new),
         connect_expiry_zero: expiry == 0,
     };
     if att.session_present {
@@ -237,107 +248,160 @@ pub async fn run(b: Arc<Broker>, tcp: TcpStream, mut rbuf: BytesMut, info: Clien
     }
     let keep_alive = (connect.keep_alive > 0)
         .then(|| Duration::from_millis(u64::from(connect.keep_alive) * 1500));
-    let mut deadline = keep_alive.map(|k| Instant::now() + k);
-    let end = loop {
-        // handle every complete packet already buffered
-        let mut fault = None;
+    Some(Live {
+        c,
+        r,
+        w,
+        rbuf,
+        kicked,
+        keep_alive,
+        peer: info.addr,
+        conn_id,
+        quiet,
+    })
+}
+
+/// An established connection: all its task keeps while the client is connected.
+pub struct Live {
+    c: Conn,
+    r: OwnedReadHalf,
+    w: OwnedWriteHalf,
+    /// Bytes read and not yet decoded (unallocated while idle).
+    rbuf: BytesMut,
+    /// Fires when another connection takes the session over.
+    kicked: oneshot::Receiver<u8>,
+    /// 1.5 × the client's keep-alive.
+    keep_alive: Option<Duration>,
+    peer: SocketAddr,
+    conn_id: u64,
+    /// An LB health check: logged at debug only.
+    quiet: bool,
+}
+
+impl Live {
+    /// Handles every complete packet already buffered; each one restarts the keep-alive timer.
+    async fn handle_buffered(&mut self, deadline: &mut Option<Instant>) -> Result<(), End> {
+        let max = self.c.b.cfg.limits.max_packet_size;
         loop {
-            match decode(&mut rbuf, Some(v), max) {
-                Ok(Some(p)) => {
-                    if let Some(k) = keep_alive {
-                        deadline = Some(Instant::now() + k);
+            // (statements, not `while let`: no decode temporaries kept across the await)
+            let p = match decode(&mut self.rbuf, Some(self.c.v), max) {
+                Ok(Some(p)) => p,
+                Ok(None) => return Ok(()),
+                Err(e) => return Err(e.into()),
+            };
+            if let Some(k) = self.keep_alive {
+                *deadline = Some(Instant::now() + k);
+            }
+            // most packets are handled at once; the rare ones that must wait bring a boxed
+            // future, so the waiting does not enlarge every connection's task
+            let later = self.c.handle(p)?;
+            if let Some(later) = later {
+                later.await?;
+            }
+        }
+    }
+
+    /// Reads and handles packets, drains the session queue into the socket, enforces
+    /// keep-alive and obeys a takeover until the connection ends; then says why (v5), flushes
+    /// (bounded) and detaches the session. By reference: the caller's task keeps the one copy
+    /// of this state (an async fn that took it by value would hold it twice).
+    pub async fn serve(&mut self) {
+        let v = self.c.v;
+        let mut deadline = self.keep_alive.map(|k| Instant::now() + k);
+        let end = loop {
+            if let Err(e) = self.handle_buffered(&mut deadline).await {
+                break e;
+            }
+            if self.rbuf.is_empty() && self.rbuf.capacity() > 0 {
+                self.rbuf = BytesMut::new(); // idle: hold no read buffer
+            }
+            let c = &mut self.c;
+            c.drain_queue();
+            let has_out = !c.out.is_empty();
+            let waiting = c.pending.front().is_some_and(|p| p.wait.is_some());
+            let can_pull = c.out.len() < OUT_HIGH;
+            let (r, w, rbuf) = (&self.r, &mut self.w, &mut self.rbuf);
+            tokio::select! {
+                biased;
+                _ = &mut self.kicked => break End::TakenOver,
+                // the socket's own reader slot, not a waiter node: the smallest future there is
+                res = std::future::poll_fn(|cx| r.as_ref().poll_read_ready(cx)) => {
+                    if res.is_err() { break End::Io; }
+                    rbuf.reserve(4096);
+                    match r.try_read_buf(rbuf) {
+                        Ok(0) => break End::Io,
+                        Ok(n) => { c.b.metrics.bytes_received.inc_by(n as u64); }
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                        Err(_) => break End::Io,
                     }
-                    if let Err(e) = c.handle(p).await {
-                        fault = Some(e);
-                        break;
+                }
+                res = write_some(w, &mut c.out), if has_out => {
+                    match res {
+                        Ok(n) => {
+                            c.b.metrics.bytes_sent.inc_by(n as u64);
+                            if c.out.is_empty() { c.out = BytesMut::new(); }
+                        }
+                        Err(_) => break End::Io,
                     }
                 }
-                Ok(None) => break,
-                Err(e) => {
-                    fault = Some(End::from(e));
-                    break;
-                }
-            }
-        }
-        if let Some(e) = fault {
-            break e;
-        }
-        if rbuf.is_empty() && rbuf.capacity() > 0 {
-            rbuf = BytesMut::new(); // idle: hold no read buffer
-        }
-        c.drain_queue();
-        let has_out = !c.out.is_empty();
-        let waiting = c.pending.front().is_some_and(|p| p.wait.is_some());
-        let can_pull = c.out.len() < OUT_HIGH;
-        tokio::select! {
-            biased;
-            _ = &mut kicked => break End::TakenOver,
-            res = r.readable() => {
-                if res.is_err() { break End::Io; }
-                rbuf.reserve(4096);
-                match r.try_read_buf(&mut rbuf) {
-                    Ok(0) => break End::Io,
-                    Ok(n) => { b.metrics.bytes_received.inc_by(n as u64); }
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                    Err(_) => break End::Io,
-                }
-            }
-            res = write_some(&mut w, &mut c.out), if has_out => {
-                match res {
-                    Ok(n) => {
-                        b.metrics.bytes_sent.inc_by(n as u64);
-                        if c.out.is_empty() { c.out = BytesMut::new(); }
+                _ = c.s.notify.notified(), if can_pull => {}
+                // without keep-alive the branch is off and its timer never registered
+                _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => break End::KeepAlive,
+                ok = await_front(&mut c.pending), if waiting => {
+                    if !ok {
+                        break End::Violation(
+                            reason::SERVER_BUSY,
+                            "a message could not be stored or was not acknowledged by a cluster peer".into(),
+                        );
                     }
-                    Err(_) => break End::Io,
+                    if let Err(e) = c.flush_acks() {
+                        break e;
+                    }
                 }
             }
-            _ = session.notify.notified(), if can_pull => {}
-            _ = sleep_until(deadline) => break End::KeepAlive,
-            ok = await_front(&mut c.pending), if waiting => {
-                if !ok {
-                    break End::Violation(
-                        reason::SERVER_BUSY,
-                        "a message could not be stored or was not acknowledged by a cluster peer".into(),
-                    );
-                }
-                if let Err(e) = c.flush_acks() {
-                    break e;
-                }
-            }
-        }
-    };
-    // say why, where v5 allows it, and flush what is pending (bounded)
-    let code = match &end {
-        End::TakenOver => Some(reason::SESSION_TAKEN_OVER),
-        End::KeepAlive => Some(reason::KEEP_ALIVE_TIMEOUT),
-        End::Violation(code, _) => Some(*code),
-        _ => None,
-    };
-    if let (true, Some(code)) = (v.is_v5(), code) {
-        send(
-            &mut c.out,
-            &Packet::Disconnect(Disconnect {
-                code,
-                ..Default::default()
-            }),
-            v,
+        };
+        let (c, w, peer, conn_id, quiet) = (
+            &mut self.c,
+            &mut self.w,
+            self.peer,
+            self.conn_id,
+            self.quiet,
         );
+        // say why, where v5 allows it, and flush what is pending (bounded)
+        let code = match &end {
+            End::TakenOver => Some(reason::SESSION_TAKEN_OVER),
+            End::KeepAlive => Some(reason::KEEP_ALIVE_TIMEOUT),
+            End::Violation(code, _) => Some(*code),
+            _ => None,
+        };
+        if let (true, Some(code)) = (v.is_v5(), code) {
+            send(
+                &mut c.out,
+                &Packet::Disconnect(Disconnect {
+                    code,
+                    ..Default::default()
+                }),
+                v,
+            );
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(1), write_all(w, &mut c.out)).await;
+        let will = match &end {
+            End::Normal { keep_will: false } => None,
+            _ => c.will.take().map(|w| *w),
+        };
+        let b = &c.b;
+        let client_id = &c.s.client_id;
+        b.metrics.connected.dec();
+        if let End::Violation(_, why) = &end {
+            b.metrics.reject("protocol_error");
+            tracing::info!(conn = conn_id, client_id = %client_id, peer = %peer, "closed: {why}");
+        } else if quiet {
+            tracing::debug!(conn = conn_id, client_id = %client_id, reason = end.label(), "health check disconnected");
+        } else {
+            tracing::info!(conn = conn_id, client_id = %client_id, peer = %peer, reason = end.label(), "client disconnected");
+        }
+        b.detach(&c.s, conn_id, will);
     }
-    let _ = tokio::time::timeout(Duration::from_secs(1), write_all(&mut w, &mut c.out)).await;
-    let will = match &end {
-        End::Normal { keep_will: false } => None,
-        _ => c.will.take(),
-    };
-    b.metrics.connected.dec();
-    if let End::Violation(_, why) = &end {
-        b.metrics.reject("protocol_error");
-        tracing::info!(conn = conn_id, client_id = %client_id, peer = %info.addr, "closed: {why}");
-    } else if quiet {
-        tracing::debug!(conn = conn_id, client_id = %client_id, reason = end.label(), "health check disconnected");
-    } else {
-        tracing::info!(conn = conn_id, client_id = %client_id, peer = %info.addr, reason = end.label(), "client disconnected");
-    }
-    b.detach(&session, conn_id, will);
 }
 
 async fn write_some(w: &mut OwnedWriteHalf, out: &mut BytesMut) -> std::io::Result<usize> {
@@ -360,13 +424,6 @@ async fn await_front(p: &mut std::collections::VecDeque<PendingAck>) -> bool {
     let ok = w.await.unwrap_or(false);
     front.wait = None;
     ok
-}
-
-async fn sleep_until(d: Option<Instant>) {
-    match d {
-        Some(d) => tokio::time::sleep_until(d).await,
-        None => std::future::pending().await,
-    }
 }
 
 fn connack(session_present: bool, code: u8, properties: ConnAckProperties) -> Packet {
@@ -465,6 +522,9 @@ struct PendingAck {
     wait: Option<tokio::task::JoinHandle<bool>>,
 }
 
+/// The rest of a packet's handling that must wait, boxed (see [`Conn::handle`]).
+type Later<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), End>> + Send + 'a>>;
+
 /// Acknowledgements a connection may owe at once before it stops reading.
 const MAX_PENDING_ACKS: usize = 1024;
 
@@ -475,9 +535,13 @@ struct Conn {
     out: BytesMut,
     client_receive_max: u16,
     client_max_packet: usize,
-    aliases: HashMap<u16, String>,
+    /// v5 topic aliases, allocated at the first one (most clients never use them).
+    // boxed: 8 bytes in every connection's task instead of an empty map's 48
+    #[allow(clippy::box_collection)]
+    aliases: Option<Box<HashMap<u16, String>>>,
     pending: std::collections::VecDeque<PendingAck>,
-    will: Option<Will>,
+    /// Boxed: most clients have none, and this is kept for the whole connection.
+    will: Option<Box<Will>>,
     connect_expiry_zero: bool,
 }
 
@@ -592,9 +656,20 @@ impl Conn {
         }
     }
 
-    async fn handle(&mut self, p: Packet) -> Result<(), End> {
+    /// Handles one packet. Most are done at once; one that must wait (a held-back publish, too
+    /// many acknowledgements owed, a SUBSCRIBE persisted to the store) returns the rest as a
+    /// boxed future, so the waiting does not enlarge every idle connection's task.
+    fn handle(&mut self, p: Packet) -> Result<Option<Later<'_>>, End> {
         match p {
-            Packet::Publish(p) => self.on_publish(p).await,
+            Packet::Publish(p) => self.on_publish(p),
+            Packet::Subscribe(s) => Ok(Some(Box::pin(self.on_subscribe(s)))),
+            Packet::Unsubscribe(u) => Ok(Some(Box::pin(self.on_unsubscribe(u)))),
+            p => self.handle_other(p).map(|()| None),
+        }
+    }
+
+    fn handle_other(&mut self, p: Packet) -> Result<(), End> {
+        match p {
             Packet::PubAck(a) => {
                 self.finish_inflight(a.packet_id, Await::PubAck);
                 Ok(())
@@ -642,8 +717,6 @@ impl Conn {
                 self.ack(Packet::PubComp, a.packet_id, code);
                 Ok(())
             }
-            Packet::Subscribe(s) => self.on_subscribe(s).await,
-            Packet::Unsubscribe(u) => self.on_unsubscribe(u).await,
             Packet::PingReq => {
                 send(&mut self.out, &Packet::PingResp, self.v);
                 Ok(())
@@ -690,7 +763,7 @@ impl Conn {
         }
     }
 
-    async fn on_publish(&mut self, mut p: Publish) -> Result<(), End> {
+    fn on_publish(&mut self, mut p: Publish) -> Result<Option<Later<'_>>, End> {
         let v5 = self.v.is_v5();
         self.b.metrics.messages_received.inc();
         if let Some(a) = p.properties.topic_alias {
@@ -701,7 +774,7 @@ impl Conn {
                 ));
             }
             if p.topic.is_empty() {
-                match self.aliases.get(&a) {
+                match self.aliases.as_ref().and_then(|m| m.get(&a)) {
                     Some(t) => p.topic = t.clone(),
                     None => {
                         return Err(End::Violation(
@@ -711,7 +784,9 @@ impl Conn {
                     }
                 }
             } else {
-                self.aliases.insert(a, p.topic.clone());
+                self.aliases
+                    .get_or_insert_with(Default::default)
+                    .insert(a, p.topic.clone());
             }
         }
         if !valid_topic_name(&p.topic) {
@@ -739,7 +814,7 @@ impl Conn {
                     code: 0,
                     wait: None,
                 });
-                return self.flush_acks();
+                return self.flush_acks().map(|()| None);
             }
             if st.qos2_in.len() >= usize::from(self.b.cfg.limits.max_inflight) {
                 return Err(End::Violation(
@@ -758,6 +833,7 @@ impl Conn {
                 None => true,
             };
         let mut pending_wait = None;
+        let mut hold = None;
         let code = if allowed {
             let now = unix_now();
             let props = p.properties;
@@ -798,28 +874,10 @@ impl Conn {
                 });
                 pending_wait = Some(wait);
             }
-            // the same across nodes: a peer whose forward queue is full holds its publishers back
-            for g in published.peer_gates {
-                let deadline = tokio::time::Instant::now() + CONGESTION_WAIT;
-                loop {
-                    let space = g.space.notified();
-                    tokio::pin!(space);
-                    space.as_mut().enable();
-                    if !g.congested() {
-                        break;
-                    }
-                    if tokio::time::timeout_at(deadline, space).await.is_err() {
-                        break;
-                    }
-                }
-            }
-            // server-side flow control: a connected subscriber far behind holds this publisher
-            // back (no PUBACK, no further reads) until its backlog halves, bounded in time
-            let limit = self.b.cfg.limits.max_offline_messages.max(1);
-            for c in published.congested {
-                if !Arc::ptr_eq(&c, &self.s) {
-                    crate::broker::wait_for_space(&c, limit).await;
-                }
+            let mut congested = published.congested;
+            congested.retain(|c| !Arc::ptr_eq(c, &self.s));
+            if !published.peer_gates.is_empty() || !congested.is_empty() {
+                hold = Some((published.peer_gates, congested));
             }
             0
         } else {
@@ -835,18 +893,62 @@ impl Conn {
         if p.qos == QoS::ExactlyOnce && code >= 0x80 {
             self.s.lock().qos2_in.remove(&pid);
         }
-        if p.qos != QoS::AtMostOnce {
-            self.pending.push_back(PendingAck {
-                qos: p.qos,
-                pid,
-                code,
-                wait: pending_wait,
-            });
-            // bounded: a client that floods without waiting for acks waits here
-            while self.pending.len() > MAX_PENDING_ACKS {
-                self.wait_front().await?;
-                self.flush_acks()?;
+        let ack = (p.qos != QoS::AtMostOnce).then_some(PendingAck {
+            qos: p.qos,
+            pid,
+            code,
+            wait: pending_wait,
+        });
+        if let Some((gates, congested)) = hold {
+            return Ok(Some(Box::pin(self.hold_back(gates, congested, ack))));
+        }
+        if let Some(a) = ack {
+            self.pending.push_back(a);
+            if self.pending.len() > MAX_PENDING_ACKS {
+                return Ok(Some(Box::pin(self.bound_pending())));
             }
+        }
+        self.flush_acks().map(|()| None)
+    }
+
+    /// Holds a publisher back (no PUBACK, no further reads), bounded in time, while a peer's
+    /// forward queue is full or a connected subscriber is far behind (until its backlog
+    /// halves): server-side flow control. Then owes the publish's acknowledgement.
+    async fn hold_back(
+        &mut self,
+        gates: Vec<Arc<crate::cluster::Gate>>,
+        congested: Vec<Arc<Session>>,
+        ack: Option<PendingAck>,
+    ) -> Result<(), End> {
+        for g in gates {
+            let deadline = tokio::time::Instant::now() + CONGESTION_WAIT;
+            loop {
+                let space = g.space.notified();
+                tokio::pin!(space);
+                space.as_mut().enable();
+                if !g.congested() {
+                    break;
+                }
+                if tokio::time::timeout_at(deadline, space).await.is_err() {
+                    break;
+                }
+            }
+        }
+        let limit = self.b.cfg.limits.max_offline_messages.max(1);
+        for c in congested {
+            crate::broker::wait_for_space(&c, limit).await;
+        }
+        if let Some(a) = ack {
+            self.pending.push_back(a);
+        }
+        self.bound_pending().await
+    }
+
+    /// Bounded acknowledgements: a client that floods without waiting for acks waits here.
+    async fn bound_pending(&mut self) -> Result<(), End> {
+        while self.pending.len() > MAX_PENDING_ACKS {
+            self.wait_front().await?;
+            self.flush_acks()?;
         }
         self.flush_acks()
     }

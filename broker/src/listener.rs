@@ -38,9 +38,16 @@ pub async fn accept_loop(
                     drop(tcp);
                     continue;
                 }
-                let (b, lc, done) = (b.clone(), lc.clone(), done.clone());
+                // boxed: the PROXY and CONNECT phases are freed once the client is in, so the
+                // task of an idle connection holds only the established connection
+                let setup = Box::pin(establish(b.clone(), lc.clone(), tcp, peer));
+                let done = done.clone();
                 tokio::spawn(async move {
-                    handle(b, lc, tcp, peer).await;
+                    // served in place: one copy of the connection's state in the task
+                    let mut live = setup.await;
+                    if let Some(live) = live.as_mut() {
+                        live.serve().await;
+                    }
                     drop(done);
                 });
             }
@@ -54,12 +61,14 @@ pub async fn accept_loop(
     }
 }
 
-async fn handle(
+/// The PROXY header (when the listener expects one), then the CONNECT phase: `None` when the
+/// connection was refused or went away.
+async fn establish(
     b: Arc<Broker>,
     lc: Arc<ListenerConfig>,
     mut tcp: TcpStream,
     peer: std::net::SocketAddr,
-) {
+) -> Option<connection::Live> {
     let mut buf = BytesMut::new();
     let mut info = ClientInfo {
         addr: peer,
@@ -72,7 +81,7 @@ async fn handle(
                 if !trusted {
                     b.metrics.reject("untrusted_proxy");
                     tracing::warn!(peer = %peer, listener = %lc.name, "refused: PROXY header from an address outside trusted_proxies");
-                    return;
+                    return None;
                 }
                 if let Some(src) = h.src {
                     info.addr = src;
@@ -89,21 +98,21 @@ async fn handle(
             Ok(Ok(None)) => {
                 b.metrics.reject("proxy_required");
                 tracing::warn!(peer = %peer, listener = %lc.name, "refused: no PROXY header on a listener that requires one");
-                return;
+                return None;
             }
             Ok(Err(e)) => {
                 b.metrics.reject("proxy_header");
                 tracing::warn!(peer = %peer, listener = %lc.name, error = %e, "refused: bad PROXY header");
-                return;
+                return None;
             }
             Err(_) => {
                 b.metrics.reject("proxy_timeout");
                 tracing::info!(peer = %peer, listener = %lc.name, "closed: no PROXY header in time");
-                return;
+                return None;
             }
         }
     }
-    connection::run(b, tcp, buf, info).await;
+    connection::establish(b, tcp, buf, info).await
 }
 
 /// Reads a PROXY header if the stream starts with one. `Ok(None)`: it does not (bytes read stay
