@@ -1689,3 +1689,31 @@ async fn garbage_and_truncated_packets_close_only_their_own_connection() {
     sub.send(Packet::PingReq).await;
     assert_eq!(sub.recv(T).await, Some(Packet::PingResp));
 }
+
+/// A broker that is stopped (SIGTERM) tells v5 clients why (DISCONNECT 0x8B, "server shutting
+/// down", MQTT 5 §4.13), closes 3.1.1 clients, and exits 0 soon after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_tells_v5_clients_server_shutting_down() {
+    let mut n = start_broker("conf-shutdown");
+    let addr = n.addr();
+    let (mut v5, _) = client5(addr, "bye-v5", true, None, ConnectProperties::default()).await;
+    let mut v4 = client(addr, Version::V311, "bye-v4").await;
+    n.b.proc.signal("TERM");
+    expect_disconnect(&mut v5, 0x8B, "v5 client at broker shutdown").await;
+    assert!(
+        v4.closed_within(T).await,
+        "3.1.1 client not closed at shutdown"
+    );
+    let status = tokio::task::spawn_blocking(move || {
+        let s = n.b.proc.wait_exit(Duration::from_secs(10));
+        (s, n)
+    })
+    .await
+    .unwrap();
+    assert!(
+        status.0.is_some_and(|s| s.success()),
+        "exit: {:?}\n{}",
+        status.0,
+        status.1.b.proc.logs()
+    );
+}

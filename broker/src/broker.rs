@@ -760,6 +760,30 @@ impl Broker {
         }
     }
 
+    /// Closes every client connection of this node with "server shutting down" (v5 reason
+    /// 0x8B) at shutdown. Sessions stay (persisted with `data_dir`) and wills are not published:
+    /// a planned stop is not a client failure, and the clients reconnect through the LB.
+    /// Returns how many connections were told.
+    pub fn close_all_connections(&self) -> usize {
+        let mut n = 0;
+        for shard in &self.sessions {
+            let sessions: Vec<Arc<Session>> = shard
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .values()
+                .cloned()
+                .collect();
+            for s in sessions {
+                let mut st = s.lock();
+                if let Some(k) = st.conn.as_mut().and_then(|c| c.kick.take()) {
+                    let _ = k.send(crate::protocol::reason::SERVER_SHUTTING_DOWN);
+                    n += 1;
+                }
+            }
+        }
+        n
+    }
+
     /// Hands this node's session of `client_id` to another node: closes its connection, and
     /// (unless the new connection starts clean) exports subscriptions and queued messages.
     pub fn export_session(

@@ -56,6 +56,8 @@ enum End {
     KeepAlive,
     /// Another connection took the session.
     TakenOver,
+    /// The broker is shutting down (the will is kept back: not a client failure).
+    Shutdown,
     /// A protocol violation: v5 gets a DISCONNECT with this reason code.
     Violation(u8, String),
 }
@@ -67,6 +69,7 @@ impl End {
             End::Io => "closed",
             End::KeepAlive => "keepalive",
             End::TakenOver => "taken_over",
+            End::Shutdown => "server_shutdown",
             End::Violation(..) => "protocol_error",
         }
     }
@@ -323,7 +326,10 @@ impl Live {
             let (r, w, rbuf) = (&self.r, &mut self.w, &mut self.rbuf);
             tokio::select! {
                 biased;
-                _ = &mut self.kicked => break End::TakenOver,
+                code = &mut self.kicked => break match code {
+                    Ok(reason::SERVER_SHUTTING_DOWN) => End::Shutdown,
+                    _ => End::TakenOver,
+                },
                 // the socket's own reader slot, not a waiter node: the smallest future there is
                 res = std::future::poll_fn(|cx| r.as_ref().poll_read_ready(cx)) => {
                     if res.is_err() { break End::Io; }
@@ -370,6 +376,7 @@ impl Live {
         // say why, where v5 allows it, and flush what is pending (bounded)
         let code = match &end {
             End::TakenOver => Some(reason::SESSION_TAKEN_OVER),
+            End::Shutdown => Some(reason::SERVER_SHUTTING_DOWN),
             End::KeepAlive => Some(reason::KEEP_ALIVE_TIMEOUT),
             End::Violation(code, _) => Some(*code),
             _ => None,
@@ -386,7 +393,7 @@ impl Live {
         }
         let _ = tokio::time::timeout(Duration::from_secs(1), write_all(w, &mut c.out)).await;
         let will = match &end {
-            End::Normal { keep_will: false } => None,
+            End::Normal { keep_will: false } | End::Shutdown => None,
             _ => c.will.take().map(|w| *w),
         };
         let b = &c.b;

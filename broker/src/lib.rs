@@ -66,7 +66,8 @@ pub async fn bind(cfg: &Config) -> Result<Bound, BrokerError> {
 }
 
 /// Runs a broker node on bound listeners until `shutdown`; then stops accepting, closes client
-/// connections (their sessions stay, persisted when `data_dir` is set) and flushes the store.
+/// connections (v5 clients get DISCONNECT 0x8B; sessions stay, persisted when `data_dir` is set;
+/// wills are not published) and flushes the store.
 pub async fn run(
     cfg: Config,
     bound: Bound,
@@ -128,8 +129,11 @@ pub async fn run_with(
     for l in loops {
         let _ = l.await;
     }
-    // connections end with the runtime; give in-flight acks a moment
-    let _ = tokio::time::timeout(Duration::from_millis(200), done_rx.recv()).await;
+    // connected clients are told (v5: DISCONNECT 0x8B), flushed and detached, bounded; the
+    // rest (still in their CONNECT phase) end with the runtime
+    let told = b.close_all_connections();
+    tracing::info!(node = %b.cfg.name, connections = told, "closing client connections");
+    let _ = tokio::time::timeout(Duration::from_secs(2), done_rx.recv()).await;
     if let Some(s) = &b.store {
         s.close().await;
     }
