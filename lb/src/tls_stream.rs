@@ -81,21 +81,31 @@ enum Progress {
     Traffic,
     /// The peer sent close_notify: no more data will come.
     PeerClosed,
+    /// Both sides sent close_notify.
+    Closed,
 }
+
+/// What the write path does once rustls is ready for application data.
+type AtWrite<'a> = &'a mut dyn FnMut(
+    &mut rustls::unbuffered::WriteTraffic<'_, rustls::server::ServerConnectionData>,
+    &mut Vec<u8>,
+) -> io::Result<()>;
 
 fn tls_err(e: rustls::Error) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, e)
 }
 
-/// Runs rustls over `buf` until it needs more bytes from the peer. Decrypted application data
-/// goes to `sink`; handshake and alert records rustls wants sent are appended to `outgoing`.
-/// Returns how many bytes at the front of `buf` rustls is done with (the rest must be presented
-/// again, with more appended) and how far it got.
+/// Runs rustls over `buf` until it needs more bytes from the peer (or, for the write path, until
+/// `at_write` has run in rustls' `WriteTraffic` state). Decrypted application data goes to
+/// `sink`; handshake and alert records rustls wants sent are appended to `outgoing`. Returns how
+/// many bytes at the front of `buf` rustls is done with (the rest must be presented again, with
+/// more appended) and how far it got.
 fn drive(
     conn: &mut UnbufferedServerConnection,
     buf: &mut [u8],
     outgoing: &mut Vec<u8>,
     sink: &mut dyn FnMut(&[u8]),
+    mut at_write: Option<AtWrite<'_>>,
 ) -> io::Result<(usize, Progress)> {
     let mut off = 0;
     loop {
@@ -113,10 +123,14 @@ fn drive(
             // the bytes are in `outgoing`, which is always written before anything else
             ConnectionState::TransmitTlsData(t) => t.done(),
             ConnectionState::BlockedHandshake => done = Some(Progress::Handshaking),
-            ConnectionState::WriteTraffic(_) => done = Some(Progress::Traffic),
-            ConnectionState::PeerClosed | ConnectionState::Closed => {
-                done = Some(Progress::PeerClosed)
+            ConnectionState::WriteTraffic(mut w) => {
+                if let Some(f) = at_write.as_mut() {
+                    f(&mut w, outgoing)?;
+                }
+                done = Some(Progress::Traffic)
             }
+            ConnectionState::PeerClosed => done = Some(Progress::PeerClosed),
+            ConnectionState::Closed => done = Some(Progress::Closed),
             ConnectionState::ReadEarlyData(_) => {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidData,
@@ -223,9 +237,13 @@ impl TlsConn {
                 outgoing,
                 ..
             } = &mut t;
-            let res = drive(conn, incoming, outgoing, &mut |p| {
-                plain.extend_from_slice(p)
-            });
+            let res = drive(
+                conn,
+                incoming,
+                outgoing,
+                &mut |p| plain.extend_from_slice(p),
+                None,
+            );
             if let Some(sni) = LAST_SNI.with(|s| s.borrow_mut().take()) {
                 t.sni = sni;
             }
@@ -242,7 +260,7 @@ impl TlsConn {
             t.write_out().await?;
             match progress {
                 Progress::Traffic => break,
-                Progress::PeerClosed => {
+                Progress::PeerClosed | Progress::Closed => {
                     return Err(io::Error::new(
                         io::ErrorKind::UnexpectedEof,
                         "peer closed during the TLS handshake",
@@ -321,43 +339,44 @@ impl TlsConn {
         ) -> io::Result<T>,
     ) -> io::Result<T> {
         let mut f = Some(f);
-        loop {
-            let UnbufferedStatus { mut discard, state } =
-                self.conn.process_tls_records(&mut self.incoming);
-            let mut out = None;
-            match state.map_err(tls_err)? {
-                ConnectionState::WriteTraffic(mut w) => {
+        let mut out = None;
+        // at most: a PeerClosed (edge-triggered, reported once), then WriteTraffic
+        for _ in 0..2 {
+            let TlsConn {
+                conn,
+                incoming,
+                plain,
+                outgoing,
+                ..
+            } = &mut *self;
+            let (used, progress) = drive(
+                conn,
+                incoming,
+                outgoing,
+                &mut |p| plain.extend_from_slice(p),
+                Some(&mut |w, o| {
                     if let Some(f) = f.take() {
-                        out = Some(f(&mut w, &mut self.outgoing)?);
+                        out = Some(f(w, o)?);
                     }
-                }
-                ConnectionState::EncodeTlsData(mut e) => encode(&mut e, &mut self.outgoing)?,
-                ConnectionState::TransmitTlsData(t) => t.done(),
-                ConnectionState::ReadTraffic(mut r) => {
-                    while let Some(rec) = r.next_record() {
-                        let rec = rec.map_err(tls_err)?;
-                        discard += rec.discard;
-                        self.plain.extend_from_slice(rec.payload);
-                    }
-                }
-                ConnectionState::PeerClosed => self.read_eof = true,
-                ConnectionState::Closed => {
+                    Ok(())
+                }),
+            )?;
+            incoming.drain(..used);
+            match progress {
+                Progress::Traffic => break,
+                Progress::PeerClosed => self.read_eof = true,
+                Progress::Closed => {
                     return Err(io::Error::new(
                         io::ErrorKind::BrokenPipe,
                         "TLS connection closed",
                     ))
                 }
-                other => {
-                    return Err(io::Error::other(format!(
-                        "unexpected TLS connection state {other:?}"
-                    )))
+                Progress::Handshaking => {
+                    return Err(io::Error::other("TLS handshake not finished"))
                 }
             }
-            self.incoming.drain(..discard);
-            if let Some(v) = out {
-                return Ok(v);
-            }
         }
+        out.ok_or_else(|| io::Error::other("TLS connection not ready for application data"))
     }
 
     /// Encrypts `chunk` (at most one record) into `scratch` and writes it to the socket; what
@@ -463,7 +482,7 @@ impl AsyncRead for TlsConn {
             let progress = if incoming.is_empty() {
                 // the common case: whole records, decrypted in the stack buffer
                 let got = rb.filled_mut();
-                let (used, progress) = match drive(conn, got, outgoing, &mut sink) {
+                let (used, progress) = match drive(conn, got, outgoing, &mut sink, None) {
                     Ok(v) => v,
                     Err(e) => return Poll::Ready(Err(me.fail(cx, e))),
                 };
@@ -473,7 +492,7 @@ impl AsyncRead for TlsConn {
                 progress
             } else {
                 incoming.extend_from_slice(rb.filled());
-                let (used, progress) = match drive(conn, incoming, outgoing, &mut sink) {
+                let (used, progress) = match drive(conn, incoming, outgoing, &mut sink, None) {
                     Ok(v) => v,
                     Err(e) => return Poll::Ready(Err(me.fail(cx, e))),
                 };
@@ -488,7 +507,7 @@ impl AsyncRead for TlsConn {
                 }
                 progress
             };
-            if progress == Progress::PeerClosed {
+            if matches!(progress, Progress::PeerClosed | Progress::Closed) {
                 me.read_eof = true;
             }
             if buf.filled().len() > before {
