@@ -628,6 +628,18 @@ mod tests {
         Ok(facts)
     }
 
+    /// An echo server on a fresh 127.0.0.1 port, for one connection.
+    async fn start_echo(
+        s: &Setup,
+    ) -> (
+        std::net::SocketAddr,
+        tokio::task::JoinHandle<io::Result<TlsFacts>>,
+    ) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        (addr, tokio::spawn(echo_server(l, s.server.clone())))
+    }
+
     async fn client(
         cfg: Arc<rustls::ClientConfig>,
         addr: std::net::SocketAddr,
@@ -674,9 +686,7 @@ mod tests {
         let s = setup(&["mqtt".to_string()]);
         let mut ccfg = (*s.client).clone();
         ccfg.alpn_protocols = vec![b"mqtt".to_vec()];
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = l.local_addr().unwrap();
-        let srv = tokio::spawn(echo_server(l, s.server.clone()));
+        let (addr, srv) = start_echo(&s).await;
         let c = client(Arc::new(ccfg), addr).await;
         tokio::time::timeout(
             Duration::from_secs(30),
@@ -703,9 +713,7 @@ mod tests {
                 key_from_pem(&s.client_pem.1).unwrap(),
             )
             .unwrap();
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = l.local_addr().unwrap();
-        let srv = tokio::spawn(echo_server(l, s.server.clone()));
+        let (addr, srv) = start_echo(&s).await;
         let c = client(Arc::new(ccfg), addr).await;
         tokio::time::timeout(
             Duration::from_secs(30),
@@ -721,9 +729,7 @@ mod tests {
     #[tokio::test]
     async fn client_key_updates_are_followed() {
         let s = setup(&[]);
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = l.local_addr().unwrap();
-        let srv = tokio::spawn(echo_server(l, s.server.clone()));
+        let (addr, srv) = start_echo(&s).await;
         let tcp = TcpStream::connect(addr).await.unwrap();
         let mut c = tokio_rustls::TlsConnector::from(s.client.clone())
             .connect(ServerName::try_from("localhost").unwrap(), tcp)
@@ -754,9 +760,7 @@ mod tests {
     #[tokio::test]
     async fn garbage_and_missing_client_cert_fail_the_handshake() {
         let s = setup(&[]);
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = l.local_addr().unwrap();
-        let srv = tokio::spawn(echo_server(l, s.server.clone()));
+        let (addr, srv) = start_echo(&s).await;
         let mut tcp = TcpStream::connect(addr).await.unwrap();
         tcp.write_all(b"\x10\x0c\x00\x04MQTT\x04\x02\x00\x3c\x00\x00 plain MQTT to a TLS port")
             .await
@@ -769,9 +773,7 @@ mod tests {
         assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
 
         // a client without a certificate is refused by the required client auth
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = l.local_addr().unwrap();
-        let srv = tokio::spawn(echo_server(l, s.server.clone()));
+        let (addr, srv) = start_echo(&s).await;
         let anon = client_config(certs_from_pem(&s.pki.ca_pem).unwrap(), None).unwrap();
         let tcp = TcpStream::connect(addr).await.unwrap();
         let c = tokio_rustls::TlsConnector::from(anon)
@@ -803,9 +805,7 @@ mod tests {
             &b"\x16\x03\x03\x40\x00"[..], // a handshake record header announcing 16 KiB
             &[0xffu8; 300][..],
         ] {
-            let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let addr = l.local_addr().unwrap();
-            let srv = tokio::spawn(echo_server(l, s.server.clone()));
+            let (addr, srv) = start_echo(&s).await;
             let c = client(s.client.clone(), addr).await;
             let (mut tcp, _) = c.into_inner();
             tcp.write_all(garbage).await.unwrap();
