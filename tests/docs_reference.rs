@@ -165,3 +165,48 @@ fn every_config_key_is_in_its_operations_md_section() {
         "config keys missing from their table in docs/operations.md: {missing:#?}"
     );
 }
+
+/// Metric family names in a Prometheus text exposition (`# TYPE name kind` lines).
+fn families(text: &str) -> Vec<String> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_whitespace().next())
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn every_metric_is_in_operations_md() {
+    let ops = doc("operations.md");
+    let dir = TempDir::new("docs-metrics");
+    let pki = Pki::new(dir.path(), &[]);
+    let broker = BrokerProc::start(&dir.write(
+        "node.toml",
+        &broker_config("127.0.0.1:0", "", "[cluster]\nbind = \"127.0.0.1:0\"\n"),
+    ));
+    let lb_cfg = lb_config(
+        &pki,
+        "optional",
+        "client_id",
+        &[("node1", broker.addr(), "none")],
+        "admin = \"127.0.0.1:0\"",
+    );
+    let lb = Lb::start(&dir.write("lb.toml", &lb_cfg));
+    let mut missing = Vec::new();
+    for (role, admin) in [("lb", lb.admin()), ("broker", broker.admin())] {
+        let (code, text) = http("GET", admin, "/metrics");
+        assert_eq!(code, 200, "{role} /metrics");
+        let names = families(&text);
+        assert!(names.len() >= 5, "{role}: few metrics in {text}");
+        for n in names {
+            // counters are documented by their sample name (`_total`) or their family name
+            if !ops.contains(&format!("`{n}")) && !ops.contains(&format!("{n}_total")) {
+                missing.push(format!("{role}: {n}"));
+            }
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "metrics missing from docs/operations.md: {missing:#?}"
+    );
+}
