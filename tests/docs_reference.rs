@@ -14,7 +14,11 @@ fn doc(name: &str) -> String {
 }
 
 fn help(args: &[&str]) -> String {
-    let out = Command::new(bin()).args(args).arg("--help").output().unwrap();
+    let out = Command::new(bin())
+        .args(args)
+        .arg("--help")
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{args:?} --help failed");
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
@@ -86,7 +90,10 @@ fn every_command_and_flag_is_in_cli_md() {
             }
         }
     }
-    assert!(checked > 40, "only {checked} flags found: the help parser is broken");
+    assert!(
+        checked > 40,
+        "only {checked} flags found: the help parser is broken"
+    );
     assert!(missing.is_empty(), "not in docs/cli.md: {missing:#?}");
 }
 
@@ -147,7 +154,11 @@ fn every_config_key_is_in_its_operations_md_section() {
         (node, "[cluster]", "#### `[cluster]`"),
         (node, "[auth]", "#### `[auth]`"),
         (node, "[limits]", "#### `[limits]`"),
-        (node, "[shared_subscriptions]", "#### `[shared_subscriptions]`"),
+        (
+            node,
+            "[shared_subscriptions]",
+            "#### `[shared_subscriptions]`",
+        ),
     ];
     let mut missing = Vec::new();
     for (prefix, table, heading) in tables {
