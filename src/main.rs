@@ -53,7 +53,7 @@ enum Cmd {
         /// User name.
         user: String,
     },
-    /// The local topology: dev certs, the LB and a broker node as child processes.
+    /// The local topology: dev certs, three clustered broker nodes and the LB as child processes.
     Up {
         /// Working directory for certs, generated configs and data.
         #[arg(long, default_value = ".mqedge")]
