@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 
 mod bench;
+mod passwd;
 mod up;
 
 #[derive(Parser)]
@@ -44,8 +45,8 @@ enum Cmd {
         #[arg(short, long)]
         config: PathBuf,
     },
-    /// Add or update a user in a password file (argon2); the password is read from the
-    /// terminal, or from stdin when it is not one.
+    /// Add or update a user in a password file (argon2). On a terminal the password is asked
+    /// twice without echo; otherwise the first line of stdin is the password.
     Passwd {
         /// Password file (created when missing).
         #[arg(short, long)]
@@ -84,6 +85,10 @@ enum Cmd {
         /// Keep an existing ca.pem/ca.key in the directory instead of making a new CA.
         #[arg(long)]
         reuse_ca: bool,
+        /// Replace an existing CA with a new one (without it, an existing ca.pem or ca.key is
+        /// an error: certificates the old CA signed would stop verifying).
+        #[arg(long, conflicts_with = "reuse_ca")]
+        force: bool,
     },
 }
 
@@ -115,7 +120,7 @@ fn main() -> ExitCode {
         Cmd::Check { config } => check(&config),
         Cmd::Lb { config } => run_lb(&config),
         Cmd::Broker { config } => run_broker(&config),
-        Cmd::Passwd { file, user } => passwd(&file, &user),
+        Cmd::Passwd { file, user } => passwd::run(&file, &user),
         Cmd::Up { dir } => up::run(&dir),
         Cmd::Bench { cmd } => bench::run(cmd),
         Cmd::Certs {
@@ -123,11 +128,13 @@ fn main() -> ExitCode {
             client_cn,
             san,
             reuse_ca,
+            force,
         } => {
             let opts = mqedge_shared::certs::CertOptions {
                 sans: san,
                 client_cns: client_cn,
                 reuse_ca,
+                replace_ca: force,
             };
             match mqedge_shared::certs::generate(&out, &opts) {
                 Ok(files) => {
@@ -138,6 +145,12 @@ fn main() -> ExitCode {
                 }
                 Err(e) => {
                     eprintln!("mqedge certs: {}", error_chain(&e));
+                    if matches!(e, mqedge_shared::certs::CertError::CaExists(_)) {
+                        eprintln!(
+                            "mqedge certs: pass --reuse-ca to sign the new certificates with \
+                             the existing CA, or --force to replace it"
+                        );
+                    }
                     ExitCode::from(1)
                 }
             }
@@ -320,52 +333,6 @@ fn run_broker(path: &std::path::Path) -> ExitCode {
         Err(e) => {
             eprintln!("mqedge broker: {e:#}");
             ExitCode::from(2)
-        }
-    }
-}
-
-fn passwd(file: &std::path::Path, user: &str) -> ExitCode {
-    use std::io::{BufRead, IsTerminal, Write};
-    let stdin = std::io::stdin();
-    let password = if stdin.is_terminal() {
-        let read = |prompt: &str| -> Option<String> {
-            eprint!("{prompt}");
-            let _ = std::io::stderr().flush();
-            // no echo control without a tty crate: warn instead of silently echoing
-            let mut s = String::new();
-            stdin.lock().read_line(&mut s).ok()?;
-            Some(s.trim_end_matches(['\r', '\n']).to_string())
-        };
-        eprintln!("(the password is echoed; pipe it on stdin to avoid that)");
-        let (Some(a), Some(b)) = (read("Password: "), read("Repeat: ")) else {
-            eprintln!("mqedge passwd: no password read");
-            return ExitCode::from(1);
-        };
-        if a != b {
-            eprintln!("mqedge passwd: the passwords differ");
-            return ExitCode::from(1);
-        }
-        a
-    } else {
-        let mut s = String::new();
-        if stdin.lock().read_line(&mut s).is_err() {
-            eprintln!("mqedge passwd: cannot read the password from stdin");
-            return ExitCode::from(1);
-        }
-        s.trim_end_matches(['\r', '\n']).to_string()
-    };
-    if password.is_empty() {
-        eprintln!("mqedge passwd: empty password refused");
-        return ExitCode::from(1);
-    }
-    match mqedge_broker::auth::set_user(file, user, password.as_bytes()) {
-        Ok(()) => {
-            println!("{}: set password of {user}", file.display());
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("mqedge passwd: {e}");
-            ExitCode::from(1)
         }
     }
 }

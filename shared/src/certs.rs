@@ -45,6 +45,10 @@ pub struct CertOptions {
     /// Keep existing CA files in the directory (reuse ca.pem/ca.key if both exist) instead of
     /// making a new CA, so clients that already trust it keep working.
     pub reuse_ca: bool,
+    /// Allow a new CA to replace an existing `ca.pem` or `ca.key`. Without it (the default),
+    /// [`generate`] refuses with [`CertError::CaExists`] rather than silently invalidating every
+    /// certificate the old CA signed (`mqedge certs --force`).
+    pub replace_ca: bool,
 }
 
 /// Why certificates could not be made, so the CLI can print one clear line.
@@ -65,6 +69,13 @@ pub enum CertError {
     /// control character, or the reserved names "ca"/"server").
     #[error("client CN {0:?} cannot be used as a file name")]
     BadName(String),
+    /// A new CA would replace this existing CA file, and `replace_ca` was not set.
+    #[error(
+        "{} already exists; refusing to replace the CA (every certificate it signed would stop \
+         verifying)",
+        .0.display()
+    )]
+    CaExists(PathBuf),
 }
 
 /// Generate the dev PKI into `out_dir` (created if missing) and return the paths written.
@@ -74,6 +85,10 @@ pub enum CertError {
 /// `client.key` with CN `dev-client` when `client_cns` is empty). Keys are written with mode
 /// 0600 on unix. Names are checked and every certificate is made before the first file is
 /// written, so a refused request leaves the directory untouched.
+///
+/// A new CA is made unless `reuse_ca` is set and both CA files exist. It must not replace an
+/// existing `ca.pem` or `ca.key` (even one of the two) unless `replace_ca` is set:
+/// [`CertError::CaExists`] names the file.
 pub fn generate(out_dir: &Path, opts: &CertOptions) -> Result<Vec<PathBuf>, CertError> {
     let clients = client_stems(&opts.client_cns)?;
 
@@ -83,6 +98,14 @@ pub fn generate(out_dir: &Path, opts: &CertOptions) -> Result<Vec<PathBuf>, Cert
     let ca = if opts.reuse_ca && ca_pem_path.is_file() && ca_key_path.is_file() {
         Ca::load(read(&ca_pem_path)?, read(&ca_key_path)?)?
     } else {
+        // `exists` follows symlinks; a dangling link is not a CA anyone trusts.
+        if let Some(old) = [&ca_pem_path, &ca_key_path]
+            .into_iter()
+            .find(|p| p.exists())
+            .filter(|_| !opts.replace_ca)
+        {
+            return Err(CertError::CaExists(old.clone()));
+        }
         let ca = Ca::new()?;
         files.push((ca_pem_path, ca.cert_pem.clone(), false));
         files.push((ca_key_path, ca.key_pem.clone(), true));
@@ -669,9 +692,56 @@ mod tests {
         ));
         assert!(client_accepted(&ca_pem, &dir.file("carol.pem")));
 
-        // Without reuse_ca a new CA replaces the old one.
-        generate(dir.path(), &CertOptions::default()).unwrap();
+        // Without reuse_ca a new CA replaces the old one only with replace_ca.
+        let replace = CertOptions {
+            replace_ca: true,
+            ..CertOptions::default()
+        };
+        generate(dir.path(), &replace).unwrap();
         assert_ne!(dir.file("ca.pem"), ca_pem);
+    }
+
+    #[test]
+    fn an_existing_ca_is_not_replaced_without_replace_ca() {
+        let dir = TempDir::new("keep-ca");
+        generate(dir.path(), &CertOptions::default()).unwrap();
+        let before: Vec<String> = ["ca.pem", "ca.key", "server.pem", "client.pem"]
+            .iter()
+            .map(|f| dir.file(f))
+            .collect();
+        let unchanged = |dir: &TempDir| {
+            let now: Vec<String> = ["ca.pem", "ca.key", "server.pem", "client.pem"]
+                .iter()
+                .map(|f| dir.file(f))
+                .collect();
+            assert_eq!(now, before, "nothing may be rewritten");
+        };
+        match generate(dir.path(), &CertOptions::default()) {
+            Err(CertError::CaExists(p)) => assert_eq!(p, dir.path().join("ca.pem")),
+            other => panic!("expected CaExists, got {other:?}"),
+        }
+        unchanged(&dir);
+        // Half a CA is still one: reuse_ca cannot use it, and a new CA would replace it.
+        fs::remove_file(dir.path().join("ca.pem")).unwrap();
+        let reuse = CertOptions {
+            reuse_ca: true,
+            ..CertOptions::default()
+        };
+        match generate(dir.path(), &reuse) {
+            Err(CertError::CaExists(p)) => assert_eq!(p, dir.path().join("ca.key")),
+            other => panic!("expected CaExists, got {other:?}"),
+        }
+        let err = generate(dir.path(), &CertOptions::default()).unwrap_err();
+        assert!(err.to_string().contains("ca.key already exists"), "{err}");
+        let replace = CertOptions {
+            replace_ca: true,
+            ..CertOptions::default()
+        };
+        generate(dir.path(), &replace).unwrap();
+        assert!(client_accepted(
+            &dir.file("ca.pem"),
+            &dir.file("client.pem")
+        ));
     }
 
     #[test]

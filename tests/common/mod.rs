@@ -54,6 +54,7 @@ impl Pki {
             sans: vec![],
             client_cns: cns.iter().map(|s| s.to_string()).collect(),
             reuse_ca: false,
+            replace_ca: false,
         };
         mqedge_shared::certs::generate(&certs, &opts).unwrap();
         let evil = dir.join("evil");
@@ -63,6 +64,7 @@ impl Pki {
                 sans: vec![],
                 client_cns: vec!["intruder".into()],
                 reuse_ca: false,
+                replace_ca: false,
             },
         )
         .unwrap();

@@ -1,6 +1,6 @@
 //! MQTT 3.1.1 and 5.0 wire protocol: packet types ([`packets`]) and a pure codec ([`codec`]):
 //! bytes in, packets out (or `Incomplete`), packets in, bytes out. No I/O here, so the codec is
-//! unit-tested, fuzzed and benchmarked alone.
+//! unit-tested (plus a seeded random-input test; no cargo-fuzz yet) and benchmarked alone.
 //!
 //! Why our own codec rather than `mqttbytes` 0.6: that crate does not validate SUBSCRIBE's fixed
 //! header flags (MQTT-3.8.1-1), the reserved subscription option bits (MQTT-3.8.3-4/5) or an

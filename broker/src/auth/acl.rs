@@ -1,0 +1,658 @@
+//! The mosquitto-format ACL file (`[auth] acl_file`): who may publish, receive and subscribe
+//! to what. Parsed once into plain values; [`Acl::check`] is a pure function of them that never
+//! panics on what a client sends. The filter-vs-filter relations a SUBSCRIBE needs live in
+//! [`filters`](super::filters).
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::path::Path;
+
+use super::filters::{covers, meet, pattern_matches};
+use super::{located, read_file, AuthError};
+use crate::topic::matches as topic_matches;
+
+/// What a client wants to do with a topic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Receive a message published on a concrete topic (checked on delivery).
+    Read,
+    /// Publish on a concrete topic.
+    Write,
+    /// Subscribe to a topic filter (checked on SUBSCRIBE, against the filter as requested; what
+    /// the subscription then delivers is checked message by message with `Read`).
+    Subscribe,
+}
+
+/// The access word of one ACL line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Grant {
+    Read,
+    Write,
+    ReadWrite,
+    Deny,
+}
+
+impl Grant {
+    fn from_word(w: &str) -> Option<Grant> {
+        match w {
+            "read" => Some(Grant::Read),
+            "write" => Some(Grant::Write),
+            "readwrite" => Some(Grant::ReadWrite),
+            "deny" => Some(Grant::Deny),
+            _ => None,
+        }
+    }
+
+    fn allows_read(self) -> bool {
+        matches!(self, Grant::Read | Grant::ReadWrite)
+    }
+
+    fn allows_write(self) -> bool {
+        matches!(self, Grant::Write | Grant::ReadWrite)
+    }
+}
+
+/// One `topic` or `pattern` line.
+#[derive(Debug, Clone)]
+struct Entry {
+    grant: Grant,
+    /// A valid MQTT topic filter (for patterns: before `%u`/`%c` substitution).
+    filter: String,
+    /// The filter holds `%u` / `%c` (only acted on for `pattern` lines); kept so the
+    /// per-message check does not search the string each time.
+    needs_user: bool,
+    needs_client: bool,
+}
+
+impl Entry {
+    /// Whether this pattern applies to the client at all: every value it needs must be present,
+    /// non-empty and free of '+', '#', '/' and NUL, or a client id could turn a per-client
+    /// pattern into a wildcard or reach into another client's subtree.
+    fn applies_to(&self, username: Option<&str>, client_id: &str) -> bool {
+        let safe = |v: &str| !v.is_empty() && !v.contains(['+', '#', '/', '\0']);
+        (!self.needs_user || username.is_some_and(safe)) && (!self.needs_client || safe(client_id))
+    }
+}
+
+/// A mosquitto-format ACL file: who may publish, receive and subscribe to what.
+///
+/// `topic [read|write|readwrite|deny] FILTER` lines before any `user` line apply to everyone,
+/// anonymous clients included (DESIGN.md's rule; in mosquitto they apply to anonymous clients
+/// only); after `user NAME` they apply to NAME only; `pattern` lines apply to everyone with
+/// `%u`/`%c` replaced. For a topic, a `deny` that matches wins; otherwise something must grant
+/// the access. For a SUBSCRIBE filter see [`Acl::check`]. The default (and an ACL with no
+/// entries) denies everything.
+#[derive(Debug, Clone, Default)]
+pub struct Acl {
+    /// `topic` lines before the first `user` line.
+    everyone: Vec<Entry>,
+    /// `topic` lines after `user NAME`, by NAME (several blocks for one user add up).
+    users: HashMap<String, Vec<Entry>>,
+    /// `pattern` lines, wherever they appear.
+    patterns: Vec<Entry>,
+}
+
+impl Acl {
+    /// Reads and parses the ACL file at `path` (errors name the path as given).
+    pub fn load(path: &Path) -> Result<Self, AuthError> {
+        let text = read_file(path)?;
+        let acl = Self::parse(&path.display().to_string(), &text)?;
+        tracing::debug!(
+            path = %path.display(),
+            everyone = acl.everyone.len(),
+            users = acl.users.len(),
+            patterns = acl.patterns.len(),
+            "ACL loaded"
+        );
+        Ok(acl)
+    }
+
+    /// Parses ACL `text`; `file` is only used to name it in errors. Stops at the first bad line.
+    pub fn parse(file: &str, text: &str) -> Result<Self, AuthError> {
+        let mut acl = Acl::default();
+        // `None` until the first `user` line: until then `topic` lines go to `everyone`, which
+        // covers users and anonymous clients alike. This differs from mosquitto, where that first
+        // block applies to anonymous clients only; DESIGN.md [auth] asks for everyone.
+        let mut current_user: Option<String> = None;
+        for (idx, raw) in text.lines().enumerate() {
+            let n = idx + 1;
+            let err = |msg: String| located(file, Some(n), msg);
+            let line = raw.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let (keyword, rest) = match line.split_once(char::is_whitespace) {
+                Some((k, r)) => (k, r.trim_start()),
+                None => (line, ""),
+            };
+            match keyword {
+                "user" => {
+                    if rest.is_empty() {
+                        return Err(err("`user` needs a username".into()));
+                    }
+                    acl.users.entry(rest.to_string()).or_default();
+                    current_user = Some(rest.to_string());
+                }
+                "topic" | "pattern" => {
+                    let entry = parse_entry(keyword, rest).map_err(err)?;
+                    if keyword == "pattern" {
+                        acl.patterns.push(entry);
+                    } else if let Some(user) = &current_user {
+                        acl.users.entry(user.clone()).or_default().push(entry);
+                    } else {
+                        acl.everyone.push(entry);
+                    }
+                }
+                other => {
+                    return Err(err(format!(
+                        "unknown keyword {other:?}: expected `topic`, `user` or `pattern`"
+                    )))
+                }
+            }
+        }
+        Ok(acl)
+    }
+
+    /// May this client (username `None` = anonymous) do `access` on `topic`? A topic name with
+    /// wildcards for Read/Write, or an invalid filter for Subscribe, is refused.
+    ///
+    /// Read and Write: some applicable entry granting that access matches the topic, and no
+    /// applicable `deny` entry does.
+    ///
+    /// Subscribe (`topic` is the filter as requested; `$share/GROUP/` is stripped first, the
+    /// group does not change what is delivered): granted when some applicable entry granting
+    /// read shares at least one topic with the filter, and those shared topics are not all
+    /// inside one applicable `deny` entry. So with `topic readwrite #` and
+    /// `topic deny test/nosubscribe`, `#`, `+/+` and `+/nosubscribe` are granted and
+    /// `test/nosubscribe` is refused; with `topic deny secret/#`, `secret/+` is refused. A
+    /// granted filter may still match topics the client may not read: the broker checks Read
+    /// on every delivery (retained ones included), and that check is what withholds them.
+    pub fn check(
+        &self,
+        username: Option<&str>,
+        client_id: &str,
+        topic: &str,
+        access: Access,
+    ) -> bool {
+        match access {
+            Access::Read | Access::Write => {
+                if topic.is_empty() || topic.contains(['+', '#', '\0']) {
+                    return false;
+                }
+                self.check_topic(username, client_id, topic, access == Access::Write)
+            }
+            Access::Subscribe => match strip_share(topic) {
+                Some(f) if valid_filter(f) => self.check_subscribe(username, client_id, f),
+                _ => false,
+            },
+        }
+    }
+
+    /// The `topic` entries that apply to this client: the first block, then its own blocks.
+    fn topic_entries<'a>(&'a self, username: Option<&str>) -> impl Iterator<Item = &'a Entry> {
+        let own = username.and_then(|u| self.users.get(u));
+        self.everyone.iter().chain(own.into_iter().flatten())
+    }
+
+    /// Read or Write on a concrete topic: runs on every delivery and publish, so it allocates
+    /// nothing (patterns are matched while substituting, see [`pattern_matches`]).
+    fn check_topic(
+        &self,
+        username: Option<&str>,
+        client_id: &str,
+        topic: &str,
+        write: bool,
+    ) -> bool {
+        let relevant = |g: Grant| {
+            g == Grant::Deny
+                || if write {
+                    g.allows_write()
+                } else {
+                    g.allows_read()
+                }
+        };
+        let mut allowed = false;
+        for e in self.topic_entries(username) {
+            if relevant(e.grant) && topic_matches(&e.filter, topic) {
+                if e.grant == Grant::Deny {
+                    return false;
+                }
+                allowed = true;
+            }
+        }
+        for e in &self.patterns {
+            if relevant(e.grant)
+                && e.applies_to(username, client_id)
+                && pattern_matches(&e.filter, username, client_id, topic)
+            {
+                if e.grant == Grant::Deny {
+                    return false;
+                }
+                allowed = true;
+            }
+        }
+        allowed
+    }
+
+    /// Subscribe to a valid plain filter: see [`Acl::check`]. For each read grant G, the topics
+    /// the filter could deliver through G are exactly `meet(G, filter)`; the filter is granted
+    /// if one such set is non-empty and not covered by a deny. Runs once per SUBSCRIBE filter,
+    /// so it may collect the applicable entries.
+    fn check_subscribe<'a>(
+        &'a self,
+        username: Option<&str>,
+        client_id: &str,
+        filter: &str,
+    ) -> bool {
+        let mut grants: Vec<Cow<'a, str>> = Vec::new();
+        let mut denies: Vec<Cow<'a, str>> = Vec::new();
+        let mut sort = |grant: Grant, f: Cow<'a, str>| match grant {
+            Grant::Deny => denies.push(f),
+            g if g.allows_read() => grants.push(f),
+            _ => {}
+        };
+        for e in self.topic_entries(username) {
+            sort(e.grant, Cow::Borrowed(e.filter.as_str()));
+        }
+        for e in &self.patterns {
+            if let Some(f) = substitute(e, username, client_id) {
+                sort(e.grant, f);
+            }
+        }
+        grants.iter().any(|g| match meet(g, filter) {
+            Some(reachable) => !denies.iter().any(|d| covers(d, &reachable)),
+            None => false,
+        })
+    }
+}
+
+/// Parses the part of a `topic`/`pattern` line after the keyword: optional access word, then
+/// the filter (the rest of the line, so it may contain spaces).
+fn parse_entry(keyword: &str, rest: &str) -> Result<Entry, String> {
+    let (grant, filter) = match rest.split_once(char::is_whitespace) {
+        Some((w, f)) => match Grant::from_word(w) {
+            Some(g) => (g, f.trim_start()),
+            None => (Grant::ReadWrite, rest),
+        },
+        None => match Grant::from_word(rest) {
+            Some(_) => return Err(format!("`{keyword} {rest}` needs a topic filter")),
+            None => (Grant::ReadWrite, rest),
+        },
+    };
+    if filter.is_empty() {
+        return Err(format!("`{keyword}` needs a topic filter"));
+    }
+    if !valid_filter(filter) {
+        return Err(format!(
+            "invalid topic filter {filter:?}: '+' and '#' must fill a whole level, \
+             and '#' must be the last level"
+        ));
+    }
+    Ok(Entry {
+        grant,
+        filter: filter.to_string(),
+        needs_user: filter.contains("%u"),
+        needs_client: filter.contains("%c"),
+    })
+}
+
+/// `$share/GROUP/FILTER` → `FILTER`; other filters unchanged; a malformed share → `None`.
+fn strip_share(filter: &str) -> Option<&str> {
+    match filter.strip_prefix("$share/") {
+        None => Some(filter),
+        Some(rest) => {
+            let (group, f) = rest.split_once('/')?;
+            if group.is_empty() || group.contains(['+', '#']) || f.is_empty() {
+                None
+            } else {
+                Some(f)
+            }
+        }
+    }
+}
+
+/// The pattern's filter with `%u` and `%c` replaced in one pass (so a username that is
+/// literally `%c` stays `%c`), or `None` when the pattern does not apply to this client (see
+/// [`Entry::applies_to`]). Used on SUBSCRIBE; deliveries use [`pattern_matches`] instead.
+fn substitute<'a>(e: &'a Entry, username: Option<&str>, client_id: &str) -> Option<Cow<'a, str>> {
+    if !e.applies_to(username, client_id) {
+        return None;
+    }
+    let pattern = e.filter.as_str();
+    if !pattern.contains('%') {
+        return Some(Cow::Borrowed(pattern));
+    }
+    let mut out = String::with_capacity(pattern.len() + 16);
+    let mut rest = pattern;
+    while let Some(i) = rest.find('%') {
+        out.push_str(&rest[..i]);
+        let tail = &rest[i..];
+        rest = if let (Some(u), Some(after)) = (username, tail.strip_prefix("%u")) {
+            out.push_str(u);
+            after
+        } else if let Some(after) = tail.strip_prefix("%c") {
+            out.push_str(client_id);
+            after
+        } else {
+            out.push('%');
+            &tail[1..]
+        };
+    }
+    out.push_str(rest);
+    Some(Cow::Owned(out))
+}
+
+/// A valid MQTT topic filter: not empty, no NUL, '+' and '#' fill their level, '#' last.
+fn valid_filter(filter: &str) -> bool {
+    if filter.is_empty() || filter.contains('\0') {
+        return false;
+    }
+    let mut levels = filter.split('/').peekable();
+    while let Some(level) = levels.next() {
+        let last = levels.peek().is_none();
+        match level {
+            "+" => {}
+            "#" if last => {}
+            l if l.contains(['+', '#']) => return false,
+            _ => {}
+        }
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::tests::config_line;
+
+    fn acl(text: &str) -> Acl {
+        Acl::parse("acl", text).unwrap()
+    }
+
+    const R: Access = Access::Read;
+    const W: Access = Access::Write;
+    const S: Access = Access::Subscribe;
+
+    #[test]
+    fn first_block_applies_to_everyone_including_anonymous() {
+        let a = acl("topic read public/#\nuser alice\ntopic readwrite alice/#\n");
+        assert!(a.check(None, "c1", "public/news", R));
+        assert!(a.check(Some("alice"), "c1", "public/news", R));
+        assert!(a.check(Some("bob"), "c1", "public/news", R));
+        assert!(!a.check(None, "c1", "public/news", W));
+        assert!(a.check(None, "c1", "public/#", S));
+    }
+
+    #[test]
+    fn user_block_applies_only_to_that_user() {
+        let a = acl("user alice\ntopic alice/#\nuser bob\ntopic read bob/in\n");
+        assert!(a.check(Some("alice"), "c", "alice/x", W));
+        assert!(a.check(Some("alice"), "c", "alice/x", R));
+        assert!(!a.check(Some("bob"), "c", "alice/x", R));
+        assert!(!a.check(None, "c", "alice/x", R));
+        assert!(a.check(Some("bob"), "c", "bob/in", R));
+        assert!(!a.check(Some("bob"), "c", "bob/in", W));
+        assert!(!a.check(Some("alice"), "c", "bob/in", R));
+    }
+
+    #[test]
+    fn several_blocks_for_one_user_add_up() {
+        let a = acl("user alice\ntopic a\nuser bob\ntopic b\nuser alice\ntopic c\n");
+        assert!(a.check(Some("alice"), "x", "a", R));
+        assert!(a.check(Some("alice"), "x", "c", R));
+        assert!(!a.check(Some("alice"), "x", "b", R));
+    }
+
+    #[test]
+    fn patterns_substitute_username_and_client_id() {
+        let a = acl("user alice\npattern write devices/%u/%c/up\npattern read cmd/%c\n");
+        // Patterns apply to everyone, even though they sit in alice's block.
+        assert!(a.check(Some("bob"), "dev1", "devices/bob/dev1/up", W));
+        assert!(!a.check(Some("bob"), "dev1", "devices/bob/dev2/up", W));
+        assert!(!a.check(Some("bob"), "dev1", "devices/alice/dev1/up", W));
+        assert!(!a.check(Some("bob"), "dev1", "devices/bob/dev1/up", R));
+        assert!(a.check(None, "dev1", "cmd/dev1", R));
+        assert!(!a.check(None, "dev1", "cmd/dev2", R));
+        // %u never matches an anonymous client.
+        assert!(!a.check(None, "dev1", "devices/%u/dev1/up", W));
+        assert!(!a.check(None, "dev1", "devices//dev1/up", W));
+    }
+
+    #[test]
+    fn pattern_values_with_wildcards_or_slashes_do_not_match() {
+        let a = acl("pattern read devices/%u/#\npattern read cmd/%c\n");
+        assert!(a.check(Some("bob"), "c", "devices/bob/x", R));
+        assert!(!a.check(Some("+"), "c", "devices/+/#", S));
+        assert!(!a.check(Some("#"), "c", "devices/x/y", R));
+        assert!(!a.check(Some("a/b"), "c", "devices/a/b/x", R));
+        assert!(!a.check(Some(""), "c", "devices//x", R));
+        assert!(!a.check(None, "#", "cmd/x", R));
+        assert!(!a.check(None, "a/b", "cmd/a/b", R));
+        assert!(!a.check(None, "+", "cmd/+", S));
+        // One-pass substitution: a user literally named `%c` does not become its client id.
+        let a = acl("pattern readwrite devices/%u/%c\n");
+        assert!(!a.check(Some("%c"), "bob", "devices/bob/bob", W));
+        assert!(a.check(Some("%c"), "bob", "devices/%c/bob", W));
+        assert!(a.check(Some("bob"), "bob", "devices/bob/bob", W));
+    }
+
+    #[test]
+    fn deny_wins() {
+        let a = acl(
+            "topic readwrite #\ntopic deny secret/#\nuser alice\ntopic deny public/x\n\
+             pattern deny private/%u\n",
+        );
+        assert!(a.check(None, "c", "public/x", R));
+        assert!(a.check(None, "c", "public/x", W));
+        assert!(!a.check(None, "c", "secret/x", R));
+        assert!(!a.check(None, "c", "secret", W));
+        assert!(!a.check(Some("alice"), "c", "public/x", R));
+        assert!(a.check(Some("bob"), "c", "public/x", R));
+        assert!(!a.check(Some("bob"), "c", "private/bob", W));
+        assert!(a.check(Some("bob"), "c", "private/alice", W));
+        // Subscribe: refused only when every topic the filter could deliver is denied.
+        assert!(!a.check(None, "c", "secret/#", S));
+        assert!(!a.check(None, "c", "secret/+", S));
+        assert!(!a.check(None, "c", "secret", S));
+        assert!(
+            a.check(None, "c", "+/x", S),
+            "delivers public/x; secret/x is filtered"
+        );
+        assert!(a.check(None, "c", "#", S));
+        assert!(a.check(None, "c", "public/#", S));
+        assert!(a.check(Some("alice"), "c", "public/#", S));
+        assert!(!a.check(Some("alice"), "c", "public/x", S));
+        assert!(a.check(Some("alice"), "c", "public/+", S));
+        assert!(!a.check(Some("bob"), "c", "private/bob", S));
+        assert!(a.check(Some("bob"), "c", "private/+", S));
+    }
+
+    /// The case from issue 11: an admin or a test suite subscribing to `#` next to one deny.
+    #[test]
+    fn wildcard_subscriptions_are_granted_next_to_a_deny() {
+        let a = acl("topic readwrite #
+topic deny test/nosubscribe
+");
+        for (filter, granted) in [
+            ("#", true),
+            ("+/+", true),
+            ("+/nosubscribe", true),
+            ("test/+", true),
+            ("test/#", true),
+            ("$share/g/#", true),
+            ("test/nosubscribe", false),
+            ("$share/g/test/nosubscribe", false),
+        ] {
+            assert_eq!(a.check(None, "c", filter, S), granted, "{filter}");
+            assert_eq!(a.check(Some("u"), "c", filter, S), granted, "{filter}");
+        }
+        assert!(!a.check(None, "c", "test/nosubscribe", R));
+        assert!(a.check(None, "c", "test/other", R));
+        // Denies are not added up: two denies that together cover a filter leave it granted
+        // (nothing is delivered; every delivery is checked).
+        let a = acl("topic read a/#
+topic deny a/x
+topic deny a/+/#
+");
+        assert!(!a.check(None, "c", "a/+/y", S));
+        assert!(a.check(None, "c", "a/#", S));
+        assert!(a.check(None, "c", "a", S));
+    }
+
+    /// The deny only needs to cover what the grants can deliver through the filter, not the
+    /// whole filter.
+    #[test]
+    fn subscribe_is_refused_when_what_a_grant_delivers_is_denied() {
+        let a = acl("topic read a/#
+topic deny a/secret/#
+");
+        assert!(
+            !a.check(None, "c", "+/secret/x", S),
+            "only a/secret/x could arrive"
+        );
+        assert!(!a.check(None, "c", "+/secret/#", S));
+        assert!(a.check(None, "c", "+/+/x", S), "a/other/x could arrive");
+        assert!(!a.check(None, "c", "b/#", S), "nothing could arrive");
+        let a = acl("topic read a/#
+topic read b/#
+topic deny a/secret
+");
+        assert!(a.check(None, "c", "+/secret", S), "b/secret could arrive");
+    }
+
+    #[test]
+    fn subscribe_with_patterns() {
+        let a = acl("pattern read devices/%u/#
+pattern deny devices/%u/private/#
+             pattern read cmd/%c/+
+pattern deny cmd/%c/reboot
+");
+        let bob = Some("bob");
+        assert!(a.check(bob, "d1", "devices/bob/#", S));
+        assert!(a.check(bob, "d1", "devices/+/#", S), "delivers only bob's");
+        assert!(a.check(bob, "d1", "#", S));
+        assert!(!a.check(bob, "d1", "devices/bob/private/+", S));
+        assert!(!a.check(bob, "d1", "devices/alice/#", S));
+        assert!(a.check(None, "d1", "cmd/+/+", S));
+        assert!(!a.check(None, "d1", "cmd/d1/reboot", S));
+        assert!(
+            !a.check(None, "d1", "cmd/+/reboot", S),
+            "only cmd/d1/reboot could arrive"
+        );
+        assert!(
+            !a.check(None, "d1", "devices/+/#", S),
+            "anonymous: no %u pattern applies"
+        );
+        assert!(!a.check(Some("a+b"), "d1", "devices/#", S));
+        // Per delivery:
+        assert!(a.check(bob, "d1", "devices/bob/x", R));
+        assert!(!a.check(bob, "d1", "devices/alice/x", R));
+        assert!(!a.check(bob, "d1", "devices/bob/private/k", R));
+        assert!(!a.check(None, "d1", "cmd/d1/reboot", R));
+        assert!(a.check(None, "d1", "cmd/d1/ping", R));
+    }
+
+    #[test]
+    fn wildcard_entries_match_topics() {
+        let a = acl("topic read sensors/+/temp\ntopic write cmd/#\n");
+        assert!(a.check(None, "c", "sensors/kitchen/temp", R));
+        assert!(!a.check(None, "c", "sensors/kitchen/humidity", R));
+        assert!(!a.check(None, "c", "sensors/a/b/temp", R));
+        assert!(!a.check(None, "c", "sensors/temp", R));
+        assert!(!a.check(None, "c", "sensors/kitchen/temp", W));
+        assert!(a.check(None, "c", "cmd", W), "'#' includes the parent");
+        assert!(a.check(None, "c", "cmd/a/b/c", W));
+        assert!(!a.check(None, "c", "cmdx", W));
+        assert!(!a.check(None, "c", "cmd/a", R));
+        // A topic name with wildcards is not a topic: refused for Read/Write.
+        assert!(!a.check(None, "c", "cmd/+", W));
+    }
+
+    #[test]
+    fn subscribe_needs_a_read_entry_sharing_a_topic_with_the_filter() {
+        let a = acl("topic read a/#\ntopic readwrite b/+\ntopic write w/#\n");
+        for (filter, granted) in [
+            ("a/b/+", true),
+            ("a/#", true),
+            ("a", true),
+            ("b/+", true),
+            ("b/x", true),
+            ("b/#", true), // delivers b/x, never b/x/y
+            ("+/x", true), // a/x, b/x
+            ("#", true),
+            ("b/x/y", false),
+            ("c/#", false),
+            ("x/+", false),
+            ("w/x", false),          // write does not allow subscribe
+            ("a/+/#/x", false),      // invalid filter
+            ("$share/g1/a/x", true), // the share prefix is stripped; the group does not matter
+            ("$share/g1/b/#", true),
+            ("$share/g1/c", false),
+            ("$share/g1", false),
+        ] {
+            assert_eq!(a.check(None, "c", filter, S), granted, "{filter}");
+        }
+    }
+
+    #[test]
+    fn dollar_topics_are_not_matched_by_leading_wildcards() {
+        let a = acl("topic readwrite #\ntopic read +/status\n");
+        assert!(a.check(None, "c", "anything/at/all", W));
+        assert!(!a.check(None, "c", "$SYS/broker/uptime", R));
+        assert!(!a.check(None, "c", "$SYS/status", R));
+        assert!(!a.check(None, "c", "$SYS/#", S));
+        let a = acl("topic read $SYS/#\n");
+        assert!(a.check(None, "c", "$SYS/broker/uptime", R));
+        assert!(a.check(None, "c", "$SYS/#", S));
+        // Deny `#` does not reach `$SYS` either, matching how Read is decided.
+        let a = acl("topic read $SYS/#\ntopic deny #\n");
+        assert!(a.check(None, "c", "$SYS/broker/uptime", R));
+        assert!(a.check(None, "c", "$SYS/#", S));
+        assert!(!a.check(None, "c", "other", R));
+    }
+
+    #[test]
+    fn empty_acl_denies_everything() {
+        let a = acl("# nothing here\n\n   \n");
+        for access in [R, W, S] {
+            assert!(!a.check(None, "c", "a", access));
+            assert!(!a.check(Some("alice"), "c", "a", access));
+        }
+        assert!(!Acl::default().check(Some("alice"), "c", "#", S));
+    }
+
+    #[test]
+    fn topics_may_contain_spaces_and_access_defaults_to_readwrite() {
+        let a = acl("topic my topic/with spaces\ntopic read  spaced  out \ntopic readership\n");
+        assert!(a.check(None, "c", "my topic/with spaces", W));
+        assert!(a.check(None, "c", "my topic/with spaces", R));
+        assert!(a.check(None, "c", "spaced  out", R));
+        assert!(!a.check(None, "c", "spaced  out", W));
+        assert!(a.check(None, "c", "readership", W));
+    }
+
+    #[test]
+    fn malformed_acl_lines_are_rejected_with_their_line() {
+        let cases = [
+            ("topic read a\nbogus b\n", 2),
+            ("# c\n\ntopic\n", 3),
+            ("topic read\n", 1),
+            ("topic deny   \n", 1),
+            ("user\n", 1),
+            ("pattern write\n", 1),
+            ("topic a/#/b\n", 1),
+            ("topic read a/b+\n", 1),
+            ("\n\n\npattern read x/%u#\n", 4),
+            ("Topic a\n", 1),
+        ];
+        for (text, line) in cases {
+            let err = Acl::parse("acl", text).unwrap_err();
+            let shown = err.to_string();
+            assert!(
+                shown.starts_with(&format!("acl:{line}: ")),
+                "{text:?}: {shown}"
+            );
+            assert_eq!(config_line(err), Some(line), "{text:?}");
+        }
+    }
+}

@@ -1,0 +1,195 @@
+//! `mqedge passwd` and `mqedge certs` as a user runs them: on a terminal (a pseudo-terminal
+//! driven by `tests/interop/pty_run.py`) the password is asked twice, never shown, compared,
+//! and the terminal is left as it was, Ctrl-C included; from a pipe the first line is the
+//! password. `mqedge certs` does not replace an existing CA unless told to (`--force`).
+
+mod common;
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+use common::*;
+use mqedge_broker::auth::PasswordFile;
+
+/// What the pty driver reports.
+struct Terminal {
+    code: Option<i32>,
+    output: String,
+    /// ECHO, ICANON and ISIG all set again after the command exited.
+    restored: bool,
+}
+
+/// Runs `mqedge passwd -f FILE USER` on a pseudo-terminal, answering each prompt in turn.
+fn passwd_on_terminal(file: &Path, user: &str, script: &[(&str, &str)]) -> Terminal {
+    let driver = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/interop/pty_run.py");
+    let mut cmd = Command::new("python3");
+    // The driver kills the command after 30 s and reports a null exit code.
+    cmd.arg(driver).arg("30").arg(bin()).args(["passwd", "-f"]);
+    cmd.arg(file).arg(user).arg("--");
+    for (prompt, answer) in script {
+        cmd.arg(prompt).arg(answer);
+    }
+    let out = cmd.stdin(Stdio::null()).output().expect("run python3");
+    assert!(
+        out.status.success(),
+        "pty driver failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("driver JSON");
+    Terminal {
+        code: v["code"].as_i64().map(|c| c as i32),
+        output: v["output"].as_str().unwrap_or_default().to_string(),
+        restored: v["echo"] == true && v["icanon"] == true && v["isig"] == true,
+    }
+}
+
+const PROMPT: &str = "Password: ";
+const REPEAT: &str = "Repeat password: ";
+
+#[test]
+fn passwd_on_a_terminal_asks_twice_without_echo() {
+    let dir = TempDir::new("passwd-tty");
+    let file = dir.path().join("passwd");
+    let t = passwd_on_terminal(
+        &file,
+        "alice",
+        &[(PROMPT, "correct horse\\r"), (REPEAT, "correct horse\\r")],
+    );
+    assert_eq!(t.code, Some(0), "{}", t.output);
+    assert!(
+        !t.output.contains("horse"),
+        "password echoed: {:?}",
+        t.output
+    );
+    assert!(t.output.contains("set password of alice"), "{:?}", t.output);
+    assert!(t.restored, "terminal settings not restored");
+    let pw = PasswordFile::load(&file).unwrap();
+    assert!(pw.verify("alice", b"correct horse"));
+
+    // Backspace edits the line as it would with echo on.
+    let t = passwd_on_terminal(
+        &file,
+        "bob",
+        &[(PROMPT, "s3crex\\x7ft\\r"), (REPEAT, "s3cret\\r")],
+    );
+    assert_eq!(t.code, Some(0), "{}", t.output);
+    assert!(PasswordFile::load(&file).unwrap().verify("bob", b"s3cret"));
+}
+
+#[test]
+fn passwd_on_a_terminal_refuses_a_mismatch_an_interrupt_and_an_empty_password() {
+    let dir = TempDir::new("passwd-tty-bad");
+    let file = dir.path().join("passwd");
+    let t = passwd_on_terminal(&file, "alice", &[(PROMPT, "one\\r"), (REPEAT, "two\\r")]);
+    assert_eq!(t.code, Some(1), "{}", t.output);
+    assert!(
+        t.output
+            .contains("the two passwords differ; nothing written"),
+        "{:?}",
+        t.output
+    );
+    assert!(
+        t.restored,
+        "terminal settings not restored after a mismatch"
+    );
+
+    let t = passwd_on_terminal(&file, "alice", &[(PROMPT, "half\\x03")]);
+    assert_eq!(t.code, Some(1), "{}", t.output);
+    assert!(t.output.contains("interrupted"), "{:?}", t.output);
+    assert!(t.restored, "terminal settings not restored after Ctrl-C");
+
+    let t = passwd_on_terminal(&file, "alice", &[(PROMPT, "\\r"), (REPEAT, "\\r")]);
+    assert_eq!(t.code, Some(1), "{}", t.output);
+    assert!(
+        t.output.contains("empty password refused"),
+        "{:?}",
+        t.output
+    );
+    assert!(!file.exists(), "nothing may be written");
+}
+
+fn passwd_piped(file: &Path, user: &str, stdin: &[u8]) -> Output {
+    let mut c = Command::new(bin())
+        .args(["passwd", "-f"])
+        .arg(file)
+        .arg(user)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    c.stdin.take().unwrap().write_all(stdin).unwrap();
+    c.wait_with_output().unwrap()
+}
+
+#[test]
+fn passwd_from_a_pipe_reads_the_first_line() {
+    let dir = TempDir::new("passwd-pipe");
+    let file = dir.path().join("passwd");
+    let out = passwd_piped(&file, "alice", b"s3cret\r\nsecond line\n");
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).is_empty(), "{out:?}");
+    let pw = PasswordFile::load(&file).unwrap();
+    assert!(pw.verify("alice", b"s3cret"));
+    assert!(!pw.verify("alice", b"second line"));
+
+    for (input, why) in [
+        (&b""[..], "no password on stdin"),
+        (b"\n", "empty password refused"),
+    ] {
+        let out = passwd_piped(&file, "bob", input);
+        assert_eq!(out.status.code(), Some(1), "{out:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(why), "{err}");
+    }
+    assert_eq!(PasswordFile::load(&file).unwrap().len(), 1);
+}
+
+fn certs(out: &Path, extra: &[&str]) -> Output {
+    Command::new(bin())
+        .arg("certs")
+        .args(extra)
+        .arg("--out")
+        .arg(out)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn certs_refuses_to_replace_a_ca_unless_forced() {
+    let dir = TempDir::new("certs-force");
+    let out_dir = dir.path().join("certs");
+    let read = |f: &str| std::fs::read_to_string(out_dir.join(f)).unwrap();
+    let first = certs(&out_dir, &[]);
+    assert!(first.status.success(), "{first:?}");
+    let (ca, key, server) = (read("ca.pem"), read("ca.key"), read("server.pem"));
+
+    let again = certs(&out_dir, &[]);
+    assert_eq!(again.status.code(), Some(1), "{again:?}");
+    let err = String::from_utf8_lossy(&again.stderr);
+    let ca_path = out_dir.join("ca.pem").display().to_string();
+    assert!(err.contains(&format!("{ca_path} already exists")), "{err}");
+    assert!(
+        err.contains("--force") && err.contains("--reuse-ca"),
+        "{err}"
+    );
+    assert_eq!(
+        (read("ca.pem"), read("ca.key"), read("server.pem")),
+        (ca.clone(), key.clone(), server.clone()),
+        "a refused run must not touch any file"
+    );
+
+    let reuse = certs(&out_dir, &["--reuse-ca"]);
+    assert!(reuse.status.success(), "{reuse:?}");
+    assert_eq!(read("ca.pem"), ca, "--reuse-ca keeps the CA");
+    assert_ne!(read("server.pem"), server, "--reuse-ca reissues the leaves");
+
+    let both = certs(&out_dir, &["--reuse-ca", "--force"]);
+    assert_eq!(both.status.code(), Some(1), "contradictory flags: {both:?}");
+
+    let forced = certs(&out_dir, &["--force"]);
+    assert!(forced.status.success(), "{forced:?}");
+    assert_ne!(read("ca.pem"), ca, "--force makes a new CA");
+    assert_ne!(read("ca.key"), key);
+}
