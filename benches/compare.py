@@ -22,7 +22,8 @@ import time
 import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MQ = os.path.join(ROOT, "target", "release", "mqedge")
+# compare.sh sets MQEDGE_BIN (target/release/mqedge, or target/profiling/mqedge to profile)
+MQ = os.environ.get("MQEDGE_BIN") or os.path.join(ROOT, "target", "release", "mqedge")
 WORK = tempfile.mkdtemp(prefix="mqedge-compare-")
 PROCS = []
 COMMANDS = []

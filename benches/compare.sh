@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Side-by-side benchmarks on this machine: mqedge lb vs HAProxy vs NGINX (stream), mqedge broker
 # vs Mosquitto, and mqedge's cluster; `mqedge bench` is the client for all of them. Installs the
-# peers from Debian's packages, builds mqedge in release mode, runs every scenario and writes
+# peers from Debian's packages, builds mqedge (release profile), runs every scenario and writes
 # docs/benchmarks.md (+ docs/benchmarks.svg). `--quick` runs each scenario for a few seconds.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,5 +18,9 @@ if [ "${#need[@]}" -gt 0 ]; then
 fi
 export PATH="$PATH:/usr/sbin"
 ulimit -n 20000 2>/dev/null || true
-cargo build --release --quiet
+# The shipped (stripped) release build by default; MQEDGE_PROFILE=profiling measures the same
+# optimized code with symbols and line tables, for `perf record -g -p PID` during a run.
+profile="${MQEDGE_PROFILE:-release}"
+cargo build --profile "$profile" --quiet --bin mqedge
+export MQEDGE_BIN="$PWD/target/$profile/mqedge"
 exec python3 benches/compare.py "$@"
