@@ -18,6 +18,7 @@ use tokio::time::Instant;
 
 use crate::auth::Access;
 use crate::broker::{sub_options, Broker};
+use crate::linger;
 use crate::message::{unix_now, Message};
 use crate::protocol::{
     decode, encode, encoded_len, reason, AckProperties, ConnAck, ConnAckProperties, Connect,
@@ -149,6 +150,7 @@ pub async fn establish(
             let _ = write_all(&mut w, &mut out).await;
             b.metrics.reject("unsupported_version");
             tracing::info!(peer = %info.addr, level = l, "refused: unsupported protocol version");
+            linger::close(r, w).await;
             return None;
         }
         Ok(Err(e)) => {
@@ -180,6 +182,7 @@ pub async fn establish(
             let _ = write_all(&mut w, &mut out).await;
             b.metrics.reject(why);
             tracing::info!(peer = %info.addr, client_id = %connect.client_id, code, "refused: {why}");
+            linger::close(r, w).await;
             return None;
         }
     };
@@ -307,8 +310,9 @@ impl Live {
     /// Reads and handles packets, drains the session queue into the socket, enforces
     /// keep-alive and obeys a takeover until the connection ends; then says why (v5), flushes
     /// (bounded) and detaches the session. By reference: the caller's task keeps the one copy
-    /// of this state (an async fn that took it by value would hold it twice).
-    pub async fn serve(&mut self) {
+    /// of this state (an async fn that took it by value would hold it twice). True when the
+    /// client was told why (a v5 DISCONNECT): then [`Live::close`] lingers.
+    pub async fn serve(&mut self) -> bool {
         let v = self.c.v;
         let mut deadline = self.keep_alive.map(|k| Instant::now() + k);
         let end = loop {
@@ -381,7 +385,8 @@ impl Live {
             End::Violation(code, _) => Some(*code),
             _ => None,
         };
-        if let (true, Some(code)) = (v.is_v5(), code) {
+        let told = v.is_v5() && code.is_some();
+        if let (true, Some(code)) = (told, code) {
             send(
                 &mut c.out,
                 &Packet::Disconnect(Disconnect {
@@ -408,6 +413,19 @@ impl Live {
             tracing::info!(conn = conn_id, client_id = %client_id, peer = %peer, reason = end.label(), "client disconnected");
         }
         b.detach(&c.s, conn_id, will);
+        told
+    }
+
+    /// Closes the socket once [`Live::serve`] returned: a lingering close (see [`linger`]) when
+    /// the client was told why, so that a client still sending can read the reason; a plain
+    /// close otherwise. Everything else the connection held is freed first. Box this future in
+    /// a long-lived task: it holds the connection by value.
+    pub async fn close(self, told: bool) {
+        let Live { c, r, w, rbuf, .. } = self;
+        drop((c, rbuf));
+        if told {
+            linger::close(r, w).await;
+        }
     }
 }
 
