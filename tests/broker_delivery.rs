@@ -210,3 +210,63 @@ async fn refused_connect_is_readable_by_a_pipelining_client() {
     );
     assert!(p.read_err.is_none(), "read ended with {:?}, want a clean close", p.read_err);
 }
+
+/// Connects with `keep_alive` and stays silent: (the CONNACK's Server Keep Alive, how long until
+/// the broker closed, or None when it did not within `wait`).
+async fn silent_client(
+    addr: SocketAddr,
+    v: Version,
+    id: &str,
+    keep_alive: u16,
+    wait: Duration,
+) -> (Option<u16>, Option<Duration>) {
+    let mut c = Raw::new(tcp(addr).await, v);
+    let start = Instant::now();
+    let ack = c.connect(id, true, keep_alive).await;
+    assert_eq!(ack.code, 0, "{id}: CONNACK {ack:?}");
+    let closed = c.closed_within(wait).await.then(|| start.elapsed());
+    (ack.properties.server_keep_alive, closed)
+}
+
+/// `[limits] max_keepalive`: a v5 client asking for more, or for none (0), is told the
+/// server's value as Server Keep Alive and held to it (1.5×); one asking for less keeps its own
+/// and hears nothing; a 3.1.1 client (which cannot be told) is accepted and held to it too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_keepalive_caps_and_replaces_the_client_keep_alive() {
+    let n = start_broker_with("dl-maxka", "[limits]\nmax_keepalive = 2\n");
+    let addr = n.addr();
+    let wait = Duration::from_secs(6);
+    let (more, none, less, v3) = tokio::join!(
+        silent_client(addr, Version::V5, "ka-more", 60, wait),
+        silent_client(addr, Version::V5, "ka-none", 0, wait),
+        silent_client(addr, Version::V5, "ka-less", 1, wait),
+        silent_client(addr, Version::V311, "ka-v3", 60, wait),
+    );
+    assert_eq!(more.0, Some(2), "asked 60: Server Keep Alive");
+    assert_eq!(none.0, Some(2), "asked 0: Server Keep Alive");
+    assert_eq!(less.0, None, "asked 1: no Server Keep Alive");
+    let window = |what: &str, got: Option<Duration>, lo: u64, hi: u64| {
+        let t = got.unwrap_or_else(|| panic!("{what}: not closed within {wait:?}"));
+        assert!(
+            t >= Duration::from_millis(lo) && t <= Duration::from_millis(hi),
+            "{what}: closed after {t:?}, want {lo} ms .. {hi} ms"
+        );
+    };
+    window("v5 asked 60", more.1, 3000, 4500);
+    window("v5 asked 0", none.1, 3000, 4500);
+    window("v5 asked 1", less.1, 1500, 2700);
+    window("3.1.1 asked 60", v3.1, 3000, 4500);
+}
+
+/// Without `max_keepalive` (the default) a client's keep-alive stands, 0 included: no Server
+/// Keep Alive, and a client that asked for none is not closed for silence.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_max_keepalive_the_client_keep_alive_stands() {
+    let n = start_broker("dl-maxka-default");
+    let (none, long) = tokio::join!(
+        silent_client(n.addr(), Version::V5, "ka-zero", 0, Duration::from_secs(2)),
+        silent_client(n.addr(), Version::V5, "ka-long", 65535, Duration::from_secs(2)),
+    );
+    assert_eq!(none, (None, None), "asked 0");
+    assert_eq!(long, (None, None), "asked 65535");
+}

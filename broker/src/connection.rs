@@ -221,11 +221,14 @@ pub async fn establish(
             "client connected"
         );
     }
+    let keep_alive = effective_keep_alive(connect.keep_alive, b.cfg.limits.max_keepalive);
     let mut props = ConnAckProperties::default();
     if v.is_v5() {
         props.receive_maximum = Some(b.cfg.limits.max_inflight);
         props.maximum_packet_size = Some(max as u32);
         props.topic_alias_maximum = Some(TOPIC_ALIAS_MAX);
+        // MQTT 5 §3.2.2.3.14: the client must use the server's value from now on
+        props.server_keep_alive = (keep_alive != connect.keep_alive).then_some(keep_alive);
         props.assigned_client_identifier = assigned.then(|| client_id.clone());
     }
     send(
@@ -252,8 +255,8 @@ pub async fn establish(
     if att.session_present {
         c.resend_inflight();
     }
-    let keep_alive = (connect.keep_alive > 0)
-        .then(|| Duration::from_millis(u64::from(connect.keep_alive) * 1500));
+    let keep_alive =
+        (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500));
     Some(Live {
         c,
         r,
@@ -449,6 +452,18 @@ async fn await_front(p: &mut std::collections::VecDeque<PendingAck>) -> bool {
     let ok = w.await.unwrap_or(false);
     front.wait = None;
     ok
+}
+
+/// The keep-alive the broker enforces: the client's, unless `[limits] max_keepalive` (0 = no
+/// cap) is smaller or the client asked for none. A v5 client is told (Server Keep Alive); a
+/// 3.1.1 client cannot be, and is held to it all the same (Mosquitto refuses such a client
+/// instead: a client that pings more often than it must keeps working here).
+fn effective_keep_alive(asked: u16, max: u16) -> u16 {
+    if max != 0 && (asked == 0 || asked > max) {
+        max
+    } else {
+        asked
+    }
 }
 
 fn connack(session_present: bool, code: u8, properties: ConnAckProperties) -> Packet {
