@@ -66,6 +66,7 @@ struct RawLimits {
     max_inflight: Option<Spanned<u16>>,
     max_packet_size: Option<Spanned<ByteSize>>,
     max_connections: Option<u64>,
+    max_keepalive: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -148,6 +149,9 @@ pub struct Limits {
     pub max_packet_size: usize,
     /// Client connections per node.
     pub max_connections: u64,
+    /// Longest keep-alive (seconds) a client may have; a client asking for more, or for none
+    /// (0), gets this one (v5: as Server Keep Alive). 0 = no cap.
+    pub max_keepalive: u16,
 }
 
 /// A validated broker config.
@@ -284,6 +288,7 @@ impl Config {
             max_inflight: None,
             max_packet_size: None,
             max_connections: None,
+            max_keepalive: None,
         });
         let max_inflight = match &rl.max_inflight {
             Some(m) if *m.get_ref() == 0 => {
@@ -301,11 +306,22 @@ impl Config {
             Some(m) => m.get_ref().0 as usize,
             None => 1 << 20,
         };
+        let max_keepalive = match &rl.max_keepalive {
+            Some(m) => u16::try_from(*m.get_ref()).unwrap_or_else(|_| {
+                p.at(
+                    m.span(),
+                    "max_keepalive must be between 0 and 65535 seconds (0 = no cap)",
+                );
+                0
+            }),
+            None => 0,
+        };
         let limits = Limits {
             max_offline_messages: rl.max_offline_messages.unwrap_or(1000),
             max_inflight,
             max_packet_size,
             max_connections: rl.max_connections.unwrap_or(200_000),
+            max_keepalive,
         };
         p.finish()?;
         Ok(Config {
@@ -342,6 +358,25 @@ mod tests {
         assert_eq!(c.limits.max_packet_size, 1 << 20);
         assert_eq!(c.shared_policy, SharedPolicy::PreferLocal);
         assert!(!c.auth.allow_anonymous);
+        assert_eq!(c.limits.max_keepalive, 0, "no cap by default");
+        let c = Config::parse(
+            Path::new("b.toml"),
+            "[[listener]]\nbind = \"127.0.0.1:1883\"\n[limits]\nmax_keepalive = 65535\n",
+        )
+        .unwrap();
+        assert_eq!(c.limits.max_keepalive, 65535);
+        for bad in ["70000", "-1"] {
+            let e = Config::parse(
+                Path::new("b.toml"),
+                &format!("[[listener]]\nbind = \"127.0.0.1:1883\"\n[limits]\nmax_keepalive = {bad}\n"),
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(
+                e.starts_with("b.toml:4: max_keepalive must be between 0 and 65535 seconds"),
+                "{bad}: {e}"
+            );
+        }
         let e = Config::parse(
             Path::new("b.toml"),
             "[[listener]]\nbind = \"127.0.0.1:1883\"\nproxy_protocol = \"required\"\ntrusted_proxies = [\"10.0.0.0/33\"]\n",

@@ -18,6 +18,7 @@ use tokio::time::Instant;
 
 use crate::auth::Access;
 use crate::broker::{sub_options, Broker};
+use crate::linger;
 use crate::message::{unix_now, Message};
 use crate::protocol::{
     decode, encode, encoded_len, reason, AckProperties, ConnAck, ConnAckProperties, Connect,
@@ -149,6 +150,7 @@ pub async fn establish(
             let _ = write_all(&mut w, &mut out).await;
             b.metrics.reject("unsupported_version");
             tracing::info!(peer = %info.addr, level = l, "refused: unsupported protocol version");
+            linger::close(r, w).await;
             return None;
         }
         Ok(Err(e)) => {
@@ -180,6 +182,7 @@ pub async fn establish(
             let _ = write_all(&mut w, &mut out).await;
             b.metrics.reject(why);
             tracing::info!(peer = %info.addr, client_id = %connect.client_id, code, "refused: {why}");
+            linger::close(r, w).await;
             return None;
         }
     };
@@ -218,11 +221,14 @@ pub async fn establish(
             "client connected"
         );
     }
+    let keep_alive = effective_keep_alive(connect.keep_alive, b.cfg.limits.max_keepalive);
     let mut props = ConnAckProperties::default();
     if v.is_v5() {
         props.receive_maximum = Some(b.cfg.limits.max_inflight);
         props.maximum_packet_size = Some(max as u32);
         props.topic_alias_maximum = Some(TOPIC_ALIAS_MAX);
+        // MQTT 5 §3.2.2.3.14: the client must use the server's value from now on
+        props.server_keep_alive = (keep_alive != connect.keep_alive).then_some(keep_alive);
         props.assigned_client_identifier = assigned.then(|| client_id.clone());
     }
     send(
@@ -249,8 +255,8 @@ pub async fn establish(
     if att.session_present {
         c.resend_inflight();
     }
-    let keep_alive = (connect.keep_alive > 0)
-        .then(|| Duration::from_millis(u64::from(connect.keep_alive) * 1500));
+    let keep_alive =
+        (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500));
     Some(Live {
         c,
         r,
@@ -307,8 +313,9 @@ impl Live {
     /// Reads and handles packets, drains the session queue into the socket, enforces
     /// keep-alive and obeys a takeover until the connection ends; then says why (v5), flushes
     /// (bounded) and detaches the session. By reference: the caller's task keeps the one copy
-    /// of this state (an async fn that took it by value would hold it twice).
-    pub async fn serve(&mut self) {
+    /// of this state (an async fn that took it by value would hold it twice). True when the
+    /// client was told why (a v5 DISCONNECT): then [`Live::close`] lingers.
+    pub async fn serve(&mut self) -> bool {
         let v = self.c.v;
         let mut deadline = self.keep_alive.map(|k| Instant::now() + k);
         let end = loop {
@@ -381,7 +388,8 @@ impl Live {
             End::Violation(code, _) => Some(*code),
             _ => None,
         };
-        if let (true, Some(code)) = (v.is_v5(), code) {
+        let told = v.is_v5() && code.is_some();
+        if let (true, Some(code)) = (told, code) {
             send(
                 &mut c.out,
                 &Packet::Disconnect(Disconnect {
@@ -408,6 +416,19 @@ impl Live {
             tracing::info!(conn = conn_id, client_id = %client_id, peer = %peer, reason = end.label(), "client disconnected");
         }
         b.detach(&c.s, conn_id, will);
+        told
+    }
+
+    /// Closes the socket once [`Live::serve`] returned: a lingering close (see [`linger`]) when
+    /// the client was told why, so that a client still sending can read the reason; a plain
+    /// close otherwise. Everything else the connection held is freed first. Box this future in
+    /// a long-lived task: it holds the connection by value.
+    pub async fn close(self, told: bool) {
+        let Live { c, r, w, rbuf, .. } = self;
+        drop((c, rbuf));
+        if told {
+            linger::close(r, w).await;
+        }
     }
 }
 
@@ -431,6 +452,18 @@ async fn await_front(p: &mut std::collections::VecDeque<PendingAck>) -> bool {
     let ok = w.await.unwrap_or(false);
     front.wait = None;
     ok
+}
+
+/// The keep-alive the broker enforces: the client's, unless `[limits] max_keepalive` (0 = no
+/// cap) is smaller or the client asked for none. A v5 client is told (Server Keep Alive); a
+/// 3.1.1 client cannot be, and is held to it all the same (Mosquitto refuses such a client
+/// instead: a client that pings more often than it must keeps working here).
+fn effective_keep_alive(asked: u16, max: u16) -> u16 {
+    if max != 0 && (asked == 0 || asked > max) {
+        max
+    } else {
+        asked
+    }
 }
 
 fn connack(session_present: bool, code: u8, properties: ConnAckProperties) -> Packet {

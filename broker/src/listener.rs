@@ -45,10 +45,15 @@ pub async fn accept_loop(
                 tokio::spawn(async move {
                     // served in place: one copy of the connection's state in the task
                     let mut live = setup.await;
-                    if let Some(live) = live.as_mut() {
-                        live.serve().await;
-                    }
+                    let told = match live.as_mut() {
+                        Some(live) => live.serve().await,
+                        None => false,
+                    };
+                    // the session is detached: a shutdown need not wait for the lingering close
                     drop(done);
+                    if let Some(live) = live {
+                        Box::pin(live.close(told)).await;
+                    }
                 });
             }
             Err(e) => {

@@ -1,0 +1,272 @@
+//! What the broker sends and how it closes, over real sockets: retained messages streamed to a
+//! new subscription under the connection's flow control, closes with a reason code that a
+//! pipelining client can still read (lingering close), `[limits] max_keepalive`, and topic
+//! aliases on the broker's own PUBLISHes. Each test starts its own broker and bounds its time.
+
+mod common;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use common::*;
+use mqedge_broker::protocol::{
+    decode, encode, reason, ConnectProperties, Packet, PubAck, Publish, PublishProperties, QoS,
+    Version,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const T: Duration = Duration::from_secs(5);
+
+struct Node {
+    b: BrokerProc,
+    _dir: TempDir,
+}
+
+fn start_broker_with(tag: &str, extra: &str) -> Node {
+    let dir = TempDir::new(tag);
+    let cfg = dir.write("b.toml", &broker_config("127.0.0.1:0", "", extra));
+    Node {
+        b: BrokerProc::start(&cfg),
+        _dir: dir,
+    }
+}
+
+fn start_broker(tag: &str) -> Node {
+    start_broker_with(tag, "")
+}
+
+impl Node {
+    fn addr(&self) -> SocketAddr {
+        self.b.addr()
+    }
+}
+
+type Conn = Raw<TcpStream>;
+
+async fn tcp(addr: SocketAddr) -> TcpStream {
+    tcp_from(None, addr).await.unwrap()
+}
+
+fn publish(topic: &str, payload: &[u8], qos: u8, pid: Option<u16>, retain: bool) -> Publish {
+    Publish {
+        dup: false,
+        qos: QoS::from_u8(qos).unwrap(),
+        retain,
+        topic: topic.to_string(),
+        packet_id: pid,
+        properties: PublishProperties::default(),
+        payload: Bytes::copy_from_slice(payload),
+    }
+}
+
+fn ack(packet_id: u16) -> PubAck {
+    PubAck {
+        packet_id,
+        code: 0,
+        properties: Default::default(),
+    }
+}
+
+/// What a pipelining client saw: the packets it decoded, the error that ended its writing
+/// (a reset from the server) and the one that ended its reading, if any.
+struct Pipelined {
+    got: Vec<Packet>,
+    write_err: Option<std::io::Error>,
+    read_err: Option<std::io::Error>,
+}
+
+/// Writes `first`, then keeps writing `more` every 20 ms until `for_` passes or a write fails,
+/// without reading anything (a pipelining client); then reads everything the server sent until
+/// it closes.
+async fn pipeline_then_read(
+    s: TcpStream,
+    v: Version,
+    first: &[u8],
+    more: &[u8],
+    for_: Duration,
+) -> Pipelined {
+    let (mut r, mut w) = s.into_split();
+    let start = Instant::now();
+    let mut write_err = w.write_all(first).await.err();
+    while write_err.is_none() && start.elapsed() < for_ {
+        write_err = w.write_all(more).await.err();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut buf = BytesMut::new();
+    let mut read_err = None;
+    let deadline = tokio::time::Instant::now() + T;
+    loop {
+        let mut chunk = [0u8; 4096];
+        match tokio::time::timeout_at(deadline, r.read(&mut chunk)).await {
+            Ok(Ok(0)) => break,
+            Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
+            Ok(Err(e)) => {
+                read_err = Some(e);
+                break;
+            }
+            Err(_) => panic!("the server did not close within {T:?}"),
+        }
+    }
+    let mut got = Vec::new();
+    while let Ok(Some(p)) = decode(&mut buf, Some(v), 1 << 24) {
+        got.push(p);
+    }
+    Pipelined {
+        got,
+        write_err,
+        read_err,
+    }
+}
+
+/// A v5 client that pipelines more QoS 2 PUBLISHes than the server's Receive Maximum (and
+/// keeps sending, reading nothing) still reads DISCONNECT 0x93: the broker half-closes and
+/// drains the client's input before closing, instead of closing on unread bytes (which makes
+/// the kernel answer with a reset that destroys the DISCONNECT before the client reads it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v5_pipelining_past_receive_maximum_still_reads_disconnect_0x93() {
+    let n = start_broker("dl-linger-93");
+    let mut c = Raw::new(tcp(n.addr()).await, Version::V5);
+    let ack0 = c.connect("pipeliner", true, 30).await;
+    assert_eq!(ack0.code, 0);
+    let max = ack0.properties.receive_maximum.unwrap_or(u16::MAX);
+    assert!(max < 1000, "receive maximum {max} too large to exceed here");
+    let payload = vec![b'x'; 1024];
+    let mut first = BytesMut::new();
+    for i in 0..max + 200 {
+        let p = publish("flood/t", &payload, 2, Some(i + 1), false);
+        encode(&Packet::Publish(p), Version::V5, &mut first);
+    }
+    let mut more = BytesMut::new();
+    for i in 0..16 {
+        let p = publish("flood/t", &payload, 2, Some(max + 201 + i), false);
+        encode(&Packet::Publish(p), Version::V5, &mut more);
+    }
+    let p = pipeline_then_read(c.s, Version::V5, &first, &more, Duration::from_millis(500)).await;
+    assert!(
+        p.write_err.is_none(),
+        "the broker reset the connection while the client was still sending: {:?}",
+        p.write_err
+    );
+    let last = p.got.iter().rev().find(|p| !matches!(p, Packet::PubRec(_)));
+    assert!(
+        matches!(last, Some(Packet::Disconnect(d)) if d.code == reason::RECEIVE_MAXIMUM_EXCEEDED),
+        "want DISCONNECT 0x93 as the last packet; got {last:?} after {} packets (read error: {:?})",
+        p.got.len(),
+        p.read_err
+    );
+    assert!(p.read_err.is_none(), "read ended with {:?}, want a clean close", p.read_err);
+}
+
+/// A refused CONNECT (CONNACK with an error code) is readable by a client that sent more
+/// packets right behind its CONNECT: the broker lingers on that close too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_connect_is_readable_by_a_pipelining_client() {
+    let n = start_broker_with("dl-linger-connack", "[auth]\nallow_anonymous = false\n");
+    let mut first = BytesMut::new();
+    encode(
+        &Packet::Connect(Box::new(mqedge_broker::protocol::Connect {
+            version: Version::V5,
+            clean_start: true,
+            keep_alive: 30,
+            client_id: "anon".into(),
+            will: None,
+            username: None,
+            password: None,
+            properties: ConnectProperties::default(),
+        })),
+        Version::V5,
+        &mut first,
+    );
+    let payload = vec![b'y'; 1024];
+    let mut more = BytesMut::new();
+    for i in 0..16u16 {
+        let p = publish("pipelined/t", &payload, 1, Some(i + 1), false);
+        encode(&Packet::Publish(p), Version::V5, &mut more);
+    }
+    for _ in 0..16 {
+        first.extend_from_slice(&more);
+    }
+    let p = pipeline_then_read(
+        tcp(n.addr()).await,
+        Version::V5,
+        &first,
+        &more,
+        Duration::from_millis(500),
+    )
+    .await;
+    assert!(
+        p.write_err.is_none(),
+        "the broker reset the connection while the client was still sending: {:?}",
+        p.write_err
+    );
+    assert!(
+        matches!(p.got.first(), Some(Packet::ConnAck(a)) if a.code == reason::NOT_AUTHORIZED),
+        "want CONNACK 0x87; got {:?} (read error: {:?})",
+        p.got,
+        p.read_err
+    );
+    assert!(p.read_err.is_none(), "read ended with {:?}, want a clean close", p.read_err);
+}
+
+/// Connects with `keep_alive` and stays silent: (the CONNACK's Server Keep Alive, how long until
+/// the broker closed, or None when it did not within `wait`).
+async fn silent_client(
+    addr: SocketAddr,
+    v: Version,
+    id: &str,
+    keep_alive: u16,
+    wait: Duration,
+) -> (Option<u16>, Option<Duration>) {
+    let mut c = Raw::new(tcp(addr).await, v);
+    let start = Instant::now();
+    let ack = c.connect(id, true, keep_alive).await;
+    assert_eq!(ack.code, 0, "{id}: CONNACK {ack:?}");
+    let closed = c.closed_within(wait).await.then(|| start.elapsed());
+    (ack.properties.server_keep_alive, closed)
+}
+
+/// `[limits] max_keepalive`: a v5 client asking for more, or for none (0), is told the
+/// server's value as Server Keep Alive and held to it (1.5×); one asking for less keeps its own
+/// and hears nothing; a 3.1.1 client (which cannot be told) is accepted and held to it too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_keepalive_caps_and_replaces_the_client_keep_alive() {
+    let n = start_broker_with("dl-maxka", "[limits]\nmax_keepalive = 2\n");
+    let addr = n.addr();
+    let wait = Duration::from_secs(6);
+    let (more, none, less, v3) = tokio::join!(
+        silent_client(addr, Version::V5, "ka-more", 60, wait),
+        silent_client(addr, Version::V5, "ka-none", 0, wait),
+        silent_client(addr, Version::V5, "ka-less", 1, wait),
+        silent_client(addr, Version::V311, "ka-v3", 60, wait),
+    );
+    assert_eq!(more.0, Some(2), "asked 60: Server Keep Alive");
+    assert_eq!(none.0, Some(2), "asked 0: Server Keep Alive");
+    assert_eq!(less.0, None, "asked 1: no Server Keep Alive");
+    let window = |what: &str, got: Option<Duration>, lo: u64, hi: u64| {
+        let t = got.unwrap_or_else(|| panic!("{what}: not closed within {wait:?}"));
+        assert!(
+            t >= Duration::from_millis(lo) && t <= Duration::from_millis(hi),
+            "{what}: closed after {t:?}, want {lo} ms .. {hi} ms"
+        );
+    };
+    window("v5 asked 60", more.1, 3000, 4500);
+    window("v5 asked 0", none.1, 3000, 4500);
+    window("v5 asked 1", less.1, 1500, 2700);
+    window("3.1.1 asked 60", v3.1, 3000, 4500);
+}
+
+/// Without `max_keepalive` (the default) a client's keep-alive stands, 0 included: no Server
+/// Keep Alive, and a client that asked for none is not closed for silence.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_max_keepalive_the_client_keep_alive_stands() {
+    let n = start_broker("dl-maxka-default");
+    let (none, long) = tokio::join!(
+        silent_client(n.addr(), Version::V5, "ka-zero", 0, Duration::from_secs(2)),
+        silent_client(n.addr(), Version::V5, "ka-long", 65535, Duration::from_secs(2)),
+    );
+    assert_eq!(none, (None, None), "asked 0");
+    assert_eq!(long, (None, None), "asked 65535");
+}
