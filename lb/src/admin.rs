@@ -12,17 +12,21 @@ use axum::{Json, Router};
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 
-use crate::backends::{close_after, Backend, State as BState};
+use crate::backends::{Backend, State as BState};
 use crate::Lb;
 
 fn backend_json(b: &Backend) -> Value {
+    let last = b.last_check();
     json!({
         "name": b.name,
         "addr": b.addr.to_string(),
         "state": b.state().as_str(),
         "active_connections": b.active(),
         "total_connections": b.total(),
-        "last_check_ms": b.last_check_ms(),
+        // µs precision: a check on a LAN takes well under a millisecond
+        "last_check_ms": last.as_ref().map(|c| c.took.as_micros() as f64 / 1000.0),
+        "last_check_at": last.as_ref().map(|c| c.at_unix_ms),
+        "last_check_error": last.and_then(|c| c.error),
     })
 }
 
@@ -73,10 +77,9 @@ async fn drain(State(lb): State<Arc<Lb>>, Path(name): Path<String>) -> Response 
     let Some(b) = find(&lb, &name) else {
         return not_found(&name);
     };
-    if b.set_state(BState::Draining) != BState::Draining {
-        let after = lb.live.load().lb.drain_timeout;
+    let after = lb.live.load().lb.drain_timeout;
+    if b.start_drain(after) != BState::Draining {
         tracing::info!(backend = %name, drain_timeout = ?after, "backend drained by the admin API");
-        close_after(b.clone(), after);
     }
     Json(backend_json(&b)).into_response()
 }
@@ -85,9 +88,8 @@ async fn ready(State(lb): State<Arc<Lb>>, Path(name): Path<String>) -> Response 
     let Some(b) = find(&lb, &name) else {
         return not_found(&name);
     };
-    if b.state() == BState::Draining {
-        // back through a check before traffic
-        b.set_state(BState::Checking);
+    // back through a check before traffic; a pending close of the leftovers is cancelled
+    if b.end_drain() {
         tracing::info!(backend = %name, "backend undrained by the admin API; takes traffic after its next check");
     }
     Json(backend_json(&b)).into_response()

@@ -2,9 +2,15 @@
 //! (weight, PROXY mode), health state and counters, shared by the connection tasks, the health
 //! checker, the reloader and the admin API. A backend is an `Arc`, so a reload that keeps it
 //! (same name and address) keeps its state and its open connections.
+//!
+//! Draining has its own small state, [`DrainCtl`], behind a lock: the close signal the backend's
+//! connections wait on and the number of the current drain cycle. A signal fires once, so every
+//! drain whose timeout passed leaves it fired; leaving `draining` then installs a fresh one, or
+//! the connections opened after `ready` would be closed the moment they start.
 
 use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, AtomicU8, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
@@ -77,14 +83,36 @@ pub struct Backend {
     state: AtomicU8,
     active: AtomicU64,
     total: AtomicU64,
-    last_check_ms: AtomicU64,
     /// Consecutive check outcomes: positive = successes, negative = failures.
     streak: AtomicI64,
     /// Counter handles.
     pub counters: BackendCounters,
+    drain: Mutex<DrainCtl>,
+    /// The checker task that owns this backend (see [`Backend::claim_checker`]).
+    checker: AtomicU64,
+    last_check: Mutex<Option<LastCheck>>,
+}
+
+/// One drain cycle's close signal and number, changed together under [`Backend`]'s lock so a
+/// timer and an operator's `ready` cannot interleave.
+struct DrainCtl {
+    /// What connections opened now wait on. Fired when a drain's timeout passes; replaced when
+    /// the backend leaves `draining` after that.
     close: crate::signal::Signal,
-    /// Bumped at every entry into `Draining`, so a stale drain timer never fires.
-    drain_epoch: AtomicU64,
+    /// Bumped at every entry into and exit from `draining`: the timer of an older cycle does
+    /// nothing.
+    epoch: u64,
+}
+
+/// The outcome of a backend's last health check, for `/api/backends`.
+#[derive(Debug, Clone)]
+pub struct LastCheck {
+    /// How long it took.
+    pub took: Duration,
+    /// When it ended, ms since the Unix epoch.
+    pub at_unix_ms: u64,
+    /// Why it failed; `None` when it passed.
+    pub error: Option<String>,
 }
 
 impl std::fmt::Debug for Backend {
@@ -133,11 +161,14 @@ impl Backend {
             state: AtomicU8::new(state as u8),
             active: AtomicU64::new(0),
             total: AtomicU64::new(0),
-            last_check_ms: AtomicU64::new(0),
             streak: AtomicI64::new(0),
             counters,
-            close: crate::signal::Signal::new(),
-            drain_epoch: AtomicU64::new(0),
+            drain: Mutex::new(DrainCtl {
+                close: crate::signal::Signal::new(),
+                epoch: 0,
+            }),
+            checker: AtomicU64::new(0),
+            last_check: Mutex::new(None),
         }
     }
 
@@ -167,17 +198,75 @@ impl Backend {
         State::from_u8(self.state.load(Ordering::Relaxed))
     }
 
-    /// Forces a state (operator drain/ready, removal); returns the previous one.
-    pub fn set_state(&self, s: State) -> State {
+    /// Forces a state; returns the previous one. Only under the drain lock: entering and
+    /// leaving `draining` goes through [`Backend::start_drain`] and [`Backend::end_drain`].
+    fn set_state(&self, _drain: &DrainCtl, s: State) -> State {
         let prev = State::from_u8(self.state.swap(s as u8, Ordering::Relaxed));
         self.counters.up.set(i64::from(s == State::Up));
-        if s == State::Draining && prev != State::Draining {
-            self.drain_epoch.fetch_add(1, Ordering::Relaxed);
-        }
         if s != prev {
             self.streak.store(0, Ordering::Relaxed);
         }
         prev
+    }
+
+    fn drain_lock(&self) -> MutexGuard<'_, DrainCtl> {
+        self.drain.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Puts the backend in `draining` (operator drain, or removed by a reload) and closes the
+    /// connections still open `after` from now, unless [`Backend::end_drain`] comes first.
+    /// Returns the previous state; a backend that was already draining keeps its first timer.
+    pub fn start_drain(self: &Arc<Self>, after: Duration) -> State {
+        let mut d = self.drain_lock();
+        let prev = self.set_state(&d, State::Draining);
+        if prev == State::Draining {
+            return prev;
+        }
+        d.epoch += 1;
+        let epoch = d.epoch;
+        drop(d);
+        let b = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(after).await;
+            b.drain_timeout_passed(epoch);
+        });
+        prev
+    }
+
+    /// The timer of drain cycle `epoch`: closes the leftovers if that cycle is still on.
+    fn drain_timeout_passed(&self, epoch: u64) {
+        let d = self.drain_lock();
+        if d.epoch != epoch || self.state() != State::Draining {
+            return;
+        }
+        if self.active() > 0 {
+            tracing::info!(backend = %self.name, connections = self.active(), "drain_timeout reached: closing leftover connections");
+        }
+        // stays fired while the backend drains: a connection set up in a race closes at once
+        d.close.fire();
+    }
+
+    /// Leaves `draining` for `checking` (operator `ready`, or re-added by a reload): the next
+    /// check decides. A drain whose timeout has not passed is cancelled, so the connections
+    /// still open stay open; if it has passed, connections from now on get a fresh close
+    /// signal. Returns false (and does nothing) when the backend was not draining.
+    pub fn end_drain(&self) -> bool {
+        let mut d = self.drain_lock();
+        if self.state() != State::Draining {
+            return false;
+        }
+        d.epoch += 1;
+        if d.close.is_fired() {
+            d.close = crate::signal::Signal::new();
+        }
+        self.set_state(&d, State::Checking);
+        true
+    }
+
+    /// Draining, with its leftovers' close still to come.
+    pub fn close_pending(&self) -> bool {
+        let d = self.drain_lock();
+        self.state() == State::Draining && !d.close.is_fired()
     }
 
     /// Records one health check outcome and applies rise/fall; returns the new state when it
@@ -231,14 +320,29 @@ impl Backend {
         self.total.load(Ordering::Relaxed)
     }
 
-    /// Duration of the last health check, ms.
-    pub fn last_check_ms(&self) -> u64 {
-        self.last_check_ms.load(Ordering::Relaxed)
+    /// The last health check's outcome; `None` before the first.
+    pub fn last_check(&self) -> Option<LastCheck> {
+        self.last_check
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
-    /// Stores the duration of the last health check.
-    pub fn set_last_check_ms(&self, ms: u64) {
-        self.last_check_ms.store(ms, Ordering::Relaxed);
+    /// Stores the last health check's outcome.
+    pub fn set_last_check(&self, c: LastCheck) {
+        *self.last_check.lock().unwrap_or_else(|e| e.into_inner()) = Some(c);
+    }
+
+    /// Makes the caller the backend's only checker and returns its ticket. A backend re-added
+    /// by a reload gets a new checker at once, while the old one may still sleep out its
+    /// interval; the old one sees that its ticket is stale and stops.
+    pub fn claim_checker(&self) -> u64 {
+        self.checker.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Whether `ticket` (from [`Backend::claim_checker`]) is still the current checker.
+    pub fn is_checker(&self, ticket: u64) -> bool {
+        self.checker.load(Ordering::Relaxed) == ticket
     }
 
     /// Marks one forwarded connection open; the guard closes the count.
@@ -252,14 +356,10 @@ impl Backend {
         }
     }
 
-    /// A receiver that turns true when leftover connections must close.
-    pub fn close_signal(&self) -> &crate::signal::Signal {
-        &self.close
-    }
-
-    /// Tells every connection to this backend to close now.
-    pub fn close_all(&self) {
-        self.close.fire();
+    /// What a connection opened now waits on: fires when a drain of the backend (or its
+    /// removal) reaches `drain_timeout`.
+    pub fn close_signal(&self) -> crate::signal::Subscription {
+        self.drain_lock().close.subscribe()
     }
 }
 
@@ -275,17 +375,69 @@ impl Drop for ConnGuard {
     }
 }
 
-/// Closes a drained or removed backend's leftover connections after `after`.
-pub fn close_after(b: Arc<Backend>, after: std::time::Duration) {
-    let epoch = b.drain_epoch.load(Ordering::Relaxed);
-    tokio::spawn(async move {
-        tokio::time::sleep(after).await;
-        // only the drain that armed this timer may end it (drain → ready → drain re-arms)
-        if b.state() == State::Draining && b.drain_epoch.load(Ordering::Relaxed) == epoch {
-            if b.active() > 0 {
-                tracing::info!(backend = %b.name, connections = b.active(), "drain_timeout reached: closing leftover connections");
-            }
-            b.close_all();
-        }
-    });
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{BackendAddr, ProxyMode};
+    use std::task::Poll;
+
+    fn backend() -> Arc<Backend> {
+        let cfg = BackendConfig {
+            name: "b".into(),
+            addr: BackendAddr::Ip("127.0.0.1:1".parse().unwrap()),
+            weight: 1,
+            proxy_protocol: ProxyMode::None,
+        };
+        Arc::new(Backend::new(&cfg, State::Up, &Metrics::new()))
+    }
+
+    async fn fires_within(mut s: crate::signal::Subscription, t: Duration) -> bool {
+        tokio::time::timeout(t, std::future::poll_fn(|cx| s.poll_fired(cx)))
+            .await
+            .is_ok()
+    }
+
+    const MS: Duration = Duration::from_millis(1);
+
+    #[tokio::test]
+    async fn each_drain_cycle_has_its_own_close() {
+        let b = backend();
+        let before = b.close_signal();
+        assert_eq!(b.start_drain(20 * MS), State::Up);
+        // a second drain call keeps the first timer
+        assert_eq!(b.start_drain(Duration::from_secs(60)), State::Draining);
+        assert!(fires_within(before, 500 * MS).await);
+        assert!(!b.close_pending());
+        // joined in a race while draining: closed at once
+        assert!(fires_within(b.close_signal(), 10 * MS).await);
+        assert!(b.end_drain());
+        assert!(!b.end_drain(), "not draining any more");
+        assert_eq!(b.state(), State::Checking);
+        let after_ready = b.close_signal();
+        let mut probe = b.close_signal();
+        assert!(std::future::poll_fn(|cx| Poll::Ready(probe.poll_fired(cx).is_pending())).await);
+        // and the next drain closes them again
+        b.start_drain(20 * MS);
+        assert!(fires_within(after_ready, 500 * MS).await);
+    }
+
+    #[tokio::test]
+    async fn ready_before_the_timeout_cancels_the_close() {
+        let b = backend();
+        let early = b.close_signal();
+        b.start_drain(50 * MS);
+        assert!(b.close_pending());
+        tokio::time::sleep(10 * MS).await;
+        assert!(b.end_drain());
+        let late = b.close_signal();
+        assert!(
+            !fires_within(early, 150 * MS).await,
+            "the cancelled drain closed"
+        );
+        // a new drain closes the connections from before the cancelled one, and the later ones
+        let early = b.close_signal();
+        b.start_drain(20 * MS);
+        assert!(fires_within(early, 500 * MS).await);
+        assert!(fires_within(late, 500 * MS).await);
+    }
 }

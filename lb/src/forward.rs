@@ -175,7 +175,7 @@ pub async fn forward(
                     backend,
                     counters,
                     kill,
-                    close: b.close_signal().subscribe(),
+                    close: b.close_signal(),
                     _guard: guard,
                     log: Box::new(ConnLog {
                         conn_id: facts.conn_id,

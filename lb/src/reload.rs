@@ -3,7 +3,9 @@
 //! `/api/reload`). A valid one is applied as a diff: backends with the same name and address are
 //! kept (state, connections, counters) and take the new weight and PROXY mode; new ones start in
 //! `checking` and get their first check before any traffic; removed ones stop taking connections
-//! and their leftovers close after `drain_timeout`. Balance, health and `[lb]` limits swap
+//! and their leftovers close after `drain_timeout`. A removed backend re-added (same name and
+//! address) before that close is the same backend again, as after `ready`: the close is
+//! cancelled and it goes back to `checking` with its connections and counters. Balance, health and `[lb]` limits swap
 //! atomically; TLS certificates of unchanged listeners are swapped too (certificate rotation);
 //! other listener changes need a restart and say so.
 //!
@@ -12,12 +14,12 @@
 //! there triggers a re-read; a content hash skips no-op events.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 
-use crate::backends::{close_after, Backend, State};
+use crate::backends::{Backend, State};
 use crate::config::Config;
 use crate::{Lb, Live};
 
@@ -28,6 +30,8 @@ pub struct Applied {
     pub added: Vec<String>,
     /// Backends removed (now draining).
     pub removed: Vec<String>,
+    /// Backends removed earlier and re-added while their close was pending (drain cancelled).
+    pub restored: Vec<String>,
     /// Backends kept.
     pub kept: Vec<String>,
     /// Listener changes that need a restart.
@@ -40,7 +44,28 @@ pub struct Applied {
 #[derive(Debug, Default)]
 pub struct ReloadStatus {
     /// The last refused file's error (cleared by a successful reload).
-    pub last_error: std::sync::Mutex<Option<String>>,
+    pub last_error: Mutex<Option<String>>,
+    /// Backends removed by a reload whose leftovers' close is still pending, so that re-adding
+    /// one finds it. Weak: a backend is freed once its timer and connections are done; the list
+    /// is pruned at every reload.
+    retired: Mutex<Vec<Weak<Backend>>>,
+}
+
+impl ReloadStatus {
+    /// The retired backends still pending, taken out of the list.
+    fn take_retired(&self) -> Vec<Arc<Backend>> {
+        let mut r = self.retired.lock().unwrap_or_else(|e| e.into_inner());
+        std::mem::take(&mut *r)
+            .iter()
+            .filter_map(Weak::upgrade)
+            .filter(|b| b.close_pending())
+            .collect()
+    }
+
+    fn put_retired(&self, bs: impl IntoIterator<Item = Arc<Backend>>) {
+        let mut r = self.retired.lock().unwrap_or_else(|e| e.into_inner());
+        r.extend(bs.into_iter().map(|b| Arc::downgrade(&b)));
+    }
 }
 
 /// Applies a validated config to the running LB.
@@ -49,16 +74,23 @@ pub fn apply(lb: &Arc<Lb>, new: &Config) -> Applied {
     let mut out = Applied::default();
     let mut next: Vec<Arc<Backend>> = Vec::with_capacity(new.backends.len());
     let mut fresh = Vec::new();
+    let mut retired = lb.reload.take_retired();
     for bc in &new.backends {
-        match old
-            .backends
-            .iter()
-            .find(|o| o.name == bc.name && o.addr == bc.addr)
-        {
-            Some(o) => {
-                o.update(bc);
-                out.kept.push(bc.name.clone());
-                next.push(o.clone());
+        let same = |o: &&Arc<Backend>| o.name == bc.name && o.addr == bc.addr;
+        if let Some(o) = old.backends.iter().find(same) {
+            o.update(bc);
+            out.kept.push(bc.name.clone());
+            next.push(o.clone());
+            continue;
+        }
+        match retired.iter().position(|r| same(&r)) {
+            Some(i) => {
+                let r = retired.swap_remove(i);
+                r.update(bc);
+                r.end_drain();
+                out.restored.push(bc.name.clone());
+                fresh.push(r.clone());
+                next.push(r);
             }
             None => {
                 let b = Arc::new(Backend::new(bc, State::Checking, &lb.metrics));
@@ -87,11 +119,12 @@ pub fn apply(lb: &Arc<Lb>, new: &Config) -> Applied {
         backends: next,
         generation: out.generation,
     }));
-    for b in removed {
+    for b in &removed {
         out.removed.push(b.name.clone());
-        b.set_state(State::Draining);
-        close_after(b, new.lb.drain_timeout);
+        b.start_drain(new.lb.drain_timeout);
     }
+    retired.extend(removed);
+    lb.reload.put_retired(retired);
     for b in fresh {
         tokio::spawn(crate::health::run_checker(lb.clone(), b, false));
     }
@@ -130,6 +163,7 @@ pub fn reload_from_file(lb: &Arc<Lb>, path: &Path) -> Result<Applied, String> {
                 generation = a.generation,
                 added = ?a.added,
                 removed = ?a.removed,
+                restored = ?a.restored,
                 kept = a.kept.len(),
                 "config reloaded"
             );
