@@ -160,11 +160,13 @@ fn bound_ports(base: Option<u16>) -> Vec<String> {
 /// ephemeral range so an outgoing connection does not take one meanwhile. `salt` spreads the
 /// tests of this binary, which run at the same time, over different blocks.
 fn free_base(salt: u16) -> u16 {
-    let start = 20_000 + ((std::process::id() as u16).wrapping_mul(31) % 400) * 24;
-    (0..400u16)
-        .map(|i| 20_000 + (start - 20_000 + (i + salt * 97) * 24) % 10_000)
+    // 400 blocks of 24 ports in 20000..29600; where the scan starts depends on the process and
+    // the test
+    let first = std::process::id().wrapping_mul(31) % 400 + u32::from(salt) * 97;
+    (0..400u32)
+        .map(|i| (20_000 + (first + i) % 400 * 24) as u16)
         .find(|&b| bound_ports(Some(b)).is_empty())
-        .expect("no block of 12 free ports in 20000..30000")
+        .expect("no block of 12 free ports in 20000..29600")
 }
 
 /// `mqedge up --dir WORK --base-port B` until it says it is running, with a fresh free block
