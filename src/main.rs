@@ -54,11 +54,17 @@ enum Cmd {
         /// User name.
         user: String,
     },
-    /// The local topology: dev certs, three clustered broker nodes and the LB as child processes.
+    /// The local topology: dev certs, the LB and three clustered broker nodes as child
+    /// processes; Ctrl-C, SIGTERM or SIGHUP stops them all.
     Up {
         /// Working directory for certs, generated configs and data.
         #[arg(long, default_value = ".mqedge")]
         dir: PathBuf,
+        /// Move all 12 ports to PORT..PORT+11 (LB plain, LB TLS, LB admin, node1..3 MQTT,
+        /// node1..3 admin, node1..3 cluster), instead of 1883, 8883, 9100, 11883.., 19101..,
+        /// 14371...
+        #[arg(long, value_name = "PORT")]
+        base_port: Option<u16>,
     },
     /// Validate a config file: exit 0, or exit 1 with `file:line: what is wrong`.
     Check {
@@ -121,7 +127,7 @@ fn main() -> ExitCode {
         Cmd::Lb { config } => run_lb(&config),
         Cmd::Broker { config } => run_broker(&config),
         Cmd::Passwd { file, user } => passwd::run(&file, &user),
-        Cmd::Up { dir } => up::run(&dir),
+        Cmd::Up { dir, base_port } => up::run(&dir, base_port),
         Cmd::Bench { cmd } => bench::run(cmd),
         Cmd::Certs {
             out,

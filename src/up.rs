@@ -1,10 +1,15 @@
 //! `mqedge up`: the local topology of DESIGN.md as child processes of this binary — dev certs
 //! (generated when missing), three clustered broker nodes and the LB from `configs/local/`
-//! (embedded, with paths rewritten to `--dir`), child output prefixed with its role, Ctrl-C
-//! stops every child.
+//! (embedded, with paths rewritten to `--dir` and ports to `--base-port`), child output prefixed
+//! with its role. Ctrl-C, SIGTERM and SIGHUP (the terminal closing) stop every child gracefully;
+//! if `up` itself dies, the kernel stops them (parent-death signal), so no child is left holding
+//! the ports.
 
-use std::io::{BufRead, BufReader};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+mod ports;
+
+use std::fmt::Display;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
@@ -12,6 +17,9 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
+use ports::Ports;
+
+/// `(role, file name, text)` of `configs/local/`, written to `DIR/configs/` at every start.
 const TEMPLATES: [(&str, &str, &str); 4] = [
     (
         "node1",
@@ -31,75 +39,112 @@ const TEMPLATES: [(&str, &str, &str); 4] = [
     ("lb", "lb.toml", include_str!("../configs/local/lb.toml")),
 ];
 
-/// Ports of the topology (DESIGN.md): what they are, where (checked free before starting).
-const PORTS: [(&str, &str); 12] = [
-    ("LB TLS", "127.0.0.1:8883"),
-    ("LB plain", "127.0.0.1:1883"),
-    ("LB admin", "127.0.0.1:9100"),
-    ("node1 MQTT", "127.0.0.1:11883"),
-    ("node2 MQTT", "127.0.0.1:11884"),
-    ("node3 MQTT", "127.0.0.1:11885"),
-    ("node1 admin", "127.0.0.1:19101"),
-    ("node2 admin", "127.0.0.1:19102"),
-    ("node3 admin", "127.0.0.1:19103"),
-    ("node1 cluster", "127.0.0.1:14371"),
-    ("node2 cluster", "127.0.0.1:14372"),
-    ("node3 cluster", "127.0.0.1:14373"),
-];
+/// Client ids of the lines printed to paste. Without ids mosquitto connects with an empty one
+/// and the LB falls back to hashing the source address — the same for both, so they would meet
+/// on one node. These two hash to different nodes (a unit test holds that), so the first
+/// message a user sends crosses the cluster.
+const SUB_ID: &str = "demo-subscriber";
+const PUB_ID: &str = "demo-publisher";
 
-/// Admin endpoints probed for readiness.
-const ADMINS: [&str; 4] = [
-    "127.0.0.1:9100",
-    "127.0.0.1:19101",
-    "127.0.0.1:19102",
-    "127.0.0.1:19103",
-];
+/// The backend names of `configs/local/lb.toml`, equal weights.
+const NODES: [&str; 3] = ["node1", "node2", "node3"];
 
-fn fail(msg: impl std::fmt::Display) -> ExitCode {
-    eprintln!("mqedge up: {msg}");
-    ExitCode::from(1)
+/// How long the topology may take to come up (certs exist, cluster formed, CONNACK via the LB).
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A line on stdout. Write errors are ignored: after the terminal closes (SIGHUP) stdout
+/// returns EIO, and `up` must still stop its children instead of panicking in `println!`.
+fn say(line: impl Display) {
+    let _ = writeln!(std::io::stdout().lock(), "{line}");
 }
 
-/// Runs the topology until Ctrl-C / SIGTERM.
-pub fn run(dir: &Path) -> ExitCode {
+/// A line on stderr, "mqedge up: " first; write errors ignored as in [`say`].
+fn warn(msg: impl Display) {
+    let _ = writeln!(std::io::stderr().lock(), "mqedge up: {msg}");
+}
+
+fn fail(code: u8, msg: impl Display) -> ExitCode {
+    warn(msg);
+    ExitCode::from(code)
+}
+
+/// Runs the topology until Ctrl-C, SIGTERM or SIGHUP. Exit 0 after a signal, 1 for a bad
+/// argument or unwritable `dir`, 2 when a port is taken or the topology does not come up.
+pub fn run(dir: &Path, base_port: Option<u16>) -> ExitCode {
+    let ports = match Ports::new(base_port) {
+        Ok(p) => p,
+        Err(e) => return fail(1, e),
+    };
+    // before any child exists: a signal from here on stops the topology instead of killing us
+    let mut signals = match Signals::new() {
+        Ok(s) => s,
+        Err(e) => return fail(2, format!("cannot install signal handlers: {e}")),
+    };
     if let Err(e) = std::fs::create_dir_all(dir) {
-        return fail(format!("cannot create {}: {e}", dir.display()));
+        return fail(1, format!("cannot create {}: {e}", dir.display()));
     }
     let dir = match dir.canonicalize() {
         Ok(d) => d,
-        Err(e) => return fail(format!("{}: {e}", dir.display())),
+        Err(e) => return fail(1, format!("{}: {e}", dir.display())),
     };
+    let taken = ports.taken();
+    if !taken.is_empty() {
+        for t in &taken {
+            warn(t);
+        }
+        if taken
+            .iter()
+            .any(|t| t.contains("(mosquitto)") || t.starts_with("port 1883 "))
+        {
+            warn(
+                "Debian's mosquitto package starts a broker on 1883 when it is installed; \
+                 stop it with `sudo systemctl disable --now mosquitto`",
+            );
+        }
+        warn(format!(
+            "`mqedge up --base-port N` moves all {} ports to N..N+{}",
+            ports::COUNT,
+            ports::COUNT - 1
+        ));
+        return ExitCode::from(2);
+    }
     let certs = dir.join("certs");
     if !certs.join("ca.pem").exists() || !certs.join("client.pem").exists() {
-        let opts = mqedge_shared::certs::CertOptions::default();
+        // a CA that is there stays (certificates it signed keep verifying); the rest is made
+        let opts = mqedge_shared::certs::CertOptions {
+            reuse_ca: certs.join("ca.pem").exists() && certs.join("ca.key").exists(),
+            ..Default::default()
+        };
         if let Err(e) = mqedge_shared::certs::generate(&certs, &opts) {
-            return fail(format!("generating dev certificates: {e}"));
+            return fail(2, format!("generating dev certificates: {e}"));
         }
-        println!("mqedge up: dev certificates written to {}", certs.display());
-    }
-    for (what, addr) in PORTS {
-        if TcpListener::bind(addr).is_err() {
-            return fail(format!(
-                "{what} port {addr} is already in use (another mqedge up, or a local broker?)"
-            ));
-        }
+        say(format!(
+            "mqedge up: dev certificates written to {}",
+            certs.display()
+        ));
     }
     let cfg_dir = dir.join("configs");
     if let Err(e) = std::fs::create_dir_all(&cfg_dir) {
-        return fail(format!("cannot create {}: {e}", cfg_dir.display()));
+        return fail(1, format!("cannot create {}: {e}", cfg_dir.display()));
     }
     let mut files = Vec::new();
     for (role, name, text) in TEMPLATES {
-        let text = text.replace("../../.mqedge", &dir.display().to_string());
+        let text = ports.rewrite(&text.replace("../../.mqedge", &dir.display().to_string()));
         let p = cfg_dir.join(name);
         if let Err(e) = std::fs::write(&p, text) {
-            return fail(format!("cannot write {}: {e}", p.display()));
+            return fail(1, format!("cannot write {}: {e}", p.display()));
         }
         files.push((role, p));
     }
+    say(format!(
+        "mqedge up: configs written to {} (from configs/local/, again at every start); \
+         the LB hot-reloads {} while it runs",
+        cfg_dir.display(),
+        cfg_dir.join("lb.toml").display()
+    ));
     let exe = match std::env::current_exe() {
         Ok(e) => e,
-        Err(e) => return fail(format!("cannot find this executable: {e}")),
+        Err(e) => return fail(2, format!("cannot find this executable: {e}")),
     };
     let mut children: Vec<(&str, Child)> = Vec::new();
     for (role, cfg) in &files {
@@ -108,19 +153,30 @@ pub fn run(dir: &Path) -> ExitCode {
             Ok(c) => children.push((role, c)),
             Err(e) => {
                 stop_all(&mut children);
-                return fail(format!("cannot start {role}: {e}"));
+                return fail(2, format!("cannot start {role}: {e}"));
             }
         }
     }
-    // ready when an MQTT CONNECT through the LB's plain port gets a CONNACK from node1
+    // ready when an MQTT CONNECT through the LB's plain port gets a CONNACK from a node
     // (admin ports are probed with a bare TCP connect; MQTT ports are not, to keep logs clean)
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let admins: Vec<SocketAddr> = [
+        ports.lb_admin(),
+        ports.node_admin(1),
+        ports.node_admin(2),
+        ports.node_admin(3),
+    ]
+    .into_iter()
+    .map(local)
+    .collect();
+    let deadline = Instant::now() + READY_TIMEOUT;
     loop {
-        let admins_up = ADMINS
+        let admins_up = admins
             .iter()
-            .filter_map(|a| a.parse::<SocketAddr>().ok())
-            .all(|a| TcpStream::connect_timeout(&a, Duration::from_millis(200)).is_ok());
-        if admins_up && cluster_formed("127.0.0.1:19101", 3) && mqtt_probe("127.0.0.1:1883") {
+            .all(|a| TcpStream::connect_timeout(a, Duration::from_millis(200)).is_ok());
+        if admins_up
+            && cluster_formed(local(ports.node_admin(1)), 3)
+            && mqtt_probe(local(ports.lb_plain()))
+        {
             break;
         }
         if Instant::now() > deadline
@@ -129,26 +185,83 @@ pub fn run(dir: &Path) -> ExitCode {
                 .any(|(_, c)| matches!(c.try_wait(), Ok(Some(_))))
         {
             stop_all(&mut children);
-            return ExitCode::from(fail_code(
-                "the topology did not come up; see the output above".into(),
-            ));
+            return fail(2, "the topology did not come up; see the output above");
         }
-        std::thread::sleep(Duration::from_millis(200));
+        if let Some(sig) = signals.wait(Duration::from_millis(200)) {
+            warn(format!("{sig} while starting: stopping"));
+            stop_all(&mut children);
+            say("mqedge up: stopped");
+            return ExitCode::SUCCESS;
+        }
     }
-    print_banner(&certs);
-    let code = wait(&mut children);
+    print_banner(&certs, &ports, &cfg_dir);
+    let sig = watch(&mut children, &mut signals);
+    warn(format!("{sig}: stopping every child"));
     stop_all(&mut children);
-    println!("mqedge up: stopped");
-    code
+    say("mqedge up: stopped");
+    ExitCode::SUCCESS
 }
 
-/// Whether node1's `/api/cluster` lists `n` nodes up.
-fn cluster_formed(admin: &str, n: usize) -> bool {
-    use std::io::{Read, Write};
-    let Ok(a) = admin.parse::<SocketAddr>() else {
-        return false;
-    };
-    let Ok(mut s) = TcpStream::connect_timeout(&a, Duration::from_millis(300)) else {
+fn local(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+/// The stop signals, registered once at start (a current-thread runtime drives them).
+struct Signals {
+    rt: tokio::runtime::Runtime,
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> std::io::Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let (int, term, hup) = rt.block_on(async {
+            Ok::<_, std::io::Error>((
+                signal(SignalKind::interrupt())?,
+                signal(SignalKind::terminate())?,
+                signal(SignalKind::hangup())?,
+            ))
+        })?;
+        Ok(Signals { rt, int, term, hup })
+    }
+
+    /// The name of a stop signal that arrives within `d`, or `None`.
+    fn wait(&mut self, d: Duration) -> Option<&'static str> {
+        let Signals { rt, int, term, hup } = self;
+        rt.block_on(async {
+            tokio::select! {
+                _ = int.recv() => Some("SIGINT"),
+                _ = term.recv() => Some("SIGTERM"),
+                _ = hup.recv() => Some("SIGHUP"),
+                _ = tokio::time::sleep(d) => None,
+            }
+        })
+    }
+}
+
+/// Which node `client_id` lands on under the LB's hashing (`strategy = "client_id"`, the three
+/// nodes up, equal weights), computed with the LB's own code.
+fn node_of(client_id: &str) -> &'static str {
+    let c: Vec<mqedge_lb::balance::Candidate<'_>> = NODES
+        .iter()
+        .map(|n| mqedge_lb::balance::Candidate {
+            name: n,
+            weight: 1,
+            active: 0,
+        })
+        .collect();
+    NODES[mqedge_lb::balance::hash_order(client_id.as_bytes(), &c)[0]]
+}
+
+/// Whether the node admin API at `admin` lists `n` nodes up in `/api/cluster`.
+fn cluster_formed(admin: SocketAddr, n: usize) -> bool {
+    use std::io::Read;
+    let Ok(mut s) = TcpStream::connect_timeout(&admin, Duration::from_millis(300)) else {
         return false;
     };
     let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
@@ -166,12 +279,9 @@ fn cluster_formed(admin: &str, n: usize) -> bool {
 }
 
 /// One MQTT CONNECT → CONNACK round trip (client id `mqedge-up-probe`).
-fn mqtt_probe(addr: &str) -> bool {
-    use std::io::{Read, Write};
-    let Ok(a) = addr.parse::<SocketAddr>() else {
-        return false;
-    };
-    let Ok(mut s) = TcpStream::connect_timeout(&a, Duration::from_millis(300)) else {
+fn mqtt_probe(addr: SocketAddr) -> bool {
+    use std::io::Read;
+    let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(300)) else {
         return false;
     };
     let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
@@ -185,11 +295,7 @@ fn mqtt_probe(addr: &str) -> bool {
     ok
 }
 
-fn fail_code(msg: String) -> u8 {
-    eprintln!("mqedge up: {msg}");
-    2
-}
-
+/// Starts `mqedge SUB -c CFG` with its output relayed, each line prefixed with `[role]`.
 fn spawn(exe: &Path, sub: &str, cfg: &Path, role: &str) -> std::io::Result<Child> {
     use std::os::unix::process::CommandExt;
     let mut cmd = Command::new(exe);
@@ -197,8 +303,24 @@ fn spawn(exe: &Path, sub: &str, cfg: &Path, role: &str) -> std::io::Result<Child
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    // own process group: Ctrl-C reaches only us, and we stop the children in order
+    // own process group: Ctrl-C in the terminal reaches only us, and we stop the children in
+    // order (LB first)
     cmd.process_group(0);
+    let parent = std::process::id();
+    // SAFETY: runs in the forked child before exec; it only makes two system calls (no
+    // allocation, no locks), which is what a pre_exec closure of a threaded process may do.
+    unsafe {
+        cmd.pre_exec(move || {
+            // SIGTERM (a graceful stop) when the thread that forked us dies: that is up's main
+            // thread, which lives as long as up, so a SIGKILLed `up` takes its children along
+            nix::sys::prctl::set_pdeathsig(Signal::SIGTERM)?;
+            // up died between fork and prctl: the signal will never come, so do not start
+            if nix::unistd::getppid().as_raw() as u32 != parent {
+                return Err(std::io::Error::from(nix::errno::Errno::ESRCH));
+            }
+            Ok(())
+        });
+    }
     let mut child = cmd.spawn()?;
     for pipe in [
         child
@@ -214,68 +336,74 @@ fn spawn(exe: &Path, sub: &str, cfg: &Path, role: &str) -> std::io::Result<Child
     .flatten()
     {
         let tag = format!("[{role:>5}] ");
+        // keeps reading when stdout is gone (terminal closed), so a child never blocks on a
+        // full pipe while it stops
         std::thread::spawn(move || {
             for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                println!("{tag}{line}");
+                say(format_args!("{tag}{line}"));
             }
         });
     }
     Ok(child)
 }
 
-fn print_banner(certs: &Path) {
+fn print_banner(certs: &Path, p: &Ports, cfg_dir: &Path) {
     let c = |f: &str| -> PathBuf { certs.join(f) };
-    println!();
-    println!("mqedge up: running — Ctrl-C stops everything");
-    println!("  LB     TLS 127.0.0.1:8883 (client certs optional)  plain 127.0.0.1:1883  admin http://127.0.0.1:9100/api/backends");
-    println!(
-        "  node1  127.0.0.1:11883 (PROXY v2 from 127.0.0.1)   admin http://127.0.0.1:19101/metrics"
-    );
-    println!("try:");
-    println!(
-        "  mosquitto_sub -h localhost -p 8883 --cafile {} --cert {} --key {} -t 'demo/#' -v",
+    say("");
+    say("mqedge up: running — Ctrl-C (or SIGTERM, or closing the terminal) stops everything");
+    say(format!(
+        "  LB     TLS 127.0.0.1:{} (client certs optional)  plain 127.0.0.1:{}  admin http://127.0.0.1:{}/api/backends",
+        p.lb_tls(),
+        p.lb_plain(),
+        p.lb_admin()
+    ));
+    say(format!(
+        "  nodes  MQTT 127.0.0.1:{}..{} (PROXY v2 from the LB only)  admin http://127.0.0.1:{}/api/cluster ..{}  cluster {}..{}",
+        p.node_mqtt(1),
+        p.node_mqtt(3),
+        p.node_admin(1),
+        p.node_admin(3),
+        p.cluster(1),
+        p.cluster(3)
+    ));
+    say(format!(
+        "  LB config, hot-reloaded when you edit it: {}",
+        cfg_dir.join("lb.toml").display()
+    ));
+    say(format!(
+        "try ({SUB_ID} lands on {}, {PUB_ID} on {}: the message crosses the cluster):",
+        node_of(SUB_ID),
+        node_of(PUB_ID)
+    ));
+    say(format!(
+        "  mosquitto_sub -h localhost -p {} --cafile {} --cert {} --key {} -i {SUB_ID} -t 'demo/#' -v",
+        p.lb_tls(),
         c("ca.pem").display(),
         c("client.pem").display(),
         c("client.key").display()
-    );
-    println!("  mosquitto_pub -h 127.0.0.1 -p 1883 -t demo/hello -m 'hello from plain MQTT'");
-    println!();
+    ));
+    say(format!(
+        "  mosquitto_pub -h 127.0.0.1 -p {} -i {PUB_ID} -t demo/hello -m 'hello from plain MQTT'",
+        p.lb_plain()
+    ));
+    say("");
 }
 
-/// Waits for Ctrl-C/SIGTERM; a child that exits is reported and the rest keep running.
-fn wait(children: &mut [(&str, Child)]) -> ExitCode {
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => return fail(format!("runtime: {e}")),
-    };
+/// Runs until a stop signal arrives (its name is returned); a child that exits is reported and
+/// the rest keep running.
+fn watch(children: &mut [(&str, Child)], signals: &mut Signals) -> &'static str {
     let mut reported = vec![false; children.len()];
-    rt.block_on(async {
-        use tokio::signal::unix::{signal, SignalKind};
-        let (Ok(mut int), Ok(mut term)) = (
-            signal(SignalKind::interrupt()),
-            signal(SignalKind::terminate()),
-        ) else {
-            return;
-        };
-        loop {
-            tokio::select! {
-                _ = int.recv() => break,
-                _ = term.recv() => break,
-                _ = tokio::time::sleep(Duration::from_millis(500)) => {
-                    for (i, (role, c)) in children.iter_mut().enumerate() {
-                        if let (Ok(Some(st)), false) = (c.try_wait(), reported[i]) {
-                            reported[i] = true;
-                            eprintln!("mqedge up: {role} exited ({st}); the others keep running");
-                        }
-                    }
-                }
+    loop {
+        if let Some(sig) = signals.wait(Duration::from_millis(500)) {
+            return sig;
+        }
+        for (i, (role, c)) in children.iter_mut().enumerate() {
+            if let (Ok(Some(st)), false) = (c.try_wait(), reported[i]) {
+                reported[i] = true;
+                warn(format!("{role} exited ({st}); the others keep running"));
             }
         }
-    });
-    ExitCode::SUCCESS
+    }
 }
 
 /// SIGTERM to every child (LB first, so no new clients reach a stopping node), then SIGKILL
@@ -291,7 +419,7 @@ fn stop_all(children: &mut Vec<(&str, Child)>) {
             match c.try_wait() {
                 Ok(Some(_)) | Err(_) => break,
                 Ok(None) if Instant::now() > deadline => {
-                    eprintln!("mqedge up: {role} did not stop in time; killing it");
+                    warn(format!("{role} did not stop in time; killing it"));
                     let _ = c.kill();
                     let _ = c.wait();
                     break;
@@ -301,4 +429,27 @@ fn stop_all(children: &mut Vec<(&str, Child)>) {
         }
     }
     children.clear();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_printed_client_ids_land_on_different_nodes() {
+        assert_ne!(
+            node_of(SUB_ID),
+            node_of(PUB_ID),
+            "{SUB_ID} and {PUB_ID} meet on one node: pick ids that cross the cluster"
+        );
+        // node_of assumes the backends and the strategy of configs/local/lb.toml
+        let lb = TEMPLATES[3].2;
+        for n in NODES {
+            assert!(
+                lb.contains(&format!("name = \"{n}\"")),
+                "{n} not in lb.toml"
+            );
+        }
+        assert!(lb.contains("strategy = \"client_id\""), "{lb}");
+    }
 }

@@ -21,7 +21,10 @@ use common::*;
 /// The script's watchdog ends it after 90 s; this is the backstop.
 const SCRIPT_TIMEOUT: Duration = Duration::from_secs(120);
 
-const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/interop/mqttjs_interop.js");
+const SCRIPT: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/interop/mqttjs_interop.js"
+);
 
 /// Whether node is there to run the script: `false` (after a loud message) when it is not and
 /// this is not CI.
