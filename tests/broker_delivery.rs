@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -43,8 +42,6 @@ impl Node {
         self.b.addr()
     }
 }
-
-type Conn = Raw<TcpStream>;
 
 async fn tcp(addr: SocketAddr) -> TcpStream {
     tcp_from(None, addr).await.unwrap()
@@ -157,7 +154,11 @@ async fn v5_pipelining_past_receive_maximum_still_reads_disconnect_0x93() {
         p.got.len(),
         p.read_err
     );
-    assert!(p.read_err.is_none(), "read ended with {:?}, want a clean close", p.read_err);
+    assert!(
+        p.read_err.is_none(),
+        "read ended with {:?}, want a clean close",
+        p.read_err
+    );
 }
 
 /// A refused CONNECT (CONNACK with an error code) is readable by a client that sent more
@@ -208,7 +209,11 @@ async fn refused_connect_is_readable_by_a_pipelining_client() {
         p.got,
         p.read_err
     );
-    assert!(p.read_err.is_none(), "read ended with {:?}, want a clean close", p.read_err);
+    assert!(
+        p.read_err.is_none(),
+        "read ended with {:?}, want a clean close",
+        p.read_err
+    );
 }
 
 /// Connects with `keep_alive` and stays silent: (the CONNACK's Server Keep Alive, how long until
@@ -265,8 +270,153 @@ async fn without_max_keepalive_the_client_keep_alive_stands() {
     let n = start_broker("dl-maxka-default");
     let (none, long) = tokio::join!(
         silent_client(n.addr(), Version::V5, "ka-zero", 0, Duration::from_secs(2)),
-        silent_client(n.addr(), Version::V5, "ka-long", 65535, Duration::from_secs(2)),
+        silent_client(
+            n.addr(),
+            Version::V5,
+            "ka-long",
+            65535,
+            Duration::from_secs(2)
+        ),
     );
     assert_eq!(none, (None, None), "asked 0");
     assert_eq!(long, (None, None), "asked 65535");
+}
+
+/// Publishes `n` retained QoS 1 messages to `r/0` … `r/{n-1}` in one pipelined write (packet
+/// ids 1 … 65534 in turn: the broker acknowledges each before it reads the next), then a
+/// sentinel (packet id 65535) whose PUBACK says every one before it was handled (one
+/// connection's packets are handled in order).
+async fn publish_retained(addr: SocketAddr, n: u32) {
+    let mut c = Raw::new(tcp(addr).await, Version::V5);
+    assert_eq!(c.connect("retainer", true, 60).await.code, 0);
+    let mut bytes = BytesMut::new();
+    for i in 0..n {
+        let pid = (i % 65534) as u16 + 1;
+        let p = publish(
+            &format!("r/{i}"),
+            format!("v{i}").as_bytes(),
+            1,
+            Some(pid),
+            true,
+        );
+        encode(&Packet::Publish(p), Version::V5, &mut bytes);
+    }
+    c.s.write_all(&bytes).await.unwrap();
+    c.publish("sentinel/done", b"", 1, Some(65535), false).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match c.recv(left).await {
+            Some(Packet::PubAck(a)) if a.packet_id == 65535 => break,
+            Some(_) => {}
+            None => panic!("no PUBACK for the sentinel after {n} retained publishes"),
+        }
+    }
+}
+
+/// Subscribes to `#` at `qos` (acknowledging QoS 1 deliveries in batches, as a fast client
+/// would) and counts the distinct retained topics received until `n` arrived or nothing came
+/// for 3 s.
+async fn retained_received(addr: SocketAddr, id: &str, qos: u8, n: usize) -> usize {
+    let mut c = Raw::new(tcp(addr).await, Version::V5);
+    assert_eq!(c.connect(id, true, 60).await.code, 0);
+    // nothing comes between CONNACK and SUBACK: the stream is read raw from here on
+    c.send(Packet::Subscribe(mqedge_broker::protocol::Subscribe {
+        packet_id: 1,
+        properties: Default::default(),
+        filters: vec![mqedge_broker::protocol::SubscribeFilter {
+            filter: "#".into(),
+            qos: QoS::from_u8(qos).unwrap(),
+            no_local: false,
+            retain_as_published: false,
+            retain_handling: mqedge_broker::protocol::RetainHandling::SendAtSubscribe,
+        }],
+    }))
+    .await;
+    let (mut r, mut w) = c.s.into_split();
+    let mut buf = BytesMut::new();
+    let mut topics = std::collections::HashSet::new();
+    let mut chunk = vec![0u8; 64 * 1024];
+    while topics.len() < n {
+        match tokio::time::timeout(Duration::from_secs(3), r.read(&mut chunk)).await {
+            Ok(Ok(k)) if k > 0 => buf.extend_from_slice(&chunk[..k]),
+            _ => break,
+        }
+        let mut acks = BytesMut::new();
+        while let Some(p) = decode(&mut buf, Some(Version::V5), 1 << 24).unwrap() {
+            if let Packet::SubAck(a) = &p {
+                assert_eq!(a.codes, vec![qos], "{id}: SUBACK");
+            }
+            if let Packet::Publish(p) = p {
+                assert!(p.retain, "{id}: retained delivery without RETAIN: {p:?}");
+                assert_eq!(p.qos as u8, qos, "{id}: delivery QoS");
+                if let Some(pid) = p.packet_id {
+                    encode(&Packet::PubAck(ack(pid)), Version::V5, &mut acks);
+                }
+                topics.insert(p.topic);
+            }
+        }
+        if !acks.is_empty() {
+            w.write_all(&acks).await.unwrap();
+        }
+    }
+    topics.len()
+}
+
+/// A new `#` subscriber gets every retained message, 100,000 of them, at QoS 0 and at QoS 1
+/// (where the broker's in-flight window paces the stream): retained messages sent on
+/// SUBSCRIBE are streamed under the connection's flow control, not cut at
+/// `max_offline_messages` (default 1000, for offline sessions).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_wildcard_subscriber_gets_all_100000_retained_messages() {
+    const N: u32 = 100_000;
+    let n = start_broker("dl-retained-100k");
+    publish_retained(n.addr(), N).await;
+    let (q0, q1) = tokio::join!(
+        retained_received(n.addr(), "all-q0", 0, N as usize),
+        retained_received(n.addr(), "all-q1", 1, N as usize),
+    );
+    assert_eq!(q0, N as usize, "QoS 0 subscriber");
+    assert_eq!(q1, N as usize, "QoS 1 subscriber");
+}
+
+/// Retained messages a connection had not streamed when it ended stay with a persistent
+/// session as offline messages, within `max_offline_messages` (1000 by default): on resumption
+/// the client gets its unacknowledged in-flight window again (32, DUP) and 1000 more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsent_retained_messages_become_offline_messages_of_a_persistent_session() {
+    const N: u32 = 5000;
+    let n = start_broker("dl-retained-rest");
+    publish_retained(n.addr(), N).await;
+    let props = || ConnectProperties {
+        session_expiry_interval: Some(600),
+        ..Default::default()
+    };
+    let mut c = Raw::new(tcp(n.addr()).await, Version::V5);
+    let ack0 = c.connect_with("rest", true, 60, None, None, props()).await;
+    assert_eq!(ack0.code, 0);
+    let window = usize::from(ack0.properties.receive_maximum.unwrap());
+    assert_eq!(c.subscribe(1, &[("#", 1)]).await, vec![1]);
+    // read the first window without acknowledging anything: the stream stops there
+    let mut first = 0;
+    while first < window {
+        match c.recv(T).await {
+            Some(Packet::Publish(_)) => first += 1,
+            Some(_) => {}
+            None => panic!("got {first} of the first {window} retained messages"),
+        }
+    }
+    drop(c);
+    // the broker has noticed once a new connection for the id resumes without a takeover;
+    // either way the session is the same
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut c = Raw::new(tcp(n.addr()).await, Version::V5);
+    let ack1 = c.connect_with("rest", false, 60, None, None, props()).await;
+    assert!(ack1.session_present);
+    let got = c.collect(Duration::from_secs(2)).await;
+    let dups = got.iter().filter(|p| p.dup).count();
+    let topics: std::collections::HashSet<_> = got.iter().map(|p| p.topic.clone()).collect();
+    assert_eq!(dups, window, "the unacknowledged window is resent with DUP");
+    assert_eq!(got.len(), window + 1000, "window + max_offline_messages");
+    assert_eq!(topics.len(), got.len(), "no message twice");
 }

@@ -16,6 +16,7 @@ use crate::cluster::Cluster;
 
 use crate::auth::{Access, Acl, PasswordFile};
 use crate::config::{Config, SharedPolicy};
+use crate::feed::delivery_qos;
 use crate::message::{unix_now, Message};
 use crate::metrics::Metrics;
 use crate::protocol::{QoS, Version, Will};
@@ -956,9 +957,20 @@ impl Broker {
             return None;
         }
         let s = self.session(client)?;
-        let qos = msg
-            .qos
-            .min(QoS::from_u8(opts.qos).unwrap_or(QoS::AtMostOnce));
+        self.deliver_to(s, msg, opts, as_retained, ops)
+    }
+
+    /// [`Broker::deliver`] to a session already looked up.
+    fn deliver_to(
+        &self,
+        s: Arc<Session>,
+        msg: &Arc<Message>,
+        opts: &SubOptions,
+        as_retained: bool,
+        ops: &mut Vec<Op>,
+    ) -> Option<Arc<Session>> {
+        let client = &*s.client_id;
+        let qos = delivery_qos(msg, opts);
         let mut st = s.lock();
         if let Some(acl) = &self.auth.acl {
             if !acl.check(st.username.as_deref(), client, &msg.topic, Access::Read) {
@@ -1069,23 +1081,36 @@ impl Broker {
         }
     }
 
-    /// Queues retained messages matching a new subscription.
-    pub fn send_retained(&self, s: &Session, filter: &str, opts: SubOptions) {
+    /// The retained messages a new subscription to `filter` is sent (a snapshot its connection
+    /// streams, see [`crate::feed`]).
+    pub fn retained_snapshot(&self, filter: &str) -> Vec<Arc<Message>> {
+        self.retained.matching_messages(filter)
+    }
+
+    /// Retained messages a connection had not sent when it ended: a session that goes on
+    /// (persistent, or resumed by another connection) queues them like any other message,
+    /// within `max_offline_messages` (the oldest beyond it are dropped, `queue_full`).
+    pub fn requeue_retained(
+        &self,
+        s: &Arc<Session>,
+        rest: impl Iterator<Item = (Arc<Message>, SubOptions)>,
+    ) {
+        if !self.is_current(s) {
+            return;
+        }
+        // only QoS 1/2 wait for an offline session; skip the excess up front instead of
+        // queueing and dropping (and storing and deleting) each of them
+        let rest: Vec<_> = rest
+            .filter(|(m, o)| delivery_qos(m, o) != QoS::AtMostOnce)
+            .collect();
+        let limit = self.cfg.limits.max_offline_messages.max(1);
+        let excess = rest.len().saturating_sub(limit);
+        for _ in 0..excess {
+            self.metrics.dropped("queue_full");
+        }
         let mut ops = Vec::new();
-        let now = unix_now();
-        for (_, m) in self.retained.matching(filter) {
-            if !m.expired(now) {
-                self.deliver(
-                    &s.client_id,
-                    &m,
-                    &SubOptions {
-                        no_local: false,
-                        ..opts
-                    },
-                    true,
-                    &mut ops,
-                );
-            }
+        for (m, o) in rest.into_iter().skip(excess) {
+            self.deliver_to(s.clone(), &m, &o, true, &mut ops);
         }
         if let (Some(store), false) = (&self.store, ops.is_empty()) {
             store.write_nowait(ops);

@@ -368,7 +368,9 @@ mod tests {
         for bad in ["70000", "-1"] {
             let e = Config::parse(
                 Path::new("b.toml"),
-                &format!("[[listener]]\nbind = \"127.0.0.1:1883\"\n[limits]\nmax_keepalive = {bad}\n"),
+                &format!(
+                    "[[listener]]\nbind = \"127.0.0.1:1883\"\n[limits]\nmax_keepalive = {bad}\n"
+                ),
             )
             .unwrap_err()
             .to_string();

@@ -18,6 +18,7 @@ use tokio::time::Instant;
 
 use crate::auth::Access;
 use crate::broker::{sub_options, Broker};
+use crate::feed::{delivery_qos, Feed};
 use crate::linger;
 use crate::message::{unix_now, Message};
 use crate::protocol::{
@@ -25,7 +26,9 @@ use crate::protocol::{
     DecodeError, Disconnect, Packet, PubAck, Publish, QoS, RetainHandling, SubAck, Subscribe,
     UnsubAck, Unsubscribe, Version, Will,
 };
-use crate::session::{Await, Session, Sub};
+use crate::router::SubOptions;
+use crate::session::{encode_outgoing, message_key, Await, Outgoing, Session, Sub};
+use crate::store::{Op, Table};
 use crate::topic::{parse_shared, valid_topic_filter, valid_topic_name};
 
 /// Topic aliases a v5 client may use towards us.
@@ -34,6 +37,9 @@ pub const TOPIC_ALIAS_MAX: u16 = 1024;
 const CONGESTION_WAIT: Duration = Duration::from_secs(2);
 /// Stop pulling from the session queue while this much is waiting to be written.
 const OUT_HIGH: usize = 64 * 1024;
+/// Retained messages one connection may have waiting to be streamed (more when the retained
+/// store is larger, so one subscription always gets all of it).
+pub const RETAINED_STREAM_MAX: usize = 1 << 20;
 /// Time allowed for the first packet (CONNECT) after TCP/PROXY.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -249,14 +255,14 @@ pub async fn establish(
             .unwrap_or(usize::MAX),
         aliases: None,
         pending: std::collections::VecDeque::new(),
+        feed: None,
         will: connect.will.map(Box::new),
         connect_expiry_zero: expiry == 0,
     };
     if att.session_present {
         c.resend_inflight();
     }
-    let keep_alive =
-        (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500));
+    let keep_alive = (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500));
     Some(Live {
         c,
         r,
@@ -416,6 +422,9 @@ impl Live {
             tracing::info!(conn = conn_id, client_id = %client_id, peer = %peer, reason = end.label(), "client disconnected");
         }
         b.detach(&c.s, conn_id, will);
+        if let Some(feed) = c.feed.take() {
+            b.requeue_retained(&c.s, feed.into_rest());
+        }
         told
     }
 
@@ -452,6 +461,51 @@ async fn await_front(p: &mut std::collections::VecDeque<PendingAck>) -> bool {
     let ok = w.await.unwrap_or(false);
     front.wait = None;
     ok
+}
+
+/// The next retained message of the feed as a delivery, or `None` when the client may not
+/// read it (ACL) or it expired. QoS 1/2 deliveries of a persistent session are stored
+/// like queued ones, so that they survive a restart while unacknowledged.
+fn next_retained(
+    feed: &mut Option<Box<Feed>>,
+    b: &Broker,
+    client_id: &str,
+    st: &mut crate::session::State,
+    now: u64,
+    ops: &mut Vec<Op>,
+) -> Option<Outgoing> {
+    let f = feed.as_mut()?;
+    let next = f.pop();
+    if f.is_empty() {
+        *feed = None;
+    }
+    let (msg, opts) = next?;
+    if msg.expired(now) {
+        return None;
+    }
+    if let Some(acl) = &b.auth.acl {
+        if !acl.check(st.username.as_deref(), client_id, &msg.topic, Access::Read) {
+            return None;
+        }
+    }
+    let qos = delivery_qos(&msg, &opts);
+    let mut o = Outgoing {
+        msg,
+        qos,
+        retain: true,
+        sub_ids: opts.ids().collect(),
+        seq: 0,
+    };
+    if qos != QoS::AtMostOnce && st.persistent() && b.store.is_some() {
+        o.seq = st.next_seq;
+        st.next_seq += 1;
+        ops.push(Op::Put {
+            table: Table::Messages,
+            key: message_key(client_id, o.seq),
+            value: encode_outgoing(&o),
+        });
+    }
+    Some(o)
 }
 
 /// The keep-alive the broker enforces: the client's, unless `[limits] max_keepalive` (0 = no
@@ -580,6 +634,8 @@ struct Conn {
     #[allow(clippy::box_collection)]
     aliases: Option<Box<HashMap<u16, String>>>,
     pending: std::collections::VecDeque<PendingAck>,
+    /// Retained messages of new subscriptions still to send (boxed: only while there are).
+    feed: Option<Box<Feed>>,
     /// Boxed: most clients have none, and this is kept for the whole connection.
     will: Option<Box<Will>>,
     connect_expiry_zero: bool,
@@ -652,12 +708,40 @@ impl Conn {
         let now = unix_now();
         let mut st = self.s.lock();
         let mut acked = Vec::new();
+        let mut ops = Vec::new();
         while self.out.len() < OUT_HIGH {
-            let Some(front) = st.queue.front() else { break };
-            if front.qos != QoS::AtMostOnce && st.inflight.len() >= window {
+            let from_feed = self
+                .feed
+                .as_ref()
+                .is_some_and(|f| f.ready(st.queue.is_empty()));
+            let qos = if from_feed {
+                self.feed.as_ref().and_then(|f| f.next_qos())
+            } else {
+                st.queue.front().map(|o| o.qos)
+            };
+            let Some(qos) = qos else { break };
+            if qos != QoS::AtMostOnce && st.inflight.len() >= window {
                 break;
             }
-            let Some(o) = st.queue.pop_front() else { break };
+            let o = if from_feed {
+                match next_retained(
+                    &mut self.feed,
+                    &self.b,
+                    &self.s.client_id,
+                    &mut st,
+                    now,
+                    &mut ops,
+                ) {
+                    Some(o) => o,
+                    None => continue,
+                }
+            } else {
+                let Some(o) = st.queue.pop_front() else { break };
+                if let Some(f) = self.feed.as_mut() {
+                    f.queued_sent();
+                }
+                o
+            };
             if o.msg.expired(now) {
                 self.b.metrics.dropped("expired");
                 acked.push(o.seq);
@@ -690,6 +774,9 @@ impl Conn {
         drop(st);
         if backlog <= self.b.cfg.limits.max_offline_messages / 2 {
             self.s.space.notify_waiters();
+        }
+        if let (Some(store), false) = (&self.b.store, ops.is_empty()) {
+            store.write_nowait(ops);
         }
         for seq in acked {
             self.b.acked(&self.s.client_id, seq);
@@ -1094,9 +1181,38 @@ impl Conn {
             self.v,
         );
         for (f, sub) in retained {
-            self.b.send_retained(&self.s, &f, sub_options(&sub));
+            self.stream_retained(&f, sub_options(&sub));
         }
         Ok(())
+    }
+
+    /// Queues the retained messages of a new subscription for streaming (see [`crate::feed`]),
+    /// bounded: a connection holds at most [`RETAINED_STREAM_MAX`] (or the whole retained
+    /// store, if larger) waiting snapshot entries; the rest are dropped (`retained_backlog`).
+    fn stream_retained(&mut self, filter: &str, opts: SubOptions) {
+        let mut msgs = self.b.retained_snapshot(filter);
+        if msgs.is_empty() {
+            return;
+        }
+        let feed = self.feed.get_or_insert_with(Default::default);
+        let cap = RETAINED_STREAM_MAX.max(self.b.retained.len());
+        let room = cap.saturating_sub(feed.len());
+        if msgs.len() > room {
+            for _ in room..msgs.len() {
+                self.b.metrics.dropped("retained_backlog");
+            }
+            msgs.truncate(room);
+        }
+        let ahead = self.s.lock().queue.len();
+        // retained messages at subscribe carry RETAIN and ignore No Local (MQTT-3.3.1-9)
+        let opts = SubOptions {
+            no_local: false,
+            ..opts
+        };
+        feed.push(msgs, opts, ahead);
+        if feed.is_empty() {
+            self.feed = None;
+        }
     }
 
     async fn on_unsubscribe(&mut self, u: Unsubscribe) -> Result<(), End> {

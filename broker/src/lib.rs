@@ -11,6 +11,7 @@ pub mod broker;
 pub mod cluster;
 pub mod config;
 pub mod connection;
+pub mod feed;
 pub mod linger;
 pub mod listener;
 pub mod message;

@@ -174,19 +174,40 @@ impl<M: Clone> Retained<M> {
     /// so a literal prefix keeps the lookup small. `filter` is a plain filter: shared
     /// subscriptions get no retained messages (MQTT 5.0 §4.8.2), so strip nothing here.
     pub fn matching(&self, filter: &str) -> Vec<(String, M)> {
-        let root = self.read();
         let mut out = Vec::new();
+        self.visit_matching(filter, |t, m| out.push((t.to_string(), m.clone())));
+        out
+    }
+
+    /// The retained messages whose topic matches `filter`, without their topics.
+    ///
+    /// Why: the snapshot a new subscription streams from; the message carries its topic, so
+    /// copying every topic string (as [`Retained::matching`] does) would only cost memory.
+    pub fn matching_messages(&self, filter: &str) -> Vec<M> {
+        let mut out = Vec::new();
+        self.visit_matching(filter, |_, m| out.push(m.clone()));
+        out
+    }
+
+    /// Calls `f` with every retained (topic, message) matching `filter`, under the read lock.
+    fn visit_matching(&self, filter: &str, mut f: impl FnMut(&str, &M)) {
+        let root = self.read();
+        let mut visit = |node: &Node<M>| {
+            if let Some((topic, msg)) = &node.msg {
+                f(topic, msg);
+            }
+        };
         let mut stack: Vec<(&Node<M>, Option<&str>, bool)> = vec![(&root, Some(filter), true)];
         while let Some((node, rest, at_root)) = stack.pop() {
             let Some(rest) = rest else {
-                push_msg(node, &mut out);
+                visit(node);
                 continue;
             };
             let (level, rest) = next_level(rest);
             match (level, rest) {
                 // `#` last: this level and everything below ("a/#" matches "a").
                 ("#", None) => {
-                    push_msg(node, &mut out);
+                    visit(node);
                     let mut below: Vec<&Node<M>> = node
                         .children
                         .iter()
@@ -194,7 +215,7 @@ impl<M: Clone> Retained<M> {
                         .map(|(_, n)| n)
                         .collect();
                     while let Some(n) = below.pop() {
-                        push_msg(n, &mut out);
+                        visit(n);
                         below.extend(n.children.values());
                     }
                 }
@@ -211,7 +232,6 @@ impl<M: Clone> Retained<M> {
                 }
             }
         }
-        out
     }
 
     /// Number of retained topics, for metrics.
@@ -327,6 +347,11 @@ mod tests {
         assert_eq!(topics(r.matching("sport")), vec!["sport"]);
         assert!(r.matching("nothing/#").is_empty());
         assert_eq!(r.matching("other"), vec![("other".to_string(), 6)]);
+        let mut values = r.matching_messages("sport/#");
+        values.sort();
+        let mut want: Vec<u32> = r.matching("sport/#").into_iter().map(|(_, m)| m).collect();
+        want.sort();
+        assert_eq!(values, want);
     }
 
     #[test]
