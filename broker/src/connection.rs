@@ -1260,3 +1260,18 @@ impl Conn {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// An idle connection costs its task (this state and the main loop's futures) plus the
+    /// socket: what is optional is boxed (will, client topic aliases, our topic aliases, the
+    /// retained feed), so the state a connection keeps for its whole life stays within this.
+    #[test]
+    fn connection_state_stays_small() {
+        assert!(
+            std::mem::size_of::<super::Live>() <= 256,
+            "Live is {} bytes",
+            std::mem::size_of::<super::Live>()
+        );
+    }
+}
