@@ -420,3 +420,176 @@ async fn unsent_retained_messages_become_offline_messages_of_a_persistent_sessio
     assert_eq!(got.len(), window + 1000, "window + max_offline_messages");
     assert_eq!(topics.len(), got.len(), "no message twice");
 }
+
+/// A v5 subscriber's view of topic aliases: resolves every PUBLISH to its topic, checking the
+/// broker's use of them (within the allowed maximum, empty topic only for a known alias).
+#[derive(Default)]
+struct AliasView {
+    map: std::collections::HashMap<u16, String>,
+    /// PUBLISHes that came with an empty topic (an alias standing for it).
+    by_alias: usize,
+    /// Aliases given to a different topic than before.
+    reassigned: usize,
+}
+
+impl AliasView {
+    fn resolve(&mut self, p: &Publish, max: u16) -> String {
+        match p.properties.topic_alias {
+            None => p.topic.clone(),
+            Some(a) => {
+                assert!(a >= 1 && a <= max, "alias {a} outside 1..={max}: {p:?}");
+                if p.topic.is_empty() {
+                    self.by_alias += 1;
+                    self.map
+                        .get(&a)
+                        .cloned()
+                        .unwrap_or_else(|| panic!("alias {a} used before it was set: {p:?}"))
+                } else {
+                    if let Some(old) = self.map.insert(a, p.topic.clone()) {
+                        if old != p.topic {
+                            self.reassigned += 1;
+                        }
+                    }
+                    p.topic.clone()
+                }
+            }
+        }
+    }
+}
+
+/// The topics of a sequence with repeats and more distinct topics than aliases.
+fn alias_topics(n: usize) -> Vec<String> {
+    let mut x: u32 = 12345;
+    (0..n)
+        .map(|_| {
+            x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+            format!("alias/t{}", (x >> 16) % 8)
+        })
+        .collect()
+}
+
+/// Publishes one QoS 1 message per topic (payload = its topic), pipelined, and waits for the
+/// last PUBACK.
+async fn publish_topics(addr: SocketAddr, topics: &[String]) {
+    let mut c = Raw::new(tcp(addr).await, Version::V5);
+    assert_eq!(c.connect("alias-pub", true, 60).await.code, 0);
+    let mut bytes = BytesMut::new();
+    for (i, t) in topics.iter().enumerate() {
+        let p = publish(t, t.as_bytes(), 1, Some(i as u16 + 1), false);
+        encode(&Packet::Publish(p), Version::V5, &mut bytes);
+    }
+    c.s.write_all(&bytes).await.unwrap();
+    let last = topics.len() as u16;
+    loop {
+        match c.recv(T).await {
+            Some(Packet::PubAck(a)) if a.packet_id == last => return,
+            Some(_) => {}
+            None => panic!("no PUBACK for the last publish"),
+        }
+    }
+}
+
+/// v5 §3.3.2.3.4: a client that allows 3 topic aliases gets the broker's PUBLISHes with
+/// aliases — the topic and alias at first use, then the alias alone — and every message
+/// resolves to its own topic, through reassignments of aliases to new topics (8 topics).
+/// A client that allows none gets full topics and no alias.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v5_broker_uses_topic_aliases_the_client_allowed() {
+    let n = start_broker("dl-alias");
+    let with = ConnectProperties {
+        topic_alias_maximum: Some(3),
+        ..Default::default()
+    };
+    let mut sub = Raw::new(tcp(n.addr()).await, Version::V5);
+    let ack0 = sub
+        .connect_with("alias-sub", true, 60, None, None, with)
+        .await;
+    assert_eq!(ack0.code, 0);
+    let mut plain = Raw::new(tcp(n.addr()).await, Version::V5);
+    assert_eq!(plain.connect("alias-plain", true, 60).await.code, 0);
+    assert_eq!(sub.subscribe(1, &[("alias/#", 1)]).await, vec![1]);
+    assert_eq!(plain.subscribe(1, &[("alias/#", 1)]).await, vec![1]);
+    let topics = alias_topics(300);
+    publish_topics(n.addr(), &topics).await;
+    let got = sub.collect(Duration::from_secs(1)).await;
+    assert_eq!(got.len(), topics.len(), "aliased subscriber: every message");
+    let mut view = AliasView::default();
+    for (p, want) in got.iter().zip(&topics) {
+        let t = view.resolve(p, 3);
+        assert_eq!(&t, want, "resolved topic");
+        assert_eq!(p.payload, want.as_bytes(), "message order");
+    }
+    assert!(view.by_alias > 50, "aliases were used: {}", view.by_alias);
+    assert!(
+        view.reassigned > 10,
+        "aliases were reassigned: {}",
+        view.reassigned
+    );
+    let got = plain.collect(Duration::from_secs(1)).await;
+    assert_eq!(got.len(), topics.len(), "plain subscriber: every message");
+    for (p, want) in got.iter().zip(&topics) {
+        assert_eq!(
+            p.properties.topic_alias, None,
+            "alias to a client that allowed none"
+        );
+        assert_eq!(&p.topic, want);
+    }
+}
+
+/// Aliases belong to one connection: PUBLISHes resent after a reconnect carry their full
+/// topic, and the new connection's first aliased PUBLISH of a topic sets the alias again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v5_resent_messages_carry_their_full_topic_after_a_reconnect() {
+    let n = start_broker("dl-alias-resend");
+    let props = || ConnectProperties {
+        topic_alias_maximum: Some(4),
+        session_expiry_interval: Some(600),
+        ..Default::default()
+    };
+    let mut sub = Raw::new(tcp(n.addr()).await, Version::V5);
+    assert_eq!(
+        sub.connect_with("alias-resend", true, 60, None, None, props())
+            .await
+            .code,
+        0
+    );
+    assert_eq!(sub.subscribe(1, &[("alias/#", 1)]).await, vec![1]);
+    let topics = alias_topics(20);
+    publish_topics(n.addr(), &topics).await;
+    // read everything, acknowledge nothing
+    let mut view = AliasView::default();
+    let mut first = Vec::new();
+    while first.len() < topics.len() {
+        match sub.recv(T).await {
+            Some(Packet::Publish(p)) => first.push(view.resolve(&p, 4)),
+            Some(_) => {}
+            None => panic!("got {} of {} messages", first.len(), topics.len()),
+        }
+    }
+    assert_eq!(first, topics);
+    assert!(view.by_alias > 0, "aliases were used");
+    drop(sub);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut sub = Raw::new(tcp(n.addr()).await, Version::V5);
+    let ack1 = sub
+        .connect_with("alias-resend", false, 60, None, None, props())
+        .await;
+    assert!(ack1.session_present);
+    let again = sub.collect(Duration::from_secs(1)).await;
+    assert_eq!(
+        again.len(),
+        topics.len(),
+        "every unacknowledged message resent"
+    );
+    for (p, want) in again.iter().zip(&topics) {
+        assert!(p.dup, "resent without DUP: {p:?}");
+        assert_eq!(&p.topic, want, "resent with its full topic");
+    }
+    // new messages on the new connection: the first of each topic sets its alias again
+    let more = alias_topics(40);
+    publish_topics(n.addr(), &more).await;
+    let got = sub.collect(Duration::from_secs(1)).await;
+    let mut view = AliasView::default();
+    let resolved: Vec<String> = got.iter().map(|p| view.resolve(p, 4)).collect();
+    assert_eq!(resolved, more);
+}

@@ -16,6 +16,7 @@ use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
+use crate::alias::{Alias, OutAliases};
 use crate::auth::Access;
 use crate::broker::{sub_options, Broker};
 use crate::feed::{delivery_qos, Feed};
@@ -256,6 +257,12 @@ pub async fn establish(
         aliases: None,
         pending: std::collections::VecDeque::new(),
         feed: None,
+        out_aliases: connect
+            .properties
+            .topic_alias_maximum
+            .filter(|_| v.is_v5())
+            .and_then(OutAliases::new)
+            .map(Box::new),
         will: connect.will.map(Box::new),
         connect_expiry_zero: expiry == 0,
     };
@@ -636,6 +643,8 @@ struct Conn {
     pending: std::collections::VecDeque<PendingAck>,
     /// Retained messages of new subscriptions still to send (boxed: only while there are).
     feed: Option<Box<Feed>>,
+    /// Topic aliases on our PUBLISHes (boxed: only for a v5 client that allowed them).
+    out_aliases: Option<Box<OutAliases>>,
     /// Boxed: most clients have none, and this is kept for the whole connection.
     will: Option<Box<Will>>,
     connect_expiry_zero: bool,
@@ -668,7 +677,8 @@ impl Conn {
                     &mut buf,
                 ),
                 _ => {
-                    let p = self.publish_packet(o, Some(*pid), true, now);
+                    // full topic: aliases do not outlive their connection
+                    let p = self.publish_packet(o, Some(*pid), true, now, None);
                     encode(&Packet::Publish(p), self.v, &mut buf);
                 }
             }
@@ -683,12 +693,16 @@ impl Conn {
         packet_id: Option<u16>,
         dup: bool,
         now: u64,
+        alias: Option<Alias>,
     ) -> Publish {
-        Publish {
+        let mut p = Publish {
             dup,
             qos: o.qos,
             retain: o.retain,
-            topic: o.msg.topic.to_string(),
+            topic: match alias {
+                Some(Alias::Known(_)) => String::new(),
+                _ => o.msg.topic.to_string(),
+            },
             packet_id,
             properties: if self.v.is_v5() {
                 o.msg.properties(now, &o.sub_ids)
@@ -696,7 +710,11 @@ impl Conn {
                 Default::default()
             },
             payload: o.msg.payload.clone(),
+        };
+        if let Some(Alias::Known(a) | Alias::Assign(a)) = alias {
+            p.properties.topic_alias = Some(a);
         }
+        p
     }
 
     /// Moves queued messages into the write buffer, within the inflight window.
@@ -748,7 +766,8 @@ impl Conn {
                 continue;
             }
             let pid = (o.qos != QoS::AtMostOnce).then(|| st.next_packet_id());
-            let p = Packet::Publish(self.publish_packet(&o, pid, false, now));
+            let alias = self.out_aliases.as_ref().map(|a| a.pick(&o.msg.topic));
+            let p = Packet::Publish(self.publish_packet(&o, pid, false, now, alias));
             if self.client_max_packet != usize::MAX
                 && encoded_len(&p, self.v) > self.client_max_packet
             {
@@ -758,6 +777,9 @@ impl Conn {
                 continue;
             }
             encode(&p, self.v, &mut self.out);
+            if let (Some(aliases), Some(alias)) = (self.out_aliases.as_mut(), alias) {
+                aliases.sent(&o.msg.topic, alias);
+            }
             self.b.metrics.messages_sent.inc();
             if let Some(pid) = pid {
                 let state = if o.qos == QoS::AtLeastOnce {
@@ -1236,5 +1258,20 @@ impl Conn {
             self.v,
         );
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// An idle connection costs its task (this state and the main loop's futures) plus the
+    /// socket: what is optional is boxed (will, client topic aliases, our topic aliases, the
+    /// retained feed), so the state a connection keeps for its whole life stays within this.
+    #[test]
+    fn connection_state_stays_small() {
+        assert!(
+            std::mem::size_of::<super::Live>() <= 256,
+            "Live is {} bytes",
+            std::mem::size_of::<super::Live>()
+        );
     }
 }
