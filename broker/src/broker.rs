@@ -1105,9 +1105,7 @@ impl Broker {
             .collect();
         let limit = self.cfg.limits.max_offline_messages.max(1);
         let excess = rest.len().saturating_sub(limit);
-        for _ in 0..excess {
-            self.metrics.dropped("queue_full");
-        }
+        self.metrics.dropped_many("queue_full", excess as u64);
         let mut ops = Vec::new();
         for (m, o) in rest.into_iter().skip(excess) {
             self.deliver_to(s.clone(), &m, &o, true, &mut ops);

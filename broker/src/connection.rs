@@ -1220,13 +1220,12 @@ impl Conn {
         let cap = RETAINED_STREAM_MAX.max(self.b.retained.len());
         let room = cap.saturating_sub(feed.len());
         if msgs.len() > room {
-            for _ in room..msgs.len() {
-                self.b.metrics.dropped("retained_backlog");
-            }
+            let over = (msgs.len() - room) as u64;
+            self.b.metrics.dropped_many("retained_backlog", over);
             msgs.truncate(room);
         }
         let ahead = self.s.lock().queue.len();
-        // retained messages at subscribe carry RETAIN and ignore No Local (MQTT-3.3.1-9)
+        // sent even when this client published them: No Local is about forwarding publishes
         let opts = SubOptions {
             no_local: false,
             ..opts

@@ -206,11 +206,18 @@ impl Metrics {
 
     /// Counts a dropped message.
     pub fn dropped(&self, reason: &str) {
-        self.messages_dropped
-            .get_or_create(&Reason {
-                reason: reason.to_string(),
-            })
-            .inc();
+        self.dropped_many(reason, 1);
+    }
+
+    /// Counts `n` messages dropped at once (one label lookup, not `n`).
+    pub fn dropped_many(&self, reason: &str, n: u64) {
+        if n > 0 {
+            self.messages_dropped
+                .get_or_create(&Reason {
+                    reason: reason.to_string(),
+                })
+                .inc_by(n);
+        }
     }
 
     /// Prometheus text.
