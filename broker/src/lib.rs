@@ -2,20 +2,17 @@
 //! reads the PROXY header (trusted proxies only); [`connection`] runs the client: CONNECT and
 //! auth ([`auth`]), the session ([`session`], registry and publish path in [`broker`]), routing
 //! through the topic trie ([`router`], [`topic`]), retained messages ([`retained`], streamed to
-//! a new subscription through [`feed`]), topic aliases on outgoing PUBLISHes ([`alias`]),
-//! durable state ([`store`]), and the lingering close after a reason ([`linger`]).
+//! a new subscription through [`connection::feed`]), topic aliases ([`connection::aliases`]),
+//! durable state ([`store`]), and the lingering close after a reason ([`connection::linger`]).
 //! [`protocol`] is the pure codec; [`admin`], [`metrics`], [`sys`] observe.
 #![forbid(unsafe_code)]
 
 pub mod admin;
-pub mod alias;
 pub mod auth;
 pub mod broker;
 pub mod cluster;
 pub mod config;
 pub mod connection;
-pub mod feed;
-pub mod linger;
 pub mod listener;
 pub mod message;
 pub mod metrics;
@@ -35,6 +32,8 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
 pub use crate::broker::{Broker, BrokerError};
+/// The retained feed moved under [`connection`]; this keeps `crate::feed` for the publish path.
+pub(crate) use crate::connection::feed;
 use crate::config::Config;
 
 /// Listeners bound before the broker runs.

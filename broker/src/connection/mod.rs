@@ -5,6 +5,10 @@
 //! its task holds only [`Live`] and the main loop's futures; the CONNECT phase and the rare
 //! packets that must wait (held-back publishes, SUBSCRIBE) run in boxed futures of their own.
 
+pub mod aliases;
+pub mod feed;
+pub mod linger;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -16,11 +20,10 @@ use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use crate::alias::{Alias, OutAliases};
+use self::aliases::{Alias, OutAliases};
 use crate::auth::Access;
 use crate::broker::{sub_options, Broker};
-use crate::feed::{delivery_qos, Feed};
-use crate::linger;
+use self::feed::{delivery_qos, Feed};
 use crate::message::{unix_now, Message};
 use crate::protocol::{
     decode, encode, encoded_len, reason, AckProperties, ConnAck, ConnAckProperties, Connect,
@@ -1208,7 +1211,7 @@ impl Conn {
         Ok(())
     }
 
-    /// Queues the retained messages of a new subscription for streaming (see [`crate::feed`]),
+    /// Queues the retained messages of a new subscription for streaming (see [`feed`]),
     /// bounded: a connection holds at most [`RETAINED_STREAM_MAX`] (or the whole retained
     /// store, if larger) waiting snapshot entries; the rest are dropped (`retained_backlog`).
     fn stream_retained(&mut self, filter: &str, opts: SubOptions) {
