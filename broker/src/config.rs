@@ -140,7 +140,7 @@ pub struct AuthConfig {
 
 /// `[limits]`.
 #[derive(Debug, Clone, Copy)]
-pub struct Limits {
+pub struct LimitsConfig {
     /// Queued QoS>0 messages per session; over it the oldest is dropped.
     pub max_offline_messages: usize,
     /// Unacknowledged QoS>0 messages per client (also our Receive Maximum).
@@ -172,7 +172,7 @@ pub struct Config {
     /// Authentication and authorization.
     pub auth: AuthConfig,
     /// Limits.
-    pub limits: Limits,
+    pub limits: LimitsConfig,
     /// Shared subscription policy.
     pub shared_policy: SharedPolicy,
 }
@@ -316,7 +316,7 @@ impl Config {
             }),
             None => 0,
         };
-        let limits = Limits {
+        let limits = LimitsConfig {
             max_offline_messages: rl.max_offline_messages.unwrap_or(1000),
             max_inflight,
             max_packet_size,

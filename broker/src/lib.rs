@@ -13,6 +13,8 @@ pub mod broker;
 pub mod cluster;
 pub mod config;
 pub mod connection;
+pub mod error;
+pub mod limits;
 pub mod listener;
 pub mod message;
 pub mod metrics;
@@ -32,9 +34,9 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
 pub use crate::broker::{Broker, BrokerError};
+use crate::config::Config;
 /// The retained feed moved under [`connection`]; this keeps `crate::feed` for the publish path.
 pub(crate) use crate::connection::feed;
-use crate::config::Config;
 
 /// Listeners bound before the broker runs.
 pub struct Bound {

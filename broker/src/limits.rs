@@ -1,0 +1,143 @@
+//! What one client connection is held to: `[limits]` from the config (packet size, inflight
+//! window, queue length, keep-alive cap, connections per node) and the fixed caps that bound a
+//! connection's memory (write backlog, acknowledgements owed, retained messages waiting).
+//! The connection asks a [`Limits`] instead of comparing config fields inline, so each rule is
+//! written once, here.
+
+use std::time::Duration;
+
+use crate::config::LimitsConfig;
+
+/// Time allowed for the first packet (CONNECT) after TCP/PROXY.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Stop pulling from the session queue while this much is waiting to be written.
+const OUT_HIGH: usize = 64 * 1024;
+/// Acknowledgements a connection may owe at once before it stops reading.
+const MAX_PENDING_ACKS: usize = 1024;
+/// Retained messages one connection may have waiting to be streamed (more when the retained
+/// store is larger, so one subscription always gets all of it).
+pub const RETAINED_STREAM_MAX: usize = 1 << 20;
+
+/// The limits of one node's connections (`Copy`: built where it is needed, from the config).
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    cfg: LimitsConfig,
+}
+
+impl Limits {
+    /// The limits `[limits]` sets.
+    pub fn from_config(cfg: &LimitsConfig) -> Limits {
+        Limits { cfg: *cfg }
+    }
+
+    /// Largest packet accepted from a client (and announced in a v5 CONNACK).
+    pub fn max_packet_size(&self) -> usize {
+        self.cfg.max_packet_size
+    }
+
+    /// Our Receive Maximum (v5 CONNACK): QoS 1/2 publishes a client may have unacknowledged.
+    pub fn receive_maximum(&self) -> u16 {
+        self.cfg.max_inflight
+    }
+
+    /// Whether another client may connect while `connected` are.
+    pub fn admits_connection(&self, connected: u64) -> bool {
+        connected < self.cfg.max_connections
+    }
+
+    /// The keep-alive the broker enforces: the client's, unless `max_keepalive` (0 = no cap)
+    /// is smaller or the client asked for none. A v5 client is told (Server Keep Alive); a
+    /// 3.1.1 client cannot be, and is held to it all the same (Mosquitto refuses such a client
+    /// instead: a client that pings more often than it must keeps working here).
+    pub fn keep_alive(&self, asked: u16) -> u16 {
+        let max = self.cfg.max_keepalive;
+        if max != 0 && (asked == 0 || asked > max) {
+            max
+        } else {
+            asked
+        }
+    }
+
+    /// QoS 1/2 deliveries a client may have unacknowledged: ours and the client's Receive
+    /// Maximum, whichever is smaller.
+    pub fn inflight_window(&self, client_receive_max: u16) -> usize {
+        usize::from(self.cfg.max_inflight.min(client_receive_max))
+    }
+
+    /// Whether a client holding `unreleased` QoS 2 publishes may send another one.
+    pub fn admits_qos2(&self, unreleased: usize) -> bool {
+        unreleased < usize::from(self.cfg.max_inflight)
+    }
+
+    /// The session backlog a publisher waits on (server-side flow control); a publisher held
+    /// back goes on once the backlog is at most half of it ([`Limits::backlog_relieved`]).
+    pub fn congested_backlog(&self) -> usize {
+        self.cfg.max_offline_messages.max(1)
+    }
+
+    /// Whether a session's queue is short enough again to let held-back publishers go on.
+    pub fn backlog_relieved(&self, queued: usize) -> bool {
+        queued <= self.cfg.max_offline_messages / 2
+    }
+
+    /// Whether `waiting` bytes to write are enough: no more is pulled from the session queue.
+    pub fn write_backlog_full(&self, waiting: usize) -> bool {
+        waiting >= OUT_HIGH
+    }
+
+    /// Whether a connection owing `owed` acknowledgements must stop reading until some leave.
+    pub fn owes_too_many_acks(&self, owed: usize) -> bool {
+        owed > MAX_PENDING_ACKS
+    }
+
+    /// How many more retained messages a connection with `waiting` of them may queue for
+    /// streaming, when the retained store holds `stored`: [`RETAINED_STREAM_MAX`], or all of
+    /// the store if it is larger.
+    pub fn retained_room(&self, stored: usize, waiting: usize) -> usize {
+        RETAINED_STREAM_MAX.max(stored).saturating_sub(waiting)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(max_keepalive: u16) -> Limits {
+        Limits::from_config(&LimitsConfig {
+            max_offline_messages: 10,
+            max_inflight: 4,
+            max_packet_size: 1 << 20,
+            max_connections: 2,
+            max_keepalive,
+        })
+    }
+
+    #[test]
+    fn keep_alive_is_capped_only_when_a_cap_is_set() {
+        assert_eq!(limits(0).keep_alive(0), 0);
+        assert_eq!(limits(0).keep_alive(600), 600);
+        assert_eq!(limits(60).keep_alive(0), 60, "none asked: the cap");
+        assert_eq!(limits(60).keep_alive(600), 60);
+        assert_eq!(limits(60).keep_alive(30), 30);
+    }
+
+    #[test]
+    fn windows_and_queues() {
+        let l = limits(0);
+        assert_eq!(l.inflight_window(2), 2);
+        assert_eq!(l.inflight_window(u16::MAX), 4);
+        assert!(l.admits_qos2(3) && !l.admits_qos2(4));
+        assert!(l.admits_connection(1) && !l.admits_connection(2));
+        assert!(l.backlog_relieved(5) && !l.backlog_relieved(6));
+        assert_eq!(l.congested_backlog(), 10);
+        assert!(!l.write_backlog_full(OUT_HIGH - 1) && l.write_backlog_full(OUT_HIGH));
+        assert!(!l.owes_too_many_acks(MAX_PENDING_ACKS));
+        assert!(l.owes_too_many_acks(MAX_PENDING_ACKS + 1));
+        assert_eq!(l.retained_room(5, 1), RETAINED_STREAM_MAX - 1);
+        assert_eq!(
+            l.retained_room(RETAINED_STREAM_MAX + 9, 0),
+            RETAINED_STREAM_MAX + 9
+        );
+        assert_eq!(l.retained_room(0, RETAINED_STREAM_MAX + 1), 0);
+    }
+}
