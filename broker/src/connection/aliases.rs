@@ -1,16 +1,23 @@
-//! Topic aliases on the broker's own PUBLISHes to a v5 client that allowed them (Topic Alias
-//! Maximum > 0 in its CONNECT): a repeated topic travels as two bytes instead of its name.
+//! Topic aliases, both ways. [`InAliases`]: those a v5 client sets on its PUBLISHes to us (up
+//! to [`TOPIC_ALIAS_MAX`], announced in CONNACK). [`OutAliases`]: ours on the broker's own
+//! PUBLISHes to a v5 client that allowed them (Topic Alias Maximum > 0 in its CONNECT), so
+//! that a repeated topic travels as two bytes instead of its name.
 //!
-//! Per connection, up to the smaller of the client's maximum and [`OUT_TOPIC_ALIAS_MAX`]
-//! aliases, reassigned least recently used first. The first PUBLISH of a topic carries its
-//! name and the alias (which sets the client's mapping); later ones carry an empty name and
-//! the alias. When all aliases are taken, the least recently used one is given to the new
-//! topic by sending name and alias again. Aliases belong to one connection (MQTT 5
-//! §3.3.2.3.4): a new connection starts without any, and messages resent after a reconnect
-//! carry their full topic. Pure: no I/O, the connection asks and then confirms.
+//! Outgoing, per connection, up to the smaller of the client's maximum and
+//! [`OUT_TOPIC_ALIAS_MAX`] aliases, reassigned least recently used first. The first PUBLISH of
+//! a topic carries its name and the alias (which sets the client's mapping); later ones carry
+//! an empty name and the alias. When all aliases are taken, the least recently used one is
+//! given to the new topic by sending name and alias again. Aliases belong to one connection
+//! (MQTT 5 §3.3.2.3.4): a new connection starts without any, and messages resent after a
+//! reconnect carry their full topic. Pure: no I/O, the connection asks and then confirms.
 
 use std::collections::HashMap;
 use std::sync::Arc;
+
+use crate::error::CloseReason;
+
+/// Topic aliases a v5 client may use towards us.
+pub const TOPIC_ALIAS_MAX: u16 = 1024;
 
 /// Most aliases the broker uses towards one client, whatever the client allows: bounds the
 /// memory of a connection (a few KiB at most).
@@ -86,6 +93,35 @@ impl OutAliases {
     }
 }
 
+/// The aliases a client set, allocated at the first one (most clients never use them).
+#[derive(Debug, Default)]
+pub struct InAliases {
+    // boxed: 8 bytes in every connection's task instead of an empty map's 48
+    #[allow(clippy::box_collection)]
+    map: Option<Box<HashMap<u16, String>>>,
+}
+
+impl InAliases {
+    /// Applies a PUBLISH's alias: an empty `topic` is replaced by the one the alias stands for,
+    /// a topic with an alias (re)sets it.
+    pub fn apply(&mut self, alias: u16, topic: &mut String) -> Result<(), CloseReason> {
+        if alias > TOPIC_ALIAS_MAX {
+            return Err(CloseReason::AliasOverMax(alias));
+        }
+        if topic.is_empty() {
+            match self.map.as_ref().and_then(|m| m.get(&alias)) {
+                Some(t) => topic.clone_from(t),
+                None => return Err(CloseReason::UnknownAlias(alias)),
+            }
+        } else {
+            self.map
+                .get_or_insert_with(Default::default)
+                .insert(alias, topic.clone());
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -102,6 +138,25 @@ mod tests {
         }
         a.sent(&t, pick);
         pick
+    }
+
+    #[test]
+    fn client_aliases_set_resolve_and_are_bounded() {
+        let mut a = InAliases::default();
+        let mut t = String::new();
+        assert!(matches!(
+            a.apply(1, &mut t),
+            Err(CloseReason::UnknownAlias(1))
+        ));
+        let mut t = "x/y".to_string();
+        assert!(a.apply(1, &mut t).is_ok());
+        let mut t = String::new();
+        assert!(a.apply(1, &mut t).is_ok());
+        assert_eq!(t, "x/y");
+        assert!(matches!(
+            a.apply(TOPIC_ALIAS_MAX + 1, &mut t),
+            Err(CloseReason::AliasOverMax(_))
+        ));
     }
 
     #[test]

@@ -1,0 +1,130 @@
+//! The QoS 1/2 acknowledgements (PUBACK, PUBREC) a connection owes its client, in arrival
+//! order (MQTT-4.6.0-2). A publish is acknowledged only once it is durable and every cluster
+//! peer it was forwarded to took it; that wait runs beside the connection, which goes on
+//! reading, and an acknowledgement still waiting holds back those after it. Pure bookkeeping:
+//! it writes into the connection's output buffer, the connection does the I/O.
+
+use std::collections::VecDeque;
+
+use bytes::BytesMut;
+use tokio::task::JoinHandle;
+
+use crate::protocol::{encode, AckProperties, Packet, PubAck, QoS, Version};
+
+/// One acknowledgement owed.
+pub struct PendingAck {
+    /// QoS 1 gets PUBACK, QoS 2 PUBREC.
+    pub qos: QoS,
+    /// The publish's packet identifier.
+    pub pid: u16,
+    /// The reason code (0, or why the publish was refused).
+    pub code: u8,
+    /// Durability and cluster acks still awaited (true when all went well).
+    pub wait: Option<JoinHandle<bool>>,
+}
+
+/// The acknowledgements owed, oldest first.
+#[derive(Default)]
+pub struct Acks {
+    q: VecDeque<PendingAck>,
+}
+
+impl Acks {
+    /// Owes one more, after all those owed already.
+    pub fn push(&mut self, a: PendingAck) {
+        self.q.push_back(a);
+    }
+
+    /// How many are owed.
+    pub fn len(&self) -> usize {
+        self.q.len()
+    }
+
+    /// Whether the oldest one waits for its publish (the main loop then awaits it).
+    pub fn front_waiting(&self) -> bool {
+        self.q.front().is_some_and(|a| a.wait.is_some())
+    }
+
+    /// Awaits the oldest one's durability/cluster wait; true when it went well (or there was
+    /// nothing to await).
+    pub async fn await_front(&mut self) -> bool {
+        let Some(front) = self.q.front_mut() else {
+            return true;
+        };
+        let Some(w) = front.wait.as_mut() else {
+            return true;
+        };
+        let ok = w.await.unwrap_or(false);
+        front.wait = None;
+        ok
+    }
+
+    /// Writes, in order, every acknowledgement up to the first whose wait is not over (a wait
+    /// that is over is read by [`Acks::await_front`] first).
+    pub fn flush(&mut self, out: &mut BytesMut, v: Version) {
+        while let Some(front) = self.q.front() {
+            if front.wait.is_some() {
+                return;
+            }
+            let Some(a) = self.q.pop_front() else {
+                break;
+            };
+            let ack = PubAck {
+                packet_id: a.pid,
+                code: a.code,
+                properties: AckProperties::default(),
+            };
+            let p = match a.qos {
+                QoS::AtLeastOnce => Packet::PubAck(ack),
+                _ => Packet::PubRec(ack),
+            };
+            encode(&p, v, out);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::decode;
+
+    fn ack(pid: u16, wait: Option<JoinHandle<bool>>) -> PendingAck {
+        PendingAck {
+            qos: QoS::AtLeastOnce,
+            pid,
+            code: 0,
+            wait,
+        }
+    }
+
+    fn written(out: &mut BytesMut) -> Vec<u16> {
+        let mut pids = Vec::new();
+        while let Ok(Some(Packet::PubAck(a))) = decode(out, Some(Version::V5), 1 << 20) {
+            pids.push(a.packet_id);
+        }
+        pids
+    }
+
+    #[tokio::test]
+    async fn an_ack_still_waiting_holds_back_those_after_it() {
+        let mut acks = Acks::default();
+        let mut out = BytesMut::new();
+        let (tx, rx) = tokio::sync::oneshot::channel::<bool>();
+        acks.push(ack(1, None));
+        acks.push(ack(
+            2,
+            Some(tokio::spawn(async { rx.await.unwrap_or(false) })),
+        ));
+        acks.push(ack(3, None));
+        acks.flush(&mut out, Version::V5);
+        assert_eq!(written(&mut out), [1]);
+        assert!(acks.front_waiting());
+        let _ = tx.send(true);
+        assert!(acks.await_front().await);
+        assert!(!acks.front_waiting());
+        acks.flush(&mut out, Version::V5);
+        assert_eq!(written(&mut out), [2, 3]);
+        assert_eq!(acks.len(), 0);
+        assert!(acks.await_front().await, "nothing owed: nothing to fail");
+    }
+}

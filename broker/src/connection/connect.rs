@@ -1,0 +1,328 @@
+//! The CONNECT phase: read CONNECT (within [`CONNECT_TIMEOUT`]), authenticate and name the
+//! client, take the session over from another node in a cluster, attach it, queue CONNACK and
+//! build the established connection. A refused client gets CONNACK with the reason's code (when
+//! it has one) and a lingering close; every refusal is counted and logged by its
+//! [`CloseReason`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+
+use super::aliases::{OutAliases, TOPIC_ALIAS_MAX};
+use super::{linger, read_more, write_all, ClientInfo, Conn, Live};
+use crate::broker::{Attach, Broker};
+use crate::error::CloseReason;
+use crate::limits::{Limits, CONNECT_TIMEOUT};
+use crate::message::unix_now;
+use crate::protocol::{
+    decode, encode, reason, ConnAck, ConnAckProperties, Connect, DecodeError, Packet, Version,
+};
+
+/// A client that passed authentication.
+struct Admitted {
+    client_id: String,
+    /// The broker chose the client id (v5: told in CONNACK).
+    assigned: bool,
+    username: Option<String>,
+    /// Session expiry, in seconds (`u32::MAX`: never).
+    expiry: u32,
+}
+
+impl Live {
+    /// See [`super::establish`].
+    pub(super) async fn establish(
+        b: Arc<Broker>,
+        tcp: TcpStream,
+        mut rbuf: BytesMut,
+        info: ClientInfo,
+    ) -> Option<Live> {
+        let _ = tcp.set_nodelay(true);
+        let (mut r, w) = tcp.into_split();
+        let limits = Limits::from_config(&b.cfg.limits);
+        let connect = match read_connect(&mut r, &mut rbuf, limits.max_packet_size()).await {
+            Ok(c) => c,
+            Err(why) => {
+                // boxed, like the rest of a refusal: rare, and it holds the lingering close
+                Box::pin(refuse(&b, r, w, &info, None, why)).await;
+                return None;
+            }
+        };
+        let admitted = match Box::pin(admit(&b, &connect, &info)).await {
+            Ok(a) => a,
+            Err(why) => {
+                Box::pin(refuse(&b, r, w, &info, Some(&connect), why)).await;
+                return None;
+            }
+        };
+        let conn_id = b.next_conn_id();
+        // in a cluster, the session may live on another node: it is handed over before CONNACK
+        let import = match b.cluster() {
+            Some(c) => Box::pin(c.take_session(&admitted.client_id, connect.clean_start)).await,
+            None => None,
+        };
+        let att = b.attach(
+            &admitted.client_id,
+            connect.clean_start,
+            admitted.expiry,
+            connect.version,
+            admitted.username.clone(),
+            info.addr,
+            conn_id,
+            import,
+        );
+        b.metrics.connections.inc();
+        b.metrics.connected.inc();
+        // LB health checks connect every few seconds: keep them out of the INFO log
+        let quiet = admitted.client_id.starts_with("mqedge-hc-");
+        log_connected(&connect, &admitted, &att, &info, conn_id, quiet);
+        let keep_alive = limits.keep_alive(connect.keep_alive);
+        let Attach {
+            session,
+            session_present,
+            kicked,
+        } = att;
+        let props = connack_properties(limits, &connect, &admitted, keep_alive);
+        let mut c = Conn::new(b, session, connect, admitted.expiry);
+        c.send(&connack(session_present, reason::SUCCESS, props));
+        if session_present {
+            c.resend_inflight();
+        }
+        let keep_alive =
+            (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500));
+        Some(Live {
+            c,
+            r,
+            w,
+            rbuf,
+            kicked,
+            keep_alive,
+            peer: info.addr,
+            conn_id,
+            quiet,
+        })
+    }
+}
+
+impl Conn {
+    /// The state of a connection that CONNECT (by value: its will is kept) just established.
+    fn new(b: Arc<Broker>, s: Arc<crate::session::Session>, connect: Connect, expiry: u32) -> Conn {
+        let v = connect.version;
+        let props = connect.properties;
+        Conn {
+            b,
+            s,
+            v,
+            out: BytesMut::new(),
+            client_receive_max: props.receive_maximum.unwrap_or(u16::MAX),
+            client_max_packet: props
+                .maximum_packet_size
+                .map(|m| m as usize)
+                .unwrap_or(usize::MAX),
+            aliases: Default::default(),
+            acks: Default::default(),
+            feed: None,
+            out_aliases: props
+                .topic_alias_maximum
+                .filter(|_| v.is_v5())
+                .and_then(OutAliases::new)
+                .map(Box::new),
+            will: connect.will.map(Box::new),
+            connect_expiry_zero: expiry == 0,
+        }
+    }
+}
+
+/// Reads the first packet, bounded in time: the CONNECT, or why the client is refused.
+async fn read_connect(
+    r: &mut OwnedReadHalf,
+    rbuf: &mut BytesMut,
+    max: usize,
+) -> Result<Connect, CloseReason> {
+    // boxed: the CONNECT phase's state is freed once it is over (an idle connection keeps
+    // only what the main loop needs)
+    let first = tokio::time::timeout(
+        CONNECT_TIMEOUT,
+        Box::pin(async {
+            loop {
+                if let Some(p) = decode(rbuf, None, max)? {
+                    return Ok::<Packet, DecodeError>(p);
+                }
+                match read_more(r, rbuf).await {
+                    Ok(0) | Err(_) => return Err(DecodeError::Malformed("closed before CONNECT")),
+                    Ok(_) => {}
+                }
+            }
+        }),
+    )
+    .await;
+    match first {
+        Ok(Ok(Packet::Connect(c))) => Ok(*c),
+        Ok(Err(DecodeError::UnsupportedVersion(level))) => {
+            Err(CloseReason::UnsupportedVersion(level))
+        }
+        Ok(Err(e)) => Err(CloseReason::BadConnect(e)),
+        Ok(Ok(_)) => Err(CloseReason::NotConnect),
+        Err(_) => Err(CloseReason::ConnectTimeout),
+    }
+}
+
+/// Refuses a client: CONNACK with the reason's code when it has one, in the layout of the
+/// client's version — 3.1.1's when the version is one we do not speak (MQTT-3.1.2-2: the one
+/// every client can read, as mosquitto does) — then a lingering close; counted and logged.
+/// `connect` is the client's CONNECT when it got that far.
+async fn refuse(
+    b: &Broker,
+    r: OwnedReadHalf,
+    mut w: OwnedWriteHalf,
+    info: &ClientInfo,
+    connect: Option<&Connect>,
+    why: CloseReason,
+) {
+    let code = why.code();
+    if let Some(code) = code {
+        let v = connect.map_or(Version::V311, |c| c.version);
+        let mut out = BytesMut::new();
+        encode(
+            &connack(false, code, ConnAckProperties::default()),
+            v,
+            &mut out,
+        );
+        let _ = write_all(&mut w, &mut out).await;
+    }
+    why.count(&b.metrics);
+    let peer = info.addr;
+    match (&why, connect, code) {
+        (_, Some(c), Some(code)) => {
+            tracing::info!(peer = %peer, client_id = %c.client_id, code, "{why}")
+        }
+        (CloseReason::UnsupportedVersion(level), _, _) => {
+            tracing::info!(peer = %peer, level, "{why}")
+        }
+        (CloseReason::BadConnect(e), _, _) => tracing::info!(peer = %peer, error = %e, "{why}"),
+        _ => tracing::info!(peer = %peer, "{why}"),
+    }
+    if code.is_some() {
+        linger::close(r, w).await;
+    }
+}
+
+/// Authenticates and names the client.
+async fn admit(b: &Arc<Broker>, c: &Connect, info: &ClientInfo) -> Result<Admitted, CloseReason> {
+    if c.properties.authentication_method.is_some() {
+        return Err(CloseReason::BadAuthMethod);
+    }
+    let (client_id, assigned) = if c.client_id.is_empty() {
+        if !c.version.is_v5() && !c.clean_start {
+            // MQTT-3.1.3-8
+            return Err(CloseReason::EmptyClientId);
+        }
+        let id = b.next_conn_id() ^ unix_now().rotate_left(32);
+        (format!("auto-{id:016x}"), true)
+    } else {
+        (c.client_id.clone(), false)
+    };
+    let username = match &info.cn_username {
+        Some(cn) => Some(cn.clone()),
+        None => {
+            authenticate(b, c).await?;
+            c.username.clone()
+        }
+    };
+    let expiry = if c.version.is_v5() {
+        c.properties.session_expiry_interval.unwrap_or(0)
+    } else if c.clean_start {
+        0
+    } else {
+        u32::MAX
+    };
+    Ok(Admitted {
+        client_id,
+        assigned,
+        username,
+        expiry,
+    })
+}
+
+/// Checks the CONNECT's username and password (a client without a certificate CN).
+async fn authenticate(b: &Arc<Broker>, c: &Connect) -> Result<(), CloseReason> {
+    match (&c.username, &b.auth.passwords) {
+        (None, _) if !b.auth.allow_anonymous => Err(CloseReason::AnonymousNotAllowed),
+        // a username alone proves nothing: without a password file (or a certificate CN from
+        // a trusted proxy) such a client is as anonymous as one without
+        (Some(_), None) if !b.auth.allow_anonymous => Err(CloseReason::NoPasswordFile),
+        (Some(u), Some(_)) => {
+            let (b2, u2) = (b.clone(), u.clone());
+            let pw = c.password.clone().unwrap_or_default();
+            let ok = tokio::task::spawn_blocking(move || {
+                b2.auth
+                    .passwords
+                    .as_ref()
+                    .is_some_and(|p| p.verify(&u2, &pw))
+            })
+            .await
+            .unwrap_or(false);
+            if ok {
+                Ok(())
+            } else {
+                Err(CloseReason::BadCredentials)
+            }
+        }
+        _ => Ok(()),
+    }
+}
+
+/// "client connected" at INFO; an LB health check at DEBUG.
+fn log_connected(
+    connect: &Connect,
+    a: &Admitted,
+    att: &Attach,
+    info: &ClientInfo,
+    conn_id: u64,
+    quiet: bool,
+) {
+    if quiet {
+        tracing::debug!(conn = conn_id, client_id = %a.client_id, peer = %info.addr, "health check connected");
+    } else {
+        tracing::info!(
+            conn = conn_id,
+            client_id = %a.client_id,
+            username = a.username.as_deref().unwrap_or(""),
+            peer = %info.addr,
+            version = connect.version.level(),
+            clean_start = connect.clean_start,
+            session_present = att.session_present,
+            "client connected"
+        );
+    }
+}
+
+/// What a v5 CONNACK tells the client: our limits, the keep-alive we enforce when it is not
+/// the one asked for (MQTT 5 §3.2.2.3.14: the client must use it from now on), the client id
+/// we assigned. Nothing for 3.1.1.
+fn connack_properties(
+    limits: Limits,
+    connect: &Connect,
+    a: &Admitted,
+    keep_alive: u16,
+) -> ConnAckProperties {
+    let mut props = ConnAckProperties::default();
+    if connect.version.is_v5() {
+        props.receive_maximum = Some(limits.receive_maximum());
+        props.maximum_packet_size = Some(limits.max_packet_size() as u32);
+        props.topic_alias_maximum = Some(TOPIC_ALIAS_MAX);
+        props.server_keep_alive = (keep_alive != connect.keep_alive).then_some(keep_alive);
+        props.assigned_client_identifier = a.assigned.then(|| a.client_id.clone());
+    }
+    props
+}
+
+fn connack(session_present: bool, code: u8, properties: ConnAckProperties) -> Packet {
+    Packet::ConnAck(ConnAck {
+        session_present,
+        code,
+        properties,
+    })
+}

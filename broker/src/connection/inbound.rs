@@ -1,0 +1,244 @@
+//! PUBLISH from the client: its topic alias, the checks the protocol asks for, QoS 2
+//! de-duplication, the ACL, routing, and its acknowledgement, which leaves in order (see
+//! [`super::acks`]) once the message is durable and every cluster peer took it. A publisher
+//! is held back, bounded in time, while a peer's forward queue is full or a subscriber is far
+//! behind (server-side flow control). And PUBREL → PUBCOMP, which releases a QoS 2 publish.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::acks::PendingAck;
+use super::{Conn, Later};
+use crate::auth::Access;
+use crate::cluster::Gate;
+use crate::error::CloseReason;
+use crate::message::{unix_now, Message};
+use crate::protocol::{reason, AckProperties, Packet, PubAck, Publish, QoS};
+use crate::session::Session;
+use crate::topic::valid_topic_name;
+
+/// Longest a publisher is held back by one congested subscriber before it goes on.
+const CONGESTION_WAIT: Duration = Duration::from_secs(2);
+
+/// What routing a publish set in motion that its acknowledgement waits for.
+#[derive(Default)]
+struct Routed {
+    /// Durability and cluster acks (true when all went well).
+    wait: Option<tokio::task::JoinHandle<bool>>,
+    /// Peers whose forward queue is full: the publisher is held back for them.
+    gates: Vec<Arc<Gate>>,
+    /// Connected subscribers (not this client) far behind: held back for them too.
+    congested: Vec<Arc<Session>>,
+}
+
+impl Conn {
+    /// A PUBLISH: routed at once; its acknowledgement is owed in order. A held-back publisher
+    /// or one owing too many acknowledgements gets the rest as a boxed continuation.
+    pub(super) fn on_publish(&mut self, mut p: Publish) -> Result<Option<Later<'_>>, CloseReason> {
+        self.b.metrics.messages_received.inc();
+        self.check_publish(&mut p)?;
+        let pid = p.packet_id.unwrap_or(0);
+        if p.qos == QoS::ExactlyOnce && !self.claim_qos2(pid)? {
+            // a retransmission of a message we already routed: acknowledge only (MQTT-4.3.3)
+            self.acks.push(PendingAck {
+                qos: QoS::ExactlyOnce,
+                pid,
+                code: 0,
+                wait: None,
+            });
+            self.flush_acks();
+            return Ok(None);
+        }
+        let qos = p.qos;
+        let (code, routed) = if self.may_publish(&p.topic) {
+            (0, self.route(p))
+        } else {
+            self.b.metrics.dropped("not_authorized");
+            tracing::debug!(client_id = %self.s.client_id, topic = %p.topic, "publish denied by ACL");
+            // v5 says so; v3.1.1 acknowledges and drops (MQTT-3.3.5-2)
+            let code = if self.v.is_v5() {
+                reason::NOT_AUTHORIZED
+            } else {
+                0
+            };
+            (code, Routed::default())
+        };
+        if qos == QoS::ExactlyOnce && code >= 0x80 {
+            self.s.lock().qos2_in.remove(&pid);
+        }
+        let ack = (qos != QoS::AtMostOnce).then_some(PendingAck {
+            qos,
+            pid,
+            code,
+            wait: routed.wait,
+        });
+        if !routed.gates.is_empty() || !routed.congested.is_empty() {
+            let (gates, congested) = (routed.gates, routed.congested);
+            return Ok(Some(Box::pin(self.hold_back(gates, congested, ack))));
+        }
+        if let Some(a) = ack {
+            self.acks.push(a);
+            if self.limits().owes_too_many_acks(self.acks.len()) {
+                return Ok(Some(Box::pin(self.bound_pending())));
+            }
+        }
+        self.flush_acks();
+        Ok(None)
+    }
+
+    /// Resolves the topic alias and checks what MQTT forbids in a client's PUBLISH.
+    fn check_publish(&mut self, p: &mut Publish) -> Result<(), CloseReason> {
+        if let Some(a) = p.properties.topic_alias {
+            self.aliases.apply(a, &mut p.topic)?;
+        }
+        if !valid_topic_name(&p.topic) {
+            return Err(CloseReason::InvalidTopicName(p.topic.clone()));
+        }
+        if !p.properties.subscription_identifiers.is_empty() {
+            // MQTT-3.3.4-6
+            return Err(CloseReason::SubscriptionIdFromClient);
+        }
+        Ok(())
+    }
+
+    /// Records a QoS 2 publish as received until its PUBREL; false when it already was (a
+    /// retransmission, not to be routed again).
+    fn claim_qos2(&mut self, pid: u16) -> Result<bool, CloseReason> {
+        let limits = self.limits();
+        let mut st = self.s.lock();
+        if st.qos2_in.contains(&pid) {
+            return Ok(false);
+        }
+        if !limits.admits_qos2(st.qos2_in.len()) {
+            return Err(CloseReason::ReceiveMaximumExceeded);
+        }
+        st.qos2_in.insert(pid);
+        Ok(true)
+    }
+
+    /// Whether the ACL lets this client publish to `topic` (never to `$SYS`).
+    fn may_publish(&self, topic: &str) -> bool {
+        !topic.starts_with("$SYS")
+            && match &self.b.auth.acl {
+                Some(acl) => {
+                    let user = self.s.lock().username.clone();
+                    acl.check(user.as_deref(), &self.s.client_id, topic, Access::Write)
+                }
+                None => true,
+            }
+    }
+
+    /// Routes the message; what its acknowledgement must wait for.
+    fn route(&mut self, p: Publish) -> Routed {
+        let now = unix_now();
+        let props = p.properties;
+        let msg = Message {
+            topic: Arc::from(p.topic.as_str()),
+            payload: p.payload,
+            qos: p.qos,
+            retain: p.retain,
+            publisher: self.s.client_id.clone(),
+            expires_at: props.message_expiry_interval.map(|e| now + u64::from(e)),
+            payload_format_indicator: props.payload_format_indicator,
+            content_type: props.content_type,
+            response_topic: props.response_topic,
+            correlation_data: props.correlation_data,
+            user_properties: props.user_properties,
+        };
+        let published = self.b.publish(Arc::new(msg));
+        let ops = published.ops;
+        // acknowledge only what is durable and what every other node took (QoS 1/2); the
+        // wait runs beside the connection, which goes on reading: acks leave in order
+        let store = self.b.store.clone().filter(|_| !ops.is_empty());
+        let acks = published.acks;
+        let wait = (store.is_some() || !acks.is_empty()).then(|| {
+            tokio::spawn(async move {
+                if let Some(store) = store {
+                    if let Err(e) = store.write(ops).await {
+                        tracing::error!(error = %e, "store write failed");
+                        return false;
+                    }
+                }
+                for ack in acks {
+                    match tokio::time::timeout(crate::cluster::FORWARD_ACK_TIMEOUT, ack).await {
+                        Ok(Ok(_)) => {}
+                        _ => return false,
+                    }
+                }
+                true
+            })
+        });
+        let mut congested = published.congested;
+        congested.retain(|c| !Arc::ptr_eq(c, &self.s));
+        Routed {
+            wait,
+            gates: published.peer_gates,
+            congested,
+        }
+    }
+
+    /// Holds a publisher back (no PUBACK, no further reads), bounded in time, while a peer's
+    /// forward queue is full or a connected subscriber is far behind (until its backlog
+    /// halves): server-side flow control. Then owes the publish's acknowledgement.
+    async fn hold_back(
+        &mut self,
+        gates: Vec<Arc<Gate>>,
+        congested: Vec<Arc<Session>>,
+        ack: Option<PendingAck>,
+    ) -> Result<(), CloseReason> {
+        for g in gates {
+            let deadline = tokio::time::Instant::now() + CONGESTION_WAIT;
+            loop {
+                let space = g.space.notified();
+                tokio::pin!(space);
+                space.as_mut().enable();
+                if !g.congested() {
+                    break;
+                }
+                if tokio::time::timeout_at(deadline, space).await.is_err() {
+                    break;
+                }
+            }
+        }
+        let limit = self.limits().congested_backlog();
+        for c in congested {
+            crate::broker::wait_for_space(&c, limit).await;
+        }
+        if let Some(a) = ack {
+            self.acks.push(a);
+        }
+        self.bound_pending().await
+    }
+
+    /// Bounded acknowledgements: a client that floods without waiting for acks waits here.
+    async fn bound_pending(&mut self) -> Result<(), CloseReason> {
+        while self.limits().owes_too_many_acks(self.acks.len()) {
+            if !self.acks.await_front().await {
+                return Err(CloseReason::NotAcknowledged);
+            }
+            self.flush_acks();
+        }
+        self.flush_acks();
+        Ok(())
+    }
+
+    /// Writes every acknowledgement whose wait is over, in order.
+    pub(super) fn flush_acks(&mut self) {
+        self.acks.flush(&mut self.out, self.v);
+    }
+
+    /// PUBREL: the QoS 2 publish is released (PUBCOMP; 0x92 when it was not held).
+    pub(super) fn on_pubrel(&mut self, a: PubAck) {
+        let had = self.s.lock().qos2_in.remove(&a.packet_id);
+        let code = if had {
+            0
+        } else {
+            reason::PACKET_IDENTIFIER_NOT_FOUND
+        };
+        self.send(&Packet::PubComp(PubAck {
+            packet_id: a.packet_id,
+            code,
+            properties: AckProperties::default(),
+        }));
+    }
+}

@@ -1,0 +1,137 @@
+//! SUBSCRIBE and UNSUBSCRIBE: each filter checked (syntax, ACL), the routes changed, the
+//! session persisted before the acknowledgement, and the retained messages of a new
+//! subscription queued for streaming through the connection's [`super::feed`].
+
+use super::Conn;
+use crate::auth::Access;
+use crate::broker::sub_options;
+use crate::error::CloseReason;
+use crate::protocol::{
+    reason, AckProperties, Packet, RetainHandling, SubAck, Subscribe, SubscribeFilter, UnsubAck,
+    Unsubscribe,
+};
+use crate::router::SubOptions;
+use crate::session::Sub;
+use crate::topic::{parse_shared, valid_topic_filter};
+
+impl Conn {
+    /// SUBSCRIBE: SUBACK with one code per filter (3.1.1: any failure is 0x80), then the
+    /// retained messages the subscriptions ask for.
+    pub(super) async fn on_subscribe(&mut self, s: Subscribe) -> Result<(), CloseReason> {
+        let mut codes = Vec::with_capacity(s.filters.len());
+        let mut retained = Vec::new();
+        let user = self.s.lock().username.clone();
+        let id = s.properties.subscription_identifier;
+        for f in &s.filters {
+            let (code, sub) = self.subscribe_one(f, id, user.as_deref())?;
+            codes.push(code);
+            if let Some(sub) = sub {
+                retained.push((f.filter.clone(), sub));
+            }
+        }
+        self.b.persist_session(&self.s).await;
+        if !self.v.is_v5() {
+            for c in &mut codes {
+                if *c >= 0x80 {
+                    *c = 0x80;
+                }
+            }
+        }
+        self.send(&Packet::SubAck(SubAck {
+            packet_id: s.packet_id,
+            properties: AckProperties::default(),
+            codes,
+        }));
+        for (f, sub) in retained {
+            self.stream_retained(&f, sub_options(&sub));
+        }
+        Ok(())
+    }
+
+    /// One filter of a SUBSCRIBE: its SUBACK code, and the subscription when its retained
+    /// messages are to be sent.
+    fn subscribe_one(
+        &mut self,
+        f: &SubscribeFilter,
+        id: Option<u32>,
+        user: Option<&str>,
+    ) -> Result<(u8, Option<Sub>), CloseReason> {
+        let shared = parse_shared(&f.filter);
+        if shared.is_some() && f.no_local {
+            // MQTT-3.8.3-4
+            return Err(CloseReason::SharedNoLocal);
+        }
+        if !valid_topic_filter(&f.filter) {
+            return Ok((reason::TOPIC_FILTER_INVALID, None));
+        }
+        let plain = shared.map(|(_, f)| f).unwrap_or(&f.filter);
+        if let Some(acl) = &self.b.auth.acl {
+            if !acl.check(user, &self.s.client_id, plain, Access::Subscribe) {
+                return Ok((reason::NOT_AUTHORIZED, None));
+            }
+        }
+        let sub = Sub {
+            qos: f.qos,
+            no_local: f.no_local,
+            retain_as_published: f.retain_as_published,
+            retain_handling: f.retain_handling,
+            id,
+        };
+        let new = self.b.subscribe(&self.s, &f.filter, sub);
+        let send_retained = shared.is_none()
+            && match f.retain_handling {
+                RetainHandling::SendAtSubscribe => true,
+                RetainHandling::SendIfNew => new,
+                RetainHandling::DoNotSend => false,
+            };
+        Ok((f.qos as u8, send_retained.then_some(sub)))
+    }
+
+    /// Queues the retained messages of a new subscription for streaming (see [`super::feed`]),
+    /// bounded by [`crate::limits::Limits::retained_room`]; the rest are dropped
+    /// (`retained_backlog`).
+    fn stream_retained(&mut self, filter: &str, opts: SubOptions) {
+        let mut msgs = self.b.retained_snapshot(filter);
+        if msgs.is_empty() {
+            return;
+        }
+        let limits = self.limits();
+        let feed = self.feed.get_or_insert_with(Default::default);
+        let room = limits.retained_room(self.b.retained.len(), feed.len());
+        if msgs.len() > room {
+            let over = (msgs.len() - room) as u64;
+            self.b.metrics.dropped_many("retained_backlog", over);
+            msgs.truncate(room);
+        }
+        let ahead = self.s.lock().queue.len();
+        // sent even when this client published them: No Local is about forwarding publishes
+        let opts = SubOptions {
+            no_local: false,
+            ..opts
+        };
+        feed.push(msgs, opts, ahead);
+        if feed.is_empty() {
+            self.feed = None;
+        }
+    }
+
+    /// UNSUBSCRIBE: UNSUBACK once the session is persisted (0x11 for a filter not subscribed).
+    pub(super) async fn on_unsubscribe(&mut self, u: Unsubscribe) -> Result<(), CloseReason> {
+        let mut codes = Vec::with_capacity(u.filters.len());
+        for f in &u.filters {
+            let existed = self.b.unsubscribe(&self.s, f);
+            codes.push(if existed {
+                0
+            } else {
+                reason::NO_SUBSCRIPTION_EXISTED
+            });
+        }
+        self.b.persist_session(&self.s).await;
+        self.send(&Packet::UnsubAck(UnsubAck {
+            packet_id: u.packet_id,
+            properties: AckProperties::default(),
+            codes,
+        }));
+        Ok(())
+    }
+}
