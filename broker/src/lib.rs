@@ -4,10 +4,9 @@
 //! through the topic trie ([`router`], [`topic`]), retained messages ([`retained`], streamed to
 //! a new subscription through [`feed`]), topic aliases on outgoing PUBLISHes ([`alias`]),
 //! durable state ([`store`]), and the lingering close after a reason ([`linger`]).
-//! [`protocol`] is the pure codec; [`admin`], [`metrics`], [`sys`] observe.
+//! [`protocol`] is the pure codec; [`observe`] ([`admin`], [`metrics`], [`sys`]) observes.
 #![forbid(unsafe_code)]
 
-pub mod admin;
 pub mod alias;
 pub mod auth;
 pub mod broker;
@@ -18,13 +17,12 @@ pub mod feed;
 pub mod linger;
 pub mod listener;
 pub mod message;
-pub mod metrics;
+pub mod observe;
 pub mod protocol;
 pub mod retained;
 pub mod router;
 pub mod session;
 pub mod store;
-pub mod sys;
 pub mod topic;
 
 use std::future::Future;
@@ -35,6 +33,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
 pub use crate::broker::{Broker, BrokerError};
+pub use crate::observe::{admin, metrics, sys};
 use crate::config::Config;
 
 /// Listeners bound before the broker runs.

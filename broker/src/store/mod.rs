@@ -15,8 +15,8 @@
 //! transaction (a call is never split across commits); calls are applied in the order they were
 //! queued; `write` resolves only after the commit holding its ops was fsync'd.
 //!
-//! This file is the handle (`Store`: open, scan, write, close); [`writer`] is the thread that
-//! batches and commits; [`table`] the keyspaces, ops and prefix ranges; `error` and `stats` the
+//! This file is the handle (`Store`: open, scan, write, close); `writer` is the thread that
+//! batches and commits; `table` the keyspaces, ops and prefix ranges; `error` and `stats` the
 //! leaves both use. The writer never imports the handle.
 
 use std::fmt;
