@@ -33,8 +33,8 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
 pub use crate::broker::{Broker, BrokerError};
-pub use crate::observe::{admin, metrics, sys};
 use crate::config::Config;
+pub use crate::observe::{admin, metrics, sys};
 
 /// Listeners bound before the broker runs.
 pub struct Bound {

@@ -25,6 +25,27 @@ pub enum AuthError {
     Hash(String),
 }
 
+impl AuthError {
+    /// The error as one config problem, so a broken password or ACL file is reported with the
+    /// config's other problems, in the same `file:line: what` (or `file: what`) form; `file`
+    /// names the file being loaded (an `Io` error names its own path, the same one).
+    pub fn into_located(self, file: &Path) -> Located {
+        match self {
+            AuthError::Config(l) => l,
+            AuthError::Io { path, source } => Located {
+                file: path.display().to_string(),
+                line: None,
+                message: source.to_string(),
+            },
+            AuthError::Hash(_) => Located {
+                file: file.display().to_string(),
+                line: None,
+                message: self.to_string(),
+            },
+        }
+    }
+}
+
 /// A `file:line: what` error (`line` is `None` for a problem with an argument, not a line).
 pub(super) fn located(file: &str, line: Option<usize>, message: impl Into<String>) -> AuthError {
     AuthError::Config(Located {
