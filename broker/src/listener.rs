@@ -5,9 +5,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::BytesMut;
-use mqedge_shared::proxy::{self, ProxyError, ProxyInfo};
-use tokio::io::AsyncReadExt;
+use bytes::{Bytes, BytesMut};
+use mqedge_shared::proxy::{self, ProxyError, ProxyInfo, ReadError};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 
@@ -56,12 +55,7 @@ pub async fn accept_loop(
                     }
                 });
             }
-            Err(e) => {
-                if matches!(e.raw_os_error(), Some(23) | Some(24) | Some(105) | Some(12)) {
-                    tracing::warn!(error = %e, "accept failed: out of resources, backing off 100ms");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            }
+            Err(e) => mqedge_shared::net::accept_failed(&lc.name, &e).await,
         }
     }
 }
@@ -126,27 +120,10 @@ async fn read_proxy(
     tcp: &mut TcpStream,
     buf: &mut BytesMut,
 ) -> Result<Option<ProxyInfo>, ProxyError> {
-    loop {
-        match proxy::parse(buf) {
-            Ok(Some((info, len))) => {
-                let _ = buf.split_to(len);
-                return Ok(Some(info));
-            }
-            Ok(None) => {}
-            Err(ProxyError::Missing) => return Ok(None),
-            Err(e) => return Err(e),
-        }
-        if buf.len() > 4096 {
-            return Err(ProxyError::Invalid("header too long".into()));
-        }
-        buf.reserve(512);
-        match tcp.read_buf(buf).await {
-            Ok(0) | Err(_) => {
-                return Err(ProxyError::Invalid(
-                    "connection closed in the PROXY header".into(),
-                ))
-            }
-            Ok(_) => {}
-        }
-    }
+    let (info, rest) = proxy::read_header(tcp).await.map_err(|e| match e {
+        ReadError::Header(e) => e,
+        ReadError::Io(_) => ProxyError::Invalid("connection closed in the PROXY header".into()),
+    })?;
+    *buf = BytesMut::from(Bytes::from(rest));
+    Ok(info)
 }
