@@ -213,20 +213,8 @@ fn check(path: &std::path::Path) -> ExitCode {
             ExitCode::from(1)
         }
         Ok("broker") => match mqedge_broker::config::Config::load(path) {
+            // the password and ACL files are loaded (and checked) by the config itself
             Ok(c) => {
-                // the files the broker loads at start are checked too
-                if let Some(p) = &c.auth.password_file {
-                    if let Err(e) = mqedge_broker::auth::PasswordFile::load(p) {
-                        eprintln!("{e}");
-                        return ExitCode::from(1);
-                    }
-                }
-                if let Some(p) = &c.auth.acl_file {
-                    if let Err(e) = mqedge_broker::auth::Acl::load(p) {
-                        eprintln!("{e}");
-                        return ExitCode::from(1);
-                    }
-                }
                 println!(
                     "{}: ok (broker config: node {}, {} listener(s))",
                     path.display(),

@@ -126,17 +126,12 @@ fn shard_of(s: &str) -> usize {
 }
 
 impl Broker {
-    /// Builds the broker: loads auth files, opens the store and restores sessions, queues and
-    /// retained messages from it.
+    /// Builds the broker: takes the auth files the config loaded, opens the store and restores
+    /// sessions, queues and retained messages from it.
     pub fn new(cfg: Config) -> Result<Arc<Broker>, BrokerError> {
-        let passwords = match &cfg.auth.password_file {
-            Some(p) => Some(PasswordFile::load(p)?),
-            None => None,
-        };
-        let acl = match &cfg.auth.acl_file {
-            Some(p) => Some(Acl::load(p)?),
-            None => None,
-        };
+        // loaded (and checked) by the config's second stage
+        let passwords = cfg.auth.passwords.clone();
+        let acl = cfg.auth.acl.clone();
         let store = match &cfg.data_dir {
             Some(d) => Some(Store::open(d)?),
             None => None,

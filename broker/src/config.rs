@@ -1,5 +1,6 @@
-//! The broker config in two stages (raw TOML with `deny_unknown_fields` → validated [`Config`]),
-//! reported as `file:line: what is wrong`. `mqedge check` and `mqedge broker` share this code.
+//! The broker config in two stages (raw TOML with `deny_unknown_fields` → validated [`Config`]
+//! with the password and ACL files loaded), reported as `file:line: what is wrong`.
+//! `mqedge check` and `mqedge broker` share this code. Imports `auth` for the two file parsers.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -9,6 +10,8 @@ use mqedge_shared::config::{
 };
 use serde::Deserialize;
 use toml::Spanned;
+
+use crate::auth::{Acl, PasswordFile};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -136,6 +139,10 @@ pub struct AuthConfig {
     pub password_file: Option<PathBuf>,
     /// mosquitto-format ACL file.
     pub acl_file: Option<PathBuf>,
+    /// The users of `password_file`, loaded in stage 2.
+    pub passwords: Option<PasswordFile>,
+    /// The rules of `acl_file`, loaded in stage 2.
+    pub acl: Option<Acl>,
 }
 
 /// `[limits]`.
@@ -200,7 +207,9 @@ impl Config {
         Self::parse(path, &src)
     }
 
-    /// Validates config text that came from `path`.
+    /// Validates config text that came from `path`: stage 1 checks every value and reports all
+    /// problems at once; stage 2 (only when stage 1 found none) loads the password and ACL files
+    /// it names, so `mqedge check` and `mqedge broker` refuse the same broken files.
     pub fn parse(path: &Path, src: &str) -> Result<Config, ConfigErrors> {
         let file = path.display().to_string();
         let raw: RawFile = from_toml(&file, src)?;
@@ -210,120 +219,15 @@ impl Config {
             data_dir: None,
             admin: None,
         });
-        let name = match &node.name {
-            Some(n) if n.get_ref().is_empty() || n.get_ref().contains(['/', '+', '#', ' ']) => {
-                p.at(
-                    n.span(),
-                    "node name must be non-empty without '/', '+', '#' or spaces",
-                );
-                String::new()
-            }
-            Some(n) => n.get_ref().clone(),
-            None => "node1".into(),
-        };
+        let name = node_name(&mut p, node.name.as_ref());
         let admin = node.admin.as_ref().and_then(|a| addr(&mut p, a, "admin"));
         let data_dir = node.data_dir.as_ref().map(|d| resolve_path(path, d));
-        if raw.listener.is_empty() {
-            p.top("at least one [[listener]] is required");
-        }
-        let mut listeners = Vec::new();
-        for l in &raw.listener {
-            let Some(bind) = addr(&mut p, &l.bind, "bind") else {
-                continue;
-            };
-            let mut trusted = Vec::new();
-            for t in &l.trusted_proxies {
-                match t.get_ref().parse::<Cidr>() {
-                    Ok(c) => trusted.push(c),
-                    Err(e) => p.at(t.span(), e),
-                }
-            }
-            if l.proxy_protocol != ProxyIn::Off && l.trusted_proxies.is_empty() {
-                p.at(l.bind.span(), "proxy_protocol needs trusted_proxies (the load balancers allowed to send PROXY headers)");
-            }
-            if l.use_cn_as_username && l.proxy_protocol == ProxyIn::Off {
-                p.at(l.bind.span(), "use_cn_as_username needs proxy_protocol (the CN comes from the PROXY v2 SSL TLV)");
-            }
-            listeners.push(ListenerConfig {
-                name: l.name.clone().unwrap_or_else(|| bind.to_string()),
-                bind,
-                proxy_protocol: l.proxy_protocol,
-                trusted_proxies: trusted,
-                use_cn_as_username: l.use_cn_as_username,
-            });
-        }
-        let cluster = raw.cluster.as_ref().and_then(|c| {
-            let bind = addr(&mut p, &c.bind, "cluster bind")?;
-            let seeds = c
-                .seeds
-                .iter()
-                .filter_map(|s| addr(&mut p, s, "seed"))
-                .collect();
-            Some(ClusterConfig { bind, seeds })
-        });
-        let ra = raw.auth.unwrap_or(RawAuth {
-            allow_anonymous: None,
-            password_file: None,
-            acl_file: None,
-        });
-        let check_file = |p: &mut Problems<'_>, f: &Option<Spanned<String>>| {
-            f.as_ref().map(|f| {
-                let r = resolve_path(path, f.get_ref());
-                if !r.is_file() {
-                    p.at(
-                        f.span(),
-                        format!("{} does not exist or is not a file", r.display()),
-                    );
-                }
-                r
-            })
-        };
-        let auth = AuthConfig {
-            allow_anonymous: ra.allow_anonymous.unwrap_or(false),
-            password_file: check_file(&mut p, &ra.password_file),
-            acl_file: check_file(&mut p, &ra.acl_file),
-        };
-        let rl = raw.limits.unwrap_or(RawLimits {
-            max_offline_messages: None,
-            max_inflight: None,
-            max_packet_size: None,
-            max_connections: None,
-            max_keepalive: None,
-        });
-        let max_inflight = match &rl.max_inflight {
-            Some(m) if *m.get_ref() == 0 => {
-                p.at(m.span(), "max_inflight must be at least 1");
-                32
-            }
-            Some(m) => *m.get_ref(),
-            None => 32,
-        };
-        let max_packet_size = match &rl.max_packet_size {
-            Some(m) if m.get_ref().0 < 64 || m.get_ref().0 > 268_435_455 => {
-                p.at(m.span(), "max_packet_size must be between 64B and 256MiB");
-                1 << 20
-            }
-            Some(m) => m.get_ref().0 as usize,
-            None => 1 << 20,
-        };
-        let max_keepalive = match &rl.max_keepalive {
-            Some(m) => u16::try_from(*m.get_ref()).unwrap_or_else(|_| {
-                p.at(
-                    m.span(),
-                    "max_keepalive must be between 0 and 65535 seconds (0 = no cap)",
-                );
-                0
-            }),
-            None => 0,
-        };
-        let limits = LimitsConfig {
-            max_offline_messages: rl.max_offline_messages.unwrap_or(1000),
-            max_inflight,
-            max_packet_size,
-            max_connections: rl.max_connections.unwrap_or(200_000),
-            max_keepalive,
-        };
+        let listeners = listeners(&mut p, &raw.listener);
+        let cluster = raw.cluster.as_ref().and_then(|c| cluster(&mut p, c));
+        let mut auth = auth(&mut p, path, raw.auth);
+        let limits = limits(&mut p, raw.limits);
         p.finish()?;
+        auth.load_files()?;
         Ok(Config {
             path: path.to_path_buf(),
             name,
@@ -338,6 +242,158 @@ impl Config {
                 .and_then(|s| s.policy)
                 .unwrap_or_default(),
         })
+    }
+}
+
+fn node_name(p: &mut Problems<'_>, name: Option<&Spanned<String>>) -> String {
+    match name {
+        Some(n) if n.get_ref().is_empty() || n.get_ref().contains(['/', '+', '#', ' ']) => {
+            p.at(
+                n.span(),
+                "node name must be non-empty without '/', '+', '#' or spaces",
+            );
+            String::new()
+        }
+        Some(n) => n.get_ref().clone(),
+        None => "node1".into(),
+    }
+}
+
+fn listeners(p: &mut Problems<'_>, raw: &[RawListener]) -> Vec<ListenerConfig> {
+    if raw.is_empty() {
+        p.top("at least one [[listener]] is required");
+    }
+    let mut listeners = Vec::new();
+    for l in raw {
+        let Some(bind) = addr(p, &l.bind, "bind") else {
+            continue;
+        };
+        let mut trusted = Vec::new();
+        for t in &l.trusted_proxies {
+            match t.get_ref().parse::<Cidr>() {
+                Ok(c) => trusted.push(c),
+                Err(e) => p.at(t.span(), e),
+            }
+        }
+        if l.proxy_protocol != ProxyIn::Off && l.trusted_proxies.is_empty() {
+            p.at(l.bind.span(), "proxy_protocol needs trusted_proxies (the load balancers allowed to send PROXY headers)");
+        }
+        if l.use_cn_as_username && l.proxy_protocol == ProxyIn::Off {
+            p.at(
+                l.bind.span(),
+                "use_cn_as_username needs proxy_protocol (the CN comes from the PROXY v2 SSL TLV)",
+            );
+        }
+        listeners.push(ListenerConfig {
+            name: l.name.clone().unwrap_or_else(|| bind.to_string()),
+            bind,
+            proxy_protocol: l.proxy_protocol,
+            trusted_proxies: trusted,
+            use_cn_as_username: l.use_cn_as_username,
+        });
+    }
+    listeners
+}
+
+fn cluster(p: &mut Problems<'_>, c: &RawCluster) -> Option<ClusterConfig> {
+    let bind = addr(p, &c.bind, "cluster bind")?;
+    let seeds = c.seeds.iter().filter_map(|s| addr(p, s, "seed")).collect();
+    Some(ClusterConfig { bind, seeds })
+}
+
+/// Stage 1 of `[auth]`: the files must exist; they are loaded by [`AuthConfig::load_files`].
+fn auth(p: &mut Problems<'_>, path: &Path, raw: Option<RawAuth>) -> AuthConfig {
+    let ra = raw.unwrap_or(RawAuth {
+        allow_anonymous: None,
+        password_file: None,
+        acl_file: None,
+    });
+    let mut check_file = |f: &Option<Spanned<String>>| {
+        f.as_ref().map(|f| {
+            let r = resolve_path(path, f.get_ref());
+            if !r.is_file() {
+                p.at(
+                    f.span(),
+                    format!("{} does not exist or is not a file", r.display()),
+                );
+            }
+            r
+        })
+    };
+    AuthConfig {
+        allow_anonymous: ra.allow_anonymous.unwrap_or(false),
+        password_file: check_file(&ra.password_file),
+        acl_file: check_file(&ra.acl_file),
+        passwords: None,
+        acl: None,
+    }
+}
+
+impl AuthConfig {
+    /// Stage 2: parses the password and ACL files, each broken one reported as its own
+    /// `file:line: what` (or `file: what` when it cannot be read).
+    fn load_files(&mut self) -> Result<(), ConfigErrors> {
+        let mut errors = Vec::new();
+        if let Some(f) = &self.password_file {
+            match PasswordFile::load(f) {
+                Ok(pw) => self.passwords = Some(pw),
+                Err(e) => errors.push(e.into_located(f)),
+            }
+        }
+        if let Some(f) = &self.acl_file {
+            match Acl::load(f) {
+                Ok(acl) => self.acl = Some(acl),
+                Err(e) => errors.push(e.into_located(f)),
+            }
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigErrors(errors))
+        }
+    }
+}
+
+fn limits(p: &mut Problems<'_>, raw: Option<RawLimits>) -> LimitsConfig {
+    let rl = raw.unwrap_or(RawLimits {
+        max_offline_messages: None,
+        max_inflight: None,
+        max_packet_size: None,
+        max_connections: None,
+        max_keepalive: None,
+    });
+    let max_inflight = match &rl.max_inflight {
+        Some(m) if *m.get_ref() == 0 => {
+            p.at(m.span(), "max_inflight must be at least 1");
+            32
+        }
+        Some(m) => *m.get_ref(),
+        None => 32,
+    };
+    let max_packet_size = match &rl.max_packet_size {
+        Some(m) if m.get_ref().0 < 64 || m.get_ref().0 > 268_435_455 => {
+            p.at(m.span(), "max_packet_size must be between 64B and 256MiB");
+            1 << 20
+        }
+        Some(m) => m.get_ref().0 as usize,
+        None => 1 << 20,
+    };
+    let max_keepalive = match &rl.max_keepalive {
+        Some(m) => u16::try_from(*m.get_ref()).unwrap_or_else(|_| {
+            p.at(
+                m.span(),
+                "max_keepalive must be between 0 and 65535 seconds (0 = no cap)",
+            );
+            0
+        }),
+        None => 0,
+    };
+    LimitsConfig {
+        max_offline_messages: rl.max_offline_messages.unwrap_or(1000),
+        max_inflight,
+        max_packet_size,
+        max_connections: rl.max_connections.unwrap_or(200_000),
+        max_keepalive,
     }
 }
 
@@ -397,5 +453,27 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("b.toml:4: unknown variant `sticky`"), "{e}");
+    }
+
+    #[test]
+    fn stage_two_reports_every_broken_auth_file() {
+        let dir = std::env::temp_dir().join(format!("mqedge-config-auth-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("passwd"), "# users\nno-colon\n").unwrap();
+        std::fs::write(dir.join("acl"), "topic read a/#\nbogus line\n").unwrap();
+        let cfg = dir.join("b.toml");
+        let src = "[[listener]]\nbind = \"127.0.0.1:1883\"\n[auth]\npassword_file = \"passwd\"\nacl_file = \"acl\"\n";
+        let e = Config::parse(&cfg, src).unwrap_err();
+        let _ = std::fs::remove_dir_all(&dir);
+        let lines: Vec<String> = e.0.iter().map(ToString::to_string).collect();
+        assert_eq!(lines.len(), 2, "{e}");
+        assert!(
+            lines[0].starts_with(&format!("{}:2: ", dir.join("passwd").display())),
+            "{e}"
+        );
+        assert!(
+            lines[1].starts_with(&format!("{}:2: ", dir.join("acl").display())),
+            "{e}"
+        );
     }
 }

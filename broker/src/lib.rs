@@ -4,10 +4,9 @@
 //! through the topic trie ([`router`], [`topic`]), retained messages ([`retained`], streamed to
 //! a new subscription through [`connection::feed`]), topic aliases ([`connection::aliases`]),
 //! durable state ([`store`]), and the lingering close after a reason ([`connection::linger`]).
-//! [`protocol`] is the pure codec; [`admin`], [`metrics`], [`sys`] observe.
+//! [`protocol`] is the pure codec; [`observe`] ([`admin`], [`metrics`], [`sys`]) observes.
 #![forbid(unsafe_code)]
 
-pub mod admin;
 pub mod auth;
 pub mod broker;
 pub mod cluster;
@@ -17,13 +16,12 @@ pub mod error;
 pub mod limits;
 pub mod listener;
 pub mod message;
-pub mod metrics;
+pub mod observe;
 pub mod protocol;
 pub mod retained;
 pub mod router;
 pub mod session;
 pub mod store;
-pub mod sys;
 pub mod topic;
 
 use std::future::Future;
@@ -37,6 +35,7 @@ pub use crate::broker::{Broker, BrokerError};
 use crate::config::Config;
 /// The retained feed moved under [`connection`]; this keeps `crate::feed` for the publish path.
 pub(crate) use crate::connection::feed;
+pub use crate::observe::{admin, metrics, sys};
 
 /// Listeners bound before the broker runs.
 pub struct Bound {

@@ -5,15 +5,16 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::BytesMut;
-use mqedge_shared::proxy::{self, ProxyError, ProxyInfo};
-use tokio::io::AsyncReadExt;
+use bytes::{Bytes, BytesMut};
+use mqedge_shared::proxy::{self, ProxyError, ProxyInfo, ReadError};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 
 use crate::broker::Broker;
 use crate::config::{ListenerConfig, ProxyIn};
 use crate::connection::{self, ClientInfo};
+use crate::error::CloseReason;
+use crate::limits::Limits;
 
 /// Time allowed for the PROXY header.
 const PROXY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -33,8 +34,10 @@ pub async fn accept_loop(
         };
         match accepted {
             Ok((tcp, peer)) => {
-                if b.metrics.connected.get() as u64 >= b.cfg.limits.max_connections {
-                    b.metrics.reject("over_limit");
+                if !Limits::from_config(&b.cfg.limits)
+                    .admits_connection(b.metrics.connected.get() as u64)
+                {
+                    CloseReason::OverLimit.count(&b.metrics);
                     drop(tcp);
                     continue;
                 }
@@ -56,12 +59,7 @@ pub async fn accept_loop(
                     }
                 });
             }
-            Err(e) => {
-                if matches!(e.raw_os_error(), Some(23) | Some(24) | Some(105) | Some(12)) {
-                    tracing::warn!(error = %e, "accept failed: out of resources, backing off 100ms");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            }
+            Err(e) => mqedge_shared::net::accept_failed(&lc.name, &e).await,
         }
     }
 }
@@ -84,8 +82,9 @@ async fn establish(
         match tokio::time::timeout(PROXY_TIMEOUT, Box::pin(read_proxy(&mut tcp, &mut buf))).await {
             Ok(Ok(Some(h))) => {
                 if !trusted {
-                    b.metrics.reject("untrusted_proxy");
-                    tracing::warn!(peer = %peer, listener = %lc.name, "refused: PROXY header from an address outside trusted_proxies");
+                    let why = CloseReason::UntrustedProxy;
+                    why.count(&b.metrics);
+                    tracing::warn!(peer = %peer, listener = %lc.name, "{why}");
                     return None;
                 }
                 if let Some(src) = h.src {
@@ -101,18 +100,21 @@ async fn establish(
             }
             Ok(Ok(None)) if lc.proxy_protocol == ProxyIn::Optional => {}
             Ok(Ok(None)) => {
-                b.metrics.reject("proxy_required");
-                tracing::warn!(peer = %peer, listener = %lc.name, "refused: no PROXY header on a listener that requires one");
+                let why = CloseReason::ProxyRequired;
+                why.count(&b.metrics);
+                tracing::warn!(peer = %peer, listener = %lc.name, "{why}");
                 return None;
             }
             Ok(Err(e)) => {
-                b.metrics.reject("proxy_header");
-                tracing::warn!(peer = %peer, listener = %lc.name, error = %e, "refused: bad PROXY header");
+                let why = CloseReason::BadProxyHeader;
+                why.count(&b.metrics);
+                tracing::warn!(peer = %peer, listener = %lc.name, error = %e, "{why}");
                 return None;
             }
             Err(_) => {
-                b.metrics.reject("proxy_timeout");
-                tracing::info!(peer = %peer, listener = %lc.name, "closed: no PROXY header in time");
+                let why = CloseReason::ProxyTimeout;
+                why.count(&b.metrics);
+                tracing::info!(peer = %peer, listener = %lc.name, "{why}");
                 return None;
             }
         }
@@ -126,27 +128,10 @@ async fn read_proxy(
     tcp: &mut TcpStream,
     buf: &mut BytesMut,
 ) -> Result<Option<ProxyInfo>, ProxyError> {
-    loop {
-        match proxy::parse(buf) {
-            Ok(Some((info, len))) => {
-                let _ = buf.split_to(len);
-                return Ok(Some(info));
-            }
-            Ok(None) => {}
-            Err(ProxyError::Missing) => return Ok(None),
-            Err(e) => return Err(e),
-        }
-        if buf.len() > 4096 {
-            return Err(ProxyError::Invalid("header too long".into()));
-        }
-        buf.reserve(512);
-        match tcp.read_buf(buf).await {
-            Ok(0) | Err(_) => {
-                return Err(ProxyError::Invalid(
-                    "connection closed in the PROXY header".into(),
-                ))
-            }
-            Ok(_) => {}
-        }
-    }
+    let (info, rest) = proxy::read_header(tcp).await.map_err(|e| match e {
+        ReadError::Header(e) => e,
+        ReadError::Io(_) => ProxyError::Invalid("connection closed in the PROXY header".into()),
+    })?;
+    *buf = BytesMut::from(Bytes::from(rest));
+    Ok(info)
 }

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use axum::extract::{Path, State};
-use axum::http::{header, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -39,14 +39,7 @@ async fn healthz(State(lb): State<Arc<Lb>>) -> Response {
 }
 
 async fn metrics(State(lb): State<Arc<Lb>>) -> Response {
-    (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        lb.metrics.encode(),
-    )
-        .into_response()
+    mqedge_shared::admin::metrics_text(lb.metrics.encode())
 }
 
 async fn backends(State(lb): State<Arc<Lb>>) -> Json<Value> {
@@ -66,11 +59,7 @@ fn find(lb: &Lb, name: &str) -> Option<Arc<Backend>> {
 }
 
 fn not_found(name: &str) -> Response {
-    (
-        StatusCode::NOT_FOUND,
-        Json(json!({ "error": format!("no backend named {name:?}") })),
-    )
-        .into_response()
+    mqedge_shared::admin::not_found(format!("no backend named {name:?}"))
 }
 
 async fn drain(State(lb): State<Arc<Lb>>, Path(name): Path<String>) -> Response {
@@ -119,13 +108,5 @@ pub async fn serve(
     listener: TcpListener,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
-    if let Ok(a) = listener.local_addr() {
-        tracing::info!(addr = %a, "admin listening");
-    }
-    if let Err(e) = axum::serve(listener, router(lb))
-        .with_graceful_shutdown(stop)
-        .await
-    {
-        tracing::error!(error = %e, "admin server failed");
-    }
+    mqedge_shared::admin::serve(listener, router(lb), stop).await
 }

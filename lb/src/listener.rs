@@ -5,7 +5,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use mqedge_shared::io::Rewind;
 use prometheus_client::metrics::counter::Counter;
@@ -159,16 +158,7 @@ pub async fn accept_loop(
                 };
                 tokio::spawn(fut);
             }
-            Err(e) => {
-                // EMFILE/ENFILE/ENOBUFS: back off instead of spinning; other errors are per-connection.
-                let raw = e.raw_os_error();
-                if matches!(raw, Some(23) | Some(24) | Some(105) | Some(12)) {
-                    tracing::warn!(listener = %rt.cfg.name, error = %e, "accept failed: out of resources, backing off 100ms");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                } else {
-                    tracing::debug!(listener = %rt.cfg.name, error = %e, "accept failed");
-                }
-            }
+            Err(e) => mqedge_shared::net::accept_failed(&rt.cfg.name, &e).await,
         }
     }
     tracing::debug!(listener = %rt.cfg.name, "accept loop stopped");
@@ -286,31 +276,12 @@ async fn peek_phase<S: AsyncRead + Unpin>(s: &mut S, limit: usize) -> Result<Pee
 async fn read_proxy_header(
     tcp: &TcpStream,
 ) -> Result<(mqedge_shared::proxy::ProxyInfo, Vec<u8>), Reject> {
-    let mut buf = Vec::with_capacity(256);
-    loop {
-        match mqedge_shared::proxy::parse(&buf) {
-            Ok(Some((info, len))) => return Ok((info, buf.split_off(len))),
-            Ok(None) => {}
-            Err(e) => return Err(Reject::ProxyHeader(e)),
-        }
-        if buf.len() > 64 * 1024 {
-            return Err(Reject::ProxyHeader(
-                mqedge_shared::proxy::ProxyError::Invalid("header too long".into()),
-            ));
-        }
-        tcp.readable().await.map_err(Reject::ClientIo)?;
-        let mut chunk = [0u8; 512];
-        match tcp.try_read(&mut chunk) {
-            Ok(0) => {
-                return Err(Reject::ClientIo(std::io::Error::new(
-                    std::io::ErrorKind::UnexpectedEof,
-                    "eof in PROXY header",
-                )))
-            }
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-            Err(e) => return Err(Reject::ClientIo(e)),
-        }
+    use mqedge_shared::proxy::{read_header, ProxyError, ReadError};
+    match read_header(tcp).await {
+        Ok((Some(info), rest)) => Ok((info, rest)),
+        Ok((None, _)) => Err(Reject::ProxyHeader(ProxyError::Missing)),
+        Err(ReadError::Header(e)) => Err(Reject::ProxyHeader(e)),
+        Err(ReadError::Io(e)) => Err(Reject::ClientIo(e)),
     }
 }
 

@@ -1,12 +1,15 @@
 //! Pieces both mqedge roles need and that must behave identically in each: config primitives
 //! (durations, sizes, addresses with `file:line` errors), TLS/PEM loading and client-certificate
 //! facts, the PROXY protocol (v2 out with HAProxy-compatible SSL TLVs, v1/v2 in), the MQTT
-//! CONNECT peek, and dev certificate generation.
+//! CONNECT peek, the accept loop's error handling, the admin HTTP skeleton, and dev certificate
+//! generation.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod certs;
 pub mod config;
 pub mod io;
+pub mod net;
 pub mod peek;
 pub mod proxy;
 pub mod tls;

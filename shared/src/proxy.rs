@@ -2,11 +2,14 @@
 //! `send-proxy-v2-ssl-cn`, plus mqedge's certificate-fingerprint TLV) and v1/v2 headers accepted
 //! from an upstream L4 load balancer or from the LB. Framing and address handling come from the
 //! `ppp` crate; the SSL TLV's nested layout (which `ppp` leaves opaque) is encoded and decoded here.
-//! Everything in this module is pure: bytes in, values out.
+//! Everything in this module is pure (bytes in, values out) except [`read_header`], the one
+//! reader of an incoming header that both roles use, with the one cap on its size.
 
+use std::io;
 use std::net::{IpAddr, SocketAddr};
 
 use ppp::v2;
+use tokio::net::TcpStream;
 
 /// `PP2_TYPE_ALPN`.
 pub const PP2_TYPE_ALPN: u8 = 0x01;
@@ -287,6 +290,57 @@ pub fn parse(buf: &[u8]) -> Result<Option<(ProxyInfo, usize)>, ProxyError> {
     Err(ProxyError::Missing)
 }
 
+/// The most bytes [`read_header`] buffers while a header is still incomplete. v1 headers end
+/// within 107 bytes (the parser refuses longer ones); this bounds a v2 header's TLVs, with room
+/// for whatever an upstream balancer attaches (the LB's cap; the broker's was 4 KiB, and the
+/// mqedge LB's headers to it stay far below either).
+pub const MAX_HEADER_LEN: usize = 64 * 1024;
+
+/// Why no PROXY header could be read from a connection: a bad header, or the connection itself.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// The bytes are not a valid header, or more than [`MAX_HEADER_LEN`] of it.
+    #[error("{0}")]
+    Header(ProxyError),
+    /// The connection failed or closed (`UnexpectedEof`) in the middle of the header.
+    #[error("{0}")]
+    Io(io::Error),
+}
+
+/// Reads a PROXY v1/v2 header from the start of `tcp`, in the connection's own task (the caller
+/// bounds it with its timeout). Returns the header, or `None` when the stream does not start
+/// with one, and every byte read past it: the client's first bytes, to be replayed in front of
+/// the stream.
+pub async fn read_header(tcp: &TcpStream) -> Result<(Option<ProxyInfo>, Vec<u8>), ReadError> {
+    let mut buf = Vec::with_capacity(256);
+    loop {
+        match parse(&buf) {
+            Ok(Some((info, len))) => return Ok((Some(info), buf.split_off(len))),
+            Ok(None) => {}
+            Err(ProxyError::Missing) => return Ok((None, buf)),
+            Err(e) => return Err(ReadError::Header(e)),
+        }
+        if buf.len() > MAX_HEADER_LEN {
+            return Err(ReadError::Header(ProxyError::Invalid(
+                "header too long".into(),
+            )));
+        }
+        tcp.readable().await.map_err(ReadError::Io)?;
+        let mut chunk = [0u8; 512];
+        match tcp.try_read(&mut chunk) {
+            Ok(0) => {
+                return Err(ReadError::Io(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "eof in PROXY header",
+                )))
+            }
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(ReadError::Io(e)),
+        }
+    }
+}
+
 fn from_v2(h: &v2::Header<'_>) -> Result<ProxyInfo, ProxyError> {
     let mut info = ProxyInfo::default();
     if h.command == v2::Command::Proxy {
@@ -466,5 +520,65 @@ mod tests {
         assert!(matches!(parse(&bad), Err(ProxyError::Invalid(_))));
         assert!(parse_ssl_value(&[1, 0, 0]).is_err());
         assert!(parse_ssl_value(&[1, 0, 0, 0, 0, 0x22, 0, 9, b'x']).is_err());
+    }
+
+    /// A connected pair: what the client writes, `read_header` reads on the server side.
+    async fn pair() -> (TcpStream, TcpStream) {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let (server, _) = l.accept().await.unwrap();
+        (client, server)
+    }
+
+    async fn read_after(
+        bytes: Vec<u8>,
+        close: bool,
+    ) -> Result<(Option<ProxyInfo>, Vec<u8>), ReadError> {
+        use tokio::io::AsyncWriteExt;
+        let (mut client, server) = pair().await;
+        let writer = tokio::spawn(async move {
+            // The far side may refuse early (too long) and close: later writes may fail.
+            let _ = client.write_all(&bytes).await;
+            if close {
+                let _ = client.shutdown().await;
+            }
+            client
+        });
+        let read = tokio::time::timeout(std::time::Duration::from_secs(5), read_header(&server))
+            .await
+            .expect("read_header timed out");
+        drop(writer.await.unwrap());
+        read
+    }
+
+    #[tokio::test]
+    async fn read_header_returns_the_header_and_what_follows() {
+        let mut bytes = encode_v2(&sample());
+        bytes.extend_from_slice(b"\x10MQTT");
+        let (info, rest) = read_after(bytes, false).await.unwrap();
+        assert_eq!(info, Some(sample()));
+        assert_eq!(rest, b"\x10MQTT");
+
+        let (info, rest) = read_after(b"\x10\x0c\x00\x04MQTT".to_vec(), false)
+            .await
+            .unwrap();
+        assert_eq!(info, None, "no header: the bytes are the client's");
+        assert_eq!(rest, b"\x10\x0c\x00\x04MQTT");
+    }
+
+    #[tokio::test]
+    async fn read_header_caps_the_size_and_reports_a_closed_connection() {
+        let mut huge = V2_SIGNATURE.to_vec();
+        huge.extend_from_slice(&[0x21, 0x11, 0xFF, 0xFF]);
+        // Declares 65535 bytes of TLVs but the cap is reached first.
+        huge.resize(MAX_HEADER_LEN + 8, 0);
+        match read_after(huge, false).await {
+            Err(ReadError::Header(ProxyError::Invalid(m))) => assert_eq!(m, "header too long"),
+            other => panic!("{other:?}"),
+        }
+        match read_after(b"PROXY TCP4 1.2.3.4".to_vec(), true).await {
+            Err(ReadError::Io(e)) => assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof),
+            other => panic!("{other:?}"),
+        }
     }
 }

@@ -438,7 +438,7 @@ impl Cluster {
         loop {
             let (s, peer) = tokio::select! {
                 _ = stop.changed() => break,
-                a = l.accept() => match a { Ok(a) => a, Err(_) => { tokio::time::sleep(Duration::from_millis(50)).await; continue } },
+                a = l.accept() => match a { Ok(a) => a, Err(e) => { mqedge_shared::net::accept_failed("cluster", &e).await; continue } },
             };
             let me = self.clone();
             tokio::spawn(async move {

@@ -4,10 +4,10 @@
 use std::sync::Arc;
 
 use axum::extract::{Path, State};
-use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use mqedge_shared::admin;
 use serde_json::json;
 use tokio::net::TcpListener;
 
@@ -31,23 +31,12 @@ async fn metrics(State(b): State<Arc<Broker>>) -> Response {
         b.metrics.cluster_peers_down.set((peers.len() - up) as i64);
         b.metrics.cluster_routes.set(c.remote_routes() as i64);
     }
-    (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        b.metrics.encode(),
-    )
-        .into_response()
+    admin::metrics_text(b.metrics.encode())
 }
 
 async fn client(State(b): State<Arc<Broker>>, Path(id): Path<String>) -> Response {
     let Some(s) = b.session(&id) else {
-        return (
-            StatusCode::NOT_FOUND,
-            Json(json!({ "error": format!("no client {id:?}") })),
-        )
-            .into_response();
+        return admin::not_found(format!("no client {id:?}"));
     };
     let st = s.lock();
     Json(json!({
@@ -95,10 +84,5 @@ pub async fn serve(
     l: TcpListener,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
-    if let Ok(a) = l.local_addr() {
-        tracing::info!(addr = %a, "admin listening");
-    }
-    if let Err(e) = axum::serve(l, router(b)).with_graceful_shutdown(stop).await {
-        tracing::error!(error = %e, "admin server failed");
-    }
+    admin::serve(l, router(b), stop).await
 }

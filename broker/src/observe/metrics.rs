@@ -92,107 +92,117 @@ impl Metrics {
             cluster_received: Counter::default(),
             cluster_handovers: Counter::default(),
         };
+        m.register_clients(&mut r);
+        m.register_cluster(&mut r);
+        Metrics { registry: r, ..m }
+    }
+
+    /// The node's own series, in `/metrics` order: connections, messages, bytes, state, store.
+    fn register_clients(&self, r: &mut Registry) {
         r.register(
             "connections",
             "Client connections accepted",
-            m.connections.clone(),
+            self.connections.clone(),
         );
         r.register(
             "connections_rejected",
             "Connections refused or closed for a fault",
-            m.rejected.clone(),
+            self.rejected.clone(),
         );
         r.register(
             "clients_connected",
             "Clients connected now",
-            m.connected.clone(),
+            self.connected.clone(),
         );
         r.register(
             "sessions",
             "Sessions held (connected or persistent)",
-            m.sessions.clone(),
+            self.sessions.clone(),
         );
         r.register(
             "messages_received",
             "PUBLISH packets received",
-            m.messages_received.clone(),
+            self.messages_received.clone(),
         );
         r.register(
             "messages_sent",
             "PUBLISH packets sent",
-            m.messages_sent.clone(),
+            self.messages_sent.clone(),
         );
         r.register(
             "messages_dropped",
             "Messages dropped, by reason",
-            m.messages_dropped.clone(),
+            self.messages_dropped.clone(),
         );
         r.register(
             "bytes_received",
             "Bytes read from clients",
-            m.bytes_received.clone(),
+            self.bytes_received.clone(),
         );
         r.register(
             "bytes_sent",
             "Bytes written to clients",
-            m.bytes_sent.clone(),
+            self.bytes_sent.clone(),
         );
         r.register(
             "subscriptions",
             "Subscriptions held",
-            m.subscriptions.clone(),
+            self.subscriptions.clone(),
         );
         r.register(
             "retained_messages",
             "Retained messages held",
-            m.retained.clone(),
+            self.retained.clone(),
         );
         r.register(
             "session_takeovers",
             "Sessions taken over by a new connection",
-            m.takeovers.clone(),
+            self.takeovers.clone(),
         );
         r.register(
             "store_commits",
             "Store transactions committed",
-            m.store_commits.clone(),
+            self.store_commits.clone(),
         );
+    }
+
+    /// The cluster's series, after the node's own.
+    fn register_cluster(&self, r: &mut Registry) {
         r.register(
             "cluster_peers_up",
             "Cluster peers up",
-            m.cluster_peers_up.clone(),
+            self.cluster_peers_up.clone(),
         );
         r.register(
             "cluster_peers_down",
             "Cluster peers known but down",
-            m.cluster_peers_down.clone(),
+            self.cluster_peers_down.clone(),
         );
         r.register(
             "cluster_routes",
             "Remote routes (filter, node) known",
-            m.cluster_routes.clone(),
+            self.cluster_routes.clone(),
         );
         r.register(
             "cluster_forwarded_messages",
             "Messages forwarded to other nodes",
-            m.cluster_forwarded.clone(),
+            self.cluster_forwarded.clone(),
         );
         r.register(
             "cluster_forwarded_bytes",
             "Encoded message bytes forwarded to other nodes",
-            m.cluster_forwarded_bytes.clone(),
+            self.cluster_forwarded_bytes.clone(),
         );
         r.register(
             "cluster_received_messages",
             "Messages received from other nodes",
-            m.cluster_received.clone(),
+            self.cluster_received.clone(),
         );
         r.register(
             "cluster_session_handovers",
             "Sessions handed over to another node",
-            m.cluster_handovers.clone(),
+            self.cluster_handovers.clone(),
         );
-        Metrics { registry: r, ..m }
     }
 
     /// Counts a refused or faulted connection.

@@ -1,64 +1,18 @@
-//! Who may connect and what they may touch: the `[auth]` password file (`user:hash` lines with
-//! argon2 PHC hashes, written by `mqedge passwd`) and the mosquitto-format ACL file.
-//!
-//! Both are parsed up front into plain values, so a bad line is a `file:line: what` config error
-//! at load or reload time, never a surprise on a client's CONNECT. Checks are pure functions of
-//! those values and never panic on anything a client sends. The password file is here; the ACL
-//! is in [`acl`], and the filter relations it needs on SUBSCRIBE in `filters`.
+//! The password file: `user:hash` lines with argon2id PHC hashes, parsed into a
+//! [`PasswordFile`] that verifies CONNECT passwords in constant-ish time, and written by
+//! [`set_user`] (`mqedge passwd`) atomically. Imports only `error`.
 
 use std::collections::HashMap;
 use std::fmt;
 use std::fs;
 use std::io::{self, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use argon2::password_hash::rand_core::{OsRng, RngCore};
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::{Algorithm, Argon2, Params, Version};
-use mqedge_shared::config::Located;
 
-pub mod acl;
-mod filters;
-
-pub use acl::{Access, Acl};
-
-/// Errors, each pinned to the file and line like every mqedge config error.
-#[derive(Debug, thiserror::Error)]
-pub enum AuthError {
-    /// A malformed line (or argument), as `file:line: what`.
-    #[error("{0}")]
-    Config(Located),
-    /// The file could not be read or written.
-    #[error("{path}: {source}")]
-    Io {
-        /// The file as the operator named it.
-        path: PathBuf,
-        /// What the OS said.
-        source: std::io::Error,
-    },
-    /// The argon2 hasher or the OS random source failed.
-    #[error("password hashing failed: {0}")]
-    Hash(String),
-}
-
-fn located(file: &str, line: Option<usize>, message: impl Into<String>) -> AuthError {
-    AuthError::Config(Located {
-        file: file.to_string(),
-        line,
-        message: message.into(),
-    })
-}
-
-fn read_file(path: &Path) -> Result<String, AuthError> {
-    fs::read_to_string(path).map_err(|source| AuthError::Io {
-        path: path.to_path_buf(),
-        source,
-    })
-}
-
-// ---------------------------------------------------------------------------------------------
-// Passwords
-// ---------------------------------------------------------------------------------------------
+use super::error::{located, read_file, AuthError};
 
 /// argon2id cost used for new hashes: 19 MiB, 2 passes, 1 lane. This is OWASP's minimum
 /// recommendation and argon2 0.5's default, pinned here so a crate upgrade cannot silently
@@ -362,9 +316,13 @@ fn write_replacing(path: &Path, exists: bool, data: &[u8]) -> Result<(), AuthErr
     }
     result
 }
+
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
+    use std::path::PathBuf;
+
     use super::*;
+    use crate::auth::Acl;
     use std::time::{Duration, Instant};
 
     /// A directory under the system temp dir, removed on drop.
@@ -386,7 +344,7 @@ mod tests {
         }
     }
 
-    pub(super) fn config_line(err: AuthError) -> Option<usize> {
+    pub(in crate::auth) fn config_line(err: AuthError) -> Option<usize> {
         match err {
             AuthError::Config(l) => l.line,
             other => panic!("expected a Config error, got {other}"),

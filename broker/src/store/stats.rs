@@ -1,0 +1,36 @@
+//! How well group commit works: commits and ops counted by the writer thread, read by the
+//! metrics endpoint. Imports nothing of the store.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Counters for metrics: how well group commit works is `ops / commits`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StoreStats {
+    /// Write transactions committed (each one fsync).
+    pub commits: u64,
+    /// Ops written by those commits.
+    pub ops: u64,
+}
+
+/// The live counters behind [`StoreStats`], shared by the writer thread and every handle.
+#[derive(Default)]
+pub(super) struct Counters {
+    commits: AtomicU64,
+    ops: AtomicU64,
+}
+
+impl Counters {
+    /// One durable commit of `ops` ops.
+    pub(super) fn committed(&self, ops: usize) {
+        self.commits.fetch_add(1, Ordering::Relaxed);
+        self.ops.fetch_add(ops as u64, Ordering::Relaxed);
+    }
+
+    /// The counts so far.
+    pub(super) fn snapshot(&self) -> StoreStats {
+        StoreStats {
+            commits: self.commits.load(Ordering::Relaxed),
+            ops: self.ops.load(Ordering::Relaxed),
+        }
+    }
+}
