@@ -20,8 +20,7 @@ pub mod listener;
 pub mod message;
 pub mod metrics;
 pub mod protocol;
-pub mod retained;
-pub mod router;
+pub mod routing;
 pub mod session;
 pub mod store;
 pub mod sys;
@@ -35,6 +34,10 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
 pub use crate::broker::{Broker, BrokerError};
+/// The retained-message trie, by its old path.
+pub use crate::routing::retained;
+/// The subscription trie, by its old path.
+pub use crate::routing::trie as router;
 use crate::config::Config;
 
 /// Listeners bound before the broker runs.
