@@ -18,7 +18,7 @@ use tokio::time::Instant;
 
 use crate::alias::{Alias, OutAliases};
 use crate::auth::Access;
-use crate::broker::{sub_options, Broker};
+use crate::broker::Broker;
 use crate::feed::{delivery_qos, Feed};
 use crate::linger;
 use crate::message::{unix_now, Message};
@@ -28,7 +28,7 @@ use crate::protocol::{
     UnsubAck, Unsubscribe, Version, Will,
 };
 use crate::router::SubOptions;
-use crate::session::{encode_outgoing, message_key, Await, Outgoing, Session, Sub};
+use crate::session::{encode_outgoing, message_key, sub_options, Await, Outgoing, Session, Sub};
 use crate::store::{Op, Table};
 use crate::topic::{parse_shared, valid_topic_filter, valid_topic_name};
 
@@ -120,7 +120,7 @@ pub async fn establish(
 ) -> Option<Live> {
     let _ = tcp.set_nodelay(true);
     let (mut r, mut w) = tcp.into_split();
-    let max = b.cfg.limits.max_packet_size;
+    let max = b.cfg().limits.max_packet_size;
     // CONNECT
     // boxed: the CONNECT phase's state is freed once it is over (an idle connection keeps
     // only what the main loop needs)
@@ -155,23 +155,23 @@ pub async fn establish(
                 Version::V311,
             );
             let _ = write_all(&mut w, &mut out).await;
-            b.metrics.reject("unsupported_version");
+            b.metrics().reject("unsupported_version");
             tracing::info!(peer = %info.addr, level = l, "refused: unsupported protocol version");
             linger::close(r, w).await;
             return None;
         }
         Ok(Err(e)) => {
-            b.metrics.reject("bad_connect");
+            b.metrics().reject("bad_connect");
             tracing::info!(peer = %info.addr, error = %e, "closed: bad first packet");
             return None;
         }
         Ok(Ok(_)) => {
-            b.metrics.reject("bad_connect");
+            b.metrics().reject("bad_connect");
             tracing::info!(peer = %info.addr, "closed: first packet is not CONNECT");
             return None;
         }
         Err(_) => {
-            b.metrics.reject("connect_timeout");
+            b.metrics().reject("connect_timeout");
             tracing::info!(peer = %info.addr, "closed: no CONNECT within {CONNECT_TIMEOUT:?}");
             return None;
         }
@@ -187,7 +187,7 @@ pub async fn establish(
                 v,
             );
             let _ = write_all(&mut w, &mut out).await;
-            b.metrics.reject(why);
+            b.metrics().reject(why);
             tracing::info!(peer = %info.addr, client_id = %connect.client_id, code, "refused: {why}");
             linger::close(r, w).await;
             return None;
@@ -210,8 +210,8 @@ pub async fn establish(
         import,
     );
     let kicked = att.kicked;
-    b.metrics.connections.inc();
-    b.metrics.connected.inc();
+    b.metrics().connections.inc();
+    b.metrics().connected.inc();
     // LB health checks connect every few seconds: keep them out of the INFO log
     let quiet = client_id.starts_with("mqedge-hc-");
     if quiet {
@@ -228,10 +228,10 @@ pub async fn establish(
             "client connected"
         );
     }
-    let keep_alive = effective_keep_alive(connect.keep_alive, b.cfg.limits.max_keepalive);
+    let keep_alive = effective_keep_alive(connect.keep_alive, b.cfg().limits.max_keepalive);
     let mut props = ConnAckProperties::default();
     if v.is_v5() {
-        props.receive_maximum = Some(b.cfg.limits.max_inflight);
+        props.receive_maximum = Some(b.cfg().limits.max_inflight);
         props.maximum_packet_size = Some(max as u32);
         props.topic_alias_maximum = Some(TOPIC_ALIAS_MAX);
         // MQTT 5 §3.2.2.3.14: the client must use the server's value from now on
@@ -303,7 +303,7 @@ pub struct Live {
 impl Live {
     /// Handles every complete packet already buffered; each one restarts the keep-alive timer.
     async fn handle_buffered(&mut self, deadline: &mut Option<Instant>) -> Result<(), End> {
-        let max = self.c.b.cfg.limits.max_packet_size;
+        let max = self.c.b.cfg().limits.max_packet_size;
         loop {
             // (statements, not `while let`: no decode temporaries kept across the await)
             let p = match decode(&mut self.rbuf, Some(self.c.v), max) {
@@ -356,7 +356,7 @@ impl Live {
                     rbuf.reserve(4096);
                     match r.try_read_buf(rbuf) {
                         Ok(0) => break End::Io,
-                        Ok(n) => { c.b.metrics.bytes_received.inc_by(n as u64); }
+                        Ok(n) => { c.b.metrics().bytes_received.inc_by(n as u64); }
                         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
                         Err(_) => break End::Io,
                     }
@@ -364,7 +364,7 @@ impl Live {
                 res = write_some(w, &mut c.out), if has_out => {
                     match res {
                         Ok(n) => {
-                            c.b.metrics.bytes_sent.inc_by(n as u64);
+                            c.b.metrics().bytes_sent.inc_by(n as u64);
                             if c.out.is_empty() { c.out = BytesMut::new(); }
                         }
                         Err(_) => break End::Io,
@@ -419,9 +419,9 @@ impl Live {
         };
         let b = &c.b;
         let client_id = &c.s.client_id;
-        b.metrics.connected.dec();
+        b.metrics().connected.dec();
         if let End::Violation(_, why) = &end {
-            b.metrics.reject("protocol_error");
+            b.metrics().reject("protocol_error");
             tracing::info!(conn = conn_id, client_id = %client_id, peer = %peer, "closed: {why}");
         } else if quiet {
             tracing::debug!(conn = conn_id, client_id = %client_id, reason = end.label(), "health check disconnected");
@@ -490,7 +490,7 @@ fn next_retained(
     if msg.expired(now) {
         return None;
     }
-    if let Some(acl) = &b.auth.acl {
+    if let Some(acl) = b.auth().acl() {
         if !acl.check(st.username.as_deref(), client_id, &msg.topic, Access::Read) {
             return None;
         }
@@ -503,7 +503,7 @@ fn next_retained(
         sub_ids: opts.ids().collect(),
         seq: 0,
     };
-    if qos != QoS::AtMostOnce && st.persistent() && b.store.is_some() {
+    if qos != QoS::AtMostOnce && st.persistent() && b.store().is_some() {
         o.seq = st.next_seq;
         st.next_seq += 1;
         ops.push(Op::Put {
@@ -569,13 +569,13 @@ async fn admit(
     let username = match &info.cn_username {
         Some(cn) => Some(cn.clone()),
         None => {
-            match (&c.username, &b.auth.passwords) {
-                (None, _) if !b.auth.allow_anonymous => {
+            match (&c.username, b.auth().passwords()) {
+                (None, _) if !b.auth().allow_anonymous() => {
                     return Err((reason::NOT_AUTHORIZED, "anonymous not allowed"))
                 }
                 // a username alone proves nothing: without a password file (or a certificate
                 // CN from a trusted proxy) such a client is as anonymous as one without
-                (Some(_), None) if !b.auth.allow_anonymous => {
+                (Some(_), None) if !b.auth().allow_anonymous() => {
                     return Err((
                         reason::BAD_USER_NAME_OR_PASSWORD,
                         "no password file to check the username against",
@@ -585,10 +585,7 @@ async fn admit(
                     let (b2, u2) = (b.clone(), u.clone());
                     let pw = c.password.clone().unwrap_or_default();
                     let ok = tokio::task::spawn_blocking(move || {
-                        b2.auth
-                            .passwords
-                            .as_ref()
-                            .is_some_and(|p| p.verify(&u2, &pw))
+                        b2.auth().passwords().is_some_and(|p| p.verify(&u2, &pw))
                     })
                     .await
                     .unwrap_or(false);
@@ -722,7 +719,13 @@ impl Conn {
         if self.out.len() >= OUT_HIGH {
             return;
         }
-        let window = usize::from(self.b.cfg.limits.max_inflight.min(self.client_receive_max));
+        let window = usize::from(
+            self.b
+                .cfg()
+                .limits
+                .max_inflight
+                .min(self.client_receive_max),
+        );
         let now = unix_now();
         let mut st = self.s.lock();
         let mut acked = Vec::new();
@@ -761,7 +764,7 @@ impl Conn {
                 o
             };
             if o.msg.expired(now) {
-                self.b.metrics.dropped("expired");
+                self.b.metrics().dropped("expired");
                 acked.push(o.seq);
                 continue;
             }
@@ -772,7 +775,7 @@ impl Conn {
                 && encoded_len(&p, self.v) > self.client_max_packet
             {
                 // MQTT-3.1.2-25: discard what the client said it cannot take
-                self.b.metrics.dropped("too_large");
+                self.b.metrics().dropped("too_large");
                 acked.push(o.seq);
                 continue;
             }
@@ -780,7 +783,7 @@ impl Conn {
             if let (Some(aliases), Some(alias)) = (self.out_aliases.as_mut(), alias) {
                 aliases.sent(&o.msg.topic, alias);
             }
-            self.b.metrics.messages_sent.inc();
+            self.b.metrics().messages_sent.inc();
             if let Some(pid) = pid {
                 let state = if o.qos == QoS::AtLeastOnce {
                     Await::PubAck
@@ -794,10 +797,10 @@ impl Conn {
         }
         let backlog = st.queue.len();
         drop(st);
-        if backlog <= self.b.cfg.limits.max_offline_messages / 2 {
+        if backlog <= self.b.cfg().limits.max_offline_messages / 2 {
             self.s.space.notify_waiters();
         }
-        if let (Some(store), false) = (&self.b.store, ops.is_empty()) {
+        if let (Some(store), false) = (self.b.store(), ops.is_empty()) {
             store.write_nowait(ops);
         }
         for seq in acked {
@@ -914,7 +917,7 @@ impl Conn {
 
     fn on_publish(&mut self, mut p: Publish) -> Result<Option<Later<'_>>, End> {
         let v5 = self.v.is_v5();
-        self.b.metrics.messages_received.inc();
+        self.b.metrics().messages_received.inc();
         if let Some(a) = p.properties.topic_alias {
             if a > TOPIC_ALIAS_MAX {
                 return Err(End::Violation(
@@ -965,7 +968,7 @@ impl Conn {
                 });
                 return self.flush_acks().map(|()| None);
             }
-            if st.qos2_in.len() >= usize::from(self.b.cfg.limits.max_inflight) {
+            if st.qos2_in.len() >= usize::from(self.b.cfg().limits.max_inflight) {
                 return Err(End::Violation(
                     reason::RECEIVE_MAXIMUM_EXCEEDED,
                     "receive maximum exceeded".into(),
@@ -974,7 +977,7 @@ impl Conn {
             st.qos2_in.insert(pid);
         }
         let allowed = !p.topic.starts_with("$SYS")
-            && match &self.b.auth.acl {
+            && match self.b.auth().acl() {
                 Some(acl) => {
                     let user = self.s.lock().username.clone();
                     acl.check(user.as_deref(), &self.s.client_id, &p.topic, Access::Write)
@@ -1003,7 +1006,7 @@ impl Conn {
             let ops = published.ops;
             // acknowledge only what is durable and what every other node took (QoS 1/2); the
             // wait runs beside the connection, which goes on reading: acks leave in order
-            let store = self.b.store.clone().filter(|_| !ops.is_empty());
+            let store = self.b.store().cloned().filter(|_| !ops.is_empty());
             let acks = published.acks;
             if store.is_some() || !acks.is_empty() {
                 let wait = tokio::spawn(async move {
@@ -1015,7 +1018,7 @@ impl Conn {
                     }
                     for ack in acks {
                         match tokio::time::timeout(crate::cluster::FORWARD_ACK_TIMEOUT, ack).await {
-                            Ok(Ok(_)) => {}
+                            Ok(true) => {}
                             _ => return false,
                         }
                     }
@@ -1030,7 +1033,7 @@ impl Conn {
             }
             0
         } else {
-            self.b.metrics.dropped("not_authorized");
+            self.b.metrics().dropped("not_authorized");
             tracing::debug!(client_id = %self.s.client_id, topic = %p.topic, "publish denied by ACL");
             // v5 says so; v3.1.1 acknowledges and drops (MQTT-3.3.5-2)
             if v5 {
@@ -1072,7 +1075,7 @@ impl Conn {
         for g in gates {
             let deadline = tokio::time::Instant::now() + CONGESTION_WAIT;
             loop {
-                let space = g.space.notified();
+                let space = g.space().notified();
                 tokio::pin!(space);
                 space.as_mut().enable();
                 if !g.congested() {
@@ -1083,9 +1086,9 @@ impl Conn {
                 }
             }
         }
-        let limit = self.b.cfg.limits.max_offline_messages.max(1);
+        let limit = self.b.cfg().limits.max_offline_messages.max(1);
         for c in congested {
-            crate::broker::wait_for_space(&c, limit).await;
+            c.wait_for_space(limit).await;
         }
         if let Some(a) = ack {
             self.pending.push_back(a);
@@ -1160,7 +1163,7 @@ impl Conn {
                 continue;
             }
             let plain = shared.map(|(_, f)| f).unwrap_or(&f.filter);
-            if let Some(acl) = &self.b.auth.acl {
+            if let Some(acl) = self.b.auth().acl() {
                 if !acl.check(user.as_deref(), &self.s.client_id, plain, Access::Subscribe) {
                     codes.push(reason::NOT_AUTHORIZED);
                     continue;
@@ -1217,11 +1220,11 @@ impl Conn {
             return;
         }
         let feed = self.feed.get_or_insert_with(Default::default);
-        let cap = RETAINED_STREAM_MAX.max(self.b.retained.len());
+        let cap = RETAINED_STREAM_MAX.max(self.b.retained().len());
         let room = cap.saturating_sub(feed.len());
         if msgs.len() > room {
             let over = (msgs.len() - room) as u64;
-            self.b.metrics.dropped_many("retained_backlog", over);
+            self.b.metrics().dropped_many("retained_backlog", over);
             msgs.truncate(room);
         }
         let ahead = self.s.lock().queue.len();

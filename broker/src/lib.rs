@@ -34,11 +34,11 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
 pub use crate::broker::{Broker, BrokerError};
+use crate::config::Config;
 /// The retained-message trie, by its old path.
 pub use crate::routing::retained;
 /// The subscription trie, by its old path.
 pub use crate::routing::trie as router;
-use crate::config::Config;
 
 /// Listeners bound before the broker runs.
 pub struct Bound {
@@ -92,16 +92,17 @@ pub async fn run_with(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), BrokerError> {
     let (stop_tx, stop_rx) = watch::channel(false);
-    let cluster = match &b.cfg.cluster {
+    let cluster = match &b.cfg().cluster {
         Some(cc) => {
             let c = cluster::Cluster::new(
-                &b.cfg.name,
+                &b.cfg().name,
                 cc,
-                b.metrics.cluster_forwarded.clone(),
-                b.metrics.cluster_forwarded_bytes.clone(),
+                b.metrics().cluster_forwarded.clone(),
+                b.metrics().cluster_forwarded_bytes.clone(),
             );
             b.set_cluster(c.clone());
-            c.start(&b, cc, stop_rx.clone()).await?;
+            let local: Arc<dyn cluster::LocalNode> = b.clone();
+            c.start(&local, cc, stop_rx.clone()).await?;
             Some(c)
         }
         None => None,
@@ -115,9 +116,9 @@ pub async fn run_with(
     }
     tokio::spawn(sys::run(b.clone(), stop_rx.clone()));
     let mut loops = Vec::new();
-    for (lc, l) in b.cfg.listeners.iter().zip(bound.listeners) {
+    for (lc, l) in b.cfg().listeners.iter().zip(bound.listeners) {
         let addr = l.local_addr().map(|a| a.to_string()).unwrap_or_default();
-        tracing::info!(node = %b.cfg.name, listener = %lc.name, addr = %addr, proxy_protocol = ?lc.proxy_protocol, "listening");
+        tracing::info!(node = %b.cfg().name, listener = %lc.name, addr = %addr, proxy_protocol = ?lc.proxy_protocol, "listening");
         loops.push(tokio::spawn(listener::accept_loop(
             b.clone(),
             Arc::new(lc.clone()),
@@ -128,7 +129,7 @@ pub async fn run_with(
     }
     drop(done_tx);
     shutdown.await;
-    tracing::info!(node = %b.cfg.name, "shutting down");
+    tracing::info!(node = %b.cfg().name, "shutting down");
     if let Some(c) = &cluster {
         // peers mark us down at once instead of waiting for the failure detector
         c.leave().await;
@@ -140,9 +141,9 @@ pub async fn run_with(
     // connected clients are told (v5: DISCONNECT 0x8B), flushed and detached, bounded; the
     // rest (still in their CONNECT phase) end with the runtime
     let told = b.close_all_connections();
-    tracing::info!(node = %b.cfg.name, connections = told, "closing client connections");
+    tracing::info!(node = %b.cfg().name, connections = told, "closing client connections");
     let _ = tokio::time::timeout(Duration::from_secs(2), done_rx.recv()).await;
-    if let Some(s) = &b.store {
+    if let Some(s) = b.store() {
         s.close().await;
     }
     Ok(())

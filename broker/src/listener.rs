@@ -33,8 +33,8 @@ pub async fn accept_loop(
         };
         match accepted {
             Ok((tcp, peer)) => {
-                if b.metrics.connected.get() as u64 >= b.cfg.limits.max_connections {
-                    b.metrics.reject("over_limit");
+                if b.metrics().connected.get() as u64 >= b.cfg().limits.max_connections {
+                    b.metrics().reject("over_limit");
                     drop(tcp);
                     continue;
                 }
@@ -84,7 +84,7 @@ async fn establish(
         match tokio::time::timeout(PROXY_TIMEOUT, Box::pin(read_proxy(&mut tcp, &mut buf))).await {
             Ok(Ok(Some(h))) => {
                 if !trusted {
-                    b.metrics.reject("untrusted_proxy");
+                    b.metrics().reject("untrusted_proxy");
                     tracing::warn!(peer = %peer, listener = %lc.name, "refused: PROXY header from an address outside trusted_proxies");
                     return None;
                 }
@@ -101,17 +101,17 @@ async fn establish(
             }
             Ok(Ok(None)) if lc.proxy_protocol == ProxyIn::Optional => {}
             Ok(Ok(None)) => {
-                b.metrics.reject("proxy_required");
+                b.metrics().reject("proxy_required");
                 tracing::warn!(peer = %peer, listener = %lc.name, "refused: no PROXY header on a listener that requires one");
                 return None;
             }
             Ok(Err(e)) => {
-                b.metrics.reject("proxy_header");
+                b.metrics().reject("proxy_header");
                 tracing::warn!(peer = %peer, listener = %lc.name, error = %e, "refused: bad PROXY header");
                 return None;
             }
             Err(_) => {
-                b.metrics.reject("proxy_timeout");
+                b.metrics().reject("proxy_timeout");
                 tracing::info!(peer = %peer, listener = %lc.name, "closed: no PROXY header in time");
                 return None;
             }

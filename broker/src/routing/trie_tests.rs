@@ -382,8 +382,7 @@ fn randomized_cross_check_with_brute_force() {
             }
         }
         r.matches(&t, &mut out);
-        let got_direct: BTreeMap<u64, u8> =
-            out.direct.iter().map(|(k, o)| (*k, o.qos)).collect();
+        let got_direct: BTreeMap<u64, u8> = out.direct.iter().map(|(k, o)| (*k, o.qos)).collect();
         assert_eq!(got_direct.len(), out.direct.len(), "dup key for {t}");
         assert_eq!(got_direct, direct, "direct for {t:?}");
         let got_shared: BTreeMap<(String, String), BTreeSet<u64>> = out
