@@ -14,10 +14,10 @@ use crate::config::Config;
 use crate::feed::delivery_qos;
 use crate::message::{unix_now, Message};
 use crate::metrics::Metrics;
-use crate::protocol::{QoS, Version, Will};
+use crate::protocol::{QoS, Will};
 use crate::routing::retained::Retained;
 use crate::routing::{Matches, Router, Routing, SubOptions};
-use crate::session::{message_key, Attach, QueueRules, Registry, Session, Sub, Subscriptions};
+use crate::session::{message_key, QueueRules, Registry, Session, Sub, Subscriptions};
 use crate::store::{Op, Store, StoreError, Table};
 
 /// Errors starting a broker.
@@ -211,30 +211,9 @@ impl Broker {
         self.registry.next_conn_id()
     }
 
-    /// Binds a client to its session, taking it over from another connection (or, with
-    /// `import`, from another node) if needed.
-    #[allow(clippy::too_many_arguments)]
-    pub fn attach(
-        &self,
-        client_id: &str,
-        clean_start: bool,
-        expiry: u32,
-        version: Version,
-        username: Option<String>,
-        peer: SocketAddr,
-        conn_id: u64,
-        import: Option<SessionExport>,
-    ) -> Attach {
-        self.registry.attach(
-            client_id,
-            clean_start,
-            expiry,
-            version,
-            username,
-            peer,
-            conn_id,
-            import,
-        )
+    /// The sessions: attach (with takeover) goes straight to them.
+    pub fn sessions(&self) -> &Registry {
+        &self.registry
     }
 
     /// Ends a session completely (clean disconnect of a non-persistent session, or expiry).
@@ -489,3 +468,7 @@ impl LocalNode for Broker {
             .collect()
     }
 }
+
+#[cfg(test)]
+#[path = "broker_tests.rs"]
+mod tests;

@@ -199,7 +199,7 @@ pub async fn establish(
         Some(c) => Box::pin(c.take_session(&client_id, connect.clean_start)).await,
         None => None,
     };
-    let att = b.attach(
+    let att = b.sessions().attach(
         &client_id,
         connect.clean_start,
         expiry,

@@ -1,10 +1,12 @@
 //! mqedge-broker: an MQTT 3.1.1 / 5.0 broker node. A connection's path: [`listener`] accepts and
 //! reads the PROXY header (trusted proxies only); [`connection`] runs the client: CONNECT and
-//! auth ([`auth`]), the session ([`session`], registry and publish path in [`broker`]), routing
-//! through the topic trie ([`router`], [`topic`]), retained messages ([`retained`], streamed to
-//! a new subscription through [`feed`]), topic aliases on outgoing PUBLISHes ([`alias`]),
-//! durable state ([`store`]), and the lingering close after a reason ([`linger`]).
-//! [`protocol`] is the pure codec; [`admin`], [`metrics`], [`sys`] observe.
+//! auth ([`auth`]), its session ([`session`]: state, the registry with takeover, wills and
+//! expiry, the store record), the publish path in [`broker`] (the core that owns them), routing
+//! ([`routing`]: the topic trie, retained messages, shared-group policy; [`topic`]), retained
+//! messages streamed to a new subscription through [`feed`], topic aliases on outgoing PUBLISHes
+//! ([`alias`]), durable state ([`store`]), and the lingering close after a reason ([`linger`]).
+//! Other nodes are behind [`cluster::Peers`]. [`protocol`] is the pure codec; [`admin`],
+//! [`metrics`], [`sys`] observe.
 #![forbid(unsafe_code)]
 
 pub mod admin;

@@ -1,6 +1,6 @@
 //! Clustering: membership and failure detection from chitchat (gossip over UDP on
 //! `[cluster] bind`), and a node-to-node channel over TCP on the same address carrying
-//! length-delimited frames ([`frame`]): route snapshots and deltas, forwarded publishes (with
+//! length-delimited frames (`frame`): route snapshots and deltas, forwarded publishes (with
 //! acks for QoS 1/2), retained messages, and session handover.
 //!
 //! How a session is found (see docs/cluster.md): client ids are never gossiped. When a client
@@ -11,9 +11,9 @@
 //!
 //! The boundary: the core knows the cluster only as [`Peers`] (what it asks of other nodes) and
 //! gives the cluster a [`LocalNode`] (what other nodes ask of this one); both speak in core
-//! types ([`Message`], [`Matches`], [`SessionExport`], [`Ack`]), never in [`frame`]s. The real
-//! implementation is [`Cluster`]: [`node`] (state, membership), [`channel`] (TCP frames),
-//! [`peers`] (its [`Peers`] side). This module and its children import only
+//! types ([`Message`], [`Matches`], [`SessionExport`], [`Ack`]), never in `frame`s. The real
+//! implementation is [`Cluster`]: `node` (state, membership), `channel` (TCP frames),
+//! `peers` (its [`Peers`] side). This module and its children import only
 //! [`crate::routing`], [`crate::message`] and [`crate::config`].
 
 mod channel;
@@ -143,14 +143,14 @@ impl Future for Ack {
     }
 }
 
-/// Forwards queued to one peer, and the bell publishers wait on when it is over [`PEER_QUEUE`]
+/// Forwards queued to one peer, and the bell publishers wait on when it is over `PEER_QUEUE`
 /// (cluster-wide server-side flow control: a slow peer slows its publishers, it does not lose
 /// their messages).
 #[derive(Debug, Default)]
 pub struct Gate {
     /// Forward frames queued and not yet written.
     queued: AtomicUsize,
-    /// Rung when the queue fell under half of [`PEER_QUEUE`].
+    /// Rung when the queue fell under half of `PEER_QUEUE`.
     space: Notify,
 }
 
@@ -160,7 +160,7 @@ impl Gate {
         self.queued.load(Ordering::Relaxed) >= PEER_QUEUE
     }
 
-    /// Rung when the queue fell under half of [`PEER_QUEUE`].
+    /// Rung when the queue fell under half of `PEER_QUEUE`.
     pub fn space(&self) -> &Notify {
         &self.space
     }

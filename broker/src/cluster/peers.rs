@@ -13,6 +13,20 @@ use crate::message::Message;
 use crate::routing::Matches;
 
 impl Cluster {
+    /// Registers request `id` to peer `n`; the receiver gets its answer (or a "gone" answer when
+    /// the peer goes down first).
+    fn await_reply(&self, id: u64, n: &Arc<str>) -> oneshot::Receiver<Frame> {
+        let (tx, rx) = oneshot::channel();
+        lock(&self.waiting).insert(
+            id,
+            Waiter {
+                peer: n.clone(),
+                tx,
+            },
+        );
+        rx
+    }
+
     /// [`Peers::take_session`]: one round trip to every live peer, each bounded by
     /// [`TAKEOVER_TIMEOUT`].
     async fn take_session_now(&self, client_id: &str, clean_start: bool) -> Option<SessionExport> {
@@ -20,14 +34,7 @@ impl Cluster {
         let mut waits = Vec::new();
         for n in peers {
             let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-            let (tx, rx) = oneshot::channel();
-            lock(&self.waiting).insert(
-                id,
-                Waiter {
-                    peer: n.clone(),
-                    tx,
-                },
-            );
+            let rx = self.await_reply(id, &n);
             if self.send_to(
                 &n,
                 Frame::TakeSession {
@@ -118,14 +125,7 @@ impl Peers for Cluster {
             0
         };
         let ack = want_ack.then(|| {
-            let (tx, rx) = oneshot::channel();
-            lock(&self.waiting).insert(
-                id,
-                Waiter {
-                    peer: n.clone(),
-                    tx,
-                },
-            );
+            let rx = self.await_reply(id, n);
             Ack::new(async move { rx.await.is_ok() })
         });
         let (sent, gate) = self.send_gated(

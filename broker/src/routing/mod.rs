@@ -172,3 +172,96 @@ impl Routing {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::trie::SharedMatch;
+    use super::*;
+
+    fn key(s: &str) -> Arc<str> {
+        Arc::from(s)
+    }
+
+    fn group(members: &[&str]) -> SharedMatch<Arc<str>> {
+        SharedMatch {
+            group: "g".into(),
+            filter: "t/#".into(),
+            members: members
+                .iter()
+                .map(|m| (key(m), SubOptions::default()))
+                .collect(),
+        }
+    }
+
+    fn matches(direct: &[&str], shared: &[&str]) -> Matches<Arc<str>> {
+        Matches {
+            direct: direct
+                .iter()
+                .map(|d| (key(d), SubOptions::default()))
+                .collect(),
+            shared: vec![group(shared)],
+        }
+    }
+
+    fn names(v: &[(Arc<str>, SubOptions)]) -> Vec<&str> {
+        v.iter().map(|(c, _)| &**c).collect()
+    }
+
+    #[test]
+    fn a_shared_group_gets_one_copy_cluster_wide_in_turn() {
+        let r = Routing::new(SharedPolicy::RoundRobin);
+        let (mut here, mut there) = (0, 0);
+        for _ in 0..4 {
+            let plan = r.plan(
+                matches(&["a"], &["m"]),
+                Some(matches(&["n1"], &["n2"])),
+                &|_| true,
+            );
+            // the direct subscriber always, first; then at most one member of the group
+            assert_eq!(plan.local[0].0.as_ref(), "a");
+            let n1 = plan.remote.iter().find(|c| &*c.node == "n1").unwrap();
+            assert!(n1.direct && n1.shared.is_empty());
+            let n2 = plan.remote.iter().find(|c| &*c.node == "n2");
+            match (names(&plan.local[1..]).as_slice(), n2) {
+                (["m"], None) => here += 1,
+                ([], Some(c)) if !c.direct && c.shared == [("g".into(), "t/#".into())] => {
+                    there += 1
+                }
+                other => panic!("unexpected plan {:?}", other.0),
+            }
+        }
+        assert_eq!((here, there), (2, 2));
+    }
+
+    #[test]
+    fn prefer_local_and_local_only_keep_the_copy_here() {
+        for policy in [SharedPolicy::PreferLocal, SharedPolicy::LocalOnly] {
+            let r = Routing::new(policy);
+            for _ in 0..4 {
+                let plan = r.plan(matches(&[], &["m"]), Some(matches(&[], &["n"])), &|_| true);
+                assert_eq!(names(&plan.local), ["m"]);
+                assert!(plan.remote.is_empty());
+            }
+        }
+        // with no local member, only LocalOnly drops the copy
+        let r = Routing::new(SharedPolicy::LocalOnly);
+        let plan = r.plan(matches(&[], &[]), Some(matches(&[], &["n"])), &|_| true);
+        assert!(plan.local.is_empty() && plan.remote.is_empty());
+    }
+
+    #[test]
+    fn a_member_with_a_connection_is_picked_first() {
+        for policy in [SharedPolicy::RoundRobin, SharedPolicy::Random] {
+            let r = Routing::new(policy);
+            for _ in 0..8 {
+                let got = r.plan_forwarded(
+                    matches(&["d"], &["x", "y", "z"]),
+                    false,
+                    &[("g".into(), "t/#".into())],
+                    &|c| c == "y",
+                );
+                assert_eq!(names(&got), ["y"]);
+            }
+        }
+    }
+}

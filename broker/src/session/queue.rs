@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::record::{message_key, queued_put};
 use super::{Outgoing, Session};
 use crate::auth::{Access, Acl};
 use crate::feed::delivery_qos;
@@ -12,7 +13,6 @@ use crate::message::Message;
 use crate::metrics::Metrics;
 use crate::protocol::QoS;
 use crate::routing::SubOptions;
-use crate::session::record::{encode_outgoing, message_key};
 use crate::store::{Op, Table};
 
 /// How far past `max_offline_messages` a connected session's backlog may grow while its
@@ -72,11 +72,7 @@ impl Session {
             seq,
         };
         if seq != 0 {
-            ops.push(Op::Put {
-                table: Table::Messages,
-                key: message_key(client, seq),
-                value: encode_outgoing(&out),
-            });
+            ops.push(queued_put(client, &out));
         }
         st.queue.push_back(out);
         let limit = rules.limit;

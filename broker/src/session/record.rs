@@ -7,6 +7,7 @@ use std::sync::Arc;
 use super::{Await, Outgoing, State, Sub};
 use crate::message::{put, Message, Rd};
 use crate::protocol::{QoS, RetainHandling, Version};
+use crate::store::{Op, Table};
 
 impl State {
     /// The store record of this session (subscriptions and settings; queues are stored apart).
@@ -107,6 +108,15 @@ pub fn encode_outgoing(o: &Outgoing) -> Vec<u8> {
     v
 }
 
+/// The store write of a queued delivery (`o.seq` set).
+pub fn queued_put(client_id: &str, o: &Outgoing) -> Op {
+    Op::Put {
+        table: Table::Messages,
+        key: message_key(client_id, o.seq),
+        value: encode_outgoing(o),
+    }
+}
+
 /// Reads a stored queued delivery.
 pub fn decode_outgoing(b: &[u8], seq: u64) -> Option<Outgoing> {
     let mut r = Rd(b);
@@ -192,5 +202,39 @@ mod tests {
         assert_eq!(back.version, Version::V5);
         assert_eq!(back.subs, st.subs);
         assert_eq!(back.username.as_deref(), Some("u"));
+    }
+
+    #[test]
+    fn handover_keeps_inflight_state_and_queue_order() {
+        let out = |topic: &str, qos| Outgoing {
+            msg: Arc::new(Message::plain(
+                topic,
+                bytes::Bytes::from_static(b"p"),
+                qos,
+                false,
+                Arc::from("pub"),
+            )),
+            qos,
+            retain: true,
+            sub_ids: vec![3],
+            seq: 9,
+        };
+        let mut st = State::new();
+        st.inflight
+            .push_back((7, Await::PubRec, out("a", QoS::ExactlyOnce)));
+        st.queue.push_back(out("b", QoS::AtLeastOnce));
+        let back: Vec<_> = encode_handover(&st)
+            .iter()
+            .map(|q| decode_handover(q).unwrap())
+            .collect();
+        assert_eq!(back.len(), 2);
+        let (pid, state, o) = &back[0];
+        assert_eq!((*pid, *state, &*o.msg.topic), (7, Some(Await::PubRec), "a"));
+        assert_eq!(
+            (o.qos, o.retain, o.sub_ids.as_slice(), o.seq),
+            (QoS::ExactlyOnce, true, &[3][..], 0)
+        );
+        let (_, state, o) = &back[1];
+        assert_eq!((*state, &*o.msg.topic), (None, "b"));
     }
 }

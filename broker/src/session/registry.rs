@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 use super::record::{
-    decode_handover, decode_outgoing, encode_handover, encode_outgoing, message_key, message_prefix,
+    decode_handover, decode_outgoing, encode_handover, message_prefix, queued_put,
 };
 use super::subs::Subscriptions;
 use super::{sub_options, Attached, Session, State, Sub};
@@ -199,11 +199,7 @@ impl Registry {
             Some(s) => {
                 let ends = {
                     let mut st = s.lock();
-                    if let Some(mut old) = st.conn.take() {
-                        if let Some(k) = old.kick.take() {
-                            let _ = k.send(reason::SESSION_TAKEN_OVER);
-                        }
-                        self.metrics.takeovers.inc();
+                    if let Some(old) = self.take_conn(&mut st) {
                         tracing::info!(
                             client_id,
                             old_conn = old.conn_id,
@@ -439,17 +435,22 @@ impl Registry {
         let s = self.get(client_id)?;
         let export = {
             let mut st = s.lock();
-            if let Some(mut old) = st.conn.take() {
-                if let Some(k) = old.kick.take() {
-                    let _ = k.send(reason::SESSION_TAKEN_OVER);
-                }
-                self.metrics.takeovers.inc();
-            }
+            self.take_conn(&mut st);
             (!clean_start && st.persistent()).then(|| (st.encode(), encode_handover(&st)))
         };
         self.metrics.cluster_handovers.inc();
         self.remove_session(&s);
         export
+    }
+
+    /// Closes a session's connection for a takeover (v5: 0x8E); returns what was attached.
+    fn take_conn(&self, st: &mut State) -> Option<Attached> {
+        let mut old = st.conn.take()?;
+        if let Some(k) = old.kick.take() {
+            let _ = k.send(reason::SESSION_TAKEN_OVER);
+        }
+        self.metrics.takeovers.inc();
+        Some(old)
     }
 
     /// Takes in a session another node handed over (see [`Registry::export_session`]).
@@ -466,11 +467,7 @@ impl Registry {
             if self.store.is_some() && o.qos != QoS::AtMostOnce {
                 o.seq = st.next_seq;
                 st.next_seq += 1;
-                ops.push(Op::Put {
-                    table: Table::Messages,
-                    key: message_key(id, o.seq),
-                    value: encode_outgoing(&o),
-                });
+                ops.push(queued_put(id, &o));
             }
             match state {
                 Some(state) => st.inflight.push_back((pid, state, o)),
