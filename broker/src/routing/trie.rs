@@ -111,6 +111,30 @@ impl<K> Subs<K> {
     }
 }
 
+impl<K: Eq + Hash> Subs<K> {
+    /// Removes `key` (from `group`'s members when shared); returns whether it was there and
+    /// whether that left the filter (or the group) without subscribers.
+    fn remove(&mut self, group: Option<&str>, key: &K) -> (bool, bool) {
+        match group {
+            None => {
+                let removed = self.direct.remove(key).is_some();
+                (removed, removed && self.direct.is_empty())
+            }
+            Some(group) => match self.shared.get_mut(group) {
+                Some(members) => {
+                    let removed = members.remove(key).is_some();
+                    let emptied = removed && members.is_empty();
+                    if emptied {
+                        self.shared.remove(group);
+                    }
+                    (removed, emptied)
+                }
+                None => (false, false),
+            },
+        }
+    }
+}
+
 /// One trie node; invariant: every stored `Subs` is non-empty and every non-root node has
 /// subscribers or children.
 struct Node<K> {
@@ -240,6 +264,25 @@ fn walk<'a, K>(root: &'a Node<K>, topic: &str, mut visit: impl FnMut(&'a Subs<K>
 
 /// Combines two subscriptions of one key whose filters both match: the max-QoS one wins, and
 /// the first subscription identifier seen is kept.
+/// Prunes an emptied branch: cuts the edge from depth `cut - 1` to `cut` along `levels`.
+fn cut_edge<'a, K>(root: &mut Node<K>, levels: impl Iterator<Item = &'a str>, cut: usize) {
+    let mut node: &mut Node<K> = root;
+    for (i, level) in levels.enumerate() {
+        if i + 1 == cut {
+            if level == "+" {
+                node.plus = None;
+            } else {
+                node.children.remove(level);
+            }
+            break;
+        }
+        node = match node.child_mut(level) {
+            Some(child) => child,
+            None => break,
+        };
+    }
+}
+
 fn merge(into: &mut SubOptions, other: SubOptions) {
     // No Local and Retain As Published are per subscription (MQTT-3.8.3-3): one copy is owed
     // when any matching subscription would send it, and it keeps RETAIN if any asks for that
@@ -400,26 +443,10 @@ impl<K: Clone + Eq + Hash> Router<K> {
         let Some(subs) = slot.as_deref_mut() else {
             return false;
         };
-        let removed = match group {
-            None => {
-                let removed = subs.direct.remove(key).is_some();
-                if removed && subs.direct.is_empty() {
-                    self.filters.fetch_sub(1, Ordering::Relaxed);
-                }
-                removed
-            }
-            Some(group) => match subs.shared.get_mut(group) {
-                Some(members) => {
-                    let removed = members.remove(key).is_some();
-                    if removed && members.is_empty() {
-                        subs.shared.remove(group);
-                        self.filters.fetch_sub(1, Ordering::Relaxed);
-                    }
-                    removed
-                }
-                None => false,
-            },
-        };
+        let (removed, emptied) = subs.remove(group, key);
+        if emptied {
+            self.filters.fetch_sub(1, Ordering::Relaxed);
+        }
         if !removed {
             return false;
         }
@@ -428,23 +455,7 @@ impl<K: Clone + Eq + Hash> Router<K> {
             *slot = None;
         }
         if depth > 0 && !node.has_subs() && node.child_count() == 0 {
-            let cut = chain_start.unwrap_or(depth);
-            // Cut the edge from depth `cut - 1` to `cut`.
-            let mut node: &mut Node<K> = &mut root;
-            for (i, level) in levels.enumerate() {
-                if i + 1 == cut {
-                    if level == "+" {
-                        node.plus = None;
-                    } else {
-                        node.children.remove(level);
-                    }
-                    break;
-                }
-                node = match node.child_mut(level) {
-                    Some(child) => child,
-                    None => break,
-                };
-            }
+            cut_edge(&mut root, levels, chain_start.unwrap_or(depth));
         }
         true
     }
