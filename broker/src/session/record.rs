@@ -108,6 +108,29 @@ pub fn encode_outgoing(o: &Outgoing) -> Vec<u8> {
     v
 }
 
+/// The store write of a session record (see [`State::encode`]).
+pub fn record_put(client_id: &str, rec: Vec<u8>) -> Op {
+    Op::Put {
+        table: Table::Sessions,
+        key: client_id.as_bytes().to_vec(),
+        value: rec,
+    }
+}
+
+/// The store writes that erase a client's session record and queued messages.
+pub fn forget(client_id: &str) -> Vec<Op> {
+    vec![
+        Op::Delete {
+            table: Table::Sessions,
+            key: client_id.as_bytes().to_vec(),
+        },
+        Op::DeletePrefix {
+            table: Table::Messages,
+            prefix: message_prefix(client_id),
+        },
+    ]
+}
+
 /// The store write of a queued delivery (`o.seq` set).
 pub fn queued_put(client_id: &str, o: &Outgoing) -> Op {
     Op::Put {

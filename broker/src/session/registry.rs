@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 use super::record::{
-    decode_handover, decode_outgoing, encode_handover, message_prefix, queued_put,
+    decode_handover, decode_outgoing, encode_handover, forget, queued_put, record_put,
 };
 use super::subs::Subscriptions;
 use super::{sub_options, Attached, Session, State, Sub};
@@ -275,23 +275,10 @@ impl Registry {
             st.persistent().then(|| st.encode())
         };
         if let (Some(store), Some(rec)) = (&self.store, record) {
-            store.write_nowait(vec![Op::Put {
-                table: Table::Sessions,
-                key: client_id.as_bytes().to_vec(),
-                value: rec,
-            }]);
+            store.write_nowait(vec![record_put(client_id, rec)]);
         } else if let Some(store) = &self.store {
             // a clean/non-persistent session leaves nothing behind
-            store.write_nowait(vec![
-                Op::Delete {
-                    table: Table::Sessions,
-                    key: client_id.as_bytes().to_vec(),
-                },
-                Op::DeletePrefix {
-                    table: Table::Messages,
-                    prefix: message_prefix(client_id),
-                },
-            ]);
+            store.write_nowait(forget(client_id));
         }
         Attach {
             session,
@@ -313,16 +300,7 @@ impl Registry {
         }
         self.subs.count_changed();
         if let Some(store) = &self.store {
-            store.write_nowait(vec![
-                Op::Delete {
-                    table: Table::Sessions,
-                    key: s.client_id.as_bytes().to_vec(),
-                },
-                Op::DeletePrefix {
-                    table: Table::Messages,
-                    prefix: message_prefix(&s.client_id),
-                },
-            ]);
+            store.write_nowait(forget(&s.client_id));
         }
     }
 
@@ -381,11 +359,7 @@ impl Registry {
             return;
         }
         if let (Some(store), Some(rec)) = (&self.store, record) {
-            store.write_nowait(vec![Op::Put {
-                table: Table::Sessions,
-                key: s.client_id.as_bytes().to_vec(),
-                value: rec,
-            }]);
+            store.write_nowait(vec![record_put(&s.client_id, rec)]);
         }
         if expiry != u32::MAX {
             let (b, s2) = (self.clone(), s.clone());
@@ -492,11 +466,7 @@ impl Registry {
         }
         self.subs.count_changed();
         if let Some(store) = &self.store {
-            ops.push(Op::Put {
-                table: Table::Sessions,
-                key: id.as_bytes().to_vec(),
-                value: s.lock().encode(),
-            });
+            ops.push(record_put(id, s.lock().encode()));
             store.write_nowait(ops);
         }
         tracing::info!(client_id = %id, queued = n, "session taken over from another node");
@@ -509,13 +479,7 @@ impl Registry {
             st.persistent().then(|| st.encode())
         };
         if let (Some(store), Some(rec)) = (&self.store, rec) {
-            let _ = store
-                .write(vec![Op::Put {
-                    table: Table::Sessions,
-                    key: s.client_id.as_bytes().to_vec(),
-                    value: rec,
-                }])
-                .await;
+            let _ = store.write(vec![record_put(&s.client_id, rec)]).await;
         }
     }
 }
