@@ -264,6 +264,14 @@ fn walk<'a, K>(root: &'a Node<K>, topic: &str, mut visit: impl FnMut(&'a Subs<K>
 
 /// Combines two subscriptions of one key whose filters both match: the max-QoS one wins, and
 /// the first subscription identifier seen is kept.
+/// The share name of a `$share/GROUP/FILTER` (none for a plain filter) and the plain filter.
+fn split_group(filter: &str) -> (Option<&str>, &str) {
+    match parse_shared(filter) {
+        Some((group, plain)) => (Some(group), plain),
+        None => (None, filter),
+    }
+}
+
 /// Prunes an emptied branch: cuts the edge from depth `cut - 1` to `cut` along `levels`.
 fn cut_edge<'a, K>(root: &mut Node<K>, levels: impl Iterator<Item = &'a str>, cut: usize) {
     let mut node: &mut Node<K> = root;
@@ -369,10 +377,7 @@ impl<K: Clone + Eq + Hash> Router<K> {
     /// Why: SUBSCRIBE for an existing filter replaces its options (MQTT-3.8.4-3); the return
     /// value tells the caller whether to count it and whether retained messages are due.
     pub fn subscribe(&self, key: &K, filter: &str, opts: SubOptions) -> bool {
-        let (group, plain) = match parse_shared(filter) {
-            Some((group, plain)) => (Some(group), plain),
-            None => (None, filter),
-        };
+        let (group, plain) = split_group(filter);
         let (levels, hash) = locate(plain);
         let mut root = self.write();
         let mut node: &mut Node<K> = &mut root;
@@ -408,10 +413,7 @@ impl<K: Clone + Eq + Hash> Router<K> {
     /// Why: UNSUBSCRIBE and session end must leave no trace, or churn (devices coming and
     /// going with per-device filters) would grow the trie without bound.
     pub fn unsubscribe(&self, key: &K, filter: &str) -> bool {
-        let (group, plain) = match parse_shared(filter) {
-            Some((group, plain)) => (Some(group), plain),
-            None => (None, filter),
-        };
+        let (group, plain) = split_group(filter);
         let (levels, hash) = locate(plain);
         let mut root = self.write();
 
