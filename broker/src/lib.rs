@@ -1,10 +1,12 @@
 //! mqedge-broker: an MQTT 3.1.1 / 5.0 broker node. A connection's path: [`listener`] accepts and
 //! reads the PROXY header (trusted proxies only); [`connection`] runs the client: CONNECT and
-//! auth ([`auth`]), the session ([`session`], registry and publish path in [`broker`]), routing
-//! through the topic trie ([`router`], [`topic`]), retained messages ([`retained`], streamed to
-//! a new subscription through [`connection::feed`]), topic aliases ([`connection::aliases`]),
-//! durable state ([`store`]), and the lingering close after a reason ([`connection::linger`]).
-//! [`protocol`] is the pure codec; [`observe`] ([`admin`], [`metrics`], [`sys`]) observes.
+//! auth ([`auth`]), its session ([`session`]: state, the registry with takeover, wills and
+//! expiry, the store record), the publish path in [`broker`] (the core that owns them), routing
+//! ([`routing`]: the topic trie, retained messages, shared-group policy; [`topic`]), retained
+//! messages streamed to a new subscription through [`connection::feed`], topic aliases on outgoing PUBLISHes
+//! ([`connection::aliases`]), durable state ([`store`]), and the lingering close after a reason ([`connection::linger`]).
+//! Other nodes are behind [`cluster::Peers`]. [`protocol`] is the pure codec; [`observe`]
+//! ([`admin`], [`metrics`], [`sys`]) observes.
 #![forbid(unsafe_code)]
 
 pub mod auth;
@@ -18,8 +20,7 @@ pub mod listener;
 pub mod message;
 pub mod observe;
 pub mod protocol;
-pub mod retained;
-pub mod router;
+pub mod routing;
 pub mod session;
 pub mod store;
 pub mod topic;
@@ -36,6 +37,10 @@ use crate::config::Config;
 /// The retained feed moved under [`connection`]; this keeps `crate::feed` for the publish path.
 pub(crate) use crate::connection::feed;
 pub use crate::observe::{admin, metrics, sys};
+/// The retained-message trie, by its old path.
+pub use crate::routing::retained;
+/// The subscription trie, by its old path.
+pub use crate::routing::trie as router;
 
 /// Listeners bound before the broker runs.
 pub struct Bound {
@@ -89,16 +94,17 @@ pub async fn run_with(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), BrokerError> {
     let (stop_tx, stop_rx) = watch::channel(false);
-    let cluster = match &b.cfg.cluster {
+    let cluster = match &b.cfg().cluster {
         Some(cc) => {
             let c = cluster::Cluster::new(
-                &b.cfg.name,
+                &b.cfg().name,
                 cc,
-                b.metrics.cluster_forwarded.clone(),
-                b.metrics.cluster_forwarded_bytes.clone(),
+                b.metrics().cluster_forwarded.clone(),
+                b.metrics().cluster_forwarded_bytes.clone(),
             );
             b.set_cluster(c.clone());
-            c.start(&b, cc, stop_rx.clone()).await?;
+            let local: Arc<dyn cluster::LocalNode> = b.clone();
+            c.start(&local, cc, stop_rx.clone()).await?;
             Some(c)
         }
         None => None,
@@ -112,9 +118,9 @@ pub async fn run_with(
     }
     tokio::spawn(sys::run(b.clone(), stop_rx.clone()));
     let mut loops = Vec::new();
-    for (lc, l) in b.cfg.listeners.iter().zip(bound.listeners) {
+    for (lc, l) in b.cfg().listeners.iter().zip(bound.listeners) {
         let addr = l.local_addr().map(|a| a.to_string()).unwrap_or_default();
-        tracing::info!(node = %b.cfg.name, listener = %lc.name, addr = %addr, proxy_protocol = ?lc.proxy_protocol, "listening");
+        tracing::info!(node = %b.cfg().name, listener = %lc.name, addr = %addr, proxy_protocol = ?lc.proxy_protocol, "listening");
         loops.push(tokio::spawn(listener::accept_loop(
             b.clone(),
             Arc::new(lc.clone()),
@@ -125,7 +131,7 @@ pub async fn run_with(
     }
     drop(done_tx);
     shutdown.await;
-    tracing::info!(node = %b.cfg.name, "shutting down");
+    tracing::info!(node = %b.cfg().name, "shutting down");
     if let Some(c) = &cluster {
         // peers mark us down at once instead of waiting for the failure detector
         c.leave().await;
@@ -137,9 +143,9 @@ pub async fn run_with(
     // connected clients are told (v5: DISCONNECT 0x8B), flushed and detached, bounded; the
     // rest (still in their CONNECT phase) end with the runtime
     let told = b.close_all_connections();
-    tracing::info!(node = %b.cfg.name, connections = told, "closing client connections");
+    tracing::info!(node = %b.cfg().name, connections = told, "closing client connections");
     let _ = tokio::time::timeout(Duration::from_secs(2), done_rx.recv()).await;
-    if let Some(s) = &b.store {
+    if let Some(s) = b.store() {
         s.close().await;
     }
     Ok(())

@@ -34,10 +34,10 @@ pub async fn accept_loop(
         };
         match accepted {
             Ok((tcp, peer)) => {
-                if !Limits::from_config(&b.cfg.limits)
-                    .admits_connection(b.metrics.connected.get() as u64)
+                if !Limits::from_config(&b.cfg().limits)
+                    .admits_connection(b.metrics().connected.get() as u64)
                 {
-                    CloseReason::OverLimit.count(&b.metrics);
+                    CloseReason::OverLimit.count(b.metrics());
                     drop(tcp);
                     continue;
                 }
@@ -83,7 +83,7 @@ async fn establish(
             Ok(Ok(Some(h))) => {
                 if !trusted {
                     let why = CloseReason::UntrustedProxy;
-                    why.count(&b.metrics);
+                    why.count(b.metrics());
                     tracing::warn!(peer = %peer, listener = %lc.name, "{why}");
                     return None;
                 }
@@ -101,19 +101,19 @@ async fn establish(
             Ok(Ok(None)) if lc.proxy_protocol == ProxyIn::Optional => {}
             Ok(Ok(None)) => {
                 let why = CloseReason::ProxyRequired;
-                why.count(&b.metrics);
+                why.count(b.metrics());
                 tracing::warn!(peer = %peer, listener = %lc.name, "{why}");
                 return None;
             }
             Ok(Err(e)) => {
                 let why = CloseReason::BadProxyHeader;
-                why.count(&b.metrics);
+                why.count(b.metrics());
                 tracing::warn!(peer = %peer, listener = %lc.name, error = %e, "{why}");
                 return None;
             }
             Err(_) => {
                 let why = CloseReason::ProxyTimeout;
-                why.count(&b.metrics);
+                why.count(b.metrics());
                 tracing::info!(peer = %peer, listener = %lc.name, "{why}");
                 return None;
             }

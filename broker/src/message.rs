@@ -44,6 +44,29 @@ pub struct Message {
 }
 
 impl Message {
+    /// A message without v5 properties or expiry (what the broker itself publishes, `$SYS`).
+    pub fn plain(
+        topic: &str,
+        payload: Bytes,
+        qos: QoS,
+        retain: bool,
+        publisher: Arc<str>,
+    ) -> Message {
+        Message {
+            topic: Arc::from(topic),
+            payload,
+            qos,
+            retain,
+            publisher,
+            expires_at: None,
+            payload_format_indicator: None,
+            content_type: None,
+            response_topic: None,
+            correlation_data: None,
+            user_properties: Vec::new(),
+        }
+    }
+
     /// Whether the message expired (undeliverable).
     pub fn expired(&self, now: u64) -> bool {
         self.expires_at.is_some_and(|e| now >= e)

@@ -13,13 +13,14 @@ use tokio::net::TcpStream;
 
 use super::aliases::{OutAliases, TOPIC_ALIAS_MAX};
 use super::{linger, read_more, write_all, ClientInfo, Conn, Live};
-use crate::broker::{Attach, Broker};
+use crate::broker::Broker;
 use crate::error::CloseReason;
 use crate::limits::{Limits, CONNECT_TIMEOUT};
 use crate::message::unix_now;
 use crate::protocol::{
     decode, encode, reason, ConnAck, ConnAckProperties, Connect, DecodeError, Packet, Version,
 };
+use crate::session::Attach;
 
 /// A client that passed authentication.
 struct Admitted {
@@ -41,7 +42,7 @@ impl Live {
     ) -> Option<Live> {
         let _ = tcp.set_nodelay(true);
         let (mut r, w) = tcp.into_split();
-        let limits = Limits::from_config(&b.cfg.limits);
+        let limits = Limits::from_config(&b.cfg().limits);
         let connect = match read_connect(&mut r, &mut rbuf, limits.max_packet_size()).await {
             Ok(c) => c,
             Err(why) => {
@@ -63,7 +64,7 @@ impl Live {
             Some(c) => Box::pin(c.take_session(&admitted.client_id, connect.clean_start)).await,
             None => None,
         };
-        let att = b.attach(
+        let att = b.sessions().attach(
             &admitted.client_id,
             connect.clean_start,
             admitted.expiry,
@@ -73,8 +74,8 @@ impl Live {
             conn_id,
             import,
         );
-        b.metrics.connections.inc();
-        b.metrics.connected.inc();
+        b.metrics().connections.inc();
+        b.metrics().connected.inc();
         // LB health checks connect every few seconds: keep them out of the INFO log
         let quiet = admitted.client_id.starts_with("mqedge-hc-");
         log_connected(&connect, &admitted, &att, &info, conn_id, quiet);
@@ -192,7 +193,7 @@ async fn refuse(
         );
         let _ = write_all(&mut w, &mut out).await;
     }
-    why.count(&b.metrics);
+    why.count(&b.metrics());
     let peer = info.addr;
     match (&why, connect, code) {
         (_, Some(c), Some(code)) => {
@@ -248,19 +249,16 @@ async fn admit(b: &Arc<Broker>, c: &Connect, info: &ClientInfo) -> Result<Admitt
 
 /// Checks the CONNECT's username and password (a client without a certificate CN).
 async fn authenticate(b: &Arc<Broker>, c: &Connect) -> Result<(), CloseReason> {
-    match (&c.username, &b.auth.passwords) {
-        (None, _) if !b.auth.allow_anonymous => Err(CloseReason::AnonymousNotAllowed),
+    match (&c.username, b.auth().passwords()) {
+        (None, _) if !b.auth().allow_anonymous() => Err(CloseReason::AnonymousNotAllowed),
         // a username alone proves nothing: without a password file (or a certificate CN from
         // a trusted proxy) such a client is as anonymous as one without
-        (Some(_), None) if !b.auth.allow_anonymous => Err(CloseReason::NoPasswordFile),
+        (Some(_), None) if !b.auth().allow_anonymous() => Err(CloseReason::NoPasswordFile),
         (Some(u), Some(_)) => {
             let (b2, u2) = (b.clone(), u.clone());
             let pw = c.password.clone().unwrap_or_default();
             let ok = tokio::task::spawn_blocking(move || {
-                b2.auth
-                    .passwords
-                    .as_ref()
-                    .is_some_and(|p| p.verify(&u2, &pw))
+                b2.auth().passwords().is_some_and(|p| p.verify(&u2, &pw))
             })
             .await
             .unwrap_or(false);

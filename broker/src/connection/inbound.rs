@@ -35,7 +35,7 @@ impl Conn {
     /// A PUBLISH: routed at once; its acknowledgement is owed in order. A held-back publisher
     /// or one owing too many acknowledgements gets the rest as a boxed continuation.
     pub(super) fn on_publish(&mut self, mut p: Publish) -> Result<Option<Later<'_>>, CloseReason> {
-        self.b.metrics.messages_received.inc();
+        self.b.metrics().messages_received.inc();
         self.check_publish(&mut p)?;
         let pid = p.packet_id.unwrap_or(0);
         if p.qos == QoS::ExactlyOnce && !self.claim_qos2(pid)? {
@@ -53,7 +53,7 @@ impl Conn {
         let (code, routed) = if self.may_publish(&p.topic) {
             (0, self.route(p))
         } else {
-            self.b.metrics.dropped("not_authorized");
+            self.b.metrics().dropped("not_authorized");
             tracing::debug!(client_id = %self.s.client_id, topic = %p.topic, "publish denied by ACL");
             // v5 says so; v3.1.1 acknowledges and drops (MQTT-3.3.5-2)
             let code = if self.v.is_v5() {
@@ -119,7 +119,7 @@ impl Conn {
     /// Whether the ACL lets this client publish to `topic` (never to `$SYS`).
     fn may_publish(&self, topic: &str) -> bool {
         !topic.starts_with("$SYS")
-            && match &self.b.auth.acl {
+            && match self.b.auth().acl() {
                 Some(acl) => {
                     let user = self.s.lock().username.clone();
                     acl.check(user.as_deref(), &self.s.client_id, topic, Access::Write)
@@ -149,7 +149,7 @@ impl Conn {
         let ops = published.ops;
         // acknowledge only what is durable and what every other node took (QoS 1/2); the
         // wait runs beside the connection, which goes on reading: acks leave in order
-        let store = self.b.store.clone().filter(|_| !ops.is_empty());
+        let store = self.b.store().cloned().filter(|_| !ops.is_empty());
         let acks = published.acks;
         let wait = (store.is_some() || !acks.is_empty()).then(|| {
             tokio::spawn(async move {
@@ -161,7 +161,7 @@ impl Conn {
                 }
                 for ack in acks {
                     match tokio::time::timeout(crate::cluster::FORWARD_ACK_TIMEOUT, ack).await {
-                        Ok(Ok(_)) => {}
+                        Ok(true) => {}
                         _ => return false,
                     }
                 }
@@ -189,7 +189,7 @@ impl Conn {
         for g in gates {
             let deadline = tokio::time::Instant::now() + CONGESTION_WAIT;
             loop {
-                let space = g.space.notified();
+                let space = g.space().notified();
                 tokio::pin!(space);
                 space.as_mut().enable();
                 if !g.congested() {
@@ -202,7 +202,7 @@ impl Conn {
         }
         let limit = self.limits().congested_backlog();
         for c in congested {
-            crate::broker::wait_for_space(&c, limit).await;
+            c.wait_for_space(limit).await;
         }
         if let Some(a) = ack {
             self.acks.push(a);

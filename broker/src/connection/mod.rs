@@ -149,13 +149,13 @@ impl Live {
                 // the socket's own reader slot, not a waiter node: the smallest future there is
                 res = std::future::poll_fn(|cx| r.as_ref().poll_read_ready(cx)) => {
                     match res.map_err(|_| CloseReason::Io).and_then(|()| read_ready(r, rbuf)) {
-                        Ok(n) => c.b.metrics.bytes_received.inc_by(n as u64),
+                        Ok(n) => c.b.metrics().bytes_received.inc_by(n as u64),
                         Err(e) => return e,
                     };
                 }
                 res = write_some(w, &mut c.out), if has_out => {
                     let Ok(n) = res else { return CloseReason::Io };
-                    c.b.metrics.bytes_sent.inc_by(n as u64);
+                    c.b.metrics().bytes_sent.inc_by(n as u64);
                     if c.out.is_empty() {
                         c.out = BytesMut::new();
                     }
@@ -216,8 +216,8 @@ impl Live {
             None
         };
         let (b, client_id, conn_id, peer) = (&c.b, &c.s.client_id, self.conn_id, self.peer);
-        b.metrics.connected.dec();
-        end.count(&b.metrics);
+        b.metrics().connected.dec();
+        end.count(&b.metrics());
         if !end.is_ordinary() {
             tracing::info!(conn = conn_id, client_id = %client_id, peer = %peer, "{end}");
         } else if self.quiet {
@@ -248,7 +248,7 @@ impl Live {
 impl Conn {
     /// The node's `[limits]`, to ask (a copy of a few words).
     fn limits(&self) -> Limits {
-        Limits::from_config(&self.b.cfg.limits)
+        Limits::from_config(&self.b.cfg().limits)
     }
 
     /// Queues a packet for writing.

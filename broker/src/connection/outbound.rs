@@ -218,7 +218,7 @@ impl Drain<'_> {
     /// Writes one delivery (or drops it: expired, too large for the client) and records it
     /// inflight until acknowledged (QoS 1/2).
     fn write(&mut self, o: Outgoing) {
-        let metrics = &self.b.metrics;
+        let metrics = &self.b.metrics();
         if o.msg.expired(self.now) {
             metrics.dropped("expired");
             self.acked.push(o.seq);
@@ -268,7 +268,7 @@ impl Drain<'_> {
         if limits.backlog_relieved(backlog) {
             space.notify_waiters();
         }
-        if let (Some(store), false) = (&b.store, ops.is_empty()) {
+        if let (Some(store), false) = (b.store(), ops.is_empty()) {
             store.write_nowait(ops);
         }
         for seq in acked {
@@ -297,7 +297,7 @@ fn next_retained(
     if msg.expired(now) {
         return None;
     }
-    if let Some(acl) = &b.auth.acl {
+    if let Some(acl) = b.auth().acl() {
         if !acl.check(st.username.as_deref(), client_id, &msg.topic, Access::Read) {
             return None;
         }
@@ -310,7 +310,7 @@ fn next_retained(
         sub_ids: opts.ids().collect(),
         seq: 0,
     };
-    if qos != QoS::AtMostOnce && st.persistent() && b.store.is_some() {
+    if qos != QoS::AtMostOnce && st.persistent() && b.store().is_some() {
         o.seq = st.next_seq;
         st.next_seq += 1;
         ops.push(Op::Put {

@@ -4,13 +4,13 @@
 
 use super::Conn;
 use crate::auth::Access;
-use crate::broker::sub_options;
 use crate::error::CloseReason;
 use crate::protocol::{
     reason, AckProperties, Packet, RetainHandling, SubAck, Subscribe, SubscribeFilter, UnsubAck,
     Unsubscribe,
 };
 use crate::router::SubOptions;
+use crate::session::sub_options;
 use crate::session::Sub;
 use crate::topic::{parse_shared, valid_topic_filter};
 
@@ -65,7 +65,7 @@ impl Conn {
             return Ok((reason::TOPIC_FILTER_INVALID, None));
         }
         let plain = shared.map(|(_, f)| f).unwrap_or(&f.filter);
-        if let Some(acl) = &self.b.auth.acl {
+        if let Some(acl) = self.b.auth().acl() {
             if !acl.check(user, &self.s.client_id, plain, Access::Subscribe) {
                 return Ok((reason::NOT_AUTHORIZED, None));
             }
@@ -97,10 +97,10 @@ impl Conn {
         }
         let limits = self.limits();
         let feed = self.feed.get_or_insert_with(Default::default);
-        let room = limits.retained_room(self.b.retained.len(), feed.len());
+        let room = limits.retained_room(self.b.retained().len(), feed.len());
         if msgs.len() > room {
             let over = (msgs.len() - room) as u64;
-            self.b.metrics.dropped_many("retained_backlog", over);
+            self.b.metrics().dropped_many("retained_backlog", over);
             msgs.truncate(room);
         }
         let ahead = self.s.lock().queue.len();

@@ -18,20 +18,19 @@ async fn healthz() -> &'static str {
 }
 
 async fn metrics(State(b): State<Arc<Broker>>) -> Response {
-    b.metrics.store_commits.set(
-        b.store
-            .as_ref()
-            .map(|s| s.stats().commits as i64)
-            .unwrap_or(0),
-    );
+    b.metrics()
+        .store_commits
+        .set(b.store().map(|s| s.stats().commits as i64).unwrap_or(0));
     if let Some(c) = b.cluster() {
         let peers = c.peers();
         let up = peers.iter().filter(|p| p.1.up).count();
-        b.metrics.cluster_peers_up.set(up as i64);
-        b.metrics.cluster_peers_down.set((peers.len() - up) as i64);
-        b.metrics.cluster_routes.set(c.remote_routes() as i64);
+        b.metrics().cluster_peers_up.set(up as i64);
+        b.metrics()
+            .cluster_peers_down
+            .set((peers.len() - up) as i64);
+        b.metrics().cluster_routes.set(c.remote_routes() as i64);
     }
-    admin::metrics_text(b.metrics.encode())
+    admin::metrics_text(b.metrics().encode())
 }
 
 async fn client(State(b): State<Arc<Broker>>, Path(id): Path<String>) -> Response {
@@ -43,7 +42,7 @@ async fn client(State(b): State<Arc<Broker>>, Path(id): Path<String>) -> Respons
         "client_id": id,
         "username": st.username,
         "peer_addr": st.peer.map(|p| p.to_string()),
-        "node": b.cfg.name,
+        "node": b.cfg().name,
         "protocol_version": st.version.level(),
         "connected": st.conn.is_some(),
     }))
@@ -52,9 +51,9 @@ async fn client(State(b): State<Arc<Broker>>, Path(id): Path<String>) -> Respons
 
 async fn cluster(State(b): State<Arc<Broker>>) -> Json<serde_json::Value> {
     let mut nodes = vec![json!({
-        "name": b.cfg.name,
+        "name": b.cfg().name,
         "state": "up",
-        "routes": b.cluster().map(|c| c.local_routes()).unwrap_or_else(|| b.router.filter_count()),
+        "routes": b.cluster().map(|c| c.local_routes()).unwrap_or_else(|| b.router().filter_count()),
     })];
     if let Some(c) = b.cluster() {
         for (n, st, routes) in c.peers() {
@@ -65,7 +64,7 @@ async fn cluster(State(b): State<Arc<Broker>>) -> Json<serde_json::Value> {
             }));
         }
     }
-    Json(json!({ "node": b.cfg.name, "nodes": nodes }))
+    Json(json!({ "node": b.cfg().name, "nodes": nodes }))
 }
 
 /// The admin router.

@@ -16,13 +16,13 @@ pub const INTERVAL: Duration = Duration::from_secs(10);
 
 /// Publishes the current values once.
 pub fn publish_once(b: &Broker) {
-    let m = &b.metrics;
-    let node = &b.cfg.name;
+    let m = b.metrics();
+    let node = &b.cfg().name;
     let items: [(&str, String); 9] = [
         ("version", format!("mqedge {}", env!("CARGO_PKG_VERSION"))),
         (
             "uptime",
-            format!("{} seconds", b.started.elapsed().as_secs()),
+            format!("{} seconds", b.started().elapsed().as_secs()),
         ),
         ("clients/connected", m.connected.get().to_string()),
         ("clients/total", b.session_count().to_string()),
@@ -30,9 +30,9 @@ pub fn publish_once(b: &Broker) {
         ("messages/sent", m.messages_sent.get().to_string()),
         (
             "subscriptions/count",
-            b.router.subscription_count().to_string(),
+            b.router().subscription_count().to_string(),
         ),
-        ("retained/count", b.retained.len().to_string()),
+        ("retained/count", b.retained().len().to_string()),
         ("bytes/received", m.bytes_received.get().to_string()),
     ];
     let publisher: Arc<str> = Arc::from("$SYS");

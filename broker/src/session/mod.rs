@@ -1,6 +1,7 @@
 //! Session state: what survives a client's connection — subscriptions, the queue of messages
 //! waiting to be sent, unacknowledged outgoing messages (redelivered on reconnect), incoming
-//! QoS 2 ids awaiting PUBREL — and its compact record for the store. One `Mutex` per session
+//! QoS 2 ids awaiting PUBREL. Its compact record for the store is in [`record`], the registry of
+//! every session of the node in [`registry`]. One `Mutex` per session
 //! (never held across an `.await`), so publishers to different sessions never contend.
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -10,8 +11,19 @@ use std::time::Instant;
 
 use tokio::sync::{oneshot, Notify};
 
-use crate::message::{put, Message, Rd};
+use crate::message::Message;
 use crate::protocol::{QoS, RetainHandling, Version};
+use crate::routing::SubOptions;
+
+mod queue;
+pub mod record;
+pub mod registry;
+mod subs;
+
+pub use self::queue::{QueueRules, OVERFLOW_FACTOR};
+pub use self::record::{decode_outgoing, encode_outgoing, message_key, message_prefix};
+pub use self::registry::{Attach, Registry};
+pub use self::subs::Subscriptions;
 
 /// One subscription of a session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -131,73 +143,6 @@ impl State {
             }
         }
     }
-
-    /// The store record of this session (subscriptions and settings; queues are stored apart).
-    pub fn encode(&self) -> Vec<u8> {
-        let mut o = Vec::with_capacity(32 + self.subs.len() * 24);
-        o.push(1);
-        o.push(self.version.level());
-        o.extend_from_slice(&self.expiry.to_be_bytes());
-        match &self.username {
-            Some(u) => {
-                o.push(1);
-                put(&mut o, u.as_bytes());
-            }
-            None => o.push(0),
-        }
-        o.extend_from_slice(&(self.subs.len() as u32).to_be_bytes());
-        for (f, s) in &self.subs {
-            put(&mut o, f.as_bytes());
-            o.push(s.qos as u8);
-            o.push(
-                u8::from(s.no_local)
-                    | u8::from(s.retain_as_published) << 1
-                    | (s.retain_handling as u8) << 2,
-            );
-            o.extend_from_slice(&s.id.unwrap_or(0).to_be_bytes());
-        }
-        o
-    }
-
-    /// Reads a stored session record.
-    pub fn decode(b: &[u8]) -> Option<State> {
-        let mut r = Rd(b);
-        if r.u8()? != 1 {
-            return None;
-        }
-        let mut st = State::new();
-        st.version = match r.u8()? {
-            3 => Version::V31,
-            5 => Version::V5,
-            _ => Version::V311,
-        };
-        st.expiry = r.u32()?;
-        if r.u8()? == 1 {
-            st.username = Some(r.string()?);
-        }
-        let n = r.u32()?;
-        for _ in 0..n {
-            let f = r.string()?;
-            let qos = QoS::from_u8(r.u8()?)?;
-            let flags = r.u8()?;
-            let id = r.u32()?;
-            st.subs.insert(
-                f,
-                Sub {
-                    qos,
-                    no_local: flags & 1 != 0,
-                    retain_as_published: flags & 2 != 0,
-                    retain_handling: match (flags >> 2) & 3 {
-                        1 => RetainHandling::SendIfNew,
-                        2 => RetainHandling::DoNotSend,
-                        _ => RetainHandling::SendAtSubscribe,
-                    },
-                    id: (id != 0).then_some(id),
-                },
-            );
-        }
-        Some(st)
-    }
 }
 
 /// A session: its client id, its state, and the bell its connection task waits on.
@@ -241,82 +186,20 @@ impl Session {
     }
 }
 
-/// Store key of a queued message: `client_id 0x00 seq(BE)`.
-pub fn message_key(client_id: &str, seq: u64) -> Vec<u8> {
-    let mut k = Vec::with_capacity(client_id.len() + 9);
-    k.extend_from_slice(client_id.as_bytes());
-    k.push(0);
-    k.extend_from_slice(&seq.to_be_bytes());
-    k
-}
-
-/// Store key prefix of every queued message of a client.
-pub fn message_prefix(client_id: &str) -> Vec<u8> {
-    let mut k = Vec::with_capacity(client_id.len() + 1);
-    k.extend_from_slice(client_id.as_bytes());
-    k.push(0);
-    k
-}
-
-/// Stored form of a queued delivery.
-pub fn encode_outgoing(o: &Outgoing) -> Vec<u8> {
-    let mut v = Vec::with_capacity(64 + o.msg.payload.len());
-    v.push(o.qos as u8);
-    v.push(u8::from(o.retain));
-    v.extend_from_slice(&(o.sub_ids.len() as u32).to_be_bytes());
-    for id in &o.sub_ids {
-        v.extend_from_slice(&id.to_be_bytes());
+/// Router options of a session subscription.
+pub fn sub_options(s: &Sub) -> SubOptions {
+    SubOptions {
+        qos: s.qos as u8,
+        no_local: s.no_local,
+        retain_as_published: s.retain_as_published,
+        subscription_id: s.id,
+        extra_ids: [0; 3],
     }
-    v.extend_from_slice(&o.msg.encode());
-    v
-}
-
-/// Reads a stored queued delivery.
-pub fn decode_outgoing(b: &[u8], seq: u64) -> Option<Outgoing> {
-    let mut r = Rd(b);
-    let qos = QoS::from_u8(r.u8()?)?;
-    let retain = r.u8()? != 0;
-    let n = r.u32()?;
-    let mut sub_ids = Vec::new();
-    for _ in 0..n.min(64) {
-        sub_ids.push(r.u32()?);
-    }
-    let msg = Message::decode(r.0)?;
-    Some(Outgoing {
-        msg: Arc::new(msg),
-        qos,
-        retain,
-        sub_ids,
-        seq,
-    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn session_record_round_trip() {
-        let mut st = State::new();
-        st.version = Version::V5;
-        st.expiry = 3600;
-        st.username = Some("u".into());
-        st.subs.insert(
-            "a/+".into(),
-            Sub {
-                qos: QoS::AtLeastOnce,
-                no_local: true,
-                retain_as_published: false,
-                retain_handling: RetainHandling::SendIfNew,
-                id: Some(7),
-            },
-        );
-        let back = State::decode(&st.encode()).unwrap();
-        assert_eq!(back.expiry, 3600);
-        assert_eq!(back.version, Version::V5);
-        assert_eq!(back.subs, st.subs);
-        assert_eq!(back.username.as_deref(), Some("u"));
-    }
 
     #[test]
     fn packet_ids_skip_inflight_and_wrap() {

@@ -1,0 +1,286 @@
+//! The cluster node: its state (peers, their channels and routes, awaited answers), gossip
+//! membership and failure detection (chitchat), and what happens when a peer comes or goes.
+//! Siblings: [`super::channel`] (the TCP frames), [`super::peers`] (the core's side, [`Peers`]).
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use chitchat::transport::UdpTransport;
+use chitchat::{spawn_chitchat, ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig};
+use prometheus_client::metrics::counter::Counter;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::frame::Frame;
+#[cfg(doc)]
+use super::Peers;
+use super::{ClusterError, Gate, LocalNode, PeerStatus, GOSSIP_INTERVAL};
+use crate::config::ClusterConfig;
+use crate::routing::Router;
+
+/// The outgoing side of a peer channel. Control frames (routes, acks, sessions) are never
+/// dropped; forwarded publishes are bounded by [`PEER_QUEUE`] per peer (over it they are dropped
+/// and counted — a QoS 1/2 publisher then gets no ack and publishes again).
+pub(super) struct Peer {
+    pub(super) tx: mpsc::UnboundedSender<Frame>,
+    pub(super) queued_forwards: Arc<Gate>,
+    pub(super) addr: SocketAddr,
+    /// The peer's incarnation (chitchat generation): a restarted node gets a fresh channel.
+    pub(super) generation: u64,
+}
+
+/// This node's view of the cluster.
+pub struct Cluster {
+    /// This node's name.
+    pub(super) node: Arc<str>,
+    pub(super) epoch: u64,
+    pub(super) bind: SocketAddr,
+    pub(super) chitchat: Mutex<Option<ChitchatHandle>>,
+    pub(super) peers: Mutex<HashMap<Arc<str>, Peer>>,
+    pub(super) status: Mutex<HashMap<Arc<str>, PeerStatus>>,
+    /// Remote routes: filter → nodes that have local subscribers for it.
+    pub(super) routes: Router<Arc<str>>,
+    pub(super) node_filters: Mutex<HashMap<Arc<str>, HashSet<String>>>,
+    pub(super) local: Mutex<HashMap<String, u32>>,
+    /// Answers awaited from peers (forward acks, session handovers), by request id.
+    pub(super) waiting: Mutex<HashMap<u64, Waiter>>,
+    pub(super) next_id: AtomicU64,
+    pub(super) core: OnceLock<Weak<dyn LocalNode>>,
+    pub(super) forwarded: Counter,
+    pub(super) forwarded_bytes: Counter,
+}
+
+pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// An answer awaited from one peer.
+pub(super) struct Waiter {
+    pub(super) peer: Arc<str>,
+    pub(super) tx: oneshot::Sender<Frame>,
+}
+
+impl Cluster {
+    /// Creates the cluster state (nothing runs until [`Cluster::start`]).
+    pub fn new(
+        node: &str,
+        cfg: &ClusterConfig,
+        forwarded: Counter,
+        forwarded_bytes: Counter,
+    ) -> Arc<Cluster> {
+        let epoch = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        Arc::new(Cluster {
+            node: Arc::from(node),
+            epoch,
+            bind: cfg.bind,
+            chitchat: Mutex::new(None),
+            peers: Mutex::new(HashMap::new()),
+            status: Mutex::new(HashMap::new()),
+            routes: Router::new(),
+            node_filters: Mutex::new(HashMap::new()),
+            local: Mutex::new(HashMap::new()),
+            waiting: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            core: OnceLock::new(),
+            forwarded,
+            forwarded_bytes,
+        })
+    }
+
+    /// This node's core, while it runs.
+    pub(super) fn core(&self) -> Option<Arc<dyn LocalNode>> {
+        self.core.get().and_then(Weak::upgrade)
+    }
+
+    /// Binds the channel, starts gossip and the membership loop.
+    pub async fn start(
+        self: &Arc<Self>,
+        local: &Arc<dyn LocalNode>,
+        cfg: &ClusterConfig,
+        stop: watch::Receiver<bool>,
+    ) -> Result<(), ClusterError> {
+        let _ = self.core.set(Arc::downgrade(local));
+        let listener = TcpListener::bind(cfg.bind)
+            .await
+            .map_err(|e| ClusterError::Bind {
+                addr: cfg.bind,
+                source: e,
+            })?;
+        let config = ChitchatConfig {
+            chitchat_id: ChitchatId::new(self.node.to_string(), self.epoch, cfg.bind),
+            cluster_id: "mqedge".into(),
+            gossip_interval: GOSSIP_INTERVAL,
+            listen_addr: cfg.bind,
+            seed_nodes: cfg.seeds.iter().map(|s| s.to_string()).collect(),
+            failure_detector_config: FailureDetectorConfig {
+                phi_threshold: 8.0,
+                sampling_window_size: 1000,
+                max_interval: Duration::from_secs(2),
+                initial_interval: Duration::from_millis(500),
+                dead_node_grace_period: Duration::from_secs(3600),
+            },
+            marked_for_deletion_grace_period: Duration::from_secs(3600),
+            catchup_callback: None,
+            extra_liveness_predicate: Some(Box::new(|s: &chitchat::NodeState| {
+                s.get("leaving").is_none()
+            })),
+            protocol_version: chitchat::ProtocolVersion::V0,
+        };
+        let handle = spawn_chitchat(
+            config,
+            vec![("cluster_addr".into(), cfg.bind.to_string())],
+            &UdpTransport,
+        )
+        .await
+        .map_err(|e| ClusterError::Gossip(cfg.bind, e.to_string()))?;
+        let live = handle.chitchat().lock().await.live_nodes_watcher();
+        *lock(&self.chitchat) = Some(handle);
+        tracing::info!(node = %self.node, bind = %cfg.bind, seeds = ?cfg.seeds, "cluster: gossip and node channel up");
+        tokio::spawn(self.clone().accept_loop(listener, stop.clone()));
+        tokio::spawn(self.clone().membership_loop(live, stop));
+        Ok(())
+    }
+
+    /// Announces a graceful leave (SIGTERM): peers mark this node down at once.
+    pub async fn leave(&self) {
+        let h = lock(&self.chitchat).take();
+        if let Some(h) = &h {
+            h.chitchat()
+                .lock()
+                .await
+                .self_node_state()
+                .set("leaving", "true");
+        }
+        let peers: Vec<mpsc::UnboundedSender<Frame>> =
+            lock(&self.peers).values().map(|p| p.tx.clone()).collect();
+        for p in peers {
+            let _ = p.send(Frame::Leave);
+        }
+        // let one gossip round and the Leave frames go out
+        tokio::time::sleep(GOSSIP_INTERVAL * 2).await;
+        if let Some(h) = h {
+            let _ = h.shutdown().await;
+        }
+    }
+
+    async fn membership_loop(
+        self: Arc<Self>,
+        mut live: watch::Receiver<std::collections::BTreeMap<ChitchatId, chitchat::NodeState>>,
+        mut stop: watch::Receiver<bool>,
+    ) {
+        loop {
+            let now: HashMap<Arc<str>, (SocketAddr, u64)> = live
+                .borrow_and_update()
+                .keys()
+                .filter(|id| *id.node_id != *self.node)
+                .map(|id| {
+                    (
+                        id.node_id.clone(),
+                        (id.gossip_advertise_addr, id.generation_id),
+                    )
+                })
+                .collect();
+            self.apply_membership(now);
+            tokio::select! {
+                _ = stop.changed() => break,
+                r = live.changed() => if r.is_err() { break },
+                // re-dial peers whose channel broke while gossip still calls them live
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+    }
+
+    fn apply_membership(self: &Arc<Self>, live: HashMap<Arc<str>, (SocketAddr, u64)>) {
+        // gone: drop routes and channel
+        let gone: Vec<Arc<str>> = lock(&self.status)
+            .iter()
+            .filter(|(n, s)| s.up && !live.contains_key(*n))
+            .map(|(n, _)| n.clone())
+            .collect();
+        for n in gone {
+            self.node_down(&n, "failure detector");
+        }
+        for (n, (addr, generation)) in live {
+            let (need, restarted) = {
+                let peers = lock(&self.peers);
+                match peers.get(&n) {
+                    Some(p) => (
+                        p.tx.is_closed() || p.addr != addr || p.generation != generation,
+                        p.generation != generation,
+                    ),
+                    None => (true, false),
+                }
+            };
+            if restarted {
+                // a new incarnation (restarted before the detector noticed): what the old one
+                // owed us will never come
+                tracing::info!(node = %self.node, peer = %n, "cluster: peer restarted; reconnecting");
+                self.release_waiters(&n);
+            }
+            if need {
+                self.connect_peer(n.clone(), addr, generation);
+            }
+            let mut st = lock(&self.status);
+            let e = st
+                .entry(n.clone())
+                .or_insert(PeerStatus { up: false, addr });
+            if !e.up {
+                tracing::info!(node = %self.node, peer = %n, addr = %addr, "cluster: peer up");
+            }
+            e.up = true;
+            e.addr = addr;
+        }
+    }
+
+    pub(super) fn node_down(&self, n: &Arc<str>, why: &str) {
+        let was_up = {
+            let mut st = lock(&self.status);
+            st.get_mut(n)
+                .map(|s| std::mem::replace(&mut s.up, false))
+                .unwrap_or(false)
+        };
+        lock(&self.peers).remove(n);
+        self.drop_routes(n);
+        self.release_waiters(n);
+        if was_up {
+            tracing::warn!(node = %self.node, peer = %n, "cluster: peer down ({why}); its routes dropped");
+        }
+    }
+
+    /// Answers everything still awaited from a peer that is gone: a forward to it counts as
+    /// done (its subscribers went with it), a session request as "not there".
+    pub(super) fn release_waiters(&self, n: &str) {
+        let gone: Vec<(u64, Waiter)> = {
+            let mut w = lock(&self.waiting);
+            let ids: Vec<u64> = w
+                .iter()
+                .filter(|(_, x)| &*x.peer == n)
+                .map(|(id, _)| *id)
+                .collect();
+            ids.into_iter()
+                .filter_map(|id| w.remove(&id).map(|x| (id, x)))
+                .collect()
+        };
+        for (id, w) in gone {
+            let _ = w.tx.send(Frame::Session { id, export: None });
+        }
+    }
+
+    pub(super) fn drop_routes(&self, n: &Arc<str>) {
+        let filters = lock(&self.node_filters).remove(n).unwrap_or_default();
+        for f in filters {
+            self.routes.unsubscribe(n, &f);
+        }
+    }
+
+    /// The cluster bind address.
+    pub fn bind(&self) -> SocketAddr {
+        self.bind
+    }
+}

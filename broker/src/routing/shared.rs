@@ -1,0 +1,134 @@
+//! Shared-subscription policy (`[broker] shared_policy`): which member of a `$share` group takes
+//! a message, here and across the cluster. Members with a connection go first; then random or
+//! in turn, per (group, filter).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use super::trie::SubOptions;
+use crate::config::SharedPolicy;
+use crate::message::unix_now;
+
+/// How many shards the node's hashed maps (sessions, round-robin counters) have.
+pub const SHARDS: usize = 32;
+
+/// The shard of a key: FNV-1a, cheap and stable.
+pub fn shard_of(s: &str) -> usize {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in s.as_bytes() {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x100_0000_01b3);
+    }
+    (h % SHARDS as u64) as usize
+}
+
+/// Where a shared group's copy goes.
+pub enum Target {
+    /// A member on this node.
+    Local(Arc<str>, SubOptions),
+    /// Another node (which picks one of its members).
+    Node(Arc<str>),
+}
+
+/// The policy and its state: round-robin counters and a random stream.
+pub struct Shared {
+    policy: SharedPolicy,
+    rr: Vec<Mutex<HashMap<String, u64>>>,
+    rng: AtomicU64,
+}
+
+impl Shared {
+    /// Starts the policy with fresh counters.
+    pub fn new(policy: SharedPolicy) -> Shared {
+        Shared {
+            policy,
+            rr: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            rng: AtomicU64::new(0x9e37_79b9_7f4a_7c15 ^ unix_now()),
+        }
+    }
+
+    /// Chooses where a shared group's copy goes, by policy: a local member or another node.
+    pub fn choose(
+        &self,
+        group: &str,
+        filter: &str,
+        local: &[(Arc<str>, SubOptions)],
+        nodes: &[Arc<str>],
+        online: &dyn Fn(&str) -> bool,
+    ) -> Option<Target> {
+        let local_pick = || {
+            self.pick(group, filter, local, online)
+                .map(|(c, o)| Target::Local(c, o))
+        };
+        match self.policy {
+            SharedPolicy::LocalOnly => local_pick(),
+            SharedPolicy::PreferLocal if !local.is_empty() => local_pick(),
+            policy => {
+                // every local member and every remote node is one candidate
+                let n = local.len() + nodes.len();
+                if n == 0 {
+                    return None;
+                }
+                let i = if policy == SharedPolicy::Random {
+                    (self.next_random() % n as u64) as usize
+                } else {
+                    self.turn(format!("{group}\u{0}{filter}\u{0}cluster"), n)
+                };
+                if i < local.len() {
+                    local.get(i).map(|(c, o)| Target::Local(c.clone(), *o))
+                } else {
+                    nodes.get(i - local.len()).map(|n| Target::Node(n.clone()))
+                }
+            }
+        }
+    }
+
+    /// Picks one local member of a group (`online` says which have a connection).
+    pub fn pick(
+        &self,
+        group: &str,
+        filter: &str,
+        members: &[(Arc<str>, SubOptions)],
+        online: &dyn Fn(&str) -> bool,
+    ) -> Option<(Arc<str>, SubOptions)> {
+        if members.is_empty() {
+            return None;
+        }
+        // online members first: a message should not wait in an offline member's queue while
+        // another member could take it now
+        let up: Vec<&(Arc<str>, SubOptions)> = members.iter().filter(|(c, _)| online(c)).collect();
+        let pool: Vec<&(Arc<str>, SubOptions)> = if up.is_empty() {
+            members.iter().collect()
+        } else {
+            up
+        };
+        let idx = match self.policy {
+            SharedPolicy::Random => (self.next_random() % pool.len() as u64) as usize,
+            // on one node, local = all: these spread in turn
+            SharedPolicy::RoundRobin | SharedPolicy::PreferLocal | SharedPolicy::LocalOnly => {
+                self.turn(format!("{group}\u{0}{filter}"), pool.len())
+            }
+        };
+        pool.get(idx).map(|(c, o)| (c.clone(), *o))
+    }
+
+    /// The next turn of a round-robin counter, among `n` candidates.
+    fn turn(&self, key: String, n: usize) -> usize {
+        let mut m = self.rr[shard_of(&key)]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let c = m.entry(key).or_insert(0);
+        *c = c.wrapping_add(1);
+        (*c % n as u64) as usize
+    }
+
+    fn next_random(&self) -> u64 {
+        let mut x = self.rng.fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::Relaxed);
+        x ^= x >> 30;
+        x = x.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        x ^= x >> 27;
+        x = x.wrapping_mul(0x94d0_49bb_1331_11eb);
+        x ^ (x >> 31)
+    }
+}

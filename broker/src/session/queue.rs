@@ -1,0 +1,129 @@
+//! A session's queue: a delivery goes in bounded (the oldest are dropped past the limit), and
+//! a connected session that falls behind holds its publishers back instead (server-side flow
+//! control, [`Session::wait_for_space`]).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::record::{message_key, queued_put};
+use super::{Outgoing, Session};
+use crate::auth::{Access, Acl};
+use crate::feed::delivery_qos;
+use crate::message::Message;
+use crate::metrics::Metrics;
+use crate::protocol::QoS;
+use crate::routing::SubOptions;
+use crate::store::{Op, Table};
+
+/// How far past `max_offline_messages` a connected session's backlog may grow while its
+/// publishers are held back, before the oldest messages are dropped.
+pub const OVERFLOW_FACTOR: usize = 4;
+
+/// What queueing a delivery takes from the node: the same for every session.
+pub struct QueueRules<'a> {
+    /// Read access, checked per delivery against the session's username.
+    pub acl: Option<&'a Acl>,
+    /// Whether QoS 1/2 deliveries of a persistent session are stored (`data_dir` is set).
+    pub durable: bool,
+    /// `max_offline_messages`, at least 1.
+    pub limit: usize,
+    /// Where drops are counted.
+    pub metrics: &'a Metrics,
+}
+
+impl Session {
+    /// Queues one message (bounded queue, drop oldest); `as_retained` marks a delivery of a
+    /// retained message at subscribe time (RETAIN flag set). Returns the session when it is
+    /// connected and its backlog is over the limit: the publisher waits for it.
+    pub fn enqueue(
+        self: &Arc<Self>,
+        msg: &Arc<Message>,
+        opts: &SubOptions,
+        as_retained: bool,
+        rules: &QueueRules<'_>,
+        ops: &mut Vec<Op>,
+    ) -> Option<Arc<Session>> {
+        let client = &*self.client_id;
+        let qos = delivery_qos(msg, opts);
+        let mut st = self.lock();
+        if let Some(acl) = rules.acl {
+            if !acl.check(st.username.as_deref(), client, &msg.topic, Access::Read) {
+                return None;
+            }
+        }
+        let online = st.conn.is_some();
+        if !online && (!st.persistent() || qos == QoS::AtMostOnce) {
+            return None;
+        }
+        let mut seq = 0;
+        if qos != QoS::AtMostOnce && st.persistent() && rules.durable {
+            seq = st.next_seq;
+            st.next_seq += 1;
+        }
+        let out = Outgoing {
+            msg: msg.clone(),
+            qos,
+            retain: if as_retained {
+                true
+            } else {
+                opts.retain_as_published && msg.retain
+            },
+            sub_ids: opts.ids().collect(),
+            seq,
+        };
+        if seq != 0 {
+            ops.push(queued_put(client, &out));
+        }
+        st.queue.push_back(out);
+        let limit = rules.limit;
+        // a connected subscriber that falls behind holds its publishers back (they wait for
+        // `space` before reading more) instead of losing messages; only far past the limit, or
+        // for an offline session, the oldest are dropped
+        let hard = if online {
+            limit.saturating_mul(OVERFLOW_FACTOR)
+        } else {
+            limit
+        };
+        let congested = online && st.queue.len() >= limit;
+        while st.queue.len() > hard {
+            if let Some(old) = st.queue.pop_front() {
+                rules.metrics.dropped("queue_full");
+                if old.seq != 0 {
+                    ops.push(Op::Delete {
+                        table: Table::Messages,
+                        key: message_key(client, old.seq),
+                    });
+                }
+            }
+        }
+        drop(st);
+        if online {
+            self.notify.notify_one();
+        }
+        congested.then(|| self.clone())
+    }
+
+    /// Waits (bounded) until a connected session's backlog fell to half its limit.
+    pub async fn wait_for_space(&self, limit: usize) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        loop {
+            let space = self.space.notified();
+            tokio::pin!(space);
+            space.as_mut().enable();
+            let backlog = {
+                let st = self.lock();
+                if st.conn.is_some() {
+                    st.queue.len()
+                } else {
+                    0
+                }
+            };
+            if backlog < limit / 2 + 1 {
+                break;
+            }
+            if tokio::time::timeout_at(deadline, space).await.is_err() {
+                break;
+            }
+        }
+    }
+}

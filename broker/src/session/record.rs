@@ -1,0 +1,263 @@
+//! The session's durable forms: its store record (subscriptions and settings), the store keys
+//! and values of its queued messages, and the export a session travels in to another node.
+//! Pure encoders and decoders: no I/O, no locks.
+
+use std::sync::Arc;
+
+use super::{Await, Outgoing, State, Sub};
+use crate::message::{put, Message, Rd};
+use crate::protocol::{QoS, RetainHandling, Version};
+use crate::store::{Op, Table};
+
+impl State {
+    /// The store record of this session (subscriptions and settings; queues are stored apart).
+    pub fn encode(&self) -> Vec<u8> {
+        let mut o = Vec::with_capacity(32 + self.subs.len() * 24);
+        o.push(1);
+        o.push(self.version.level());
+        o.extend_from_slice(&self.expiry.to_be_bytes());
+        match &self.username {
+            Some(u) => {
+                o.push(1);
+                put(&mut o, u.as_bytes());
+            }
+            None => o.push(0),
+        }
+        o.extend_from_slice(&(self.subs.len() as u32).to_be_bytes());
+        for (f, s) in &self.subs {
+            put(&mut o, f.as_bytes());
+            o.push(s.qos as u8);
+            o.push(
+                u8::from(s.no_local)
+                    | u8::from(s.retain_as_published) << 1
+                    | (s.retain_handling as u8) << 2,
+            );
+            o.extend_from_slice(&s.id.unwrap_or(0).to_be_bytes());
+        }
+        o
+    }
+
+    /// Reads a stored session record.
+    pub fn decode(b: &[u8]) -> Option<State> {
+        let mut r = Rd(b);
+        if r.u8()? != 1 {
+            return None;
+        }
+        let mut st = State::new();
+        st.version = match r.u8()? {
+            3 => Version::V31,
+            5 => Version::V5,
+            _ => Version::V311,
+        };
+        st.expiry = r.u32()?;
+        if r.u8()? == 1 {
+            st.username = Some(r.string()?);
+        }
+        let n = r.u32()?;
+        for _ in 0..n {
+            let f = r.string()?;
+            let qos = QoS::from_u8(r.u8()?)?;
+            let flags = r.u8()?;
+            let id = r.u32()?;
+            st.subs.insert(
+                f,
+                Sub {
+                    qos,
+                    no_local: flags & 1 != 0,
+                    retain_as_published: flags & 2 != 0,
+                    retain_handling: match (flags >> 2) & 3 {
+                        1 => RetainHandling::SendIfNew,
+                        2 => RetainHandling::DoNotSend,
+                        _ => RetainHandling::SendAtSubscribe,
+                    },
+                    id: (id != 0).then_some(id),
+                },
+            );
+        }
+        Some(st)
+    }
+}
+
+/// Store key of a queued message: `client_id 0x00 seq(BE)`.
+pub fn message_key(client_id: &str, seq: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(client_id.len() + 9);
+    k.extend_from_slice(client_id.as_bytes());
+    k.push(0);
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+/// Store key prefix of every queued message of a client.
+pub fn message_prefix(client_id: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(client_id.len() + 1);
+    k.extend_from_slice(client_id.as_bytes());
+    k.push(0);
+    k
+}
+
+/// Stored form of a queued delivery.
+pub fn encode_outgoing(o: &Outgoing) -> Vec<u8> {
+    let mut v = Vec::with_capacity(64 + o.msg.payload.len());
+    v.push(o.qos as u8);
+    v.push(u8::from(o.retain));
+    v.extend_from_slice(&(o.sub_ids.len() as u32).to_be_bytes());
+    for id in &o.sub_ids {
+        v.extend_from_slice(&id.to_be_bytes());
+    }
+    v.extend_from_slice(&o.msg.encode());
+    v
+}
+
+/// The store write of a session record (see [`State::encode`]).
+pub fn record_put(client_id: &str, rec: Vec<u8>) -> Op {
+    Op::Put {
+        table: Table::Sessions,
+        key: client_id.as_bytes().to_vec(),
+        value: rec,
+    }
+}
+
+/// The store writes that erase a client's session record and queued messages.
+pub fn forget(client_id: &str) -> Vec<Op> {
+    vec![
+        Op::Delete {
+            table: Table::Sessions,
+            key: client_id.as_bytes().to_vec(),
+        },
+        Op::DeletePrefix {
+            table: Table::Messages,
+            prefix: message_prefix(client_id),
+        },
+    ]
+}
+
+/// The store write of a queued delivery (`o.seq` set).
+pub fn queued_put(client_id: &str, o: &Outgoing) -> Op {
+    Op::Put {
+        table: Table::Messages,
+        key: message_key(client_id, o.seq),
+        value: encode_outgoing(o),
+    }
+}
+
+/// Reads a stored queued delivery.
+pub fn decode_outgoing(b: &[u8], seq: u64) -> Option<Outgoing> {
+    let mut r = Rd(b);
+    let qos = QoS::from_u8(r.u8()?)?;
+    let retain = r.u8()? != 0;
+    let n = r.u32()?;
+    let mut sub_ids = Vec::new();
+    for _ in 0..n.min(64) {
+        sub_ids.push(r.u32()?);
+    }
+    let msg = Message::decode(r.0)?;
+    Some(Outgoing {
+        msg: Arc::new(msg),
+        qos,
+        retain,
+        sub_ids,
+        seq,
+    })
+}
+
+/// A session's in-flight messages (with packet id and state, MQTT-4.4.0-1: they are resent with
+/// DUP, PUBREL for those past PUBREC), then its queue, as another node imports them.
+pub fn encode_handover(st: &State) -> Vec<Vec<u8>> {
+    let tag = |kind: u8, pid: u16, o: &Outgoing| {
+        let mut v = vec![kind];
+        v.extend_from_slice(&pid.to_be_bytes());
+        v.extend_from_slice(&encode_outgoing(o));
+        v
+    };
+    st.inflight
+        .iter()
+        .map(|(pid, state, o)| {
+            let kind = match state {
+                Await::PubAck => 1,
+                Await::PubRec => 2,
+                Await::PubComp => 3,
+            };
+            tag(kind, *pid, o)
+        })
+        .chain(st.queue.iter().map(|o| tag(0, 0, o)))
+        .collect()
+}
+
+/// One entry of [`encode_handover`]: the packet id and state of an in-flight message (`None`
+/// for a queued one) and the message (not stored: `seq` 0).
+pub fn decode_handover(q: &[u8]) -> Option<(u16, Option<Await>, Outgoing)> {
+    let (Some(&kind), Some(pid)) = (q.first(), q.get(1..3)) else {
+        return None;
+    };
+    let pid = u16::from_be_bytes([pid[0], pid[1]]);
+    let o = decode_outgoing(&q[3..], 0)?;
+    let state = match kind {
+        1 => Some(Await::PubAck),
+        2 => Some(Await::PubRec),
+        3 => Some(Await::PubComp),
+        _ => None,
+    };
+    Some((pid, state, o))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn session_record_round_trip() {
+        let mut st = State::new();
+        st.version = Version::V5;
+        st.expiry = 3600;
+        st.username = Some("u".into());
+        st.subs.insert(
+            "a/+".into(),
+            Sub {
+                qos: QoS::AtLeastOnce,
+                no_local: true,
+                retain_as_published: false,
+                retain_handling: RetainHandling::SendIfNew,
+                id: Some(7),
+            },
+        );
+        let back = State::decode(&st.encode()).unwrap();
+        assert_eq!(back.expiry, 3600);
+        assert_eq!(back.version, Version::V5);
+        assert_eq!(back.subs, st.subs);
+        assert_eq!(back.username.as_deref(), Some("u"));
+    }
+
+    #[test]
+    fn handover_keeps_inflight_state_and_queue_order() {
+        let out = |topic: &str, qos| Outgoing {
+            msg: Arc::new(Message::plain(
+                topic,
+                bytes::Bytes::from_static(b"p"),
+                qos,
+                false,
+                Arc::from("pub"),
+            )),
+            qos,
+            retain: true,
+            sub_ids: vec![3],
+            seq: 9,
+        };
+        let mut st = State::new();
+        st.inflight
+            .push_back((7, Await::PubRec, out("a", QoS::ExactlyOnce)));
+        st.queue.push_back(out("b", QoS::AtLeastOnce));
+        let back: Vec<_> = encode_handover(&st)
+            .iter()
+            .map(|q| decode_handover(q).unwrap())
+            .collect();
+        assert_eq!(back.len(), 2);
+        let (pid, state, o) = &back[0];
+        assert_eq!((*pid, *state, &*o.msg.topic), (7, Some(Await::PubRec), "a"));
+        assert_eq!(
+            (o.qos, o.retain, o.sub_ids.as_slice(), o.seq),
+            (QoS::ExactlyOnce, true, &[3][..], 0)
+        );
+        let (_, state, o) = &back[1];
+        assert_eq!((*state, &*o.msg.topic), (None, "b"));
+    }
+}

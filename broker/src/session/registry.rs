@@ -1,0 +1,505 @@
+//! The node's sessions by client id (a sharded map, so connects of different clients rarely
+//! contend) and their lifecycle: restore from the store, attach with takeover, detach with the
+//! will and expiry timers, removal, and the handover to and from other nodes.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
+
+use super::record::{
+    decode_handover, decode_outgoing, encode_handover, forget, queued_put, record_put,
+};
+use super::subs::Subscriptions;
+use super::{sub_options, Attached, Session, State, Sub};
+use crate::cluster::{Peers, SessionExport};
+use crate::metrics::Metrics;
+use crate::protocol::{reason, QoS, Version, Will};
+use crate::routing::shared::{shard_of, SHARDS};
+use crate::store::{Op, Store, StoreError, Table};
+
+/// What `attach` decided for a connecting client.
+pub struct Attach {
+    /// The session now bound to this connection.
+    pub session: Arc<Session>,
+    /// CONNACK Session Present.
+    pub session_present: bool,
+    /// Fires when another connection takes this session over.
+    pub kicked: oneshot::Receiver<u8>,
+}
+
+/// Every session of this node, and the local subscription table kept in step with them.
+pub struct Registry {
+    shards: Vec<Mutex<HashMap<Arc<str>, Arc<Session>>>>,
+    subs: Subscriptions,
+    conn_seq: AtomicU64,
+    store: Option<Store>,
+    metrics: Arc<Metrics>,
+}
+
+impl Registry {
+    /// An empty registry writing session records to `store` (when `data_dir` is set).
+    pub fn new(store: Option<Store>, metrics: Arc<Metrics>) -> Registry {
+        Registry {
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            subs: Subscriptions::new(metrics.clone()),
+            conn_seq: AtomicU64::new(0),
+            store,
+            metrics,
+        }
+    }
+
+    /// The local subscriptions (and the cluster they are announced to).
+    pub fn subs(&self) -> &Subscriptions {
+        &self.subs
+    }
+
+    /// Joins the cluster (once, before serving): routes restored from the store become this
+    /// node's announced routes.
+    pub fn set_peers(&self, c: Arc<dyn Peers>) {
+        for f in self.subs.trie().filters() {
+            for _ in 0..self.holders(&f) {
+                c.local_add(&f);
+            }
+        }
+        self.subs.set_peers(c);
+    }
+
+    /// How many sessions subscribe to `f`.
+    fn holders(&self, f: &str) -> usize {
+        let mut n = 0;
+        for shard in &self.shards {
+            let m = shard.lock().unwrap_or_else(|p| p.into_inner());
+            n += m.values().filter(|s| s.lock().subs.contains_key(f)).count();
+        }
+        n
+    }
+
+    /// Restores sessions and their queued messages from the store; returns how many of each.
+    /// Restored sessions are offline: their expiry counts from now.
+    pub fn restore(&self) -> Result<(usize, usize), StoreError> {
+        let Some(store) = &self.store else {
+            return Ok((0, 0));
+        };
+        let mut restored = 0usize;
+        for (k, v) in store.scan(Table::Sessions)? {
+            let Ok(id) = String::from_utf8(k) else {
+                continue;
+            };
+            let Some(st) = State::decode(&v) else {
+                tracing::warn!(client_id = %id, "unreadable session record skipped");
+                continue;
+            };
+            let id: Arc<str> = Arc::from(id);
+            for (f, s) in &st.subs {
+                self.subs.trie().subscribe(&id, f, sub_options(s));
+            }
+            let s = Arc::new(Session::restored(id.clone(), st));
+            self.shard(&id).insert(id, s);
+            restored += 1;
+        }
+        let mut queued = 0usize;
+        for (k, v) in store.scan(Table::Messages)? {
+            let Some(pos) = k.iter().position(|b| *b == 0) else {
+                continue;
+            };
+            let (id, rest) = k.split_at(pos);
+            let Ok(seq) = <[u8; 8]>::try_from(&rest[1..]) else {
+                continue;
+            };
+            let seq = u64::from_be_bytes(seq);
+            let Ok(id) = std::str::from_utf8(id) else {
+                continue;
+            };
+            let Some(s) = self.get(id) else {
+                store.write_nowait(vec![Op::Delete {
+                    table: Table::Messages,
+                    key: k.clone(),
+                }]);
+                continue;
+            };
+            if let Some(o) = decode_outgoing(&v, seq) {
+                let mut st = s.lock();
+                st.next_seq = st.next_seq.max(seq + 1);
+                st.queue.push_back(o);
+                queued += 1;
+            }
+        }
+        let now = Instant::now();
+        for s in self.all() {
+            s.lock().disconnected_at = Some(now);
+        }
+        self.metrics.sessions.set(restored as i64);
+        self.subs.count_changed();
+        Ok((restored, queued))
+    }
+
+    fn shard(&self, id: &str) -> MutexGuard<'_, HashMap<Arc<str>, Arc<Session>>> {
+        self.shards[shard_of(id)]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Every session, one shard locked at a time.
+    fn all(&self) -> Vec<Arc<Session>> {
+        let mut v = Vec::new();
+        for shard in &self.shards {
+            v.extend(
+                shard
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .values()
+                    .cloned(),
+            );
+        }
+        v
+    }
+
+    /// The session of a client id.
+    pub fn get(&self, id: &str) -> Option<Arc<Session>> {
+        self.shard(id).get(id).cloned()
+    }
+
+    /// Whether a client's session has a connection (shared groups prefer such members).
+    pub fn is_online(&self, id: &str) -> bool {
+        self.get(id).is_some_and(|s| s.lock().conn.is_some())
+    }
+
+    /// Every session (admin, $SYS).
+    pub fn count(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.lock().map(|m| m.len()).unwrap_or(0))
+            .sum()
+    }
+
+    /// A new connection id.
+    pub fn next_conn_id(&self) -> u64 {
+        self.conn_seq.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Whether `s` is the registered session of its client id (not replaced or removed).
+    pub fn is_current(&self, s: &Arc<Session>) -> bool {
+        self.get(&s.client_id)
+            .is_some_and(|cur| Arc::ptr_eq(&cur, s))
+    }
+
+    /// The session a connecting client gets: its existing one (whose connection is closed), or
+    /// a fresh one when there is none or the old one ends with its connection. Returns it and
+    /// whether it is resumed (CONNACK Session Present).
+    fn take_over(&self, id: &Arc<str>, clean_start: bool, conn_id: u64) -> (Arc<Session>, bool) {
+        let client_id: &str = id;
+        let mut map = self.shard(client_id);
+        let existing = map.get(client_id).cloned();
+        let mut discard = None;
+        let (session, present) = match existing {
+            Some(s) => {
+                let ends = {
+                    let mut st = s.lock();
+                    if let Some(old) = self.take_conn(&mut st) {
+                        tracing::info!(
+                            client_id,
+                            old_conn = old.conn_id,
+                            new_conn = conn_id,
+                            "session taken over"
+                        );
+                    }
+                    // A session that lasts only as long as its connection (3.1.1 clean session,
+                    // v5 expiry 0) ends with it and is never resumed (MQTT-3.1.2-6, MQTT 5
+                    // §3.1.2.11.2), even when a takeover arrives before that connection closed.
+                    let ends = clean_start || !st.persistent();
+                    if ends {
+                        // the old session's will-delay and expiry timers stand down: a new
+                        // connection for this client id came (MQTT-3.1.2-8)
+                        st.generation += 1;
+                    }
+                    ends
+                };
+                if ends {
+                    discard = Some(s);
+                    let n = Arc::new(Session::new(id.clone()));
+                    map.insert(id.clone(), n.clone());
+                    (n, false)
+                } else {
+                    (s, true)
+                }
+            }
+            None => {
+                let n = Arc::new(Session::new(id.clone()));
+                map.insert(id.clone(), n.clone());
+                self.metrics.sessions.inc();
+                (n, false)
+            }
+        };
+        drop(map);
+        if let Some(old) = discard {
+            self.drop_session_state(&old);
+        }
+        (session, present)
+    }
+
+    /// Binds a client to its session, taking it over from another connection if needed.
+    #[allow(clippy::too_many_arguments)]
+    pub fn attach(
+        &self,
+        client_id: &str,
+        clean_start: bool,
+        expiry: u32,
+        version: Version,
+        username: Option<String>,
+        peer: SocketAddr,
+        conn_id: u64,
+        import: Option<SessionExport>,
+    ) -> Attach {
+        let (tx, rx) = oneshot::channel();
+        let id: Arc<str> = Arc::from(client_id);
+        if let (Some((rec, queued)), false) = (import, clean_start) {
+            self.import_session(&id, &rec, &queued);
+        }
+        let (session, present) = self.take_over(&id, clean_start, conn_id);
+        let record = {
+            let mut st = session.lock();
+            st.conn = Some(Attached {
+                conn_id,
+                kick: Some(tx),
+            });
+            st.generation += 1;
+            st.expiry = expiry;
+            st.version = version;
+            st.username = username;
+            st.peer = Some(peer);
+            st.disconnected_at = None;
+            st.persistent().then(|| st.encode())
+        };
+        if let (Some(store), Some(rec)) = (&self.store, record) {
+            store.write_nowait(vec![record_put(client_id, rec)]);
+        } else if let Some(store) = &self.store {
+            // a clean/non-persistent session leaves nothing behind
+            store.write_nowait(forget(client_id));
+        }
+        Attach {
+            session,
+            session_present: present,
+            kicked: rx,
+        }
+    }
+
+    /// Removes a session's subscriptions and stored data (not its map entry).
+    fn drop_session_state(&self, s: &Session) {
+        let subs: Vec<String> = {
+            let mut st = s.lock();
+            st.queue.clear();
+            st.inflight.clear();
+            std::mem::take(&mut st.subs).into_keys().collect()
+        };
+        for f in &subs {
+            self.subs.remove(&s.client_id, f);
+        }
+        self.subs.count_changed();
+        if let Some(store) = &self.store {
+            store.write_nowait(forget(&s.client_id));
+        }
+    }
+
+    /// Ends a session completely (clean disconnect of a non-persistent session, or expiry).
+    pub fn remove_session(&self, s: &Arc<Session>) {
+        let removed = {
+            let mut map = self.shard(&s.client_id);
+            match map.get(&s.client_id) {
+                Some(cur) if Arc::ptr_eq(cur, s) => map.remove(&s.client_id).is_some(),
+                _ => false,
+            }
+        };
+        if removed {
+            self.metrics.sessions.dec();
+            self.drop_session_state(s);
+        }
+    }
+
+    /// Unbinds a connection from its session when the connection ends; publishes or schedules the
+    /// will; removes or schedules the expiry of the session.
+    pub fn detach(
+        self: &Arc<Self>,
+        s: &Arc<Session>,
+        conn_id: u64,
+        will: Option<Will>,
+        publish_will: impl FnOnce(Will) + Send + 'static,
+    ) {
+        let (mine, expiry, generation, record) = {
+            let mut st = s.lock();
+            let mine = st.conn.as_ref().is_some_and(|c| c.conn_id == conn_id);
+            if mine {
+                st.conn = None;
+                st.disconnected_at = Some(Instant::now());
+            }
+            (
+                mine,
+                st.expiry,
+                st.generation,
+                st.persistent().then(|| st.encode()),
+            )
+        };
+        if let Some(w) = will {
+            match self.will_delay(s, &w, mine, expiry) {
+                Some(0) => publish_will(w),
+                Some(delay) => {
+                    when_still_offline(s.clone(), generation, delay, move || publish_will(w))
+                }
+                None => {}
+            }
+        }
+        if !mine {
+            return;
+        }
+        if expiry == 0 {
+            self.remove_session(s);
+            return;
+        }
+        if let (Some(store), Some(rec)) = (&self.store, record) {
+            store.write_nowait(vec![record_put(&s.client_id, rec)]);
+        }
+        if expiry != u32::MAX {
+            let (b, s2) = (self.clone(), s.clone());
+            when_still_offline(s.clone(), generation, expiry, move || {
+                tracing::info!(client_id = %s2.client_id, "session expired");
+                b.remove_session(&s2);
+            });
+        }
+    }
+
+    /// When a will goes out after its connection ended (`None`: never).
+    fn will_delay(&self, s: &Arc<Session>, w: &Will, mine: bool, expiry: u32) -> Option<u32> {
+        let delay = w.properties.will_delay_interval.unwrap_or(0);
+        if mine {
+            // the will goes out when the delay ends or the session ends, whichever is first
+            Some(delay.min(expiry))
+        } else if delay == 0 || !self.is_current(s) {
+            // taken over: no delay, or the takeover ended the session (clean start, or a
+            // session that lasted only as long as its connection): the will goes out now
+            Some(0)
+        } else {
+            // taken over by a connection that resumed the session: a new connection came
+            // before the will delay elapsed, so the will is not sent (MQTT-3.1.2-8)
+            None
+        }
+    }
+
+    /// Closes every client connection of this node with "server shutting down" (v5 reason
+    /// 0x8B) at shutdown. Sessions stay (persisted with `data_dir`) and wills are not published:
+    /// a planned stop is not a client failure, and the clients reconnect through the LB.
+    /// Returns how many connections were told.
+    pub fn close_all_connections(&self) -> usize {
+        let mut n = 0;
+        for s in self.all() {
+            let mut st = s.lock();
+            if let Some(k) = st.conn.as_mut().and_then(|c| c.kick.take()) {
+                let _ = k.send(reason::SERVER_SHUTTING_DOWN);
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Hands this node's session of `client_id` to another node: closes its connection, and
+    /// (unless the new connection starts clean) exports subscriptions and queued messages.
+    pub fn export_session(&self, client_id: &str, clean_start: bool) -> Option<SessionExport> {
+        let s = self.get(client_id)?;
+        let export = {
+            let mut st = s.lock();
+            self.take_conn(&mut st);
+            (!clean_start && st.persistent()).then(|| (st.encode(), encode_handover(&st)))
+        };
+        self.metrics.cluster_handovers.inc();
+        self.remove_session(&s);
+        export
+    }
+
+    /// Closes a session's connection for a takeover (v5: 0x8E); returns what was attached.
+    fn take_conn(&self, st: &mut State) -> Option<Attached> {
+        let mut old = st.conn.take()?;
+        if let Some(k) = old.kick.take() {
+            let _ = k.send(reason::SESSION_TAKEN_OVER);
+        }
+        self.metrics.takeovers.inc();
+        Some(old)
+    }
+
+    /// Takes in a session another node handed over (see [`Registry::export_session`]).
+    fn import_session(&self, id: &Arc<str>, rec: &[u8], queued: &[Vec<u8>]) {
+        let Some(mut st) = State::decode(rec) else {
+            tracing::warn!(client_id = %id, "unreadable session from a peer ignored");
+            return;
+        };
+        let mut ops = Vec::new();
+        for q in queued {
+            let Some((pid, state, mut o)) = decode_handover(q) else {
+                continue;
+            };
+            if self.store.is_some() && o.qos != QoS::AtMostOnce {
+                o.seq = st.next_seq;
+                st.next_seq += 1;
+                ops.push(queued_put(id, &o));
+            }
+            match state {
+                Some(state) => st.inflight.push_back((pid, state, o)),
+                None => st.queue.push_back(o),
+            }
+        }
+        let subs: Vec<(String, Sub)> = st.subs.iter().map(|(f, s)| (f.clone(), *s)).collect();
+        let n = st.queue.len();
+        let s = Arc::new(Session::restored(id.clone(), st));
+        {
+            // the handed-over session is the newer one (the client was last connected there):
+            // it replaces whatever stale session this node still held
+            let stale = self.shard(id).insert(id.clone(), s.clone());
+            if let Some(old) = stale {
+                self.metrics.sessions.dec();
+                self.drop_session_state(&old);
+            }
+        }
+        self.metrics.sessions.inc();
+        for (f, sub) in subs {
+            self.subs.add(id, &f, sub_options(&sub));
+        }
+        self.subs.count_changed();
+        if let Some(store) = &self.store {
+            ops.push(record_put(id, s.lock().encode()));
+            store.write_nowait(ops);
+        }
+        tracing::info!(client_id = %id, queued = n, "session taken over from another node");
+    }
+
+    /// Persists a session record (after subscription changes); resolves when durable.
+    pub async fn persist(&self, s: &Session) {
+        let rec = {
+            let st = s.lock();
+            st.persistent().then(|| st.encode())
+        };
+        if let (Some(store), Some(rec)) = (&self.store, rec) {
+            let _ = store.write(vec![record_put(&s.client_id, rec)]).await;
+        }
+    }
+}
+
+/// Runs `f` after `secs` unless the session was attached again meanwhile (its generation moved
+/// on) or is connected: the will-delay and expiry timers (MQTT-3.1.2-8).
+fn when_still_offline(
+    s: Arc<Session>,
+    generation: u64,
+    secs: u32,
+    f: impl FnOnce() + Send + 'static,
+) {
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(u64::from(secs))).await;
+        let still = {
+            let st = s.lock();
+            st.generation == generation && st.conn.is_none()
+        };
+        if still {
+            f();
+        }
+    });
+}
