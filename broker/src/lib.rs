@@ -19,13 +19,17 @@ pub mod linger;
 pub mod listener;
 pub mod message;
 pub mod metrics;
-pub mod protocol;
 pub mod retained;
 pub mod router;
 pub mod session;
 pub mod store;
 pub mod sys;
-pub mod topic;
+
+/// The MQTT codec and packets live in their own crate, shared with the LB and the bench; this
+/// keeps `crate::protocol::...` (and `mqedge_broker::protocol`) naming them.
+pub use mqedge_protocol as protocol;
+/// The topic rules too, as `crate::topic` (the router, retained store and ACL use them).
+pub use mqedge_protocol::topic;
 
 use std::future::Future;
 use std::sync::Arc;

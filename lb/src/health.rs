@@ -12,7 +12,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use mqedge_shared::peek::encode_connect;
+use mqedge_protocol::peek::encode_connect;
 use mqedge_shared::proxy::{encode_v1, encode_v2_local};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::timeout_at;

@@ -1,7 +1,7 @@
 //! The load generator's MQTT client: a TCP or TLS stream bound to a chosen 127.0.0.x source
 //! address, CONNECT/CONNACK and SUBSCRIBE/SUBACK done in order, then read and write halves with
 //! their buffers handed to the scenario's own event loop. Packets go through the broker's codec
-//! (`mqedge_broker::protocol`), so the bench speaks exactly what the broker parses.
+//! (`mqedge_protocol`), so the bench speaks exactly what the broker parses.
 
 use std::fmt;
 use std::io;
@@ -12,7 +12,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use mqedge_broker::protocol::{
+use mqedge_protocol::{
     decode, encode, Connect, ConnectProperties, Disconnect, Packet, QoS, RetainHandling, Subscribe,
     SubscribeFilter, Version,
 };

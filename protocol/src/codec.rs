@@ -11,7 +11,7 @@
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
-use super::packets::*;
+use crate::packets::*;
 
 /// Why bytes could not be decoded. Every variant closes the connection; for v5 the broker first
 /// sends [`DecodeError::reason_code`] in a CONNACK or DISCONNECT.
