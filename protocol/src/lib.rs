@@ -15,6 +15,7 @@ pub mod codec;
 pub mod packets;
 pub mod peek;
 pub mod topic;
+mod wire;
 
 pub use codec::*;
 pub use packets::*;
