@@ -14,6 +14,7 @@
 pub mod codec;
 pub mod packets;
 pub mod peek;
+pub mod reason;
 pub mod topic;
 mod wire;
 

@@ -8,6 +8,7 @@ use bytes::{Buf, BytesMut};
 use super::error::DecodeError::{self, Malformed, Protocol};
 use super::reader::Reader;
 use crate::packets::*;
+use crate::reason;
 use crate::topic::SHARE_PREFIX;
 use crate::wire;
 
@@ -186,15 +187,8 @@ fn decode_connack(r: &mut Reader, v: Version) -> Result<ConnAck, DecodeError> {
         });
     }
     // The 3.1.1 return codes (3.2.2.3) as the v5 reason codes packets.rs maps them from.
-    let code = match r.u8()? {
-        0 => reason::SUCCESS,
-        1 => reason::UNSUPPORTED_PROTOCOL_VERSION,
-        2 => reason::CLIENT_IDENTIFIER_NOT_VALID,
-        3 => reason::SERVER_UNAVAILABLE,
-        4 => reason::BAD_USER_NAME_OR_PASSWORD,
-        5 => reason::NOT_AUTHORIZED,
-        _ => return Err(Protocol("reserved CONNACK return code")),
-    };
+    let code =
+        reason::from_v3_return_code(r.u8()?).ok_or(Protocol("reserved CONNACK return code"))?;
     Ok(ConnAck {
         session_present,
         code,

@@ -6,6 +6,7 @@ use bytes::{BufMut, BytesMut};
 
 use super::properties::{props_len, put_props, Props};
 use crate::packets::*;
+use crate::reason;
 use crate::wire::{put_bin, put_str, put_varint, Counter, Sink};
 
 /// Appends the encoding of `packet` for `version` to `out`. Never fails: callers respect size
@@ -61,7 +62,11 @@ fn put_body<S: Sink>(packet: &Packet, v: Version, s: &mut S) {
         Packet::Connect(c) => put_connect(c, v, s),
         Packet::ConnAck(a) => {
             s.byte(u8::from(a.session_present));
-            s.byte(if v5 { a.code } else { v3_return_code(a.code) });
+            s.byte(if v5 {
+                a.code
+            } else {
+                reason::to_v3_return_code(a.code)
+            });
             put_props(s, v5, &a.properties);
         }
         Packet::Publish(p) => {
@@ -149,18 +154,6 @@ fn put_connect<S: Sink>(c: &Connect, v: Version, s: &mut S) {
     }
     if let Some(p) = &c.password {
         put_bin(s, p);
-    }
-}
-
-/// v5 CONNACK reason code → 3.1.1 return code, as packets.rs documents.
-fn v3_return_code(code: u8) -> u8 {
-    match code {
-        0x00 => 0,
-        0x84 => 1,
-        0x85 => 2,
-        0x86 => 4,
-        0x87 | 0x8C => 5,
-        _ => 3,
     }
 }
 

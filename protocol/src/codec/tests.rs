@@ -4,6 +4,7 @@
 
 use super::*;
 use crate::packets::*;
+use crate::reason;
 use bytes::{Bytes, BytesMut};
 use DecodeError::{Malformed, Protocol};
 
