@@ -46,9 +46,13 @@ pub fn valid_topic_filter(f: &str) -> bool {
     valid_plain_filter(f)
 }
 
-/// A non-shared filter: the level rules for `+` and `#`.
-fn valid_plain_filter(f: &str) -> bool {
-    if f.is_empty() || f.as_bytes().contains(&0) {
+/// Valid filter read as a plain one (a `$share/` prefix is just two levels): non-empty, '+' a
+/// whole level, '#' only as the whole last level, no U+0000, at most 65,535 bytes.
+///
+/// Why: ACL entries are filters on topics, never shared subscriptions, and must obey the same
+/// level rules as a SUBSCRIBE's filter.
+pub fn valid_plain_filter(f: &str) -> bool {
+    if f.is_empty() || f.len() > MAX_TOPIC_LEN || f.as_bytes().contains(&0) {
         return false;
     }
     let mut levels = f.split('/').peekable();
