@@ -2,7 +2,7 @@
 //! and the PROXY v2 header encode with the SSL TLVs. (Hash picks: `benches/balance.rs`.)
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
-use mqedge_shared::peek::{encode_connect, encode_varint, peek_connect};
+use mqedge_protocol::peek::{encode_connect, encode_varint, peek_connect};
 use mqedge_shared::proxy::{encode_v2, ProxyInfo, SslInfo};
 
 fn v5_connect_with_props() -> Vec<u8> {

@@ -3,7 +3,7 @@
 
 use bytes::{Bytes, BytesMut};
 use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion};
-use mqedge_broker::protocol::{decode, encode, Packet, Publish, PublishProperties, QoS, Version};
+use mqedge_protocol::{decode, encode, Packet, Publish, PublishProperties, QoS, Version};
 
 fn publish(user_property: bool) -> Packet {
     let mut properties = PublishProperties::default();

@@ -285,7 +285,7 @@ fn mqtt_probe(addr: SocketAddr) -> bool {
         return false;
     };
     let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-    let connect = mqedge_shared::peek::encode_connect(4, "mqedge-up-probe", None, 10);
+    let connect = mqedge_protocol::peek::encode_connect(4, "mqedge-up-probe", None, 10);
     if s.write_all(&connect).is_err() {
         return false;
     }

@@ -8,7 +8,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use mqedge_broker::protocol::{Packet, Version};
+use mqedge_protocol::{Packet, Version};
 use tokio::net::TcpStream;
 
 /// Everyone may read and write everything; the user `sub` is denied two subtrees, so the
@@ -75,7 +75,7 @@ async fn publish_acked(
     }
 }
 
-fn topics(got: &[mqedge_broker::protocol::Publish]) -> Vec<String> {
+fn topics(got: &[mqedge_protocol::Publish]) -> Vec<String> {
     let mut t: Vec<String> = got.iter().map(|p| p.topic.clone()).collect();
     t.sort();
     t

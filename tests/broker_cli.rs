@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::*;
-use mqedge_broker::protocol::Version;
+use mqedge_protocol::Version;
 
 fn check(p: &std::path::Path) -> (i32, String) {
     let o = Command::new(bin())

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::*;
-use mqedge_broker::protocol::{
+use mqedge_protocol::{
     encoded_len, reason, ConnectProperties, Disconnect, DisconnectProperties, Packet, PubAck,
     Publish, PublishProperties, QoS, RetainHandling, Subscribe, SubscribeFilter,
     SubscribeProperties, Unsubscribe, Version, Will, WillProperties,
@@ -67,7 +67,7 @@ async fn client5(
     clean: bool,
     will: Option<Will>,
     props: ConnectProperties,
-) -> (Conn, mqedge_broker::protocol::ConnAck) {
+) -> (Conn, mqedge_protocol::ConnAck) {
     let mut c = Raw::new(tcp(addr).await, Version::V5);
     let ack = c.connect_with(id, clean, 30, will, None, props).await;
     assert_eq!(ack.code, 0, "{id}: CONNACK {ack:?}");

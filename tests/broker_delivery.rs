@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use common::*;
-use mqedge_broker::protocol::{
+use mqedge_protocol::{
     decode, encode, reason, ConnectProperties, Packet, PubAck, Publish, PublishProperties, QoS,
     Version,
 };
@@ -168,7 +168,7 @@ async fn refused_connect_is_readable_by_a_pipelining_client() {
     let n = start_broker_with("dl-linger-connack", "[auth]\nallow_anonymous = false\n");
     let mut first = BytesMut::new();
     encode(
-        &Packet::Connect(Box::new(mqedge_broker::protocol::Connect {
+        &Packet::Connect(Box::new(mqedge_protocol::Connect {
             version: Version::V5,
             clean_start: true,
             keep_alive: 30,
@@ -321,15 +321,15 @@ async fn retained_received(addr: SocketAddr, id: &str, qos: u8, n: usize) -> usi
     let mut c = Raw::new(tcp(addr).await, Version::V5);
     assert_eq!(c.connect(id, true, 60).await.code, 0);
     // nothing comes between CONNACK and SUBACK: the stream is read raw from here on
-    c.send(Packet::Subscribe(mqedge_broker::protocol::Subscribe {
+    c.send(Packet::Subscribe(mqedge_protocol::Subscribe {
         packet_id: 1,
         properties: Default::default(),
-        filters: vec![mqedge_broker::protocol::SubscribeFilter {
+        filters: vec![mqedge_protocol::SubscribeFilter {
             filter: "#".into(),
             qos: QoS::from_u8(qos).unwrap(),
             no_local: false,
             retain_as_published: false,
-            retain_handling: mqedge_broker::protocol::RetainHandling::SendAtSubscribe,
+            retain_handling: mqedge_protocol::RetainHandling::SendAtSubscribe,
         }],
     }))
     .await;

@@ -11,7 +11,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::*;
-use mqedge_broker::protocol::{Packet, Version};
+use mqedge_protocol::{Packet, Version};
 use tokio::io::AsyncWriteExt;
 
 fn broker_cfg(dir: &TempDir) -> std::path::PathBuf {
@@ -181,9 +181,11 @@ async fn untrusted_or_missing_proxy_headers_and_garbage_are_refused() {
     });
     let mut s = tcp_from(None, strict).await.unwrap();
     s.write_all(&header).await.unwrap();
-    s.write_all(&mqedge_shared::peek::encode_connect(4, "sneaky", None, 10))
-        .await
-        .unwrap();
+    s.write_all(&mqedge_protocol::peek::encode_connect(
+        4, "sneaky", None, 10,
+    ))
+    .await
+    .unwrap();
     let mut raw = Raw::new(s, Version::V311);
     assert!(
         raw.closed_within(Duration::from_secs(3)).await,
@@ -194,9 +196,11 @@ async fn untrusted_or_missing_proxy_headers_and_garbage_are_refused() {
 
     // no header on a required listener
     let mut s = tcp_from(None, from_lb).await.unwrap();
-    s.write_all(&mqedge_shared::peek::encode_connect(4, "direct", None, 10))
-        .await
-        .unwrap();
+    s.write_all(&mqedge_protocol::peek::encode_connect(
+        4, "direct", None, 10,
+    ))
+    .await
+    .unwrap();
     let mut raw = Raw::new(s, Version::V311);
     assert!(raw.closed_within(Duration::from_secs(3)).await);
     b.proc.wait_log("requires one", Duration::from_secs(3));
@@ -218,7 +222,7 @@ async fn untrusted_or_missing_proxy_headers_and_garbage_are_refused() {
     // truncated packet: a CONNECT that stops half way, then the client goes away: no effect on others
     let mut t = tcp_from(None, from_lb).await.unwrap();
     t.write_all(&good).await.unwrap();
-    t.write_all(&mqedge_shared::peek::encode_connect(4, "half", None, 10)[..7])
+    t.write_all(&mqedge_protocol::peek::encode_connect(4, "half", None, 10)[..7])
         .await
         .unwrap();
     drop(t);

@@ -24,7 +24,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
-use mqedge_broker::protocol::{
+use mqedge_protocol::{
     ConnAck, ConnectProperties, Disconnect, Packet, PubAck, Publish, QoS, Unsubscribe, Version,
 };
 use tokio::net::TcpStream;

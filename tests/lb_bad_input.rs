@@ -59,14 +59,14 @@ async fn bad_first_packets_are_closed_and_counted() {
     assert!(closed_after(plain, &[0x82, 0x05, 0, 1, 0, 1, b'a']).await < Duration::from_secs(1));
     // CONNECT declaring 100 KiB (limit 4 KiB): refused from the header alone
     assert!(closed_after(plain, &[0x10, 0x80, 0x80, 0x06]).await < Duration::from_secs(1));
-    let big = mqedge_shared::peek::encode_connect(4, &"x".repeat(5000), None, 10);
+    let big = mqedge_protocol::peek::encode_connect(4, &"x".repeat(5000), None, 10);
     assert!(closed_after(plain, &big).await < Duration::from_secs(1));
     // malformed: reserved flag set
-    let mut bad = mqedge_shared::peek::encode_connect(4, "c", None, 10);
+    let mut bad = mqedge_protocol::peek::encode_connect(4, "c", None, 10);
     bad[9] |= 1;
     assert!(closed_after(plain, &bad).await < Duration::from_secs(1));
     // a CONNECT that never finishes: closed at connect_timeout (2s), not before, not much after
-    let half = &mqedge_shared::peek::encode_connect(4, "slowpoke", None, 10)[..8];
+    let half = &mqedge_protocol::peek::encode_connect(4, "slowpoke", None, 10)[..8];
     let t = closed_after(plain, half).await;
     assert!(
         t >= Duration::from_millis(1900) && t < Duration::from_secs(4),
@@ -74,7 +74,11 @@ async fn bad_first_packets_are_closed_and_counted() {
     );
     // plain MQTT to the TLS port: a failed handshake
     assert!(
-        closed_after(tls, &mqedge_shared::peek::encode_connect(4, "c", None, 10)).await
+        closed_after(
+            tls,
+            &mqedge_protocol::peek::encode_connect(4, "c", None, 10)
+        )
+        .await
             < Duration::from_secs(1)
     );
     // a TLS client that stops mid-handshake (nothing after ClientHello's first bytes)

@@ -120,7 +120,7 @@ async fn proxy_v1_on_the_plain_listener_gives_the_broker_the_real_client() {
 
     // The header and the CONNECT in one segment: the LB must keep what it read past the header.
     let mut bytes = b"PROXY TCP4 203.0.113.7 192.0.2.1 4242 1883\r\n".to_vec();
-    bytes.extend_from_slice(&mqedge_shared::peek::encode_connect(
+    bytes.extend_from_slice(&mqedge_protocol::peek::encode_connect(
         4,
         "v1-client",
         None,
@@ -217,7 +217,7 @@ async fn no_proxy_header_is_closed_and_never_reaches_the_broker() {
 
     // plain: a CONNECT straight away
     let mut s = tcp_from(Some(ip("127.0.0.5")), plain).await.unwrap();
-    s.write_all(&mqedge_shared::peek::encode_connect(
+    s.write_all(&mqedge_protocol::peek::encode_connect(
         4,
         "no-header",
         None,

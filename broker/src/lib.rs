@@ -19,11 +19,15 @@ pub mod limits;
 pub mod listener;
 pub mod message;
 pub mod observe;
-pub mod protocol;
 pub mod routing;
 pub mod session;
 pub mod store;
-pub mod topic;
+
+/// The MQTT codec and packets live in their own crate, shared with the LB and the bench; this
+/// keeps `crate::protocol::...` (and `mqedge_broker::protocol`) naming them.
+pub use mqedge_protocol as protocol;
+/// The topic rules too, as `crate::topic` (the router, retained store and ACL use them).
+pub use mqedge_protocol::topic;
 
 use std::future::Future;
 use std::sync::Arc;

@@ -92,7 +92,7 @@ pub enum Reject {
     Tls(std::io::Error),
     /// Bad first packet.
     #[error("{0}")]
-    Peek(mqedge_shared::peek::PeekError),
+    Peek(mqedge_protocol::peek::PeekError),
     /// Over `connect_rate_per_ip`.
     #[error("over the per-IP connect rate")]
     RateLimited,

@@ -1,8 +1,8 @@
 //! Reads the client's first packet, which must be an MQTT CONNECT, into a buffer that will be
-//! replayed to the backend unchanged. The parsing is [`mqedge_shared::peek`] (pure); this is the
+//! replayed to the backend unchanged. The parsing is [`mqedge_protocol::peek`] (pure); this is the
 //! I/O around it: grow the buffer as bytes arrive, never past `max_connect_packet`.
 
-use mqedge_shared::peek::{peek_connect, Peek};
+use mqedge_protocol::peek::{peek_connect, Peek};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 use crate::listener::Reject;
@@ -54,7 +54,7 @@ pub async fn read_connect<S: AsyncRead + Unpin>(s: &mut S, limit: usize) -> Resu
 #[cfg(test)]
 mod tests {
     use super::*;
-    use mqedge_shared::peek::encode_connect;
+    use mqedge_protocol::peek::encode_connect;
 
     #[tokio::test]
     async fn reads_across_chunks_and_keeps_pipelined_bytes() {

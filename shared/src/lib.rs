@@ -1,8 +1,8 @@
 //! Pieces both mqedge roles need and that must behave identically in each: config primitives
 //! (durations, sizes, addresses with `file:line` errors), TLS/PEM loading and client-certificate
-//! facts, the PROXY protocol (v2 out with HAProxy-compatible SSL TLVs, v1/v2 in), the MQTT
-//! CONNECT peek, the accept loop's error handling, the admin HTTP skeleton, and dev certificate
-//! generation.
+//! facts, the PROXY protocol (v2 out with HAProxy-compatible SSL TLVs, v1/v2 in), the accept
+//! loop's error handling, the admin HTTP skeleton, and dev certificate generation. (The MQTT
+//! wire rules, the CONNECT peek included, are `mqedge-protocol`'s.)
 #![forbid(unsafe_code)]
 
 pub mod admin;
@@ -10,6 +10,5 @@ pub mod certs;
 pub mod config;
 pub mod io;
 pub mod net;
-pub mod peek;
 pub mod proxy;
 pub mod tls;

@@ -1,7 +1,7 @@
 //! The load generator's MQTT client: a TCP or TLS stream bound to a chosen 127.0.0.x source
 //! address, CONNECT/CONNACK and SUBSCRIBE/SUBACK done in order, then read and write halves with
 //! their buffers handed to the scenario's own event loop. Packets go through the broker's codec
-//! (`mqedge_broker::protocol`), so the bench speaks exactly what the broker parses.
+//! (`mqedge_protocol`), so the bench speaks exactly what the broker parses.
 
 use std::fmt;
 use std::io;
@@ -12,7 +12,8 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use mqedge_broker::protocol::{
+use mqedge_protocol::reason;
+use mqedge_protocol::{
     decode, encode, Connect, ConnectProperties, Disconnect, Packet, QoS, RetainHandling, Subscribe,
     SubscribeFilter, Version,
 };
@@ -95,7 +96,7 @@ impl fmt::Display for ClientError {
             ClientError::Refused { addr, code } => write!(
                 f,
                 "{addr} refused the connection: CONNACK reason 0x{code:02X} ({})",
-                connack_reason(*code)
+                reason::connack_name(*code).unwrap_or("refused")
             ),
             ClientError::Timeout { addr, what } => write!(f, "{addr}: timed out {what}"),
             ClientError::Closed { addr } => write!(f, "{addr} closed the connection"),
@@ -125,23 +126,6 @@ pub fn strip_os_error(s: &str) -> String {
     }
     out.push_str(rest);
     out
-}
-
-fn connack_reason(code: u8) -> &'static str {
-    match code {
-        0x80 => "unspecified error",
-        0x84 => "unsupported protocol version",
-        0x85 => "client identifier not valid",
-        0x86 => "bad user name or password",
-        0x87 => "not authorized",
-        0x88 => "server unavailable",
-        0x89 => "server busy",
-        0x8A => "banned",
-        0x8C => "bad authentication method",
-        0x97 => "quota exceeded",
-        0x9F => "connection rate exceeded",
-        _ => "refused",
-    }
 }
 
 /// A plain or TLS client stream.

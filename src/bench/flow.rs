@@ -5,7 +5,7 @@ use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use mqedge_broker::protocol::{encode, Packet, PubAck, Publish, QoS, Version};
+use mqedge_protocol::{encode, Packet, PubAck, Publish, QoS, Version};
 use tokio::time::Instant;
 
 /// Live counters, read by the progress bar and the coordinator.

@@ -29,7 +29,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
-use mqedge_broker::protocol::QoS;
+use mqedge_protocol::QoS;
 use mqedge_shared::config::parse_duration;
 
 use self::client::ClientError;

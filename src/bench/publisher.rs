@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
-use mqedge_broker::protocol::{encode, Packet, QoS};
+use mqedge_protocol::{encode, Packet, QoS};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 use tokio::time::{sleep_until, Instant};
@@ -254,7 +254,7 @@ impl Publisher {
 #[cfg(test)]
 mod tests {
     use bytes::{Bytes, BytesMut};
-    use mqedge_broker::protocol::{Publish, Version};
+    use mqedge_protocol::{Publish, Version};
 
     use super::*;
 
@@ -275,7 +275,7 @@ mod tests {
         let at = wbuf.len() - 16;
         let ts = clock.now_ns();
         wbuf[at..at + 8].copy_from_slice(&ts.to_be_bytes());
-        let p = mqedge_broker::protocol::decode(&mut wbuf, Some(Version::V311), 1 << 20)
+        let p = mqedge_protocol::decode(&mut wbuf, Some(Version::V311), 1 << 20)
             .unwrap()
             .unwrap();
         let Packet::Publish(p) = p else { panic!() };

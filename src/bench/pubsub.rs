@@ -11,8 +11,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use mqedge_broker::protocol::{Packet, Publish, QoS};
-use mqedge_broker::topic;
+use mqedge_protocol::topic;
+use mqedge_protocol::{Packet, Publish, QoS};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::{sleep_until, Instant};

@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
 use hdrhistogram::Histogram;
-use mqedge_broker::protocol::{encode, Packet};
+use mqedge_protocol::{encode, Packet};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 use tokio::time::Instant;

@@ -334,7 +334,7 @@ pub async fn mqtt_connect<S: AsyncRead + AsyncWrite + Unpin>(
     s: &mut S,
     client_id: &str,
 ) -> std::io::Result<u8> {
-    let pkt = mqedge_shared::peek::encode_connect(4, client_id, None, 30);
+    let pkt = mqedge_protocol::peek::encode_connect(4, client_id, None, 30);
     s.write_all(&pkt).await?;
     let mut ack = [0u8; 4];
     tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut ack))
@@ -409,8 +409,8 @@ impl MockBroker {
                                 Err(_) => return,
                             }
                         }
-                        match mqedge_shared::peek::peek_connect(&buf[off..], 1 << 20) {
-                            Ok(mqedge_shared::peek::Peek::Complete(cn)) => {
+                        match mqedge_protocol::peek::peek_connect(&buf[off..], 1 << 20) {
+                            Ok(mqedge_protocol::peek::Peek::Complete(cn)) => {
                                 seen.lock().unwrap().push(Seen {
                                     backend: name.clone(),
                                     proxy: proxy.clone(),
@@ -778,30 +778,28 @@ pub fn broker_config(bind: &str, node_extra: &str, extra: &str) -> String {
 /// need to see exact packets (reason codes, flags).
 pub struct Raw<S> {
     pub s: S,
-    pub v: mqedge_broker::protocol::Version,
+    pub v: mqedge_protocol::Version,
     buf: bytes::BytesMut,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Raw<S> {
-    pub fn new(s: S, v: mqedge_broker::protocol::Version) -> Self {
+    pub fn new(s: S, v: mqedge_protocol::Version) -> Self {
         Raw {
             s,
             v,
             buf: bytes::BytesMut::new(),
         }
     }
-    pub async fn send(&mut self, p: mqedge_broker::protocol::Packet) {
+    pub async fn send(&mut self, p: mqedge_protocol::Packet) {
         let mut out = bytes::BytesMut::new();
-        mqedge_broker::protocol::encode(&p, self.v, &mut out);
+        mqedge_protocol::encode(&p, self.v, &mut out);
         self.s.write_all(&out).await.unwrap();
     }
     /// Next packet, or None when the server closed the connection (or nothing came in `t`).
-    pub async fn recv(&mut self, t: Duration) -> Option<mqedge_broker::protocol::Packet> {
+    pub async fn recv(&mut self, t: Duration) -> Option<mqedge_protocol::Packet> {
         let deadline = tokio::time::Instant::now() + t;
         loop {
-            if let Ok(Some(p)) =
-                mqedge_broker::protocol::decode(&mut self.buf, Some(self.v), 1 << 24)
-            {
+            if let Ok(Some(p)) = mqedge_protocol::decode(&mut self.buf, Some(self.v), 1 << 24) {
                 return Some(p);
             }
             let mut chunk = [0u8; 4096];
@@ -828,7 +826,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Raw<S> {
         id: &str,
         clean: bool,
         keep_alive: u16,
-    ) -> mqedge_broker::protocol::ConnAck {
+    ) -> mqedge_protocol::ConnAck {
         self.connect_with(id, clean, keep_alive, None, None, Default::default())
             .await
     }
@@ -837,11 +835,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Raw<S> {
         id: &str,
         clean: bool,
         keep_alive: u16,
-        will: Option<mqedge_broker::protocol::Will>,
+        will: Option<mqedge_protocol::Will>,
         user: Option<(&str, &str)>,
-        properties: mqedge_broker::protocol::ConnectProperties,
-    ) -> mqedge_broker::protocol::ConnAck {
-        use mqedge_broker::protocol::*;
+        properties: mqedge_protocol::ConnectProperties,
+    ) -> mqedge_protocol::ConnAck {
+        use mqedge_protocol::*;
         self.send(Packet::Connect(Box::new(Connect {
             version: self.v,
             clean_start: clean,
@@ -859,7 +857,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Raw<S> {
         }
     }
     pub async fn subscribe(&mut self, pid: u16, filters: &[(&str, u8)]) -> Vec<u8> {
-        use mqedge_broker::protocol::*;
+        use mqedge_protocol::*;
         self.send(Packet::Subscribe(Subscribe {
             packet_id: pid,
             properties: Default::default(),
@@ -894,7 +892,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Raw<S> {
         pid: Option<u16>,
         retain: bool,
     ) {
-        use mqedge_broker::protocol::*;
+        use mqedge_protocol::*;
         self.send(Packet::Publish(Publish {
             dup: false,
             qos: QoS::from_u8(qos).unwrap(),
@@ -907,8 +905,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Raw<S> {
         .await;
     }
     /// Collects PUBLISH packets until `t` passes with nothing new; acks QoS 1/2 as a client must.
-    pub async fn collect(&mut self, t: Duration) -> Vec<mqedge_broker::protocol::Publish> {
-        use mqedge_broker::protocol::*;
+    pub async fn collect(&mut self, t: Duration) -> Vec<mqedge_protocol::Publish> {
+        use mqedge_protocol::*;
         let mut got = Vec::new();
         while let Some(p) = self.recv(t).await {
             match p {

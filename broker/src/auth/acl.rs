@@ -10,6 +10,7 @@ use std::path::Path;
 use super::error::{located, read_file, AuthError};
 use super::filters::{covers, meet, pattern_matches};
 use crate::topic::matches as topic_matches;
+use crate::topic::{parse_shared, valid_plain_filter, valid_topic_filter, valid_topic_name};
 
 /// What a client wants to do with a topic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -176,15 +177,16 @@ impl Acl {
     ) -> bool {
         match access {
             Access::Read | Access::Write => {
-                if topic.is_empty() || topic.contains(['+', '#', '\0']) {
+                if !valid_topic_name(topic) {
                     return false;
                 }
                 self.check_topic(username, client_id, topic, access == Access::Write)
             }
-            Access::Subscribe => match strip_share(topic) {
-                Some(f) if valid_filter(f) => self.check_subscribe(username, client_id, f),
-                _ => false,
-            },
+            Access::Subscribe if valid_topic_filter(topic) => {
+                let filter = parse_shared(topic).map_or(topic, |(_group, filter)| filter);
+                self.check_subscribe(username, client_id, filter)
+            }
+            Access::Subscribe => false,
         }
     }
 
@@ -282,7 +284,7 @@ fn parse_entry(keyword: &str, rest: &str) -> Result<Entry, String> {
     if filter.is_empty() {
         return Err(format!("`{keyword}` needs a topic filter"));
     }
-    if !valid_filter(filter) {
+    if !valid_plain_filter(filter) {
         return Err(format!(
             "invalid topic filter {filter:?}: '+' and '#' must fill a whole level, \
              and '#' must be the last level"
@@ -294,21 +296,6 @@ fn parse_entry(keyword: &str, rest: &str) -> Result<Entry, String> {
         needs_user: filter.contains("%u"),
         needs_client: filter.contains("%c"),
     })
-}
-
-/// `$share/GROUP/FILTER` → `FILTER`; other filters unchanged; a malformed share → `None`.
-fn strip_share(filter: &str) -> Option<&str> {
-    match filter.strip_prefix("$share/") {
-        None => Some(filter),
-        Some(rest) => {
-            let (group, f) = rest.split_once('/')?;
-            if group.is_empty() || group.contains(['+', '#']) || f.is_empty() {
-                None
-            } else {
-                Some(f)
-            }
-        }
-    }
 }
 
 /// The pattern's filter with `%u` and `%c` replaced in one pass (so a username that is
@@ -340,24 +327,6 @@ fn substitute<'a>(e: &'a Entry, username: Option<&str>, client_id: &str) -> Opti
     }
     out.push_str(rest);
     Some(Cow::Owned(out))
-}
-
-/// A valid MQTT topic filter: not empty, no NUL, '+' and '#' fill their level, '#' last.
-fn valid_filter(filter: &str) -> bool {
-    if filter.is_empty() || filter.contains('\0') {
-        return false;
-    }
-    let mut levels = filter.split('/').peekable();
-    while let Some(level) = levels.next() {
-        let last = levels.peek().is_none();
-        match level {
-            "+" => {}
-            "#" if last => {}
-            l if l.contains(['+', '#']) => return false,
-            _ => {}
-        }
-    }
-    true
 }
 
 #[cfg(test)]

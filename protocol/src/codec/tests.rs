@@ -3,7 +3,10 @@
 //! vectors, and a deterministic fuzz loop.
 
 use super::*;
+use crate::packets::*;
+use crate::reason;
 use bytes::{Bytes, BytesMut};
+use DecodeError::{Malformed, Protocol};
 
 const MAX: usize = 1 << 20;
 

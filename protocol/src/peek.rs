@@ -2,10 +2,17 @@
 //! client id and the username, without allocating and without consuming anything — the LB replays
 //! the exact bytes to the chosen backend.
 //!
-//! Why our own parser instead of `mqttbytes`: mqttbytes rejects MQTT 3.1 (`MQIsdp`, level 3),
-//! which DESIGN.md requires, and decodes into owned packets (allocations for will payloads and
-//! passwords the LB never looks at). This is ~150 lines of pure code, fuzzable and benchmarked
-//! (`benches/hot_paths.rs`).
+//! Why not the [`codec`](crate::codec): it decodes into owned packets (allocations for will
+//! payloads and passwords the LB never looks at) and consumes its buffer. This reads the same
+//! fields with the same wire primitives (one Variable Byte Integer, one string rule), borrowing
+//! from the buffer; it is fuzzable and benchmarked (`benches/hot_paths.rs`). May import `wire`,
+//! and `codec` and `packets` for [`encode_connect`].
+
+use bytes::BytesMut;
+
+use crate::codec::encode;
+use crate::packets::{self, ConnectProperties, Packet, Version};
+use crate::wire::{self, BadField, Cursor};
 
 /// The facts the LB needs from a CONNECT; borrows from the peeked buffer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,6 +57,13 @@ pub enum PeekError {
     Malformed(&'static str),
 }
 
+/// A bad field is a malformed CONNECT, with the field's own text.
+impl From<BadField> for PeekError {
+    fn from(e: BadField) -> Self {
+        PeekError::Malformed(e.0)
+    }
+}
+
 impl PeekError {
     /// Short stable label for metrics and logs.
     pub fn label(&self) -> &'static str {
@@ -62,23 +76,6 @@ impl PeekError {
     }
 }
 
-/// Decodes an MQTT variable byte integer at the start of `buf`.
-/// Returns `Ok(None)` when more bytes are needed, `Ok(Some((value, bytes_used)))` otherwise.
-pub fn decode_varint(buf: &[u8]) -> Result<Option<(usize, usize)>, PeekError> {
-    let mut value = 0usize;
-    for (i, &b) in buf.iter().enumerate().take(4) {
-        value |= usize::from(b & 0x7f) << (7 * i);
-        if b & 0x80 == 0 {
-            return Ok(Some((value, i + 1)));
-        }
-    }
-    if buf.len() >= 4 {
-        Err(PeekError::Malformed("remaining length longer than 4 bytes"))
-    } else {
-        Ok(None)
-    }
-}
-
 /// Peeks at `buf` (everything received so far) for a CONNECT no larger than `max_len` bytes.
 pub fn peek_connect(buf: &[u8], max_len: usize) -> Result<Peek<'_>, PeekError> {
     let Some(&first) = buf.first() else {
@@ -87,20 +84,27 @@ pub fn peek_connect(buf: &[u8], max_len: usize) -> Result<Peek<'_>, PeekError> {
     if first != 0x10 {
         return Err(PeekError::NotConnect(first));
     }
-    let Some((rem, vlen)) = decode_varint(&buf[1..])? else {
+    let Some((rem, vlen)) = wire::varint(buf.get(1..).unwrap_or_default())? else {
         return Ok(Peek::Incomplete);
     };
     let total = 1 + vlen + rem;
     if total > max_len {
         return Err(PeekError::TooLarge(total));
     }
-    if buf.len() < total {
+    let Some(body) = buf.get(1 + vlen..total) else {
         return Ok(Peek::Incomplete);
-    }
-    let mut r = Reader {
-        b: &buf[1 + vlen..total],
     };
-    let name = r.bytes()?;
+    let connect = read_connect(Cursor::new(body))?;
+    Ok(Peek::Complete(Connect {
+        packet_len: total,
+        ..connect
+    }))
+}
+
+/// The CONNECT's variable header and payload: the facts kept, the rest only checked and skipped.
+/// The same field rules as the codec's (MQTT-3.1.2-1/-2/-3, the will flags, the strings).
+fn read_connect(mut r: Cursor<'_>) -> Result<Connect<'_>, PeekError> {
+    let name = r.binary()?;
     let level = r.u8()?;
     match (name, level) {
         (b"MQTT", 4 | 5) | (b"MQIsdp", 3) => {}
@@ -116,130 +120,68 @@ pub fn peek_connect(buf: &[u8], max_len: usize) -> Result<Peek<'_>, PeekError> {
         return Err(PeekError::Malformed("bad will flags"));
     }
     let keep_alive = r.u16()?;
-    if level == 5 {
-        r.properties()?;
-    }
+    skip_properties(&mut r, level)?;
     let client_id = r.string()?;
     if will {
-        if level == 5 {
-            r.properties()?;
-        }
+        skip_properties(&mut r, level)?;
         r.string()?; // will topic
-        r.bytes()?; // will payload
+        r.binary()?; // will payload
     }
-    let username = if flags & 0x80 != 0 {
-        Some(r.string()?)
-    } else {
-        None
-    };
+    let username = (flags & 0x80 != 0).then(|| r.string()).transpose()?;
     if flags & 0x40 != 0 {
-        r.bytes()?;
+        r.binary()?; // password
     }
-    if !r.b.is_empty() {
-        return Err(PeekError::Malformed("trailing bytes after the payload"));
-    }
-    Ok(Peek::Complete(Connect {
+    r.end()?;
+    Ok(Connect {
         level,
         client_id,
         username,
         keep_alive,
         clean: flags & 0x02 != 0,
-        packet_len: total,
-    }))
+        packet_len: 0,
+    })
 }
 
-struct Reader<'a> {
-    b: &'a [u8],
+/// A v5 property block, unread: its length, then that many bytes (2.2.2.1).
+fn skip_properties(r: &mut Cursor<'_>, level: u8) -> Result<(), PeekError> {
+    if level == 5 {
+        let n = r.varint()?;
+        r.take(n as usize)?;
+    }
+    Ok(())
 }
 
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], PeekError> {
-        if self.b.len() < n {
-            return Err(PeekError::Malformed("field runs past the packet"));
-        }
-        let (h, t) = self.b.split_at(n);
-        self.b = t;
-        Ok(h)
-    }
-    fn u8(&mut self) -> Result<u8, PeekError> {
-        Ok(self.take(1)?[0])
-    }
-    fn u16(&mut self) -> Result<u16, PeekError> {
-        let b = self.take(2)?;
-        Ok(u16::from_be_bytes([b[0], b[1]]))
-    }
-    fn bytes(&mut self) -> Result<&'a [u8], PeekError> {
-        let n = self.u16()?;
-        self.take(usize::from(n))
-    }
-    fn string(&mut self) -> Result<&'a str, PeekError> {
-        let b = self.bytes()?;
-        let s = std::str::from_utf8(b).map_err(|_| PeekError::Malformed("string is not UTF-8"))?;
-        if s.contains('\0') {
-            return Err(PeekError::Malformed("string contains U+0000"));
-        }
-        Ok(s)
-    }
-    fn properties(&mut self) -> Result<(), PeekError> {
-        let (len, used) =
-            decode_varint(self.b)?.ok_or(PeekError::Malformed("truncated property length"))?;
-        self.take(used)?;
-        self.take(len)?;
-        Ok(())
-    }
-}
-
-/// Builds a CONNECT packet; used by health checks, tests and benchmarks.
+/// Builds a CONNECT packet (clean session, no will, no password) with the codec, so that it is
+/// what a client would send; used by health checks, tests and benchmarks.
 pub fn encode_connect(
     level: u8,
     client_id: &str,
     username: Option<&str>,
     keep_alive: u16,
 ) -> Vec<u8> {
-    let name: &[u8] = if level == 3 { b"MQIsdp" } else { b"MQTT" };
-    let mut body = Vec::with_capacity(32 + client_id.len());
-    body.extend_from_slice(&(name.len() as u16).to_be_bytes());
-    body.extend_from_slice(name);
-    body.push(level);
-    let mut flags = 0x02;
-    if username.is_some() {
-        flags |= 0x80;
-    }
-    body.push(flags);
-    body.extend_from_slice(&keep_alive.to_be_bytes());
-    if level == 5 {
-        body.push(0);
-    }
-    push_str(&mut body, client_id);
-    if let Some(u) = username {
-        push_str(&mut body, u);
-    }
-    let mut out = Vec::with_capacity(body.len() + 5);
-    out.push(0x10);
-    encode_varint(body.len(), &mut out);
-    out.extend_from_slice(&body);
-    out
-}
-
-fn push_str(out: &mut Vec<u8>, s: &str) {
-    let b = &s.as_bytes()[..s.len().min(usize::from(u16::MAX))];
-    out.extend_from_slice(&(b.len() as u16).to_be_bytes());
-    out.extend_from_slice(b);
+    let version = match level {
+        3 => Version::V31,
+        5 => Version::V5,
+        _ => Version::V311,
+    };
+    let connect = packets::Connect {
+        version,
+        clean_start: true,
+        keep_alive,
+        client_id: client_id.to_owned(),
+        will: None,
+        username: username.map(str::to_owned),
+        password: None,
+        properties: ConnectProperties::default(),
+    };
+    let mut out = BytesMut::new();
+    encode(&Packet::Connect(Box::new(connect)), version, &mut out);
+    out.to_vec()
 }
 
 /// Appends an MQTT variable byte integer.
-pub fn encode_varint(mut n: usize, out: &mut Vec<u8>) {
-    loop {
-        let mut b = (n % 128) as u8;
-        n /= 128;
-        if n > 0 {
-            b |= 0x80;
-        }
-        out.push(b);
-        if n == 0 {
-            break;
-        }
-    }
+pub fn encode_varint(n: usize, out: &mut Vec<u8>) {
+    wire::put_varint(out, n);
 }
 
 #[cfg(test)]
@@ -275,6 +217,56 @@ mod tests {
             };
             assert_eq!(c.packet_len, p.len());
         }
+    }
+
+    #[test]
+    fn encode_connect_bytes() {
+        let v311 = [
+            &[0x10, 18, 0, 4][..],
+            b"MQTT",
+            &[4, 0x82, 0, 10, 0, 3],
+            b"abc",
+            &[0, 1, b'u'],
+        ]
+        .concat();
+        assert_eq!(encode_connect(4, "abc", Some("u"), 10), v311);
+        let v31 = [
+            &[0x10, 15, 0, 6][..],
+            b"MQIsdp",
+            &[3, 0x02, 0, 30, 0, 1, b'c'],
+        ]
+        .concat();
+        assert_eq!(encode_connect(3, "c", None, 30), v31);
+        let v5 = [
+            &[0x10, 15, 0, 4][..],
+            b"MQTT",
+            &[5, 0x02, 0, 0, 0, 0, 2],
+            b"id",
+        ]
+        .concat();
+        assert_eq!(encode_connect(5, "id", None, 0), v5);
+        let v5_user = [
+            &[0x10, 26, 0, 4][..],
+            b"MQTT",
+            &[5, 0x82, 0, 60, 0, 0, 6],
+            b"dev-42",
+            &[0, 5],
+            b"alice",
+        ]
+        .concat();
+        assert_eq!(encode_connect(5, "dev-42", Some("alice"), 60), v5_user);
+    }
+
+    #[test]
+    fn varints_in_their_shortest_form_only() {
+        // the codec's rule (MQTT-1.5.5-1): a remaining length of 0x80 0x00 is malformed
+        let mut p = encode_connect(4, "x", None, 0);
+        let body = p.split_off(2);
+        let padded = [&[0x10, p[1] | 0x80, 0x00][..], &body].concat();
+        assert!(matches!(
+            peek_connect(&padded, 1024),
+            Err(PeekError::Malformed(_))
+        ));
     }
 
     #[test]

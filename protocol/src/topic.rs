@@ -1,8 +1,9 @@
 //! MQTT topic names and filters: validity checks and wildcard matching.
 //!
-//! Pure functions over `&str`, shared by the session code (validating SUBSCRIBE/PUBLISH), the
-//! [`router`](crate::router) and the [`retained`](crate::retained) store, so all three agree on
-//! what `+`, `#`, `$share/` and leading-`$` topics mean (MQTT 3.1.1 §4.7, MQTT 5.0 §4.7–4.8).
+//! Pure functions over `&str`, shared by the broker's session code (validating
+//! SUBSCRIBE/PUBLISH), its router, its retained store and its ACL, and by the bench, so all of
+//! them agree on what `+`, `#`, `$share/` and leading-`$` topics mean (MQTT 3.1.1 §4.7, MQTT 5.0
+//! §4.7–4.8).
 //!
 //! A `#` is a wildcard only as the whole last level and a `+` only as a whole level; anywhere
 //! else they are plain characters. Such filters are rejected by [`valid_topic_filter`], and since a
@@ -45,9 +46,13 @@ pub fn valid_topic_filter(f: &str) -> bool {
     valid_plain_filter(f)
 }
 
-/// A non-shared filter: the level rules for `+` and `#`.
-fn valid_plain_filter(f: &str) -> bool {
-    if f.is_empty() || f.as_bytes().contains(&0) {
+/// Valid filter read as a plain one (a `$share/` prefix is just two levels): non-empty, '+' a
+/// whole level, '#' only as the whole last level, no U+0000, at most 65,535 bytes.
+///
+/// Why: ACL entries are filters on topics, never shared subscriptions, and must obey the same
+/// level rules as a SUBSCRIBE's filter.
+pub fn valid_plain_filter(f: &str) -> bool {
+    if f.is_empty() || f.len() > MAX_TOPIC_LEN || f.as_bytes().contains(&0) {
         return false;
     }
     let mut levels = f.split('/').peekable();
