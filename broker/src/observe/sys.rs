@@ -37,19 +37,13 @@ pub fn publish_once(b: &Broker) {
     ];
     let publisher: Arc<str> = Arc::from("$SYS");
     for (k, v) in items {
-        let msg = Message {
-            topic: Arc::from(format!("$SYS/brokers/{node}/{k}").as_str()),
-            payload: Bytes::from(v),
-            qos: QoS::AtMostOnce,
-            retain: true,
-            publisher: publisher.clone(),
-            expires_at: None,
-            payload_format_indicator: None,
-            content_type: None,
-            response_topic: None,
-            correlation_data: None,
-            user_properties: Vec::new(),
-        };
+        let msg = Message::plain(
+            &format!("$SYS/brokers/{node}/{k}"),
+            Bytes::from(v),
+            QoS::AtMostOnce,
+            true,
+            publisher.clone(),
+        );
         // $SYS values are refreshed, not persisted
         let _ = b.publish(Arc::new(msg)).ops;
     }
