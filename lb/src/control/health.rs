@@ -8,6 +8,9 @@
 //! hint (a PROXY header or TLS the backend wants), because "early eof" alone sends an operator
 //! guessing. The text is shown as `last_check_error` at `/api/backends` and in the
 //! `backend state changed` log line.
+//!
+//! Dials with [`Backend::dial`], as the data path does. May use `state`, `backend`, `config`,
+//! `metrics`.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -17,10 +20,10 @@ use mqedge_shared::proxy::{encode_v1, encode_v2_local};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::timeout_at;
 
-use crate::backends::{Backend, LastCheck};
+use crate::backend::{Backend, LastCheck};
 use crate::config::{HealthKind, ProxyMode};
 use crate::metrics::BackendLabel;
-use crate::Lb;
+use crate::state::Lb;
 
 /// Why a check failed. Every text names what the check expected; `hint` is empty or starts
 /// with "; ".
@@ -256,7 +259,7 @@ pub async fn check_once(
     client_id: &str,
 ) -> Result<Passed, CheckError> {
     let deadline = tokio::time::Instant::now() + timeout;
-    let mut s = match timeout_at(deadline, crate::forward::connect(&b.addr)).await {
+    let mut s = match timeout_at(deadline, b.dial()).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => return Err(CheckError::Connect(e)),
         Err(_) => return Err(CheckError::ConnectTimeout(timeout)),
@@ -342,19 +345,14 @@ pub async fn check_once(
     }
 }
 
-/// Is `b` still part of the live set (same `Arc`)?
-fn still_live(lb: &Lb, b: &Arc<Backend>) -> bool {
-    lb.live.load().backends.iter().any(|x| Arc::ptr_eq(x, b))
-}
-
 /// Runs a check and applies its outcome; logs state changes.
 pub async fn check_and_record(lb: &Lb, b: &Arc<Backend>) {
-    let live = lb.live.load_full();
+    let live = lb.live_arc();
     let hc = live.health;
     let client_id = format!(
         "mqedge-hc-{}-{}-{}",
         live.lb.name,
-        b.name,
+        b.name(),
         std::process::id()
     );
     let t0 = Instant::now();
@@ -369,29 +367,29 @@ pub async fn check_and_record(lb: &Lb, b: &Arc<Backend>) {
         at_unix_ms,
         error: res.as_ref().err().map(ToString::to_string),
     });
-    lb.metrics
+    lb.metrics()
         .check_seconds
         .get_or_create(&BackendLabel {
-            backend: b.name.clone(),
+            backend: b.name().to_string(),
         })
         .observe(took.as_secs_f64());
     // per-check lines are debug (one per backend per interval); state changes are info/warn
     match &res {
         Err(e) => {
-            tracing::debug!(backend = %b.name, addr = %b.addr, error = %e, "health check failed")
+            tracing::debug!(backend = %b.name(), addr = %b.addr(), error = %e, "health check failed")
         }
         Ok(Passed::Refused(code)) => {
-            tracing::debug!(backend = %b.name, addr = %b.addr, code, "health check passed: CONNACK return code {code} ({}) refuses the check client, but the broker answers", connack_meaning(*code))
+            tracing::debug!(backend = %b.name(), addr = %b.addr(), code, "health check passed: CONNACK return code {code} ({}) refuses the check client, but the broker answers", connack_meaning(*code))
         }
         Ok(_) => {}
     }
     if let Some(st) = b.record_check(res.is_ok(), &hc) {
         match &res {
             Ok(_) => {
-                tracing::info!(backend = %b.name, addr = %b.addr, state = st.as_str(), "backend state changed")
+                tracing::info!(backend = %b.name(), addr = %b.addr(), state = st.as_str(), "backend state changed")
             }
             Err(e) => {
-                tracing::warn!(backend = %b.name, addr = %b.addr, state = st.as_str(), error = %e, "backend state changed")
+                tracing::warn!(backend = %b.name(), addr = %b.addr(), state = st.as_str(), error = %e, "backend state changed")
             }
         }
     }
@@ -405,19 +403,19 @@ pub async fn run_checker(lb: Arc<Lb>, b: Arc<Backend>, first_done: bool) {
         check_and_record(&lb, &b).await;
     }
     loop {
-        let interval = lb.live.load().health.interval;
+        let interval = lb.live().health.interval;
         tokio::time::sleep(interval).await;
-        if !still_live(&lb, &b) || !b.is_checker(ticket) {
+        if !lb.live().contains(&b) || !b.is_checker(ticket) {
             break;
         }
         check_and_record(&lb, &b).await;
     }
-    tracing::debug!(backend = %b.name, "health checker stopped");
+    tracing::debug!(backend = %b.name(), "health checker stopped");
 }
 
 /// First check of every backend, concurrently, so the LB starts with a known-good set.
 pub async fn first_round(lb: &Arc<Lb>) {
-    let backends = lb.live.load().backends.clone();
+    let backends = lb.live().backends.clone();
     let mut tasks = Vec::new();
     for b in backends {
         let lb = lb.clone();

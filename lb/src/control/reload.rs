@@ -14,14 +14,15 @@
 //! there triggers a re-read; a content hash skips no-op events.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 
-use crate::backends::{Backend, State};
+use crate::backend::{Backend, State};
 use crate::config::Config;
-use crate::{Lb, Live};
+use crate::conn::listener::Listeners;
+use crate::state::{Lb, Live};
 
 /// What a reload did, for logs and tests.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -40,43 +41,15 @@ pub struct Applied {
     pub generation: u64,
 }
 
-/// Reload bookkeeping shown at `/api/reload`.
-#[derive(Debug, Default)]
-pub struct ReloadStatus {
-    /// The last refused file's error (cleared by a successful reload).
-    pub last_error: Mutex<Option<String>>,
-    /// Backends removed by a reload whose leftovers' close is still pending, so that re-adding
-    /// one finds it. Weak: a backend is freed once its timer and connections are done; the list
-    /// is pruned at every reload.
-    retired: Mutex<Vec<Weak<Backend>>>,
-}
-
-impl ReloadStatus {
-    /// The retired backends still pending, taken out of the list.
-    fn take_retired(&self) -> Vec<Arc<Backend>> {
-        let mut r = self.retired.lock().unwrap_or_else(|e| e.into_inner());
-        std::mem::take(&mut *r)
-            .iter()
-            .filter_map(Weak::upgrade)
-            .filter(|b| b.close_pending())
-            .collect()
-    }
-
-    fn put_retired(&self, bs: impl IntoIterator<Item = Arc<Backend>>) {
-        let mut r = self.retired.lock().unwrap_or_else(|e| e.into_inner());
-        r.extend(bs.into_iter().map(|b| Arc::downgrade(&b)));
-    }
-}
-
 /// Applies a validated config to the running LB.
-pub fn apply(lb: &Arc<Lb>, new: &Config) -> Applied {
-    let old = lb.live.load_full();
+pub fn apply(lb: &Arc<Lb>, listeners: &Listeners, new: &Config) -> Applied {
+    let old = lb.live_arc();
     let mut out = Applied::default();
     let mut next: Vec<Arc<Backend>> = Vec::with_capacity(new.backends.len());
     let mut fresh = Vec::new();
-    let mut retired = lb.reload.take_retired();
+    let mut retired = lb.reload_status().take_retired();
     for bc in &new.backends {
-        let same = |o: &&Arc<Backend>| o.name == bc.name && o.addr == bc.addr;
+        let same = |o: &&Arc<Backend>| o.name() == bc.name && *o.addr() == bc.addr;
         if let Some(o) = old.backends.iter().find(same) {
             o.update(bc);
             out.kept.push(bc.name.clone());
@@ -93,7 +66,7 @@ pub fn apply(lb: &Arc<Lb>, new: &Config) -> Applied {
                 next.push(r);
             }
             None => {
-                let b = Arc::new(Backend::new(bc, State::Checking, &lb.metrics));
+                let b = Arc::new(Backend::new(bc, State::Checking, lb.metrics()));
                 out.added.push(bc.name.clone());
                 fresh.push(b.clone());
                 next.push(b);
@@ -112,23 +85,23 @@ pub fn apply(lb: &Arc<Lb>, new: &Config) -> Applied {
     lb_settings.name = old.lb.name.clone();
     lb_settings.admin = old.lb.admin;
     lb_settings.workers = old.lb.workers;
-    lb.live.store(Arc::new(Live {
+    lb.set_live(Live {
         lb: lb_settings,
         balance: new.balance,
         health: new.health,
         backends: next,
         generation: out.generation,
-    }));
+    });
     for b in &removed {
-        out.removed.push(b.name.clone());
+        out.removed.push(b.name().to_string());
         b.start_drain(new.lb.drain_timeout);
     }
     retired.extend(removed);
-    lb.reload.put_retired(retired);
+    lb.reload_status().put_retired(retired);
     for b in fresh {
-        tokio::spawn(crate::health::run_checker(lb.clone(), b, false));
+        tokio::spawn(crate::control::health::run_checker(lb.clone(), b, false));
     }
-    out.needs_restart = lb.swap_listener_tls(&new.listeners);
+    out.needs_restart = listeners.swap_tls(&new.listeners);
     for (what, old_v, new_v) in [
         ("name", &old.lb.name, &new.lb.name),
         (
@@ -146,19 +119,21 @@ pub fn apply(lb: &Arc<Lb>, new: &Config) -> Applied {
             out.needs_restart.push(format!("[lb] {what}"));
         }
     }
-    lb.metrics.reload_generation.set(out.generation as i64);
-    lb.metrics.reloads.inc();
+    lb.metrics().reload_generation.set(out.generation as i64);
+    lb.metrics().reloads.inc();
     out
 }
 
 /// Re-reads the config file and applies it, or records why not.
-pub fn reload_from_file(lb: &Arc<Lb>, path: &Path) -> Result<Applied, String> {
+pub fn reload_from_file(
+    lb: &Arc<Lb>,
+    listeners: &Listeners,
+    path: &Path,
+) -> Result<Applied, String> {
     match Config::load(path) {
         Ok(cfg) => {
-            let a = apply(lb, &cfg);
-            if let Ok(mut e) = lb.reload.last_error.lock() {
-                *e = None;
-            }
+            let a = apply(lb, listeners, &cfg);
+            lb.reload_status().set_last_error(None);
             tracing::info!(
                 generation = a.generation,
                 added = ?a.added,
@@ -176,14 +151,12 @@ pub fn reload_from_file(lb: &Arc<Lb>, path: &Path) -> Result<Applied, String> {
         }
         Err(e) => {
             let msg = e.to_string();
-            lb.metrics.reload_failures.inc();
+            lb.metrics().reload_failures.inc();
             tracing::error!(
                 "config reload refused, nothing changed: {}",
                 msg.replace('\n', "; ")
             );
-            if let Ok(mut le) = lb.reload.last_error.lock() {
-                *le = Some(msg.clone());
-            }
+            lb.reload_status().set_last_error(Some(msg.clone()));
             Err(msg)
         }
     }
@@ -199,7 +172,7 @@ fn digest(path: &Path) -> Option<u64> {
             all.extend_from_slice(&b);
         }
     }
-    Some(crate::balance::stable_hash(&all))
+    Some(crate::backend::balance::stable_hash(&all))
 }
 
 /// The TLS files a config names (when it parses).
@@ -216,7 +189,12 @@ fn tls_files(path: &Path) -> Vec<PathBuf> {
 }
 
 /// Watches the config file (and SIGHUP) until `stop`; debounces bursts of events by 200 ms.
-pub async fn watch_loop(lb: Arc<Lb>, path: PathBuf, mut stop: watch::Receiver<bool>) {
+pub async fn watch_loop(
+    lb: Arc<Lb>,
+    listeners: Arc<Listeners>,
+    path: PathBuf,
+    mut stop: watch::Receiver<bool>,
+) {
     let (tx, mut rx) = mpsc::channel::<bool>(16);
     let dir = path
         .parent()
@@ -290,6 +268,6 @@ pub async fn watch_loop(lb: Arc<Lb>, path: PathBuf, mut stop: watch::Receiver<bo
             tracing::info!("SIGHUP: re-reading {}", path.display());
         }
         last = now;
-        let _ = reload_from_file(&lb, &path);
+        let _ = reload_from_file(&lb, &listeners, &path);
     }
 }

@@ -7,16 +7,27 @@
 //! connections wait on and the number of the current drain cycle. A signal fires once, so every
 //! drain whose timeout passed leaves it fired; leaving `draining` then installs a fresh one, or
 //! the connections opened after `ready` would be closed the moment they start.
+//!
+//! [`Backend::dial`] is the one way to open a TCP connection to a backend: the data path
+//! (`conn::connect`) and the health checks (`control::health`) both use it. [`balance`] is the
+//! pure picker over this set.
+//!
+//! May use `config`, `metrics`, `signal`; never `state`, `conn` or `control`.
 
+pub mod balance;
+
+use std::io;
 use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
+use tokio::net::TcpStream;
 
 use crate::config::{BackendAddr, BackendConfig, HealthConfig, ProxyMode};
 use crate::metrics::{BackendLabel, BytesLabel, Metrics};
+use crate::signal::{Signal, Subscription};
 
 /// Health state as `/api/backends` shows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,9 +86,8 @@ pub struct BackendCounters {
 /// One backend of the live set.
 pub struct Backend {
     /// Unique name (the hash key).
-    pub name: String,
-    /// Address.
-    pub addr: BackendAddr,
+    name: String,
+    addr: BackendAddr,
     weight: AtomicU32,
     proxy: AtomicU8,
     state: AtomicU8,
@@ -85,8 +95,7 @@ pub struct Backend {
     total: AtomicU64,
     /// Consecutive check outcomes: positive = successes, negative = failures.
     streak: AtomicI64,
-    /// Counter handles.
-    pub counters: BackendCounters,
+    counters: BackendCounters,
     drain: Mutex<DrainCtl>,
     /// The checker task that owns this backend (see [`Backend::claim_checker`]).
     checker: AtomicU64,
@@ -98,7 +107,7 @@ pub struct Backend {
 struct DrainCtl {
     /// What connections opened now wait on. Fired when a drain's timeout passes; replaced when
     /// the backend leaves `draining` after that.
-    close: crate::signal::Signal,
+    close: Signal,
     /// Bumped at every entry into and exit from `draining`: the timer of an older cycle does
     /// nothing.
     epoch: u64,
@@ -164,12 +173,40 @@ impl Backend {
             streak: AtomicI64::new(0),
             counters,
             drain: Mutex::new(DrainCtl {
-                close: crate::signal::Signal::new(),
+                close: Signal::new(),
                 epoch: 0,
             }),
             checker: AtomicU64::new(0),
             last_check: Mutex::new(None),
         }
+    }
+
+    /// Unique name (the hash key).
+    #[inline]
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Address (a host name is resolved at every dial).
+    pub fn addr(&self) -> &BackendAddr {
+        &self.addr
+    }
+
+    /// Counter handles resolved once.
+    #[inline]
+    pub fn counters(&self) -> &BackendCounters {
+        &self.counters
+    }
+
+    /// Opens a TCP connection to the backend (resolving a host name each time, so DNS changes
+    /// are followed).
+    pub async fn dial(&self) -> io::Result<TcpStream> {
+        let s = match &self.addr {
+            BackendAddr::Ip(a) => TcpStream::connect(a).await?,
+            BackendAddr::Host(h, p) => TcpStream::connect((h.as_str(), *p)).await?,
+        };
+        let _ = s.set_nodelay(true);
+        Ok(s)
     }
 
     /// Takes a reloaded config's weight and PROXY mode (name and address are the identity).
@@ -257,7 +294,7 @@ impl Backend {
         }
         d.epoch += 1;
         if d.close.is_fired() {
-            d.close = crate::signal::Signal::new();
+            d.close = Signal::new();
         }
         self.set_state(&d, State::Checking);
         true
@@ -358,7 +395,7 @@ impl Backend {
 
     /// What a connection opened now waits on: fires when a drain of the backend (or its
     /// removal) reaches `drain_timeout`.
-    pub fn close_signal(&self) -> crate::signal::Subscription {
+    pub fn close_signal(&self) -> Subscription {
         self.drain_lock().close.subscribe()
     }
 }
@@ -391,7 +428,7 @@ mod tests {
         Arc::new(Backend::new(&cfg, State::Up, &Metrics::new()))
     }
 
-    async fn fires_within(mut s: crate::signal::Subscription, t: Duration) -> bool {
+    async fn fires_within(mut s: Subscription, t: Duration) -> bool {
         tokio::time::timeout(t, std::future::poll_fn(|cx| s.poll_fired(cx)))
             .await
             .is_ok()
