@@ -251,44 +251,15 @@ pub fn describe_reply(b: &[u8], proxy: ProxyMode) -> (String, String) {
     }
 }
 
-/// Runs one check against a backend.
-pub async fn check_once(
-    b: &Backend,
-    kind: HealthKind,
+/// Reads the first bytes of the reply: 4 (a CONNACK), or 7 when it starts like a TLS alert
+/// record, so the alert can be named. Returns them, how many came, and why reading stopped
+/// short if it did.
+async fn read_reply(
+    s: &mut tokio::net::TcpStream,
+    deadline: tokio::time::Instant,
     timeout: Duration,
-    client_id: &str,
-) -> Result<Passed, CheckError> {
-    let deadline = tokio::time::Instant::now() + timeout;
-    let mut s = match timeout_at(deadline, b.dial()).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => return Err(CheckError::Connect(e)),
-        Err(_) => return Err(CheckError::ConnectTimeout(timeout)),
-    };
-    if kind == HealthKind::Tcp {
-        return Ok(Passed::Connected);
-    }
-    let proxy = b.proxy_mode();
-    let mut out = match proxy {
-        ProxyMode::None => Vec::new(),
-        ProxyMode::V1 => encode_v1(None, None),
-        ProxyMode::V2 => encode_v2_local(),
-    };
-    out.extend_from_slice(&encode_connect(4, client_id, None, 10));
-    match timeout_at(deadline, s.write_all(&out)).await {
-        Ok(Ok(())) => {}
-        Ok(Err(err)) => {
-            let hint = silent_hint(proxy);
-            return Err(CheckError::Send { err, hint });
-        }
-        Err(_) => {
-            let hint = silent_hint(proxy);
-            return Err(CheckError::NoReply {
-                timeout,
-                got: 0,
-                hint,
-            });
-        }
-    }
+    proxy: ProxyMode,
+) -> ([u8; 7], usize, Option<CheckError>) {
     // a CONNACK is 4 bytes; a TLS alert record 7, read whole to name the alert
     let mut buf = [0u8; 7];
     let mut got = 0;
@@ -329,6 +300,48 @@ pub async fn check_once(
             }
         }
     };
+    (buf, got, short)
+}
+
+/// Runs one check against a backend.
+pub async fn check_once(
+    b: &Backend,
+    kind: HealthKind,
+    timeout: Duration,
+    client_id: &str,
+) -> Result<Passed, CheckError> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut s = match timeout_at(deadline, b.dial()).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return Err(CheckError::Connect(e)),
+        Err(_) => return Err(CheckError::ConnectTimeout(timeout)),
+    };
+    if kind == HealthKind::Tcp {
+        return Ok(Passed::Connected);
+    }
+    let proxy = b.proxy_mode();
+    let mut out = match proxy {
+        ProxyMode::None => Vec::new(),
+        ProxyMode::V1 => encode_v1(None, None),
+        ProxyMode::V2 => encode_v2_local(),
+    };
+    out.extend_from_slice(&encode_connect(4, client_id, None, 10));
+    match timeout_at(deadline, s.write_all(&out)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(err)) => {
+            let hint = silent_hint(proxy);
+            return Err(CheckError::Send { err, hint });
+        }
+        Err(_) => {
+            let hint = silent_hint(proxy);
+            return Err(CheckError::NoReply {
+                timeout,
+                got: 0,
+                hint,
+            });
+        }
+    }
+    let (buf, got, short) = read_reply(&mut s, deadline, timeout, proxy).await;
     if got >= 1 && buf[0] != 0x20 {
         let (what, hint) = describe_reply(&buf[..got], proxy);
         return Err(CheckError::NotConnack { what, hint });

@@ -13,6 +13,7 @@
 //! replace files (rename, symlink swap), which a watch on the file itself would miss. Any event
 //! there triggers a re-read; a content hash skips no-op events.
 
+use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,7 +21,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 
 use crate::backend::{Backend, State};
-use crate::config::Config;
+use crate::config::{Config, LbSettings};
 use crate::conn::listener::Listeners;
 use crate::state::{Lb, Live};
 
@@ -102,26 +103,33 @@ pub fn apply(lb: &Arc<Lb>, listeners: &Listeners, new: &Config) -> Applied {
         tokio::spawn(crate::control::health::run_checker(lb.clone(), b, false));
     }
     out.needs_restart = listeners.swap_tls(&new.listeners);
-    for (what, old_v, new_v) in [
-        ("name", &old.lb.name, &new.lb.name),
-        (
-            "admin",
-            &format!("{:?}", old.lb.admin),
-            &format!("{:?}", new.lb.admin),
-        ),
-        (
-            "workers",
-            &old.lb.workers.to_string(),
-            &new.lb.workers.to_string(),
-        ),
-    ] {
-        if old_v != new_v {
-            out.needs_restart.push(format!("[lb] {what}"));
-        }
-    }
+    out.needs_restart.extend(restart_only(&old.lb, &new.lb));
     lb.metrics().reload_generation.set(out.generation as i64);
     lb.metrics().reloads.inc();
     out
+}
+
+/// The `[lb]` settings that changed but only take effect at a restart.
+fn restart_only(old: &LbSettings, new: &LbSettings) -> Vec<String> {
+    let mut changed = Vec::new();
+    for (what, old_v, new_v) in [
+        ("name", &old.name, &new.name),
+        (
+            "admin",
+            &format!("{:?}", old.admin),
+            &format!("{:?}", new.admin),
+        ),
+        (
+            "workers",
+            &old.workers.to_string(),
+            &new.workers.to_string(),
+        ),
+    ] {
+        if old_v != new_v {
+            changed.push(format!("[lb] {what}"));
+        }
+    }
+    changed
 }
 
 /// Re-reads the config file and applies it, or records why not.
@@ -188,20 +196,13 @@ fn tls_files(path: &Path) -> Vec<PathBuf> {
         .unwrap_or_default()
 }
 
-/// Watches the config file (and SIGHUP) until `stop`; debounces bursts of events by 200 ms.
-pub async fn watch_loop(
-    lb: Arc<Lb>,
-    listeners: Arc<Listeners>,
-    path: PathBuf,
-    mut stop: watch::Receiver<bool>,
-) {
-    let (tx, mut rx) = mpsc::channel::<bool>(16);
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from("."));
-    let wtx = tx.clone();
+/// Watches the config's directory and its certificate directories; every event but a read
+/// sends a (not forced) reload request. `None` when there is no watcher (SIGHUP still works).
+fn start_watcher(
+    path: &Path,
+    dir: &Path,
+    wtx: mpsc::Sender<bool>,
+) -> Option<notify::RecommendedWatcher> {
     let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
         if let Ok(ev) = res {
             if !matches!(ev.kind, notify::EventKind::Access(_)) {
@@ -209,20 +210,20 @@ pub async fn watch_loop(
             }
         }
     });
-    let _watcher = match watcher {
+    match watcher {
         Ok(mut w) => {
             use notify::Watcher;
-            if let Err(e) = w.watch(&dir, notify::RecursiveMode::NonRecursive) {
+            if let Err(e) = w.watch(dir, notify::RecursiveMode::NonRecursive) {
                 tracing::warn!(dir = %dir.display(), error = %e, "cannot watch the config directory; SIGHUP still reloads");
             }
             // certificate directories too, for rotation without touching the config
-            let mut dirs: Vec<PathBuf> = tls_files(&path)
+            let mut dirs: Vec<PathBuf> = tls_files(path)
                 .iter()
                 .filter_map(|f| f.parent().map(Path::to_path_buf))
                 .collect();
             dirs.sort();
             dirs.dedup();
-            for d in dirs.iter().filter(|d| **d != dir) {
+            for d in dirs.iter().filter(|d| d.as_path() != dir) {
                 if let Err(e) = w.watch(d, notify::RecursiveMode::NonRecursive) {
                     tracing::warn!(dir = %d.display(), error = %e, "cannot watch a certificate directory; SIGHUP still reloads");
                 }
@@ -233,41 +234,66 @@ pub async fn watch_loop(
             tracing::warn!(error = %e, "no file watcher; SIGHUP still reloads");
             None
         }
-    };
-    #[cfg(unix)]
-    {
-        let htx = tx.clone();
-        tokio::spawn(async move {
-            use tokio::signal::unix::{signal, SignalKind};
-            if let Ok(mut hup) = signal(SignalKind::hangup()) {
-                while hup.recv().await.is_some() {
-                    if htx.send(true).await.is_err() {
-                        break;
-                    }
+    }
+}
+
+/// Turns every SIGHUP into a forced reload request.
+#[cfg(unix)]
+fn forward_sighup(tx: mpsc::Sender<bool>) {
+    tokio::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let Ok(mut hup) = signal(SignalKind::hangup()) {
+            while hup.recv().await.is_some() {
+                if tx.send(true).await.is_err() {
+                    break;
                 }
             }
-        });
-    }
+        }
+    });
+}
+
+/// Watches the config file (and SIGHUP) until `stop`; debounces bursts of events by 200 ms.
+/// The watch starts before this returns (the returned future is the loop), so a change made
+/// once the LB has logged `listening` is never missed.
+pub fn watch_loop(
+    lb: Arc<Lb>,
+    listeners: Arc<Listeners>,
+    path: PathBuf,
+    mut stop: watch::Receiver<bool>,
+) -> impl Future<Output = ()> {
+    let (tx, mut rx) = mpsc::channel::<bool>(16);
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."));
+    let watcher = start_watcher(&path, &dir, tx.clone());
+    #[cfg(unix)]
+    forward_sighup(tx.clone());
     let mut last = digest(&path);
-    loop {
-        let forced = tokio::select! {
-            _ = stop.changed() => break,
-            m = rx.recv() => match m { Some(f) => f, None => break },
-        };
-        // debounce: collect the burst an editor or a ConfigMap swap makes
-        let mut forced = forced;
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        while let Ok(f) = rx.try_recv() {
-            forced |= f;
+    async move {
+        // both live as long as the loop: dropping them would end the events
+        let (_watcher, _tx) = (watcher, tx);
+        loop {
+            let forced = tokio::select! {
+                _ = stop.changed() => break,
+                m = rx.recv() => match m { Some(f) => f, None => break },
+            };
+            // debounce: collect the burst an editor or a ConfigMap swap makes
+            let mut forced = forced;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            while let Ok(f) = rx.try_recv() {
+                forced |= f;
+            }
+            let now = digest(&path);
+            if !forced && now == last {
+                continue;
+            }
+            if forced {
+                tracing::info!("SIGHUP: re-reading {}", path.display());
+            }
+            last = now;
+            let _ = reload_from_file(&lb, &listeners, &path);
         }
-        let now = digest(&path);
-        if !forced && now == last {
-            continue;
-        }
-        if forced {
-            tracing::info!("SIGHUP: re-reading {}", path.display());
-        }
-        last = now;
-        let _ = reload_from_file(&lb, &listeners, &path);
     }
 }

@@ -110,31 +110,37 @@ impl TlsConn {
                 }
                 Progress::Handshaking => {}
             }
-            if t.incoming.len() >= MAX_INCOMING {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    "TLS handshake message too large",
-                ));
-            }
-            t.io.readable().await?;
-            let mut chunk = [0u8; 4096];
-            match t.io.try_read(&mut chunk) {
-                Ok(0) => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        "peer closed during the TLS handshake",
-                    ))
-                }
-                Ok(n) => t.incoming.extend_from_slice(&chunk[..n]),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => return Err(e),
-            }
+            t.read_handshake_bytes().await?;
         }
         // the handshake buffers are done with: keep only what is still needed, exactly sized
         t.incoming.shrink_to_fit();
         t.outgoing = Vec::new();
         t.out_pos = 0;
         Ok(t)
+    }
+
+    /// Reads what the socket has of the client's next handshake flight into `incoming`.
+    async fn read_handshake_bytes(&mut self) -> io::Result<()> {
+        if self.incoming.len() >= MAX_INCOMING {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "TLS handshake message too large",
+            ));
+        }
+        self.io.readable().await?;
+        let mut chunk = [0u8; 4096];
+        match self.io.try_read(&mut chunk) {
+            Ok(0) => Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "peer closed during the TLS handshake",
+            )),
+            Ok(n) => {
+                self.incoming.extend_from_slice(&chunk[..n]);
+                Ok(())
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(()),
+            Err(e) => Err(e),
+        }
     }
 
     /// Writes all of `outgoing` (handshake phase).

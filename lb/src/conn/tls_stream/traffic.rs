@@ -143,6 +143,57 @@ impl TlsConn {
         }
         Ok(())
     }
+
+    /// Hands `got`, just read from the socket, to rustls: decrypted bytes go to `buf` as far as
+    /// it has room and the rest to `plain`; a partial record waits in `incoming`.
+    fn decrypt(
+        &mut self,
+        cx: &mut Context<'_>,
+        got: &mut [u8],
+        buf: &mut ReadBuf<'_>,
+    ) -> io::Result<Progress> {
+        let n = got.len();
+        let TlsConn {
+            conn,
+            incoming,
+            plain,
+            outgoing,
+            ..
+        } = &mut *self;
+        let mut sink = |p: &[u8]| {
+            let k = p.len().min(buf.remaining());
+            buf.put_slice(&p[..k]);
+            plain.extend_from_slice(&p[k..]);
+        };
+        let progress = if incoming.is_empty() {
+            // the common case: whole records, decrypted in the stack buffer
+            let (used, progress) = match drive(conn, got, outgoing, &mut sink, None) {
+                Ok(v) => v,
+                Err(e) => return Err(self.fail(cx, e)),
+            };
+            if used < n {
+                incoming.extend_from_slice(&got[used..n]);
+            }
+            progress
+        } else {
+            incoming.extend_from_slice(got);
+            let (used, progress) = match drive(conn, incoming, outgoing, &mut sink, None) {
+                Ok(v) => v,
+                Err(e) => return Err(self.fail(cx, e)),
+            };
+            incoming.drain(..used);
+            if incoming.is_empty() {
+                *incoming = Vec::new();
+            } else if incoming.len() > MAX_INCOMING {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "TLS record too large",
+                ));
+            }
+            progress
+        };
+        Ok(progress)
+    }
 }
 
 impl AsyncRead for TlsConn {
@@ -186,45 +237,9 @@ impl AsyncRead for TlsConn {
                 continue;
             }
             let before = buf.filled().len();
-            let TlsConn {
-                conn,
-                incoming,
-                plain,
-                outgoing,
-                ..
-            } = &mut *me;
-            let mut sink = |p: &[u8]| {
-                let k = p.len().min(buf.remaining());
-                buf.put_slice(&p[..k]);
-                plain.extend_from_slice(&p[k..]);
-            };
-            let progress = if incoming.is_empty() {
-                // the common case: whole records, decrypted in the stack buffer
-                let got = rb.filled_mut();
-                let (used, progress) = match drive(conn, got, outgoing, &mut sink, None) {
-                    Ok(v) => v,
-                    Err(e) => return Poll::Ready(Err(me.fail(cx, e))),
-                };
-                if used < n {
-                    incoming.extend_from_slice(&got[used..n]);
-                }
-                progress
-            } else {
-                incoming.extend_from_slice(rb.filled());
-                let (used, progress) = match drive(conn, incoming, outgoing, &mut sink, None) {
-                    Ok(v) => v,
-                    Err(e) => return Poll::Ready(Err(me.fail(cx, e))),
-                };
-                incoming.drain(..used);
-                if incoming.is_empty() {
-                    *incoming = Vec::new();
-                } else if incoming.len() > MAX_INCOMING {
-                    return Poll::Ready(Err(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        "TLS record too large",
-                    )));
-                }
-                progress
+            let progress = match me.decrypt(cx, rb.filled_mut(), buf) {
+                Ok(p) => p,
+                Err(e) => return Poll::Ready(Err(e)),
             };
             if matches!(progress, Progress::PeerClosed | Progress::Closed) {
                 me.read_eof = true;
