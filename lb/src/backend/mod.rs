@@ -3,31 +3,37 @@
 //! checker, the reloader and the admin API. A backend is an `Arc`, so a reload that keeps it
 //! (same name and address) keeps its state and its open connections.
 //!
-//! Draining has its own small state, [`DrainCtl`], behind a lock: the close signal the backend's
+//! Draining (`drain.rs`) has its own small state, `DrainCtl`, behind a lock: the close signal the backend's
 //! connections wait on and the number of the current drain cycle. A signal fires once, so every
 //! drain whose timeout passed leaves it fired; leaving `draining` then installs a fresh one, or
 //! the connections opened after `ready` would be closed the moment they start.
 //!
 //! [`Backend::dial`] is the one way to open a TCP connection to a backend: the data path
 //! (`conn::connect`) and the health checks (`control::health`) both use it. [`balance`] is the
-//! pure picker over this set.
+//! pure picker over this set. Health bookkeeping (rise/fall streak, last check, checker
+//! ticket) is `check.rs`.
 //!
 //! May use `config`, `metrics`, `signal`; never `state`, `conn` or `control`.
 
 pub mod balance;
+mod check;
+mod drain;
+#[cfg(test)]
+mod tests;
+
+pub use check::LastCheck;
+use drain::DrainCtl;
 
 use std::io;
 use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, AtomicU8, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::net::TcpStream;
 
-use crate::config::{BackendAddr, BackendConfig, HealthConfig, ProxyMode};
+use crate::config::{BackendAddr, BackendConfig, ProxyMode};
 use crate::metrics::{BackendLabel, BytesLabel, Metrics};
-use crate::signal::{Signal, Subscription};
 
 /// Health state as `/api/backends` shows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -102,28 +108,6 @@ pub struct Backend {
     last_check: Mutex<Option<LastCheck>>,
 }
 
-/// One drain cycle's close signal and number, changed together under [`Backend`]'s lock so a
-/// timer and an operator's `ready` cannot interleave.
-struct DrainCtl {
-    /// What connections opened now wait on. Fired when a drain's timeout passes; replaced when
-    /// the backend leaves `draining` after that.
-    close: Signal,
-    /// Bumped at every entry into and exit from `draining`: the timer of an older cycle does
-    /// nothing.
-    epoch: u64,
-}
-
-/// The outcome of a backend's last health check, for `/api/backends`.
-#[derive(Debug, Clone)]
-pub struct LastCheck {
-    /// How long it took.
-    pub took: Duration,
-    /// When it ended, ms since the Unix epoch.
-    pub at_unix_ms: u64,
-    /// Why it failed; `None` when it passed.
-    pub error: Option<String>,
-}
-
 impl std::fmt::Debug for Backend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Backend")
@@ -172,10 +156,7 @@ impl Backend {
             total: AtomicU64::new(0),
             streak: AtomicI64::new(0),
             counters,
-            drain: Mutex::new(DrainCtl {
-                close: Signal::new(),
-                epoch: 0,
-            }),
+            drain: Mutex::new(DrainCtl::default()),
             checker: AtomicU64::new(0),
             last_check: Mutex::new(None),
         }
@@ -235,118 +216,6 @@ impl Backend {
         State::from_u8(self.state.load(Ordering::Relaxed))
     }
 
-    /// Forces a state; returns the previous one. Only under the drain lock: entering and
-    /// leaving `draining` goes through [`Backend::start_drain`] and [`Backend::end_drain`].
-    fn set_state(&self, _drain: &DrainCtl, s: State) -> State {
-        let prev = State::from_u8(self.state.swap(s as u8, Ordering::Relaxed));
-        self.counters.up.set(i64::from(s == State::Up));
-        if s != prev {
-            self.streak.store(0, Ordering::Relaxed);
-        }
-        prev
-    }
-
-    fn drain_lock(&self) -> MutexGuard<'_, DrainCtl> {
-        self.drain.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Puts the backend in `draining` (operator drain, or removed by a reload) and closes the
-    /// connections still open `after` from now, unless [`Backend::end_drain`] comes first.
-    /// Returns the previous state; a backend that was already draining keeps its first timer.
-    pub fn start_drain(self: &Arc<Self>, after: Duration) -> State {
-        let mut d = self.drain_lock();
-        let prev = self.set_state(&d, State::Draining);
-        if prev == State::Draining {
-            return prev;
-        }
-        d.epoch += 1;
-        let epoch = d.epoch;
-        drop(d);
-        let b = self.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(after).await;
-            b.drain_timeout_passed(epoch);
-        });
-        prev
-    }
-
-    /// The timer of drain cycle `epoch`: closes the leftovers if that cycle is still on.
-    fn drain_timeout_passed(&self, epoch: u64) {
-        let d = self.drain_lock();
-        if d.epoch != epoch || self.state() != State::Draining {
-            return;
-        }
-        if self.active() > 0 {
-            tracing::info!(backend = %self.name, connections = self.active(), "drain_timeout reached: closing leftover connections");
-        }
-        // stays fired while the backend drains: a connection set up in a race closes at once
-        d.close.fire();
-    }
-
-    /// Leaves `draining` for `checking` (operator `ready`, or re-added by a reload): the next
-    /// check decides. A drain whose timeout has not passed is cancelled, so the connections
-    /// still open stay open; if it has passed, connections from now on get a fresh close
-    /// signal. Returns false (and does nothing) when the backend was not draining.
-    pub fn end_drain(&self) -> bool {
-        let mut d = self.drain_lock();
-        if self.state() != State::Draining {
-            return false;
-        }
-        d.epoch += 1;
-        if d.close.is_fired() {
-            d.close = Signal::new();
-        }
-        self.set_state(&d, State::Checking);
-        true
-    }
-
-    /// Draining, with its leftovers' close still to come.
-    pub fn close_pending(&self) -> bool {
-        let d = self.drain_lock();
-        self.state() == State::Draining && !d.close.is_fired()
-    }
-
-    /// Records one health check outcome and applies rise/fall; returns the new state when it
-    /// changed. A draining backend stays draining whatever the checks say.
-    pub fn record_check(&self, ok: bool, hc: &HealthConfig) -> Option<State> {
-        let streak = if ok {
-            self.streak
-                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |s| {
-                    Some(if s > 0 { s + 1 } else { 1 })
-                })
-                .map(|s| if s > 0 { s + 1 } else { 1 })
-        } else {
-            self.counters.check_failures.inc();
-            self.streak
-                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |s| {
-                    Some(if s < 0 { s - 1 } else { -1 })
-                })
-                .map(|s| if s < 0 { s - 1 } else { -1 })
-        }
-        .unwrap_or(0);
-        let cur = self.state();
-        let next = match (cur, ok) {
-            (State::Draining, _) => return None,
-            // the first check decides at once: traffic only after one success
-            (State::Checking, true) => State::Up,
-            (State::Checking, false) => State::Down,
-            (State::Down, true) if streak >= i64::from(hc.rise) => State::Up,
-            (State::Up, false) if -streak >= i64::from(hc.fall) => State::Down,
-            _ => return None,
-        };
-        // only move if nobody (operator drain) changed it meanwhile
-        if self
-            .state
-            .compare_exchange(cur as u8, next as u8, Ordering::Relaxed, Ordering::Relaxed)
-            .is_ok()
-        {
-            self.counters.up.set(i64::from(next == State::Up));
-            Some(next)
-        } else {
-            None
-        }
-    }
-
     /// Open forwarded connections.
     pub fn active(&self) -> u64 {
         self.active.load(Ordering::Relaxed)
@@ -355,31 +224,6 @@ impl Backend {
     /// Connections forwarded since the backend appeared.
     pub fn total(&self) -> u64 {
         self.total.load(Ordering::Relaxed)
-    }
-
-    /// The last health check's outcome; `None` before the first.
-    pub fn last_check(&self) -> Option<LastCheck> {
-        self.last_check
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-    }
-
-    /// Stores the last health check's outcome.
-    pub fn set_last_check(&self, c: LastCheck) {
-        *self.last_check.lock().unwrap_or_else(|e| e.into_inner()) = Some(c);
-    }
-
-    /// Makes the caller the backend's only checker and returns its ticket. A backend re-added
-    /// by a reload gets a new checker at once, while the old one may still sleep out its
-    /// interval; the old one sees that its ticket is stale and stops.
-    pub fn claim_checker(&self) -> u64 {
-        self.checker.fetch_add(1, Ordering::Relaxed) + 1
-    }
-
-    /// Whether `ticket` (from [`Backend::claim_checker`]) is still the current checker.
-    pub fn is_checker(&self, ticket: u64) -> bool {
-        self.checker.load(Ordering::Relaxed) == ticket
     }
 
     /// Marks one forwarded connection open; the guard closes the count.
@@ -392,12 +236,6 @@ impl Backend {
             backend: self.clone(),
         }
     }
-
-    /// What a connection opened now waits on: fires when a drain of the backend (or its
-    /// removal) reaches `drain_timeout`.
-    pub fn close_signal(&self) -> Subscription {
-        self.drain_lock().close.subscribe()
-    }
 }
 
 /// Held by a forwarded connection; keeps the active count right however the task ends.
@@ -409,72 +247,5 @@ impl Drop for ConnGuard {
     fn drop(&mut self) {
         self.backend.active.fetch_sub(1, Ordering::Relaxed);
         self.backend.counters.active.dec();
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::config::{BackendAddr, ProxyMode};
-    use std::task::Poll;
-
-    fn backend() -> Arc<Backend> {
-        let cfg = BackendConfig {
-            name: "b".into(),
-            addr: BackendAddr::Ip("127.0.0.1:1".parse().unwrap()),
-            weight: 1,
-            proxy_protocol: ProxyMode::None,
-        };
-        Arc::new(Backend::new(&cfg, State::Up, &Metrics::new()))
-    }
-
-    async fn fires_within(mut s: Subscription, t: Duration) -> bool {
-        tokio::time::timeout(t, std::future::poll_fn(|cx| s.poll_fired(cx)))
-            .await
-            .is_ok()
-    }
-
-    const MS: Duration = Duration::from_millis(1);
-
-    #[tokio::test]
-    async fn each_drain_cycle_has_its_own_close() {
-        let b = backend();
-        let before = b.close_signal();
-        assert_eq!(b.start_drain(20 * MS), State::Up);
-        // a second drain call keeps the first timer
-        assert_eq!(b.start_drain(Duration::from_secs(60)), State::Draining);
-        assert!(fires_within(before, 500 * MS).await);
-        assert!(!b.close_pending());
-        // joined in a race while draining: closed at once
-        assert!(fires_within(b.close_signal(), 10 * MS).await);
-        assert!(b.end_drain());
-        assert!(!b.end_drain(), "not draining any more");
-        assert_eq!(b.state(), State::Checking);
-        let after_ready = b.close_signal();
-        let mut probe = b.close_signal();
-        assert!(std::future::poll_fn(|cx| Poll::Ready(probe.poll_fired(cx).is_pending())).await);
-        // and the next drain closes them again
-        b.start_drain(20 * MS);
-        assert!(fires_within(after_ready, 500 * MS).await);
-    }
-
-    #[tokio::test]
-    async fn ready_before_the_timeout_cancels_the_close() {
-        let b = backend();
-        let early = b.close_signal();
-        b.start_drain(50 * MS);
-        assert!(b.close_pending());
-        tokio::time::sleep(10 * MS).await;
-        assert!(b.end_drain());
-        let late = b.close_signal();
-        assert!(
-            !fires_within(early, 150 * MS).await,
-            "the cancelled drain closed"
-        );
-        // a new drain closes the connections from before the cancelled one, and the later ones
-        let early = b.close_signal();
-        b.start_drain(20 * MS);
-        assert!(fires_within(early, 500 * MS).await);
-        assert!(fires_within(late, 500 * MS).await);
     }
 }

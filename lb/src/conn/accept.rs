@@ -14,6 +14,7 @@ use mqedge_shared::io::Rewind;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 
+use crate::conn::connect::Client;
 use crate::conn::listener::ListenerRt;
 use crate::conn::peek::{read_connect, Peeked};
 use crate::conn::proxy_in::read_proxy_header;
@@ -121,13 +122,18 @@ async fn setup(
             return None;
         }
     };
-    let facts = ClientFacts {
-        conn_id,
-        src: p.src,
-        dst: p.dst,
-        tls: p.tls,
+    let client = Client {
+        stream: p.client,
+        facts: ClientFacts {
+            conn_id,
+            src: p.src,
+            dst: p.dst,
+            tls: p.tls,
+        },
+        peeked: p.peeked,
+        kill,
     };
-    connect::forward(&lb, &rt, &live, p.client, facts, p.peeked, kill).await
+    connect::forward(&lb, &rt, &live, client).await
 }
 
 /// PROXY in (when the listener expects it), the per-IP rate limit, TLS (on TLS listeners) and

@@ -21,6 +21,18 @@ use crate::metrics::BackendLabel;
 use crate::signal::Subscription;
 use crate::state::{Lb, Live};
 
+/// A client whose setup phases are done, on its way to a backend.
+pub struct Client {
+    /// Its stream (plain or TLS).
+    pub stream: ClientStream,
+    /// What it told us before forwarding.
+    pub facts: ClientFacts,
+    /// Its CONNECT and anything behind it, to replay.
+    pub peeked: Peeked,
+    /// The LB's shutdown signal.
+    pub kill: Subscription,
+}
+
 /// Picks a backend for a client whose CONNECT has been peeked, connects (walking the pick order
 /// up to `retries` more), and sends the PROXY header and the replayed CONNECT. `None` when no
 /// backend took it (logged and counted here).
@@ -28,11 +40,14 @@ pub async fn forward(
     lb: &Arc<Lb>,
     rt: &Arc<ListenerRt>,
     live: &Arc<Live>,
-    client: ClientStream,
-    facts: ClientFacts,
-    peeked: Peeked,
-    kill: Subscription,
+    client: Client,
 ) -> Option<Established> {
+    let Client {
+        stream,
+        facts,
+        peeked,
+        kill,
+    } = client;
     let ok = live.usable();
     let cands: Vec<Candidate<'_>> = ok
         .iter()
@@ -61,7 +76,13 @@ pub async fn forward(
                         backend: b.name().to_string(),
                     })
                     .observe(t0.elapsed().as_secs_f64());
-                return Some(established(rt, b, client, backend, facts, peeked, kill));
+                let client = Client {
+                    stream,
+                    facts,
+                    peeked,
+                    kill,
+                };
+                return Some(established(rt, b, backend, client));
             }
             Err(e) => {
                 b.counters().connect_failures.inc();
@@ -109,12 +130,15 @@ async fn attempt(
 fn established(
     rt: &Arc<ListenerRt>,
     b: &Arc<Backend>,
-    client: ClientStream,
     backend: TcpStream,
-    facts: ClientFacts,
-    peeked: Peeked,
-    kill: Subscription,
+    client: Client,
 ) -> Established {
+    let Client {
+        stream,
+        facts,
+        peeked,
+        kill,
+    } = client;
     let guard = b.open_connection();
     let replayed = peeked.bytes.len() as u64;
     b.counters().bytes_in.inc_by(replayed);
@@ -137,7 +161,7 @@ fn established(
         started: Instant::now(),
     });
     Established::new(
-        client,
+        stream,
         backend,
         counters,
         kill,
