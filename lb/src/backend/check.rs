@@ -2,22 +2,9 @@
 //! failed forward connects both feed it), the last check's outcome for `/api/backends`, and the
 //! ticket that keeps one checker task per backend.
 
-use std::sync::atomic::Ordering;
-use std::time::Duration;
-
-use super::{Backend, State};
+use super::{Backend, LastCheck, State};
 use crate::config::HealthConfig;
-
-/// The outcome of a backend's last health check, for `/api/backends`.
-#[derive(Debug, Clone)]
-pub struct LastCheck {
-    /// How long it took.
-    pub took: Duration,
-    /// When it ended, ms since the Unix epoch.
-    pub at_unix_ms: u64,
-    /// Why it failed; `None` when it passed.
-    pub error: Option<String>,
-}
+use std::sync::atomic::Ordering;
 
 impl Backend {
     /// Records one health check outcome and applies rise/fall; returns the new state when it

@@ -1,26 +1,14 @@
 //! Draining a backend: entering `draining` (operator drain, or removed by a reload) starts a
 //! drain cycle whose timer closes the leftover connections after `drain_timeout`; leaving it
-//! (`ready`, or re-added) ends the cycle. The state of the cycle, [`DrainCtl`], sits behind
+//! (`ready`, or re-added) ends the cycle. The state of the cycle, `DrainCtl`, sits behind
 //! the backend's lock; every change of `state` into or out of `draining` is made under it.
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, MutexGuard};
 use std::time::Duration;
 
-use super::{Backend, State};
+use super::{Backend, DrainCtl, State};
 use crate::signal::{Signal, Subscription};
-
-/// One drain cycle's close signal and number, changed together under [`Backend`]'s lock so a
-/// timer and an operator's `ready` cannot interleave.
-#[derive(Default)]
-pub(super) struct DrainCtl {
-    /// What connections opened now wait on. Fired when a drain's timeout passes; replaced when
-    /// the backend leaves `draining` after that.
-    close: Signal,
-    /// Bumped at every entry into and exit from `draining`: the timer of an older cycle does
-    /// nothing.
-    epoch: u64,
-}
 
 impl Backend {
     /// Forces a state; returns the previous one. Only under the drain lock: entering and

@@ -21,12 +21,10 @@ mod drain;
 #[cfg(test)]
 mod tests;
 
-pub use check::LastCheck;
-use drain::DrainCtl;
-
 use std::io;
 use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
@@ -34,6 +32,7 @@ use tokio::net::TcpStream;
 
 use crate::config::{BackendAddr, BackendConfig, ProxyMode};
 use crate::metrics::{BackendLabel, BytesLabel, Metrics};
+use crate::signal::Signal;
 
 /// Health state as `/api/backends` shows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,6 +105,29 @@ pub struct Backend {
     /// The checker task that owns this backend (see [`Backend::claim_checker`]).
     checker: AtomicU64,
     last_check: Mutex<Option<LastCheck>>,
+}
+
+/// One drain cycle's close signal and number, changed together under [`Backend`]'s lock so a
+/// timer and an operator's `ready` cannot interleave.
+#[derive(Default)]
+struct DrainCtl {
+    /// What connections opened now wait on. Fired when a drain's timeout passes; replaced when
+    /// the backend leaves `draining` after that.
+    close: Signal,
+    /// Bumped at every entry into and exit from `draining`: the timer of an older cycle does
+    /// nothing.
+    epoch: u64,
+}
+
+/// The outcome of a backend's last health check, for `/api/backends`.
+#[derive(Debug, Clone)]
+pub struct LastCheck {
+    /// How long it took.
+    pub took: Duration,
+    /// When it ended, ms since the Unix epoch.
+    pub at_unix_ms: u64,
+    /// Why it failed; `None` when it passed.
+    pub error: Option<String>,
 }
 
 impl std::fmt::Debug for Backend {

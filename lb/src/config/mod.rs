@@ -1,16 +1,16 @@
 //! The LB config in two stages: the raw TOML shape (`deny_unknown_fields`, spans kept for
 //! errors) and the validated runtime `Config` (parsed addresses, loaded certificates). `mqedge
 //! check` and `mqedge lb` both go through [`Config::load`], so what check accepts is what runs.
-//! This file holds the runtime types; `validate.rs` the raw shape and the checks.
+//! This file holds the runtime types; `validate.rs` the raw shape, the checks and
+//! [`Config::load`].
 //!
 //! A leaf: imports nothing else of the crate.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use mqedge_shared::config::{read_config_file, ConfigErrors};
 use mqedge_shared::tls::ClientAuth;
 use serde::Deserialize;
 
@@ -212,17 +212,4 @@ pub struct Config {
     pub health: HealthConfig,
     /// `[[backend]]`.
     pub backends: Vec<BackendConfig>,
-}
-
-impl Config {
-    /// Reads, parses and validates a config file; every problem is reported as `file:line: what`.
-    pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
-        let src = read_config_file(path)?;
-        Self::parse(path, &src)
-    }
-
-    /// Parses and validates config text that came from `path` (relative paths resolve against it).
-    pub fn parse(path: &Path, src: &str) -> Result<Config, ConfigErrors> {
-        validate::parse(path, src)
-    }
 }

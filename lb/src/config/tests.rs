@@ -1,6 +1,8 @@
 //! Unit tests of the config's two stages.
 
 use super::*;
+use mqedge_shared::config::ConfigErrors;
+use std::path::Path;
 
 fn parse(s: &str) -> Result<Config, ConfigErrors> {
     Config::parse(Path::new("lb.toml"), s)

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use mqedge_shared::config::{
-    from_toml, resolve_path, ByteSize, ConfigErrors, HumanDuration, Problems,
+    from_toml, read_config_file, resolve_path, ByteSize, ConfigErrors, HumanDuration, Problems,
 };
 use mqedge_shared::tls::{self, ClientAuth};
 use serde::Deserialize;
@@ -93,8 +93,20 @@ struct RawBackend {
     proxy_protocol: ProxyMode,
 }
 
-/// Parses and validates config text that came from `path` (relative paths resolve against it).
-pub(super) fn parse(path: &Path, src: &str) -> Result<Config, ConfigErrors> {
+impl Config {
+    /// Reads, parses and validates a config file; every problem is reported as `file:line: what`.
+    pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+        let src = read_config_file(path)?;
+        Self::parse(path, &src)
+    }
+
+    /// Parses and validates config text that came from `path` (relative paths resolve against it).
+    pub fn parse(path: &Path, src: &str) -> Result<Config, ConfigErrors> {
+        parse(path, src)
+    }
+}
+
+fn parse(path: &Path, src: &str) -> Result<Config, ConfigErrors> {
     let file = path.display().to_string();
     let raw: RawFile = from_toml(&file, src)?;
     let mut p = Problems::new(&file, src);

@@ -9,7 +9,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 
 use crate::config::ListenerConfig;
-use crate::conn::tls_stream;
+use crate::conn::tls_stream::handshake::prepare;
 use crate::metrics::{BytesLabel, ListenerLabel, Metrics};
 
 /// A listener with its TLS acceptor and counter handles.
@@ -33,11 +33,7 @@ impl ListenerRt {
             direction: d,
         };
         ListenerRt {
-            tls: ArcSwapOption::new(
-                cfg.tls
-                    .as_ref()
-                    .map(|t| tls_stream::prepare(t.server_config.clone())),
-            ),
+            tls: ArcSwapOption::new(cfg.tls.as_ref().map(|t| prepare(t.server_config.clone()))),
             accepted: m.accepted.get_or_create_owned(&l),
             active: m.active.get_or_create_owned(&l),
             bytes_in: m.listener_bytes.get_or_create_owned(&b("in")),
@@ -65,7 +61,7 @@ impl ListenerRt {
 
     /// Takes a new TLS config (certificate rotation on reload) for connections accepted from now.
     pub fn set_tls(&self, sc: Arc<rustls::ServerConfig>) {
-        self.tls.store(Some(tls_stream::prepare(sc)));
+        self.tls.store(Some(prepare(sc)));
     }
 
     /// Connections accepted.

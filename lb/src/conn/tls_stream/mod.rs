@@ -159,9 +159,7 @@ pub struct TlsConn {
     sni: Option<String>,
 }
 
-mod handshake;
+pub mod handshake;
 #[cfg(test)]
 mod tests;
 mod traffic;
-
-pub use handshake::prepare;

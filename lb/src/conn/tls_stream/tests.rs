@@ -1,5 +1,6 @@
 //! The TLS stream against tokio-rustls clients over real sockets.
 
+use super::handshake::prepare;
 use super::*;
 use crate::conn::tls::TlsFacts;
 use mqedge_shared::certs::DevPki;
