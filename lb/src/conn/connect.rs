@@ -42,12 +42,7 @@ pub async fn forward(
     live: &Arc<Live>,
     client: Client,
 ) -> Option<Established> {
-    let Client {
-        stream,
-        facts,
-        peeked,
-        kill,
-    } = client;
+    let (facts, peeked) = (&client.facts, &client.peeked);
     let ok = live.usable();
     let cands: Vec<Candidate<'_>> = ok
         .iter()
@@ -68,7 +63,7 @@ pub async fn forward(
     for &i in order.iter().take(attempts) {
         let b = ok[i];
         let t0 = Instant::now();
-        match attempt(live, b, &facts, &peeked).await {
+        match attempt(live, b, facts, peeked).await {
             Ok(backend) => {
                 lb.metrics()
                     .backend_connect_seconds
@@ -76,12 +71,6 @@ pub async fn forward(
                         backend: b.name().to_string(),
                     })
                     .observe(t0.elapsed().as_secs_f64());
-                let client = Client {
-                    stream,
-                    facts,
-                    peeked,
-                    kill,
-                };
                 return Some(established(rt, b, backend, client));
             }
             Err(e) => {

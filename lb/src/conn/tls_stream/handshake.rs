@@ -13,7 +13,7 @@ use tokio::net::TcpStream;
 
 use crate::conn::tls::{facts_of, TlsFacts};
 
-use super::{drive, queue_alert, tls_err, Progress, TlsConn, MAX_INCOMING};
+use super::{queue_alert, tls_err, Progress, TlsConn, MAX_INCOMING};
 
 /// How long a failing handshake may spend sending its alert.
 const ALERT_WRITE_TIME: std::time::Duration = std::time::Duration::from_secs(1);
@@ -72,25 +72,12 @@ impl TlsConn {
         };
         loop {
             LAST_SNI.with(|s| s.borrow_mut().take());
-            let TlsConn {
-                conn,
-                incoming,
-                plain,
-                outgoing,
-                ..
-            } = &mut t;
-            let res = drive(
-                conn,
-                incoming,
-                outgoing,
-                &mut |p| plain.extend_from_slice(p),
-                None,
-            );
+            let res = t.drive_incoming(None);
             if let Some(sni) = LAST_SNI.with(|s| s.borrow_mut().take()) {
                 t.sni = sni;
             }
-            let (used, progress) = match res {
-                Ok(v) => v,
+            let progress = match res {
+                Ok(p) => p,
                 Err(e) => {
                     // tell the client why (e.g. certificate_required) before closing
                     queue_alert(&mut t.conn, &mut t.outgoing);
@@ -98,7 +85,6 @@ impl TlsConn {
                     return Err(e);
                 }
             };
-            t.incoming.drain(..used);
             t.write_out().await?;
             match progress {
                 Progress::Traffic => break,

@@ -163,3 +163,26 @@ pub mod handshake;
 #[cfg(test)]
 mod tests;
 mod traffic;
+
+impl TlsConn {
+    /// Runs [`drive`] over the kept `incoming` bytes, decrypted data going to `plain`, and drops
+    /// the bytes rustls is done with.
+    fn drive_incoming(&mut self, at_write: Option<AtWrite<'_>>) -> io::Result<Progress> {
+        let TlsConn {
+            conn,
+            incoming,
+            plain,
+            outgoing,
+            ..
+        } = self;
+        let (used, progress) = drive(
+            conn,
+            incoming,
+            outgoing,
+            &mut |p| plain.extend_from_slice(p),
+            at_write,
+        )?;
+        incoming.drain(..used);
+        Ok(progress)
+    }
+}

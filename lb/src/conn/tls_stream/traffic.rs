@@ -61,26 +61,12 @@ impl TlsConn {
         let mut out = None;
         // at most: a PeerClosed (edge-triggered, reported once), then WriteTraffic
         for _ in 0..2 {
-            let TlsConn {
-                conn,
-                incoming,
-                plain,
-                outgoing,
-                ..
-            } = &mut *self;
-            let (used, progress) = drive(
-                conn,
-                incoming,
-                outgoing,
-                &mut |p| plain.extend_from_slice(p),
-                Some(&mut |w, o| {
-                    if let Some(f) = f.take() {
-                        out = Some(f(w, o)?);
-                    }
-                    Ok(())
-                }),
-            )?;
-            incoming.drain(..used);
+            let progress = self.drive_incoming(Some(&mut |w, o| {
+                if let Some(f) = f.take() {
+                    out = Some(f(w, o)?);
+                }
+                Ok(())
+            }))?;
             match progress {
                 Progress::Traffic => break,
                 Progress::PeerClosed => self.read_eof = true,
