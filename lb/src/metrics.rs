@@ -118,88 +118,93 @@ impl Metrics {
             reloads: Counter::default(),
             registry: Registry::default(),
         };
+        m.register(&mut registry);
+        m.reload_generation.set(1);
+        Metrics { registry, ..m }
+    }
+
+    /// Registers every family under its exposed name (the names are a public interface).
+    fn register(&self, registry: &mut Registry) {
         registry.register(
             "connections_accepted",
             "Client connections accepted",
-            m.accepted.clone(),
+            self.accepted.clone(),
         );
         registry.register(
             "connections_rejected",
             "Client connections closed before forwarding, by reason",
-            m.rejected.clone(),
+            self.rejected.clone(),
         );
         registry.register(
             "connections_active",
             "Client connections open now",
-            m.active.clone(),
+            self.active.clone(),
         );
         registry.register(
             "listener_bytes",
             "Client bytes by listener and direction",
-            m.listener_bytes.clone(),
+            self.listener_bytes.clone(),
         );
         registry.register(
             "backend_connections",
             "Connections forwarded to a backend",
-            m.backend_total.clone(),
+            self.backend_total.clone(),
         );
         registry.register(
             "backend_connections_active",
             "Forwarded connections open now",
-            m.backend_active.clone(),
+            self.backend_active.clone(),
         );
         registry.register(
             "backend_bytes",
             "Bytes by backend and direction",
-            m.backend_bytes.clone(),
+            self.backend_bytes.clone(),
         );
         registry.register(
             "backend_connect_failures",
             "Failed connects to a backend while forwarding",
-            m.backend_connect_failures.clone(),
+            self.backend_connect_failures.clone(),
         );
         registry.register(
             "backend_connect_seconds",
             "Time to open a connection to a backend",
-            m.backend_connect_seconds.clone(),
+            self.backend_connect_seconds.clone(),
         );
         registry.register(
             "tls_handshake_seconds",
             "Client TLS handshake time",
-            m.tls_handshake_seconds.clone(),
+            self.tls_handshake_seconds.clone(),
         );
         registry.register(
             "backend_up",
             "1 when the backend takes new connections",
-            m.backend_up.clone(),
+            self.backend_up.clone(),
         );
         registry.register(
             "backend_check_failures",
             "Failed health checks (active, and failed forward connects)",
-            m.check_failures.clone(),
+            self.check_failures.clone(),
         );
         registry.register(
             "backend_check_seconds",
             "Health check duration",
-            m.check_seconds.clone(),
+            self.check_seconds.clone(),
         );
         registry.register(
             "config_generation",
             "Config generation in force",
-            m.reload_generation.clone(),
+            self.reload_generation.clone(),
         );
         registry.register(
             "config_reload_failures",
             "Config reloads refused",
-            m.reload_failures.clone(),
+            self.reload_failures.clone(),
         );
         registry.register(
             "config_reloads",
             "Config reloads applied",
-            m.reloads.clone(),
+            self.reloads.clone(),
         );
-        m.reload_generation.set(1);
-        Metrics { registry, ..m }
     }
 
     /// Counts one rejected connection.

@@ -1,10 +1,11 @@
-//! The header written to a backend before the replayed CONNECT: nothing, PROXY v1, or PROXY v2
+//! The header written to a backend before the replayed CONNECT (the counterpart of
+//! `proxy_in.rs`): nothing, PROXY v1, or PROXY v2
 //! with the TLVs of DESIGN.md (HAProxy `send-proxy-v2-ssl-cn` layout plus the 0xE0 fingerprint).
 
 use mqedge_shared::proxy::{encode_v1, encode_v2, ProxyInfo, SslInfo};
 
 use crate::config::ProxyMode;
-use crate::listener::ClientFacts;
+use crate::conn::ClientFacts;
 
 /// The v2 header fields for a client.
 pub fn proxy_info(c: &ClientFacts) -> ProxyInfo {

@@ -1,6 +1,7 @@
 //! TLS facts of a terminated client connection: SNI, ALPN, version, cipher and the client
-//! certificate (CN, SANs, SHA-256). The handshake itself runs in the connection's task
-//! (`listener.rs`) under `connect_timeout`.
+//! certificate (CN, SANs, SHA-256), for logs and the PROXY v2 TLVs. The handshake is
+//! `tls_stream`'s, run and timed by the connection's task (`accept.rs`) under
+//! `connect_timeout`. A leaf: imports nothing else of the crate.
 
 use mqedge_shared::tls::{cipher_name, version_name, CertFacts};
 

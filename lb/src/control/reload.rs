@@ -13,15 +13,17 @@
 //! replace files (rename, symlink swap), which a watch on the file itself would miss. Any event
 //! there triggers a re-read; a content hash skips no-op events.
 
+use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 
-use crate::backends::{Backend, State};
-use crate::config::Config;
-use crate::{Lb, Live};
+use crate::backend::{Backend, State};
+use crate::config::{Config, LbSettings};
+use crate::conn::listener::Listeners;
+use crate::state::{Lb, Live};
 
 /// What a reload did, for logs and tests.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -40,43 +42,15 @@ pub struct Applied {
     pub generation: u64,
 }
 
-/// Reload bookkeeping shown at `/api/reload`.
-#[derive(Debug, Default)]
-pub struct ReloadStatus {
-    /// The last refused file's error (cleared by a successful reload).
-    pub last_error: Mutex<Option<String>>,
-    /// Backends removed by a reload whose leftovers' close is still pending, so that re-adding
-    /// one finds it. Weak: a backend is freed once its timer and connections are done; the list
-    /// is pruned at every reload.
-    retired: Mutex<Vec<Weak<Backend>>>,
-}
-
-impl ReloadStatus {
-    /// The retired backends still pending, taken out of the list.
-    fn take_retired(&self) -> Vec<Arc<Backend>> {
-        let mut r = self.retired.lock().unwrap_or_else(|e| e.into_inner());
-        std::mem::take(&mut *r)
-            .iter()
-            .filter_map(Weak::upgrade)
-            .filter(|b| b.close_pending())
-            .collect()
-    }
-
-    fn put_retired(&self, bs: impl IntoIterator<Item = Arc<Backend>>) {
-        let mut r = self.retired.lock().unwrap_or_else(|e| e.into_inner());
-        r.extend(bs.into_iter().map(|b| Arc::downgrade(&b)));
-    }
-}
-
 /// Applies a validated config to the running LB.
-pub fn apply(lb: &Arc<Lb>, new: &Config) -> Applied {
-    let old = lb.live.load_full();
+pub fn apply(lb: &Arc<Lb>, listeners: &Listeners, new: &Config) -> Applied {
+    let old = lb.live_arc();
     let mut out = Applied::default();
     let mut next: Vec<Arc<Backend>> = Vec::with_capacity(new.backends.len());
     let mut fresh = Vec::new();
-    let mut retired = lb.reload.take_retired();
+    let mut retired = lb.reload_status().take_retired();
     for bc in &new.backends {
-        let same = |o: &&Arc<Backend>| o.name == bc.name && o.addr == bc.addr;
+        let same = |o: &&Arc<Backend>| o.name() == bc.name && *o.addr() == bc.addr;
         if let Some(o) = old.backends.iter().find(same) {
             o.update(bc);
             out.kept.push(bc.name.clone());
@@ -93,7 +67,7 @@ pub fn apply(lb: &Arc<Lb>, new: &Config) -> Applied {
                 next.push(r);
             }
             None => {
-                let b = Arc::new(Backend::new(bc, State::Checking, &lb.metrics));
+                let b = Arc::new(Backend::new(bc, State::Checking, lb.metrics()));
                 out.added.push(bc.name.clone());
                 fresh.push(b.clone());
                 next.push(b);
@@ -112,53 +86,62 @@ pub fn apply(lb: &Arc<Lb>, new: &Config) -> Applied {
     lb_settings.name = old.lb.name.clone();
     lb_settings.admin = old.lb.admin;
     lb_settings.workers = old.lb.workers;
-    lb.live.store(Arc::new(Live {
+    lb.set_live(Live {
         lb: lb_settings,
         balance: new.balance,
         health: new.health,
         backends: next,
         generation: out.generation,
-    }));
+    });
     for b in &removed {
-        out.removed.push(b.name.clone());
+        out.removed.push(b.name().to_string());
         b.start_drain(new.lb.drain_timeout);
     }
     retired.extend(removed);
-    lb.reload.put_retired(retired);
+    lb.reload_status().put_retired(retired);
     for b in fresh {
-        tokio::spawn(crate::health::run_checker(lb.clone(), b, false));
+        tokio::spawn(crate::control::health::run_checker(lb.clone(), b, false));
     }
-    out.needs_restart = lb.swap_listener_tls(&new.listeners);
-    for (what, old_v, new_v) in [
-        ("name", &old.lb.name, &new.lb.name),
-        (
-            "admin",
-            &format!("{:?}", old.lb.admin),
-            &format!("{:?}", new.lb.admin),
-        ),
-        (
-            "workers",
-            &old.lb.workers.to_string(),
-            &new.lb.workers.to_string(),
-        ),
-    ] {
-        if old_v != new_v {
-            out.needs_restart.push(format!("[lb] {what}"));
-        }
-    }
-    lb.metrics.reload_generation.set(out.generation as i64);
-    lb.metrics.reloads.inc();
+    out.needs_restart = listeners.swap_tls(&new.listeners);
+    out.needs_restart.extend(restart_only(&old.lb, &new.lb));
+    lb.metrics().reload_generation.set(out.generation as i64);
+    lb.metrics().reloads.inc();
     out
 }
 
+/// The `[lb]` settings that changed but only take effect at a restart.
+fn restart_only(old: &LbSettings, new: &LbSettings) -> Vec<String> {
+    let mut changed = Vec::new();
+    for (what, old_v, new_v) in [
+        ("name", &old.name, &new.name),
+        (
+            "admin",
+            &format!("{:?}", old.admin),
+            &format!("{:?}", new.admin),
+        ),
+        (
+            "workers",
+            &old.workers.to_string(),
+            &new.workers.to_string(),
+        ),
+    ] {
+        if old_v != new_v {
+            changed.push(format!("[lb] {what}"));
+        }
+    }
+    changed
+}
+
 /// Re-reads the config file and applies it, or records why not.
-pub fn reload_from_file(lb: &Arc<Lb>, path: &Path) -> Result<Applied, String> {
+pub fn reload_from_file(
+    lb: &Arc<Lb>,
+    listeners: &Listeners,
+    path: &Path,
+) -> Result<Applied, String> {
     match Config::load(path) {
         Ok(cfg) => {
-            let a = apply(lb, &cfg);
-            if let Ok(mut e) = lb.reload.last_error.lock() {
-                *e = None;
-            }
+            let a = apply(lb, listeners, &cfg);
+            lb.reload_status().set_last_error(None);
             tracing::info!(
                 generation = a.generation,
                 added = ?a.added,
@@ -176,14 +159,12 @@ pub fn reload_from_file(lb: &Arc<Lb>, path: &Path) -> Result<Applied, String> {
         }
         Err(e) => {
             let msg = e.to_string();
-            lb.metrics.reload_failures.inc();
+            lb.metrics().reload_failures.inc();
             tracing::error!(
                 "config reload refused, nothing changed: {}",
                 msg.replace('\n', "; ")
             );
-            if let Ok(mut le) = lb.reload.last_error.lock() {
-                *le = Some(msg.clone());
-            }
+            lb.reload_status().set_last_error(Some(msg.clone()));
             Err(msg)
         }
     }
@@ -199,7 +180,7 @@ fn digest(path: &Path) -> Option<u64> {
             all.extend_from_slice(&b);
         }
     }
-    Some(crate::balance::stable_hash(&all))
+    Some(crate::backend::balance::stable_hash(&all))
 }
 
 /// The TLS files a config names (when it parses).
@@ -215,15 +196,13 @@ fn tls_files(path: &Path) -> Vec<PathBuf> {
         .unwrap_or_default()
 }
 
-/// Watches the config file (and SIGHUP) until `stop`; debounces bursts of events by 200 ms.
-pub async fn watch_loop(lb: Arc<Lb>, path: PathBuf, mut stop: watch::Receiver<bool>) {
-    let (tx, mut rx) = mpsc::channel::<bool>(16);
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from("."));
-    let wtx = tx.clone();
+/// Watches the config's directory and its certificate directories; every event but a read
+/// sends a (not forced) reload request. `None` when there is no watcher (SIGHUP still works).
+fn start_watcher(
+    path: &Path,
+    dir: &Path,
+    wtx: mpsc::Sender<bool>,
+) -> Option<notify::RecommendedWatcher> {
     let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
         if let Ok(ev) = res {
             if !matches!(ev.kind, notify::EventKind::Access(_)) {
@@ -231,20 +210,20 @@ pub async fn watch_loop(lb: Arc<Lb>, path: PathBuf, mut stop: watch::Receiver<bo
             }
         }
     });
-    let _watcher = match watcher {
+    match watcher {
         Ok(mut w) => {
             use notify::Watcher;
-            if let Err(e) = w.watch(&dir, notify::RecursiveMode::NonRecursive) {
+            if let Err(e) = w.watch(dir, notify::RecursiveMode::NonRecursive) {
                 tracing::warn!(dir = %dir.display(), error = %e, "cannot watch the config directory; SIGHUP still reloads");
             }
             // certificate directories too, for rotation without touching the config
-            let mut dirs: Vec<PathBuf> = tls_files(&path)
+            let mut dirs: Vec<PathBuf> = tls_files(path)
                 .iter()
                 .filter_map(|f| f.parent().map(Path::to_path_buf))
                 .collect();
             dirs.sort();
             dirs.dedup();
-            for d in dirs.iter().filter(|d| **d != dir) {
+            for d in dirs.iter().filter(|d| d.as_path() != dir) {
                 if let Err(e) = w.watch(d, notify::RecursiveMode::NonRecursive) {
                     tracing::warn!(dir = %d.display(), error = %e, "cannot watch a certificate directory; SIGHUP still reloads");
                 }
@@ -255,41 +234,66 @@ pub async fn watch_loop(lb: Arc<Lb>, path: PathBuf, mut stop: watch::Receiver<bo
             tracing::warn!(error = %e, "no file watcher; SIGHUP still reloads");
             None
         }
-    };
-    #[cfg(unix)]
-    {
-        let htx = tx.clone();
-        tokio::spawn(async move {
-            use tokio::signal::unix::{signal, SignalKind};
-            if let Ok(mut hup) = signal(SignalKind::hangup()) {
-                while hup.recv().await.is_some() {
-                    if htx.send(true).await.is_err() {
-                        break;
-                    }
+    }
+}
+
+/// Turns every SIGHUP into a forced reload request.
+#[cfg(unix)]
+fn forward_sighup(tx: mpsc::Sender<bool>) {
+    tokio::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let Ok(mut hup) = signal(SignalKind::hangup()) {
+            while hup.recv().await.is_some() {
+                if tx.send(true).await.is_err() {
+                    break;
                 }
             }
-        });
-    }
+        }
+    });
+}
+
+/// Watches the config file (and SIGHUP) until `stop`; debounces bursts of events by 200 ms.
+/// The watch starts before this returns (the returned future is the loop), so a change made
+/// once the LB has logged `listening` is never missed.
+pub fn watch_loop(
+    lb: Arc<Lb>,
+    listeners: Arc<Listeners>,
+    path: PathBuf,
+    mut stop: watch::Receiver<bool>,
+) -> impl Future<Output = ()> {
+    let (tx, mut rx) = mpsc::channel::<bool>(16);
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."));
+    let watcher = start_watcher(&path, &dir, tx.clone());
+    #[cfg(unix)]
+    forward_sighup(tx.clone());
     let mut last = digest(&path);
-    loop {
-        let forced = tokio::select! {
-            _ = stop.changed() => break,
-            m = rx.recv() => match m { Some(f) => f, None => break },
-        };
-        // debounce: collect the burst an editor or a ConfigMap swap makes
-        let mut forced = forced;
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        while let Ok(f) = rx.try_recv() {
-            forced |= f;
+    async move {
+        // both live as long as the loop: dropping them would end the events
+        let (_watcher, _tx) = (watcher, tx);
+        loop {
+            let forced = tokio::select! {
+                _ = stop.changed() => break,
+                m = rx.recv() => match m { Some(f) => f, None => break },
+            };
+            // debounce: collect the burst an editor or a ConfigMap swap makes
+            let mut forced = forced;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            while let Ok(f) = rx.try_recv() {
+                forced |= f;
+            }
+            let now = digest(&path);
+            if !forced && now == last {
+                continue;
+            }
+            if forced {
+                tracing::info!("SIGHUP: re-reading {}", path.display());
+            }
+            last = now;
+            let _ = reload_from_file(&lb, &listeners, &path);
         }
-        let now = digest(&path);
-        if !forced && now == last {
-            continue;
-        }
-        if forced {
-            tracing::info!("SIGHUP: re-reading {}", path.display());
-        }
-        last = now;
-        let _ = reload_from_file(&lb, &path);
     }
 }

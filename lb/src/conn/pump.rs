@@ -1,47 +1,27 @@
-//! Pick, connect, replay, pump. The backends are tried in hash order (up to `retries` more after
-//! the first); a failed connect is invisible to the client because its CONNECT was only peeked.
-//! After the header and the replayed bytes, the connection is a plain byte pump: no MQTT parsing,
-//! no per-connection buffers while idle (a read lands in a stack buffer and is written straight
-//! through; only a write that cannot complete keeps a heap copy of the remainder).
+//! The forwarding phase: after the header and the replayed bytes, the connection is a plain
+//! byte pump: no MQTT parsing, no per-connection buffers while idle (a read lands in a stack
+//! buffer and is written straight through; only a write that cannot complete keeps a heap copy
+//! of the remainder). [`Established`] is all an idle connection keeps; it ends with one
+//! `closed: <why>` log line.
 
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use crate::signal::Subscription;
 use prometheus_client::metrics::counter::Counter;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-use crate::backends::{Backend, State};
-use crate::balance::Candidate;
-use crate::config::BackendAddr;
-use crate::listener::{ClientFacts, ClientStream, ListenerRt};
-use crate::metrics::BackendLabel;
-use crate::peek::Peeked;
-use crate::{Lb, Live, HALF_CLOSE_LINGER};
+use crate::backend::ConnGuard;
+use crate::conn::listener::ListenerRt;
+use crate::conn::ClientStream;
+use crate::signal::Subscription;
 
-/// Opens a TCP connection to a backend address (resolving host names each time, so DNS changes
-/// are followed).
-pub async fn connect(addr: &BackendAddr) -> io::Result<TcpStream> {
-    let s = match addr {
-        BackendAddr::Ip(a) => TcpStream::connect(a).await?,
-        BackendAddr::Host(h, p) => TcpStream::connect((h.as_str(), *p)).await?,
-    };
-    let _ = s.set_nodelay(true);
-    Ok(s)
-}
-
-/// The backends that may take a new connection, in config order.
-pub fn usable(live: &Live) -> Vec<&Arc<Backend>> {
-    live.backends
-        .iter()
-        .filter(|b| b.state() == State::Up && b.weight() > 0)
-        .collect()
-}
+/// Default linger for the second half of a connection once one side has closed.
+pub const HALF_CLOSE_LINGER: Duration = Duration::from_secs(5);
 
 /// A connection in its forwarding phase: exactly what the byte pump and the closing log line
 /// need. Everything else from the setup (hash order, candidate lists, TLS facts, the replayed
@@ -52,24 +32,46 @@ pub struct Established {
     counters: PumpCounters,
     kill: Subscription,
     close: Subscription,
-    _guard: crate::backends::ConnGuard,
+    _guard: ConnGuard,
     log: Box<ConnLog>,
 }
 
-/// The fields of the closing log line.
-struct ConnLog {
-    conn_id: String,
-    rt: Arc<ListenerRt>,
-    client_id: String,
-    username: Option<String>,
-    src: std::net::SocketAddr,
-    cn: Option<String>,
-    backend: String,
-    replayed: u64,
-    started: Instant,
+/// The fields of the closing log line (a plain record: `connect.rs` fills it in).
+pub struct ConnLog {
+    pub(super) conn_id: String,
+    pub(super) rt: Arc<ListenerRt>,
+    pub(super) client_id: String,
+    pub(super) username: Option<String>,
+    pub(super) src: std::net::SocketAddr,
+    pub(super) cn: Option<String>,
+    pub(super) backend: String,
+    /// The replayed CONNECT (and what came with it): counted in `bytes_in`.
+    pub(super) replayed: u64,
+    pub(super) started: Instant,
 }
 
 impl Established {
+    /// A connection whose backend took the header and the replayed bytes.
+    pub fn new(
+        client: ClientStream,
+        backend: TcpStream,
+        counters: PumpCounters,
+        kill: Subscription,
+        close: Subscription,
+        guard: ConnGuard,
+        log: Box<ConnLog>,
+    ) -> Self {
+        Established {
+            client,
+            backend,
+            counters,
+            kill,
+            close,
+            _guard: guard,
+            log,
+        }
+    }
+
     /// Pumps bytes until the connection ends, then logs it. (Not an `async fn`: the pump is built
     /// first so that the future holds each field once.)
     pub fn run(self) -> impl std::future::Future<Output = ()> {
@@ -97,7 +99,7 @@ impl ConnLog {
         let log = self;
         tracing::info!(
             conn = %log.conn_id,
-            listener = %log.rt.cfg.name,
+            listener = %log.rt.name(),
             client_id = %log.client_id,
             username = log.username.as_deref().unwrap_or(""),
             src = %log.src,
@@ -109,107 +111,6 @@ impl ConnLog {
             "closed: {why}"
         );
     }
-}
-
-/// Picks a backend for a client whose CONNECT has been peeked, connects (walking the hash order
-/// up to `retries` more), and sends the PROXY header and the replayed CONNECT. `None` when no
-/// backend took it (logged and counted here).
-pub async fn forward(
-    lb: &Arc<Lb>,
-    rt: &Arc<ListenerRt>,
-    live: &Arc<Live>,
-    client: ClientStream,
-    facts: ClientFacts,
-    peeked: Peeked,
-    kill: Subscription,
-) -> Option<Established> {
-    let ok = usable(live);
-    let cands: Vec<Candidate<'_>> = ok
-        .iter()
-        .map(|b| Candidate {
-            name: &b.name,
-            weight: b.weight(),
-            active: b.active(),
-        })
-        .collect();
-    let order = lb.picker.order(
-        live.balance.strategy,
-        live.balance.fallback,
-        &peeked.client_id,
-        facts.src.ip(),
-        &cands,
-    );
-    let attempts = live.balance.retries as usize + 1;
-    for &i in order.iter().take(attempts) {
-        let b = ok[i];
-        let t0 = Instant::now();
-        let connected = tokio::time::timeout(live.health.timeout, async {
-            let mut s = connect(&b.addr).await?;
-            let mut first = crate::proxy_header::header_for(b.proxy_mode(), &facts);
-            first.extend_from_slice(&peeked.bytes);
-            s.write_all(&first).await?;
-            Ok::<_, io::Error>(s)
-        })
-        .await
-        .unwrap_or_else(|_| Err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out")));
-        match connected {
-            Ok(backend) => {
-                lb.metrics
-                    .backend_connect_seconds
-                    .get_or_create(&BackendLabel {
-                        backend: b.name.clone(),
-                    })
-                    .observe(t0.elapsed().as_secs_f64());
-                let guard = b.open_connection();
-                let replayed = peeked.bytes.len() as u64;
-                b.counters.bytes_in.inc_by(replayed);
-                rt.bytes_in.inc_by(replayed);
-                tracing::debug!(conn = %facts.conn_id, client_id = %peeked.client_id, src = %facts.src, backend = %b.name, "forwarding");
-                let counters = PumpCounters {
-                    up: [rt.bytes_in.clone(), b.counters.bytes_in.clone()],
-                    down: [rt.bytes_out.clone(), b.counters.bytes_out.clone()],
-                };
-                let cn = facts.tls.and_then(|t| t.cert).and_then(|c| c.cn);
-                return Some(Established {
-                    client,
-                    backend,
-                    counters,
-                    kill,
-                    close: b.close_signal(),
-                    _guard: guard,
-                    log: Box::new(ConnLog {
-                        conn_id: facts.conn_id,
-                        rt: rt.clone(),
-                        client_id: peeked.client_id,
-                        username: peeked.username,
-                        src: facts.src,
-                        cn,
-                        backend: b.name.clone(),
-                        replayed,
-                        started: Instant::now(),
-                    }),
-                });
-            }
-            Err(e) => {
-                b.counters.connect_failures.inc();
-                // passive health: a failed connect while forwarding counts as a failed check
-                if let Some(st) = b.record_check(false, &live.health) {
-                    tracing::warn!(backend = %b.name, state = st.as_str(), "backend state changed by a failed forward connect");
-                }
-                tracing::warn!(conn = %facts.conn_id, backend = %b.name, addr = %b.addr, error = %e, "backend connect failed; trying the next in hash order");
-            }
-        }
-    }
-    lb.metrics.reject(&rt.cfg.name, "no_backend");
-    tracing::warn!(
-        conn = %facts.conn_id,
-        listener = %rt.cfg.name,
-        client_id = %peeked.client_id,
-        src = %facts.src,
-        candidates = order.len(),
-        "closed: no backend available"
-    );
-    None
 }
 
 /// Counter handles bumped per forwarded chunk (listener and backend).
@@ -449,7 +350,7 @@ where
 mod tests {
     use super::*;
     use crate::signal::Signal;
-    use tokio::io::AsyncReadExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     fn counters() -> PumpCounters {
         PumpCounters {

@@ -8,6 +8,9 @@
 //! hint (a PROXY header or TLS the backend wants), because "early eof" alone sends an operator
 //! guessing. The text is shown as `last_check_error` at `/api/backends` and in the
 //! `backend state changed` log line.
+//!
+//! Dials with [`Backend::dial`], as the data path does. May use `state`, `backend`, `config`,
+//! `metrics`.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -18,10 +21,10 @@ use mqedge_shared::proxy::{encode_v1, encode_v2_local};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::timeout_at;
 
-use crate::backends::{Backend, LastCheck};
+use crate::backend::{Backend, LastCheck};
 use crate::config::{HealthKind, ProxyMode};
 use crate::metrics::BackendLabel;
-use crate::Lb;
+use crate::state::Lb;
 
 /// Why a check failed. Every text names what the check expected; `hint` is empty or starts
 /// with "; ".
@@ -222,44 +225,15 @@ pub fn describe_reply(b: &[u8], proxy: ProxyMode) -> (String, String) {
     }
 }
 
-/// Runs one check against a backend.
-pub async fn check_once(
-    b: &Backend,
-    kind: HealthKind,
+/// Reads the first bytes of the reply: 4 (a CONNACK), or 7 when it starts like a TLS alert
+/// record, so the alert can be named. Returns them, how many came, and why reading stopped
+/// short if it did.
+async fn read_reply(
+    s: &mut tokio::net::TcpStream,
+    deadline: tokio::time::Instant,
     timeout: Duration,
-    client_id: &str,
-) -> Result<Passed, CheckError> {
-    let deadline = tokio::time::Instant::now() + timeout;
-    let mut s = match timeout_at(deadline, crate::forward::connect(&b.addr)).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => return Err(CheckError::Connect(e)),
-        Err(_) => return Err(CheckError::ConnectTimeout(timeout)),
-    };
-    if kind == HealthKind::Tcp {
-        return Ok(Passed::Connected);
-    }
-    let proxy = b.proxy_mode();
-    let mut out = match proxy {
-        ProxyMode::None => Vec::new(),
-        ProxyMode::V1 => encode_v1(None, None),
-        ProxyMode::V2 => encode_v2_local(),
-    };
-    out.extend_from_slice(&encode_connect(4, client_id, None, 10));
-    match timeout_at(deadline, s.write_all(&out)).await {
-        Ok(Ok(())) => {}
-        Ok(Err(err)) => {
-            let hint = silent_hint(proxy);
-            return Err(CheckError::Send { err, hint });
-        }
-        Err(_) => {
-            let hint = silent_hint(proxy);
-            return Err(CheckError::NoReply {
-                timeout,
-                got: 0,
-                hint,
-            });
-        }
-    }
+    proxy: ProxyMode,
+) -> ([u8; 7], usize, Option<CheckError>) {
     // a CONNACK is 4 bytes; a TLS alert record 7, read whole to name the alert
     let mut buf = [0u8; 7];
     let mut got = 0;
@@ -300,6 +274,48 @@ pub async fn check_once(
             }
         }
     };
+    (buf, got, short)
+}
+
+/// Runs one check against a backend.
+pub async fn check_once(
+    b: &Backend,
+    kind: HealthKind,
+    timeout: Duration,
+    client_id: &str,
+) -> Result<Passed, CheckError> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut s = match timeout_at(deadline, b.dial()).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return Err(CheckError::Connect(e)),
+        Err(_) => return Err(CheckError::ConnectTimeout(timeout)),
+    };
+    if kind == HealthKind::Tcp {
+        return Ok(Passed::Connected);
+    }
+    let proxy = b.proxy_mode();
+    let mut out = match proxy {
+        ProxyMode::None => Vec::new(),
+        ProxyMode::V1 => encode_v1(None, None),
+        ProxyMode::V2 => encode_v2_local(),
+    };
+    out.extend_from_slice(&encode_connect(4, client_id, None, 10));
+    match timeout_at(deadline, s.write_all(&out)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(err)) => {
+            let hint = silent_hint(proxy);
+            return Err(CheckError::Send { err, hint });
+        }
+        Err(_) => {
+            let hint = silent_hint(proxy);
+            return Err(CheckError::NoReply {
+                timeout,
+                got: 0,
+                hint,
+            });
+        }
+    }
+    let (buf, got, short) = read_reply(&mut s, deadline, timeout, proxy).await;
     if got >= 1 && buf[0] != 0x20 {
         let (what, hint) = describe_reply(&buf[..got], proxy);
         return Err(CheckError::NotConnack { what, hint });
@@ -316,19 +332,14 @@ pub async fn check_once(
     }
 }
 
-/// Is `b` still part of the live set (same `Arc`)?
-fn still_live(lb: &Lb, b: &Arc<Backend>) -> bool {
-    lb.live.load().backends.iter().any(|x| Arc::ptr_eq(x, b))
-}
-
 /// Runs a check and applies its outcome; logs state changes.
 pub async fn check_and_record(lb: &Lb, b: &Arc<Backend>) {
-    let live = lb.live.load_full();
+    let live = lb.live_arc();
     let hc = live.health;
     let client_id = format!(
         "mqedge-hc-{}-{}-{}",
         live.lb.name,
-        b.name,
+        b.name(),
         std::process::id()
     );
     let t0 = Instant::now();
@@ -343,29 +354,29 @@ pub async fn check_and_record(lb: &Lb, b: &Arc<Backend>) {
         at_unix_ms,
         error: res.as_ref().err().map(ToString::to_string),
     });
-    lb.metrics
+    lb.metrics()
         .check_seconds
         .get_or_create(&BackendLabel {
-            backend: b.name.clone(),
+            backend: b.name().to_string(),
         })
         .observe(took.as_secs_f64());
     // per-check lines are debug (one per backend per interval); state changes are info/warn
     match &res {
         Err(e) => {
-            tracing::debug!(backend = %b.name, addr = %b.addr, error = %e, "health check failed")
+            tracing::debug!(backend = %b.name(), addr = %b.addr(), error = %e, "health check failed")
         }
         Ok(Passed::Refused(code)) => {
-            tracing::debug!(backend = %b.name, addr = %b.addr, code, "health check passed: CONNACK return code {code} ({}) refuses the check client, but the broker answers", connack_meaning(*code))
+            tracing::debug!(backend = %b.name(), addr = %b.addr(), code, "health check passed: CONNACK return code {code} ({}) refuses the check client, but the broker answers", connack_meaning(*code))
         }
         Ok(_) => {}
     }
     if let Some(st) = b.record_check(res.is_ok(), &hc) {
         match &res {
             Ok(_) => {
-                tracing::info!(backend = %b.name, addr = %b.addr, state = st.as_str(), "backend state changed")
+                tracing::info!(backend = %b.name(), addr = %b.addr(), state = st.as_str(), "backend state changed")
             }
             Err(e) => {
-                tracing::warn!(backend = %b.name, addr = %b.addr, state = st.as_str(), error = %e, "backend state changed")
+                tracing::warn!(backend = %b.name(), addr = %b.addr(), state = st.as_str(), error = %e, "backend state changed")
             }
         }
     }
@@ -379,19 +390,19 @@ pub async fn run_checker(lb: Arc<Lb>, b: Arc<Backend>, first_done: bool) {
         check_and_record(&lb, &b).await;
     }
     loop {
-        let interval = lb.live.load().health.interval;
+        let interval = lb.live().health.interval;
         tokio::time::sleep(interval).await;
-        if !still_live(&lb, &b) || !b.is_checker(ticket) {
+        if !lb.live().contains(&b) || !b.is_checker(ticket) {
             break;
         }
         check_and_record(&lb, &b).await;
     }
-    tracing::debug!(backend = %b.name, "health checker stopped");
+    tracing::debug!(backend = %b.name(), "health checker stopped");
 }
 
 /// First check of every backend, concurrently, so the LB starts with a known-good set.
 pub async fn first_round(lb: &Arc<Lb>) {
-    let backends = lb.live.load().backends.clone();
+    let backends = lb.live().backends.clone();
     let mut tasks = Vec::new();
     for b in backends {
         let lb = lb.clone();

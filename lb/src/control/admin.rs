@@ -1,6 +1,8 @@
 //! The admin HTTP API on `[lb] admin` (axum): `/healthz`, `/metrics` (Prometheus text),
 //! `GET /api/backends`, `POST /api/backends/{name}/drain` (and `/ready` to undo it),
 //! `GET /api/reload`. Shapes are DESIGN.md's; bind it to a private address.
+//!
+//! May use `state`, `backend`.
 
 use std::sync::Arc;
 
@@ -12,14 +14,14 @@ use axum::{Json, Router};
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 
-use crate::backends::{Backend, State as BState};
-use crate::Lb;
+use crate::backend::{Backend, State as BState};
+use crate::state::Lb;
 
 fn backend_json(b: &Backend) -> Value {
     let last = b.last_check();
     json!({
-        "name": b.name,
-        "addr": b.addr.to_string(),
+        "name": b.name(),
+        "addr": b.addr().to_string(),
         "state": b.state().as_str(),
         "active_connections": b.active(),
         "total_connections": b.total(),
@@ -39,23 +41,18 @@ async fn healthz(State(lb): State<Arc<Lb>>) -> Response {
 }
 
 async fn metrics(State(lb): State<Arc<Lb>>) -> Response {
-    mqedge_shared::admin::metrics_text(lb.metrics.encode())
+    mqedge_shared::admin::metrics_text(lb.metrics().encode())
 }
 
 async fn backends(State(lb): State<Arc<Lb>>) -> Json<Value> {
-    let live = lb.live.load();
+    let live = lb.live();
     Json(Value::Array(
         live.backends.iter().map(|b| backend_json(b)).collect(),
     ))
 }
 
 fn find(lb: &Lb, name: &str) -> Option<Arc<Backend>> {
-    lb.live
-        .load()
-        .backends
-        .iter()
-        .find(|b| b.name == name)
-        .cloned()
+    lb.live().find(name)
 }
 
 fn not_found(name: &str) -> Response {
@@ -66,7 +63,7 @@ async fn drain(State(lb): State<Arc<Lb>>, Path(name): Path<String>) -> Response 
     let Some(b) = find(&lb, &name) else {
         return not_found(&name);
     };
-    let after = lb.live.load().lb.drain_timeout;
+    let after = lb.live().lb.drain_timeout;
     if b.start_drain(after) != BState::Draining {
         tracing::info!(backend = %name, drain_timeout = ?after, "backend drained by the admin API");
     }
@@ -85,8 +82,8 @@ async fn ready(State(lb): State<Arc<Lb>>, Path(name): Path<String>) -> Response 
 }
 
 async fn reload(State(lb): State<Arc<Lb>>) -> Json<Value> {
-    let generation = lb.live.load().generation;
-    let last_error = lb.reload.last_error.lock().ok().and_then(|e| e.clone());
+    let generation = lb.live().generation;
+    let last_error = lb.reload_status().last_error();
     Json(json!({ "generation": generation, "last_error": last_error }))
 }
 

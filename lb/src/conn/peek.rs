@@ -5,7 +5,7 @@
 use mqedge_protocol::peek::{peek_connect, Peek};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
-use crate::listener::Reject;
+use crate::conn::Reject;
 
 /// A complete CONNECT and anything the client pipelined after it.
 #[derive(Debug, Clone)]

@@ -16,22 +16,7 @@ use std::cmp::Ordering;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 
-/// Which key a connection is hashed on.
-///
-/// Chosen per listener in the config; the hashed variants keep a client on one backend, the
-/// others spread load without affinity.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Strategy {
-    /// Hash the MQTT client id, so a client's persistent session stays on one broker.
-    ClientId,
-    /// Hash the client IP (not the port), for clients whose id is empty or not yet known.
-    SourceIp,
-    /// Rotate the first backend on each connection; no affinity.
-    RoundRobin,
-    /// Prefer the backend with the fewest connections per unit of weight; no affinity.
-    LeastConnections,
-}
+pub use crate::config::Strategy;
 
 /// One candidate backend as the picker sees it.
 ///

@@ -1,0 +1,273 @@
+//! The live backend set: each backend's identity (name + address), its reloadable settings
+//! (weight, PROXY mode), health state and counters, shared by the connection tasks, the health
+//! checker, the reloader and the admin API. A backend is an `Arc`, so a reload that keeps it
+//! (same name and address) keeps its state and its open connections.
+//!
+//! Draining (`drain.rs`) has its own small state, `DrainCtl`, behind a lock: the close signal the backend's
+//! connections wait on and the number of the current drain cycle. A signal fires once, so every
+//! drain whose timeout passed leaves it fired; leaving `draining` then installs a fresh one, or
+//! the connections opened after `ready` would be closed the moment they start.
+//!
+//! [`Backend::dial`] is the one way to open a TCP connection to a backend: the data path
+//! (`conn::connect`) and the health checks (`control::health`) both use it. [`balance`] is the
+//! pure picker over this set. Health bookkeeping (rise/fall streak, last check, checker
+//! ticket) is `check.rs`.
+//!
+//! May use `config`, `metrics`, `signal`; never `state`, `conn` or `control`.
+
+pub mod balance;
+mod check;
+mod drain;
+#[cfg(test)]
+mod tests;
+
+use std::io;
+use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use tokio::net::TcpStream;
+
+use crate::config::{BackendAddr, BackendConfig, ProxyMode};
+use crate::metrics::{BackendLabel, BytesLabel, Metrics};
+use crate::signal::Signal;
+
+/// Health state as `/api/backends` shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum State {
+    /// Not yet checked: takes no traffic until its first check passes.
+    Checking = 0,
+    /// Takes new connections.
+    Up = 1,
+    /// Failed `fall` checks in a row (or never passed its first): takes none.
+    Down = 2,
+    /// Drained by an operator or removed from the config: takes none; leftovers close after
+    /// `drain_timeout`.
+    Draining = 3,
+}
+
+impl State {
+    /// The name used in the API and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Checking => "checking",
+            State::Up => "up",
+            State::Down => "down",
+            State::Draining => "draining",
+        }
+    }
+    fn from_u8(v: u8) -> State {
+        match v {
+            1 => State::Up,
+            2 => State::Down,
+            3 => State::Draining,
+            _ => State::Checking,
+        }
+    }
+}
+
+/// Counter handles resolved once per backend.
+#[derive(Clone)]
+pub struct BackendCounters {
+    /// Forwarded connections.
+    pub total: Counter,
+    /// Open forwarded connections.
+    pub active: Gauge,
+    /// Bytes client → backend.
+    pub bytes_in: Counter,
+    /// Bytes backend → client.
+    pub bytes_out: Counter,
+    /// Failed connects while forwarding.
+    pub connect_failures: Counter,
+    /// 1 when up, else 0.
+    pub up: Gauge,
+    /// Failed health checks.
+    pub check_failures: Counter,
+}
+
+/// One backend of the live set.
+pub struct Backend {
+    /// Unique name (the hash key).
+    name: String,
+    addr: BackendAddr,
+    weight: AtomicU32,
+    proxy: AtomicU8,
+    state: AtomicU8,
+    active: AtomicU64,
+    total: AtomicU64,
+    /// Consecutive check outcomes: positive = successes, negative = failures.
+    streak: AtomicI64,
+    counters: BackendCounters,
+    drain: Mutex<DrainCtl>,
+    /// The checker task that owns this backend (see [`Backend::claim_checker`]).
+    checker: AtomicU64,
+    last_check: Mutex<Option<LastCheck>>,
+}
+
+/// One drain cycle's close signal and number, changed together under [`Backend`]'s lock so a
+/// timer and an operator's `ready` cannot interleave.
+#[derive(Default)]
+struct DrainCtl {
+    /// What connections opened now wait on. Fired when a drain's timeout passes; replaced when
+    /// the backend leaves `draining` after that.
+    close: Signal,
+    /// Bumped at every entry into and exit from `draining`: the timer of an older cycle does
+    /// nothing.
+    epoch: u64,
+}
+
+/// The outcome of a backend's last health check, for `/api/backends`.
+#[derive(Debug, Clone)]
+pub struct LastCheck {
+    /// How long it took.
+    pub took: Duration,
+    /// When it ended, ms since the Unix epoch.
+    pub at_unix_ms: u64,
+    /// Why it failed; `None` when it passed.
+    pub error: Option<String>,
+}
+
+impl std::fmt::Debug for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Backend")
+            .field("name", &self.name)
+            .field("addr", &self.addr)
+            .field("state", &self.state())
+            .finish()
+    }
+}
+
+fn proxy_to_u8(p: ProxyMode) -> u8 {
+    match p {
+        ProxyMode::None => 0,
+        ProxyMode::V1 => 1,
+        ProxyMode::V2 => 2,
+    }
+}
+
+impl Backend {
+    /// A backend in the given initial state.
+    pub fn new(cfg: &BackendConfig, state: State, metrics: &Metrics) -> Self {
+        let l = BackendLabel {
+            backend: cfg.name.clone(),
+        };
+        let bl = |d| BytesLabel {
+            name: cfg.name.clone(),
+            direction: d,
+        };
+        let counters = BackendCounters {
+            total: metrics.backend_total.get_or_create_owned(&l),
+            active: metrics.backend_active.get_or_create_owned(&l),
+            bytes_in: metrics.backend_bytes.get_or_create_owned(&bl("in")),
+            bytes_out: metrics.backend_bytes.get_or_create_owned(&bl("out")),
+            connect_failures: metrics.backend_connect_failures.get_or_create_owned(&l),
+            up: metrics.backend_up.get_or_create_owned(&l),
+            check_failures: metrics.check_failures.get_or_create_owned(&l),
+        };
+        counters.up.set(i64::from(state == State::Up));
+        Backend {
+            name: cfg.name.clone(),
+            addr: cfg.addr.clone(),
+            weight: AtomicU32::new(cfg.weight),
+            proxy: AtomicU8::new(proxy_to_u8(cfg.proxy_protocol)),
+            state: AtomicU8::new(state as u8),
+            active: AtomicU64::new(0),
+            total: AtomicU64::new(0),
+            streak: AtomicI64::new(0),
+            counters,
+            drain: Mutex::new(DrainCtl::default()),
+            checker: AtomicU64::new(0),
+            last_check: Mutex::new(None),
+        }
+    }
+
+    /// Unique name (the hash key).
+    #[inline]
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Address (a host name is resolved at every dial).
+    pub fn addr(&self) -> &BackendAddr {
+        &self.addr
+    }
+
+    /// Counter handles resolved once.
+    #[inline]
+    pub fn counters(&self) -> &BackendCounters {
+        &self.counters
+    }
+
+    /// Opens a TCP connection to the backend (resolving a host name each time, so DNS changes
+    /// are followed).
+    pub async fn dial(&self) -> io::Result<TcpStream> {
+        let s = match &self.addr {
+            BackendAddr::Ip(a) => TcpStream::connect(a).await?,
+            BackendAddr::Host(h, p) => TcpStream::connect((h.as_str(), *p)).await?,
+        };
+        let _ = s.set_nodelay(true);
+        Ok(s)
+    }
+
+    /// Takes a reloaded config's weight and PROXY mode (name and address are the identity).
+    pub fn update(&self, cfg: &BackendConfig) {
+        self.weight.store(cfg.weight, Ordering::Relaxed);
+        self.proxy
+            .store(proxy_to_u8(cfg.proxy_protocol), Ordering::Relaxed);
+    }
+
+    /// Relative share of new clients.
+    pub fn weight(&self) -> u32 {
+        self.weight.load(Ordering::Relaxed)
+    }
+
+    /// Header to send first.
+    pub fn proxy_mode(&self) -> ProxyMode {
+        match self.proxy.load(Ordering::Relaxed) {
+            1 => ProxyMode::V1,
+            2 => ProxyMode::V2,
+            _ => ProxyMode::None,
+        }
+    }
+
+    /// Current health state.
+    pub fn state(&self) -> State {
+        State::from_u8(self.state.load(Ordering::Relaxed))
+    }
+
+    /// Open forwarded connections.
+    pub fn active(&self) -> u64 {
+        self.active.load(Ordering::Relaxed)
+    }
+
+    /// Connections forwarded since the backend appeared.
+    pub fn total(&self) -> u64 {
+        self.total.load(Ordering::Relaxed)
+    }
+
+    /// Marks one forwarded connection open; the guard closes the count.
+    pub fn open_connection(self: &Arc<Self>) -> ConnGuard {
+        self.active.fetch_add(1, Ordering::Relaxed);
+        self.total.fetch_add(1, Ordering::Relaxed);
+        self.counters.total.inc();
+        self.counters.active.inc();
+        ConnGuard {
+            backend: self.clone(),
+        }
+    }
+}
+
+/// Held by a forwarded connection; keeps the active count right however the task ends.
+pub struct ConnGuard {
+    backend: Arc<Backend>,
+}
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        self.backend.active.fetch_sub(1, Ordering::Relaxed);
+        self.backend.counters.active.dec();
+    }
+}

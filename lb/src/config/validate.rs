@@ -1,0 +1,369 @@
+//! The raw TOML shape of an LB config (`deny_unknown_fields`, spans kept for errors) and its
+//! validation into [`Config`]: every problem is collected, each reported as `file:line: what`.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use mqedge_shared::config::{
+    from_toml, read_config_file, resolve_path, ByteSize, ConfigErrors, HumanDuration, Problems,
+};
+use mqedge_shared::tls::{self, ClientAuth};
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::{
+    BackendAddr, BackendConfig, BalanceConfig, Config, HealthConfig, HealthKind, LbSettings,
+    ListenerConfig, ListenerTls, ProxyMode, Strategy,
+};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    lb: Option<RawLb>,
+    #[serde(default)]
+    listener: Vec<RawListener>,
+    balance: Option<RawBalance>,
+    health: Option<RawHealth>,
+    #[serde(default)]
+    backend: Vec<RawBackend>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLb {
+    name: Option<String>,
+    admin: Option<Spanned<String>>,
+    workers: Option<usize>,
+    max_connections: Option<u64>,
+    connect_timeout: Option<HumanDuration>,
+    max_connect_packet: Option<Spanned<ByteSize>>,
+    drain_timeout: Option<HumanDuration>,
+    connect_rate_per_ip: Option<u32>,
+    connect_burst_per_ip: Option<Spanned<u32>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawListener {
+    name: Spanned<String>,
+    bind: Spanned<String>,
+    #[serde(default)]
+    proxy_protocol: bool,
+    tls: Option<Spanned<RawTls>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    cert: String,
+    key: String,
+    client_ca: Option<String>,
+    #[serde(default)]
+    client_auth: ClientAuth,
+    #[serde(default)]
+    alpn: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBalance {
+    strategy: Option<Strategy>,
+    fallback: Option<Spanned<Strategy>>,
+    retries: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHealth {
+    kind: Option<HealthKind>,
+    interval: Option<Spanned<HumanDuration>>,
+    timeout: Option<Spanned<HumanDuration>>,
+    fall: Option<Spanned<u32>>,
+    rise: Option<Spanned<u32>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBackend {
+    name: Spanned<String>,
+    addr: Spanned<String>,
+    weight: Option<u32>,
+    #[serde(default)]
+    proxy_protocol: ProxyMode,
+}
+
+impl Config {
+    /// Reads, parses and validates a config file; every problem is reported as `file:line: what`.
+    pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+        let src = read_config_file(path)?;
+        Self::parse(path, &src)
+    }
+
+    /// Parses and validates config text that came from `path` (relative paths resolve against it).
+    pub fn parse(path: &Path, src: &str) -> Result<Config, ConfigErrors> {
+        parse(path, src)
+    }
+}
+
+fn parse(path: &Path, src: &str) -> Result<Config, ConfigErrors> {
+    let file = path.display().to_string();
+    let raw: RawFile = from_toml(&file, src)?;
+    let mut p = Problems::new(&file, src);
+    let lb = parse_lb(raw.lb, &mut p);
+    let listeners = parse_listeners(path, raw.listener, &mut p);
+    let balance = parse_balance(raw.balance, &mut p);
+    let health = parse_health(raw.health, &mut p);
+    let backends = parse_backends(raw.backend, &mut p);
+    p.finish()?;
+    Ok(Config {
+        path: path.to_path_buf(),
+        lb,
+        listeners,
+        balance,
+        health,
+        backends,
+    })
+}
+
+fn parse_lb(rl: Option<RawLb>, p: &mut Problems<'_>) -> LbSettings {
+    let rl = rl.unwrap_or(RawLb {
+        name: None,
+        admin: None,
+        workers: None,
+        max_connections: None,
+        connect_timeout: None,
+        max_connect_packet: None,
+        drain_timeout: None,
+        connect_rate_per_ip: None,
+        connect_burst_per_ip: None,
+    });
+    let admin = rl
+        .admin
+        .as_ref()
+        .and_then(|a| match a.get_ref().parse::<SocketAddr>() {
+            Ok(s) => Some(s),
+            Err(_) => {
+                p.at(
+                    a.span(),
+                    format!("admin: invalid address {:?}: expected ip:port", a.get_ref()),
+                );
+                None
+            }
+        });
+    let max_connect_packet = rl
+        .max_connect_packet
+        .as_ref()
+        .map(|s| s.get_ref().0)
+        .unwrap_or(64 * 1024);
+    if let Some(s) = &rl.max_connect_packet {
+        if s.get_ref().0 < 16 || s.get_ref().0 > 16 << 20 {
+            p.at(s.span(), "max_connect_packet must be between 16B and 16MiB");
+        }
+    }
+    let burst = rl
+        .connect_burst_per_ip
+        .as_ref()
+        .map(|b| *b.get_ref())
+        .unwrap_or(20);
+    if let Some(b) = &rl.connect_burst_per_ip {
+        if *b.get_ref() == 0 {
+            p.at(b.span(), "connect_burst_per_ip must be at least 1");
+        }
+    }
+    LbSettings {
+        name: rl.name.unwrap_or_else(|| "mqedge-lb".into()),
+        admin,
+        workers: rl.workers.unwrap_or(0),
+        max_connections: rl.max_connections.unwrap_or(100_000),
+        connect_timeout: rl.connect_timeout.unwrap_or(HumanDuration::secs(5)).0,
+        max_connect_packet: max_connect_packet as usize,
+        drain_timeout: rl.drain_timeout.unwrap_or(HumanDuration::secs(30)).0,
+        connect_rate_per_ip: rl.connect_rate_per_ip.unwrap_or(0),
+        connect_burst_per_ip: burst,
+    }
+}
+
+fn parse_listeners(
+    path: &Path,
+    raw: Vec<RawListener>,
+    p: &mut Problems<'_>,
+) -> Vec<ListenerConfig> {
+    if raw.is_empty() {
+        p.top("at least one [[listener]] is required");
+    }
+    let mut listeners = Vec::new();
+    let mut names = std::collections::HashSet::new();
+    for l in raw {
+        if l.name.get_ref().is_empty() {
+            p.at(l.name.span(), "listener name must not be empty");
+        } else if !names.insert(l.name.get_ref().clone()) {
+            p.at(
+                l.name.span(),
+                format!("duplicate listener name {:?}", l.name.get_ref()),
+            );
+        }
+        let bind = match l.bind.get_ref().parse::<SocketAddr>() {
+            Ok(a) => a,
+            Err(_) => {
+                p.at(
+                    l.bind.span(),
+                    format!(
+                        "bind: invalid address {:?}: expected ip:port, like \"0.0.0.0:8883\"",
+                        l.bind.get_ref()
+                    ),
+                );
+                continue;
+            }
+        };
+        let tls = l
+            .tls
+            .as_ref()
+            .and_then(|t| parse_tls(path, l.name.get_ref(), t, p));
+        listeners.push(ListenerConfig {
+            name: l.name.into_inner(),
+            bind,
+            proxy_protocol: l.proxy_protocol,
+            tls,
+        });
+    }
+    listeners
+}
+
+/// Loads a listener's certificates and builds its rustls config; `None`, with the problem
+/// recorded, when that fails.
+fn parse_tls(
+    path: &Path,
+    name: &str,
+    t: &Spanned<RawTls>,
+    p: &mut Problems<'_>,
+) -> Option<ListenerTls> {
+    let span = t.span();
+    let t = t.get_ref();
+    let cert = resolve_path(path, &t.cert);
+    let key = resolve_path(path, &t.key);
+    let ca = t.client_ca.as_ref().map(|c| resolve_path(path, c));
+    if t.client_auth != ClientAuth::None && ca.is_none() {
+        p.at(
+            span.clone(),
+            format!("client_auth = {:?} needs client_ca", t.client_auth).to_lowercase(),
+        );
+    }
+    let loaded = (|| {
+        let chain = tls::load_certs(&cert)?;
+        let k = tls::load_key(&key)?;
+        let ca_certs = match &ca {
+            Some(c) if t.client_auth != ClientAuth::None => Some(tls::load_certs(c)?),
+            _ => None,
+        };
+        tls::server_config(chain, k, ca_certs, t.client_auth, &t.alpn)
+    })();
+    match loaded {
+        Ok(sc) => Some(ListenerTls {
+            server_config: sc,
+            client_auth: t.client_auth,
+            files: [Some(cert), Some(key), ca].into_iter().flatten().collect(),
+        }),
+        Err(e) => {
+            if !(t.client_auth != ClientAuth::None && ca.is_none()) {
+                p.at(span, format!("listener {name:?} tls: {e}"));
+            }
+            None
+        }
+    }
+}
+
+fn parse_balance(rb: Option<RawBalance>, p: &mut Problems<'_>) -> BalanceConfig {
+    let rb = rb.unwrap_or(RawBalance {
+        strategy: None,
+        fallback: None,
+        retries: None,
+    });
+    let fallback = match &rb.fallback {
+        Some(f) if *f.get_ref() == Strategy::ClientId => {
+            p.at(
+                f.span(),
+                "fallback cannot be client_id (it is used when the client id is empty)",
+            );
+            Strategy::SourceIp
+        }
+        Some(f) => *f.get_ref(),
+        None => Strategy::SourceIp,
+    };
+    BalanceConfig {
+        strategy: rb.strategy.unwrap_or(Strategy::ClientId),
+        fallback,
+        retries: rb.retries.unwrap_or(2),
+    }
+}
+
+fn parse_health(rh: Option<RawHealth>, p: &mut Problems<'_>) -> HealthConfig {
+    let rh = rh.unwrap_or(RawHealth {
+        kind: None,
+        interval: None,
+        timeout: None,
+        fall: None,
+        rise: None,
+    });
+    let dur =
+        |d: &Option<Spanned<HumanDuration>>, def: u64, what: &str, p: &mut Problems<'_>| match d {
+            Some(d) if d.get_ref().0 < Duration::from_millis(10) => {
+                p.at(d.span(), format!("{what} must be at least 10ms"));
+                Duration::from_secs(def)
+            }
+            Some(d) => d.get_ref().0,
+            None => Duration::from_secs(def),
+        };
+    let count = |c: &Option<Spanned<u32>>, def: u32, what: &str, p: &mut Problems<'_>| match c {
+        Some(c) if *c.get_ref() == 0 => {
+            p.at(c.span(), format!("{what} must be at least 1"));
+            def
+        }
+        Some(c) => *c.get_ref(),
+        None => def,
+    };
+    HealthConfig {
+        kind: rh.kind.unwrap_or_default(),
+        interval: dur(&rh.interval, 2, "interval", p),
+        timeout: dur(&rh.timeout, 1, "timeout", p),
+        fall: count(&rh.fall, 2, "fall", p),
+        rise: count(&rh.rise, 3, "rise", p),
+    }
+}
+
+fn parse_backends(raw: Vec<RawBackend>, p: &mut Problems<'_>) -> Vec<BackendConfig> {
+    let mut out: Vec<BackendConfig> = Vec::new();
+    for b in raw {
+        let addr = match b.addr.get_ref().parse::<BackendAddr>() {
+            Ok(a) => a,
+            Err(e) => {
+                p.at(b.addr.span(), e);
+                continue;
+            }
+        };
+        let name = b.name.get_ref().clone();
+        if name.is_empty()
+            || name.len() > 64
+            || !name
+                .bytes()
+                .all(|c| c.is_ascii_alphanumeric() || b"-_.".contains(&c))
+        {
+            p.at(
+                b.name.span(),
+                format!("backend name {name:?} must be 1-64 characters of [A-Za-z0-9._-]"),
+            );
+            continue;
+        }
+        if out.iter().any(|o| o.name == name) {
+            p.at(b.name.span(), format!("duplicate backend name {name:?}"));
+            continue;
+        }
+        out.push(BackendConfig {
+            name,
+            addr,
+            weight: b.weight.unwrap_or(1),
+            proxy_protocol: b.proxy_protocol,
+        });
+    }
+    out
+}

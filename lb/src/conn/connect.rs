@@ -1,0 +1,161 @@
+//! Pick and connect. The backends are tried in pick order (up to `retries` more after the
+//! first); a failed connect is invisible to the client because its CONNECT was only peeked.
+//! Each attempt dials with [`Backend::dial`] (as the health checks do), writes the backend's
+//! PROXY header ([`super::proxy_out`]) and the replayed bytes; a failed one counts as a failed
+//! health check (passive health).
+
+use std::io;
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+use crate::backend::balance::Candidate;
+use crate::backend::Backend;
+use crate::conn::listener::ListenerRt;
+use crate::conn::peek::Peeked;
+use crate::conn::pump::{ConnLog, Established, PumpCounters};
+use crate::conn::{proxy_out, ClientFacts, ClientStream};
+use crate::metrics::BackendLabel;
+use crate::signal::Subscription;
+use crate::state::{Lb, Live};
+
+/// A client whose setup phases are done, on its way to a backend.
+pub struct Client {
+    /// Its stream (plain or TLS).
+    pub stream: ClientStream,
+    /// What it told us before forwarding.
+    pub facts: ClientFacts,
+    /// Its CONNECT and anything behind it, to replay.
+    pub peeked: Peeked,
+    /// The LB's shutdown signal.
+    pub kill: Subscription,
+}
+
+/// Picks a backend for a client whose CONNECT has been peeked, connects (walking the pick order
+/// up to `retries` more), and sends the PROXY header and the replayed CONNECT. `None` when no
+/// backend took it (logged and counted here).
+pub async fn forward(
+    lb: &Arc<Lb>,
+    rt: &Arc<ListenerRt>,
+    live: &Arc<Live>,
+    client: Client,
+) -> Option<Established> {
+    let (facts, peeked) = (&client.facts, &client.peeked);
+    let ok = live.usable();
+    let cands: Vec<Candidate<'_>> = ok
+        .iter()
+        .map(|b| Candidate {
+            name: b.name(),
+            weight: b.weight(),
+            active: b.active(),
+        })
+        .collect();
+    let order = lb.picker().order(
+        live.balance.strategy,
+        live.balance.fallback,
+        &peeked.client_id,
+        facts.src.ip(),
+        &cands,
+    );
+    let attempts = live.balance.retries as usize + 1;
+    for &i in order.iter().take(attempts) {
+        let b = ok[i];
+        let t0 = Instant::now();
+        match attempt(live, b, facts, peeked).await {
+            Ok(backend) => {
+                lb.metrics()
+                    .backend_connect_seconds
+                    .get_or_create(&BackendLabel {
+                        backend: b.name().to_string(),
+                    })
+                    .observe(t0.elapsed().as_secs_f64());
+                return Some(established(rt, b, backend, client));
+            }
+            Err(e) => {
+                b.counters().connect_failures.inc();
+                // passive health: a failed connect while forwarding counts as a failed check
+                if let Some(st) = b.record_check(false, &live.health) {
+                    tracing::warn!(backend = %b.name(), state = st.as_str(), "backend state changed by a failed forward connect");
+                }
+                tracing::warn!(conn = %facts.conn_id, backend = %b.name(), addr = %b.addr(), error = %e, "backend connect failed; trying the next in hash order");
+            }
+        }
+    }
+    lb.metrics().reject(rt.name(), "no_backend");
+    tracing::warn!(
+        conn = %facts.conn_id,
+        listener = %rt.name(),
+        client_id = %peeked.client_id,
+        src = %facts.src,
+        candidates = order.len(),
+        "closed: no backend available"
+    );
+    None
+}
+
+/// One connect attempt under `[health] timeout`: dial, then the PROXY header and the replayed
+/// bytes in one write.
+async fn attempt(
+    live: &Live,
+    b: &Backend,
+    facts: &ClientFacts,
+    peeked: &Peeked,
+) -> io::Result<TcpStream> {
+    tokio::time::timeout(live.health.timeout, async {
+        let mut s = b.dial().await?;
+        let mut first = proxy_out::header_for(b.proxy_mode(), facts);
+        first.extend_from_slice(&peeked.bytes);
+        s.write_all(&first).await?;
+        Ok::<_, io::Error>(s)
+    })
+    .await
+    .unwrap_or_else(|_| Err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out")))
+}
+
+/// The connection once `b` took it: counts it open and the replayed bytes, and keeps only what
+/// the pump and the closing log line need (everything else of the setup is dropped here).
+fn established(
+    rt: &Arc<ListenerRt>,
+    b: &Arc<Backend>,
+    backend: TcpStream,
+    client: Client,
+) -> Established {
+    let Client {
+        stream,
+        facts,
+        peeked,
+        kill,
+    } = client;
+    let guard = b.open_connection();
+    let replayed = peeked.bytes.len() as u64;
+    b.counters().bytes_in.inc_by(replayed);
+    rt.bytes_in().inc_by(replayed);
+    tracing::debug!(conn = %facts.conn_id, client_id = %peeked.client_id, src = %facts.src, backend = %b.name(), "forwarding");
+    let counters = PumpCounters {
+        up: [rt.bytes_in().clone(), b.counters().bytes_in.clone()],
+        down: [rt.bytes_out().clone(), b.counters().bytes_out.clone()],
+    };
+    let cn = facts.tls.and_then(|t| t.cert).and_then(|c| c.cn);
+    let log = Box::new(ConnLog {
+        conn_id: facts.conn_id,
+        rt: rt.clone(),
+        client_id: peeked.client_id,
+        username: peeked.username,
+        src: facts.src,
+        cn,
+        backend: b.name().to_string(),
+        replayed,
+        started: Instant::now(),
+    });
+    Established::new(
+        stream,
+        backend,
+        counters,
+        kill,
+        b.close_signal(),
+        guard,
+        log,
+    )
+}

@@ -1,0 +1,10 @@
+//! Tasks that steer the LB from outside a connection's path: active health checks
+//! ([`health`]), reload by diff ([`reload`]) and the admin HTTP API ([`admin`]). Each runs in its
+//! own task, started by `run_with` in `lib.rs`.
+//!
+//! May use `conn` (the listener registry, for certificate rotation), `state`, `backend`,
+//! `config`, `metrics`; nothing imports `control` but the crate root.
+
+pub mod admin;
+pub mod health;
+pub mod reload;
