@@ -1,6 +1,6 @@
-//! Builders for integration tests: temp dirs, certificates, the real `mqedge` binary, real
-//! Mosquitto, a PROXY-parsing mock broker, and raw MQTT clients bound to chosen 127.0.0.x source
-//! addresses. Everything started here stops when its handle drops; every wait has a deadline.
+//! Builders for integration tests: temp dirs, certificates, in-process servers ([`inproc`]),
+//! the real `mqedge` binary, real Mosquitto, a PROXY-parsing mock broker, and raw MQTT clients
+//! bound to chosen 127.0.0.x source addresses. Everything started here stops when its handle drops; every wait has a deadline.
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
@@ -12,6 +12,10 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
+
+mod inproc;
+#[allow(unused_imports)]
+pub use inproc::{InProcBroker, InProcLb};
 
 /// A directory removed on drop.
 pub struct TempDir(pub PathBuf);
@@ -772,6 +776,64 @@ pub fn broker_config(bind: &str, node_extra: &str, extra: &str) -> String {
     format!(
         "[node]\nname = \"node1\"\nadmin = \"127.0.0.1:0\"\n{node_extra}\n\n[[listener]]\nname = \"mqtt\"\nbind = \"{bind}\"\n\n{auth}{extra}\n"
     )
+}
+
+/// A TCP connection to `addr` (from any local address).
+pub async fn tcp(addr: SocketAddr) -> TcpStream {
+    tcp_from(None, addr).await.unwrap()
+}
+
+/// A PUBLISH packet with default properties.
+pub fn publish(
+    topic: &str,
+    payload: &[u8],
+    qos: u8,
+    pid: Option<u16>,
+    retain: bool,
+) -> mqedge_broker::protocol::Publish {
+    mqedge_broker::protocol::Publish {
+        dup: false,
+        qos: mqedge_broker::protocol::QoS::from_u8(qos).unwrap(),
+        retain,
+        topic: topic.to_string(),
+        packet_id: pid,
+        properties: Default::default(),
+        payload: bytes::Bytes::copy_from_slice(payload),
+    }
+}
+
+/// A success PUBACK (also the body of PUBREC, PUBREL and PUBCOMP) for `packet_id`.
+pub fn ack(packet_id: u16) -> mqedge_broker::protocol::PubAck {
+    mqedge_broker::protocol::PubAck {
+        packet_id,
+        code: 0,
+        properties: Default::default(),
+    }
+}
+
+impl Raw<TcpStream> {
+    /// A client (clean start, keep-alive 30 s) connected to `addr` whose CONNACK said success.
+    pub async fn client(addr: SocketAddr, v: mqedge_broker::protocol::Version, id: &str) -> Self {
+        let mut c = Raw::new(tcp(addr).await, v);
+        let ack = c.connect(id, true, 30).await;
+        assert_eq!(ack.code, 0, "{id}: CONNACK {ack:?}");
+        c
+    }
+
+    /// A v5 client with CONNECT properties (and optionally a will) whose CONNACK said success;
+    /// the CONNACK too.
+    pub async fn client5(
+        addr: SocketAddr,
+        id: &str,
+        clean: bool,
+        will: Option<mqedge_broker::protocol::Will>,
+        props: mqedge_broker::protocol::ConnectProperties,
+    ) -> (Self, mqedge_broker::protocol::ConnAck) {
+        let mut c = Raw::new(tcp(addr).await, mqedge_broker::protocol::Version::V5);
+        let ack = c.connect_with(id, clean, 30, will, None, props).await;
+        assert_eq!(ack.code, 0, "{id}: CONNACK {ack:?}");
+        (c, ack)
+    }
 }
 
 /// A raw MQTT client over any stream, speaking through the broker's own codec, for tests that

@@ -1,0 +1,260 @@
+//! In-process servers for tests of library behaviour: the config file is loaded with the
+//! library's own loader, its listeners bound (`127.0.0.1:0` in the config gives OS ports), and
+//! `mqedge_broker::run_with` / `mqedge_lb::run_with` run on a runtime thread of their own, so
+//! the test's runtime (or a plain `#[test]`) only drives clients. The bound addresses come from
+//! the listeners themselves, not from log lines. Drop signals the shutdown and waits a bounded
+//! time for the server to finish (a server that hangs fails the next assertion, not the
+//! whole test binary).
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+
+use super::{broker_config, TempDir};
+
+/// How long a server may take to stop after its shutdown signal (drain timeouts included).
+const STOP_WAIT: Duration = Duration::from_secs(15);
+
+/// How long binding and building the state may take.
+const START_WAIT: Duration = Duration::from_secs(20);
+
+/// The addresses a server's listeners were bound to, by listener name.
+#[derive(Clone, Debug)]
+pub struct Addrs {
+    listeners: Vec<(String, SocketAddr)>,
+    admin: Option<SocketAddr>,
+}
+
+impl Addrs {
+    fn of(names: Vec<String>, listeners: &[TcpListener], admin: Option<&TcpListener>) -> Addrs {
+        Addrs {
+            listeners: names
+                .into_iter()
+                .zip(listeners)
+                .map(|(n, l)| (n, l.local_addr().unwrap()))
+                .collect(),
+            admin: admin.map(|a| a.local_addr().unwrap()),
+        }
+    }
+
+    fn first(&self) -> SocketAddr {
+        self.listeners.first().expect("no [[listener]]").1
+    }
+
+    fn named(&self, name: &str) -> SocketAddr {
+        self.listeners
+            .iter()
+            .find(|(n, _)| n == name)
+            .unwrap_or_else(|| panic!("no listener named {name:?} in {:?}", self.listeners))
+            .1
+    }
+
+    fn admin(&self) -> SocketAddr {
+        self.admin.expect("the config sets no admin address")
+    }
+}
+
+/// A server on its own runtime thread; stopped and joined on drop.
+struct Running {
+    stop: Option<oneshot::Sender<()>>,
+    done: mpsc::Receiver<Result<(), String>>,
+    thread: Option<JoinHandle<()>>,
+    name: &'static str,
+}
+
+impl Running {
+    /// Runs `serve(stop)` on a new thread's multi-threaded runtime. `serve` binds, sends what
+    /// the test needs through `ready`, then serves until the stop future resolves.
+    fn spawn<T, F, Fut>(name: &'static str, serve: F) -> (Running, T)
+    where
+        T: Send + 'static,
+        F: FnOnce(mpsc::Sender<Result<T, String>>, oneshot::Receiver<()>) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = Result<(), String>>,
+    {
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let (stop_tx, stop_rx) = oneshot::channel();
+        let (done_tx, done_rx) = mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name(format!("inproc-{name}"))
+            .spawn(move || {
+                let rt = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .enable_all()
+                    .thread_name(format!("inproc-{name}"))
+                    .build()
+                    .unwrap();
+                let res = rt.block_on(serve(ready_tx, stop_rx));
+                rt.shutdown_timeout(Duration::from_secs(1));
+                let _ = done_tx.send(res);
+            })
+            .unwrap();
+        let running = Running {
+            stop: Some(stop_tx),
+            done: done_rx,
+            thread: Some(thread),
+            name,
+        };
+        match ready_rx.recv_timeout(START_WAIT) {
+            Ok(Ok(t)) => (running, t),
+            Ok(Err(e)) => panic!("{name}: cannot start: {e}"),
+            Err(_) => panic!("{name}: not started within {START_WAIT:?}"),
+        }
+    }
+
+    /// Signals the shutdown and waits (bounded) for `run_with` to return; its result.
+    fn stop(&mut self) -> Option<Result<(), String>> {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        let res = self.done.recv_timeout(STOP_WAIT).ok();
+        if res.is_some() {
+            if let Some(t) = self.thread.take() {
+                let _ = t.join();
+            }
+        } else {
+            eprintln!("{}: did not stop within {STOP_WAIT:?}", self.name);
+        }
+        res
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A broker node run in-process from a config file (see [`super::broker_config`]).
+pub struct InProcBroker {
+    /// The node's shared state (sessions, metrics), for assertions on state.
+    pub broker: Arc<mqedge_broker::Broker>,
+    addrs: Addrs,
+    // dropped first: the node stops before its directory goes
+    running: Running,
+    _dir: Option<TempDir>,
+}
+
+impl InProcBroker {
+    /// A node of [`broker_config`] (one plain listener on port 0, admin on port 0, anonymous
+    /// clients) plus `extra` TOML, in a temp dir of its own named after `tag`.
+    pub fn plain(tag: &str, extra: &str) -> InProcBroker {
+        let dir = TempDir::new(tag);
+        let cfg = dir.write("b.toml", &broker_config("127.0.0.1:0", "", extra));
+        let mut b = InProcBroker::start(&cfg);
+        b._dir = Some(dir);
+        b
+    }
+
+    pub fn start(config: &Path) -> InProcBroker {
+        let cfg = mqedge_broker::config::Config::load(config)
+            .unwrap_or_else(|e| panic!("{}: {e}", config.display()));
+        let names = cfg.listeners.iter().map(|l| l.name.clone()).collect();
+        let (running, (broker, addrs)) = Running::spawn("broker", move |ready, stop| async move {
+            let bound = mqedge_broker::bind(&cfg).await.map_err(|e| e.to_string());
+            let bound = match bound {
+                Ok(b) => b,
+                Err(e) => {
+                    let _ = ready.send(Err(e.clone()));
+                    return Err(e);
+                }
+            };
+            let addrs = Addrs::of(names, &bound.listeners, bound.admin.as_ref());
+            let b = match mqedge_broker::Broker::new(cfg) {
+                Ok(b) => b,
+                Err(e) => {
+                    let _ = ready.send(Err(e.to_string()));
+                    return Err(e.to_string());
+                }
+            };
+            let _ = ready.send(Ok((b.clone(), addrs)));
+            mqedge_broker::run_with(b, bound, async move {
+                let _ = stop.await;
+            })
+            .await
+            .map_err(|e| e.to_string())
+        });
+        InProcBroker {
+            broker,
+            addrs,
+            running,
+            _dir: None,
+        }
+    }
+
+    /// The first MQTT listener.
+    pub fn addr(&self) -> SocketAddr {
+        self.addrs.first()
+    }
+
+    pub fn addr_of(&self, listener: &str) -> SocketAddr {
+        self.addrs.named(listener)
+    }
+
+    /// The admin API (`[node] admin`).
+    pub fn admin(&self) -> SocketAddr {
+        self.addrs.admin()
+    }
+
+    /// Stops the node as SIGTERM would (clients told, store flushed) and waits for it; what
+    /// `run_with` returned, `None` when it did not return within the bound.
+    pub fn stop(&mut self) -> Option<Result<(), String>> {
+        self.running.stop()
+    }
+}
+
+/// A load balancer run in-process from a config file. The file stays the LB's: editing it
+/// reloads the LB as it would the binary's.
+pub struct InProcLb {
+    /// The LB's shared state (live config, metrics), for assertions on state.
+    pub lb: Arc<mqedge_lb::Lb>,
+    addrs: Addrs,
+    running: Running,
+}
+
+impl InProcLb {
+    pub fn start(config: &Path) -> InProcLb {
+        let cfg = mqedge_lb::config::Config::load(config)
+            .unwrap_or_else(|e| panic!("{}: {e}", config.display()));
+        let names = cfg.listeners.iter().map(|l| l.name.clone()).collect();
+        let (running, (lb, addrs)) = Running::spawn("lb", move |ready, stop| async move {
+            let bound = match mqedge_lb::bind(&cfg).await {
+                Ok(b) => b,
+                Err(e) => {
+                    let _ = ready.send(Err(e.to_string()));
+                    return Err(e.to_string());
+                }
+            };
+            let addrs = Addrs::of(names, &bound.listeners, bound.admin.as_ref());
+            let lb = mqedge_lb::Lb::new(&cfg);
+            let _ = ready.send(Ok((lb.clone(), addrs)));
+            mqedge_lb::run_with(lb, cfg, bound, async move {
+                let _ = stop.await;
+            })
+            .await
+            .map_err(|e| e.to_string())
+        });
+        InProcLb { lb, addrs, running }
+    }
+
+    /// The address of the named `[[listener]]`.
+    pub fn addr(&self, listener: &str) -> SocketAddr {
+        self.addrs.named(listener)
+    }
+
+    /// The admin API (`[lb] admin`).
+    pub fn admin(&self) -> SocketAddr {
+        self.addrs.admin()
+    }
+
+    /// Stops the LB as SIGTERM would (stop accepting, drain) and waits for it; what `run_with`
+    /// returned, `None` when it did not return within the bound.
+    pub fn stop(&mut self) -> Option<Result<(), String>> {
+        self.running.stop()
+    }
+}
