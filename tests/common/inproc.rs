@@ -8,8 +8,7 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::mpsc;
-use std::sync::Arc;
+use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -60,12 +59,51 @@ impl Addrs {
     }
 }
 
+/// A server's log lines, captured for failure messages (tests assert on state and metrics, not
+/// on these). `MQEDGE_TEST_VERBOSE` also echoes them to stderr.
+#[derive(Clone, Default)]
+struct LogBuf(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogBuf {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        if std::env::var_os("MQEDGE_TEST_VERBOSE").is_some() {
+            let _ = std::io::stderr().write_all(b);
+        }
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl LogBuf {
+    /// A dispatcher writing to this buffer, at `RUST_LOG`'s level (default `info`).
+    fn dispatch(&self) -> tracing::Dispatch {
+        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rustls=error"));
+        let me = self.clone();
+        tracing::Dispatch::new(
+            tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_ansi(false)
+                .with_writer(move || me.clone())
+                .finish(),
+        )
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
 /// A server on its own runtime thread; stopped and joined on drop.
 struct Running {
     stop: Option<oneshot::Sender<()>>,
     done: mpsc::Receiver<Result<(), String>>,
     thread: Option<JoinHandle<()>>,
     name: &'static str,
+    log: LogBuf,
 }
 
 impl Running {
@@ -80,13 +118,21 @@ impl Running {
         let (ready_tx, ready_rx) = mpsc::channel();
         let (stop_tx, stop_rx) = oneshot::channel();
         let (done_tx, done_rx) = mpsc::channel();
+        let log = LogBuf::default();
+        let dispatch = log.dispatch();
         let thread = std::thread::Builder::new()
             .name(format!("inproc-{name}"))
             .spawn(move || {
+                // this server's threads log to its buffer (the test's own threads do not)
+                let _here = tracing::dispatcher::set_default(&dispatch);
+                let workers = dispatch.clone();
                 let rt = tokio::runtime::Builder::new_multi_thread()
                     .worker_threads(2)
                     .enable_all()
                     .thread_name(format!("inproc-{name}"))
+                    .on_thread_start(move || {
+                        std::mem::forget(tracing::dispatcher::set_default(&workers));
+                    })
                     .build()
                     .unwrap();
                 let res = rt.block_on(serve(ready_tx, stop_rx));
@@ -99,12 +145,18 @@ impl Running {
             done: done_rx,
             thread: Some(thread),
             name,
+            log,
         };
         match ready_rx.recv_timeout(START_WAIT) {
             Ok(Ok(t)) => (running, t),
             Ok(Err(e)) => panic!("{name}: cannot start: {e}"),
             Err(_) => panic!("{name}: not started within {START_WAIT:?}"),
         }
+    }
+
+    /// Whether `run_with` has returned (or the thread panicked) before a stop was asked for.
+    fn finished(&self) -> bool {
+        self.thread.as_ref().map_or(true, |t| t.is_finished())
     }
 
     /// Signals the shutdown and waits (bounded) for `run_with` to return; its result.
@@ -201,6 +253,16 @@ impl InProcBroker {
         self.addrs.admin()
     }
 
+    /// What the node logged so far (for failure messages).
+    pub fn logs(&self) -> String {
+        self.running.log.text()
+    }
+
+    /// Whether the node stopped on its own (a failure: nothing asked it to).
+    pub fn finished(&self) -> bool {
+        self.running.finished()
+    }
+
     /// Stops the node as SIGTERM would (clients told, store flushed) and waits for it; what
     /// `run_with` returned, `None` when it did not return within the bound.
     pub fn stop(&mut self) -> Option<Result<(), String>> {
@@ -250,6 +312,11 @@ impl InProcLb {
     /// The admin API (`[lb] admin`).
     pub fn admin(&self) -> SocketAddr {
         self.addrs.admin()
+    }
+
+    /// What the LB logged so far (for failure messages).
+    pub fn logs(&self) -> String {
+        self.running.log.text()
     }
 
     /// Stops the LB as SIGTERM would (stop accepting, drain) and waits for it; what `run_with`

@@ -14,8 +14,11 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
 mod inproc;
+mod scripts;
 #[allow(unused_imports)]
 pub use inproc::{InProcBroker, InProcLb};
+#[allow(unused_imports)]
+pub use scripts::{tail, ScriptRun};
 
 /// A directory removed on drop.
 pub struct TempDir(pub PathBuf);
