@@ -78,10 +78,12 @@ impl std::io::Write for LogBuf {
 }
 
 impl LogBuf {
-    /// A dispatcher writing to this buffer, at `RUST_LOG`'s level (default `info`).
+    /// A dispatcher writing to this buffer, at `RUST_LOG`'s level (default: info, debug for the
+    /// LB). [`LogBuf::wait_listening`] needs the servers' info lines.
     fn dispatch(&self) -> tracing::Dispatch {
-        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rustls=error"));
+        let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+            tracing_subscriber::EnvFilter::new("info,mqedge_lb=debug,rustls=error")
+        });
         let me = self.clone();
         tracing::Dispatch::new(
             tracing_subscriber::fmt()
@@ -94,6 +96,30 @@ impl LogBuf {
 
     fn text(&self) -> String {
         String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+
+    /// Waits until `n` accept loops have started. `run_with` has no readiness signal (it binds
+    /// nothing itself and says nothing when it starts accepting: after the LB's first health
+    /// round, after the broker's cluster start), so the `listening` line each accept loop
+    /// logs stands in for one. Readiness only: no assertion reads log text.
+    fn wait_listening(&self, n: usize, name: &str) {
+        let deadline = std::time::Instant::now() + START_WAIT;
+        loop {
+            let up = self
+                .text()
+                .lines()
+                .filter(|l| l.contains(" listening ") && l.contains(" listener="))
+                .count();
+            if up >= n {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{name}: {up} of {n} listeners accepting after {START_WAIT:?}:\n{}",
+                self.text()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 }
 
@@ -231,6 +257,7 @@ impl InProcBroker {
             .await
             .map_err(|e| e.to_string())
         });
+        running.log.wait_listening(addrs.listeners.len(), "broker");
         InProcBroker {
             broker,
             addrs,
@@ -301,6 +328,7 @@ impl InProcLb {
             .await
             .map_err(|e| e.to_string())
         });
+        running.log.wait_listening(addrs.listeners.len(), "lb");
         InProcLb { lb, addrs, running }
     }
 
