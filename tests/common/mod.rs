@@ -685,6 +685,45 @@ pub fn id_for(want: &str, names: &[&str], prefix: &str) -> String {
         .unwrap()
 }
 
+/// What a test reads from an LB, whether it runs in-process or as the binary.
+pub trait LbHandle {
+    /// The address of the named `[[listener]]`.
+    fn addr(&self, listener: &str) -> SocketAddr;
+    /// The admin API (`[lb] admin`).
+    fn admin(&self) -> SocketAddr;
+    /// The log so far, for failure messages.
+    fn logs(&self) -> String;
+}
+
+impl LbHandle for Lb {
+    fn addr(&self, listener: &str) -> SocketAddr {
+        Lb::addr(self, listener)
+    }
+    fn admin(&self) -> SocketAddr {
+        Lb::admin(self)
+    }
+    fn logs(&self) -> String {
+        self.proc.logs()
+    }
+}
+
+impl LbHandle for InProcLb {
+    fn addr(&self, listener: &str) -> SocketAddr {
+        InProcLb::addr(self, listener)
+    }
+    fn admin(&self) -> SocketAddr {
+        InProcLb::admin(self)
+    }
+    fn logs(&self) -> String {
+        InProcLb::logs(self)
+    }
+}
+
+/// The LB's Prometheus samples, from its admin API.
+pub fn lb_metrics(lb: &impl LbHandle) -> Vec<(String, String, f64)> {
+    parse_prometheus(&http("GET", lb.admin(), "/metrics").1)
+}
+
 impl Lb {
     /// The admin API address, from the `admin listening` log line.
     pub fn admin(&self) -> SocketAddr {
