@@ -548,6 +548,99 @@ rise = 1
     s
 }
 
+/// An LB config for control-plane tests: `[lb]` with an admin API on port 0 and `lb_lines`, a
+/// plain listener "mqtt" and a TLS listener "mqtts" (no client certificates), `[health]` from
+/// `health_lines`, and backends `(name, addr)` without PROXY headers.
+pub fn admin_lb_config(
+    pki: &Pki,
+    lb_lines: &str,
+    health_lines: &str,
+    backends: &[(&str, SocketAddr)],
+) -> String {
+    let mut s = format!(
+        r#"[lb]
+admin = "127.0.0.1:0"
+{lb_lines}
+
+[[listener]]
+name = "mqtt"
+bind = "127.0.0.1:0"
+
+[[listener]]
+name = "mqtts"
+bind = "127.0.0.1:0"
+[listener.tls]
+cert = "{cert}"
+key = "{key}"
+
+[health]
+{health_lines}
+"#,
+        cert = pki.file("server.pem"),
+        key = pki.file("server.key"),
+    );
+    for (n, a) in backends {
+        s.push_str(&format!("\n[[backend]]\nname = \"{n}\"\naddr = \"{a}\"\n"));
+    }
+    s
+}
+
+/// `(name, state)` of every backend, from the admin API's `/api/backends`, in config order.
+pub fn backend_states(admin: SocketAddr) -> Vec<(String, String)> {
+    get_json(admin, "/api/backends")
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| {
+            (
+                b["name"].as_str().unwrap().to_string(),
+                b["state"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// The state of backend `name` ("absent" when the LB does not have it).
+pub fn backend_state(admin: SocketAddr, name: &str) -> String {
+    backend_states(admin)
+        .into_iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, s)| s)
+        .unwrap_or_else(|| "absent".into())
+}
+
+/// Waits (blocking the thread) until backend `name` is in `state`; how long that took.
+pub fn wait_backend_state(
+    admin: SocketAddr,
+    name: &str,
+    state: &str,
+    within: Duration,
+) -> Duration {
+    let t0 = Instant::now();
+    loop {
+        if backend_state(admin, name) == state {
+            return t0.elapsed();
+        }
+        assert!(
+            t0.elapsed() < within,
+            "{name} not {state} within {within:?}: {:?}",
+            backend_states(admin)
+        );
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+/// A field of backend `name` in `/api/backends`.
+pub fn backend_field(admin: SocketAddr, name: &str, field: &str) -> serde_json::Value {
+    get_json(admin, "/api/backends")
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["name"] == name)
+        .unwrap_or_else(|| panic!("no backend {name}"))[field]
+        .clone()
+}
+
 /// A minimal HTTP/1.1 request (Connection: close); returns (status, body).
 pub fn http(method: &str, addr: SocketAddr, path: &str) -> (u16, String) {
     use std::io::{Read, Write};
