@@ -479,6 +479,18 @@ impl Drop for MockBroker {
     }
 }
 
+/// Polls `f` (blocking the thread) until it returns true or the deadline passes.
+pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while !f() {
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    true
+}
+
 /// Polls `f` until it returns true or the deadline passes.
 pub async fn eventually<F: FnMut() -> bool>(timeout: Duration, mut f: F) -> bool {
     let deadline = Instant::now() + timeout;
