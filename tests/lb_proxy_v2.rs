@@ -2,7 +2,8 @@
 //! it: real client addresses from several 127.0.0.x sources, the TLS facts of the client
 //! certificate (flags, verify, CN, version, SHA-256), ALPN, SNI and the connection id; the raw
 //! layout read with `ppp` directly; and the same client sent through a real HAProxy
-//! (`send-proxy-v2-ssl-cn`) to compare the two headers byte structure by byte structure.
+//! (`send-proxy-v2-ssl-cn`) to compare the two headers byte structure by byte structure. The LB
+//! runs in-process except where a test reads its log.
 
 mod common;
 
@@ -125,6 +126,7 @@ async fn tls_client(
     (s, local)
 }
 
+/// On the binary: the connection id is looked up in the LB's log.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_clients_with_certs_reach_the_broker_with_their_address_and_certificate() {
     let dir = TempDir::new("pp2-cert");
@@ -237,7 +239,7 @@ async fn clients_without_cert_and_plain_clients_get_honest_headers() {
             "",
         ),
     );
-    let lb = Lb::start(&cfg);
+    let lb = InProcLb::start(&cfg);
 
     // TLS without a client certificate on an `optional` listener
     let (_anon, local) = tls_client(
@@ -347,7 +349,7 @@ async fn haproxy_and_mqedge_send_the_same_ssl_tlv_layout() {
             "",
         ),
     );
-    let lb = Lb::start(&cfg);
+    let lb = InProcLb::start(&cfg);
     let client = mqtt_tls(&pki, Some("device-1"));
 
     let (_h, hap_local) = tls_client("127.0.0.8", hap_addr, client.clone(), "via-haproxy").await;
