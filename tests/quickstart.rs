@@ -1,6 +1,7 @@
-//! The README's quickstart, run as written: certs, check, Mosquitto on 21883, the LB on
-//! 8883/1883 from configs/quickstart/lb.toml, a TLS subscriber with the client cert, and TLS and
-//! plain publishers.
+//! The README's quickstart, run as written: certs, check, Mosquitto, the LB from
+//! configs/quickstart/lb.toml, a TLS subscriber with the client cert, and TLS and plain
+//! publishers. Only the ports move: the committed 21883 (Mosquitto), 8883 and 1883 (the LB)
+//! become ports from the OS, so the test runs beside anything that holds those.
 
 mod common;
 
@@ -13,11 +14,21 @@ use common::*;
 fn readme_quickstart_works_as_written() {
     let dir = TempDir::new("quickstart");
     let root = env!("CARGO_MANIFEST_DIR");
-    // the config as committed, next to freshly generated certs
-    let cfg = dir.write(
-        "lb.toml",
-        &std::fs::read_to_string(format!("{root}/configs/quickstart/lb.toml")).unwrap(),
-    );
+    // the config as committed, next to freshly generated certs, with ports from the OS
+    let mosq_port = free_port();
+    let mut text = std::fs::read_to_string(format!("{root}/configs/quickstart/lb.toml")).unwrap();
+    for (from, to) in [
+        ("\"127.0.0.1:8883\"", "\"127.0.0.1:0\"".to_string()),
+        ("\"127.0.0.1:1883\"", "\"127.0.0.1:0\"".to_string()),
+        ("\"127.0.0.1:21883\"", format!("\"127.0.0.1:{mosq_port}\"")),
+    ] {
+        assert!(
+            text.contains(from),
+            "configs/quickstart/lb.toml has no {from}"
+        );
+        text = text.replace(from, &to);
+    }
+    let cfg = dir.write("lb.toml", &text);
     let certs = dir.path().join("certs");
     let out = Command::new(bin())
         .args(["certs", "--out"])
@@ -41,11 +52,18 @@ fn readme_quickstart_works_as_written() {
     );
 
     let mut m = Command::new(which("mosquitto"));
-    m.args(["-p", "21883"]);
+    m.args(["-p", &mosq_port.to_string()]);
     let _mosq = Proc::spawn("mosquitto", m);
-    wait_port("127.0.0.1:21883".parse().unwrap(), Duration::from_secs(10));
+    wait_port(
+        format!("127.0.0.1:{mosq_port}").parse().unwrap(),
+        Duration::from_secs(10),
+    );
     let lb = Lb::start(&cfg);
-    wait_port("127.0.0.1:8883".parse().unwrap(), Duration::from_secs(10));
+    let (tls, plain) = (
+        lb.addr("mqtts").port().to_string(),
+        lb.addr("mqtt").port().to_string(),
+    );
+    wait_port(lb.addr("mqtts"), Duration::from_secs(10));
 
     let c = |n: &str| certs.join(n).display().to_string();
     let mut sub = Command::new(which("mosquitto_sub"));
@@ -53,7 +71,7 @@ fn readme_quickstart_works_as_written() {
         "-h",
         "localhost",
         "-p",
-        "8883",
+        &tls,
         "--cafile",
         &c("ca.pem"),
         "--cert",
@@ -80,7 +98,7 @@ fn readme_quickstart_works_as_written() {
                     "-h",
                     "localhost",
                     "-p",
-                    "8883",
+                    &tls,
                     "--cafile",
                     &c("ca.pem"),
                     "-t",
@@ -95,7 +113,7 @@ fn readme_quickstart_works_as_written() {
                     "-h",
                     "127.0.0.1",
                     "-p",
-                    "1883",
+                    &plain,
                     "-t",
                     "demo/hello",
                     "-m",
