@@ -144,22 +144,13 @@ async fn publish_done(c: &mut Conn, p: Publish) {
     }
 }
 
-/// Acknowledges a received PUBLISH as a subscriber must.
-async fn ack_publish(c: &mut Conn, p: &Publish) {
-    match (p.qos, p.packet_id) {
-        (QoS::AtLeastOnce, Some(id)) => c.send(Packet::PubAck(ack(id))).await,
-        (QoS::ExactlyOnce, Some(id)) => c.send(Packet::PubRec(ack(id))).await,
-        _ => {}
-    }
-}
-
 /// Receives (and acknowledges) PUBLISHes up to and including the first on `sentinel`.
 async fn until(c: &mut Conn, sentinel: &str) -> Vec<Publish> {
     let mut got = Vec::new();
     loop {
         match c.recv(T).await {
             Some(Packet::Publish(p)) => {
-                ack_publish(c, &p).await;
+                c.ack_publish(&p).await;
                 let done = p.topic == sentinel;
                 got.push(p);
                 if done {
@@ -216,7 +207,7 @@ async fn before_pingresp(c: &mut Conn) -> Vec<Publish> {
         match c.recv(T).await {
             Some(Packet::PingResp) => return got,
             Some(Packet::Publish(p)) => {
-                ack_publish(c, &p).await;
+                c.ack_publish(&p).await;
                 got.push(p);
             }
             Some(Packet::PubRel(r)) => c.send(Packet::PubComp(ack(r.packet_id))).await,
@@ -878,7 +869,7 @@ async fn v5_server_respects_the_client_maximum_packet_size() {
         let size = encoded_len(&pkt, Version::V5);
         assert!(size <= 100, "received a {size}-byte packet: {pkt:?}");
         if let Packet::Publish(m) = &pkt {
-            ack_publish(&mut small, m).await;
+            small.ack_publish(m).await;
             seen.push(m.topic.clone());
             if m.topic == "big/b" {
                 break;

@@ -478,37 +478,7 @@ async fn take(c: &mut Client, n: usize, within: Duration) -> Vec<Publish> {
             break;
         }
         match c.recv(left).await {
-            Some(Packet::Publish(p)) => {
-                match (p.qos, p.packet_id) {
-                    (QoS::AtLeastOnce, Some(id)) => {
-                        c.send(Packet::PubAck(PubAck {
-                            packet_id: id,
-                            code: 0,
-                            properties: Default::default(),
-                        }))
-                        .await
-                    }
-                    (QoS::ExactlyOnce, Some(id)) => {
-                        c.send(Packet::PubRec(PubAck {
-                            packet_id: id,
-                            code: 0,
-                            properties: Default::default(),
-                        }))
-                        .await
-                    }
-                    _ => {}
-                }
-                got.push(p);
-            }
-            Some(Packet::PubRel(r)) => {
-                c.send(Packet::PubComp(PubAck {
-                    packet_id: r.packet_id,
-                    code: 0,
-                    properties: Default::default(),
-                }))
-                .await
-            }
-            Some(_) => {}
+            Some(p) => got.extend(c.answer(p).await),
             None => break,
         }
     }

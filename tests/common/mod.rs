@@ -1115,44 +1115,41 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Raw<S> {
         }))
         .await;
     }
+    /// Acknowledges `p` as a client must: PUBACK at QoS 1, PUBREC at QoS 2.
+    pub async fn ack_publish(&mut self, p: &mqedge_broker::protocol::Publish) {
+        use mqedge_broker::protocol::*;
+        match (p.qos, p.packet_id) {
+            (QoS::AtLeastOnce, Some(id)) => self.send(Packet::PubAck(ack(id))).await,
+            (QoS::ExactlyOnce, Some(id)) => self.send(Packet::PubRec(ack(id))).await,
+            _ => {}
+        }
+    }
+
+    /// Plays the receiving side of the QoS flows for one incoming packet: a PUBLISH is
+    /// acknowledged and returned, a PUBREL gets its PUBCOMP, anything else is skipped.
+    pub async fn answer(
+        &mut self,
+        p: mqedge_broker::protocol::Packet,
+    ) -> Option<mqedge_broker::protocol::Publish> {
+        use mqedge_broker::protocol::*;
+        match p {
+            Packet::Publish(p) => {
+                self.ack_publish(&p).await;
+                Some(p)
+            }
+            Packet::PubRel(r) => {
+                self.send(Packet::PubComp(ack(r.packet_id))).await;
+                None
+            }
+            _ => None,
+        }
+    }
+
     /// Collects PUBLISH packets until `t` passes with nothing new; acks QoS 1/2 as a client must.
     pub async fn collect(&mut self, t: Duration) -> Vec<mqedge_broker::protocol::Publish> {
-        use mqedge_broker::protocol::*;
         let mut got = Vec::new();
         while let Some(p) = self.recv(t).await {
-            match p {
-                Packet::Publish(p) => {
-                    match (p.qos, p.packet_id) {
-                        (QoS::AtLeastOnce, Some(id)) => {
-                            self.send(Packet::PubAck(PubAck {
-                                packet_id: id,
-                                code: 0,
-                                properties: Default::default(),
-                            }))
-                            .await
-                        }
-                        (QoS::ExactlyOnce, Some(id)) => {
-                            self.send(Packet::PubRec(PubAck {
-                                packet_id: id,
-                                code: 0,
-                                properties: Default::default(),
-                            }))
-                            .await
-                        }
-                        _ => {}
-                    }
-                    got.push(p);
-                }
-                Packet::PubRel(r) => {
-                    self.send(Packet::PubComp(PubAck {
-                        packet_id: r.packet_id,
-                        code: 0,
-                        properties: Default::default(),
-                    }))
-                    .await
-                }
-                _ => {}
-            }
+            got.extend(self.answer(p).await);
         }
         got
     }
