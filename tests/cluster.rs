@@ -21,7 +21,6 @@ mod common;
 
 use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -74,19 +73,16 @@ impl Node {
     fn start(name: &str, config: &Path, run: Run) -> Node {
         match run {
             Run::InProcess => Node::InProcess(InProcBroker::start(config)),
-            Run::Binary => {
-                let mut cmd = Command::new(bin());
-                cmd.arg("broker").arg("-c").arg(config);
-                if std::env::var_os("RUST_LOG").is_none() {
-                    cmd.env("RUST_LOG", "info,mqedge_broker::cluster=debug");
-                }
-                let proc = Proc::spawn(name, cmd);
-                proc.wait_log(" listener=", Duration::from_secs(20));
-                Node::Binary(BrokerProc {
-                    proc,
-                    config: config.to_path_buf(),
-                })
-            }
+            Run::Binary => Node::Binary(BrokerProc {
+                proc: Proc::start_role(
+                    name,
+                    "broker",
+                    config,
+                    "info,mqedge_broker::cluster=debug",
+                    " listener=",
+                ),
+                config: config.to_path_buf(),
+            }),
         }
     }
 

@@ -81,25 +81,6 @@ async fn setup<L>(
     (dir, pki, broker, lb)
 }
 
-/// What the broker recorded for `client_id`, waiting for it with a deadline.
-async fn seen_by(broker: &MockBroker, client_id: &str) -> Seen {
-    let found = eventually(Duration::from_secs(5), || {
-        broker.clients().iter().any(|c| c == client_id)
-    })
-    .await;
-    assert!(
-        found,
-        "{} never saw {client_id:?}; it saw {:?}",
-        broker.name,
-        broker.clients()
-    );
-    broker
-        .seen()
-        .into_iter()
-        .find(|s| s.client_id == client_id)
-        .unwrap()
-}
-
 /// Reads a CONNACK and returns its return code.
 async fn connack<S: tokio::io::AsyncRead + Unpin>(s: &mut S) -> u8 {
     let mut ack = [0u8; 4];
@@ -138,7 +119,7 @@ async fn proxy_v1_on_the_plain_listener_gives_the_broker_the_real_client() {
     s.write_all(&bytes).await.unwrap();
     assert_eq!(connack(&mut s).await, 0);
 
-    let seen = seen_by(&broker, "v1-client").await;
+    let seen = broker.seen_by("v1-client").await;
     let info = seen.proxy.expect("the broker got a PROXY header");
     assert_eq!(
         info.src,
@@ -199,7 +180,7 @@ async fn proxy_v2_then_tls_with_a_client_certificate() {
     .expect("TLS handshake after a PROXY v2 header");
     assert_eq!(mqtt_connect(&mut s, "v2-tls-client").await.unwrap(), 0);
 
-    let seen = seen_by(&broker, "v2-tls-client").await;
+    let seen = broker.seen_by("v2-tls-client").await;
     let info = seen.proxy.expect("the broker got a PROXY header");
     assert_eq!(info.src, Some(addr("198.51.100.9:5555")));
     assert_eq!(info.dst, Some(addr("192.0.2.1:8883")));
@@ -311,7 +292,7 @@ async fn haproxy_in_front_of_the_lb_two_hops_one_address() {
         });
     assert_eq!(code, 0);
 
-    let seen = seen_by(&broker, "via-haproxy").await;
+    let seen = broker.seen_by("via-haproxy").await;
     let info = seen.proxy.expect("the broker got a PROXY header");
     assert_eq!(
         info.src,

@@ -166,6 +166,29 @@ impl Proc {
         }
     }
 
+    /// The address in the first log line with `needle` (its ` addr=` field), waiting for it.
+    pub fn addr_in_log(&self, needle: &str) -> SocketAddr {
+        let line = self.wait_log(needle, Duration::from_secs(10));
+        line.split(" addr=")
+            .nth(1)
+            .and_then(|a| a.split_whitespace().next())
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("{}: no address in {line:?}", self.name))
+    }
+
+    /// `mqedge ROLE -c CONFIG` named `name` (with `RUST_LOG=rust_log` unless set), once it
+    /// logged `ready`.
+    pub fn start_role(name: &str, role: &str, config: &Path, rust_log: &str, ready: &str) -> Proc {
+        let mut cmd = Command::new(bin());
+        cmd.arg(role).arg("-c").arg(config);
+        if std::env::var_os("RUST_LOG").is_none() {
+            cmd.env("RUST_LOG", rust_log);
+        }
+        let proc = Proc::spawn(name, cmd);
+        proc.wait_log(ready, Duration::from_secs(20));
+        proc
+    }
+
     pub fn count_log(&self, needle: &str) -> usize {
         self.log
             .lock()
@@ -221,33 +244,20 @@ pub struct Lb {
 
 impl Lb {
     pub fn start(config: &Path) -> Lb {
-        let mut cmd = Command::new(bin());
-        cmd.arg("lb").arg("-c").arg(config);
-        if std::env::var_os("RUST_LOG").is_none() {
-            cmd.env("RUST_LOG", "info,mqedge_lb=debug");
-        }
-        let proc = Proc::spawn("lb", cmd);
-        proc.wait_log("listening", Duration::from_secs(20));
         Lb {
-            proc,
+            proc: Proc::start_role("lb", "lb", config, "info,mqedge_lb=debug", "listening"),
             config: config.to_path_buf(),
         }
     }
 
     /// The address of the named listener, read from the `listening` log line.
     pub fn addr(&self, listener: &str) -> SocketAddr {
-        let line = self.proc.wait_log(
-            &format!("listener={listener} addr="),
-            Duration::from_secs(10),
-        );
-        let a = line
-            .split("addr=")
-            .nth(1)
-            .unwrap()
-            .split_whitespace()
-            .next()
-            .unwrap();
-        a.parse().unwrap()
+        self.proc.addr_in_log(&format!("listener={listener} addr="))
+    }
+
+    /// The admin API address, from the `admin listening` log line.
+    pub fn admin(&self) -> SocketAddr {
+        self.proc.addr_in_log("admin listening")
     }
 }
 
@@ -466,6 +476,24 @@ impl MockBroker {
 
     pub fn clients(&self) -> Vec<String> {
         self.seen().into_iter().map(|s| s.client_id).collect()
+    }
+
+    /// What this broker recorded for `client_id`, waiting for it with a deadline.
+    pub async fn seen_by(&self, client_id: &str) -> Seen {
+        let found = eventually(Duration::from_secs(5), || {
+            self.clients().iter().any(|c| c == client_id)
+        })
+        .await;
+        assert!(
+            found,
+            "{} never saw {client_id:?}; it saw {:?}",
+            self.name,
+            self.clients()
+        );
+        self.seen()
+            .into_iter()
+            .find(|s| s.client_id == client_id)
+            .unwrap()
     }
 
     pub fn stop(&self) {
@@ -829,23 +857,6 @@ pub fn lb_metrics(lb: &impl LbHandle) -> Vec<(String, String, f64)> {
     parse_prometheus(&http("GET", lb.admin(), "/metrics").1)
 }
 
-impl Lb {
-    /// The admin API address, from the `admin listening` log line.
-    pub fn admin(&self) -> SocketAddr {
-        let line = self
-            .proc
-            .wait_log("admin listening", Duration::from_secs(10));
-        line.split("addr=")
-            .nth(1)
-            .unwrap()
-            .split_whitespace()
-            .next()
-            .unwrap()
-            .parse()
-            .unwrap()
-    }
-}
-
 /// A running `mqedge broker`.
 pub struct BrokerProc {
     pub proc: Proc,
@@ -854,56 +865,20 @@ pub struct BrokerProc {
 
 impl BrokerProc {
     pub fn start(config: &Path) -> BrokerProc {
-        let mut cmd = Command::new(bin());
-        cmd.arg("broker").arg("-c").arg(config);
-        if std::env::var_os("RUST_LOG").is_none() {
-            cmd.env("RUST_LOG", "info");
-        }
-        let proc = Proc::spawn("broker", cmd);
-        proc.wait_log(" listener=", Duration::from_secs(20));
         BrokerProc {
-            proc,
+            proc: Proc::start_role("broker", "broker", config, "info", " listener="),
             config: config.to_path_buf(),
         }
     }
-    /// The address of the (first, or named) MQTT listener.
+    /// The address of the first MQTT listener.
     pub fn addr(&self) -> SocketAddr {
-        let line = self.proc.wait_log(" listener=", Duration::from_secs(10));
-        line.split(" addr=")
-            .nth(1)
-            .unwrap()
-            .split_whitespace()
-            .next()
-            .unwrap()
-            .parse()
-            .unwrap()
+        self.proc.addr_in_log(" listener=")
     }
     pub fn addr_of(&self, listener: &str) -> SocketAddr {
-        let line = self.proc.wait_log(
-            &format!("listener={listener} addr="),
-            Duration::from_secs(10),
-        );
-        line.split(" addr=")
-            .nth(1)
-            .unwrap()
-            .split_whitespace()
-            .next()
-            .unwrap()
-            .parse()
-            .unwrap()
+        self.proc.addr_in_log(&format!("listener={listener} addr="))
     }
     pub fn admin(&self) -> SocketAddr {
-        let line = self
-            .proc
-            .wait_log("admin listening", Duration::from_secs(10));
-        line.split("addr=")
-            .nth(1)
-            .unwrap()
-            .split_whitespace()
-            .next()
-            .unwrap()
-            .parse()
-            .unwrap()
+        self.proc.addr_in_log("admin listening")
     }
     pub fn kill9(&mut self) {
         let _ = self.proc.child.kill();
