@@ -6,8 +6,6 @@ use std::process::ExitCode;
 
 use mqedge_shared::certs::{CertError, CertOptions};
 
-use super::error_chain;
-
 /// Exit 0 with the files written, or 1 with the reason (and, for an existing CA, the two flags
 /// that resolve it).
 pub fn run(out: &Path, opts: &CertOptions) -> ExitCode {
@@ -29,4 +27,16 @@ pub fn run(out: &Path, opts: &CertOptions) -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// One line with every cause, `outer: inner: root`, so a user sees why without a backtrace.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
 }

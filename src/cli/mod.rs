@@ -1,7 +1,7 @@
 //! The subcommands behind `src/main.rs`'s parser, one file each: [`check`] validates a config,
 //! [`run`] runs the LB or a broker node, [`certs`] writes a dev PKI, [`passwd`] sets a
-//! password. This file holds what they share: the log set-up and the error-chain line.
-//! Commands import only this module's items and the library crates, never each other.
+//! password. This file holds the log set-up every command runs under. The commands import only
+//! the library crates: not this module, not each other.
 
 pub mod certs;
 pub mod check;
@@ -29,16 +29,4 @@ pub fn init_logs(format: LogFormat) {
         LogFormat::Human => b.init(),
         LogFormat::Json => b.json().init(),
     }
-}
-
-/// One line with every cause, `outer: inner: root`, so a user sees why without a backtrace.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
