@@ -182,7 +182,10 @@ impl Running {
 
     /// Whether `run_with` has returned (or the thread panicked) before a stop was asked for.
     fn finished(&self) -> bool {
-        self.thread.as_ref().map_or(true, |t| t.is_finished())
+        match &self.thread {
+            Some(t) => t.is_finished(),
+            None => true,
+        }
     }
 
     /// Signals the shutdown and waits (bounded) for `run_with` to return; its result.
