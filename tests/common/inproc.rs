@@ -6,6 +6,7 @@
 //! time for the server to finish (a server that hangs fails the next assertion, not the
 //! whole test binary).
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::{mpsc, Arc, Mutex};
@@ -133,13 +134,15 @@ struct Running {
 }
 
 impl Running {
-    /// Runs `serve(stop)` on a new thread's multi-threaded runtime. `serve` binds, sends what
-    /// the test needs through `ready`, then serves until the stop future resolves.
-    fn spawn<T, F, Fut>(name: &'static str, serve: F) -> (Running, T)
+    /// Runs `start(stop)` on a new thread's multi-threaded runtime: it binds and builds the
+    /// state, yielding what the test gets (`T`) and the future that serves until `stop`
+    /// resolves. Returns once `start` has finished.
+    fn spawn<T, F, Fut, Serve>(name: &'static str, start: F) -> (Running, T)
     where
         T: Send + 'static,
-        F: FnOnce(mpsc::Sender<Result<T, String>>, oneshot::Receiver<()>) -> Fut + Send + 'static,
-        Fut: std::future::Future<Output = Result<(), String>>,
+        F: FnOnce(oneshot::Receiver<()>) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<(T, Serve), String>>,
+        Serve: Future<Output = Result<(), String>>,
     {
         let (ready_tx, ready_rx) = mpsc::channel();
         let (stop_tx, stop_rx) = oneshot::channel();
@@ -161,7 +164,18 @@ impl Running {
                     })
                     .build()
                     .unwrap();
-                let res = rt.block_on(serve(ready_tx, stop_rx));
+                let res = rt.block_on(async move {
+                    match start(stop_rx).await {
+                        Ok((t, serve)) => {
+                            let _ = ready_tx.send(Ok(t));
+                            serve.await
+                        }
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(e.clone()));
+                            Err(e)
+                        }
+                    }
+                });
                 rt.shutdown_timeout(Duration::from_secs(1));
                 let _ = done_tx.send(res);
             })
@@ -211,24 +225,78 @@ impl Drop for Running {
     }
 }
 
-/// A broker node run in-process from a config file (see [`super::broker_config`]).
-pub struct InProcBroker {
-    /// The node's shared state (sessions, metrics), for assertions on state.
-    pub broker: Arc<mqedge_broker::Broker>,
+/// A server run in-process from a config file; `S` is its shared state.
+pub struct InProc<S> {
+    /// The server's shared state (sessions, live config, metrics), for assertions on state.
+    pub state: Arc<S>,
     addrs: Addrs,
-    // dropped first: the node stops before its directory goes
+    // dropped first: the server stops before its directory goes
     running: Running,
-    _dir: Option<TempDir>,
+    dir: Option<TempDir>,
 }
 
-impl InProcBroker {
+/// A broker node run in-process (see [`broker_config`]).
+pub type InProcBroker = InProc<mqedge_broker::Broker>;
+
+/// A load balancer run in-process. The config file stays the LB's: editing it reloads the LB
+/// as it would the binary's.
+pub type InProcLb = InProc<mqedge_lb::Lb>;
+
+impl<S> InProc<S> {
+    /// Starts the server (see [`Running::spawn`]) and waits until its accept loops run.
+    fn spawn<F, Fut, Serve>(name: &'static str, start: F) -> InProc<S>
+    where
+        S: Send + Sync + 'static,
+        F: FnOnce(oneshot::Receiver<()>) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<((Arc<S>, Addrs), Serve), String>>,
+        Serve: Future<Output = Result<(), String>>,
+    {
+        let (running, (state, addrs)) = Running::spawn(name, start);
+        running.log.wait_listening(addrs.listeners.len(), name);
+        InProc {
+            state,
+            addrs,
+            running,
+            dir: None,
+        }
+    }
+
+    /// The admin API (`[node] admin`, `[lb] admin`).
+    pub fn admin(&self) -> SocketAddr {
+        self.addrs.admin()
+    }
+
+    /// What the server logged so far (for failure messages).
+    pub fn logs(&self) -> String {
+        self.running.log.text()
+    }
+
+    /// Whether the server stopped on its own (a failure: nothing asked it to).
+    pub fn finished(&self) -> bool {
+        self.running.finished()
+    }
+
+    /// Stops the server as SIGTERM would (the broker tells its clients and flushes its store,
+    /// the LB drains) and waits for it; what `run_with` returned, `None` when it did not return
+    /// within the bound.
+    pub fn stop(&mut self) -> Option<Result<(), String>> {
+        self.running.stop()
+    }
+}
+
+/// The future that resolves when the test asks the server to stop.
+async fn stopped(stop: oneshot::Receiver<()>) {
+    let _ = stop.await;
+}
+
+impl InProc<mqedge_broker::Broker> {
     /// A node of [`broker_config`] (one plain listener on port 0, admin on port 0, anonymous
     /// clients) plus `extra` TOML, in a temp dir of its own named after `tag`.
     pub fn plain(tag: &str, extra: &str) -> InProcBroker {
         let dir = TempDir::new(tag);
         let cfg = dir.write("b.toml", &broker_config("127.0.0.1:0", "", extra));
         let mut b = InProcBroker::start(&cfg);
-        b._dir = Some(dir);
+        b.dir = Some(dir);
         b
     }
 
@@ -236,37 +304,16 @@ impl InProcBroker {
         let cfg = mqedge_broker::config::Config::load(config)
             .unwrap_or_else(|e| panic!("{}: {e}", config.display()));
         let names = cfg.listeners.iter().map(|l| l.name.clone()).collect();
-        let (running, (broker, addrs)) = Running::spawn("broker", move |ready, stop| async move {
-            let bound = mqedge_broker::bind(&cfg).await.map_err(|e| e.to_string());
-            let bound = match bound {
-                Ok(b) => b,
-                Err(e) => {
-                    let _ = ready.send(Err(e.clone()));
-                    return Err(e);
-                }
-            };
+        InProc::spawn("broker", move |stop| async move {
+            let bound = mqedge_broker::bind(&cfg).await.map_err(|e| e.to_string())?;
             let addrs = Addrs::of(names, &bound.listeners, bound.admin.as_ref());
-            let b = match mqedge_broker::Broker::new(cfg) {
-                Ok(b) => b,
-                Err(e) => {
-                    let _ = ready.send(Err(e.to_string()));
-                    return Err(e.to_string());
-                }
-            };
-            let _ = ready.send(Ok((b.clone(), addrs)));
-            mqedge_broker::run_with(b, bound, async move {
-                let _ = stop.await;
-            })
-            .await
-            .map_err(|e| e.to_string())
-        });
-        running.log.wait_listening(addrs.listeners.len(), "broker");
-        InProcBroker {
-            broker,
-            addrs,
-            running,
-            _dir: None,
-        }
+            let b = mqedge_broker::Broker::new(cfg).map_err(|e| e.to_string())?;
+            let serve = mqedge_broker::run_with(b.clone(), bound, stopped(stop));
+            Ok((
+                (b, addrs),
+                async move { serve.await.map_err(|e| e.to_string()) },
+            ))
+        })
     }
 
     /// The first MQTT listener.
@@ -277,82 +324,26 @@ impl InProcBroker {
     pub fn addr_of(&self, listener: &str) -> SocketAddr {
         self.addrs.named(listener)
     }
-
-    /// The admin API (`[node] admin`).
-    pub fn admin(&self) -> SocketAddr {
-        self.addrs.admin()
-    }
-
-    /// What the node logged so far (for failure messages).
-    pub fn logs(&self) -> String {
-        self.running.log.text()
-    }
-
-    /// Whether the node stopped on its own (a failure: nothing asked it to).
-    pub fn finished(&self) -> bool {
-        self.running.finished()
-    }
-
-    /// Stops the node as SIGTERM would (clients told, store flushed) and waits for it; what
-    /// `run_with` returned, `None` when it did not return within the bound.
-    pub fn stop(&mut self) -> Option<Result<(), String>> {
-        self.running.stop()
-    }
 }
 
-/// A load balancer run in-process from a config file. The file stays the LB's: editing it
-/// reloads the LB as it would the binary's.
-pub struct InProcLb {
-    /// The LB's shared state (live config, metrics), for assertions on state.
-    pub lb: Arc<mqedge_lb::Lb>,
-    addrs: Addrs,
-    running: Running,
-}
-
-impl InProcLb {
+impl InProc<mqedge_lb::Lb> {
     pub fn start(config: &Path) -> InProcLb {
         let cfg = mqedge_lb::config::Config::load(config)
             .unwrap_or_else(|e| panic!("{}: {e}", config.display()));
         let names = cfg.listeners.iter().map(|l| l.name.clone()).collect();
-        let (running, (lb, addrs)) = Running::spawn("lb", move |ready, stop| async move {
-            let bound = match mqedge_lb::bind(&cfg).await {
-                Ok(b) => b,
-                Err(e) => {
-                    let _ = ready.send(Err(e.to_string()));
-                    return Err(e.to_string());
-                }
-            };
+        InProc::spawn("lb", move |stop| async move {
+            let bound = mqedge_lb::bind(&cfg).await.map_err(|e| e.to_string())?;
             let addrs = Addrs::of(names, &bound.listeners, bound.admin.as_ref());
             let lb = mqedge_lb::Lb::new(&cfg);
-            let _ = ready.send(Ok((lb.clone(), addrs)));
-            mqedge_lb::run_with(lb, cfg, bound, async move {
-                let _ = stop.await;
-            })
-            .await
-            .map_err(|e| e.to_string())
-        });
-        running.log.wait_listening(addrs.listeners.len(), "lb");
-        InProcLb { lb, addrs, running }
+            let serve = mqedge_lb::run_with(lb.clone(), cfg, bound, stopped(stop));
+            Ok(((lb, addrs), async move {
+                serve.await.map_err(|e| e.to_string())
+            }))
+        })
     }
 
     /// The address of the named `[[listener]]`.
     pub fn addr(&self, listener: &str) -> SocketAddr {
         self.addrs.named(listener)
-    }
-
-    /// The admin API (`[lb] admin`).
-    pub fn admin(&self) -> SocketAddr {
-        self.addrs.admin()
-    }
-
-    /// What the LB logged so far (for failure messages).
-    pub fn logs(&self) -> String {
-        self.running.log.text()
-    }
-
-    /// Stops the LB as SIGTERM would (stop accepting, drain) and waits for it; what `run_with`
-    /// returned, `None` when it did not return within the bound.
-    pub fn stop(&mut self) -> Option<Result<(), String>> {
-        self.running.stop()
     }
 }

@@ -16,7 +16,7 @@ use tokio::net::{TcpSocket, TcpStream};
 mod inproc;
 mod scripts;
 #[allow(unused_imports)]
-pub use inproc::{InProcBroker, InProcLb};
+pub use inproc::{InProc, InProcBroker, InProcLb};
 #[allow(unused_imports)]
 pub use scripts::{tail, ScriptRun};
 
@@ -236,7 +236,7 @@ impl Drop for Proc {
     }
 }
 
-/// A running `mqedge lb`, with the addresses its listeners bound (from its log).
+/// A running `mqedge lb`; its addresses through [`LbHandle`].
 pub struct Lb {
     pub proc: Proc,
     pub config: PathBuf,
@@ -828,12 +828,13 @@ pub trait LbHandle {
     fn logs(&self) -> String;
 }
 
+/// The addresses come from the `listening` log lines.
 impl LbHandle for Lb {
     fn addr(&self, listener: &str) -> SocketAddr {
-        Lb::addr(self, listener)
+        self.proc.addr_in_log(&format!("listener={listener} addr="))
     }
     fn admin(&self) -> SocketAddr {
-        Lb::admin(self)
+        self.proc.addr_in_log("admin listening")
     }
     fn logs(&self) -> String {
         self.proc.logs()
@@ -845,10 +846,10 @@ impl LbHandle for InProcLb {
         InProcLb::addr(self, listener)
     }
     fn admin(&self) -> SocketAddr {
-        InProcLb::admin(self)
+        InProc::admin(self)
     }
     fn logs(&self) -> String {
-        InProcLb::logs(self)
+        InProc::logs(self)
     }
 }
 
