@@ -76,21 +76,11 @@ fn mqtt_health_checks_follow_a_killed_and_restarted_mosquitto() {
     // new clients all go to m1, including those whose id hashes to m2
     let id = id_for("m2", &["m1", "m2"], "dev");
     let on_m1 = backend_field(admin, "m1", "total_connections");
-    let out = Command::new(which("mosquitto_pub"))
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &lb.addr("mqtt").port().to_string(),
-            "-i",
-            &id,
-            "-t",
-            "x",
-            "-m",
-            "y",
-        ])
-        .output()
-        .unwrap();
+    let out = mosquitto_pub(
+        "127.0.0.1",
+        lb.addr("mqtt").port(),
+        &["-i", &id, "-t", "x", "-m", "y"],
+    );
     assert!(
         out.status.success(),
         "{}",
@@ -124,45 +114,25 @@ fn hot_reload_keeps_untouched_sessions_and_drains_removed_backends() {
     // has no metric of closes by reason)
     let lb = Lb::start(&cfg);
     let admin = lb.admin();
-    let port = lb.addr("mqtt").port().to_string();
+    let port = lb.addr("mqtt").port();
     let ida = id_for("a", &["a", "b"], "keep");
     let idb = id_for("b", &["a", "b"], "moved");
     // ids that stay on a when c joins and b leaves: rendezvous hashing guarantees it
     assert_eq!(hashed_backend(&ida, &["a", "c"]), "a");
 
     let sub = |id: &str| {
-        let mut s = Command::new(which("mosquitto_sub"));
-        s.args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port,
-            "-i",
+        mosquitto_sub(
             id,
-            "-t",
-            "news",
-            "-q",
-            "1",
-            "-v",
-        ]);
-        Proc::spawn(id, s)
+            "127.0.0.1",
+            port,
+            &["-i", id, "-t", "news", "-q", "1", "-v"],
+        )
     };
     let sa = sub(&ida);
     let sb = sub(&idb);
     // wait until both are subscribed: publish to each backend directly until each receives
     let publish_direct = |addr: SocketAddr, msg: &str| {
-        let _ = Command::new(which("mosquitto_pub"))
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &addr.port().to_string(),
-                "-t",
-                "news",
-                "-m",
-                msg,
-            ])
-            .output();
+        mosquitto_pub("127.0.0.1", addr.port(), &["-t", "news", "-m", msg]);
     };
     let deadline = Instant::now() + Duration::from_secs(5);
     while (sa.count_log("news warmup-a") == 0 || sb.count_log("news warmup-b") == 0)
@@ -243,21 +213,7 @@ fn hot_reload_keeps_untouched_sessions_and_drains_removed_backends() {
     );
     // a new client that hashes to c lands on c
     let idc = id_for("c", &["a", "c"], "new");
-    let out = Command::new(which("mosquitto_pub"))
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port,
-            "-i",
-            &idc,
-            "-t",
-            "x",
-            "-m",
-            "y",
-        ])
-        .output()
-        .unwrap();
+    let out = mosquitto_pub("127.0.0.1", port, &["-i", &idc, "-t", "x", "-m", "y"]);
     assert!(out.status.success());
     let line = lb
         .proc

@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::Duration;
 
 use common::*;
@@ -15,46 +14,23 @@ fn sub_pub(
     topic: &str,
     msg: &str,
 ) -> (bool, String) {
-    let mut sub = Command::new(which("mosquitto_sub"));
-    sub.args([
-        "-h",
-        "127.0.0.1",
-        "-p",
-        &lb.port().to_string(),
-        "--cafile",
-        &pki.file("ca.pem"),
-    ])
-    .args([
-        "-t",
-        topic,
-        "-C",
-        "1",
-        "-W",
-        "8",
-        "-i",
-        &format!("sub-{topic}"),
-    ]);
+    let ca = pki.file("ca.pem");
+    let (sub_id, pub_id) = (format!("sub-{topic}"), format!("pub-{topic}"));
+    let mut tls = vec!["--cafile", ca.as_str()];
     if let Some((c, k)) = cert {
-        sub.args(["--cert", c, "--key", k]);
+        tls.extend(["--cert", c, "--key", k]);
     }
-    let mut sub = Proc::spawn("mosquitto_sub", sub);
+    let sub_args = [
+        &["-t", topic, "-C", "1", "-W", "8", "-i", &sub_id][..],
+        &tls,
+    ]
+    .concat();
+    let mut sub = mosquitto_sub("mosquitto_sub", "127.0.0.1", lb.port(), &sub_args);
     // publish until the subscriber has its subscription in place and prints the message
+    let pub_args = [&["-t", topic, "-m", msg, "-i", &pub_id][..], &tls].concat();
     let deadline = std::time::Instant::now() + Duration::from_secs(8);
     while std::time::Instant::now() < deadline {
-        let mut p = Command::new(which("mosquitto_pub"));
-        p.args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &lb.port().to_string(),
-            "--cafile",
-            &pki.file("ca.pem"),
-        ])
-        .args(["-t", topic, "-m", msg, "-i", &format!("pub-{topic}")]);
-        if let Some((c, k)) = cert {
-            p.args(["--cert", c, "--key", k]);
-        }
-        let _ = p.output();
+        mosquitto_pub("127.0.0.1", lb.port(), &pub_args);
         if sub.wait_exit(Duration::from_millis(300)).is_some() {
             break;
         }
@@ -112,26 +88,11 @@ fn required_client_auth_refuses_missing_or_foreign_certs() {
         ),
     );
     let lb = InProcLb::start(&cfg);
-    let tls = lb.addr("mqtts");
-    let port = tls.port().to_string();
-
+    let port = lb.addr("mqtts").port();
+    let ca = pki.file("ca.pem");
     let run_pub = |extra: &[&str]| {
-        Command::new(which("mosquitto_pub"))
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &port,
-                "--cafile",
-                &pki.file("ca.pem"),
-                "-t",
-                "x",
-                "-m",
-                "y",
-            ])
-            .args(extra)
-            .output()
-            .unwrap()
+        let args = [&["--cafile", ca.as_str(), "-t", "x", "-m", "y"][..], extra].concat();
+        mosquitto_pub("127.0.0.1", port, &args)
     };
     let none = run_pub(&[]);
     assert!(!none.status.success(), "no certificate must fail");

@@ -59,67 +59,32 @@ fn readme_quickstart_works_as_written() {
         Duration::from_secs(10),
     );
     let lb = Lb::start(&cfg);
-    let (tls, plain) = (
-        lb.addr("mqtts").port().to_string(),
-        lb.addr("mqtt").port().to_string(),
-    );
+    let (tls, plain) = (lb.addr("mqtts").port(), lb.addr("mqtt").port());
     wait_port(lb.addr("mqtts"), Duration::from_secs(10));
 
     let c = |n: &str| certs.join(n).display().to_string();
-    let mut sub = Command::new(which("mosquitto_sub"));
-    sub.args([
-        "-h",
+    let (ca, cert, key) = (c("ca.pem"), c("client.pem"), c("client.key"));
+    let mut sub = mosquitto_sub(
+        "mosquitto_sub",
         "localhost",
-        "-p",
-        &tls,
-        "--cafile",
-        &c("ca.pem"),
-        "--cert",
-        &c("client.pem"),
-    ])
-    .args([
-        "--key",
-        &c("client.key"),
-        "-t",
-        "demo/#",
-        "-v",
-        "-C",
-        "2",
-        "-W",
-        "15",
-    ]);
-    let mut sub = Proc::spawn("mosquitto_sub", sub);
+        tls,
+        &[
+            "--cafile", &ca, "--cert", &cert, "--key", &key, "-t", "demo/#", "-v", "-C", "2", "-W",
+            "15",
+        ],
+    );
     // publish (repeating until the subscription is in place) over TLS and plain
     let deadline = std::time::Instant::now() + Duration::from_secs(12);
     while sub.count_log("hi from") < 2 && std::time::Instant::now() < deadline {
         if sub.count_log("hi from TLS") == 0 {
-            let _ = Command::new(which("mosquitto_pub"))
-                .args([
-                    "-h",
-                    "localhost",
-                    "-p",
-                    &tls,
-                    "--cafile",
-                    &c("ca.pem"),
-                    "-t",
-                    "demo/hello",
-                    "-m",
-                    "hi from TLS",
-                ])
-                .output();
+            let tls_pub = ["--cafile", &ca, "-t", "demo/hello", "-m", "hi from TLS"];
+            mosquitto_pub("localhost", tls, &tls_pub);
         } else {
-            let _ = Command::new(which("mosquitto_pub"))
-                .args([
-                    "-h",
-                    "127.0.0.1",
-                    "-p",
-                    &plain,
-                    "-t",
-                    "demo/hello",
-                    "-m",
-                    "hi from plain",
-                ])
-                .output();
+            mosquitto_pub(
+                "127.0.0.1",
+                plain,
+                &["-t", "demo/hello", "-m", "hi from plain"],
+            );
         }
         std::thread::sleep(Duration::from_millis(200));
     }

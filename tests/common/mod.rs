@@ -291,6 +291,22 @@ pub fn which(bin: &str) -> String {
     panic!("{bin} is not installed: .ci/run installs it (apt)");
 }
 
+/// `mosquitto_pub -h HOST -p PORT ARGS…`, run to completion.
+pub fn mosquitto_pub(host: &str, port: u16, args: &[&str]) -> std::process::Output {
+    Command::new(which("mosquitto_pub"))
+        .args(["-h", host, "-p", &port.to_string()])
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("mosquitto_pub: {e}"))
+}
+
+/// `mosquitto_sub -h HOST -p PORT ARGS…`, running, its output collected under `name`.
+pub fn mosquitto_sub(name: &str, host: &str, port: u16, args: &[&str]) -> Proc {
+    let mut cmd = Command::new(which("mosquitto_sub"));
+    cmd.args(["-h", host, "-p", &port.to_string()]).args(args);
+    Proc::spawn(name, cmd)
+}
+
 /// A real Mosquitto broker on 127.0.0.1.
 pub struct Mosquitto {
     pub proc: Proc,
