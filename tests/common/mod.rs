@@ -291,13 +291,11 @@ pub fn which(bin: &str) -> String {
     panic!("{bin} is not installed: .ci/run installs it (apt)");
 }
 
-/// `mosquitto_pub -h HOST -p PORT ARGS…`, run to completion.
-pub fn mosquitto_pub(host: &str, port: u16, args: &[&str]) -> std::process::Output {
-    Command::new(which("mosquitto_pub"))
-        .args(["-h", host, "-p", &port.to_string()])
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("mosquitto_pub: {e}"))
+/// `mosquitto_pub -h HOST -p PORT ARGS…`, run to completion (killed after 10 s).
+pub fn mosquitto_pub(host: &str, port: u16, args: &[&str]) -> ScriptRun {
+    let mut cmd = Command::new(which("mosquitto_pub"));
+    cmd.args(["-h", host, "-p", &port.to_string()]).args(args);
+    ScriptRun::run(cmd, Duration::from_secs(10))
 }
 
 /// `mosquitto_sub -h HOST -p PORT ARGS…`, running, its output collected under `name`.

@@ -68,6 +68,11 @@ impl ScriptRun {
         }
     }
 
+    /// Whether it exited 0.
+    pub fn success(&self) -> bool {
+        self.status == Some(0)
+    }
+
     /// The names of the failed checks (the reasons are in the output).
     pub fn failed(&self) -> Vec<&str> {
         self.output
