@@ -239,8 +239,7 @@ async fn without_max_keepalive_the_client_keep_alive_stands() {
 /// sentinel (packet id 65535) whose PUBACK says every one before it was handled (one
 /// connection's packets are handled in order).
 async fn publish_retained(addr: SocketAddr, n: u32) {
-    let mut c = Raw::new(tcp(addr).await, Version::V5);
-    assert_eq!(c.connect("retainer", true, 60).await.code, 0);
+    let mut c = Raw::client(addr, Version::V5, "retainer").await;
     let mut bytes = BytesMut::new();
     for i in 0..n {
         let pid = (i % 65534) as u16 + 1;
@@ -270,8 +269,7 @@ async fn publish_retained(addr: SocketAddr, n: u32) {
 /// would) and counts the distinct retained topics received until `n` arrived or nothing came
 /// for 3 s.
 async fn retained_received(addr: SocketAddr, id: &str, qos: u8, n: usize) -> usize {
-    let mut c = Raw::new(tcp(addr).await, Version::V5);
-    assert_eq!(c.connect(id, true, 60).await.code, 0);
+    let mut c = Raw::client(addr, Version::V5, id).await;
     // nothing comes between CONNACK and SUBACK: the stream is read raw from here on
     c.send(Packet::Subscribe(mqedge_broker::protocol::Subscribe {
         packet_id: 1,
@@ -423,8 +421,7 @@ fn alias_topics(n: usize) -> Vec<String> {
 /// Publishes one QoS 1 message per topic (payload = its topic), pipelined, and waits for the
 /// last PUBACK.
 async fn publish_topics(addr: SocketAddr, topics: &[String]) {
-    let mut c = Raw::new(tcp(addr).await, Version::V5);
-    assert_eq!(c.connect("alias-pub", true, 60).await.code, 0);
+    let mut c = Raw::client(addr, Version::V5, "alias-pub").await;
     let mut bytes = BytesMut::new();
     for (i, t) in topics.iter().enumerate() {
         let p = publish(t, t.as_bytes(), 1, Some(i as u16 + 1), false);
@@ -457,8 +454,7 @@ async fn v5_broker_uses_topic_aliases_the_client_allowed() {
         .connect_with("alias-sub", true, 60, None, None, with)
         .await;
     assert_eq!(ack0.code, 0);
-    let mut plain = Raw::new(tcp(n.addr()).await, Version::V5);
-    assert_eq!(plain.connect("alias-plain", true, 60).await.code, 0);
+    let mut plain = Raw::client(n.addr(), Version::V5, "alias-plain").await;
     assert_eq!(sub.subscribe(1, &[("alias/#", 1)]).await, vec![1]);
     assert_eq!(plain.subscribe(1, &[("alias/#", 1)]).await, vec![1]);
     let topics = alias_topics(300);
