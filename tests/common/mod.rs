@@ -317,8 +317,12 @@ impl Mosquitto {
         Self::start_with("")
     }
     pub fn start_with(extra: &str) -> Mosquitto {
+        Self::start_on_with(free_port(), extra)
+    }
+
+    /// Mosquitto on `port` with `extra` config lines.
+    fn start_on_with(port: u16, extra: &str) -> Mosquitto {
         let dir = TempDir::new("mosq");
-        let port = free_port();
         let conf = dir.write(
             "mosquitto.conf",
             &format!(
@@ -793,21 +797,7 @@ pub fn metric(samples: &[(String, String, f64)], name: &str, needles: &[&str]) -
 impl Mosquitto {
     /// Starts Mosquitto on a given port (to restart a killed backend at the same address).
     pub fn start_on(port: u16) -> Mosquitto {
-        let dir = TempDir::new("mosq");
-        let conf = dir.write(
-            "mosquitto.conf",
-            &format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"),
-        );
-        let mut cmd = Command::new(which("mosquitto"));
-        cmd.arg("-c").arg(&conf);
-        let proc = Proc::spawn("mosquitto", cmd);
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        wait_port(addr, Duration::from_secs(10));
-        Mosquitto {
-            proc,
-            addr,
-            _dir: dir,
-        }
+        Self::start_on_with(port, "")
     }
 }
 
