@@ -68,71 +68,110 @@ fn fail(code: u8, msg: impl Display) -> ExitCode {
     ExitCode::from(code)
 }
 
+/// A phase's failure: the exit code, after its message was printed.
+type Step<T> = Result<T, ExitCode>;
+
 /// Runs the topology until Ctrl-C, SIGTERM or SIGHUP. Exit 0 after a signal, 1 for a bad
 /// argument or unwritable `dir`, 2 when a port is taken or the topology does not come up.
 pub fn run(dir: &Path, base_port: Option<u16>) -> ExitCode {
-    let ports = match Ports::new(base_port) {
-        Ok(p) => p,
-        Err(e) => return fail(1, e),
-    };
+    match run_phases(dir, base_port) {
+        Ok(code) | Err(code) => code,
+    }
+}
+
+fn run_phases(dir: &Path, base_port: Option<u16>) -> Step<ExitCode> {
+    let ports = Ports::new(base_port).map_err(|e| fail(1, e))?;
     // before any child exists: a signal from here on stops the topology instead of killing us
-    let mut signals = match Signals::new() {
-        Ok(s) => s,
-        Err(e) => return fail(2, format!("cannot install signal handlers: {e}")),
-    };
-    if let Err(e) = std::fs::create_dir_all(dir) {
-        return fail(1, format!("cannot create {}: {e}", dir.display()));
-    }
-    let dir = match dir.canonicalize() {
-        Ok(d) => d,
-        Err(e) => return fail(1, format!("{}: {e}", dir.display())),
-    };
-    let taken = ports.taken();
-    if !taken.is_empty() {
-        for t in &taken {
-            warn(t);
-        }
-        if taken
-            .iter()
-            .any(|t| t.contains("(mosquitto)") || t.starts_with("port 1883 "))
-        {
-            warn(
-                "Debian's mosquitto package starts a broker on 1883 when it is installed; \
-                 stop it with `sudo systemctl disable --now mosquitto`",
-            );
-        }
-        warn(format!(
-            "`mqedge up --base-port N` moves all {} ports to N..N+{}",
-            ports::COUNT,
-            ports::COUNT - 1
-        ));
-        return ExitCode::from(2);
-    }
+    let mut signals =
+        Signals::new().map_err(|e| fail(2, format!("cannot install signal handlers: {e}")))?;
+    let dir = prepare_dir(dir)?;
+    check_ports(&ports)?;
     let certs = dir.join("certs");
-    if !certs.join("ca.pem").exists() || !certs.join("client.pem").exists() {
-        // a CA that is there stays (certificates it signed keep verifying); the rest is made
-        let opts = mqedge_shared::certs::CertOptions {
-            reuse_ca: certs.join("ca.pem").exists() && certs.join("ca.key").exists(),
-            ..Default::default()
-        };
-        if let Err(e) = mqedge_shared::certs::generate(&certs, &opts) {
-            return fail(2, format!("generating dev certificates: {e}"));
-        }
-        say(format!(
-            "mqedge up: dev certificates written to {}",
-            certs.display()
-        ));
-    }
+    ensure_certs(&certs)?;
     let cfg_dir = dir.join("configs");
-    if let Err(e) = std::fs::create_dir_all(&cfg_dir) {
-        return fail(1, format!("cannot create {}: {e}", cfg_dir.display()));
+    let files = write_configs(&dir, &cfg_dir, &ports)?;
+    let mut children = start_children(&files)?;
+    if let Some(sig) = wait_ready(&ports, &mut children, &mut signals)? {
+        warn(format!("{sig} while starting: stopping"));
+        stop_all(&mut children);
+        say("mqedge up: stopped");
+        return Ok(ExitCode::SUCCESS);
+    }
+    print_banner(&certs, &ports, &cfg_dir);
+    let sig = watch(&mut children, &mut signals);
+    warn(format!("{sig}: stopping every child"));
+    stop_all(&mut children);
+    say("mqedge up: stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `dir`, created when missing, as an absolute path (the configs name files inside it).
+fn prepare_dir(dir: &Path) -> Step<PathBuf> {
+    if let Err(e) = std::fs::create_dir_all(dir) {
+        return Err(fail(1, format!("cannot create {}: {e}", dir.display())));
+    }
+    dir.canonicalize()
+        .map_err(|e| fail(1, format!("{}: {e}", dir.display())))
+}
+
+/// Exit 2 with a line per taken port (and the hints that free or move them).
+fn check_ports(ports: &Ports) -> Step<()> {
+    let taken = ports.taken();
+    if taken.is_empty() {
+        return Ok(());
+    }
+    for t in &taken {
+        warn(t);
+    }
+    if taken
+        .iter()
+        .any(|t| t.contains("(mosquitto)") || t.starts_with("port 1883 "))
+    {
+        warn(
+            "Debian's mosquitto package starts a broker on 1883 when it is installed; \
+             stop it with `sudo systemctl disable --now mosquitto`",
+        );
+    }
+    warn(format!(
+        "`mqedge up --base-port N` moves all {} ports to N..N+{}",
+        ports::COUNT,
+        ports::COUNT - 1
+    ));
+    Err(ExitCode::from(2))
+}
+
+/// Dev certificates in `certs`, made when the CA or the client certificate is missing.
+fn ensure_certs(certs: &Path) -> Step<()> {
+    if certs.join("ca.pem").exists() && certs.join("client.pem").exists() {
+        return Ok(());
+    }
+    // a CA that is there stays (certificates it signed keep verifying); the rest is made
+    let opts = mqedge_shared::certs::CertOptions {
+        reuse_ca: certs.join("ca.pem").exists() && certs.join("ca.key").exists(),
+        ..Default::default()
+    };
+    if let Err(e) = mqedge_shared::certs::generate(certs, &opts) {
+        return Err(fail(2, format!("generating dev certificates: {e}")));
+    }
+    say(format!(
+        "mqedge up: dev certificates written to {}",
+        certs.display()
+    ));
+    Ok(())
+}
+
+/// The templates written to `cfg_dir`, paths moved to `dir` and ports to `ports`: `(role,
+/// file)` in start order.
+fn write_configs(dir: &Path, cfg_dir: &Path, ports: &Ports) -> Step<Vec<(&'static str, PathBuf)>> {
+    if let Err(e) = std::fs::create_dir_all(cfg_dir) {
+        return Err(fail(1, format!("cannot create {}: {e}", cfg_dir.display())));
     }
     let mut files = Vec::new();
     for (role, name, text) in TEMPLATES {
         let text = ports.rewrite(&text.replace("../../.mqedge", &dir.display().to_string()));
         let p = cfg_dir.join(name);
         if let Err(e) = std::fs::write(&p, text) {
-            return fail(1, format!("cannot write {}: {e}", p.display()));
+            return Err(fail(1, format!("cannot write {}: {e}", p.display())));
         }
         files.push((role, p));
     }
@@ -142,23 +181,36 @@ pub fn run(dir: &Path, base_port: Option<u16>) -> ExitCode {
         cfg_dir.display(),
         cfg_dir.join("lb.toml").display()
     ));
-    let exe = match std::env::current_exe() {
-        Ok(e) => e,
-        Err(e) => return fail(2, format!("cannot find this executable: {e}")),
-    };
+    Ok(files)
+}
+
+/// One child of this executable per config; on a failure the started ones are stopped.
+fn start_children(files: &[(&'static str, PathBuf)]) -> Step<Vec<(&'static str, Child)>> {
+    let exe = std::env::current_exe()
+        .map_err(|e| fail(2, format!("cannot find this executable: {e}")))?;
     let mut children: Vec<(&str, Child)> = Vec::new();
-    for (role, cfg) in &files {
+    for (role, cfg) in files {
         let sub = if *role == "lb" { "lb" } else { "broker" };
         match spawn(&exe, sub, cfg, role) {
             Ok(c) => children.push((role, c)),
             Err(e) => {
                 stop_all(&mut children);
-                return fail(2, format!("cannot start {role}: {e}"));
+                return Err(fail(2, format!("cannot start {role}: {e}")));
             }
         }
     }
-    // ready when an MQTT CONNECT through the LB's plain port gets a CONNACK from a node
-    // (admin ports are probed with a bare TCP connect; MQTT ports are not, to keep logs clean)
+    Ok(children)
+}
+
+/// Waits until an MQTT CONNECT through the LB's plain port gets a CONNACK from a node, the
+/// cluster formed: `None`. A stop signal meanwhile: its name. A child that exits or the
+/// deadline: every child stopped, exit 2. (Admin ports are probed with a bare TCP connect; MQTT
+/// ports are not, to keep logs clean.)
+fn wait_ready(
+    ports: &Ports,
+    children: &mut Vec<(&str, Child)>,
+    signals: &mut Signals,
+) -> Step<Option<&'static str>> {
     let admins: Vec<SocketAddr> = [
         ports.lb_admin(),
         ports.node_admin(1),
@@ -177,29 +229,23 @@ pub fn run(dir: &Path, base_port: Option<u16>) -> ExitCode {
             && cluster_formed(local(ports.node_admin(1)), 3)
             && mqtt_probe(local(ports.lb_plain()))
         {
-            break;
+            return Ok(None);
         }
         if Instant::now() > deadline
             || children
                 .iter_mut()
                 .any(|(_, c)| matches!(c.try_wait(), Ok(Some(_))))
         {
-            stop_all(&mut children);
-            return fail(2, "the topology did not come up; see the output above");
+            stop_all(children);
+            return Err(fail(
+                2,
+                "the topology did not come up; see the output above",
+            ));
         }
         if let Some(sig) = signals.wait(Duration::from_millis(200)) {
-            warn(format!("{sig} while starting: stopping"));
-            stop_all(&mut children);
-            say("mqedge up: stopped");
-            return ExitCode::SUCCESS;
+            return Ok(Some(sig));
         }
     }
-    print_banner(&certs, &ports, &cfg_dir);
-    let sig = watch(&mut children, &mut signals);
-    warn(format!("{sig}: stopping every child"));
-    stop_all(&mut children);
-    say("mqedge up: stopped");
-    ExitCode::SUCCESS
 }
 
 fn local(port: u16) -> SocketAddr {

@@ -71,9 +71,10 @@ fn bench_json(args: &[&str]) -> Value {
     serde_json::from_str(lines[0]).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"))
 }
 
-fn broker(dir: &TempDir) -> (BrokerProc, SocketAddr) {
+/// The broker the bench drives, in-process (the binary under test is `mqedge bench`).
+fn broker(dir: &TempDir) -> (InProcBroker, SocketAddr) {
     let cfg = dir.write("broker.toml", &broker_config("127.0.0.1:0", "", ""));
-    let b = BrokerProc::start(&cfg);
+    let b = InProcBroker::start(&cfg);
     let addr = b.addr();
     (b, addr)
 }
@@ -309,7 +310,7 @@ fn tls_through_the_lb_with_client_certificates() {
             "",
         ),
     );
-    let lb = Lb::start(&lb_cfg);
+    let lb = InProcLb::start(&lb_cfg);
     let tls = lb.addr("mqtts");
     let (ca, cert, key) = (
         pki.file("ca.pem"),

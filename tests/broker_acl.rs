@@ -24,7 +24,7 @@ const TEST_LIMIT: Duration = Duration::from_secs(60);
 /// Time to wait for a message that must not arrive.
 const QUIET: Duration = Duration::from_millis(400);
 
-fn start_broker(dir: &TempDir) -> BrokerProc {
+fn start_broker(dir: &TempDir) -> InProcBroker {
     dir.write("acl", ACL);
     let cfg = dir.write(
         "b.toml",
@@ -34,11 +34,11 @@ fn start_broker(dir: &TempDir) -> BrokerProc {
             "[auth]\nallow_anonymous = true\nacl_file = \"acl\"\n",
         ),
     );
-    BrokerProc::start(&cfg)
+    InProcBroker::start(&cfg)
 }
 
-async fn client(b: &BrokerProc, v: Version, id: &str, user: Option<&str>) -> Raw<TcpStream> {
-    let mut c = Raw::new(tcp_from(None, b.addr()).await.unwrap(), v);
+async fn client(b: &InProcBroker, v: Version, id: &str, user: Option<&str>) -> Raw<TcpStream> {
+    let mut c = Raw::new(tcp(b.addr()).await, v);
     let ack = c
         .connect_with(
             id,

@@ -1,4 +1,4 @@
-//! Real clients against `mqedge broker`: rumqttc (the v3.1.1 API and `rumqttc::v5`) and the
+//! Real clients against the broker (run in-process): rumqttc (the v3.1.1 API and `rumqttc::v5`) and the
 //! Debian `mosquitto_pub`/`mosquitto_sub` (`-V mqttv311` and `-V mqttv5`), each talking to the
 //! others through the broker. QoS 0/1/2 both ways, retained messages, wills on an abrupt
 //! disconnect, wildcards, shared and overlapping subscriptions, `$` topics, session takeover and
@@ -17,27 +17,6 @@ use std::time::Duration;
 
 use common::*;
 use tokio::sync::mpsc;
-
-/// A broker with the default test config, and the directory holding its config.
-struct Node {
-    b: BrokerProc,
-    _dir: TempDir,
-}
-
-fn start_broker(tag: &str) -> Node {
-    let dir = TempDir::new(tag);
-    let cfg = dir.write("b.toml", &broker_config("127.0.0.1:0", "", ""));
-    Node {
-        b: BrokerProc::start(&cfg),
-        _dir: dir,
-    }
-}
-
-impl Node {
-    fn addr(&self) -> SocketAddr {
-        self.b.addr()
-    }
-}
 
 /// A received application message, whichever client received it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -444,7 +423,7 @@ const QUIET: Duration = Duration::from_millis(300);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rumqttc_publishers_reach_mosquitto_sub_at_qos_0_1_2() {
-    let n = start_broker("cl-qos-out");
+    let n = InProcBroker::plain("cl-qos-out", "");
     let addr = n.addr();
     for (sub_version, pub_v5) in [("mqttv311", true), ("mqttv5", false)] {
         let filter = format!("rt/{sub_version}/#");
@@ -494,7 +473,7 @@ async fn rumqttc_publishers_reach_mosquitto_sub_at_qos_0_1_2() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mosquitto_pub_reaches_rumqttc_subscribers_at_qos_0_1_2() {
-    let n = start_broker("cl-qos-in");
+    let n = InProcBroker::plain("cl-qos-in", "");
     let addr = n.addr();
     let mut s4 = connect4(addr, "sub-v4", |_| {}).await;
     let mut s5 = connect5(addr, "sub-v5", |_| {}).await;
@@ -528,7 +507,7 @@ async fn mosquitto_pub_reaches_rumqttc_subscribers_at_qos_0_1_2() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retained_message_from_mosquitto_pub_reaches_later_subscribers_and_empty_clears_it() {
-    let n = start_broker("cl-retained");
+    let n = InProcBroker::plain("cl-retained", "");
     let addr = n.addr();
     mosquitto_pub(
         addr,
@@ -572,7 +551,7 @@ async fn retained_message_from_mosquitto_pub_reaches_later_subscribers_and_empty
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn will_is_published_when_a_client_vanishes_without_disconnect() {
-    let n = start_broker("cl-will");
+    let n = InProcBroker::plain("cl-will", "");
     let addr = n.addr();
     let watcher = mosquitto_sub(addr, &["-V", "mqttv5", "-q", "1", "-t", "will/#"]);
     watcher.subscribed().await;
@@ -623,7 +602,7 @@ async fn will_is_published_when_a_client_vanishes_without_disconnect() {
     })
     .await;
     c.disconnect().await;
-    let admin = n.b.admin();
+    let admin = n.admin();
     assert!(
         eventually(T, || http("GET", admin, "/api/clients/dev-polite").0 == 404).await,
         "dev-polite's clean session should end at its DISCONNECT"
@@ -638,7 +617,7 @@ async fn will_is_published_when_a_client_vanishes_without_disconnect() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wildcards_match_as_specified_across_clients() {
-    let n = start_broker("cl-wild");
+    let n = InProcBroker::plain("cl-wild", "");
     let addr = n.addr();
     let mut plus = connect4(addr, "w-plus", |_| {}).await;
     plus.subscribe("a/+/c", 1).await;
@@ -677,7 +656,7 @@ async fn wildcards_match_as_specified_across_clients() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shared_subscription_gives_each_message_to_one_group_member() {
-    let n = start_broker("cl-shared");
+    let n = InProcBroker::plain("cl-shared", "");
     let addr = n.addr();
     let mut m1 = connect4(addr, "worker-1", |_| {}).await;
     let mut m2 = connect5(addr, "worker-2", |_| {}).await;
@@ -724,7 +703,7 @@ async fn shared_subscription_gives_each_message_to_one_group_member() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn overlapping_subscriptions_deliver_one_copy_at_the_highest_qos() {
-    let n = start_broker("cl-overlap");
+    let n = InProcBroker::plain("cl-overlap", "");
     let addr = n.addr();
     let mut c4 = connect4(addr, "ov-4", |_| {}).await;
     let mut c5 = connect5(addr, "ov-5", |_| {}).await;
@@ -752,7 +731,7 @@ async fn overlapping_subscriptions_deliver_one_copy_at_the_highest_qos() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dollar_topics_are_not_matched_by_leading_wildcards() {
-    let n = start_broker("cl-dollar");
+    let n = InProcBroker::plain("cl-dollar", "");
     let addr = n.addr();
     // $SYS exists (retained) so the negative checks below mean something
     let mut sys = connect4(addr, "sys-reader", |_| {}).await;
@@ -786,7 +765,7 @@ async fn dollar_topics_are_not_matched_by_leading_wildcards() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn second_connection_with_the_same_client_id_takes_the_session_over() {
-    let n = start_broker("cl-takeover");
+    let n = InProcBroker::plain("cl-takeover", "");
     let addr = n.addr();
 
     // v3.1.1: the first connection is closed
@@ -824,7 +803,7 @@ async fn second_connection_with_the_same_client_id_takes_the_session_over() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mosquitto_sub_persistent_session_gets_qos1_messages_published_while_away() {
-    let n = start_broker("cl-persist");
+    let n = InProcBroker::plain("cl-persist", "");
     let addr = n.addr();
     let mut p = connect5(addr, "away-pub", |_| {}).await;
     for v in ["mqttv311", "mqttv5"] {
@@ -875,7 +854,7 @@ async fn mosquitto_sub_persistent_session_gets_qos1_messages_published_while_awa
 /// with an empty topic, so it cannot use aliases.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rumqttc_v5_decodes_the_broker_topic_aliases() {
-    let n = start_broker("cl-alias");
+    let n = InProcBroker::plain("cl-alias", "");
     let addr = n.addr();
     let mut r = connect5(addr, "alias-rumqttc", |o| {
         o.set_topic_alias_max(Some(2));

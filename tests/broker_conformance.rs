@@ -3,21 +3,21 @@
 //! names the statement it checks. Ids are 3.1.1 numbering unless marked v5; where the v5 text
 //! has no id, its section is given.
 //!
-//! Every test starts its own broker, so a connection the broker mishandles cannot disturb
+//! Every test starts its own broker (in-process, [`InProcBroker`]; the SIGTERM test runs the
+//! binary), so a connection the broker mishandles cannot disturb
 //! another test. Waits end on what the broker does (a packet, a close) under a deadline; the only
 //! sleeps are the ones that let protocol time pass (message and session expiry, will delay).
 
 mod common;
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::*;
 use mqedge_protocol::{
-    encoded_len, reason, ConnectProperties, Disconnect, DisconnectProperties, Packet, PubAck,
-    Publish, PublishProperties, QoS, RetainHandling, Subscribe, SubscribeFilter,
-    SubscribeProperties, Unsubscribe, Version, Will, WillProperties,
+    encoded_len, reason, ConnectProperties, Disconnect, DisconnectProperties, Packet, Publish,
+    PublishProperties, QoS, RetainHandling, Subscribe, SubscribeFilter, SubscribeProperties,
+    Unsubscribe, Version, Will, WillProperties,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -26,53 +26,7 @@ const T: Duration = Duration::from_secs(3);
 /// How long "nothing else arrives" is watched for, once a sentinel made everything due arrive.
 const QUIET: Duration = Duration::from_millis(300);
 
-struct Node {
-    b: BrokerProc,
-    _dir: TempDir,
-}
-
-fn start_broker(tag: &str) -> Node {
-    let dir = TempDir::new(tag);
-    let cfg = dir.write("b.toml", &broker_config("127.0.0.1:0", "", ""));
-    Node {
-        b: BrokerProc::start(&cfg),
-        _dir: dir,
-    }
-}
-
-impl Node {
-    fn addr(&self) -> SocketAddr {
-        self.b.addr()
-    }
-}
-
 type Conn = Raw<TcpStream>;
-
-async fn tcp(addr: SocketAddr) -> TcpStream {
-    tcp_from(None, addr).await.unwrap()
-}
-
-/// A connected client (clean start, keep-alive 30 s) whose CONNACK said success.
-async fn client(addr: SocketAddr, v: Version, id: &str) -> Conn {
-    let mut c = Raw::new(tcp(addr).await, v);
-    let ack = c.connect(id, true, 30).await;
-    assert_eq!(ack.code, 0, "{id}: CONNACK {ack:?}");
-    c
-}
-
-/// A v5 client with CONNECT properties (and optionally a will).
-async fn client5(
-    addr: SocketAddr,
-    id: &str,
-    clean: bool,
-    will: Option<Will>,
-    props: ConnectProperties,
-) -> (Conn, mqedge_protocol::ConnAck) {
-    let mut c = Raw::new(tcp(addr).await, Version::V5);
-    let ack = c.connect_with(id, clean, 30, will, None, props).await;
-    assert_eq!(ack.code, 0, "{id}: CONNACK {ack:?}");
-    (c, ack)
-}
 
 /// A hand-made CONNECT: protocol `name`, `level`, connect `flags`, keep-alive, client id (and an
 /// empty property block when level is 5).
@@ -144,26 +98,6 @@ async fn expect_close(c: &mut Conn, code: u8, what: &str) {
     assert!(c.closed_within(T).await, "{what}: connection not closed");
 }
 
-fn publish(topic: &str, payload: &[u8], qos: u8, pid: Option<u16>, retain: bool) -> Publish {
-    Publish {
-        dup: false,
-        qos: QoS::from_u8(qos).unwrap(),
-        retain,
-        topic: topic.to_string(),
-        packet_id: pid,
-        properties: PublishProperties::default(),
-        payload: Bytes::copy_from_slice(payload),
-    }
-}
-
-fn ack(packet_id: u16) -> PubAck {
-    PubAck {
-        packet_id,
-        code: 0,
-        properties: Default::default(),
-    }
-}
-
 /// The next packet satisfying `want`, skipping others; panics when none comes in time.
 async fn expect(c: &mut Conn, what: &str, mut want: impl FnMut(&Packet) -> bool) -> Packet {
     let deadline = tokio::time::Instant::now() + T;
@@ -210,22 +144,13 @@ async fn publish_done(c: &mut Conn, p: Publish) {
     }
 }
 
-/// Acknowledges a received PUBLISH as a subscriber must.
-async fn ack_publish(c: &mut Conn, p: &Publish) {
-    match (p.qos, p.packet_id) {
-        (QoS::AtLeastOnce, Some(id)) => c.send(Packet::PubAck(ack(id))).await,
-        (QoS::ExactlyOnce, Some(id)) => c.send(Packet::PubRec(ack(id))).await,
-        _ => {}
-    }
-}
-
 /// Receives (and acknowledges) PUBLISHes up to and including the first on `sentinel`.
 async fn until(c: &mut Conn, sentinel: &str) -> Vec<Publish> {
     let mut got = Vec::new();
     loop {
         match c.recv(T).await {
             Some(Packet::Publish(p)) => {
-                ack_publish(c, &p).await;
+                c.ack_publish(&p).await;
                 let done = p.topic == sentinel;
                 got.push(p);
                 if done {
@@ -282,7 +207,7 @@ async fn before_pingresp(c: &mut Conn) -> Vec<Publish> {
         match c.recv(T).await {
             Some(Packet::PingResp) => return got,
             Some(Packet::Publish(p)) => {
-                ack_publish(c, &p).await;
+                c.ack_publish(&p).await;
                 got.push(p);
             }
             Some(Packet::PubRel(r)) => c.send(Packet::PubComp(ack(r.packet_id))).await,
@@ -305,7 +230,7 @@ fn payloads(v: &[Publish]) -> Vec<String> {
 /// the one any client can read) and the connection is closed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unsupported_protocol_level_gets_connack_0x01_then_close() {
-    let n = start_broker("cf-level");
+    let n = InProcBroker::plain("cf-level", "");
     for level in [6u8, 2] {
         let mut s = tcp(n.addr()).await;
         s.write_all(&connect_bytes("MQTT", level, 0x02, 30, "lvl"))
@@ -324,7 +249,7 @@ async fn unsupported_protocol_level_gets_connack_0x01_then_close() {
 /// MQTT-3.1.0-1: the first packet must be CONNECT; anything else closes the connection.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn first_packet_other_than_connect_closes() {
-    let n = start_broker("cf-first");
+    let n = InProcBroker::plain("cf-first", "");
     let cases: [(&str, &[u8]); 3] = [
         ("PINGREQ", &[0xC0, 0x00]),
         ("PUBLISH", &[0x30, 0x04, 0x00, 0x01, b'a', b'x']),
@@ -345,14 +270,14 @@ async fn first_packet_other_than_connect_closes() {
 /// MQTT-3.1.0-2: a second CONNECT is a protocol violation (v5: DISCONNECT 0x82).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn second_connect_closes_the_connection() {
-    let n = start_broker("cf-second");
-    let mut c = client(n.addr(), Version::V311, "twice-3").await;
+    let n = InProcBroker::plain("cf-second", "");
+    let mut c = Raw::client(n.addr(), Version::V311, "twice-3").await;
     c.s.write_all(&connect_bytes("MQTT", 4, 0x02, 30, "twice-3"))
         .await
         .unwrap();
     assert!(c.closed_within(T).await, "3.1.1: second CONNECT accepted");
 
-    let mut c = client(n.addr(), Version::V5, "twice-5").await;
+    let mut c = Raw::client(n.addr(), Version::V5, "twice-5").await;
     c.s.write_all(&connect_bytes("MQTT", 5, 0x02, 30, "twice-5"))
         .await
         .unwrap();
@@ -363,7 +288,7 @@ async fn second_connect_closes_the_connection() {
 /// successful CONNACK).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reserved_connect_flag_closes() {
-    let n = start_broker("cf-reserved");
+    let n = InProcBroker::plain("cf-reserved", "");
     for level in [4u8, 5] {
         let mut s = tcp(n.addr()).await;
         s.write_all(&connect_bytes("MQTT", level, 0x03, 30, "reserved"))
@@ -383,7 +308,7 @@ async fn reserved_connect_flag_closes() {
 /// it is accepted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn empty_client_id_in_3_1_1_needs_clean_session() {
-    let n = start_broker("cf-emptyid");
+    let n = InProcBroker::plain("cf-emptyid", "");
     let mut s = tcp(n.addr()).await;
     s.write_all(&connect_bytes("MQTT", 4, 0x00, 30, ""))
         .await
@@ -404,8 +329,8 @@ async fn empty_client_id_in_3_1_1_needs_clean_session() {
 /// v5 MQTT-3.2.2-16: a zero-length client id gets an Assigned Client Identifier in CONNACK.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn v5_empty_client_id_gets_an_assigned_identifier() {
-    let n = start_broker("cf-assigned");
-    let (mut c, ack) = client5(n.addr(), "", true, None, Default::default()).await;
+    let n = InProcBroker::plain("cf-assigned", "");
+    let (mut c, ack) = Raw::client5(n.addr(), "", true, None, Default::default()).await;
     let id = ack
         .properties
         .assigned_client_identifier
@@ -416,7 +341,7 @@ async fn v5_empty_client_id_gets_an_assigned_identifier() {
     c.publish("assigned/t", b"x", 1, Some(2), false).await;
     let got = until(&mut c, "assigned/t").await;
     assert_eq!(payloads(&got), ["x"]);
-    let v = get_json(n.b.admin(), &format!("/api/clients/{id}"));
+    let v = get_json(n.admin(), &format!("/api/clients/{id}"));
     assert_eq!(v["connected"], true, "{v}");
 }
 
@@ -424,8 +349,8 @@ async fn v5_empty_client_id_gets_an_assigned_identifier() {
 /// Size, Topic Alias Maximum); a 3.1.1 clean session gets exactly `20 02 00 00` (MQTT-3.2.2-1).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connack_layouts_and_v5_server_limits() {
-    let n = start_broker("cf-connack");
-    let (_c, ack) = client5(n.addr(), "limits", true, None, Default::default()).await;
+    let n = InProcBroker::plain("cf-connack", "");
+    let (_c, ack) = Raw::client5(n.addr(), "limits", true, None, Default::default()).await;
     assert!(!ack.session_present);
     let p = &ack.properties;
     assert!(
@@ -453,7 +378,7 @@ async fn connack_layouts_and_v5_server_limits() {
 /// MQTT 3.1 (`MQIsdp`, level 3) clients are served like 3.1.1.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mqtt_3_1_mqisdp_client_connects_and_exchanges_messages() {
-    let n = start_broker("cf-mqisdp");
+    let n = InProcBroker::plain("cf-mqisdp", "");
     let mut s = tcp(n.addr()).await;
     s.write_all(&connect_bytes("MQIsdp", 3, 0x02, 30, "old-timer"))
         .await
@@ -469,7 +394,7 @@ async fn mqtt_3_1_mqisdp_client_connects_and_exchanges_messages() {
     publish_done(&mut c, publish("old/t", b"3.1 works", 1, Some(2), false)).await;
     let got = until(&mut c, "old/t").await;
     assert_eq!(payloads(&got), ["3.1 works"]);
-    let v = get_json(n.b.admin(), "/api/clients/old-timer");
+    let v = get_json(n.admin(), "/api/clients/old-timer");
     assert_eq!(v["protocol_version"], 3, "{v}");
 }
 
@@ -479,12 +404,12 @@ async fn mqtt_3_1_mqisdp_client_connects_and_exchanges_messages() {
 /// MQTT-3.3.2-2: a topic name must not contain wildcards (v5: DISCONNECT 0x90 Topic Name invalid).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publish_to_a_wildcard_topic_closes() {
-    let n = start_broker("cf-pubwild");
-    let mut c = client(n.addr(), Version::V311, "wild-3").await;
+    let n = InProcBroker::plain("cf-pubwild", "");
+    let mut c = Raw::client(n.addr(), Version::V311, "wild-3").await;
     c.publish("a/+", b"x", 0, None, false).await;
     assert!(c.closed_within(T).await, "3.1.1: PUBLISH to a/+ accepted");
 
-    let mut c = client(n.addr(), Version::V5, "wild-5").await;
+    let mut c = Raw::client(n.addr(), Version::V5, "wild-5").await;
     c.publish("a/#", b"x", 1, Some(1), false).await;
     expect_disconnect(&mut c, reason::TOPIC_NAME_INVALID, "v5 PUBLISH to a/#").await;
 }
@@ -493,11 +418,11 @@ async fn publish_to_a_wildcard_topic_closes() {
 /// malformed packet: the connection is closed (v5: DISCONNECT 0x81 before it, if any).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publish_with_invalid_utf8_or_nul_in_topic_closes() {
-    let n = start_broker("cf-utf8");
+    let n = InProcBroker::plain("cf-utf8", "");
     let bad_topics: [&[u8]; 3] = [b"a\xC3\x28", b"a\xED\xA0\x80", b"a\x00b"];
     for (i, topic) in bad_topics.iter().enumerate() {
         for v in [Version::V311, Version::V5] {
-            let mut c = client(n.addr(), v, &format!("utf8-{i}-{}", v.level())).await;
+            let mut c = Raw::client(n.addr(), v, &format!("utf8-{i}-{}", v.level())).await;
             let mut body = Vec::new();
             body.extend_from_slice(&(topic.len() as u16).to_be_bytes());
             body.extend_from_slice(topic);
@@ -522,12 +447,12 @@ async fn publish_with_invalid_utf8_or_nul_in_topic_closes() {
 /// id is acknowledged with PUBREC again and must not be delivered twice onward.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn qos2_retransmission_before_pubrel_is_delivered_once() {
-    let n = start_broker("cf-qos2dup");
+    let n = InProcBroker::plain("cf-qos2dup", "");
     for v in [Version::V311, Version::V5] {
         let l = v.level();
-        let mut sub = client(n.addr(), v, &format!("q2-sub-{l}")).await;
+        let mut sub = Raw::client(n.addr(), v, &format!("q2-sub-{l}")).await;
         sub.subscribe(1, &[(&format!("q2/{l}/#"), 2)]).await;
-        let mut p = client(n.addr(), v, &format!("q2-pub-{l}")).await;
+        let mut p = Raw::client(n.addr(), v, &format!("q2-pub-{l}")).await;
         let topic = format!("q2/{l}/m");
         let first = publish(&topic, b"exactly once", 2, Some(7), false);
         p.send(Packet::Publish(first.clone())).await;
@@ -564,10 +489,10 @@ async fn qos2_retransmission_before_pubrel_is_delivered_once() {
 /// a PUBLISH reusing it is a new message.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn packet_id_reused_after_its_flow_completes_is_a_new_message() {
-    let n = start_broker("cf-pidreuse");
-    let mut sub = client(n.addr(), Version::V311, "reuse-sub").await;
+    let n = InProcBroker::plain("cf-pidreuse", "");
+    let mut sub = Raw::client(n.addr(), Version::V311, "reuse-sub").await;
     sub.subscribe(1, &[("reuse/#", 2)]).await;
-    let mut p = client(n.addr(), Version::V311, "reuse-pub").await;
+    let mut p = Raw::client(n.addr(), Version::V311, "reuse-pub").await;
     publish_done(&mut p, publish("reuse/a", b"q2 first", 2, Some(7), false)).await;
     publish_done(&mut p, publish("reuse/a", b"q2 second", 2, Some(7), false)).await;
     publish_done(&mut p, publish("reuse/a", b"q1 first", 1, Some(7), false)).await;
@@ -583,14 +508,14 @@ async fn packet_id_reused_after_its_flow_completes_is_a_new_message() {
 /// v5 says so with reason 0x92 Packet Identifier not found (3.7.2.1).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pubrel_for_an_unknown_packet_id_gets_pubcomp() {
-    let n = start_broker("cf-pubrel");
-    let mut c = client(n.addr(), Version::V311, "rel-3").await;
+    let n = InProcBroker::plain("cf-pubrel", "");
+    let mut c = Raw::client(n.addr(), Version::V311, "rel-3").await;
     c.send(Packet::PubRel(ack(99))).await;
     match c.recv(T).await {
         Some(Packet::PubComp(a)) => assert_eq!(a.packet_id, 99),
         other => panic!("3.1.1: expected PUBCOMP 99, got {other:?}"),
     }
-    let mut c = client(n.addr(), Version::V5, "rel-5").await;
+    let mut c = Raw::client(n.addr(), Version::V5, "rel-5").await;
     c.send(Packet::PubRel(ack(99))).await;
     match c.recv(T).await {
         Some(Packet::PubComp(a)) => {
@@ -605,10 +530,10 @@ async fn pubrel_for_an_unknown_packet_id_gets_pubcomp() {
 /// normal, removes the retained message and is not itself retained.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn empty_retained_qos0_publish_clears_the_retained_message() {
-    let n = start_broker("cf-retclear");
-    let mut p = client(n.addr(), Version::V311, "ret-pub").await;
+    let n = InProcBroker::plain("cf-retclear", "");
+    let mut p = Raw::client(n.addr(), Version::V311, "ret-pub").await;
     publish_done(&mut p, publish("r/x", b"kept", 1, Some(1), true)).await;
-    let mut live = client(n.addr(), Version::V311, "ret-live").await;
+    let mut live = Raw::client(n.addr(), Version::V311, "ret-live").await;
     live.subscribe(1, &[("r/#", 1)]).await;
     let got = until(&mut live, "r/x").await;
     assert_eq!(payloads(&got), ["kept"]);
@@ -630,7 +555,7 @@ async fn empty_retained_qos0_publish_clears_the_retained_message() {
     );
 
     publish_done(&mut p, publish("r/y", b"other", 1, Some(2), true)).await;
-    let mut late = client(n.addr(), Version::V5, "ret-late").await;
+    let mut late = Raw::client(n.addr(), Version::V5, "ret-late").await;
     late.subscribe(1, &[("r/#", 1)]).await;
     let got = until(&mut late, "r/y").await;
     assert_eq!(payloads(&got), ["other"], "r/x must no longer be retained");
@@ -645,7 +570,7 @@ async fn empty_retained_qos0_publish_clears_the_retained_message() {
 /// packet ids, in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unacknowledged_deliveries_are_resent_on_reconnect() {
-    let n = start_broker("cf-resend");
+    let n = InProcBroker::plain("cf-resend", "");
     for v in [Version::V311, Version::V5] {
         let l = v.level();
         let id = format!("resend-{l}");
@@ -659,7 +584,7 @@ async fn unacknowledged_deliveries_are_resent_on_reconnect() {
             .await;
         assert_eq!(ack0.code, 0);
         sub.subscribe(1, &[(&format!("rs/{l}/#"), 2)]).await;
-        let mut p = client(n.addr(), v, &format!("resend-pub-{l}")).await;
+        let mut p = Raw::client(n.addr(), v, &format!("resend-pub-{l}")).await;
         for (i, (qos, body)) in [(1u8, "one"), (2, "two"), (2, "three")].iter().enumerate() {
             let t = format!("rs/{l}/{body}");
             publish_done(
@@ -746,13 +671,13 @@ async fn unacknowledged_deliveries_are_resent_on_reconnect() {
 /// MQTT-3.8.1-1: SUBSCRIBE fixed header flags must be 0010, else the connection is closed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subscribe_with_bad_fixed_header_flags_closes() {
-    let n = start_broker("cf-subflags");
-    let mut c = client(n.addr(), Version::V311, "subflags-3").await;
+    let n = InProcBroker::plain("cf-subflags", "");
+    let mut c = Raw::client(n.addr(), Version::V311, "subflags-3").await;
     c.s.write_all(&[0x80, 0x06, 0x00, 0x01, 0x00, 0x01, b'a', 0x00])
         .await
         .unwrap();
     expect_close(&mut c, 0, "3.1.1 SUBSCRIBE flags 0000").await;
-    let mut c = client(n.addr(), Version::V5, "subflags-5").await;
+    let mut c = Raw::client(n.addr(), Version::V5, "subflags-5").await;
     c.s.write_all(&[0x80, 0x07, 0x00, 0x01, 0x00, 0x00, 0x01, b'a', 0x00])
         .await
         .unwrap();
@@ -764,12 +689,12 @@ async fn subscribe_with_bad_fixed_header_flags_closes() {
 /// SUBSCRIBE are granted and the connection stays up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_topic_filters_are_refused_in_suback() {
-    let n = start_broker("cf-badfilter");
+    let n = InProcBroker::plain("cf-badfilter", "");
     for (v, fail) in [
         (Version::V311, 0x80u8),
         (Version::V5, reason::TOPIC_FILTER_INVALID),
     ] {
-        let mut c = client(n.addr(), v, &format!("badfilter-{}", v.level())).await;
+        let mut c = Raw::client(n.addr(), v, &format!("badfilter-{}", v.level())).await;
         let codes = c
             .subscribe(1, &[("a/#/b", 1), ("a+/b", 1), ("#/a", 1), ("ok/+", 1)])
             .await;
@@ -783,8 +708,8 @@ async fn invalid_topic_filters_are_refused_in_suback() {
 /// reports 0x11 No subscription existed for such a filter and 0x00 for a removed one (3.11.3).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unsubscribe_of_an_unknown_filter_is_acknowledged() {
-    let n = start_broker("cf-unsub");
-    let mut c = client(n.addr(), Version::V311, "unsub-3").await;
+    let n = InProcBroker::plain("cf-unsub", "");
+    let mut c = Raw::client(n.addr(), Version::V311, "unsub-3").await;
     c.send(Packet::Unsubscribe(Unsubscribe {
         packet_id: 10,
         user_properties: vec![],
@@ -796,7 +721,7 @@ async fn unsubscribe_of_an_unknown_filter_is_acknowledged() {
         other => panic!("3.1.1: expected UNSUBACK 10, got {other:?}"),
     }
 
-    let mut c = client(n.addr(), Version::V5, "unsub-5").await;
+    let mut c = Raw::client(n.addr(), Version::V5, "unsub-5").await;
     c.subscribe(1, &[("yes/sub", 1)]).await;
     c.send(Packet::Unsubscribe(Unsubscribe {
         packet_id: 9,
@@ -819,9 +744,9 @@ async fn unsubscribe_of_an_unknown_filter_is_acknowledged() {
 /// MQTT-3.12.4-1: PINGREQ is answered with PINGRESP.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pingreq_gets_pingresp() {
-    let n = start_broker("cf-ping");
+    let n = InProcBroker::plain("cf-ping", "");
     for v in [Version::V311, Version::V5] {
-        let mut c = client(n.addr(), v, &format!("ping-{}", v.level())).await;
+        let mut c = Raw::client(n.addr(), v, &format!("ping-{}", v.level())).await;
         for _ in 0..3 {
             c.send(Packet::PingReq).await;
             assert_eq!(c.recv(T).await, Some(Packet::PingResp), "v{}", v.level());
@@ -833,7 +758,7 @@ async fn pingreq_gets_pingresp() {
 /// 1.5 s pass without a packet — not before, and not much later; a client that pings stays.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keepalive_expiry_closes_a_silent_client_after_one_and_a_half_times() {
-    let n = start_broker("cf-keepalive");
+    let n = InProcBroker::plain("cf-keepalive", "");
     let addr = n.addr();
     let silent = |v: Version| async move {
         let start = Instant::now();
@@ -889,8 +814,8 @@ async fn keepalive_expiry_closes_a_silent_client_after_one_and_a_half_times() {
 /// normal DISCONNECT).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn v5_disconnect_setting_session_expiry_after_zero_is_a_protocol_error() {
-    let n = start_broker("cf-discexp");
-    let mut watch = client(n.addr(), Version::V5, "dis-watch").await;
+    let n = InProcBroker::plain("cf-discexp", "");
+    let mut watch = Raw::client(n.addr(), Version::V5, "dis-watch").await;
     watch.subscribe(1, &[("dis/#", 1)]).await;
     let will = Will {
         topic: "dis/will".into(),
@@ -899,7 +824,7 @@ async fn v5_disconnect_setting_session_expiry_after_zero_is_a_protocol_error() {
         retain: false,
         properties: WillProperties::default(),
     };
-    let (mut c, _) = client5(n.addr(), "dis-bad", true, Some(will), Default::default()).await;
+    let (mut c, _) = Raw::client5(n.addr(), "dis-bad", true, Some(will), Default::default()).await;
     c.send(Packet::Disconnect(Disconnect {
         code: 0,
         properties: DisconnectProperties {
@@ -922,8 +847,8 @@ async fn v5_disconnect_setting_session_expiry_after_zero_is_a_protocol_error() {
 /// Packet Size; a message too large for it is discarded, later ones still flow.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn v5_server_respects_the_client_maximum_packet_size() {
-    let n = start_broker("cf-maxpkt");
-    let (mut small, _) = client5(
+    let n = InProcBroker::plain("cf-maxpkt", "");
+    let (mut small, _) = Raw::client5(
         n.addr(),
         "small-client",
         true,
@@ -935,7 +860,7 @@ async fn v5_server_respects_the_client_maximum_packet_size() {
     )
     .await;
     small.subscribe(1, &[("big/#", 1)]).await;
-    let mut p = client(n.addr(), Version::V5, "big-pub").await;
+    let mut p = Raw::client(n.addr(), Version::V5, "big-pub").await;
     publish_done(&mut p, publish("big/a", &[b'x'; 500], 1, Some(1), false)).await;
     publish_done(&mut p, publish("big/b", b"fits", 1, Some(2), false)).await;
     let mut seen = Vec::new();
@@ -944,7 +869,7 @@ async fn v5_server_respects_the_client_maximum_packet_size() {
         let size = encoded_len(&pkt, Version::V5);
         assert!(size <= 100, "received a {size}-byte packet: {pkt:?}");
         if let Packet::Publish(m) = &pkt {
-            ack_publish(&mut small, m).await;
+            small.ack_publish(m).await;
             seen.push(m.topic.clone());
             if m.topic == "big/b" {
                 break;
@@ -958,8 +883,8 @@ async fn v5_server_respects_the_client_maximum_packet_size() {
 /// DISCONNECT 0x94 Topic Alias invalid.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn v5_topic_alias_above_the_maximum_is_refused_with_0x94() {
-    let n = start_broker("cf-aliasmax");
-    let (mut c, ack) = client5(n.addr(), "alias-max", true, None, Default::default()).await;
+    let n = InProcBroker::plain("cf-aliasmax", "");
+    let (mut c, ack) = Raw::client5(n.addr(), "alias-max", true, None, Default::default()).await;
     let max = ack.properties.topic_alias_maximum.unwrap_or(0);
     assert!(max < u16::MAX, "cannot exceed a maximum of {max}");
     let mut p = publish("alias/x", b"x", 0, None, false);
@@ -974,10 +899,10 @@ async fn v5_topic_alias_above_the_maximum_is_refused_with_0x94() {
 /// an unmapped alias with an empty topic is a Protocol Error.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn v5_topic_aliases_stand_for_their_topic_on_one_connection() {
-    let n = start_broker("cf-alias");
-    let mut sub = client(n.addr(), Version::V5, "alias-sub").await;
+    let n = InProcBroker::plain("cf-alias", "");
+    let mut sub = Raw::client(n.addr(), Version::V5, "alias-sub").await;
     sub.subscribe(1, &[("ta/#", 1)]).await;
-    let mut p = client(n.addr(), Version::V5, "alias-pub").await;
+    let mut p = Raw::client(n.addr(), Version::V5, "alias-pub").await;
     let with_alias = |topic: &str, body: &[u8], pid: u16| {
         let mut m = publish(topic, body, 1, Some(pid), false);
         m.properties.topic_alias = Some(3);
@@ -1016,7 +941,7 @@ async fn v5_topic_aliases_stand_for_their_topic_on_one_connection() {
 
     // a new connection of the same client starts with no aliases
     drop(p);
-    let mut p = client(n.addr(), Version::V5, "alias-pub").await;
+    let mut p = Raw::client(n.addr(), Version::V5, "alias-pub").await;
     p.send(Packet::Publish(with_alias("", b"stale", 5))).await;
     expect_disconnect(&mut p, reason::PROTOCOL_ERROR, "unmapped alias").await;
 }
@@ -1025,8 +950,8 @@ async fn v5_topic_aliases_stand_for_their_topic_on_one_connection() {
 /// Receive Maximum; each acknowledgement lets one more through.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn v5_client_receive_maximum_limits_unacknowledged_deliveries() {
-    let n = start_broker("cf-recvmax");
-    let (mut sub, _) = client5(
+    let n = InProcBroker::plain("cf-recvmax", "");
+    let (mut sub, _) = Raw::client5(
         n.addr(),
         "narrow",
         true,
@@ -1038,7 +963,7 @@ async fn v5_client_receive_maximum_limits_unacknowledged_deliveries() {
     )
     .await;
     sub.subscribe(1, &[("rm/#", 1)]).await;
-    let mut p = client(n.addr(), Version::V5, "rm-pub").await;
+    let mut p = Raw::client(n.addr(), Version::V5, "rm-pub").await;
     for i in 0..5u16 {
         publish_done(
             &mut p,
@@ -1084,8 +1009,8 @@ async fn v5_client_receive_maximum_limits_unacknowledged_deliveries() {
 /// server's Receive Maximum get DISCONNECT 0x93 Receive Maximum exceeded.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn v5_exceeding_the_server_receive_maximum_is_disconnected_0x93() {
-    let n = start_broker("cf-srvrecv");
-    let (mut c, ack0) = client5(n.addr(), "flooder", true, None, Default::default()).await;
+    let n = InProcBroker::plain("cf-srvrecv", "");
+    let (mut c, ack0) = Raw::client5(n.addr(), "flooder", true, None, Default::default()).await;
     let max = ack0.properties.receive_maximum.unwrap_or(u16::MAX);
     assert!(max < 1000, "receive maximum {max} too large to exceed here");
     for i in 0..max {
@@ -1114,16 +1039,16 @@ async fn v5_exceeding_the_server_receive_maximum_is_disconnected_0x93() {
 /// that is delivered carries the remaining lifetime.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn v5_message_expiry_drops_stale_messages_and_counts_down() {
-    let n = start_broker("cf-msgexp");
+    let n = InProcBroker::plain("cf-msgexp", "");
     let props = ConnectProperties {
         session_expiry_interval: Some(60),
         ..Default::default()
     };
-    let (mut sub, _) = client5(n.addr(), "exp-sub", true, None, props.clone()).await;
+    let (mut sub, _) = Raw::client5(n.addr(), "exp-sub", true, None, props.clone()).await;
     sub.subscribe(1, &[("me/#", 1)]).await;
     sub.send(Packet::Disconnect(Disconnect::default())).await;
     assert!(sub.closed_within(T).await);
-    let mut p = client(n.addr(), Version::V5, "exp-pub").await;
+    let mut p = Raw::client(n.addr(), Version::V5, "exp-pub").await;
     let mut short = publish("me/short", b"short", 1, Some(1), false);
     short.properties.message_expiry_interval = Some(1);
     let mut long = publish("me/long", b"long", 1, Some(2), false);
@@ -1134,7 +1059,7 @@ async fn v5_message_expiry_drops_stale_messages_and_counts_down() {
     publish_done(&mut p, retained).await;
     publish_done(&mut p, long).await;
     tokio::time::sleep(Duration::from_millis(2200)).await; // let the short ones expire
-    let (mut sub, ack0) = client5(n.addr(), "exp-sub", false, None, props).await;
+    let (mut sub, ack0) = Raw::client5(n.addr(), "exp-sub", false, None, props).await;
     assert!(ack0.session_present);
     let got = until(&mut sub, "me/long").await;
     assert_eq!(
@@ -1148,7 +1073,7 @@ async fn v5_message_expiry_drops_stale_messages_and_counts_down() {
         "remaining expiry {left:?}, want about 60 - 2"
     );
     // an expired retained message is not sent to a new subscription either
-    let mut fresh = client(n.addr(), Version::V5, "exp-fresh").await;
+    let mut fresh = Raw::client(n.addr(), Version::V5, "exp-fresh").await;
     fresh.subscribe(1, &[("me/ret", 1)]).await;
     assert_eq!(
         before_pingresp(&mut fresh).await,
@@ -1161,30 +1086,30 @@ async fn v5_message_expiry_drops_stale_messages_and_counts_down() {
 /// longer; 0 ends it with the connection.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn v5_session_expiry_interval_bounds_the_session() {
-    let n = start_broker("cf-sessexp");
+    let n = InProcBroker::plain("cf-sessexp", "");
     let addr = n.addr();
     let with = |s: Option<u32>| ConnectProperties {
         session_expiry_interval: s,
         ..Default::default()
     };
     for (id, e) in [("se-0", None), ("se-1", Some(1)), ("se-60", Some(60))] {
-        let (mut c, _) = client5(addr, id, true, None, with(e)).await;
+        let (mut c, _) = Raw::client5(addr, id, true, None, with(e)).await;
         c.subscribe(1, &[("se/t", 1)]).await;
         c.send(Packet::Disconnect(Disconnect::default())).await;
         assert!(c.closed_within(T).await);
     }
-    let (_c, a) = client5(addr, "se-0", false, None, with(Some(60))).await;
+    let (_c, a) = Raw::client5(addr, "se-0", false, None, with(Some(60))).await;
     assert!(
         !a.session_present,
         "expiry 0: session must end with the connection"
     );
     tokio::time::sleep(Duration::from_millis(2200)).await; // let the 1 s session expire
-    let (_c, a) = client5(addr, "se-1", false, None, with(Some(60))).await;
+    let (_c, a) = Raw::client5(addr, "se-1", false, None, with(Some(60))).await;
     assert!(
         !a.session_present,
         "expiry 1 s: session still present after 2.2 s"
     );
-    let (_c, a) = client5(addr, "se-60", false, None, with(Some(60))).await;
+    let (_c, a) = Raw::client5(addr, "se-60", false, None, with(Some(60))).await;
     assert!(a.session_present, "expiry 60 s: session lost");
 }
 
@@ -1192,9 +1117,9 @@ async fn v5_session_expiry_interval_bounds_the_session() {
 /// at all when the client reconnects to its session within it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn v5_will_delay_postpones_the_will_and_a_reconnect_cancels_it() {
-    let n = start_broker("cf-willdelay");
+    let n = InProcBroker::plain("cf-willdelay", "");
     let addr = n.addr();
-    let mut watch = client(addr, Version::V5, "wd-watch").await;
+    let mut watch = Raw::client(addr, Version::V5, "wd-watch").await;
     watch.subscribe(1, &[("wd/#", 1)]).await;
     let will = |who: &str, delay: u32| Will {
         topic: format!("wd/{who}"),
@@ -1210,19 +1135,19 @@ async fn v5_will_delay_postpones_the_will_and_a_reconnect_cancels_it() {
         session_expiry_interval: Some(30),
         ..Default::default()
     };
-    let (late, _) = client5(addr, "wd-late", true, Some(will("late", 2)), props.clone()).await;
-    let (back, _) = client5(addr, "wd-back", true, Some(will("back", 1)), props.clone()).await;
+    let (late, _) = Raw::client5(addr, "wd-late", true, Some(will("late", 2)), props.clone()).await;
+    let (back, _) = Raw::client5(addr, "wd-back", true, Some(will("back", 1)), props.clone()).await;
     let start = Instant::now();
     drop(late); // TCP closed, no DISCONNECT
     drop(back);
     // wd-back returns within its delay: its will must never be sent
     assert!(
-        eventually(T, || get_json(n.b.admin(), "/api/clients/wd-back")
+        eventually(T, || get_json(n.admin(), "/api/clients/wd-back")
             ["connected"]
             == false)
         .await
     );
-    let (_back, a) = client5(addr, "wd-back", false, None, props).await;
+    let (_back, a) = Raw::client5(addr, "wd-back", false, None, props).await;
     assert!(a.session_present);
     let got = until(&mut watch, "wd/late").await;
     let waited = start.elapsed();
@@ -1238,11 +1163,11 @@ async fn v5_will_delay_postpones_the_will_and_a_reconnect_cancels_it() {
 /// the existing connection; v5 tells it why with DISCONNECT 0x8E Session taken over.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn session_takeover_closes_the_existing_connection() {
-    let n = start_broker("cf-takeover");
+    let n = InProcBroker::plain("cf-takeover", "");
     for v in [Version::V311, Version::V5] {
         let id = format!("twin-{}", v.level());
-        let mut old = client(n.addr(), v, &id).await;
-        let mut new = client(n.addr(), v, &id).await;
+        let mut old = Raw::client(n.addr(), v, &id).await;
+        let mut new = Raw::client(n.addr(), v, &id).await;
         if v.is_v5() {
             expect_disconnect(&mut old, reason::SESSION_TAKEN_OVER, "v5 takeover").await;
         } else {
@@ -1260,9 +1185,9 @@ async fn session_takeover_closes_the_existing_connection() {
 /// error or because the keep-alive expired (not only when the client vanishes).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn will_is_published_when_the_server_closes_the_connection() {
-    let n = start_broker("cf-willclose");
+    let n = InProcBroker::plain("cf-willclose", "");
     let addr = n.addr();
-    let mut watch = client(addr, Version::V311, "wc-watch").await;
+    let mut watch = Raw::client(addr, Version::V311, "wc-watch").await;
     watch.subscribe(1, &[("wc/#", 1)]).await;
     let will = |t: &str| Will {
         topic: t.into(),
@@ -1313,11 +1238,11 @@ async fn will_is_published_when_the_server_closes_the_connection() {
 /// message of its topic.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn non_retained_publish_leaves_the_retained_message() {
-    let n = start_broker("cf-retkeep");
-    let mut p = client(n.addr(), Version::V311, "rk-pub").await;
+    let n = InProcBroker::plain("cf-retkeep", "");
+    let mut p = Raw::client(n.addr(), Version::V311, "rk-pub").await;
     publish_done(&mut p, publish("rk/t", b"retained", 1, Some(1), true)).await;
     publish_done(&mut p, publish("rk/t", b"transient", 1, Some(2), false)).await;
-    let mut late = client(n.addr(), Version::V311, "rk-late").await;
+    let mut late = Raw::client(n.addr(), Version::V311, "rk-late").await;
     late.subscribe(1, &[("rk/#", 1)]).await;
     let got = before_pingresp(&mut late).await;
     assert_eq!(payloads(&got), ["retained"]);
@@ -1329,12 +1254,12 @@ async fn non_retained_publish_leaves_the_retained_message() {
 /// (MQTT-3.3.1-9/-10/-11 v5); a shared subscription gets no retained messages (v5 §4.8.2).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn v5_subscription_options_are_honoured() {
-    let n = start_broker("cf-subopts");
+    let n = InProcBroker::plain("cf-subopts", "");
     let addr = n.addr();
     let rh0 = RetainHandling::SendAtSubscribe;
 
     // No Local
-    let mut me = client(addr, Version::V5, "so-me").await;
+    let mut me = Raw::client(addr, Version::V5, "so-me").await;
     subscribe_opts(&mut me, 1, "so/nl", 1, (true, false, rh0), None).await;
     subscribe_opts(&mut me, 2, "so/all", 1, (false, false, rh0), None).await;
     publish_done(&mut me, publish("so/nl", b"mine", 1, Some(3), false)).await;
@@ -1346,10 +1271,10 @@ async fn v5_subscription_options_are_honoured() {
     );
 
     // Retain As Published, on an established subscription
-    let mut rap = client(addr, Version::V5, "so-rap").await;
+    let mut rap = Raw::client(addr, Version::V5, "so-rap").await;
     subscribe_opts(&mut rap, 1, "so/rap", 1, (false, true, rh0), None).await;
     subscribe_opts(&mut rap, 2, "so/norap", 1, (false, false, rh0), None).await;
-    let mut p = client(addr, Version::V5, "so-pub").await;
+    let mut p = Raw::client(addr, Version::V5, "so-pub").await;
     publish_done(&mut p, publish("so/rap", b"r1", 1, Some(1), true)).await;
     publish_done(&mut p, publish("so/norap", b"r2", 1, Some(2), true)).await;
     let got = until(&mut rap, "so/norap").await;
@@ -1365,7 +1290,7 @@ async fn v5_subscription_options_are_honoured() {
 
     // Retain Handling
     publish_done(&mut p, publish("so/rh", b"kept", 1, Some(3), true)).await;
-    let mut rh = client(addr, Version::V5, "so-rh").await;
+    let mut rh = Raw::client(addr, Version::V5, "so-rh").await;
     let cases = [
         (RetainHandling::DoNotSend, 0, "2: never"),
         (RetainHandling::SendIfNew, 1, "1: new subscription"),
@@ -1384,7 +1309,7 @@ async fn v5_subscription_options_are_honoured() {
     }
 
     // shared subscriptions get no retained messages
-    let mut sh = client(addr, Version::V5, "so-shared").await;
+    let mut sh = Raw::client(addr, Version::V5, "so-shared").await;
     subscribe_opts(&mut sh, 1, "$share/g/so/rh", 1, (false, false, rh0), None).await;
     assert_eq!(
         before_pingresp(&mut sh).await,
@@ -1398,9 +1323,9 @@ async fn v5_subscription_options_are_honoured() {
 /// delivered through it (once).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn v5_no_local_applies_per_subscription() {
-    let n = start_broker("cf-nl-overlap");
+    let n = InProcBroker::plain("cf-nl-overlap", "");
     let rh0 = RetainHandling::SendAtSubscribe;
-    let mut me = client(n.addr(), Version::V5, "nlo").await;
+    let mut me = Raw::client(n.addr(), Version::V5, "nlo").await;
     subscribe_opts(&mut me, 1, "nlo/#", 1, (true, false, rh0), None).await;
     subscribe_opts(&mut me, 2, "nlo/x", 0, (false, false, rh0), None).await;
     publish_done(&mut me, publish("nlo/x", b"own", 1, Some(3), false)).await;
@@ -1417,12 +1342,12 @@ async fn v5_no_local_applies_per_subscription() {
 /// subscription carries just its own (MQTT-3.3.4-5 v5 for separate copies).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn v5_subscription_identifiers_of_every_matching_subscription_are_sent() {
-    let n = start_broker("cf-subid");
+    let n = InProcBroker::plain("cf-subid", "");
     let rh0 = RetainHandling::SendAtSubscribe;
-    let mut c = client(n.addr(), Version::V5, "subid").await;
+    let mut c = Raw::client(n.addr(), Version::V5, "subid").await;
     subscribe_opts(&mut c, 1, "si/+", 1, (false, false, rh0), Some(7)).await;
     subscribe_opts(&mut c, 2, "si/#", 1, (false, false, rh0), Some(9)).await;
-    let mut p = client(n.addr(), Version::V5, "subid-pub").await;
+    let mut p = Raw::client(n.addr(), Version::V5, "subid-pub").await;
     publish_done(&mut p, publish("si/a", b"both", 1, Some(1), false)).await;
     publish_done(&mut p, publish("si/a/b", b"deep", 1, Some(2), false)).await;
     let got = until(&mut c, "si/a/b").await;
@@ -1461,10 +1386,10 @@ async fn v5_subscription_identifiers_of_every_matching_subscription_are_sent() {
 /// Topic, Correlation Data and User Properties (in order) reach the subscriber unaltered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn v5_publish_properties_reach_subscribers_unaltered() {
-    let n = start_broker("cf-props");
-    let mut sub = client(n.addr(), Version::V5, "props-sub").await;
+    let n = InProcBroker::plain("cf-props", "");
+    let mut sub = Raw::client(n.addr(), Version::V5, "props-sub").await;
     sub.subscribe(1, &[("props/#", 2)]).await;
-    let mut p = client(n.addr(), Version::V5, "props-pub").await;
+    let mut p = Raw::client(n.addr(), Version::V5, "props-pub").await;
     let mut m = publish("props/t", b"{\"ok\":true}", 2, Some(1), false);
     m.properties = PublishProperties {
         payload_format_indicator: Some(1),
@@ -1491,10 +1416,10 @@ async fn v5_publish_properties_reach_subscribers_unaltered() {
 /// redeliveries only, not copied from the incoming PUBLISH.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dup_flag_is_not_propagated_to_subscribers() {
-    let n = start_broker("cf-dup");
-    let mut sub = client(n.addr(), Version::V311, "dup-sub").await;
+    let n = InProcBroker::plain("cf-dup", "");
+    let mut sub = Raw::client(n.addr(), Version::V311, "dup-sub").await;
     sub.subscribe(1, &[("dup/#", 1)]).await;
-    let mut p = client(n.addr(), Version::V311, "dup-pub").await;
+    let mut p = Raw::client(n.addr(), Version::V311, "dup-pub").await;
     publish_done(
         &mut p,
         Publish {
@@ -1511,8 +1436,8 @@ async fn dup_flag_is_not_propagated_to_subscribers() {
 /// keeps the will, which is then published; reason 0x00 discards it (MQTT-3.1.2-10 v5).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn v5_disconnect_with_will_message_publishes_the_will() {
-    let n = start_broker("cf-dis04");
-    let mut watch = client(n.addr(), Version::V5, "d4-watch").await;
+    let n = InProcBroker::plain("cf-dis04", "");
+    let mut watch = Raw::client(n.addr(), Version::V5, "d4-watch").await;
     watch.subscribe(1, &[("d4/#", 1)]).await;
     for (id, code) in [
         ("d4-normal", 0u8),
@@ -1525,7 +1450,7 @@ async fn v5_disconnect_with_will_message_publishes_the_will() {
             retain: false,
             properties: WillProperties::default(),
         };
-        let (mut c, _) = client5(n.addr(), id, true, Some(will), Default::default()).await;
+        let (mut c, _) = Raw::client5(n.addr(), id, true, Some(will), Default::default()).await;
         c.send(Packet::Disconnect(Disconnect {
             code,
             ..Default::default()
@@ -1547,7 +1472,7 @@ async fn v5_disconnect_with_will_message_publishes_the_will() {
 /// name in 3.1.1 (MQTT-3.1.2-22), an unknown protocol name (MQTT-3.1.2-1), trailing bytes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_connect_packets_close() {
-    let n = start_broker("cf-badconnect");
+    let n = InProcBroker::plain("cf-badconnect", "");
     let mut trailing = connect_bytes("MQTT", 4, 0x02, 30, "trail");
     trailing[1] += 2;
     trailing.extend_from_slice(&[0, 0]);
@@ -1586,7 +1511,7 @@ async fn malformed_connect_packets_close() {
 /// (v5 MQTT-3.3.4-6).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_packets_after_connect_close() {
-    let n = start_broker("cf-badpackets");
+    let n = InProcBroker::plain("cf-badpackets", "");
     let v3: Vec<(&str, Vec<u8>)> = vec![
         (
             "PUBLISH QoS 3",
@@ -1609,11 +1534,11 @@ async fn malformed_packets_after_connect_close() {
         ),
     ];
     for (i, (what, bytes)) in v3.into_iter().enumerate() {
-        let mut c = client(n.addr(), Version::V311, &format!("bad3-{i}")).await;
+        let mut c = Raw::client(n.addr(), Version::V311, &format!("bad3-{i}")).await;
         c.s.write_all(&bytes).await.unwrap();
         expect_close(&mut c, 0, &format!("3.1.1 {what}")).await;
     }
-    let mut c = client(n.addr(), Version::V5, "bad5-subid").await;
+    let mut c = Raw::client(n.addr(), Version::V5, "bad5-subid").await;
     let mut m = publish("a", b"x", 0, None, false);
     m.properties.subscription_identifiers = vec![5];
     c.send(Packet::Publish(m)).await;
@@ -1629,9 +1554,9 @@ async fn malformed_packets_after_connect_close() {
 /// (v5: DISCONNECT 0x81 first, if any).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_byte_remaining_length_closes() {
-    let n = start_broker("cf-varint");
+    let n = InProcBroker::plain("cf-varint", "");
     for v in [Version::V311, Version::V5] {
-        let mut c = client(n.addr(), v, &format!("varint-{}", v.level())).await;
+        let mut c = Raw::client(n.addr(), v, &format!("varint-{}", v.level())).await;
         c.s.write_all(&[0x30, 0xFF, 0xFF, 0xFF, 0xFF, 0x01])
             .await
             .unwrap();
@@ -1643,9 +1568,9 @@ async fn five_byte_remaining_length_closes() {
 /// along still gets a message published afterwards.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_and_truncated_packets_close_only_their_own_connection() {
-    let n = start_broker("cf-garbage");
+    let n = InProcBroker::plain("cf-garbage", "");
     let addr = n.addr();
-    let mut sub = client(addr, Version::V311, "steady").await;
+    let mut sub = Raw::client(addr, Version::V311, "steady").await;
     sub.subscribe(1, &[("steady/#", 1)]).await;
 
     // 1. not MQTT at all
@@ -1667,19 +1592,19 @@ async fn garbage_and_truncated_packets_close_only_their_own_connection() {
         .unwrap();
     assert!(read_to_close(&mut s, T).await.1, "bad varint not closed");
     // 4. a good session, then half a PUBLISH and gone
-    let mut c = client(addr, Version::V311, "cut-short").await;
+    let mut c = Raw::client(addr, Version::V311, "cut-short").await;
     c.s.write_all(&[0x32, 0x40, 0x00, 0x0A, b's', b't', b'e'])
         .await
         .unwrap();
     drop(c);
     // 5. a good session, then packet type 0 and random bytes
-    let mut c = client(addr, Version::V5, "noise").await;
+    let mut c = Raw::client(addr, Version::V5, "noise").await;
     c.s.write_all(&[0x00, 0x05, 0xDE, 0xAD, 0xBE, 0xEF, 0x00])
         .await
         .unwrap();
     assert!(c.closed_within(T).await, "packet type 0 not closed");
 
-    let mut p = client(addr, Version::V5, "after-noise").await;
+    let mut p = Raw::client(addr, Version::V5, "after-noise").await;
     publish_done(
         &mut p,
         publish("steady/t", b"still here", 1, Some(1), false),
@@ -1691,21 +1616,24 @@ async fn garbage_and_truncated_packets_close_only_their_own_connection() {
 }
 
 /// A broker that is stopped (SIGTERM) tells v5 clients why (DISCONNECT 0x8B, "server shutting
-/// down", MQTT 5 §4.13), closes 3.1.1 clients, and exits 0 soon after.
+/// down", MQTT 5 §4.13), closes 3.1.1 clients, and exits 0 soon after. On the binary: the
+/// signal and the exit status are the CLI's contract.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_tells_v5_clients_server_shutting_down() {
-    let mut n = start_broker("conf-shutdown");
+    let dir = TempDir::new("conf-shutdown");
+    let n = BrokerProc::start(&dir.write("b.toml", &broker_config("127.0.0.1:0", "", "")));
     let addr = n.addr();
-    let (mut v5, _) = client5(addr, "bye-v5", true, None, ConnectProperties::default()).await;
-    let mut v4 = client(addr, Version::V311, "bye-v4").await;
-    n.b.proc.signal("TERM");
+    let (mut v5, _) = Raw::client5(addr, "bye-v5", true, None, ConnectProperties::default()).await;
+    let mut v4 = Raw::client(addr, Version::V311, "bye-v4").await;
+    n.proc.signal("TERM");
     expect_disconnect(&mut v5, 0x8B, "v5 client at broker shutdown").await;
     assert!(
         v4.closed_within(T).await,
         "3.1.1 client not closed at shutdown"
     );
     let status = tokio::task::spawn_blocking(move || {
-        let s = n.b.proc.wait_exit(Duration::from_secs(10));
+        let mut n = n;
+        let s = n.proc.wait_exit(Duration::from_secs(10));
         (s, n)
     })
     .await
@@ -1714,6 +1642,6 @@ async fn shutdown_tells_v5_clients_server_shutting_down() {
         status.0.is_some_and(|s| s.success()),
         "exit: {:?}\n{}",
         status.0,
-        status.1.b.proc.logs()
+        status.1.proc.logs()
     );
 }

@@ -1,71 +1,21 @@
 //! What the broker sends and how it closes, over real sockets: retained messages streamed to a
 //! new subscription under the connection's flow control, closes with a reason code that a
 //! pipelining client can still read (lingering close), `[limits] max_keepalive`, and topic
-//! aliases on the broker's own PUBLISHes. Each test starts its own broker and bounds its time.
+//! aliases on the broker's own PUBLISHes. Each test starts its own broker (in-process) and bounds
+//! its time.
 
 mod common;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use common::*;
-use mqedge_protocol::{
-    decode, encode, reason, ConnectProperties, Packet, PubAck, Publish, PublishProperties, QoS,
-    Version,
-};
+use mqedge_protocol::{decode, encode, reason, ConnectProperties, Packet, Publish, QoS, Version};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 const T: Duration = Duration::from_secs(5);
-
-struct Node {
-    b: BrokerProc,
-    _dir: TempDir,
-}
-
-fn start_broker_with(tag: &str, extra: &str) -> Node {
-    let dir = TempDir::new(tag);
-    let cfg = dir.write("b.toml", &broker_config("127.0.0.1:0", "", extra));
-    Node {
-        b: BrokerProc::start(&cfg),
-        _dir: dir,
-    }
-}
-
-fn start_broker(tag: &str) -> Node {
-    start_broker_with(tag, "")
-}
-
-impl Node {
-    fn addr(&self) -> SocketAddr {
-        self.b.addr()
-    }
-}
-
-async fn tcp(addr: SocketAddr) -> TcpStream {
-    tcp_from(None, addr).await.unwrap()
-}
-
-fn publish(topic: &str, payload: &[u8], qos: u8, pid: Option<u16>, retain: bool) -> Publish {
-    Publish {
-        dup: false,
-        qos: QoS::from_u8(qos).unwrap(),
-        retain,
-        topic: topic.to_string(),
-        packet_id: pid,
-        properties: PublishProperties::default(),
-        payload: Bytes::copy_from_slice(payload),
-    }
-}
-
-fn ack(packet_id: u16) -> PubAck {
-    PubAck {
-        packet_id,
-        code: 0,
-        properties: Default::default(),
-    }
-}
 
 /// What a pipelining client saw: the packets it decoded, the error that ended its writing
 /// (a reset from the server) and the one that ended its reading, if any.
@@ -124,7 +74,7 @@ async fn pipeline_then_read(
 /// the kernel answer with a reset that destroys the DISCONNECT before the client reads it).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn v5_pipelining_past_receive_maximum_still_reads_disconnect_0x93() {
-    let n = start_broker("dl-linger-93");
+    let n = InProcBroker::plain("dl-linger-93", "");
     let mut c = Raw::new(tcp(n.addr()).await, Version::V5);
     let ack0 = c.connect("pipeliner", true, 30).await;
     assert_eq!(ack0.code, 0);
@@ -165,7 +115,7 @@ async fn v5_pipelining_past_receive_maximum_still_reads_disconnect_0x93() {
 /// packets right behind its CONNECT: the broker lingers on that close too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_connect_is_readable_by_a_pipelining_client() {
-    let n = start_broker_with("dl-linger-connack", "[auth]\nallow_anonymous = false\n");
+    let n = InProcBroker::plain("dl-linger-connack", "[auth]\nallow_anonymous = false\n");
     let mut first = BytesMut::new();
     encode(
         &Packet::Connect(Box::new(mqedge_protocol::Connect {
@@ -238,7 +188,7 @@ async fn silent_client(
 /// and hears nothing; a 3.1.1 client (which cannot be told) is accepted and held to it too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_keepalive_caps_and_replaces_the_client_keep_alive() {
-    let n = start_broker_with("dl-maxka", "[limits]\nmax_keepalive = 2\n");
+    let n = InProcBroker::plain("dl-maxka", "[limits]\nmax_keepalive = 2\n");
     let addr = n.addr();
     let wait = Duration::from_secs(6);
     let (more, none, less, v3) = tokio::join!(
@@ -267,7 +217,7 @@ async fn max_keepalive_caps_and_replaces_the_client_keep_alive() {
 /// Keep Alive, and a client that asked for none is not closed for silence.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_max_keepalive_the_client_keep_alive_stands() {
-    let n = start_broker("dl-maxka-default");
+    let n = InProcBroker::plain("dl-maxka-default", "");
     let (none, long) = tokio::join!(
         silent_client(n.addr(), Version::V5, "ka-zero", 0, Duration::from_secs(2)),
         silent_client(
@@ -287,8 +237,7 @@ async fn without_max_keepalive_the_client_keep_alive_stands() {
 /// sentinel (packet id 65535) whose PUBACK says every one before it was handled (one
 /// connection's packets are handled in order).
 async fn publish_retained(addr: SocketAddr, n: u32) {
-    let mut c = Raw::new(tcp(addr).await, Version::V5);
-    assert_eq!(c.connect("retainer", true, 60).await.code, 0);
+    let mut c = Raw::client(addr, Version::V5, "retainer").await;
     let mut bytes = BytesMut::new();
     for i in 0..n {
         let pid = (i % 65534) as u16 + 1;
@@ -318,8 +267,7 @@ async fn publish_retained(addr: SocketAddr, n: u32) {
 /// would) and counts the distinct retained topics received until `n` arrived or nothing came
 /// for 3 s.
 async fn retained_received(addr: SocketAddr, id: &str, qos: u8, n: usize) -> usize {
-    let mut c = Raw::new(tcp(addr).await, Version::V5);
-    assert_eq!(c.connect(id, true, 60).await.code, 0);
+    let mut c = Raw::client(addr, Version::V5, id).await;
     // nothing comes between CONNACK and SUBACK: the stream is read raw from here on
     c.send(Packet::Subscribe(mqedge_protocol::Subscribe {
         packet_id: 1,
@@ -370,7 +318,7 @@ async fn retained_received(addr: SocketAddr, id: &str, qos: u8, n: usize) -> usi
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_wildcard_subscriber_gets_all_100000_retained_messages() {
     const N: u32 = 100_000;
-    let n = start_broker("dl-retained-100k");
+    let n = InProcBroker::plain("dl-retained-100k", "");
     publish_retained(n.addr(), N).await;
     let (q0, q1) = tokio::join!(
         retained_received(n.addr(), "all-q0", 0, N as usize),
@@ -386,7 +334,7 @@ async fn a_new_wildcard_subscriber_gets_all_100000_retained_messages() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unsent_retained_messages_become_offline_messages_of_a_persistent_session() {
     const N: u32 = 5000;
-    let n = start_broker("dl-retained-rest");
+    let n = InProcBroker::plain("dl-retained-rest", "");
     publish_retained(n.addr(), N).await;
     let props = || ConnectProperties {
         session_expiry_interval: Some(600),
@@ -471,8 +419,7 @@ fn alias_topics(n: usize) -> Vec<String> {
 /// Publishes one QoS 1 message per topic (payload = its topic), pipelined, and waits for the
 /// last PUBACK.
 async fn publish_topics(addr: SocketAddr, topics: &[String]) {
-    let mut c = Raw::new(tcp(addr).await, Version::V5);
-    assert_eq!(c.connect("alias-pub", true, 60).await.code, 0);
+    let mut c = Raw::client(addr, Version::V5, "alias-pub").await;
     let mut bytes = BytesMut::new();
     for (i, t) in topics.iter().enumerate() {
         let p = publish(t, t.as_bytes(), 1, Some(i as u16 + 1), false);
@@ -495,7 +442,7 @@ async fn publish_topics(addr: SocketAddr, topics: &[String]) {
 /// A client that allows none gets full topics and no alias.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn v5_broker_uses_topic_aliases_the_client_allowed() {
-    let n = start_broker("dl-alias");
+    let n = InProcBroker::plain("dl-alias", "");
     let with = ConnectProperties {
         topic_alias_maximum: Some(3),
         ..Default::default()
@@ -505,8 +452,7 @@ async fn v5_broker_uses_topic_aliases_the_client_allowed() {
         .connect_with("alias-sub", true, 60, None, None, with)
         .await;
     assert_eq!(ack0.code, 0);
-    let mut plain = Raw::new(tcp(n.addr()).await, Version::V5);
-    assert_eq!(plain.connect("alias-plain", true, 60).await.code, 0);
+    let mut plain = Raw::client(n.addr(), Version::V5, "alias-plain").await;
     assert_eq!(sub.subscribe(1, &[("alias/#", 1)]).await, vec![1]);
     assert_eq!(plain.subscribe(1, &[("alias/#", 1)]).await, vec![1]);
     let topics = alias_topics(300);
@@ -540,7 +486,7 @@ async fn v5_broker_uses_topic_aliases_the_client_allowed() {
 /// topic, and the new connection's first aliased PUBLISH of a topic sets the alias again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn v5_resent_messages_carry_their_full_topic_after_a_reconnect() {
-    let n = start_broker("dl-alias-resend");
+    let n = InProcBroker::plain("dl-alias-resend", "");
     let props = || ConnectProperties {
         topic_alias_maximum: Some(4),
         session_expiry_interval: Some(600),

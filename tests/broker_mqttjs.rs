@@ -1,7 +1,7 @@
 //! MQTT.js (npm `mqtt` 5.x, the most used JavaScript client) against mqedge, MQTT 3.1.1 and 5.0:
 //! runs `tests/interop/mqttjs_interop.js` (QoS 0/1/2, retained messages, wills, a persistent
-//! session resumed after a reconnect, v5 properties) twice — over plain TCP straight to
-//! `mqedge broker`, and over TLS with a client certificate through `mqedge lb` (client
+//! session resumed after a reconnect, v5 properties) twice — over plain TCP straight to a broker
+//! run in-process, and over TLS with a client certificate through `mqedge lb` (client
 //! certificates required) to a broker that takes the certificate CN from the PROXY v2 header as
 //! the username — and requires every check to pass. The script prints one line per check; on
 //! failure its whole output is shown.
@@ -12,9 +12,8 @@
 
 mod common;
 
-use std::io::Read;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use common::*;
 
@@ -56,83 +55,27 @@ fn node_available() -> bool {
     true
 }
 
-/// Runs the script to completion or kills it at `timeout`; (exit status, stdout + stderr).
-fn run_script(args: &[&str], timeout: Duration) -> (Option<i32>, String) {
-    let mut child = Command::new("node")
-        .arg(SCRIPT)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("spawn node {SCRIPT}: {e}"));
-    // drain both pipes while waiting, so a chatty script cannot block on a full pipe
-    let readers: Vec<_> = [
-        child
-            .stdout
-            .take()
-            .map(|p| Box::new(p) as Box<dyn Read + Send>),
-        child
-            .stderr
-            .take()
-            .map(|p| Box::new(p) as Box<dyn Read + Send>),
-    ]
-    .into_iter()
-    .flatten()
-    .map(|mut p| {
-        std::thread::spawn(move || {
-            let mut s = String::new();
-            let _ = p.read_to_string(&mut s);
-            s
-        })
-    })
-    .collect();
-    let deadline = Instant::now() + timeout;
-    let status = loop {
-        if let Ok(Some(s)) = child.try_wait() {
-            break s.code();
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let output = readers
-        .into_iter()
-        .map(|r| r.join().unwrap_or_default())
-        .collect::<Vec<_>>()
-        .join("");
-    (status, output)
+/// Runs the script with `args` to completion, or kills it at `timeout`.
+fn run_script(args: &[&str], timeout: Duration) -> ScriptRun {
+    let mut cmd = Command::new("node");
+    cmd.arg(SCRIPT).args(args);
+    ScriptRun::run(cmd, timeout)
 }
 
-/// Fails with the failed check names, the script output and the tails of the server logs unless
-/// the script passed every check. `expected` is the number of checks the script must report.
-fn assert_all_passed(status: Option<i32>, output: &str, expected: usize, servers: &[&Proc]) {
-    let failed: Vec<&str> = output
-        .lines()
-        .filter_map(|l| l.strip_prefix("FAIL "))
-        .map(|l| l.split(':').next().unwrap_or(l))
-        .collect();
+/// Fails with the failed check names, the script output and the tails of the server logs
+/// (`(name, log)`) unless the script passed every check. `expected` is the number of checks the
+/// script must report.
+fn assert_all_passed(run: &ScriptRun, expected: usize, servers: &[(&str, String)]) {
     let logs: String = servers
         .iter()
-        .map(|p| format!("--- {} log (tail) ---\n{}\n", p.name, tail(&p.logs(), 40)))
+        .map(|(name, log)| format!("--- {name} log (tail) ---\n{}\n", tail(log, 40)))
         .collect();
-    assert!(
-        status == Some(0) && failed.is_empty(),
-        "MQTT.js interop failed: {} (exit {status:?}; None = killed after {SCRIPT_TIMEOUT:?})\n\
-         --- script output ---\n{output}\n{logs}",
-        if failed.is_empty() {
-            "the script did not finish cleanly".to_string()
-        } else {
-            failed.join(", ")
-        },
-    );
+    run.assert_clean("MQTT.js interop", &logs);
     let summary = format!("{expected} passed, 0 failed");
     assert!(
-        output.lines().any(|l| l == summary),
-        "wanted {summary:?} in:\n{output}"
+        run.output.lines().any(|l| l == summary),
+        "wanted {summary:?} in:\n{}",
+        run.output
     );
 }
 
@@ -141,15 +84,15 @@ fn mqttjs_v311_and_v5_over_tcp() {
     if !node_available() {
         return;
     }
-    let dir = TempDir::new("mqttjs-tcp");
-    let cfg = dir.write("b.toml", &broker_config("127.0.0.1:0", "", ""));
-    let broker = BrokerProc::start(&cfg);
+    let broker = InProcBroker::plain("mqttjs-tcp", "");
     let url = format!("mqtt://{}", broker.addr());
-    let (status, output) = run_script(&[&url], SCRIPT_TIMEOUT);
+    let run = run_script(&[&url], SCRIPT_TIMEOUT);
     // 6 checks per version, plus v5 properties
-    assert_all_passed(status, &output, 13, &[&broker.proc]);
+    assert_all_passed(&run, 13, &[("broker", broker.logs())]);
 }
 
+/// On the binaries: the CN-as-username check reads the node's `client connected` log line (the
+/// admin API names clients by id, and the script's ids are random).
 #[test]
 fn mqttjs_v311_and_v5_over_tls_through_the_lb_with_a_client_certificate() {
     if !node_available() {
@@ -187,7 +130,7 @@ allow_anonymous = true
     );
     let lb = Lb::start(&lcfg);
     let url = format!("mqtts://localhost:{}", lb.addr("mqtts").port());
-    let (status, output) = run_script(
+    let run = run_script(
         &[
             &url,
             &pki.file("ca.pem"),
@@ -197,7 +140,11 @@ allow_anonymous = true
         SCRIPT_TIMEOUT,
     );
     // 6 checks per version, a refused certificate-less client per version, v5 properties
-    assert_all_passed(status, &output, 15, &[&lb.proc, &broker.proc]);
+    assert_all_passed(
+        &run,
+        15,
+        &[("lb", lb.proc.logs()), ("broker", broker.proc.logs())],
+    );
     // the certificate went through: the node saw its CN as the username, from the PROXY header
     assert!(
         broker
@@ -210,9 +157,4 @@ allow_anonymous = true
         "no MQTT.js client with username=mqttjs (the certificate CN) on the node:\n{}",
         tail(&broker.proc.logs(), 40)
     );
-}
-
-fn tail(s: &str, n: usize) -> String {
-    let lines: Vec<&str> = s.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
 }

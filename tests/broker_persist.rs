@@ -1,6 +1,7 @@
 //! Persistent sessions and durable queues: a QoS 1 subscriber that is away gets everything
 //! published meanwhile (up to `max_offline_messages`, then exactly the newest), and with
-//! `data_dir` 1,000 queued messages survive `kill -9` and a restart.
+//! `data_dir` 1,000 queued messages survive `kill -9` and a restart (that test runs the binary:
+//! `kill -9` needs a real process; the other runs the broker in-process).
 
 mod common;
 
@@ -97,7 +98,7 @@ async fn offline_queue_delivers_all_then_exactly_the_newest_over_the_limit() {
         "b.toml",
         &broker_config("127.0.0.1:0", "", "[limits]\nmax_offline_messages = 50\n"),
     );
-    let b = BrokerProc::start(&cfg);
+    let b = InProcBroker::start(&cfg);
     let addr = b.addr();
 
     let (c, mut el) = connect(addr, "sleepy", false).await;
@@ -127,11 +128,10 @@ async fn offline_queue_delivers_all_then_exactly_the_newest_over_the_limit() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn data_dir_queue_survives_kill_9() {
     let dir = TempDir::new("durable");
-    let port = free_port();
     let cfg = dir.write(
         "b.toml",
         &broker_config(
-            &format!("127.0.0.1:{port}"),
+            "127.0.0.1:0",
             "data_dir = \"data\"",
             "[limits]\nmax_offline_messages = 5000\n",
         ),

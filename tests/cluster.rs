@@ -1,6 +1,7 @@
-//! The broker cluster end to end: three `mqedge broker` processes, each on its own loopback
-//! address (127.0.0.11, .12, .13), gossiping (chitchat, UDP) and talking over the node channel
-//! (TCP) on a `[cluster] bind` port free for both protocols on that address. Real clients speak
+//! The broker cluster end to end: three broker nodes (in-process; the `kill -9` and restart
+//! tests run `mqedge broker` processes), each on its own loopback address (127.0.0.11, .12,
+//! .13), gossiping (chitchat, UDP) and talking over the node channel (TCP) on a `[cluster] bind`
+//! port free for both protocols on that address. Real clients speak
 //! MQTT to the nodes (raw clients over the broker's own codec, to see exact packets), and the
 //! nodes are read through `/api/cluster`, `/api/clients/{id}` and `/metrics`.
 //!
@@ -20,7 +21,6 @@ mod common;
 
 use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -54,25 +54,73 @@ fn free_cluster_port(ip: &str) -> u16 {
     panic!("no port free for TCP and UDP on {ip}");
 }
 
-/// Starts one node and waits for its MQTT listener (named after the node, for the logs).
-fn start_node(name: &str, config: &Path) -> BrokerProc {
-    let mut cmd = Command::new(bin());
-    cmd.arg("broker").arg("-c").arg(config);
-    if std::env::var_os("RUST_LOG").is_none() {
-        cmd.env("RUST_LOG", "info,mqedge_broker::cluster=debug");
+/// How a test runs its nodes: in-process, or as the binary where it needs a real process
+/// (`kill -9`, a restart over the same store).
+#[derive(Clone, Copy)]
+enum Run {
+    InProcess,
+    Binary,
+}
+
+/// One running node.
+enum Node {
+    InProcess(InProcBroker),
+    Binary(BrokerProc),
+}
+
+impl Node {
+    /// Starts node `name` and waits for its MQTT listener.
+    fn start(name: &str, config: &Path, run: Run) -> Node {
+        match run {
+            Run::InProcess => Node::InProcess(InProcBroker::start(config)),
+            Run::Binary => Node::Binary(BrokerProc {
+                proc: Proc::start_role(
+                    name,
+                    "broker",
+                    config,
+                    "info,mqedge_broker::cluster=debug",
+                    " listener=",
+                ),
+                config: config.to_path_buf(),
+            }),
+        }
     }
-    let proc = Proc::spawn(name, cmd);
-    proc.wait_log(" listener=", Duration::from_secs(20));
-    BrokerProc {
-        proc,
-        config: config.to_path_buf(),
+
+    fn addr(&self) -> SocketAddr {
+        match self {
+            Node::InProcess(b) => b.addr(),
+            Node::Binary(b) => b.addr(),
+        }
+    }
+
+    fn admin(&self) -> SocketAddr {
+        match self {
+            Node::InProcess(b) => b.admin(),
+            Node::Binary(b) => b.admin(),
+        }
+    }
+
+    fn logs(&self) -> String {
+        match self {
+            Node::InProcess(b) => b.logs(),
+            Node::Binary(b) => b.proc.logs(),
+        }
+    }
+
+    /// The process, for what only a process can do (`kill -9`, reading its log for a line).
+    fn binary(&mut self) -> &mut BrokerProc {
+        match self {
+            Node::Binary(b) => b,
+            Node::InProcess(_) => panic!("an in-process node has no process: use Run::Binary"),
+        }
     }
 }
 
 /// Three clustered nodes; `nodes[i]` is `NAMES[i]` on `IPS[i]`. Nodes stop (SIGTERM) before
 /// their directory goes (field order is drop order).
 struct Cluster {
-    nodes: Vec<Option<BrokerProc>>,
+    nodes: Vec<Option<Node>>,
+    run: Run,
     configs: Vec<PathBuf>,
     old_logs: Vec<(&'static str, String)>,
     _dir: TempDir,
@@ -81,7 +129,7 @@ struct Cluster {
 impl Cluster {
     /// Writes three configs (with `data_dir` when `persist`) and starts the nodes; returns
     /// once every node's `/api/cluster` shows all three up.
-    async fn start(tag: &str, persist: bool, policy: &str) -> Cluster {
+    async fn start(tag: &str, persist: bool, policy: &str, run: Run) -> Cluster {
         let dir = TempDir::new(tag);
         let cluster_addrs: Vec<String> = IPS
             .iter()
@@ -128,10 +176,11 @@ policy = "{policy}"
             configs.push(dir.write(&format!("{}.toml", NAMES[i]), &text));
         }
         let nodes = (0..3)
-            .map(|i| Some(start_node(NAMES[i], &configs[i])))
+            .map(|i| Some(Node::start(NAMES[i], &configs[i], run)))
             .collect();
         let c = Cluster {
             nodes,
+            run,
             configs,
             old_logs: Vec::new(),
             _dir: dir,
@@ -142,7 +191,7 @@ policy = "{policy}"
         c
     }
 
-    fn node(&self, i: usize) -> &BrokerProc {
+    fn node(&self, i: usize) -> &Node {
         self.nodes[i]
             .as_ref()
             .unwrap_or_else(|| panic!("{} is not running", NAMES[i]))
@@ -226,18 +275,18 @@ policy = "{policy}"
 
     fn kill9(&mut self, i: usize) {
         if let Some(n) = self.nodes[i].as_mut() {
-            n.kill9();
+            n.binary().kill9();
         }
     }
 
     /// Starts node `i` again with the same config (after `kill9`).
     fn restart(&mut self, i: usize) {
         if let Some(mut old) = self.nodes[i].take() {
-            old.kill9();
+            old.binary().kill9();
             // kept for failure messages
-            self.old_logs.push((NAMES[i], old.proc.logs()));
+            self.old_logs.push((NAMES[i], old.logs()));
         }
-        self.nodes[i] = Some(start_node(NAMES[i], &self.configs[i]));
+        self.nodes[i] = Some(Node::start(NAMES[i], &self.configs[i], self.run));
     }
 
     /// The last lines of every node's log (for assertion messages).
@@ -257,7 +306,7 @@ policy = "{policy}"
         }
         for (i, n) in self.nodes.iter().enumerate() {
             let Some(n) = n else { continue };
-            let all = n.proc.logs();
+            let all = n.logs();
             let lines: Vec<&str> = all.lines().collect();
             let from = lines.len().saturating_sub(60);
             s.push_str(&format!(
@@ -425,37 +474,7 @@ async fn take(c: &mut Client, n: usize, within: Duration) -> Vec<Publish> {
             break;
         }
         match c.recv(left).await {
-            Some(Packet::Publish(p)) => {
-                match (p.qos, p.packet_id) {
-                    (QoS::AtLeastOnce, Some(id)) => {
-                        c.send(Packet::PubAck(PubAck {
-                            packet_id: id,
-                            code: 0,
-                            properties: Default::default(),
-                        }))
-                        .await
-                    }
-                    (QoS::ExactlyOnce, Some(id)) => {
-                        c.send(Packet::PubRec(PubAck {
-                            packet_id: id,
-                            code: 0,
-                            properties: Default::default(),
-                        }))
-                        .await
-                    }
-                    _ => {}
-                }
-                got.push(p);
-            }
-            Some(Packet::PubRel(r)) => {
-                c.send(Packet::PubComp(PubAck {
-                    packet_id: r.packet_id,
-                    code: 0,
-                    properties: Default::default(),
-                }))
-                .await
-            }
-            Some(_) => {}
+            Some(p) => got.extend(c.answer(p).await),
             None => break,
         }
     }
@@ -489,7 +508,7 @@ async fn retained_at(addr: SocketAddr, id: &str, filter: &str) -> Vec<Publish> {
 /// once. After UNSUBACK (and node1 dropping node2's route), nothing reaches node2.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publishes_fan_out_once_in_order_and_unsubscribe_stops_them() {
-    let cl = Cluster::start("cl-fanout", false, "prefer_local").await;
+    let cl = Cluster::start("cl-fanout", false, "prefer_local", Run::InProcess).await;
     let mut s2 = subscriber(cl.addr(1), "fan-sub2", "fan/+/data").await;
     let (mut s3, _) = connect(cl.addr(2), Version::V5, "fan-sub3", true, None).await;
     assert_eq!(s3.subscribe(1, &[("fan/#", 1)]).await, vec![1]);
@@ -561,7 +580,7 @@ async fn publishes_fan_out_once_in_order_and_unsubscribe_stops_them() {
 /// persistent session on node2 get node1's publishes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_a_node_detection_rejoin_and_route_resync() {
-    let mut cl = Cluster::start("cl-kill", true, "prefer_local").await;
+    let mut cl = Cluster::start("cl-kill", true, "prefer_local", Run::Binary).await;
     // a persistent QoS 1 session on node2, connected when node2 dies
     let (mut persist, ack) = connect(cl.addr(1), Version::V311, "k-persist", false, None).await;
     assert!(!ack.session_present);
@@ -620,7 +639,10 @@ async fn kill_9_a_node_detection_rejoin_and_route_resync() {
     // node2 comes back with the same config and data_dir
     let rejoin = watch_peer_state(cl.admin(0), "node2", "up", Duration::from_secs(15));
     cl.restart(1);
-    cl.node(1)
+    cl.nodes[1]
+        .as_mut()
+        .unwrap()
+        .binary()
         .proc
         .wait_log("restored from the store", Duration::from_secs(5));
     let rejoin = rejoin.join().unwrap();
@@ -661,7 +683,7 @@ async fn kill_9_a_node_detection_rejoin_and_route_resync() {
 /// detector has spoken, but the publisher keeps its connection and node3 gets every message.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn qos1_publishing_goes_on_while_a_killed_node_is_being_detected() {
-    let mut cl = Cluster::start("cl-window", false, "prefer_local").await;
+    let mut cl = Cluster::start("cl-window", false, "prefer_local", Run::Binary).await;
     let mut s2 = subscriber(cl.addr(1), "w-sub2", "w/#").await;
     let mut s3 = subscriber(cl.addr(2), "w-sub3", "w/#").await;
     cl.wait_routes(0, "node2", "= 1", |r| r == 1).await;
@@ -740,7 +762,7 @@ async fn qos1_publishing_goes_on_while_a_killed_node_is_being_detected() {
 /// subscriber on node1 gets node2's publishes, and a subscriber on the new node2 gets node1's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_restarted_before_detection_is_fully_back_in_the_cluster() {
-    let mut cl = Cluster::start("cl-fast", false, "prefer_local").await;
+    let mut cl = Cluster::start("cl-fast", false, "prefer_local", Run::Binary).await;
     let mut s1 = subscriber(cl.addr(0), "fr-sub1", "fr/back").await;
     let mut p1 = client(cl.addr(0), "fr-pub1").await;
     // node1's channel to node2 carries traffic before the kill: two routes, one forward
@@ -802,7 +824,7 @@ async fn a_node_restarted_before_detection_is_fully_back_in_the_cluster() {
 /// longer knows it, node3 shows it connected, and the route followed it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn persistent_session_and_its_queue_follow_the_client_to_another_node() {
-    let cl = Cluster::start("cl-handover", true, "prefer_local").await;
+    let cl = Cluster::start("cl-handover", true, "prefer_local", Run::InProcess).await;
     let id = "handover-1";
     let (mut c, _) = connect(cl.addr(0), Version::V311, id, false, None).await;
     assert_eq!(c.subscribe(1, &[("h/q", 1)]).await, vec![1]);
@@ -847,7 +869,7 @@ async fn persistent_session_and_its_queue_follow_the_client_to_another_node() {
 /// the old connection is closed just the same and the session is new.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_live_connection_is_taken_over_from_another_node() {
-    let cl = Cluster::start("cl-takeover", false, "prefer_local").await;
+    let cl = Cluster::start("cl-takeover", false, "prefer_local", Run::InProcess).await;
 
     // resume: clean_start = false, expiry > 0
     let (mut old, _) = connect(cl.addr(0), Version::V5, "tk-1", true, Some(300)).await;
@@ -891,7 +913,7 @@ async fn a_live_connection_is_taken_over_from_another_node() {
 /// second PUBLISH (that would be a duplicate for the application).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unacknowledged_messages_resume_on_the_new_node() {
-    let cl = Cluster::start("cl-inflight", false, "prefer_local").await;
+    let cl = Cluster::start("cl-inflight", false, "prefer_local", Run::InProcess).await;
     let (mut old, _) = connect(cl.addr(0), Version::V5, "ua-1", true, Some(300)).await;
     assert_eq!(
         old.subscribe(1, &[("ua/1", 1), ("ua/2", 2)]).await,
@@ -992,7 +1014,7 @@ async fn unacknowledged_messages_resume_on_the_new_node() {
 /// member), default policy prefer_local: the messages spread over both, each exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shared_group_spreads_over_nodes_each_message_once() {
-    let cl = Cluster::start("cl-share", false, "prefer_local").await;
+    let cl = Cluster::start("cl-share", false, "prefer_local", Run::InProcess).await;
     let mut m1 = subscriber(cl.addr(0), "share-m1", "$share/g/t").await;
     let mut m2 = subscriber(cl.addr(1), "share-m2", "$share/g/t").await;
     cl.wait_routes(2, "node1", "= 1", |r| r == 1).await;
@@ -1024,7 +1046,7 @@ async fn shared_group_spreads_over_nodes_each_message_once() {
 /// delivers to nobody.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shared_group_local_only_stays_on_the_receiving_node() {
-    let cl = Cluster::start("cl-share-local", false, "local_only").await;
+    let cl = Cluster::start("cl-share-local", false, "local_only", Run::InProcess).await;
     let mut m1 = subscriber(cl.addr(0), "lo-m1", "$share/g/t").await;
     let mut m2 = subscriber(cl.addr(1), "lo-m2", "$share/g/t").await;
     cl.wait_routes(0, "node2", "= 1", |r| r == 1).await;
@@ -1057,7 +1079,7 @@ async fn shared_group_local_only_stays_on_the_receiving_node() {
 /// cleared on node2, it is gone everywhere.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retained_messages_reach_every_node_and_clear_everywhere() {
-    let cl = Cluster::start("cl-retain", false, "prefer_local").await;
+    let cl = Cluster::start("cl-retain", false, "prefer_local", Run::InProcess).await;
     let mut p1 = client(cl.addr(0), "r-pub1").await;
     p1.publish("r/x", b"hello", 1, Some(1), true).await;
     assert!(matches!(
@@ -1111,7 +1133,7 @@ async fn retained_messages_reach_every_node_and_clear_everywhere() {
 /// lands elsewhere on reconnect, with its session and the QoS 1 message queued meanwhile.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lb_hashes_client_ids_to_nodes_and_the_session_follows_a_reload() {
-    let cl = Cluster::start("cl-lb", false, "prefer_local").await;
+    let cl = Cluster::start("cl-lb", false, "prefer_local", Run::InProcess).await;
     let dir = TempDir::new("cl-lb-edge");
     let pki = Pki::new(dir.path(), &[]);
     let backends: Vec<(&str, SocketAddr, &str)> =
@@ -1120,7 +1142,7 @@ async fn lb_hashes_client_ids_to_nodes_and_the_session_follows_a_reload() {
         "lb.toml",
         &lb_config(&pki, "none", "client_id", &backends, LB_ADMIN),
     );
-    let lb = Lb::start(&lb_cfg);
+    let lb = InProcLb::start(&lb_cfg);
     let (lb_mqtt, lb_admin) = (lb.addr("mqtt"), lb.admin());
     let all_up = eventually(Duration::from_secs(10), || {
         let v = get_json(lb_admin, "/api/backends");
@@ -1166,7 +1188,7 @@ async fn lb_hashes_client_ids_to_nodes_and_the_session_follows_a_reload() {
         reloaded,
         "{}\n{}",
         get_json(lb_admin, "/api/reload"),
-        lb.proc.logs()
+        lb.logs()
     );
 
     // a QoS 1 message while the client is away: queued in its session on node2

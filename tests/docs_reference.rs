@@ -191,7 +191,7 @@ fn every_metric_is_in_operations_md() {
     let ops = doc("operations.md");
     let dir = TempDir::new("docs-metrics");
     let pki = Pki::new(dir.path(), &[]);
-    let broker = BrokerProc::start(&dir.write(
+    let broker = InProcBroker::start(&dir.write(
         "node.toml",
         &broker_config("127.0.0.1:0", "", "[cluster]\nbind = \"127.0.0.1:0\"\n"),
     ));
@@ -202,7 +202,7 @@ fn every_metric_is_in_operations_md() {
         &[("node1", broker.addr(), "none")],
         "admin = \"127.0.0.1:0\"",
     );
-    let lb = Lb::start(&dir.write("lb.toml", &lb_cfg));
+    let lb = InProcLb::start(&dir.write("lb.toml", &lb_cfg));
     let mut missing = Vec::new();
     for (role, admin) in [("lb", lb.admin()), ("broker", broker.admin())] {
         let (code, text) = http("GET", admin, "/metrics");

@@ -1,6 +1,7 @@
 //! Bad first packets: garbage, HTTP, an oversized CONNECT, a CONNECT that never finishes, a
-//! half TLS handshake. Each is closed within its limit with a log line naming the reason, no
-//! backend is touched, and the LB keeps serving good clients meanwhile.
+//! half TLS handshake. Each is closed within its limit and counted under its reason, no backend
+//! is touched, and the LB (in-process) keeps serving good clients meanwhile. SIGTERM's clean
+//! exit is the binary's contract and runs it.
 
 mod common;
 
@@ -39,10 +40,10 @@ async fn bad_first_packets_are_closed_and_counted() {
             "none",
             "client_id",
             &[("node1", mock.addr, "none")],
-            "",
+            "admin = \"127.0.0.1:0\"",
         ),
     );
-    let lb = Lb::start(&cfg);
+    let lb = InProcLb::start(&cfg);
     let plain = lb.addr("mqtt");
     let tls = lb.addr("mqtts");
 
@@ -94,8 +95,20 @@ async fn bad_first_packets_are_closed_and_counted() {
         "timeout",
         "tls_handshake",
     ] {
-        lb.proc
-            .wait_log(&format!("reason=\"{reason}\""), Duration::from_secs(3));
+        let counted = eventually(Duration::from_secs(3), || {
+            let m = parse_prometheus(&http("GET", lb.admin(), "/metrics").1);
+            metric(
+                &m,
+                "mqedge_lb_connections_rejected_total",
+                &[&format!("reason=\"{reason}\"")],
+            ) >= 1.0
+        })
+        .await;
+        assert!(
+            counted,
+            "no connection rejected for {reason}:\n{}",
+            lb.logs()
+        );
     }
     // still serving: the steady client's session answers a ping, a new client connects
     good.write_all(&[0xc0, 0x00]).await.unwrap();

@@ -1,6 +1,7 @@
 //! The LB's control plane against real Mosquitto backends and mock brokers: active MQTT health
 //! checks (kill and restart a broker), hot reload under live `mosquitto_sub` sessions, a refused
 //! broken config, the admin API, `/metrics`, drain, `max_connections` and the per-IP rate limit.
+//! The LB runs in-process, except where a test needs a signal or reads the log.
 
 mod common;
 
@@ -11,68 +12,25 @@ use std::time::{Duration, Instant};
 use common::*;
 
 fn config(pki: &Pki, backends: &[(&str, SocketAddr)], extra_lb: &str, kind: &str) -> String {
-    let mut s = format!(
-        r#"[lb]
-name = "ctl"
-admin = "127.0.0.1:0"
-drain_timeout = "1500ms"
-connect_timeout = "2s"
-{extra_lb}
-
-[[listener]]
-name = "mqtt"
-bind = "127.0.0.1:0"
-
-[[listener]]
-name = "mqtts"
-bind = "127.0.0.1:0"
-[listener.tls]
-cert = "{cert}"
-key = "{key}"
-
-[health]
-kind = "{kind}"
-interval = "300ms"
-timeout = "500ms"
-fall = 2
-rise = 2
-"#,
-        cert = pki.file("server.pem"),
-        key = pki.file("server.key"),
-    );
-    for (n, a) in backends {
-        s.push_str(&format!("\n[[backend]]\nname = \"{n}\"\naddr = \"{a}\"\n"));
-    }
-    s
+    admin_lb_config(
+        pki,
+        &format!(
+            "name = \"ctl\"\ndrain_timeout = \"1500ms\"\nconnect_timeout = \"2s\"\n{extra_lb}"
+        ),
+        &format!(
+            "kind = \"{kind}\"\ninterval = \"300ms\"\ntimeout = \"500ms\"\nfall = 2\nrise = 2"
+        ),
+        backends,
+    )
 }
 
-fn states(admin: SocketAddr) -> Vec<(String, String)> {
-    let v = get_json(admin, "/api/backends");
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|b| {
-            (
-                b["name"].as_str().unwrap().to_string(),
-                b["state"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect()
-}
-
-fn wait_state(admin: SocketAddr, name: &str, state: &str, within: Duration) -> Duration {
-    let t0 = Instant::now();
-    loop {
-        if states(admin).iter().any(|(n, s)| n == name && s == state) {
-            return t0.elapsed();
-        }
-        assert!(
-            t0.elapsed() < within,
-            "{name} not {state} within {within:?}: {:?}",
-            states(admin)
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+/// `mqedge_lb_backend_up` of backend `name`.
+fn backend_up(admin: SocketAddr, name: &str) -> f64 {
+    metric(
+        &parse_prometheus(&http("GET", admin, "/metrics").1),
+        "mqedge_lb_backend_up",
+        &[&format!("backend=\"{name}\"")],
+    )
 }
 
 #[test]
@@ -85,10 +43,10 @@ fn mqtt_health_checks_follow_a_killed_and_restarted_mosquitto() {
         "lb.toml",
         &config(&pki, &[("m1", m1.addr), ("m2", m2.addr)], "", "mqtt"),
     );
-    let lb = Lb::start(&cfg);
+    let lb = InProcLb::start(&cfg);
     let admin = lb.admin();
     assert_eq!(
-        states(admin),
+        backend_states(admin),
         vec![("m1".into(), "up".into()), ("m2".into(), "up".into())]
     );
     let v = get_json(admin, "/api/backends");
@@ -107,48 +65,36 @@ fn mqtt_health_checks_follow_a_killed_and_restarted_mosquitto() {
     let port2 = m2.addr.port();
     drop(m2); // SIGTERM: the broker goes away
               // fall (2) x interval (300ms) + timeout (500ms) + 1s
-    let took = wait_state(
+    let took = wait_backend_state(
         admin,
         "m2",
         "down",
         Duration::from_millis(2 * 300 + 500 + 1000),
     );
     eprintln!("m2 seen down after {took:?}");
+    assert_eq!(backend_up(admin, "m2"), 0.0);
     // new clients all go to m1, including those whose id hashes to m2
     let id = id_for("m2", &["m1", "m2"], "dev");
-    let out = Command::new(which("mosquitto_pub"))
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &lb.addr("mqtt").port().to_string(),
-            "-i",
-            &id,
-            "-t",
-            "x",
-            "-m",
-            "y",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let on_m1 = backend_field(admin, "m1", "total_connections");
+    let out = mosquitto_pub(
+        "127.0.0.1",
+        lb.addr("mqtt").port(),
+        &["-i", &id, "-t", "x", "-m", "y"],
     );
-    lb.proc
-        .wait_log(&format!("client_id={id} "), Duration::from_secs(3));
-    assert!(lb
-        .proc
-        .logs()
-        .lines()
-        .any(|l| l.contains(&format!("client_id={id} ")) && l.contains("backend=m1")));
+    assert!(out.success(), "{}", out.output);
+    assert_eq!(
+        backend_field(admin, "m1", "total_connections"),
+        on_m1.as_u64().unwrap() + 1,
+        "{id} not forwarded to m1:\n{}",
+        lb.logs()
+    );
+    assert_eq!(backend_field(admin, "m2", "total_connections"), 0);
 
     let _m2 = Mosquitto::start_on(port2);
     // rise (2) checks
-    let took = wait_state(admin, "m2", "up", Duration::from_secs(3));
+    let took = wait_backend_state(admin, "m2", "up", Duration::from_secs(3));
     eprintln!("m2 seen up again after {took:?}");
-    assert!(lb.proc.logs().contains("backend state changed"));
+    assert_eq!(backend_up(admin, "m2"), 1.0);
 }
 
 #[test]
@@ -160,47 +106,29 @@ fn hot_reload_keeps_untouched_sessions_and_drains_removed_backends() {
         "lb.toml",
         &config(&pki, &[("a", a.addr), ("b", b.addr)], "", "mqtt"),
     );
+    // on the binary: the drain close and the untouched session are read from the log (the LB
+    // has no metric of closes by reason)
     let lb = Lb::start(&cfg);
     let admin = lb.admin();
-    let port = lb.addr("mqtt").port().to_string();
+    let port = lb.addr("mqtt").port();
     let ida = id_for("a", &["a", "b"], "keep");
     let idb = id_for("b", &["a", "b"], "moved");
     // ids that stay on a when c joins and b leaves: rendezvous hashing guarantees it
     assert_eq!(hashed_backend(&ida, &["a", "c"]), "a");
 
     let sub = |id: &str| {
-        let mut s = Command::new(which("mosquitto_sub"));
-        s.args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port,
-            "-i",
+        mosquitto_sub(
             id,
-            "-t",
-            "news",
-            "-q",
-            "1",
-            "-v",
-        ]);
-        Proc::spawn(id, s)
+            "127.0.0.1",
+            port,
+            &["-i", id, "-t", "news", "-q", "1", "-v"],
+        )
     };
     let sa = sub(&ida);
     let sb = sub(&idb);
     // wait until both are subscribed: publish to each backend directly until each receives
     let publish_direct = |addr: SocketAddr, msg: &str| {
-        let _ = Command::new(which("mosquitto_pub"))
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &addr.port().to_string(),
-                "-t",
-                "news",
-                "-m",
-                msg,
-            ])
-            .output();
+        mosquitto_pub("127.0.0.1", addr.port(), &["-t", "news", "-m", msg]);
     };
     let deadline = Instant::now() + Duration::from_secs(5);
     while (sa.count_log("news warmup-a") == 0 || sb.count_log("news warmup-b") == 0)
@@ -230,7 +158,7 @@ fn hot_reload_keeps_untouched_sessions_and_drains_removed_backends() {
     )
     .unwrap();
     loop {
-        let s = states(admin);
+        let s = backend_states(admin);
         if s == vec![
             ("a".to_string(), "up".to_string()),
             ("c".to_string(), "up".to_string()),
@@ -281,22 +209,8 @@ fn hot_reload_keeps_untouched_sessions_and_drains_removed_backends() {
     );
     // a new client that hashes to c lands on c
     let idc = id_for("c", &["a", "c"], "new");
-    let out = Command::new(which("mosquitto_pub"))
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port,
-            "-i",
-            &idc,
-            "-t",
-            "x",
-            "-m",
-            "y",
-        ])
-        .output()
-        .unwrap();
-    assert!(out.status.success());
+    let out = mosquitto_pub("127.0.0.1", port, &["-i", &idc, "-t", "x", "-m", "y"]);
+    assert!(out.success());
     let line = lb
         .proc
         .wait_log(&format!("client_id={idc} "), Duration::from_secs(3));
@@ -310,6 +224,7 @@ async fn broken_reloads_change_nothing_and_are_reported() {
     let m = MockBroker::start("m", false).await;
     let good = config(&pki, &[("m", m.addr)], "", "tcp");
     let cfg = dir.write("lb.toml", &good);
+    // on the binary: SIGHUP, and the refusal's log line
     let lb = Lb::start(&cfg);
     let admin = lb.admin();
     let plain = lb.addr("mqtt");
@@ -356,7 +271,10 @@ async fn broken_reloads_change_nothing_and_are_reported() {
             mqtt_connect(&mut s, &format!("still-{i}")).await.unwrap(),
             0
         );
-        assert_eq!(states(admin), vec![("m".to_string(), "up".to_string())]);
+        assert_eq!(
+            backend_states(admin),
+            vec![("m".to_string(), "up".to_string())]
+        );
     }
     assert!(lb
         .proc
@@ -398,7 +316,7 @@ async fn admin_metrics_drain_and_limits() {
             "tcp",
         ),
     );
-    let lb = Lb::start(&cfg);
+    let lb = InProcLb::start(&cfg);
     let admin = lb.admin();
     let plain = lb.addr("mqtt");
     assert_eq!(http("GET", admin, "/healthz").0, 200);
@@ -510,7 +428,7 @@ async fn admin_metrics_drain_and_limits() {
     let (code, body) = http("POST", admin, "/api/backends/m1/drain");
     assert_eq!(code, 200, "{body}");
     assert_eq!(http("POST", admin, "/api/backends/zzz/drain").0, 404);
-    assert!(states(admin).contains(&("m1".to_string(), "draining".to_string())));
+    assert!(backend_states(admin).contains(&("m1".to_string(), "draining".to_string())));
     let n1 = m1.clients().len();
     for i in 0..5 {
         let mut s = tcp_from(Some("127.0.0.6".parse().unwrap()), plain)
@@ -547,7 +465,7 @@ async fn renewed_certificates_are_served_to_new_connections() {
     let pki = Pki::new(dir.path(), &["device-1"]);
     let m = MockBroker::start("m", false).await;
     let cfg = dir.write("lb.toml", &config(&pki, &[("m", m.addr)], "", "tcp"));
-    let lb = Lb::start(&cfg);
+    let lb = InProcLb::start(&cfg);
     let tls = lb.addr("mqtts");
     let sans = |s: &tokio_rustls::client::TlsStream<tokio::net::TcpStream>| -> Vec<String> {
         let der = s.get_ref().1.peer_certificates().unwrap()[0].clone();

@@ -2,7 +2,8 @@
 //! it: real client addresses from several 127.0.0.x sources, the TLS facts of the client
 //! certificate (flags, verify, CN, version, SHA-256), ALPN, SNI and the connection id; the raw
 //! layout read with `ppp` directly; and the same client sent through a real HAProxy
-//! (`send-proxy-v2-ssl-cn`) to compare the two headers byte structure by byte structure.
+//! (`send-proxy-v2-ssl-cn`) to compare the two headers byte structure by byte structure. The LB
+//! runs in-process except where a test reads its log.
 
 mod common;
 
@@ -40,25 +41,6 @@ fn hex(b: &[u8]) -> String {
         .map(|x| format!("{x:02x}"))
         .collect::<Vec<_>>()
         .join(" ")
-}
-
-/// What the broker recorded for `client_id`, waiting for it with a deadline.
-async fn seen_by(broker: &MockBroker, client_id: &str) -> Seen {
-    let found = eventually(Duration::from_secs(5), || {
-        broker.clients().iter().any(|c| c == client_id)
-    })
-    .await;
-    assert!(
-        found,
-        "{} never saw {client_id:?}; it saw {:?}",
-        broker.name,
-        broker.clients()
-    );
-    broker
-        .seen()
-        .into_iter()
-        .find(|s| s.client_id == client_id)
-        .unwrap()
 }
 
 /// The top-level TLVs of a raw v2 header, read with `ppp` (not with mqedge's own parser).
@@ -125,6 +107,7 @@ async fn tls_client(
     (s, local)
 }
 
+/// On the binary: the connection id is looked up in the LB's log.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_clients_with_certs_reach_the_broker_with_their_address_and_certificate() {
     let dir = TempDir::new("pp2-cert");
@@ -154,7 +137,7 @@ async fn tls_clients_with_certs_reach_the_broker_with_their_address_and_certific
         let id = format!("pp2-cert-{n}");
         let (stream, local) = tls_client(src, tls, client.clone(), &id).await;
         open.push(stream);
-        let seen = seen_by(&broker, &id).await;
+        let seen = broker.seen_by(&id).await;
         let info = seen.proxy.clone().expect("the broker got a PROXY header");
         assert_eq!(
             info.src,
@@ -237,7 +220,7 @@ async fn clients_without_cert_and_plain_clients_get_honest_headers() {
             "",
         ),
     );
-    let lb = Lb::start(&cfg);
+    let lb = InProcLb::start(&cfg);
 
     // TLS without a client certificate on an `optional` listener
     let (_anon, local) = tls_client(
@@ -247,7 +230,7 @@ async fn clients_without_cert_and_plain_clients_get_honest_headers() {
         "pp2-anon",
     )
     .await;
-    let seen = seen_by(&broker, "pp2-anon").await;
+    let seen = broker.seen_by("pp2-anon").await;
     let info = seen.proxy.clone().expect("PROXY header");
     assert_eq!(info.src, Some(local));
     let ssl = info.ssl.clone().expect("still a TLS client");
@@ -281,7 +264,7 @@ async fn clients_without_cert_and_plain_clients_get_honest_headers() {
         .unwrap();
     let local = plain.local_addr().unwrap();
     assert_eq!(mqtt_connect(&mut plain, "pp2-plain").await.unwrap(), 0);
-    let seen = seen_by(&broker, "pp2-plain").await;
+    let seen = broker.seen_by("pp2-plain").await;
     let info = seen.proxy.clone().expect("PROXY header");
     assert_eq!(info.src, Some(local));
     assert_eq!(info.dst, Some(lb.addr("mqtt")));
@@ -347,13 +330,13 @@ async fn haproxy_and_mqedge_send_the_same_ssl_tlv_layout() {
             "",
         ),
     );
-    let lb = Lb::start(&cfg);
+    let lb = InProcLb::start(&cfg);
     let client = mqtt_tls(&pki, Some("device-1"));
 
     let (_h, hap_local) = tls_client("127.0.0.8", hap_addr, client.clone(), "via-haproxy").await;
     let (_l, lb_local) = tls_client("127.0.0.8", lb.addr("mqtts"), client, "via-mqedge").await;
-    let hap = seen_by(&behind_haproxy, "via-haproxy").await;
-    let ours = seen_by(&behind_lb, "via-mqedge").await;
+    let hap = behind_haproxy.seen_by("via-haproxy").await;
+    let ours = behind_lb.seen_by("via-mqedge").await;
     let dumps = format!(
         "\nhaproxy: {}\nmqedge:  {}\nhaproxy log:\n{}",
         hex(&hap.proxy_raw),
@@ -440,8 +423,8 @@ async fn haproxy_and_mqedge_send_the_same_ssl_tlv_layout() {
     let (_ha, _) = tls_client("127.0.0.9", hap_addr, anon.clone(), "anon-via-haproxy").await;
     let (_la, _) = tls_client("127.0.0.9", lb.addr("mqtts"), anon, "anon-via-mqedge").await;
     let (ha, la) = (
-        seen_by(&behind_haproxy, "anon-via-haproxy").await,
-        seen_by(&behind_lb, "anon-via-mqedge").await,
+        behind_haproxy.seen_by("anon-via-haproxy").await,
+        behind_lb.seen_by("anon-via-mqedge").await,
     );
     let dumps = format!(
         "\nhaproxy: {}\nmqedge:  {}",

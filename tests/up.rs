@@ -227,10 +227,8 @@ fn assert_all_gone(pids: &[u32], base: Option<u16>, within: Duration, what: &str
 fn up_runs_the_local_topology_and_ctrl_c_stops_it() {
     let dir = TempDir::new("up");
     let work = dir.path().join("work");
-    let mut cmd = Command::new(bin());
-    cmd.arg("up").arg("--dir").arg(&work);
-    let mut up = Proc::spawn("up", cmd);
-    up.wait_log("mqedge up: running", Duration::from_secs(45));
+    // on a free block of ports, not the defaults (which ports.rs's unit tests hold)
+    let (mut up, base) = start_up_on_free_ports(&work, 0);
     let certs = work.join("certs");
     for f in [
         "ca.pem",
@@ -242,7 +240,10 @@ fn up_runs_the_local_topology_and_ctrl_c_stops_it() {
         assert!(certs.join(f).exists(), "missing {f}");
     }
     // the printed lines, as a user would paste them
-    let sub_line = up.wait_log("mosquitto_sub -h localhost -p 8883", Duration::from_secs(1));
+    let sub_line = up.wait_log(
+        &format!("mosquitto_sub -h localhost -p {} ", base + 1),
+        Duration::from_secs(1),
+    );
     assert!(
         sub_line.contains(&certs.join("client.pem").display().to_string()),
         "{sub_line}"
@@ -261,7 +262,8 @@ fn up_runs_the_local_topology_and_ctrl_c_stops_it() {
     paste_the_printed_lines(&up, |sub_id, node| {
         // the TLS subscriber's node sees it through the LB: PROXY v2, the certificate CN as
         // username
-        let admin_port = 19100 + node[4..].parse::<u16>().unwrap();
+        // node N's admin API is port 5 + N of the block
+        let admin_port = base + 5 + node[4..].parse::<u16>().unwrap();
         let admin = format!("127.0.0.1:{admin_port}").parse().unwrap();
         let deadline = Instant::now() + Duration::from_secs(10);
         while http("GET", admin, &format!("/api/clients/{sub_id}")).0 != 200 {
@@ -292,7 +294,12 @@ fn up_runs_the_local_topology_and_ctrl_c_stops_it() {
     assert!(st.success(), "{st:?}");
     assert!(up.logs().contains("mqedge up: stopped"));
     // no child left behind: every port is free again
-    assert_all_gone(&children, None, Duration::from_secs(5), "after Ctrl-C");
+    assert_all_gone(
+        &children,
+        Some(base),
+        Duration::from_secs(5),
+        "after Ctrl-C",
+    );
     let ps = Command::new("pgrep")
         .arg("-f")
         .arg(work.join("configs").display().to_string())

@@ -1,6 +1,6 @@
-//! Builders for integration tests: temp dirs, certificates, the real `mqedge` binary, real
-//! Mosquitto, a PROXY-parsing mock broker, and raw MQTT clients bound to chosen 127.0.0.x source
-//! addresses. Everything started here stops when its handle drops; every wait has a deadline.
+//! Builders for integration tests: temp dirs, certificates, in-process servers ([`inproc`]),
+//! the real `mqedge` binary, real Mosquitto, a PROXY-parsing mock broker, and raw MQTT clients
+//! bound to chosen 127.0.0.x source addresses. Everything started here stops when its handle drops; every wait has a deadline.
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
@@ -12,6 +12,13 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
+
+mod inproc;
+mod scripts;
+#[allow(unused_imports)]
+pub use inproc::{InProc, InProcBroker, InProcLb};
+#[allow(unused_imports)]
+pub use scripts::{tail, ScriptRun};
 
 /// A directory removed on drop.
 pub struct TempDir(pub PathBuf);
@@ -159,6 +166,29 @@ impl Proc {
         }
     }
 
+    /// The address in the first log line with `needle` (its ` addr=` field), waiting for it.
+    pub fn addr_in_log(&self, needle: &str) -> SocketAddr {
+        let line = self.wait_log(needle, Duration::from_secs(10));
+        line.split(" addr=")
+            .nth(1)
+            .and_then(|a| a.split_whitespace().next())
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("{}: no address in {line:?}", self.name))
+    }
+
+    /// `mqedge ROLE -c CONFIG` named `name` (with `RUST_LOG=rust_log` unless set), once it
+    /// logged `ready`.
+    pub fn start_role(name: &str, role: &str, config: &Path, rust_log: &str, ready: &str) -> Proc {
+        let mut cmd = Command::new(bin());
+        cmd.arg(role).arg("-c").arg(config);
+        if std::env::var_os("RUST_LOG").is_none() {
+            cmd.env("RUST_LOG", rust_log);
+        }
+        let proc = Proc::spawn(name, cmd);
+        proc.wait_log(ready, Duration::from_secs(20));
+        proc
+    }
+
     pub fn count_log(&self, needle: &str) -> usize {
         self.log
             .lock()
@@ -206,7 +236,7 @@ impl Drop for Proc {
     }
 }
 
-/// A running `mqedge lb`, with the addresses its listeners bound (from its log).
+/// A running `mqedge lb`; its addresses through [`LbHandle`].
 pub struct Lb {
     pub proc: Proc,
     pub config: PathBuf,
@@ -214,33 +244,20 @@ pub struct Lb {
 
 impl Lb {
     pub fn start(config: &Path) -> Lb {
-        let mut cmd = Command::new(bin());
-        cmd.arg("lb").arg("-c").arg(config);
-        if std::env::var_os("RUST_LOG").is_none() {
-            cmd.env("RUST_LOG", "info,mqedge_lb=debug");
-        }
-        let proc = Proc::spawn("lb", cmd);
-        proc.wait_log("listening", Duration::from_secs(20));
         Lb {
-            proc,
+            proc: Proc::start_role("lb", "lb", config, "info,mqedge_lb=debug", "listening"),
             config: config.to_path_buf(),
         }
     }
 
     /// The address of the named listener, read from the `listening` log line.
     pub fn addr(&self, listener: &str) -> SocketAddr {
-        let line = self.proc.wait_log(
-            &format!("listener={listener} addr="),
-            Duration::from_secs(10),
-        );
-        let a = line
-            .split("addr=")
-            .nth(1)
-            .unwrap()
-            .split_whitespace()
-            .next()
-            .unwrap();
-        a.parse().unwrap()
+        self.proc.addr_in_log(&format!("listener={listener} addr="))
+    }
+
+    /// The admin API address, from the `admin listening` log line.
+    pub fn admin(&self) -> SocketAddr {
+        self.proc.addr_in_log("admin listening")
     }
 }
 
@@ -274,6 +291,20 @@ pub fn which(bin: &str) -> String {
     panic!("{bin} is not installed: .ci/run installs it (apt)");
 }
 
+/// `mosquitto_pub -h HOST -p PORT ARGS…`, run to completion (killed after 10 s).
+pub fn mosquitto_pub(host: &str, port: u16, args: &[&str]) -> ScriptRun {
+    let mut cmd = Command::new(which("mosquitto_pub"));
+    cmd.args(["-h", host, "-p", &port.to_string()]).args(args);
+    ScriptRun::run(cmd, Duration::from_secs(10))
+}
+
+/// `mosquitto_sub -h HOST -p PORT ARGS…`, running, its output collected under `name`.
+pub fn mosquitto_sub(name: &str, host: &str, port: u16, args: &[&str]) -> Proc {
+    let mut cmd = Command::new(which("mosquitto_sub"));
+    cmd.args(["-h", host, "-p", &port.to_string()]).args(args);
+    Proc::spawn(name, cmd)
+}
+
 /// A real Mosquitto broker on 127.0.0.1.
 pub struct Mosquitto {
     pub proc: Proc,
@@ -286,8 +317,12 @@ impl Mosquitto {
         Self::start_with("")
     }
     pub fn start_with(extra: &str) -> Mosquitto {
+        Self::start_on_with(free_port(), extra)
+    }
+
+    /// Mosquitto on `port` with `extra` config lines.
+    fn start_on_with(port: u16, extra: &str) -> Mosquitto {
         let dir = TempDir::new("mosq");
-        let port = free_port();
         let conf = dir.write(
             "mosquitto.conf",
             &format!(
@@ -461,6 +496,24 @@ impl MockBroker {
         self.seen().into_iter().map(|s| s.client_id).collect()
     }
 
+    /// What this broker recorded for `client_id`, waiting for it with a deadline.
+    pub async fn seen_by(&self, client_id: &str) -> Seen {
+        let found = eventually(Duration::from_secs(5), || {
+            self.clients().iter().any(|c| c == client_id)
+        })
+        .await;
+        assert!(
+            found,
+            "{} never saw {client_id:?}; it saw {:?}",
+            self.name,
+            self.clients()
+        );
+        self.seen()
+            .into_iter()
+            .find(|s| s.client_id == client_id)
+            .unwrap()
+    }
+
     pub fn stop(&self) {
         let _ = self.stop.send(true);
     }
@@ -470,6 +523,18 @@ impl Drop for MockBroker {
     fn drop(&mut self) {
         let _ = self.stop.send(true);
     }
+}
+
+/// Polls `f` (blocking the thread) until it returns true or the deadline passes.
+pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while !f() {
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    true
 }
 
 /// Polls `f` until it returns true or the deadline passes.
@@ -539,6 +604,99 @@ rise = 1
         ));
     }
     s
+}
+
+/// An LB config for control-plane tests: `[lb]` with an admin API on port 0 and `lb_lines`, a
+/// plain listener "mqtt" and a TLS listener "mqtts" (no client certificates), `[health]` from
+/// `health_lines`, and backends `(name, addr)` without PROXY headers.
+pub fn admin_lb_config(
+    pki: &Pki,
+    lb_lines: &str,
+    health_lines: &str,
+    backends: &[(&str, SocketAddr)],
+) -> String {
+    let mut s = format!(
+        r#"[lb]
+admin = "127.0.0.1:0"
+{lb_lines}
+
+[[listener]]
+name = "mqtt"
+bind = "127.0.0.1:0"
+
+[[listener]]
+name = "mqtts"
+bind = "127.0.0.1:0"
+[listener.tls]
+cert = "{cert}"
+key = "{key}"
+
+[health]
+{health_lines}
+"#,
+        cert = pki.file("server.pem"),
+        key = pki.file("server.key"),
+    );
+    for (n, a) in backends {
+        s.push_str(&format!("\n[[backend]]\nname = \"{n}\"\naddr = \"{a}\"\n"));
+    }
+    s
+}
+
+/// `(name, state)` of every backend, from the admin API's `/api/backends`, in config order.
+pub fn backend_states(admin: SocketAddr) -> Vec<(String, String)> {
+    get_json(admin, "/api/backends")
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| {
+            (
+                b["name"].as_str().unwrap().to_string(),
+                b["state"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// The state of backend `name` ("absent" when the LB does not have it).
+pub fn backend_state(admin: SocketAddr, name: &str) -> String {
+    backend_states(admin)
+        .into_iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, s)| s)
+        .unwrap_or_else(|| "absent".into())
+}
+
+/// Waits (blocking the thread) until backend `name` is in `state`; how long that took.
+pub fn wait_backend_state(
+    admin: SocketAddr,
+    name: &str,
+    state: &str,
+    within: Duration,
+) -> Duration {
+    let t0 = Instant::now();
+    loop {
+        if backend_state(admin, name) == state {
+            return t0.elapsed();
+        }
+        assert!(
+            t0.elapsed() < within,
+            "{name} not {state} within {within:?}: {:?}",
+            backend_states(admin)
+        );
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+/// A field of backend `name` in `/api/backends`.
+pub fn backend_field(admin: SocketAddr, name: &str, field: &str) -> serde_json::Value {
+    get_json(admin, "/api/backends")
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["name"] == name)
+        .unwrap_or_else(|| panic!("no backend {name}"))[field]
+        .clone()
 }
 
 /// A minimal HTTP/1.1 request (Connection: close); returns (status, body).
@@ -639,21 +797,7 @@ pub fn metric(samples: &[(String, String, f64)], name: &str, needles: &[&str]) -
 impl Mosquitto {
     /// Starts Mosquitto on a given port (to restart a killed backend at the same address).
     pub fn start_on(port: u16) -> Mosquitto {
-        let dir = TempDir::new("mosq");
-        let conf = dir.write(
-            "mosquitto.conf",
-            &format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"),
-        );
-        let mut cmd = Command::new(which("mosquitto"));
-        cmd.arg("-c").arg(&conf);
-        let proc = Proc::spawn("mosquitto", cmd);
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        wait_port(addr, Duration::from_secs(10));
-        Mosquitto {
-            proc,
-            addr,
-            _dir: dir,
-        }
+        Self::start_on_with(port, "")
     }
 }
 
@@ -678,21 +822,44 @@ pub fn id_for(want: &str, names: &[&str], prefix: &str) -> String {
         .unwrap()
 }
 
-impl Lb {
-    /// The admin API address, from the `admin listening` log line.
-    pub fn admin(&self) -> SocketAddr {
-        let line = self
-            .proc
-            .wait_log("admin listening", Duration::from_secs(10));
-        line.split("addr=")
-            .nth(1)
-            .unwrap()
-            .split_whitespace()
-            .next()
-            .unwrap()
-            .parse()
-            .unwrap()
+/// What a test reads from an LB, whether it runs in-process or as the binary.
+pub trait LbHandle {
+    /// The address of the named `[[listener]]`.
+    fn addr(&self, listener: &str) -> SocketAddr;
+    /// The admin API (`[lb] admin`).
+    fn admin(&self) -> SocketAddr;
+    /// The log so far, for failure messages.
+    fn logs(&self) -> String;
+}
+
+/// The addresses come from the `listening` log lines.
+impl LbHandle for Lb {
+    fn addr(&self, listener: &str) -> SocketAddr {
+        self.proc.addr_in_log(&format!("listener={listener} addr="))
     }
+    fn admin(&self) -> SocketAddr {
+        self.proc.addr_in_log("admin listening")
+    }
+    fn logs(&self) -> String {
+        self.proc.logs()
+    }
+}
+
+impl LbHandle for InProcLb {
+    fn addr(&self, listener: &str) -> SocketAddr {
+        InProcLb::addr(self, listener)
+    }
+    fn admin(&self) -> SocketAddr {
+        InProc::admin(self)
+    }
+    fn logs(&self) -> String {
+        InProc::logs(self)
+    }
+}
+
+/// The LB's Prometheus samples, from its admin API.
+pub fn lb_metrics(lb: &impl LbHandle) -> Vec<(String, String, f64)> {
+    parse_prometheus(&http("GET", lb.admin(), "/metrics").1)
 }
 
 /// A running `mqedge broker`.
@@ -703,56 +870,20 @@ pub struct BrokerProc {
 
 impl BrokerProc {
     pub fn start(config: &Path) -> BrokerProc {
-        let mut cmd = Command::new(bin());
-        cmd.arg("broker").arg("-c").arg(config);
-        if std::env::var_os("RUST_LOG").is_none() {
-            cmd.env("RUST_LOG", "info");
-        }
-        let proc = Proc::spawn("broker", cmd);
-        proc.wait_log(" listener=", Duration::from_secs(20));
         BrokerProc {
-            proc,
+            proc: Proc::start_role("broker", "broker", config, "info", " listener="),
             config: config.to_path_buf(),
         }
     }
-    /// The address of the (first, or named) MQTT listener.
+    /// The address of the first MQTT listener.
     pub fn addr(&self) -> SocketAddr {
-        let line = self.proc.wait_log(" listener=", Duration::from_secs(10));
-        line.split(" addr=")
-            .nth(1)
-            .unwrap()
-            .split_whitespace()
-            .next()
-            .unwrap()
-            .parse()
-            .unwrap()
+        self.proc.addr_in_log(" listener=")
     }
     pub fn addr_of(&self, listener: &str) -> SocketAddr {
-        let line = self.proc.wait_log(
-            &format!("listener={listener} addr="),
-            Duration::from_secs(10),
-        );
-        line.split(" addr=")
-            .nth(1)
-            .unwrap()
-            .split_whitespace()
-            .next()
-            .unwrap()
-            .parse()
-            .unwrap()
+        self.proc.addr_in_log(&format!("listener={listener} addr="))
     }
     pub fn admin(&self) -> SocketAddr {
-        let line = self
-            .proc
-            .wait_log("admin listening", Duration::from_secs(10));
-        line.split("addr=")
-            .nth(1)
-            .unwrap()
-            .split_whitespace()
-            .next()
-            .unwrap()
-            .parse()
-            .unwrap()
+        self.proc.addr_in_log("admin listening")
     }
     pub fn kill9(&mut self) {
         let _ = self.proc.child.kill();
@@ -772,6 +903,64 @@ pub fn broker_config(bind: &str, node_extra: &str, extra: &str) -> String {
     format!(
         "[node]\nname = \"node1\"\nadmin = \"127.0.0.1:0\"\n{node_extra}\n\n[[listener]]\nname = \"mqtt\"\nbind = \"{bind}\"\n\n{auth}{extra}\n"
     )
+}
+
+/// A TCP connection to `addr` (from any local address).
+pub async fn tcp(addr: SocketAddr) -> TcpStream {
+    tcp_from(None, addr).await.unwrap()
+}
+
+/// A PUBLISH packet with default properties.
+pub fn publish(
+    topic: &str,
+    payload: &[u8],
+    qos: u8,
+    pid: Option<u16>,
+    retain: bool,
+) -> mqedge_protocol::Publish {
+    mqedge_protocol::Publish {
+        dup: false,
+        qos: mqedge_protocol::QoS::from_u8(qos).unwrap(),
+        retain,
+        topic: topic.to_string(),
+        packet_id: pid,
+        properties: Default::default(),
+        payload: bytes::Bytes::copy_from_slice(payload),
+    }
+}
+
+/// A success PUBACK (also the body of PUBREC, PUBREL and PUBCOMP) for `packet_id`.
+pub fn ack(packet_id: u16) -> mqedge_protocol::PubAck {
+    mqedge_protocol::PubAck {
+        packet_id,
+        code: 0,
+        properties: Default::default(),
+    }
+}
+
+impl Raw<TcpStream> {
+    /// A client (clean start, keep-alive 30 s) connected to `addr` whose CONNACK said success.
+    pub async fn client(addr: SocketAddr, v: mqedge_protocol::Version, id: &str) -> Self {
+        let mut c = Raw::new(tcp(addr).await, v);
+        let ack = c.connect(id, true, 30).await;
+        assert_eq!(ack.code, 0, "{id}: CONNACK {ack:?}");
+        c
+    }
+
+    /// A v5 client with CONNECT properties (and optionally a will) whose CONNACK said success;
+    /// the CONNACK too.
+    pub async fn client5(
+        addr: SocketAddr,
+        id: &str,
+        clean: bool,
+        will: Option<mqedge_protocol::Will>,
+        props: mqedge_protocol::ConnectProperties,
+    ) -> (Self, mqedge_protocol::ConnAck) {
+        let mut c = Raw::new(tcp(addr).await, mqedge_protocol::Version::V5);
+        let ack = c.connect_with(id, clean, 30, will, None, props).await;
+        assert_eq!(ack.code, 0, "{id}: CONNACK {ack:?}");
+        (c, ack)
+    }
 }
 
 /// A raw MQTT client over any stream, speaking through the broker's own codec, for tests that
@@ -904,44 +1093,38 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Raw<S> {
         }))
         .await;
     }
+    /// Acknowledges `p` as a client must: PUBACK at QoS 1, PUBREC at QoS 2.
+    pub async fn ack_publish(&mut self, p: &mqedge_protocol::Publish) {
+        use mqedge_protocol::*;
+        match (p.qos, p.packet_id) {
+            (QoS::AtLeastOnce, Some(id)) => self.send(Packet::PubAck(ack(id))).await,
+            (QoS::ExactlyOnce, Some(id)) => self.send(Packet::PubRec(ack(id))).await,
+            _ => {}
+        }
+    }
+
+    /// Plays the receiving side of the QoS flows for one incoming packet: a PUBLISH is
+    /// acknowledged and returned, a PUBREL gets its PUBCOMP, anything else is skipped.
+    pub async fn answer(&mut self, p: mqedge_protocol::Packet) -> Option<mqedge_protocol::Publish> {
+        use mqedge_protocol::*;
+        match p {
+            Packet::Publish(p) => {
+                self.ack_publish(&p).await;
+                Some(p)
+            }
+            Packet::PubRel(r) => {
+                self.send(Packet::PubComp(ack(r.packet_id))).await;
+                None
+            }
+            _ => None,
+        }
+    }
+
     /// Collects PUBLISH packets until `t` passes with nothing new; acks QoS 1/2 as a client must.
     pub async fn collect(&mut self, t: Duration) -> Vec<mqedge_protocol::Publish> {
-        use mqedge_protocol::*;
         let mut got = Vec::new();
         while let Some(p) = self.recv(t).await {
-            match p {
-                Packet::Publish(p) => {
-                    match (p.qos, p.packet_id) {
-                        (QoS::AtLeastOnce, Some(id)) => {
-                            self.send(Packet::PubAck(PubAck {
-                                packet_id: id,
-                                code: 0,
-                                properties: Default::default(),
-                            }))
-                            .await
-                        }
-                        (QoS::ExactlyOnce, Some(id)) => {
-                            self.send(Packet::PubRec(PubAck {
-                                packet_id: id,
-                                code: 0,
-                                properties: Default::default(),
-                            }))
-                            .await
-                        }
-                        _ => {}
-                    }
-                    got.push(p);
-                }
-                Packet::PubRel(r) => {
-                    self.send(Packet::PubComp(PubAck {
-                        packet_id: r.packet_id,
-                        code: 0,
-                        properties: Default::default(),
-                    }))
-                    .await
-                }
-                _ => {}
-            }
+            got.extend(self.answer(p).await);
         }
         got
     }

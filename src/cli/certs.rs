@@ -1,0 +1,42 @@
+//! `mqedge certs --out DIR`: a dev CA, a server certificate and client certificates through
+//! [`mqedge_shared::certs::generate`], one `wrote PATH` line per file.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use mqedge_shared::certs::{CertError, CertOptions};
+
+/// Exit 0 with the files written, or 1 with the reason (and, for an existing CA, the two flags
+/// that resolve it).
+pub fn run(out: &Path, opts: &CertOptions) -> ExitCode {
+    match mqedge_shared::certs::generate(out, opts) {
+        Ok(files) => {
+            for f in files {
+                println!("wrote {}", f.display());
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("mqedge certs: {}", error_chain(&e));
+            if matches!(e, CertError::CaExists(_)) {
+                eprintln!(
+                    "mqedge certs: pass --reuse-ca to sign the new certificates with \
+                     the existing CA, or --force to replace it"
+                );
+            }
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// One line with every cause, `outer: inner: root`, so a user sees why without a backtrace.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
