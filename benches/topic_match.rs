@@ -4,8 +4,8 @@
 //! the number of filters stored.
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
-use mqedge_broker::retained::Retained;
-use mqedge_broker::router::{Matches, Router, SubOptions};
+use mqedge_broker::routing::retained::Retained;
+use mqedge_broker::routing::trie::{Matches, Router, SubOptions};
 
 const DEVICES: u64 = 100_000;
 const FLEETS: u64 = 100;

@@ -11,7 +11,6 @@ use std::time::Instant;
 use crate::auth::{Access, Acl, PasswordFile};
 use crate::cluster::{Ack, BoxFuture, Gate, LocalNode, Peers, SessionExport};
 use crate::config::Config;
-use crate::feed::delivery_qos;
 use crate::message::{unix_now, Message};
 use crate::metrics::Metrics;
 use crate::protocol::{QoS, Will};
@@ -385,7 +384,7 @@ impl Broker {
     }
 
     /// The retained messages a new subscription to `filter` is sent (a snapshot its connection
-    /// streams, see [`crate::feed`]).
+    /// streams, see [`crate::connection::feed`]).
     pub fn retained_snapshot(&self, filter: &str) -> Vec<Arc<Message>> {
         self.routing.retained().matching_messages(filter)
     }
@@ -404,7 +403,7 @@ impl Broker {
         // only QoS 1/2 wait for an offline session; skip the excess up front instead of
         // queueing and dropping (and storing and deleting) each of them
         let rest: Vec<_> = rest
-            .filter(|(m, o)| delivery_qos(m, o) != QoS::AtMostOnce)
+            .filter(|(m, o)| o.delivery_qos(m.qos) != QoS::AtMostOnce)
             .collect();
         let rules = self.queue_rules();
         let excess = rest.len().saturating_sub(rules.limit);

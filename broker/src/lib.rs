@@ -6,7 +6,7 @@
 //! messages streamed to a new subscription through [`connection::feed`], topic aliases on outgoing PUBLISHes
 //! ([`connection::aliases`]), durable state ([`store`]), and the lingering close after a reason ([`connection::linger`]).
 //! Other nodes are behind [`cluster::Peers`]. [`protocol`] is the pure codec; [`observe`]
-//! ([`admin`], [`metrics`], [`sys`]) observes.
+//! ([`admin`], [`sys`]) and [`metrics`] observe.
 #![forbid(unsafe_code)]
 
 pub mod auth;
@@ -18,6 +18,7 @@ pub mod error;
 pub mod limits;
 pub mod listener;
 pub mod message;
+pub mod metrics;
 pub mod observe;
 pub mod routing;
 pub mod session;
@@ -38,13 +39,7 @@ use tokio::sync::{mpsc, watch};
 
 pub use crate::broker::{Broker, BrokerError};
 use crate::config::Config;
-/// The retained feed moved under [`connection`]; this keeps `crate::feed` for the publish path.
-pub(crate) use crate::connection::feed;
-pub use crate::observe::{admin, metrics, sys};
-/// The retained-message trie, by its old path.
-pub use crate::routing::retained;
-/// The subscription trie, by its old path.
-pub use crate::routing::trie as router;
+use crate::observe::{admin, sys};
 
 /// Listeners bound before the broker runs.
 pub struct Bound {

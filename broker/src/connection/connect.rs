@@ -193,7 +193,7 @@ async fn refuse(
         );
         let _ = write_all(&mut w, &mut out).await;
     }
-    why.count(&b.metrics());
+    why.count(b.metrics());
     let peer = info.addr;
     match (&why, connect, code) {
         (_, Some(c), Some(code)) => {

@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use crate::message::Message;
 use crate::protocol::QoS;
-use crate::router::SubOptions;
+use crate::routing::trie::SubOptions;
 
 /// One subscription's snapshot, partly sent.
 #[derive(Debug)]
@@ -68,7 +68,7 @@ impl Feed {
     pub fn next_qos(&self) -> Option<QoS> {
         let p = self.parts.front()?;
         let m = p.msgs.as_slice().first()?;
-        Some(delivery_qos(m, &p.opts))
+        Some(p.opts.delivery_qos(m.qos))
     }
 
     /// Takes the next message and its subscription's options.
@@ -94,11 +94,6 @@ impl Feed {
             .into_iter()
             .flat_map(|p| p.msgs.map(move |m| (m, p.opts)))
     }
-}
-
-/// QoS of a delivery: the smaller of the published QoS and the granted one.
-pub fn delivery_qos(m: &Message, opts: &SubOptions) -> QoS {
-    m.qos.min(QoS::from_u8(opts.qos).unwrap_or(QoS::AtMostOnce))
 }
 
 #[cfg(test)]

@@ -217,7 +217,7 @@ impl Live {
         };
         let (b, client_id, conn_id, peer) = (&c.b, &c.s.client_id, self.conn_id, self.peer);
         b.metrics().connected.dec();
-        end.count(&b.metrics());
+        end.count(b.metrics());
         if !end.is_ordinary() {
             tracing::info!(conn = conn_id, client_id = %client_id, peer = %peer, "{end}");
         } else if self.quiet {

@@ -8,7 +8,7 @@ use std::sync::MutexGuard;
 use bytes::BytesMut;
 
 use super::aliases::{Alias, OutAliases};
-use super::feed::{delivery_qos, Feed};
+use super::feed::Feed;
 use super::Conn;
 use crate::auth::Access;
 use crate::broker::Broker;
@@ -302,7 +302,7 @@ fn next_retained(
             return None;
         }
     }
-    let qos = delivery_qos(&msg, &opts);
+    let qos = opts.delivery_qos(msg.qos);
     let mut o = Outgoing {
         msg,
         qos,

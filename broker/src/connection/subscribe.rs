@@ -9,7 +9,7 @@ use crate::protocol::{
     reason, AckProperties, Packet, RetainHandling, SubAck, Subscribe, SubscribeFilter, UnsubAck,
     Unsubscribe,
 };
-use crate::router::SubOptions;
+use crate::routing::trie::SubOptions;
 use crate::session::sub_options;
 use crate::session::Sub;
 use crate::topic::{parse_shared, valid_topic_filter};

@@ -1,8 +1,6 @@
-//! How an operator sees a running node: the admin HTTP API ([`admin`]), the Prometheus
-//! registry with its handles ([`metrics`]), and the `$SYS` topics ([`sys`]). `metrics` is a leaf
-//! that everything may import; `admin` and `sys` read the broker and nothing imports them but
-//! the crate root, which starts them.
+//! How an operator sees a running node: the admin HTTP API ([`admin`]) and the `$SYS` topics
+//! ([`sys`]). Both read the broker; nothing imports them but the crate root, which starts them.
+//! (The metrics registry they read is [`crate::metrics`], a leaf every module may count into.)
 
 pub mod admin;
-pub mod metrics;
 pub mod sys;

@@ -17,6 +17,7 @@ use std::hash::Hash;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
+use crate::protocol::QoS;
 use crate::topic::{parse_shared, SHARE_PREFIX};
 
 /// Per-subscription options the router returns with each match.
@@ -39,6 +40,11 @@ pub struct SubOptions {
 }
 
 impl SubOptions {
+    /// QoS of a delivery: the smaller of the published QoS and the granted one.
+    pub fn delivery_qos(&self, published: QoS) -> QoS {
+        published.min(QoS::from_u8(self.qos).unwrap_or(QoS::AtMostOnce))
+    }
+
     /// Every subscription identifier of this match.
     pub fn ids(&self) -> impl Iterator<Item = u32> + '_ {
         self.subscription_id

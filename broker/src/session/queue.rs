@@ -8,7 +8,6 @@ use std::time::Duration;
 use super::record::{message_key, queued_put};
 use super::{Outgoing, Session};
 use crate::auth::{Access, Acl};
-use crate::feed::delivery_qos;
 use crate::message::Message;
 use crate::metrics::Metrics;
 use crate::protocol::QoS;
@@ -44,7 +43,7 @@ impl Session {
         ops: &mut Vec<Op>,
     ) -> Option<Arc<Session>> {
         let client = &*self.client_id;
-        let qos = delivery_qos(msg, opts);
+        let qos = opts.delivery_qos(msg.qos);
         let mut st = self.lock();
         if let Some(acl) = rules.acl {
             if !acl.check(st.username.as_deref(), client, &msg.topic, Access::Read) {
