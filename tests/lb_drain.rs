@@ -129,9 +129,15 @@ async fn drain_ready_drain_under_load() {
         "lb.toml",
         &config(&pki, &[("m1", m1.addr), ("m2", m2.addr)]),
     );
-    // on the binary: the closes are counted by their log line (the LB has no metric of closes
-    // by reason)
-    let lb = Lb::start(&cfg);
+    let lb = InProcLb::start(&cfg);
+    // forwarded connections to m1 closed by a drain (`connections_closed_total`)
+    let drained = || {
+        metric(
+            &lb_metrics(&lb),
+            "mqedge_lb_connections_closed_total",
+            &["backend=\"m1\"", "reason=\"drained\""],
+        ) as usize
+    };
     let (admin, plain) = (lb.admin(), lb.addr("mqtt"));
     wait_state(admin, "m1", "up", Duration::from_secs(3)).await;
 
@@ -152,11 +158,7 @@ async fn drain_ready_drain_under_load() {
     assert!(landed(&m2, &during), "new clients go to m2 while m1 drains");
     assert!(!m1.clients().iter().any(|c| during.contains(c)));
     assert_closed_by_drain(&mut on_m1, t0, "first drain").await;
-    assert!(
-        lb.proc.count_log("closed: backend removed or drained") >= before.len(),
-        "{}",
-        lb.proc.logs()
-    );
+    assert!(drained() >= before.len(), "{}", lb.logs());
 
     // 3./4. maintenance done: ready, m1 up again after a check
     let (code, body) = http("POST", admin, "/api/backends/m1/ready");
@@ -165,19 +167,14 @@ async fn drain_ready_drain_under_load() {
 
     // new clients forwarded to m1 stay connected and exchange data for several seconds
     let after = ids(8, "m1", "b");
-    let closes_before = lb.proc.count_log("closed: backend removed or drained");
+    let closes_before = drained();
     let mut back = connect_all(plain, &after).await;
     assert!(
         landed(&m1, &after),
         "after ready, m1 takes its clients again"
     );
     assert_alive(&mut back, Duration::from_secs(3), "after ready").await;
-    assert_eq!(
-        lb.proc.count_log("closed: backend removed or drained"),
-        closes_before,
-        "{}",
-        lb.proc.logs()
-    );
+    assert_eq!(drained(), closes_before, "{}", lb.logs());
 
     // a ready before drain_timeout cancels the pending close of the connections still open
     assert_eq!(http("POST", admin, "/api/backends/m1/drain").0, 200);

@@ -26,6 +26,17 @@ pub struct RejectLabel {
     pub reason: String,
 }
 
+/// Labels for forwarded connections that ended.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClosedLabel {
+    /// Listener name.
+    pub listener: String,
+    /// Backend name.
+    pub backend: String,
+    /// Why: `closed`, `error`, `half_close_timeout`, `drained`, `shutdown`.
+    pub reason: &'static str,
+}
+
 /// Labels for per-backend series.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BackendLabel {
@@ -57,6 +68,8 @@ pub struct Metrics {
     pub rejected: Family<RejectLabel, Counter>,
     /// Client connections open now, by listener.
     pub active: Family<ListenerLabel, Gauge>,
+    /// Forwarded connections that ended, by listener, backend and why.
+    pub closed: Family<ClosedLabel, Counter>,
     /// Client bytes by listener and direction.
     pub listener_bytes: Family<BytesLabel, Counter>,
     /// Connections forwarded, by backend.
@@ -99,6 +112,7 @@ impl Metrics {
             accepted: Family::default(),
             rejected: Family::default(),
             active: Family::default(),
+            closed: Family::default(),
             listener_bytes: Family::default(),
             backend_total: Family::default(),
             backend_active: Family::default(),
@@ -134,6 +148,11 @@ impl Metrics {
             "connections_rejected",
             "Client connections closed before forwarding, by reason",
             self.rejected.clone(),
+        );
+        registry.register(
+            "connections_closed",
+            "Forwarded client connections that ended, by listener, backend and why",
+            self.closed.clone(),
         );
         registry.register(
             "connections_active",

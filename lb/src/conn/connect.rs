@@ -71,7 +71,7 @@ pub async fn forward(
                         backend: b.name().to_string(),
                     })
                     .observe(t0.elapsed().as_secs_f64());
-                return Some(established(rt, b, backend, client));
+                return Some(established(lb, rt, b, backend, client));
             }
             Err(e) => {
                 b.counters().connect_failures.inc();
@@ -117,6 +117,7 @@ async fn attempt(
 /// The connection once `b` took it: counts it open and the replayed bytes, and keeps only what
 /// the pump and the closing log line need (everything else of the setup is dropped here).
 fn established(
+    lb: &Lb,
     rt: &Arc<ListenerRt>,
     b: &Arc<Backend>,
     backend: TcpStream,
@@ -148,6 +149,7 @@ fn established(
         backend: b.name().to_string(),
         replayed,
         started: Instant::now(),
+        closed: lb.metrics().closed.clone(),
     });
     Established::new(
         stream,

@@ -12,12 +12,14 @@ use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
 
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 use crate::backend::ConnGuard;
 use crate::conn::listener::ListenerRt;
 use crate::conn::ClientStream;
+use crate::metrics::ClosedLabel;
 use crate::signal::Subscription;
 
 /// Default linger for the second half of a connection once one side has closed.
@@ -48,6 +50,47 @@ pub struct ConnLog {
     /// The replayed CONNECT (and what came with it): counted in `bytes_in`.
     pub(super) replayed: u64,
     pub(super) started: Instant,
+    /// `connections_closed_total`, counted once when the connection ends.
+    pub(super) closed: Family<ClosedLabel, Counter>,
+}
+
+/// Why a forwarded connection ended: the closing log line's words and the metric's label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    /// Both directions finished.
+    Closed,
+    /// A read or write failed on either side.
+    Error,
+    /// One side finished and the other did not within [`HALF_CLOSE_LINGER`].
+    HalfCloseTimeout,
+    /// The backend was drained or removed by a reload.
+    Drained,
+    /// The LB is shutting down.
+    Shutdown,
+}
+
+impl End {
+    /// The words of the `closed: ...` log line.
+    pub fn text(self) -> &'static str {
+        match self {
+            End::Closed => "both sides closed",
+            End::Error => "connection error",
+            End::HalfCloseTimeout => "half-closed, peer did not finish",
+            End::Drained => "backend removed or drained",
+            End::Shutdown => "LB shutting down",
+        }
+    }
+
+    /// The `reason` label of `mqedge_lb_connections_closed_total`.
+    pub fn label(self) -> &'static str {
+        match self {
+            End::Closed => "closed",
+            End::Error => "error",
+            End::HalfCloseTimeout => "half_close_timeout",
+            End::Drained => "drained",
+            End::Shutdown => "shutdown",
+        }
+    }
 }
 
 impl Established {
@@ -87,16 +130,24 @@ impl Established {
         let mut pumping = pump(client, backend, counters, kill, close);
         async move {
             // by reference: awaiting by value would move the pump into a second slot
-            let (up, down, why) = (&mut pumping).await;
+            let (up, down, end) = (&mut pumping).await;
             drop(_guard);
-            log.closed(up, down, why);
+            log.closed(up, down, end);
         }
     }
 }
 
 impl ConnLog {
-    fn closed(&self, up: u64, down: u64, why: &str) {
+    fn closed(&self, up: u64, down: u64, end: End) {
         let log = self;
+        log.closed
+            .get_or_create(&ClosedLabel {
+                listener: log.rt.name().to_string(),
+                backend: log.backend.clone(),
+                reason: end.label(),
+            })
+            .inc();
+        let why = end.text();
         tracing::info!(
             conn = %log.conn_id,
             listener = %log.rt.name(),
@@ -163,33 +214,33 @@ where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
 {
-    type Output = (u64, u64, &'static str);
+    type Output = (u64, u64, End);
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let me = self.get_mut();
         let why = 'why: {
             if me.kill.poll_fired(cx).is_ready() {
-                break 'why "LB shutting down";
+                break 'why End::Shutdown;
             }
             if me.close.poll_fired(cx).is_ready() {
-                break 'why "backend removed or drained";
+                break 'why End::Drained;
             }
             loop {
                 match Pin::new(&mut me.p).poll(cx) {
-                    Poll::Ready(Ok(true)) => break 'why "both sides closed",
+                    Poll::Ready(Ok(true)) => break 'why End::Closed,
                     Poll::Ready(Ok(false)) => {
                         // one direction ended; give the other a bounded time to finish
                         if me.linger.is_none() {
                             me.linger = Some(Box::pin(tokio::time::sleep(HALF_CLOSE_LINGER)));
                         }
                     }
-                    Poll::Ready(Err(_)) => break 'why "connection error",
+                    Poll::Ready(Err(_)) => break 'why End::Error,
                     Poll::Pending => break,
                 }
             }
             if let Some(l) = me.linger.as_mut() {
                 if l.as_mut().poll(cx).is_ready() {
-                    break 'why "half-closed, peer did not finish";
+                    break 'why End::HalfCloseTimeout;
                 }
             }
             return Poll::Pending;
@@ -383,7 +434,7 @@ mod tests {
         backend.shutdown().await.unwrap();
         assert_eq!(writer.await.unwrap(), b"bye");
         let (up, down, why) = task.await.unwrap();
-        assert_eq!((up, down, why), (100_000, 3, "both sides closed"));
+        assert_eq!((up, down, why), (100_000, 3, End::Closed));
         assert_eq!(up_counter.get(), 100_000);
     }
 
@@ -399,6 +450,6 @@ mod tests {
             .await
             .unwrap()
             .unwrap();
-        assert_eq!(why, "backend removed or drained");
+        assert_eq!(why, End::Drained);
     }
 }
