@@ -27,40 +27,31 @@ pub async fn accept_loop(
     mut stop: watch::Receiver<bool>,
     done: mpsc::Sender<()>,
 ) {
-    loop {
-        let accepted = tokio::select! {
-            _ = stop.changed() => break,
-            a = listener.accept() => a,
-        };
-        match accepted {
-            Ok((tcp, peer)) => {
-                if !Limits::from_config(&b.cfg().limits)
-                    .admits_connection(b.metrics().connected.get() as u64)
-                {
-                    CloseReason::OverLimit.count(b.metrics());
-                    drop(tcp);
-                    continue;
-                }
-                // boxed: the PROXY and CONNECT phases are freed once the client is in, so the
-                // task of an idle connection holds only the established connection
-                let setup = Box::pin(establish(b.clone(), lc.clone(), tcp, peer));
-                let done = done.clone();
-                tokio::spawn(async move {
-                    // served in place: one copy of the connection's state in the task
-                    let mut live = setup.await;
-                    let told = match live.as_mut() {
-                        Some(live) => live.serve().await,
-                        None => false,
-                    };
-                    // the session is detached: a shutdown need not wait for the lingering close
-                    drop(done);
-                    if let Some(live) = live {
-                        Box::pin(live.close(told)).await;
-                    }
-                });
-            }
-            Err(e) => mqedge_shared::net::accept_failed(&lc.name, &e).await,
+    while let Some((tcp, peer)) = mqedge_shared::net::accept(&listener, &mut stop, &lc.name).await {
+        if !Limits::from_config(&b.cfg().limits)
+            .admits_connection(b.metrics().connected.get() as u64)
+        {
+            CloseReason::OverLimit.count(b.metrics());
+            drop(tcp);
+            continue;
         }
+        // boxed: the PROXY and CONNECT phases are freed once the client is in, so the task of
+        // an idle connection holds only the established connection
+        let setup = Box::pin(establish(b.clone(), lc.clone(), tcp, peer));
+        let done = done.clone();
+        tokio::spawn(async move {
+            // served in place: one copy of the connection's state in the task
+            let mut live = setup.await;
+            let told = match live.as_mut() {
+                Some(live) => live.serve().await,
+                None => false,
+            };
+            // the session is detached: a shutdown need not wait for the lingering close
+            drop(done);
+            if let Some(live) = live {
+                Box::pin(live.close(told)).await;
+            }
+        });
     }
 }
 

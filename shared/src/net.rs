@@ -2,10 +2,32 @@
 //! broker's listeners, the cluster's node channel): an accept error either means the process is
 //! out of a resource, and the loop backs off instead of spinning, or it belongs to one connection
 //! that failed before it was accepted, and the loop skips it. Either way the log names the errno.
-//! Each loop keeps its own `select!` on its stop signal and calls [`accept_failed`] on an error.
+//! Every loop is `while let Some((tcp, peer)) = accept(&listener, &mut stop, name).await { .. }`.
 
 use std::io;
+use std::net::SocketAddr;
 use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+/// The next accepted connection, or `None` once `stop` changes (or its sender is gone). Accept
+/// errors are handled here ([`accept_failed`]) and never end the loop.
+pub async fn accept(
+    listener: &TcpListener,
+    stop: &mut watch::Receiver<bool>,
+    name: &str,
+) -> Option<(TcpStream, SocketAddr)> {
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return None,
+            a = listener.accept() => match a {
+                Ok(conn) => return Some(conn),
+                Err(e) => accept_failed(name, &e).await,
+            },
+        }
+    }
+}
 
 /// How long the loop waits after running out of file descriptors, buffers or memory: long enough
 /// for connections to close, short enough that the kernel backlog does not overflow.

@@ -119,11 +119,7 @@ impl Cluster {
         l: TcpListener,
         mut stop: watch::Receiver<bool>,
     ) {
-        loop {
-            let (s, peer) = tokio::select! {
-                _ = stop.changed() => break,
-                a = l.accept() => match a { Ok(a) => a, Err(e) => { mqedge_shared::net::accept_failed("cluster", &e).await; continue } },
-            };
+        while let Some((s, peer)) = mqedge_shared::net::accept(&l, &mut stop, "cluster").await {
             let me = self.clone();
             tokio::spawn(async move {
                 if let Err(e) = me.read_loop(s).await {

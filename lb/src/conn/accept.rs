@@ -35,28 +35,20 @@ pub async fn accept_loop(
     kill: Signal,
     done: mpsc::Sender<()>,
 ) {
-    loop {
-        let accepted = tokio::select! {
-            _ = stop.changed() => break,
-            a = listener.accept() => a,
+    while let Some((tcp, peer)) = mqedge_shared::net::accept(&listener, &mut stop, rt.name()).await
+    {
+        rt.accepted().inc();
+        let Some(slot) = ClientSlot::take(&lb, &rt) else {
+            // accept and close at once: the client sees a clean close, not a hang
+            lb.metrics().reject(rt.name(), "over_limit");
+            warn_sampled(rt.name(), "over_limit", peer);
+            drop(tcp);
+            continue;
         };
-        match accepted {
-            Ok((tcp, peer)) => {
-                rt.accepted().inc();
-                let Some(slot) = ClientSlot::take(&lb, &rt) else {
-                    // accept and close at once: the client sees a clean close, not a hang
-                    lb.metrics().reject(rt.name(), "over_limit");
-                    warn_sampled(rt.name(), "over_limit", peer);
-                    drop(tcp);
-                    continue;
-                };
-                let _ = tcp.set_nodelay(true);
-                // built here, first polled in the task; boxed so the task frees it before the pump
-                let setup = Box::pin(setup(lb.clone(), rt.clone(), tcp, peer, kill.subscribe()));
-                tokio::spawn(connection(slot, setup, done.clone()));
-            }
-            Err(e) => mqedge_shared::net::accept_failed(&rt.cfg().name, &e).await,
-        }
+        let _ = tcp.set_nodelay(true);
+        // built here, first polled in the task; boxed so the task frees it before the pump
+        let setup = Box::pin(setup(lb.clone(), rt.clone(), tcp, peer, kill.subscribe()));
+        tokio::spawn(connection(slot, setup, done.clone()));
     }
     tracing::debug!(listener = %rt.cfg().name, "accept loop stopped");
 }
