@@ -1,5 +1,6 @@
 //! What publisher and subscriber loops share: the live counters, the set of packet identifiers
-//! in flight, the acknowledgements QoS 1/2 need, and the keep-alive timer.
+//! in flight, the acknowledgements QoS 1/2 need, the answer to the server's PUBREL and
+//! DISCONNECT, and the keep-alive timer.
 
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
@@ -7,6 +8,8 @@ use std::time::Duration;
 use bytes::BytesMut;
 use mqedge_protocol::{encode, Packet, PubAck, Publish, QoS, Version};
 use tokio::time::Instant;
+
+use super::client::{ClientError, Conn};
 
 /// Live counters, read by the progress bar and the coordinator.
 #[derive(Default)]
@@ -69,6 +72,28 @@ pub fn ack_publish(p: &Publish, v: Version, q2: &mut IdSet, wbuf: &mut BytesMut)
             q2.insert(id)
         }
         _ => true,
+    }
+}
+
+/// Handles what both loops answer alike once their own packets are matched: a PUBREL
+/// completes a QoS 2 delivery from the server, a DISCONNECT from the server ends the loop,
+/// anything else is ignored.
+pub fn answer_server(conn: &mut Conn, p: Packet, q2: &mut IdSet) -> Result<(), ClientError> {
+    match p {
+        Packet::PubRel(r) => {
+            q2.remove(r.packet_id);
+            encode(
+                &ack(Packet::PubComp, r.packet_id),
+                conn.version,
+                &mut conn.wbuf,
+            );
+            Ok(())
+        }
+        Packet::Disconnect(d) => Err(ClientError::Protocol {
+            addr: conn.addr,
+            what: format!("DISCONNECT from the server (0x{:02X})", d.code),
+        }),
+        _ => Ok(()),
     }
 }
 

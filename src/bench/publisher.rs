@@ -12,7 +12,7 @@ use tokio::sync::watch;
 use tokio::time::{sleep_until, Instant};
 
 use super::client::{ClientError, Conn};
-use super::flow::{ack, ack_publish, keepalive_timer, Counters, IdSet};
+use super::flow::{ack, ack_publish, answer_server, keepalive_timer, Counters, IdSet};
 use super::setup::Clock;
 
 /// Encoded bytes a publisher buffers before it waits for the socket.
@@ -63,88 +63,37 @@ pub struct Publisher {
     pub keep_alive: u16,
 }
 
+/// The identifier and window state of one publisher's messages.
+struct Flight {
+    /// QoS 1/2: sent, not yet acked.
+    in_flight: IdSet,
+    /// QoS 2: PUBREL sent, waiting for PUBCOMP.
+    released: IdSet,
+    /// QoS 2 deliveries from the server awaiting its PUBREL.
+    incoming_q2: IdSet,
+    /// Messages awaiting acks (the window in use).
+    outstanding: usize,
+    /// The last packet identifier handed out.
+    next_id: u16,
+}
+
+impl Flight {
+    fn new() -> Flight {
+        Flight {
+            in_flight: IdSet::new(),
+            released: IdSet::new(),
+            incoming_q2: IdSet::new(),
+            outstanding: 0,
+            next_id: 0,
+        }
+    }
+}
+
 impl Publisher {
     pub async fn run(mut self) -> PubOutcome {
         let mut out = PubOutcome::default();
-        let mut in_flight = IdSet::new();
-        let mut released = IdSet::new(); // QoS 2: PUBREL sent, waiting for PUBCOMP
-        let mut incoming_q2 = IdSet::new();
-        let mut outstanding = 0usize;
-        let mut next_id: u16 = 0;
-        let mut next_at = self.first;
-        let mut done = false;
-        let mut drain_until: Option<Instant> = None;
-        let mut ping = keepalive_timer(self.keep_alive);
-        let far = Instant::now() + Duration::from_secs(86_400 * 365);
-        loop {
-            let now = Instant::now();
-            if !done
-                && (self.count.is_some_and(|c| out.sent >= c)
-                    || self.end.is_some_and(|e| now >= e)
-                    || *self.stop.borrow())
-            {
-                done = true;
-                drain_until = Some(now + ACK_DRAIN);
-            }
-            if done && outstanding == 0 && self.conn.wbuf.is_empty() {
-                break;
-            }
-            // with --rate, a send scheduled at or after the end is not due
-            let may_send = !done
-                && self.conn.wbuf.len() < HIGH_WATER
-                && (self.qos == QoS::AtMostOnce || outstanding < self.window)
-                && (self.interval.is_none() || self.end.is_none_or(|e| next_at < e));
-            let c = &mut self.conn;
-            tokio::select! {
-                biased;
-                r = c.rd.read_buf(&mut c.rbuf) => {
-                    let res = c.check_read(r).and_then(|()| {
-                        self.handle_incoming(
-                            &mut out, &mut in_flight, &mut released, &mut incoming_q2,
-                            &mut outstanding,
-                        )
-                    });
-                    if res.is_err() {
-                        out.errors += 1 + outstanding as u64;
-                        self.counters.errors.fetch_add(1 + outstanding as u64, Relaxed);
-                        return out;
-                    }
-                }
-                r = c.wr.write_buf(&mut c.wbuf), if !c.wbuf.is_empty() => {
-                    if !matches!(r, Ok(n) if n > 0) {
-                        out.errors += 1 + outstanding as u64;
-                        self.counters.errors.fetch_add(1 + outstanding as u64, Relaxed);
-                        return out;
-                    }
-                }
-                _ = sleep_until(next_at), if may_send && self.interval.is_some() => {
-                    self.put_publish(&mut next_id, &mut in_flight, &mut outstanding);
-                    out.sent += 1;
-                    self.counters.sent.fetch_add(1, Relaxed);
-                    next_at += self.interval.unwrap_or_default();
-                }
-                _ = std::future::ready(()), if may_send && self.interval.is_none() => {
-                    let mut n = 0;
-                    while self.conn.wbuf.len() < HIGH_WATER
-                        && (self.qos == QoS::AtMostOnce || outstanding < self.window)
-                        && self.count.is_none_or(|c| out.sent + n < c)
-                    {
-                        self.put_publish(&mut next_id, &mut in_flight, &mut outstanding);
-                        n += 1;
-                    }
-                    out.sent += n;
-                    self.counters.sent.fetch_add(n, Relaxed);
-                }
-                _ = sleep_until(self.end.unwrap_or(far)), if !done && self.end.is_some() => {}
-                _ = self.stop.changed(), if !done => {}
-                _ = sleep_until(drain_until.unwrap_or(far)), if drain_until.is_some() => {
-                    // acks that never came
-                    out.errors += outstanding as u64;
-                    self.counters.errors.fetch_add(outstanding as u64, Relaxed);
-                    break;
-                }
-                _ = ping.tick() => encode(&Packet::PingReq, self.conn.version, &mut self.conn.wbuf),
-            }
+        if !self.exchange(&mut out).await {
+            return out;
         }
         if self.qos == QoS::AtMostOnce {
             out.last = Some(Instant::now());
@@ -153,20 +102,112 @@ impl Publisher {
         out
     }
 
+    /// Sends and reads acks until sending is over and every ack came or the drain timed out
+    /// (true), or until the connection is lost (false; counted as errors with what was in
+    /// flight).
+    async fn exchange(&mut self, out: &mut PubOutcome) -> bool {
+        let mut f = Flight::new();
+        let mut next_at = self.first;
+        // set when sending is over: how long outstanding acks may still take
+        let mut drain_until: Option<Instant> = None;
+        let mut ping = keepalive_timer(self.keep_alive);
+        let far = Instant::now() + Duration::from_secs(86_400 * 365);
+        loop {
+            let now = Instant::now();
+            if drain_until.is_none() && self.sending_over(out.sent, now) {
+                drain_until = Some(now + ACK_DRAIN);
+            }
+            let done = drain_until.is_some();
+            if done && f.outstanding == 0 && self.conn.wbuf.is_empty() {
+                return true;
+            }
+            // with --rate, a send scheduled at or after the end is not due
+            let may_send = !done
+                && self.has_room(f.outstanding)
+                && (self.interval.is_none() || self.end.is_none_or(|e| next_at < e));
+            let c = &mut self.conn;
+            tokio::select! {
+                biased;
+                r = c.rd.read_buf(&mut c.rbuf) => {
+                    let res = c.check_read(r).and_then(|()| self.handle_incoming(out, &mut f));
+                    if res.is_err() {
+                        self.count_errors(out, 1 + f.outstanding as u64);
+                        return false;
+                    }
+                }
+                r = c.wr.write_buf(&mut c.wbuf), if !c.wbuf.is_empty() => {
+                    if !matches!(r, Ok(n) if n > 0) {
+                        self.count_errors(out, 1 + f.outstanding as u64);
+                        return false;
+                    }
+                }
+                _ = sleep_until(next_at), if may_send && self.interval.is_some() => {
+                    self.put_publish(&mut f);
+                    out.sent += 1;
+                    self.counters.sent.fetch_add(1, Relaxed);
+                    next_at += self.interval.unwrap_or_default();
+                }
+                _ = std::future::ready(()), if may_send && self.interval.is_none() => {
+                    let n = self.put_burst(&mut f, out.sent);
+                    out.sent += n;
+                    self.counters.sent.fetch_add(n, Relaxed);
+                }
+                _ = sleep_until(self.end.unwrap_or(far)), if !done && self.end.is_some() => {}
+                _ = self.stop.changed(), if !done => {}
+                _ = sleep_until(drain_until.unwrap_or(far)), if done => {
+                    // acks that never came
+                    self.count_errors(out, f.outstanding as u64);
+                    return true;
+                }
+                _ = ping.tick() => encode(&Packet::PingReq, self.conn.version, &mut self.conn.wbuf),
+            }
+        }
+    }
+
+    /// Whether the run's end came: `--count` sent, `--duration` over, or Ctrl-C.
+    fn sending_over(&self, sent: u64, now: Instant) -> bool {
+        self.count.is_some_and(|c| sent >= c)
+            || self.end.is_some_and(|e| now >= e)
+            || *self.stop.borrow()
+    }
+
+    /// Whether one more PUBLISH fits: the write buffer under its high water and, for QoS 1/2,
+    /// the window not full.
+    fn has_room(&self, outstanding: usize) -> bool {
+        self.conn.wbuf.len() < HIGH_WATER
+            && (self.qos == QoS::AtMostOnce || outstanding < self.window)
+    }
+
+    /// As fast as possible: appends PUBLISH packets while they fit and `--count` allows;
+    /// returns how many.
+    fn put_burst(&mut self, f: &mut Flight, sent: u64) -> u64 {
+        let mut n = 0;
+        while self.has_room(f.outstanding) && self.count.is_none_or(|c| sent + n < c) {
+            self.put_publish(f);
+            n += 1;
+        }
+        n
+    }
+
+    fn count_errors(&self, out: &mut PubOutcome, n: u64) {
+        out.errors += n;
+        self.counters.errors.fetch_add(n, Relaxed);
+    }
+
     /// Appends one PUBLISH with the send time in its first 8 payload bytes.
-    fn put_publish(&mut self, next_id: &mut u16, in_flight: &mut IdSet, outstanding: &mut usize) {
+    fn put_publish(&mut self, f: &mut Flight) {
         let id = if self.qos == QoS::AtMostOnce {
             None
         } else {
             // outstanding < window <= 65,535, so a free identifier exists
             loop {
-                *next_id = next_id.wrapping_add(1).max(1);
-                if in_flight.insert(*next_id) {
+                f.next_id = f.next_id.wrapping_add(1).max(1);
+                if f.in_flight.insert(f.next_id) {
                     break;
                 }
             }
-            *outstanding += 1;
-            Some(*next_id)
+            f.outstanding += 1;
+            Some(f.next_id)
         };
         if let Packet::Publish(p) = &mut self.template {
             p.packet_id = id;
@@ -179,23 +220,16 @@ impl Publisher {
     }
 
     /// Handles every complete packet in the read buffer: acks release the window.
-    fn handle_incoming(
-        &mut self,
-        out: &mut PubOutcome,
-        in_flight: &mut IdSet,
-        released: &mut IdSet,
-        incoming_q2: &mut IdSet,
-        outstanding: &mut usize,
-    ) -> Result<(), ClientError> {
+    fn handle_incoming(&mut self, out: &mut PubOutcome, f: &mut Flight) -> Result<(), ClientError> {
         let (mut acked, mut failed) = (0u64, 0u64);
         while let Some(p) = self.conn.decode()? {
             let v = self.conn.version;
             match p {
                 // the guards take the identifier out of flight: an unknown one is ignored
                 Packet::PubAck(a)
-                    if self.qos == QoS::AtLeastOnce && in_flight.remove(a.packet_id) =>
+                    if self.qos == QoS::AtLeastOnce && f.in_flight.remove(a.packet_id) =>
                 {
-                    *outstanding -= 1;
+                    f.outstanding -= 1;
                     if a.code >= 0x80 {
                         failed += 1;
                     } else {
@@ -203,50 +237,39 @@ impl Publisher {
                     }
                 }
                 Packet::PubRec(a) if self.qos == QoS::ExactlyOnce => {
-                    if !in_flight.contains(a.packet_id) {
+                    if !f.in_flight.contains(a.packet_id) {
                         continue;
                     }
                     if a.code >= 0x80 {
-                        in_flight.remove(a.packet_id);
-                        released.remove(a.packet_id);
-                        *outstanding -= 1;
+                        f.in_flight.remove(a.packet_id);
+                        f.released.remove(a.packet_id);
+                        f.outstanding -= 1;
                         failed += 1;
                     } else {
-                        released.insert(a.packet_id);
+                        f.released.insert(a.packet_id);
                         encode(&ack(Packet::PubRel, a.packet_id), v, &mut self.conn.wbuf);
                     }
                 }
                 Packet::PubComp(a)
                     if self.qos == QoS::ExactlyOnce
-                        && released.remove(a.packet_id)
-                        && in_flight.remove(a.packet_id) =>
+                        && f.released.remove(a.packet_id)
+                        && f.in_flight.remove(a.packet_id) =>
                 {
-                    *outstanding -= 1;
+                    f.outstanding -= 1;
                     acked += 1;
                 }
                 Packet::Publish(p) => {
-                    ack_publish(&p, v, incoming_q2, &mut self.conn.wbuf);
+                    ack_publish(&p, v, &mut f.incoming_q2, &mut self.conn.wbuf);
                 }
-                Packet::PubRel(r) => {
-                    incoming_q2.remove(r.packet_id);
-                    encode(&ack(Packet::PubComp, r.packet_id), v, &mut self.conn.wbuf);
-                }
-                Packet::Disconnect(d) => {
-                    return Err(ClientError::Protocol {
-                        addr: self.conn.addr,
-                        what: format!("DISCONNECT from the server (0x{:02X})", d.code),
-                    })
-                }
-                _ => {}
+                other => answer_server(&mut self.conn, other, &mut f.incoming_q2)?,
             }
         }
         if acked + failed > 0 {
             out.last = Some(Instant::now());
         }
         out.acked += acked;
-        out.errors += failed;
         self.counters.acked.fetch_add(acked, Relaxed);
-        self.counters.errors.fetch_add(failed, Relaxed);
+        self.count_errors(out, failed);
         Ok(())
     }
 }

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use hdrhistogram::Histogram;
 use mqedge_protocol::topic;
 use mqedge_protocol::{Packet, Publish, QoS};
 use tokio::sync::watch;
@@ -23,7 +24,7 @@ use super::progress::Progress;
 use super::publisher::{PubOutcome, Publisher};
 use super::report::{new_histogram, Latency, MessageReport};
 use super::setup::{open_many, Clock};
-use super::subscriber::Subscriber;
+use super::subscriber::{SubOutcome, Subscriber};
 use super::BenchError;
 
 /// pubsub: subscribers stop after this long without a new delivery once publishers are done.
@@ -104,79 +105,195 @@ pub async fn run(
     let counters = Arc::new(Counters::default());
 
     // 1. subscribers: connect and subscribe, all of them, before anything is published
-    let mut sub_conns = Vec::new();
-    let mut sub_filters = Vec::new();
-    if let Some(s) = &subs {
-        let ids: Vec<String> = (0..s.clients)
-            .map(|i| format!("{}-sub-{i}", opts.prefix))
-            .collect();
-        sub_filters = ids
-            .iter()
-            .enumerate()
-            .map(|(i, id)| expand(&s.filter, i, id))
-            .collect::<Vec<_>>();
-        let wire: Vec<String> = sub_filters
-            .iter()
-            .map(|f| match &s.shared {
-                Some(g) => format!("$share/{g}/{f}"),
-                None => f.clone(),
-            })
-            .collect();
-        sub_conns = open_all(&ep, &ids, &opts, &mut stop, Some((wire, s.qos))).await?;
-    }
+    let (sub_conns, sub_filters) = match &subs {
+        Some(s) => connect_subscribers(&ep, s, &opts, &mut stop).await?,
+        None => (Vec::new(), Vec::new()),
+    };
     // 2. publishers
-    let mut pub_conns = Vec::new();
-    let mut pub_topics = Vec::new();
-    if let Some(p) = &pubs {
-        let ids: Vec<String> = (0..p.clients)
-            .map(|i| format!("{}-pub-{i}", opts.prefix))
-            .collect();
-        pub_topics = ids
-            .iter()
-            .enumerate()
-            .map(|(i, id)| expand(&p.topic, i, id))
-            .collect();
-        pub_conns = open_all(&ep, &ids, &opts, &mut stop, None).await?;
-    }
-    // Deliveries each publisher's message makes: one per matching subscriber, or one per
-    // shared group when any member matches.
-    let fanout: Vec<u64> = pub_topics
-        .iter()
-        .map(|t| {
-            let n = sub_filters.iter().filter(|f| topic::matches(f, t)).count() as u64;
-            match subs.as_ref().and_then(|s| s.shared.as_ref()) {
-                Some(_) => n.min(1),
-                None => n,
-            }
-        })
-        .collect();
+    let (pub_conns, pub_topics) = match &pubs {
+        Some(p) => connect_publishers(&ep, p, &opts, &mut stop).await?,
+        None => (Vec::new(), Vec::new()),
+    };
+    let grouped = subs.as_ref().is_some_and(|s| s.shared.is_some());
+    let fanout = fanout(&pub_topics, &sub_filters, grouped);
 
     // 3. run
-    let start = Instant::now();
+    let run = Run {
+        start: Instant::now(),
+        clock,
+        counters,
+        keep_alive: ep.keep_alive,
+    };
     let (sub_stop_tx, sub_stop) = watch::channel(false);
-    let mut sub_tasks = JoinSet::new();
     let sub_count = subs.as_ref().and_then(|s| s.count);
-    for (i, c) in sub_conns.into_iter().enumerate() {
-        let task = Subscriber {
-            conn: c,
-            clock,
-            counters: counters.clone(),
-            stop: sub_stop.clone(),
-            count: sub_count,
-            keep_alive: ep.keep_alive,
-        };
-        sub_tasks.spawn(async move { (i, task.run().await) });
-    }
-    let mut pub_tasks = JoinSet::new();
+    let sub_tasks = run.spawn_subscribers(sub_conns, &sub_stop, sub_count);
     let n_pubs = pub_conns.len();
-    if let Some(p) = &pubs {
+    let pub_tasks = match &pubs {
+        Some(p) => run.spawn_publishers(p, pub_conns, pub_topics, &stop),
+        None => JoinSet::new(),
+    };
+    let bar = run.progress(opts.progress, pubs.as_ref(), subs.as_ref(), n_pubs);
+    let outs = join_publishers(pub_tasks, n_pubs).await;
+    let expected = (subs.is_some() && pubs.is_some()).then(|| {
+        outs.iter()
+            .zip(&fanout)
+            .map(|(o, f)| o.sent * f)
+            .sum::<u64>()
+    });
+
+    // 4. let the subscribers finish
+    let sub_outs = run
+        .finish_subscribers(sub_tasks, sub_stop_tx, expected, subs.as_ref(), &mut stop)
+        .await;
+
+    // 5. collect and report
+    let got = Deliveries::of(sub_outs);
+    bar.finish();
+    let plans = (pubs.as_ref(), subs.as_ref());
+    Ok(report(scenario, plans, &outs, got, expected, run.start))
+}
+
+/// The report of a finished run from what every publisher and subscriber did.
+fn report(
+    scenario: &'static str,
+    (pubs, subs): (Option<&PubPlan>, Option<&SubPlan>),
+    outs: &[PubOutcome],
+    got: Deliveries,
+    expected: Option<u64>,
+    start: Instant,
+) -> MessageReport {
+    MessageReport {
+        scenario,
+        publishers: outs.len(),
+        subscribers: subs.map_or(0, |s| s.clients),
+        qos: pubs
+            .map(|p| p.qos)
+            .or(subs.map(|s| s.qos))
+            .unwrap_or_default() as u8,
+        payload: pubs.map(|p| p.size),
+        sent: outs.iter().map(|o| o.sent).sum(),
+        acked: outs.iter().map(|o| o.acked).sum(),
+        received: got.received,
+        expected,
+        errors: outs.iter().map(|o| o.errors).sum::<u64>() + got.errors,
+        duration: got.duration(scenario, outs, start),
+        latency: Latency::of(&got.hist),
+    }
+}
+
+/// Connects and subscribes every subscriber; returns them with their filters (before any
+/// `$share/GROUP/`).
+async fn connect_subscribers(
+    ep: &Arc<Endpoint>,
+    s: &SubPlan,
+    opts: &RunOpts,
+    stop: &mut watch::Receiver<bool>,
+) -> Result<(Vec<Conn>, Vec<String>), BenchError> {
+    let (ids, filters) = clients(&opts.prefix, "sub", s.clients, &s.filter);
+    let wire: Vec<String> = filters
+        .iter()
+        .map(|f| match &s.shared {
+            Some(g) => format!("$share/{g}/{f}"),
+            None => f.clone(),
+        })
+        .collect();
+    let conns = open_all(ep, &ids, opts, stop, Some((wire, s.qos))).await?;
+    Ok((conns, filters))
+}
+
+/// Connects every publisher; returns them with their topics.
+async fn connect_publishers(
+    ep: &Arc<Endpoint>,
+    p: &PubPlan,
+    opts: &RunOpts,
+    stop: &mut watch::Receiver<bool>,
+) -> Result<(Vec<Conn>, Vec<String>), BenchError> {
+    let (ids, topics) = clients(&opts.prefix, "pub", p.clients, &p.topic);
+    let conns = open_all(ep, &ids, opts, stop, None).await?;
+    Ok((conns, topics))
+}
+
+/// The client ids `PREFIX-ROLE-i` of `n` clients and `template` expanded for each.
+fn clients(prefix: &str, role: &str, n: usize, template: &str) -> (Vec<String>, Vec<String>) {
+    let ids: Vec<String> = (0..n).map(|i| format!("{prefix}-{role}-{i}")).collect();
+    let expanded = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| expand(template, i, id))
+        .collect();
+    (ids, expanded)
+}
+
+/// Deliveries each publisher's message makes: one per matching subscriber, or one per shared
+/// group when any member matches.
+fn fanout(topics: &[String], filters: &[String], grouped: bool) -> Vec<u64> {
+    topics
+        .iter()
+        .map(|t| {
+            let n = filters.iter().filter(|f| topic::matches(f, t)).count() as u64;
+            if grouped {
+                n.min(1)
+            } else {
+                n
+            }
+        })
+        .collect()
+}
+
+/// What every client task of one measured run shares.
+struct Run {
+    /// When the measured run began.
+    start: Instant,
+    /// Timestamp source.
+    clock: Clock,
+    /// Live counters.
+    counters: Arc<Counters>,
+    /// PINGREQ interval, seconds.
+    keep_alive: u16,
+}
+
+impl Run {
+    /// Starts one task per subscriber, each tagged with its index.
+    fn spawn_subscribers(
+        &self,
+        conns: Vec<Conn>,
+        stop: &watch::Receiver<bool>,
+        count: Option<u64>,
+    ) -> JoinSet<(usize, SubOutcome)> {
+        let mut tasks = JoinSet::new();
+        for (i, c) in conns.into_iter().enumerate() {
+            let task = Subscriber {
+                conn: c,
+                clock: self.clock,
+                counters: self.counters.clone(),
+                stop: stop.clone(),
+                count,
+                keep_alive: self.keep_alive,
+            };
+            tasks.spawn(async move { (i, task.run().await) });
+        }
+        tasks
+    }
+
+    /// Starts one task per publisher, each tagged with its index; with `--rate`, their first
+    /// sends are spread over one interval.
+    fn spawn_publishers(
+        &self,
+        p: &PubPlan,
+        conns: Vec<Conn>,
+        topics: Vec<String>,
+        stop: &watch::Receiver<bool>,
+    ) -> JoinSet<(usize, PubOutcome)> {
+        let start = self.start;
+        let mut tasks = JoinSet::new();
+        let n_pubs = conns.len();
         let end = match (p.duration, p.count) {
             (Some(d), _) => Some(start + d),
             (None, Some(_)) => None,
             (None, None) => Some(start + Duration::from_secs(10)),
         };
         let payload = Bytes::from(vec![b'x'; p.size]);
-        for (i, (c, topic)) in pub_conns.into_iter().zip(pub_topics).enumerate() {
+        for (i, (c, topic)) in conns.into_iter().zip(topics).enumerate() {
             let interval = (p.rate > 0.0).then(|| Duration::from_secs_f64(1.0 / p.rate));
             // spread the publishers' first sends over one interval
             let first =
@@ -200,136 +317,174 @@ pub async fn run(
                 first,
                 count: p.count,
                 end,
-                clock,
-                counters: counters.clone(),
+                clock: self.clock,
+                counters: self.counters.clone(),
                 stop: stop.clone(),
-                keep_alive: ep.keep_alive,
+                keep_alive: self.keep_alive,
             };
-            pub_tasks.spawn(async move { (i, task.run().await) });
+            tasks.spawn(async move { (i, task.run().await) });
+        }
+        tasks
+    }
+
+    /// The progress bar: sends out of `--count` in all, else milliseconds out of the duration.
+    fn progress(
+        &self,
+        enabled: bool,
+        pubs: Option<&PubPlan>,
+        subs: Option<&SubPlan>,
+        n_pubs: usize,
+    ) -> Progress {
+        let start = self.start;
+        let total_sends = pubs.and_then(|p| p.count).map(|c| c * n_pubs as u64);
+        let bar_len = match (pubs, subs) {
+            (Some(p), _) => total_sends
+                .or_else(|| Some(p.duration.unwrap_or(Duration::from_secs(10)).as_millis() as u64)),
+            (None, Some(s)) => s.duration.map(|d| d.as_millis() as u64),
+            _ => None,
+        };
+        let c = self.counters.clone();
+        Progress::start(enabled, bar_len, move || {
+            let el = start.elapsed();
+            let (sent, acked, recv, err) = (
+                c.sent.load(Relaxed),
+                c.acked.load(Relaxed),
+                c.received.load(Relaxed),
+                c.errors.load(Relaxed),
+            );
+            let rate = sent.max(recv) as f64 / el.as_secs_f64().max(1e-3);
+            let pos = match total_sends {
+                Some(_) => sent,
+                None => el.as_millis() as u64,
+            };
+            (
+                pos,
+                format!(
+                    "sent {sent}  acked {acked}  received {recv}  errors {err}  {rate:.0} msg/s"
+                ),
+            )
+        })
+    }
+
+    /// Waits as the scenario says (pubsub: for the expected deliveries; sub: for `--duration`,
+    /// Ctrl-C or `--count`), then stops the subscribers still running; returns every outcome.
+    async fn finish_subscribers(
+        &self,
+        mut tasks: JoinSet<(usize, SubOutcome)>,
+        stop_tx: watch::Sender<bool>,
+        expected: Option<u64>,
+        subs: Option<&SubPlan>,
+        stop: &mut watch::Receiver<bool>,
+    ) -> Vec<SubOutcome> {
+        let mut outs = Vec::new();
+        match (expected, subs) {
+            (Some(exp), _) => self.wait_for_deliveries(exp).await,
+            (None, Some(s)) => {
+                let until = s.duration.map(|d| self.start + d);
+                outs = wait_for_subscribers(&mut tasks, until, stop).await;
+            }
+            (None, None) => {}
+        }
+        let _ = stop_tx.send(true);
+        while let Some(r) = tasks.join_next().await {
+            if let Ok((_, o)) = r {
+                outs.push(o);
+            }
+        }
+        outs
+    }
+
+    /// pubsub: until every expected delivery arrived or none did for [`QUIET`].
+    async fn wait_for_deliveries(&self, expected: u64) {
+        let received = &self.counters.received;
+        let mut seen = received.load(Relaxed);
+        let mut quiet_since = Instant::now();
+        while received.load(Relaxed) < expected && quiet_since.elapsed() < QUIET {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            let now = received.load(Relaxed);
+            if now != seen {
+                seen = now;
+                quiet_since = Instant::now();
+            }
         }
     }
-    let total_sends = pubs
-        .as_ref()
-        .and_then(|p| p.count)
-        .map(|c| c * n_pubs as u64);
-    let bar_len = match (&pubs, &subs) {
-        (Some(p), _) => total_sends
-            .or_else(|| Some(p.duration.unwrap_or(Duration::from_secs(10)).as_millis() as u64)),
-        (None, Some(s)) => s.duration.map(|d| d.as_millis() as u64),
-        _ => None,
-    };
-    let c = counters.clone();
-    let bar = Progress::start(opts.progress, bar_len, move || {
-        let el = start.elapsed();
-        let (sent, acked, recv, err) = (
-            c.sent.load(Relaxed),
-            c.acked.load(Relaxed),
-            c.received.load(Relaxed),
-            c.errors.load(Relaxed),
-        );
-        let rate = sent.max(recv) as f64 / el.as_secs_f64().max(1e-3);
-        let pos = match total_sends {
-            Some(_) => sent,
-            None => el.as_millis() as u64,
-        };
-        (
-            pos,
-            format!("sent {sent}  acked {acked}  received {recv}  errors {err}  {rate:.0} msg/s"),
-        )
-    });
+}
 
-    let mut outs: Vec<PubOutcome> = (0..n_pubs).map(|_| PubOutcome::default()).collect();
-    while let Some(r) = pub_tasks.join_next().await {
+/// The outcome of every publisher, in index order (a default one for a task that panicked).
+async fn join_publishers(mut tasks: JoinSet<(usize, PubOutcome)>, n: usize) -> Vec<PubOutcome> {
+    let mut outs: Vec<PubOutcome> = (0..n).map(|_| PubOutcome::default()).collect();
+    while let Some(r) = tasks.join_next().await {
         if let Ok((i, o)) = r {
             outs[i] = o;
         }
     }
-    let sent: u64 = outs.iter().map(|o| o.sent).sum();
-    let expected = (subs.is_some() && pubs.is_some()).then(|| {
-        outs.iter()
-            .zip(&fanout)
-            .map(|(o, f)| o.sent * f)
-            .sum::<u64>()
-    });
-    // 4. let the subscribers finish
-    let mut sub_outs = Vec::new();
-    match (expected, &subs) {
-        (Some(exp), _) => {
-            let mut seen = counters.received.load(Relaxed);
-            let mut quiet_since = Instant::now();
-            while counters.received.load(Relaxed) < exp && quiet_since.elapsed() < QUIET {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-                let now = counters.received.load(Relaxed);
-                if now != seen {
-                    seen = now;
-                    quiet_since = Instant::now();
-                }
-            }
-        }
-        (None, Some(s)) => {
-            // sub alone: until --duration, Ctrl-C, or every subscriber got --count
-            let until = s.duration.map(|d| start + d);
-            let deadline = sleep_until(until.unwrap_or(start));
-            tokio::pin!(deadline);
-            loop {
-                tokio::select! {
-                    r = sub_tasks.join_next() => match r {
-                        None => break,
-                        Some(Ok((_, o))) => sub_outs.push(o),
-                        Some(Err(_)) => {}
-                    },
-                    _ = &mut deadline, if until.is_some() => break,
-                    _ = stop.changed() => break,
-                }
-            }
-        }
-        (None, None) => {}
-    }
-    let _ = sub_stop_tx.send(true);
-    while let Some(r) = sub_tasks.join_next().await {
-        if let Ok((_, o)) = r {
-            sub_outs.push(o);
+    outs
+}
+
+/// sub alone: until `until` (`--duration`), Ctrl-C, or every subscriber stopped at its
+/// `--count`; returns the outcomes of those that stopped.
+async fn wait_for_subscribers(
+    tasks: &mut JoinSet<(usize, SubOutcome)>,
+    until: Option<Instant>,
+    stop: &mut watch::Receiver<bool>,
+) -> Vec<SubOutcome> {
+    let mut outs = Vec::new();
+    let deadline = sleep_until(until.unwrap_or(Instant::now()));
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            r = tasks.join_next() => match r {
+                None => break,
+                Some(Ok((_, o))) => outs.push(o),
+                Some(Err(_)) => {}
+            },
+            _ = &mut deadline, if until.is_some() => break,
+            _ = stop.changed() => break,
         }
     }
-    let mut received = 0u64;
-    let mut errors: u64 = outs.iter().map(|o| o.errors).sum();
-    let mut hist = new_histogram();
-    let mut first_rx: Option<Instant> = None;
-    let mut last = outs.iter().filter_map(|o| o.last).max();
-    for o in sub_outs {
-        received += o.received;
-        errors += o.errors;
-        let _ = hist.add(&o.hist);
-        first_rx = match (first_rx, o.first) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
+    outs
+}
+
+/// What the subscribers got, summed.
+struct Deliveries {
+    received: u64,
+    errors: u64,
+    hist: Histogram<u64>,
+    first: Option<Instant>,
+    last: Option<Instant>,
+}
+
+impl Deliveries {
+    fn of(outs: Vec<SubOutcome>) -> Deliveries {
+        let mut d = Deliveries {
+            received: 0,
+            errors: 0,
+            hist: new_histogram(),
+            first: None,
+            last: None,
         };
-        last = last.max(o.last);
+        for o in outs {
+            d.received += o.received;
+            d.errors += o.errors;
+            let _ = d.hist.add(&o.hist);
+            d.first = match (d.first, o.first) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            d.last = d.last.max(o.last);
+        }
+        d
     }
-    bar.finish();
-    let duration = match (scenario, first_rx, last) {
-        ("sub", Some(f), Some(l)) => l - f,
-        (_, _, Some(l)) => l - start,
-        _ => start.elapsed(),
-    };
-    Ok(MessageReport {
-        scenario,
-        publishers: n_pubs,
-        subscribers: subs.as_ref().map_or(0, |s| s.clients),
-        qos: pubs
-            .as_ref()
-            .map(|p| p.qos)
-            .or(subs.as_ref().map(|s| s.qos))
-            .unwrap_or_default() as u8,
-        payload: pubs.as_ref().map(|p| p.size),
-        sent,
-        acked: outs.iter().map(|o| o.acked).sum(),
-        received,
-        expected,
-        errors,
-        duration,
-        latency: Latency::of(&hist),
-    })
+
+    /// sub: first to last delivery; otherwise from the start to the last ack or delivery.
+    fn duration(&self, scenario: &str, outs: &[PubOutcome], start: Instant) -> Duration {
+        let last = outs.iter().filter_map(|o| o.last).max().max(self.last);
+        match (scenario, self.first, last) {
+            ("sub", Some(f), Some(l)) => l - f,
+            (_, _, Some(l)) => l - start,
+            _ => start.elapsed(),
+        }
+    }
 }
 
 /// Connects every client (and subscribes it to its filter), failing on the first error: a
@@ -390,5 +545,12 @@ mod tests {
     #[test]
     fn templates() {
         assert_eq!(expand("bench/%i/%c", 3, "id"), "bench/3/id");
+    }
+
+    #[test]
+    fn client_ids_and_their_topics() {
+        let (ids, topics) = clients("b", "pub", 2, "t/%i/%c");
+        assert_eq!(ids, ["b-pub-0", "b-pub-1"]);
+        assert_eq!(topics, ["t/0/b-pub-0", "t/1/b-pub-1"]);
     }
 }

@@ -12,7 +12,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::client::{ClientError, Conn};
-use super::flow::{ack, ack_publish, keepalive_timer, Counters, IdSet};
+use super::flow::{ack_publish, answer_server, keepalive_timer, Counters, IdSet};
 use super::report::new_histogram;
 use super::setup::Clock;
 
@@ -112,17 +112,7 @@ impl Subscriber {
                         }
                     }
                 }
-                Packet::PubRel(r) => {
-                    q2.remove(r.packet_id);
-                    encode(&ack(Packet::PubComp, r.packet_id), v, &mut self.conn.wbuf);
-                }
-                Packet::Disconnect(d) => {
-                    return Err(ClientError::Protocol {
-                        addr: self.conn.addr,
-                        what: format!("DISCONNECT from the server (0x{:02X})", d.code),
-                    })
-                }
-                _ => {}
+                other => answer_server(&mut self.conn, other, q2)?,
             }
         }
         if n > 0 {
