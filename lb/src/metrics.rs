@@ -137,7 +137,8 @@ impl Metrics {
         Metrics { registry, ..m }
     }
 
-    /// Registers every family under its exposed name (the names are a public interface).
+    /// Registers every family under its exposed name (the names are a public interface): the
+    /// client-side families here, then [`Metrics::register_backends`].
     fn register(&self, registry: &mut Registry) {
         registry.register(
             "connections_accepted",
@@ -164,6 +165,11 @@ impl Metrics {
             "Client bytes by listener and direction",
             self.listener_bytes.clone(),
         );
+        self.register_backends(registry);
+    }
+
+    /// The per-backend families, then the config ones (same order as before the split).
+    fn register_backends(&self, registry: &mut Registry) {
         registry.register(
             "backend_connections",
             "Connections forwarded to a backend",
