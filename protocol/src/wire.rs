@@ -50,11 +50,6 @@ impl<'a> Cursor<'a> {
         self.0.len()
     }
 
-    /// What is left, consumed: a PUBLISH payload is everything after its properties.
-    pub(crate) fn rest(&mut self) -> &'a [u8] {
-        std::mem::take(&mut self.0)
-    }
-
     pub(crate) fn take(&mut self, n: usize) -> Result<&'a [u8], BadField> {
         if self.0.len() < n {
             return Err(TRUNCATED);

@@ -56,7 +56,7 @@ pub fn decode(
     }
     let mut frame = buf.split_to(total).freeze();
     frame.advance(1 + len_bytes);
-    let mut r = Reader::new(&frame);
+    let mut r = Reader::new(frame);
     let v = match (first >> 4, version) {
         (1, _) => return decode_connect(r).map(|c| Some(Packet::Connect(Box::new(c)))),
         (_, Some(v)) => v,

@@ -10,7 +10,7 @@ use crate::packets::*;
 use crate::wire::{put_bin, put_str, put_varint, Counter, Sink};
 
 /// Reading the property blocks: here rather than in `reader`, beside the sets they fill.
-impl Reader<'_> {
+impl Reader {
     /// Reads the v5 property block (its length, then exactly that many bytes: 2.2.2.1) into `p`.
     pub(super) fn properties<P: Props>(&mut self, p: &mut P) -> Result<(), DecodeError> {
         let n = self.varint()? as usize;
