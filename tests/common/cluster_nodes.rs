@@ -1,0 +1,487 @@
+//! Three clustered broker nodes for the cluster test binaries (tests/cluster*.rs): each node on
+//! its own loopback address (127.0.0.11, .12, .13), gossiping (chitchat, UDP) and talking over
+//! the node channel (TCP) on a `[cluster] bind` port free for both protocols on that address;
+//! in-process or as the `mqedge` binary (for `kill -9` and restarts). Plus raw MQTT clients over
+//! the broker's own codec (to see exact packets) and their helpers.
+#![allow(dead_code)]
+
+use std::net::{SocketAddr, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use mqedge_protocol::{
+    ConnAck, ConnectProperties, Disconnect, Packet, Publish, Unsubscribe, Version,
+};
+use tokio::net::TcpStream;
+
+use super::*;
+
+pub const IPS: [&str; 3] = ["127.0.0.11", "127.0.0.12", "127.0.0.13"];
+pub const NAMES: [&str; 3] = ["node1", "node2", "node3"];
+/// `[lb]` extra for the LB test: an admin API on a free port.
+pub const LB_ADMIN: &str = "admin = \"127.0.0.1:0\"";
+
+// ---------------------------------------------------------------------------------------------
+// the cluster
+// ---------------------------------------------------------------------------------------------
+
+/// A port free for both TCP and UDP on `ip` (gossip and the node channel share `[cluster] bind`).
+pub fn free_cluster_port(ip: &str) -> u16 {
+    // below the kernel's ephemeral range (32768+): no client socket of a parallel test can take
+    // the port between this check and the node's bind
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let base = (std::process::id() % 500) * 20;
+    for _ in 0..2000 {
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let port = (20_000 + (base + n) % 12_000) as u16;
+        if std::net::TcpListener::bind((ip, port)).is_ok() && UdpSocket::bind((ip, port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no port free for TCP and UDP on {ip}");
+}
+
+/// How a test runs its nodes: in-process, or as the binary where it needs a real process
+/// (`kill -9`, a restart over the same store).
+#[derive(Clone, Copy)]
+pub enum Run {
+    InProcess,
+    Binary,
+}
+
+/// One running node.
+pub enum Node {
+    InProcess(InProcBroker),
+    Binary(BrokerProc),
+}
+
+impl Node {
+    /// Starts node `name` and waits for its MQTT listener.
+    pub fn start(name: &str, config: &Path, run: Run) -> Node {
+        match run {
+            Run::InProcess => Node::InProcess(InProcBroker::start(config)),
+            Run::Binary => Node::Binary(BrokerProc {
+                proc: Proc::start_role(
+                    name,
+                    "broker",
+                    config,
+                    "info,mqedge_broker::cluster=debug",
+                    " listener=",
+                ),
+                config: config.to_path_buf(),
+            }),
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        match self {
+            Node::InProcess(b) => b.addr(),
+            Node::Binary(b) => b.addr(),
+        }
+    }
+
+    pub fn admin(&self) -> SocketAddr {
+        match self {
+            Node::InProcess(b) => b.admin(),
+            Node::Binary(b) => b.admin(),
+        }
+    }
+
+    pub fn logs(&self) -> String {
+        match self {
+            Node::InProcess(b) => b.logs(),
+            Node::Binary(b) => b.proc.logs(),
+        }
+    }
+
+    /// The process, for what only a process can do (`kill -9`, reading its log for a line).
+    pub fn binary(&mut self) -> &mut BrokerProc {
+        match self {
+            Node::Binary(b) => b,
+            Node::InProcess(_) => panic!("an in-process node has no process: use Run::Binary"),
+        }
+    }
+}
+
+/// Three clustered nodes; `nodes[i]` is `NAMES[i]` on `IPS[i]`. Nodes stop (SIGTERM) before
+/// their directory goes (field order is drop order).
+pub struct Cluster {
+    pub nodes: Vec<Option<Node>>,
+    pub run: Run,
+    pub configs: Vec<PathBuf>,
+    pub old_logs: Vec<(&'static str, String)>,
+    pub _dir: TempDir,
+}
+
+impl Cluster {
+    /// Writes three configs (with `data_dir` when `persist`) and starts the nodes; returns
+    /// once every node's `/api/cluster` shows all three up.
+    pub async fn start(tag: &str, persist: bool, policy: &str, run: Run) -> Cluster {
+        let dir = TempDir::new(tag);
+        let cluster_addrs: Vec<String> = IPS
+            .iter()
+            .map(|ip| format!("{ip}:{}", free_cluster_port(ip)))
+            .collect();
+        let seeds = cluster_addrs
+            .iter()
+            .map(|a| format!("\"{a}\""))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let mut configs = Vec::new();
+        for i in 0..3 {
+            let data_dir = if persist {
+                format!("data_dir = \"data-{}\"\n", NAMES[i])
+            } else {
+                String::new()
+            };
+            let text = format!(
+                r#"[node]
+name = "{name}"
+admin = "{ip}:0"
+{data_dir}
+[[listener]]
+name = "mqtt"
+bind = "{ip}:0"
+
+[cluster]
+bind = "{cluster}"
+seeds = [{seeds}]
+
+[auth]
+allow_anonymous = true
+
+[limits]
+max_offline_messages = 5000
+
+[shared_subscriptions]
+policy = "{policy}"
+"#,
+                name = NAMES[i],
+                ip = IPS[i],
+                cluster = cluster_addrs[i],
+            );
+            configs.push(dir.write(&format!("{}.toml", NAMES[i]), &text));
+        }
+        let nodes = (0..3)
+            .map(|i| Some(Node::start(NAMES[i], &configs[i], run)))
+            .collect();
+        let c = Cluster {
+            nodes,
+            run,
+            configs,
+            old_logs: Vec::new(),
+            _dir: dir,
+        };
+        for i in 0..3 {
+            c.wait_all_up(i, Duration::from_secs(15)).await;
+        }
+        c
+    }
+
+    pub fn node(&self, i: usize) -> &Node {
+        self.nodes[i]
+            .as_ref()
+            .unwrap_or_else(|| panic!("{} is not running", NAMES[i]))
+    }
+
+    /// MQTT address of node `i`.
+    pub fn addr(&self, i: usize) -> SocketAddr {
+        self.node(i).addr()
+    }
+
+    /// Admin address of node `i`.
+    pub fn admin(&self, i: usize) -> SocketAddr {
+        self.node(i).admin()
+    }
+
+    /// Node `i`'s view of `peer`: (state, routes), or None when it does not list it.
+    pub fn view(&self, i: usize, peer: &str) -> Option<(String, u64)> {
+        let v = get_json(self.admin(i), "/api/cluster");
+        assert_eq!(v["node"], NAMES[i], "{v}");
+        v["nodes"]
+            .as_array()?
+            .iter()
+            .find(|n| n["name"] == peer)
+            .map(|n| {
+                (
+                    n["state"].as_str().unwrap_or("").to_string(),
+                    n["routes"].as_u64().unwrap_or(0),
+                )
+            })
+    }
+
+    pub fn state(&self, i: usize, peer: &str) -> String {
+        self.view(i, peer).map(|v| v.0).unwrap_or_default()
+    }
+
+    /// Waits until node `i` lists three nodes, all up.
+    pub async fn wait_all_up(&self, i: usize, within: Duration) {
+        let admin = self.admin(i);
+        let ok = eventually(within, || {
+            let v = get_json(admin, "/api/cluster");
+            let nodes = v["nodes"].as_array().cloned().unwrap_or_default();
+            nodes.len() == 3 && nodes.iter().all(|n| n["state"] == "up")
+        })
+        .await;
+        assert!(
+            ok,
+            "{}: cluster not formed within {within:?}: {}\n{}",
+            NAMES[i],
+            get_json(admin, "/api/cluster"),
+            self.logs()
+        );
+    }
+
+    /// Waits until node `i` sees `peer` up with a route count for which `want` holds.
+    pub async fn wait_routes(&self, i: usize, peer: &str, what: &str, want: impl Fn(u64) -> bool) {
+        let ok = eventually(
+            Duration::from_secs(10),
+            || matches!(self.view(i, peer), Some((s, r)) if s == "up" && want(r)),
+        )
+        .await;
+        assert!(
+            ok,
+            "{}'s view of {peer}: expected routes {what}, have {:?}\n{}",
+            NAMES[i],
+            self.view(i, peer),
+            self.logs()
+        );
+    }
+
+    /// A metric of node `i`.
+    pub fn metric(&self, i: usize, name: &str) -> f64 {
+        let m = parse_prometheus(&http("GET", self.admin(i), "/metrics").1);
+        metric(&m, name, &[])
+    }
+
+    /// `GET /api/clients/{id}` on node `i`: (status, body as JSON or Null).
+    pub fn client(&self, i: usize, id: &str) -> (u16, serde_json::Value) {
+        let (code, body) = http("GET", self.admin(i), &format!("/api/clients/{id}"));
+        (code, serde_json::from_str(&body).unwrap_or_default())
+    }
+
+    pub fn kill9(&mut self, i: usize) {
+        if let Some(n) = self.nodes[i].as_mut() {
+            n.binary().kill9();
+        }
+    }
+
+    /// Starts node `i` again with the same config (after `kill9`).
+    pub fn restart(&mut self, i: usize) {
+        if let Some(mut old) = self.nodes[i].take() {
+            old.binary().kill9();
+            // kept for failure messages
+            self.old_logs.push((NAMES[i], old.logs()));
+        }
+        self.nodes[i] = Some(Node::start(NAMES[i], &self.configs[i], self.run));
+    }
+
+    /// The last lines of every node's log (for assertion messages).
+    pub fn logs(&self) -> String {
+        let mut s = String::new();
+        for (name, log) in &self.old_logs {
+            let lines: Vec<&str> = log.lines().collect();
+            let from = lines.len().saturating_sub(40);
+            s.push_str(&format!(
+                "==== {name} before its restart (last {} lines)\n",
+                lines.len() - from
+            ));
+            for l in &lines[from..] {
+                s.push_str(l);
+                s.push('\n');
+            }
+        }
+        for (i, n) in self.nodes.iter().enumerate() {
+            let Some(n) = n else { continue };
+            let all = n.logs();
+            let lines: Vec<&str> = all.lines().collect();
+            let from = lines.len().saturating_sub(60);
+            s.push_str(&format!(
+                "==== {} (last {} lines)\n",
+                NAMES[i],
+                lines.len() - from
+            ));
+            for l in &lines[from..] {
+                s.push_str(l);
+                s.push('\n');
+            }
+        }
+        s
+    }
+}
+
+/// Polls `admin`'s `/api/cluster` from now on, in a thread, until `peer` is in `state`; the
+/// thread returns how long that took (None after `within`).
+pub fn watch_peer_state(
+    admin: SocketAddr,
+    peer: &'static str,
+    state: &'static str,
+    within: Duration,
+) -> std::thread::JoinHandle<Option<Duration>> {
+    let start = Instant::now();
+    std::thread::spawn(move || {
+        while start.elapsed() < within {
+            let v = get_json(admin, "/api/cluster");
+            let seen = v["nodes"]
+                .as_array()
+                .is_some_and(|n| n.iter().any(|n| n["name"] == peer && n["state"] == state));
+            if seen {
+                return Some(start.elapsed());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        None
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// clients
+// ---------------------------------------------------------------------------------------------
+
+pub type Client = Raw<TcpStream>;
+
+/// A connected client (keep-alive off); `expiry` is the v5 Session Expiry Interval.
+pub async fn connect(
+    addr: SocketAddr,
+    v: Version,
+    id: &str,
+    clean: bool,
+    expiry: Option<u32>,
+) -> (Client, ConnAck) {
+    let s = TcpStream::connect(addr)
+        .await
+        .unwrap_or_else(|e| panic!("{id}: connect {addr}: {e}"));
+    let mut c = Raw::new(s, v);
+    let props = ConnectProperties {
+        session_expiry_interval: expiry,
+        ..Default::default()
+    };
+    let ack = c.connect_with(id, clean, 0, None, None, props).await;
+    assert_eq!(ack.code, 0, "{id}: CONNACK {ack:?}");
+    (c, ack)
+}
+
+/// A clean 3.1.1 client.
+pub async fn client(addr: SocketAddr, id: &str) -> Client {
+    connect(addr, Version::V311, id, true, None).await.0
+}
+
+/// A client subscribed to `filter` at QoS 1.
+pub async fn subscriber(addr: SocketAddr, id: &str, filter: &str) -> Client {
+    let mut c = client(addr, id).await;
+    assert_eq!(c.subscribe(1, &[(filter, 1)]).await, vec![1], "{id}");
+    c
+}
+
+pub async fn unsubscribe(c: &mut Client, pid: u16, filter: &str) {
+    c.send(Packet::Unsubscribe(Unsubscribe {
+        packet_id: pid,
+        user_properties: vec![],
+        filters: vec![filter.to_string()],
+    }))
+    .await;
+    loop {
+        match c.recv(Duration::from_secs(5)).await {
+            Some(Packet::UnsubAck(a)) => {
+                assert_eq!(a.packet_id, pid);
+                return;
+            }
+            Some(_) => continue,
+            None => panic!("no UNSUBACK"),
+        }
+    }
+}
+
+/// A clean DISCONNECT, then waits for the server to close.
+pub async fn disconnect(mut c: Client) {
+    c.send(Packet::Disconnect(Disconnect {
+        code: 0,
+        properties: Default::default(),
+    }))
+    .await;
+    assert!(c.closed_within(Duration::from_secs(5)).await);
+}
+
+/// Publishes `{prefix}{i}` for i in 0..n at QoS 0, then a PINGREQ round trip: every one of
+/// them was routed when this returns.
+pub async fn publish_qos0(c: &mut Client, topic: &str, prefix: &str, n: usize) {
+    for i in 0..n {
+        c.publish(topic, format!("{prefix}{i}").as_bytes(), 0, None, false)
+            .await;
+    }
+    c.send(Packet::PingReq).await;
+    loop {
+        match c.recv(Duration::from_secs(10)).await {
+            Some(Packet::PingResp) => return,
+            Some(_) => continue,
+            None => panic!("no PINGRESP after {n} QoS 0 publishes on {topic}"),
+        }
+    }
+}
+
+/// Publishes `{prefix}{i}` for i in 0..n at QoS 1, each acknowledged before the next.
+pub async fn publish_qos1(c: &mut Client, topic: &str, prefix: &str, n: usize) {
+    for i in 0..n {
+        let pid = (i % 60_000) as u16 + 1;
+        c.publish(
+            topic,
+            format!("{prefix}{i}").as_bytes(),
+            1,
+            Some(pid),
+            false,
+        )
+        .await;
+        loop {
+            match c.recv(Duration::from_secs(10)).await {
+                Some(Packet::PubAck(a)) if a.packet_id == pid => {
+                    assert_eq!(a.code, 0, "PUBACK of {prefix}{i}: {a:?}");
+                    break;
+                }
+                Some(_) => continue,
+                None => panic!("no PUBACK for {prefix}{i} on {topic} (connection closed or 10 s)"),
+            }
+        }
+    }
+}
+
+/// Receives PUBLISHes (acknowledging them) until `n` came or `within` passed, then 300 ms more
+/// to catch duplicates.
+pub async fn take(c: &mut Client, n: usize, within: Duration) -> Vec<Publish> {
+    let start = Instant::now();
+    let hard = start + within + Duration::from_secs(1);
+    let mut got = Vec::new();
+    loop {
+        let now = Instant::now();
+        let left = if got.len() >= n {
+            Duration::from_millis(300).min(hard.saturating_duration_since(now))
+        } else {
+            (start + within).saturating_duration_since(now)
+        };
+        if left.is_zero() {
+            break;
+        }
+        match c.recv(left).await {
+            Some(p) => got.extend(c.answer(p).await),
+            None => break,
+        }
+    }
+    got
+}
+
+pub fn payloads(p: &[Publish]) -> Vec<String> {
+    p.iter()
+        .map(|p| String::from_utf8_lossy(&p.payload).into_owned())
+        .collect()
+}
+
+pub fn seq(prefix: &str, r: std::ops::Range<usize>) -> Vec<String> {
+    r.map(|i| format!("{prefix}{i}")).collect()
+}
+
+/// What a brand-new subscriber to `filter` on `addr` receives at once (retained messages).
+pub async fn retained_at(addr: SocketAddr, id: &str, filter: &str) -> Vec<Publish> {
+    let mut c = subscriber(addr, id, filter).await;
+    let got = take(&mut c, usize::MAX, Duration::from_millis(300)).await;
+    disconnect(c).await;
+    got
+}
