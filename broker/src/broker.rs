@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::auth::{Access, Acl, PasswordFile};
-use crate::cluster::{Ack, BoxFuture, Gate, LocalNode, Peers, SessionExport};
+use crate::cluster::{Ack, BoxFuture, FreezeToken, Gate, LocalNode, Peers, SessionExport};
 use crate::config::Config;
 use crate::message::{unix_now, Message};
 use crate::metrics::Metrics;
@@ -449,8 +449,29 @@ impl LocalNode for Broker {
         self.write_nowait(ops);
     }
 
-    fn export_session(&self, client_id: &str, clean_start: bool) -> Option<SessionExport> {
-        self.registry.export_session(client_id, clean_start)
+    fn export_session(
+        &self,
+        client_id: &str,
+        clean_start: bool,
+        token: &FreezeToken,
+    ) -> Option<SessionExport> {
+        self.registry.freeze_export(client_id, clean_start, token)
+    }
+
+    fn settle_export(&self, client_id: &str, token: &FreezeToken, keep: bool) -> Vec<Vec<u8>> {
+        self.registry.settle_export(client_id, token, keep)
+    }
+
+    fn finish_move(&self, client_id: &str, token: &FreezeToken) -> Vec<Vec<u8>> {
+        self.registry.finish_move(client_id, token)
+    }
+
+    fn adopt_session(&self, client_id: &str, export: SessionExport) -> bool {
+        self.registry.adopt_session(client_id, export)
+    }
+
+    fn append_session(&self, client_id: &str, queued: &[Vec<u8>]) {
+        self.registry.append_handover(client_id, queued)
     }
 
     fn retained(&self) -> Vec<Arc<Message>> {

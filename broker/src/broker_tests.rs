@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 
 use super::*;
-use crate::cluster::{Forwarded, PeerStatus};
+use crate::cluster::{Forwarded, Handover, PeerStatus};
 use crate::protocol::{RetainHandling, Version};
 
 /// Records what the core asks; one remote node `n1` subscribes to `t/#`.
@@ -56,9 +56,10 @@ impl Peers for FakePeers {
         &'a self,
         _client_id: &'a str,
         _clean_start: bool,
-    ) -> BoxFuture<'a, Option<SessionExport>> {
+    ) -> BoxFuture<'a, Option<(SessionExport, Handover)>> {
         Box::pin(std::future::ready(None))
     }
+    fn settle_handover(&self, _h: Handover, _taken: bool) {}
     fn peers(&self) -> Vec<(Arc<str>, PeerStatus, usize)> {
         Vec::new()
     }

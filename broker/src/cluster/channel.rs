@@ -223,8 +223,14 @@ impl Cluster {
                     Frame::ForwardAck { id } | Frame::Session { id, .. } => *id,
                     _ => 0,
                 };
-                if let Some(w) = lock(&self.waiting).remove(&id) {
-                    let _ = w.tx.send(f);
+                let w = lock(&self.waiting).remove(&id);
+                // an answer nobody waits for any more (or whose waiter just gave up)
+                let late = match w {
+                    Some(w) => w.tx.send(f).err(),
+                    None => Some(f),
+                };
+                if let Some(f) = late {
+                    self.late_answer(n, f);
                 }
             }
             Frame::Retained { msgs } => {
@@ -240,15 +246,14 @@ impl Cluster {
                 id,
                 client_id,
                 clean_start,
-            } => {
-                let export = match self.core() {
-                    Some(b) => b.export_session(&client_id, clean_start),
-                    None => None,
-                };
-                if export.is_some() {
-                    tracing::info!(node = %self.node, client_id = %client_id, to = %n, "cluster: session handed over");
-                }
-                self.send_to(&n, Frame::Session { id, export });
+            } => self.on_take_session(n, id, client_id, clean_start),
+            Frame::SessionDone {
+                id,
+                client_id,
+                keep,
+            } => self.on_session_done(n, id, client_id, keep),
+            Frame::SessionAppend { client_id, queued } => {
+                self.on_session_append(&client_id, &queued)
             }
             Frame::Leave => self.node_down(&n, "left gracefully"),
         }

@@ -64,15 +64,36 @@ pub enum Frame {
         /// Whether the new connection wants a clean start (nothing to move).
         clean_start: bool,
     },
-    /// Answer to `TakeSession`.
+    /// Answer to `TakeSession`. With an export, the sender froze the session: it keeps it until
+    /// `SessionDone` (or its freeze deadline).
     Session {
         /// Request id.
         id: u64,
+        /// Client identifier (so a late answer can still be settled).
+        client_id: String,
         /// The session record and its queued messages, when the receiver had one to give.
         export: Option<(Vec<u8>, Vec<Vec<u8>>)>,
     },
     /// The sender is leaving the cluster gracefully.
     Leave,
+    /// The asker settles a handover: `keep` false = it holds the session durably now (delete
+    /// yours and send what was queued since the export); true = it did not take it (unfreeze).
+    SessionDone {
+        /// The `TakeSession` request id.
+        id: u64,
+        /// Client identifier.
+        client_id: String,
+        /// Whether the old holder keeps the session.
+        keep: bool,
+    },
+    /// Messages queued into a frozen session after its export, for the new holder's queue
+    /// (entries as in the export).
+    SessionAppend {
+        /// Client identifier.
+        client_id: String,
+        /// Entries (`encode_handover` format).
+        queued: Vec<Vec<u8>>,
+    },
 }
 
 /// Why bytes are not a frame.
@@ -156,8 +177,13 @@ pub fn encode(f: &Frame, out: &mut Vec<u8>) {
             b.push(u8::from(*clean_start));
             8
         }
-        Frame::Session { id, export } => {
+        Frame::Session {
+            id,
+            client_id,
+            export,
+        } => {
             b.extend_from_slice(&id.to_be_bytes());
+            put_str(&mut b, client_id);
             match export {
                 Some((rec, queued)) => {
                     b.push(1);
@@ -172,6 +198,24 @@ pub fn encode(f: &Frame, out: &mut Vec<u8>) {
             9
         }
         Frame::Leave => 10,
+        Frame::SessionDone {
+            id,
+            client_id,
+            keep,
+        } => {
+            b.extend_from_slice(&id.to_be_bytes());
+            put_str(&mut b, client_id);
+            b.push(u8::from(*keep));
+            11
+        }
+        Frame::SessionAppend { client_id, queued } => {
+            put_str(&mut b, client_id);
+            b.extend_from_slice(&(queued.len() as u32).to_be_bytes());
+            for q in queued {
+                put(&mut b, q);
+            }
+            12
+        }
     };
     out.push(kind);
     out.extend_from_slice(&b);
@@ -252,6 +296,7 @@ pub fn decode(buf: &[u8]) -> Result<Option<(Frame, usize)>, FrameError> {
         },
         9 => {
             let id = r.u64().ok_or(bad.clone())?;
+            let client_id = s(&mut r)?;
             let export = match r.u8().ok_or(bad.clone())? {
                 0 => None,
                 _ => {
@@ -264,9 +309,27 @@ pub fn decode(buf: &[u8]) -> Result<Option<(Frame, usize)>, FrameError> {
                     Some((rec, q))
                 }
             };
-            Frame::Session { id, export }
+            Frame::Session {
+                id,
+                client_id,
+                export,
+            }
         }
         10 => Frame::Leave,
+        11 => Frame::SessionDone {
+            id: r.u64().ok_or(bad.clone())?,
+            client_id: s(&mut r)?,
+            keep: r.u8().ok_or(bad.clone())? != 0,
+        },
+        12 => {
+            let client_id = s(&mut r)?;
+            let n = r.u32().ok_or(bad.clone())? as usize;
+            let mut queued = Vec::with_capacity(n.min(1 << 16));
+            for _ in 0..n {
+                queued.push(r.bytes().ok_or(bad.clone())?.to_vec());
+            }
+            Frame::SessionAppend { client_id, queued }
+        }
         _ => return Err(FrameError::Malformed("unknown frame kind")),
     };
     if !r.0.is_empty() {
@@ -307,13 +370,24 @@ mod tests {
             },
             Frame::Session {
                 id: 3,
+                client_id: "c".into(),
                 export: Some((vec![1], vec![vec![2], vec![3]])),
             },
             Frame::Session {
                 id: 4,
+                client_id: "d".into(),
                 export: None,
             },
             Frame::Leave,
+            Frame::SessionDone {
+                id: 3,
+                client_id: "c".into(),
+                keep: false,
+            },
+            Frame::SessionAppend {
+                client_id: "c".into(),
+                queued: vec![vec![4], vec![]],
+            },
         ]
     }
 
@@ -364,7 +438,7 @@ mod tests {
             if b.len() >= 6 {
                 b[0..4].copy_from_slice(&((n - 4) as u32).to_be_bytes());
                 b[4] = 1;
-                b[5] = (x % 11) as u8;
+                b[5] = (x % 13) as u8;
             }
             let _ = decode(&b);
         }

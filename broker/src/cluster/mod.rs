@@ -18,6 +18,7 @@
 
 mod channel;
 mod frame;
+mod handover;
 mod node;
 mod peers;
 
@@ -59,6 +60,17 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// messages (encoded by the session layer); opaque bytes to the cluster.
 pub type SessionExport = (Vec<u8>, Vec<Vec<u8>>);
 
+/// Who froze a session for whom: the asking node and its request id.
+pub type FreezeToken = (Arc<str>, u64);
+
+/// The holders a CONNECT took a session from, to tell once the session is durable here
+/// ([`Peers::settle_handover`]).
+#[derive(Debug)]
+pub struct Handover {
+    client_id: String,
+    from: Vec<(Arc<str>, u64)>,
+}
+
 /// What this node asks of the others. One implementation talks to real peers ([`Cluster`]);
 /// the core holds it as `Arc<dyn Peers>` and never sees a frame.
 pub trait Peers: Send + Sync {
@@ -80,12 +92,16 @@ pub trait Peers: Send + Sync {
         msg: &[u8],
         want_ack: bool,
     ) -> Forwarded;
-    /// Asks every live peer to hand over `client_id`'s session; the export if one had it.
+    /// Asks every live peer at once (one deadline) to hand over `client_id`'s session; the
+    /// export if one had it, and the [`Handover`] to settle once this node holds it durably.
     fn take_session<'a>(
         &'a self,
         client_id: &'a str,
         clean_start: bool,
-    ) -> BoxFuture<'a, Option<SessionExport>>;
+    ) -> BoxFuture<'a, Option<(SessionExport, Handover)>>;
+    /// Tells the old holders whether this node took the session (they delete it) or not (they
+    /// keep it). Until then they keep it frozen: a handover never destroys a session.
+    fn settle_handover(&self, h: Handover, taken: bool);
     /// Peers, their state and how many routes each announced (`/api/cluster`).
     fn peers(&self) -> Vec<(Arc<str>, PeerStatus, usize)>;
     /// Number of remote (filter, node) routes.
@@ -108,8 +124,23 @@ pub trait LocalNode: Send + Sync {
     /// A retained message (or clear) from another node.
     fn set_retained(&self, msg: Arc<Message>);
     /// Hands this node's session of `client_id` over: closes its connection and (unless the new
-    /// connection starts clean) exports it.
-    fn export_session(&self, client_id: &str, clean_start: bool) -> Option<SessionExport>;
+    /// connection starts clean) exports it and freezes it under `token` until settled.
+    fn export_session(
+        &self,
+        client_id: &str,
+        clean_start: bool,
+        token: &FreezeToken,
+    ) -> Option<SessionExport>;
+    /// Settles a frozen session: `keep` unfreezes it; otherwise it lingers, moved, and what was
+    /// queued into it since the export is returned (for the new holder). No-op for another token.
+    fn settle_export(&self, client_id: &str, token: &FreezeToken, keep: bool) -> Vec<Vec<u8>>;
+    /// Ends a moved session's linger: deletes it; what queued into it since the confirm.
+    fn finish_move(&self, client_id: &str, token: &FreezeToken) -> Vec<Vec<u8>>;
+    /// A session export that came after its CONNECT stopped waiting: merged into the session
+    /// this node now holds for that client (true), or refused (false: the sender keeps it).
+    fn adopt_session(&self, client_id: &str, export: SessionExport) -> bool;
+    /// Messages queued into a session at its old holder after the export.
+    fn append_session(&self, client_id: &str, queued: &[Vec<u8>]);
     /// Every retained message, for a peer's snapshot.
     fn retained(&self) -> Vec<Arc<Message>>;
 }

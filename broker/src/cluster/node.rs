@@ -51,6 +51,9 @@ pub struct Cluster {
     pub(super) core: OnceLock<Weak<dyn LocalNode>>,
     pub(super) forwarded: Counter,
     pub(super) forwarded_bytes: Counter,
+    /// Handover settlements (and messages following a moved session) whose peer had no channel
+    /// when they were sent: sent again every membership round until their deadline.
+    pub(super) unsent_settlements: Mutex<Vec<(Arc<str>, Frame, std::time::Instant)>>,
 }
 
 pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -90,6 +93,7 @@ impl Cluster {
             core: OnceLock::new(),
             forwarded,
             forwarded_bytes,
+            unsent_settlements: Mutex::new(Vec::new()),
         })
     }
 
@@ -187,6 +191,7 @@ impl Cluster {
                 })
                 .collect();
             self.apply_membership(now);
+            self.resend_settlements();
             tokio::select! {
                 _ = stop.changed() => break,
                 r = live.changed() => if r.is_err() { break },
@@ -253,23 +258,12 @@ impl Cluster {
         }
     }
 
-    /// Answers everything still awaited from a peer that is gone: a forward to it counts as
-    /// done (its subscribers went with it), a session request as "not there".
+    /// Fails everything still awaited from a peer that is gone or restarted: a forward it never
+    /// acknowledged resolves as not taken (the publisher gets no PUBACK and sends it again), a
+    /// session request as "no answer" (a frozen session stays with its holder).
     pub(super) fn release_waiters(&self, n: &str) {
-        let gone: Vec<(u64, Waiter)> = {
-            let mut w = lock(&self.waiting);
-            let ids: Vec<u64> = w
-                .iter()
-                .filter(|(_, x)| &*x.peer == n)
-                .map(|(id, _)| *id)
-                .collect();
-            ids.into_iter()
-                .filter_map(|id| w.remove(&id).map(|x| (id, x)))
-                .collect()
-        };
-        for (id, w) in gone {
-            let _ = w.tx.send(Frame::Session { id, export: None });
-        }
+        let mut w = lock(&self.waiting);
+        w.retain(|_, x| &*x.peer != n);
     }
 
     pub(super) fn drop_routes(&self, n: &Arc<str>) {

@@ -8,14 +8,14 @@ use tokio::sync::oneshot;
 
 use super::frame::Frame;
 use super::node::{lock, Cluster, Waiter};
-use super::{Ack, BoxFuture, Forwarded, PeerStatus, Peers, SessionExport, TAKEOVER_TIMEOUT};
+use super::{Ack, BoxFuture, Forwarded, Handover, PeerStatus, Peers, SessionExport};
 use crate::message::Message;
 use crate::routing::Matches;
 
 impl Cluster {
     /// Registers request `id` to peer `n`; the receiver gets its answer (or a "gone" answer when
     /// the peer goes down first).
-    fn await_reply(&self, id: u64, n: &Arc<str>) -> oneshot::Receiver<Frame> {
+    pub(super) fn await_reply(&self, id: u64, n: &Arc<str>) -> oneshot::Receiver<Frame> {
         let (tx, rx) = oneshot::channel();
         lock(&self.waiting).insert(
             id,
@@ -25,42 +25,6 @@ impl Cluster {
             },
         );
         rx
-    }
-
-    /// [`Peers::take_session`]: one round trip to every live peer, each bounded by
-    /// [`TAKEOVER_TIMEOUT`].
-    async fn take_session_now(&self, client_id: &str, clean_start: bool) -> Option<SessionExport> {
-        let peers: Vec<Arc<str>> = lock(&self.peers).keys().cloned().collect();
-        let mut waits = Vec::new();
-        for n in peers {
-            let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-            let rx = self.await_reply(id, &n);
-            if self.send_to(
-                &n,
-                Frame::TakeSession {
-                    id,
-                    client_id: client_id.to_string(),
-                    clean_start,
-                },
-            ) {
-                waits.push((id, rx));
-            } else {
-                lock(&self.waiting).remove(&id);
-            }
-        }
-        let mut found = None;
-        for (id, rx) in waits {
-            match tokio::time::timeout(TAKEOVER_TIMEOUT, rx).await {
-                Ok(Ok(Frame::Session {
-                    export: Some(e), ..
-                })) => found = Some(e),
-                Ok(_) => {}
-                Err(_) => {
-                    lock(&self.waiting).remove(&id);
-                }
-            }
-        }
-        found
     }
 
     /// Sends to every peer (callers hold `local` when order with snapshots matters).
@@ -162,8 +126,12 @@ impl Peers for Cluster {
         &'a self,
         client_id: &'a str,
         clean_start: bool,
-    ) -> BoxFuture<'a, Option<SessionExport>> {
+    ) -> BoxFuture<'a, Option<(SessionExport, Handover)>> {
         Box::pin(self.take_session_now(client_id, clean_start))
+    }
+
+    fn settle_handover(&self, h: Handover, taken: bool) {
+        self.settle_now(h, taken);
     }
 
     fn remote_routes(&self) -> usize {

@@ -14,6 +14,7 @@ use tokio::net::TcpStream;
 use super::aliases::{OutAliases, TOPIC_ALIAS_MAX};
 use super::{linger, read_more, write_all, ClientInfo, Conn, Live};
 use crate::broker::Broker;
+use crate::cluster::Handover;
 use crate::error::CloseReason;
 use crate::limits::{Limits, CONNECT_TIMEOUT};
 use crate::message::unix_now;
@@ -60,10 +61,11 @@ impl Live {
         };
         let conn_id = b.next_conn_id();
         // in a cluster, the session may live on another node: it is handed over before CONNACK
-        let import = match b.cluster() {
+        let taken = match b.cluster() {
             Some(c) => Box::pin(c.take_session(&admitted.client_id, connect.clean_start)).await,
             None => None,
         };
+        let (import, handover) = taken.unzip();
         let att = b.sessions().attach(
             &admitted.client_id,
             connect.clean_start,
@@ -74,6 +76,10 @@ impl Live {
             conn_id,
             import,
         );
+        if let Some(h) = handover {
+            // rare (a session moved here): boxed, to keep the CONNECT phase small
+            Box::pin(settle_handover(&b, h)).await;
+        }
         b.metrics().connections.inc();
         b.metrics().connected.inc();
         // LB health checks connect every few seconds: keep them out of the INFO log
@@ -137,6 +143,17 @@ impl Conn {
 }
 
 /// Reads the first packet, bounded in time: the CONNECT, or why the client is refused.
+/// Settles a session handed over to this node: its old holders delete their copy only once this
+/// one is on disk (with `data_dir`), and keep theirs when it could not be written.
+async fn settle_handover(b: &Arc<Broker>, h: Handover) {
+    let Some(c) = b.cluster() else { return };
+    let durable = match b.store() {
+        Some(store) => store.write(Vec::new()).await.is_ok(),
+        None => true,
+    };
+    c.settle_handover(h, durable);
+}
+
 async fn read_connect(
     r: &mut OwnedReadHalf,
     rbuf: &mut BytesMut,

@@ -11,10 +11,12 @@ use std::time::Instant;
 
 use tokio::sync::{oneshot, Notify};
 
+use crate::cluster::FreezeToken;
 use crate::message::Message;
 use crate::protocol::{QoS, RetainHandling, Version};
 use crate::routing::SubOptions;
 
+mod handover;
 mod queue;
 pub mod record;
 pub mod registry;
@@ -103,6 +105,20 @@ pub struct State {
     pub generation: u64,
     /// Next store sequence number for queued messages.
     pub next_seq: u64,
+    /// Set while the session is exported to another node and not yet settled.
+    pub frozen: Option<Freeze>,
+}
+
+/// A session handed to another node and not yet confirmed (see `cluster::handover`): it stays
+/// here, durable, until the new holder confirms.
+#[derive(Debug)]
+pub struct Freeze {
+    /// Which handover request froze it.
+    pub token: FreezeToken,
+    /// Messages queued into it since the export, or since the confirm (they follow it).
+    pub appended: usize,
+    /// Confirmed by the new holder: it lingers (still routed here) until the routes moved.
+    pub moved: bool,
 }
 
 impl State {
@@ -121,6 +137,7 @@ impl State {
             disconnected_at: None,
             generation: 0,
             next_seq: 1,
+            frozen: None,
         }
     }
 

@@ -5,8 +5,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::record::{message_key, queued_put};
-use super::{Outgoing, Session};
+use super::record::{decode_handover, encode_queued, message_key, queued_put, record_put};
+use super::{Outgoing, Session, State};
 use crate::auth::{Access, Acl};
 use crate::message::Message;
 use crate::metrics::Metrics;
@@ -74,6 +74,9 @@ impl Session {
             ops.push(queued_put(client, &out));
         }
         st.queue.push_back(out);
+        if let Some(f) = st.frozen.as_mut() {
+            f.appended += 1;
+        }
         let limit = rules.limit;
         // a connected subscriber that falls behind holds its publishers back (they wait for
         // `space` before reading more) instead of losing messages; only far past the limit, or
@@ -125,4 +128,40 @@ impl Session {
             }
         }
     }
+}
+
+/// The messages queued into a frozen session since the export (or the confirm), as entries;
+/// the count starts again.
+pub(super) fn take_appended(st: &mut State) -> Vec<Vec<u8>> {
+    let Some(f) = st.frozen.as_mut() else {
+        return Vec::new();
+    };
+    let n = std::mem::take(&mut f.appended).min(st.queue.len());
+    let skip = st.queue.len() - n;
+    st.queue.iter().skip(skip).map(encode_queued).collect()
+}
+
+/// Appends entries to a session's queue; the store ops that make them (and the record) durable.
+pub(super) fn push_entries(
+    s: &Session,
+    queued: &[Vec<u8>],
+    durable: bool,
+) -> Vec<crate::store::Op> {
+    let mut ops = Vec::new();
+    let mut st = s.lock();
+    for q in queued {
+        let Some((_, _, mut o)) = decode_handover(q) else {
+            continue;
+        };
+        if durable && o.qos != QoS::AtMostOnce && st.persistent() {
+            o.seq = st.next_seq;
+            st.next_seq += 1;
+            ops.push(queued_put(&s.client_id, &o));
+        }
+        st.queue.push_back(o);
+    }
+    if durable && st.persistent() {
+        ops.push(record_put(&s.client_id, st.encode()));
+    }
+    ops
 }

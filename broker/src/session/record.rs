@@ -163,12 +163,6 @@ pub fn decode_outgoing(b: &[u8], seq: u64) -> Option<Outgoing> {
 /// A session's in-flight messages (with packet id and state, MQTT-4.4.0-1: they are resent with
 /// DUP, PUBREL for those past PUBREC), then its queue, as another node imports them.
 pub fn encode_handover(st: &State) -> Vec<Vec<u8>> {
-    let tag = |kind: u8, pid: u16, o: &Outgoing| {
-        let mut v = vec![kind];
-        v.extend_from_slice(&pid.to_be_bytes());
-        v.extend_from_slice(&encode_outgoing(o));
-        v
-    };
     st.inflight
         .iter()
         .map(|(pid, state, o)| {
@@ -179,8 +173,20 @@ pub fn encode_handover(st: &State) -> Vec<Vec<u8>> {
             };
             tag(kind, *pid, o)
         })
-        .chain(st.queue.iter().map(|o| tag(0, 0, o)))
+        .chain(st.queue.iter().map(encode_queued))
         .collect()
+}
+
+/// One queued (not in-flight) message as an [`encode_handover`] entry.
+pub fn encode_queued(o: &Outgoing) -> Vec<u8> {
+    tag(0, 0, o)
+}
+
+fn tag(kind: u8, pid: u16, o: &Outgoing) -> Vec<u8> {
+    let mut v = vec![kind];
+    v.extend_from_slice(&pid.to_be_bytes());
+    v.extend_from_slice(&encode_outgoing(o));
+    v
 }
 
 /// One entry of [`encode_handover`]: the packet id and state of an in-flight message (`None`

@@ -10,9 +10,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
-use super::record::{
-    decode_handover, decode_outgoing, encode_handover, forget, queued_put, record_put,
-};
+use super::record::{decode_handover, decode_outgoing, forget, queued_put, record_put};
 use super::subs::Subscriptions;
 use super::{sub_options, Attached, Session, State, Sub};
 use crate::cluster::{Peers, SessionExport};
@@ -36,8 +34,8 @@ pub struct Registry {
     shards: Vec<Mutex<HashMap<Arc<str>, Arc<Session>>>>,
     subs: Subscriptions,
     conn_seq: AtomicU64,
-    store: Option<Store>,
-    metrics: Arc<Metrics>,
+    pub(super) store: Option<Store>,
+    pub(super) metrics: Arc<Metrics>,
 }
 
 impl Registry {
@@ -137,7 +135,7 @@ impl Registry {
         Ok((restored, queued))
     }
 
-    fn shard(&self, id: &str) -> MutexGuard<'_, HashMap<Arc<str>, Arc<Session>>> {
+    pub(super) fn shard(&self, id: &str) -> MutexGuard<'_, HashMap<Arc<str>, Arc<Session>>> {
         self.shards[shard_of(id)]
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -272,6 +270,8 @@ impl Registry {
             st.username = username;
             st.peer = Some(peer);
             st.disconnected_at = None;
+            // back on this node before a handover of it was settled: it stays here
+            st.frozen = None;
             st.persistent().then(|| st.encode())
         };
         if let (Some(store), Some(rec)) = (&self.store, record) {
@@ -403,22 +403,8 @@ impl Registry {
         n
     }
 
-    /// Hands this node's session of `client_id` to another node: closes its connection, and
-    /// (unless the new connection starts clean) exports subscriptions and queued messages.
-    pub fn export_session(&self, client_id: &str, clean_start: bool) -> Option<SessionExport> {
-        let s = self.get(client_id)?;
-        let export = {
-            let mut st = s.lock();
-            self.take_conn(&mut st);
-            (!clean_start && st.persistent()).then(|| (st.encode(), encode_handover(&st)))
-        };
-        self.metrics.cluster_handovers.inc();
-        self.remove_session(&s);
-        export
-    }
-
     /// Closes a session's connection for a takeover (v5: 0x8E); returns what was attached.
-    fn take_conn(&self, st: &mut State) -> Option<Attached> {
+    pub(super) fn take_conn(&self, st: &mut State) -> Option<Attached> {
         let mut old = st.conn.take()?;
         if let Some(k) = old.kick.take() {
             let _ = k.send(reason::SESSION_TAKEN_OVER);
@@ -428,7 +414,7 @@ impl Registry {
     }
 
     /// Takes in a session another node handed over (see [`Registry::export_session`]).
-    fn import_session(&self, id: &Arc<str>, rec: &[u8], queued: &[Vec<u8>]) {
+    pub(super) fn import_session(&self, id: &Arc<str>, rec: &[u8], queued: &[Vec<u8>]) {
         let Some(mut st) = State::decode(rec) else {
             tracing::warn!(client_id = %id, "unreadable session from a peer ignored");
             return;
@@ -456,6 +442,9 @@ impl Registry {
             // it replaces whatever stale session this node still held
             let stale = self.shard(id).insert(id.clone(), s.clone());
             if let Some(old) = stale {
+                // what queued into our copy while it was handed away still follows the client
+                let since = super::queue::take_appended(&mut old.lock());
+                ops.extend(super::queue::push_entries(&s, &since, self.store.is_some()));
                 self.metrics.sessions.dec();
                 self.drop_session_state(&old);
             }
@@ -486,7 +475,7 @@ impl Registry {
 
 /// Runs `f` after `secs` unless the session was attached again meanwhile (its generation moved
 /// on) or is connected: the will-delay and expiry timers (MQTT-3.1.2-8).
-fn when_still_offline(
+pub(super) fn when_still_offline(
     s: Arc<Session>,
     generation: u64,
     secs: u32,

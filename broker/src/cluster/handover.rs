@@ -1,0 +1,266 @@
+//! Session handover between nodes: freeze → copy → confirm → delete, so that no answer lost,
+//! late or unanswered ever destroys a session (docs/cluster.md, "Session handover").
+//!
+//! The asker (the node a client connects to) sends `TakeSession` to every live peer at once and
+//! waits for all answers under one deadline ([`TAKEOVER_TIMEOUT`]). A holder closes the old
+//! connection, exports the session and **freezes** it: it stays registered and durable, and
+//! messages keep queuing into it. Once the asker holds the session durably it sends
+//! `SessionDone { keep: false }`; only then does the holder delete its copy, and it sends what
+//! was queued into the frozen session since the export (`SessionAppend`, behind the export on
+//! the same ordered channel). An answer that comes after the asker stopped waiting is merged
+//! into the session the asker now has for that client, or refused (`keep: true`), and a holder
+//! that hears nothing within [`FREEZE_TIMEOUT`] unfreezes: the session stays where it was.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::frame::Frame;
+use super::node::{lock, Cluster};
+use super::{FreezeToken, Handover, SessionExport, TAKEOVER_TIMEOUT};
+
+/// How long a session that moved stays routed on its old holder: forwards peers sent before
+/// they saw the new holder's routes still arrive there and follow the session.
+pub const MOVE_LINGER: Duration = Duration::from_secs(5);
+
+/// How long a holder keeps a session frozen for an asker that does not settle it (the asker
+/// died, or the settlement was lost) before it unfreezes it and keeps it.
+pub const FREEZE_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl Cluster {
+    /// [`super::Peers::take_session`]: every live peer asked at once, answers awaited under one
+    /// deadline. Several exports (a partition healed) are merged: the first one's state, every
+    /// one's messages (duplicates are allowed, losses are not).
+    pub(super) async fn take_session_now(
+        &self,
+        client_id: &str,
+        clean_start: bool,
+    ) -> Option<(SessionExport, Handover)> {
+        let peers: Vec<Arc<str>> = lock(&self.peers).keys().cloned().collect();
+        let mut waits = Vec::new();
+        for n in peers {
+            let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+            let rx = self.await_reply(id, &n);
+            let ask = Frame::TakeSession {
+                id,
+                client_id: client_id.to_string(),
+                clean_start,
+            };
+            if self.send_to(&n, ask) {
+                waits.push((n, id, rx));
+            } else {
+                lock(&self.waiting).remove(&id);
+            }
+        }
+        let deadline = Instant::now() + TAKEOVER_TIMEOUT;
+        let mut exports = Vec::new();
+        let mut from = Vec::new();
+        for (n, id, rx) in waits {
+            match tokio::time::timeout_at(deadline, rx).await {
+                Ok(Ok(Frame::Session {
+                    export: Some(e), ..
+                })) => {
+                    exports.push(e);
+                    from.push((n, id));
+                }
+                Ok(_) => {}
+                Err(_) => {
+                    // a later answer is settled by `late_answer`
+                    lock(&self.waiting).remove(&id);
+                    tracing::warn!(node = %self.node, peer = %n, client_id, "cluster: no handover answer in time");
+                }
+            }
+        }
+        let export = merge(exports)?;
+        let h = Handover {
+            client_id: client_id.to_string(),
+            from,
+        };
+        Some((export, h))
+    }
+
+    /// [`super::Peers::settle_handover`].
+    pub(super) fn settle_now(&self, h: Handover, taken: bool) {
+        for (n, id) in h.from {
+            let done = Frame::SessionDone {
+                id,
+                client_id: h.client_id.clone(),
+                keep: !taken,
+            };
+            self.send_or_keep(n, done);
+        }
+    }
+
+    /// Sends a settlement (or messages that follow a session), or keeps it to send again while
+    /// its peer has no channel (a paused peer may have been declared down meanwhile).
+    fn send_or_keep(&self, n: Arc<str>, done: Frame) {
+        if !self.send_to(&n, done.clone()) {
+            let until = std::time::Instant::now() + FREEZE_TIMEOUT;
+            lock(&self.unsent_settlements).push((n, done, until));
+        }
+    }
+
+    /// Sends the kept settlements again (each membership round); drops those past deadline
+    /// (their holder unfroze the session by then).
+    pub(super) fn resend_settlements(&self) {
+        let kept = std::mem::take(&mut *lock(&self.unsent_settlements));
+        let now = std::time::Instant::now();
+        let mut left = Vec::new();
+        for (n, f, until) in kept {
+            if until > now && !self.send_to(&n, f.clone()) {
+                left.push((n, f, until));
+            }
+        }
+        lock(&self.unsent_settlements).extend(left);
+    }
+
+    /// A peer asks for a session: export and freeze it (or end it, for a clean start), answer,
+    /// and arm the freeze deadline.
+    pub(super) fn on_take_session(
+        self: &Arc<Self>,
+        n: Arc<str>,
+        id: u64,
+        client_id: String,
+        clean_start: bool,
+    ) {
+        let Some(b) = self.core() else { return };
+        let token: FreezeToken = (n.clone(), id);
+        let export = b.export_session(&client_id, clean_start, &token);
+        if export.is_some() {
+            tracing::info!(node = %self.node, client_id = %client_id, to = %n, "cluster: session exported (frozen until the new holder confirms)");
+            let me = Arc::downgrade(self);
+            let cid = client_id.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(FREEZE_TIMEOUT).await;
+                if let Some(b) = me.upgrade().and_then(|c| c.core()) {
+                    b.settle_export(&cid, &token, true);
+                }
+            });
+        }
+        let answer = Frame::Session {
+            id,
+            client_id,
+            export,
+        };
+        // an export must reach the asker (late is fine: it is merged there), or the session
+        // stays frozen here until the deadline for nothing
+        if matches!(
+            answer,
+            Frame::Session {
+                export: Some(_),
+                ..
+            }
+        ) {
+            self.send_or_keep(n, answer);
+        } else {
+            self.send_to(&n, answer);
+        }
+    }
+
+    /// The asker settled a handover: unfreeze; or send what queued since the export, let the
+    /// moved session linger for [`MOVE_LINGER`], then delete it and send what queued meanwhile.
+    pub(super) fn on_session_done(
+        self: &Arc<Self>,
+        n: Arc<str>,
+        id: u64,
+        client_id: String,
+        keep: bool,
+    ) {
+        let Some(b) = self.core() else { return };
+        let token: FreezeToken = (n.clone(), id);
+        let queued = b.settle_export(&client_id, &token, keep);
+        self.append_to(&n, &client_id, queued);
+        if keep {
+            return;
+        }
+        tracing::info!(node = %self.node, client_id = %client_id, to = %n, "cluster: session handed over");
+        let me = Arc::downgrade(self);
+        tokio::spawn(async move {
+            tokio::time::sleep(MOVE_LINGER).await;
+            let Some(c) = me.upgrade() else { return };
+            if let Some(b) = c.core() {
+                let queued = b.finish_move(&client_id, &token);
+                c.append_to(&n, &client_id, queued);
+            }
+        });
+    }
+
+    fn append_to(&self, n: &str, client_id: &str, queued: Vec<Vec<u8>>) {
+        if !queued.is_empty() {
+            tracing::debug!(node = %self.node, client_id, to = %n, n = queued.len(), "cluster: messages follow a moved session");
+            let client_id = client_id.to_string();
+            self.send_or_keep(Arc::from(n), Frame::SessionAppend { client_id, queued });
+        }
+    }
+
+    /// An answer whose CONNECT no longer waits: merge the export into the session held here
+    /// now, or refuse it so the sender keeps it.
+    pub(super) fn late_answer(&self, n: Arc<str>, f: Frame) {
+        let Frame::Session {
+            id,
+            client_id,
+            export: Some(e),
+        } = f
+        else {
+            return;
+        };
+        let adopted = self.core().is_some_and(|b| b.adopt_session(&client_id, e));
+        tracing::info!(node = %self.node, peer = %n, client_id = %client_id, adopted, "cluster: late handover answer settled");
+        let done = Frame::SessionDone {
+            id,
+            client_id,
+            keep: !adopted,
+        };
+        self.send_or_keep(n, done);
+    }
+
+    /// Messages that reached a session at its old holder after the export.
+    pub(super) fn on_session_append(&self, client_id: &str, queued: &[Vec<u8>]) {
+        if let Some(b) = self.core() {
+            b.append_session(client_id, queued);
+        }
+    }
+}
+
+/// One export from several: the first's record, every one's entries (the others' in-flight
+/// entries become queued ones: their packet ids belong to another numbering).
+fn merge(mut exports: Vec<SessionExport>) -> Option<SessionExport> {
+    if exports.is_empty() {
+        return None;
+    }
+    let (rec, mut queued) = exports.remove(0);
+    for (_, q) in exports {
+        queued.extend(q.into_iter().map(as_queued));
+    }
+    Some((rec, queued))
+}
+
+/// An export entry (kind, packet id, message) as a plain queued one.
+fn as_queued(mut e: Vec<u8>) -> Vec<u8> {
+    if e.len() >= 3 {
+        e[0] = 0;
+        e[1] = 0;
+        e[2] = 0;
+    }
+    e
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn merging_keeps_every_message_and_the_first_state() {
+        assert!(merge(vec![]).is_none());
+        let a = (vec![1], vec![vec![1, 0, 5, 9], vec![0, 0, 0, 8]]);
+        let b = (vec![2], vec![vec![3, 0, 7, 6]]);
+        let (rec, q) = merge(vec![a, b]).unwrap();
+        assert_eq!(rec, vec![1]);
+        assert_eq!(
+            q,
+            vec![vec![1, 0, 5, 9], vec![0, 0, 0, 8], vec![0, 0, 0, 6]]
+        );
+    }
+}

@@ -1,0 +1,147 @@
+//! The registry's side of a session handover (the protocol is `cluster::handover`): a session
+//! given to another node is frozen, not deleted, until that node confirms it holds it; what
+//! queues into it meanwhile follows it; an export that came too late is merged, not dropped.
+
+use std::sync::Arc;
+
+use super::queue::{push_entries, take_appended};
+use super::record::encode_handover;
+use super::registry::{when_still_offline, Registry};
+use super::Freeze;
+use crate::cluster::{FreezeToken, SessionExport};
+use crate::session::State;
+
+impl Registry {
+    /// Hands this node's session of `client_id` to another node: closes its connection and,
+    /// unless the new connection starts clean, exports it and freezes it under `token` (it
+    /// stays, durable and queuing, until [`Registry::settle_export`]). A session with nothing
+    /// to move (clean start, or not persistent) ends here at once.
+    pub fn freeze_export(
+        &self,
+        client_id: &str,
+        clean_start: bool,
+        token: &FreezeToken,
+    ) -> Option<SessionExport> {
+        let s = self.get(client_id)?;
+        let export = {
+            let mut st = s.lock();
+            self.take_conn(&mut st);
+            let e = (!clean_start && st.persistent()).then(|| (st.encode(), encode_handover(&st)));
+            if e.is_some() {
+                st.frozen = Some(Freeze {
+                    token: token.clone(),
+                    appended: 0,
+                    moved: false,
+                });
+            }
+            e
+        };
+        if export.is_none() {
+            self.metrics.cluster_handovers.inc();
+            self.remove_session(&s);
+        }
+        export
+    }
+
+    /// Settles a frozen session. `keep`: it stays here (unfrozen, expiring as an offline
+    /// session does). Otherwise the new holder has it: what queued into it since the export is
+    /// returned for the new holder, and it lingers, still routed here, until
+    /// [`Registry::finish_move`] (forwards that peers sent before they saw the new holder's
+    /// routes still land here and follow it). Nothing happens for another token (the session
+    /// was frozen again for someone else, or its client came back here).
+    pub fn settle_export(
+        self: &Arc<Self>,
+        client_id: &str,
+        token: &FreezeToken,
+        keep: bool,
+    ) -> Vec<Vec<u8>> {
+        let Some(s) = self.get(client_id) else {
+            return Vec::new();
+        };
+        let mut st = s.lock();
+        let Some(f) = st.frozen.as_mut().filter(|f| f.token == *token && !f.moved) else {
+            return Vec::new();
+        };
+        if !keep {
+            f.moved = true;
+            self.metrics.cluster_handovers.inc();
+            return take_appended(&mut st);
+        }
+        st.frozen = None;
+        let (expiry, generation, offline) = (st.expiry, st.generation, st.conn.is_none());
+        drop(st);
+        tracing::info!(
+            client_id,
+            "handover not confirmed: the session stays on this node"
+        );
+        if expiry != u32::MAX && offline {
+            let (r, s2) = (self.clone(), s.clone());
+            when_still_offline(s.clone(), generation, expiry, move || {
+                tracing::info!(client_id = %s2.client_id, "session expired");
+                r.remove_session(&s2);
+            });
+        }
+        Vec::new()
+    }
+
+    /// Ends a moved session's linger: deletes it and returns what queued into it since the
+    /// confirm, for the new holder.
+    pub fn finish_move(&self, client_id: &str, token: &FreezeToken) -> Vec<Vec<u8>> {
+        let Some(s) = self.get(client_id) else {
+            return Vec::new();
+        };
+        let since = {
+            let mut st = s.lock();
+            if !st
+                .frozen
+                .as_ref()
+                .is_some_and(|f| f.token == *token && f.moved)
+            {
+                return Vec::new();
+            }
+            take_appended(&mut st)
+        };
+        self.remove_session(&s);
+        since
+    }
+
+    /// An export that arrived after its CONNECT stopped waiting: merged into the persistent
+    /// session this node holds now for that client (its subscriptions added, its messages
+    /// queued). False when there is none: the sender keeps its copy.
+    pub fn adopt_session(&self, client_id: &str, (rec, queued): SessionExport) -> bool {
+        let Some(s) = self.get(client_id) else {
+            return false;
+        };
+        if !s.lock().persistent() {
+            return false;
+        }
+        if let Some(old) = State::decode(&rec) {
+            for (f, sub) in old.subs {
+                let has = s.lock().subs.contains_key(&f);
+                if !has {
+                    self.subs().subscribe(&s, &f, sub);
+                }
+            }
+        }
+        self.append_handover(client_id, &queued);
+        true
+    }
+
+    /// Queues handed-over entries (in-flight ones as queued: their packet ids belong to the
+    /// old holder) into the session of `client_id`, durably when `data_dir` is set.
+    pub fn append_handover(&self, client_id: &str, queued: &[Vec<u8>]) {
+        let Some(s) = self.get(client_id) else {
+            tracing::warn!(
+                client_id,
+                n = queued.len(),
+                "handed-over messages for a session that is gone"
+            );
+            return;
+        };
+        let ops = push_entries(&s, queued, self.store.is_some());
+        if let Some(store) = &self.store {
+            store.write_nowait(ops);
+        }
+        s.notify.notify_one();
+    }
+}

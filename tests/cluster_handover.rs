@@ -1,0 +1,143 @@
+//! Session handover under faults (docs/cluster.md, "Session handover"): the holder of a
+//! session is paused (SIGSTOP) while its client connects to another node, and a client id flips
+//! between two nodes while QoS 1 messages for it keep coming. In both, every acknowledged
+//! message reaches the client, and the session ends up on exactly one node. Real processes
+//! (`mqedge broker`), raw MQTT clients.
+
+mod common;
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use common::cluster_nodes::*;
+use common::*;
+use mqedge_protocol::{Packet, Version};
+
+/// The node that holds a client's session is paused for 5 s while that client connects to
+/// another node: the CONNECT goes on without it (Session Present 0), and when the holder wakes
+/// up its late answer is merged into the new session: the 20 messages queued on the old holder
+/// reach the client, and only the new node keeps the session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_holder_loses_no_session_when_its_client_moves() {
+    let mut cl = Cluster::start("ho-stop", true, "prefer_local", Run::Binary).await;
+    let id = "ho-stop-1";
+    let (mut c, _) = connect(cl.addr(0), Version::V5, id, true, Some(3600)).await;
+    assert_eq!(c.subscribe(1, &[("ho/#", 1)]).await, vec![1]);
+    disconnect(c).await;
+    cl.wait_routes(2, "node1", "= 1", |r| r == 1).await;
+    let mut p = client(cl.addr(2), "ho-stop-pub").await;
+    publish_qos1(&mut p, "ho/x", "q-", 20).await;
+
+    let stopped = Instant::now();
+    cl.nodes[0].as_mut().unwrap().binary().proc.signal("STOP");
+    let (mut c, ack) = connect(cl.addr(1), Version::V5, id, false, Some(3600)).await;
+    eprintln!(
+        "handover: CONNECT on node2 while node1 is paused: CONNACK in {:?}, session present {}",
+        stopped.elapsed(),
+        ack.session_present
+    );
+    if !ack.session_present {
+        assert_eq!(c.subscribe(1, &[("ho/#", 1)]).await, vec![1]);
+    }
+    tokio::time::sleep(Duration::from_secs(5).saturating_sub(stopped.elapsed())).await;
+    cl.nodes[0].as_mut().unwrap().binary().proc.signal("CONT");
+
+    let got = take(&mut c, 20, Duration::from_secs(20)).await;
+    let mut got: Vec<String> = payloads(&got);
+    got.sort_by_key(|s| s[2..].parse::<u32>().unwrap_or(0));
+    got.dedup();
+    assert_eq!(got, seq("q-", 0..20), "queued messages lost\n{}", cl.logs());
+    let one_holder = eventually(Duration::from_secs(15), || {
+        cl.client(0, id).0 == 404 && cl.client(1, id).0 == 200
+    })
+    .await;
+    assert!(
+        one_holder,
+        "node1: {:?}\nnode2: {:?}\n{}",
+        cl.client(0, id),
+        cl.client(1, id),
+        cl.logs()
+    );
+}
+
+/// A persistent subscriber's client id flips between node1 and node2 twenty times while a
+/// publisher on node3 sends QoS 1 messages without pause: every acknowledged message reaches
+/// the subscriber (duplicates allowed), whichever node held its session when it was sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qos1_messages_racing_takeovers_are_all_delivered() {
+    let cl = Cluster::start("ho-flip", true, "prefer_local", Run::Binary).await;
+    let id = "ho-flip-1";
+    let (mut c, _) = connect(cl.addr(0), Version::V5, id, true, Some(3600)).await;
+    assert_eq!(c.subscribe(1, &[("flip/#", 1)]).await, vec![1]);
+    cl.wait_routes(2, "node1", "= 1", |r| r == 1).await;
+
+    let pub_addr = cl.addr(2);
+    let publisher = tokio::spawn(async move {
+        let mut p = client(pub_addr, "ho-flip-pub").await;
+        let mut acked = Vec::new();
+        let start = Instant::now();
+        let mut i = 0u32;
+        while start.elapsed() < Duration::from_secs(12) {
+            let pid = (i % 60_000) as u16 + 1;
+            p.publish("flip/t", format!("m{i}").as_bytes(), 1, Some(pid), false)
+                .await;
+            loop {
+                match p.recv(Duration::from_secs(10)).await {
+                    Some(Packet::PubAck(a)) if a.packet_id == pid => {
+                        if a.code == 0 {
+                            acked.push(i);
+                        }
+                        break;
+                    }
+                    Some(_) => continue,
+                    // not acknowledged: not counted; a new connection goes on
+                    None => {
+                        p = client(pub_addr, "ho-flip-pub").await;
+                        break;
+                    }
+                }
+            }
+            i += 1;
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        acked
+    });
+
+    let mut received: HashSet<u32> = HashSet::new();
+    let mut note = |got: &[mqedge_protocol::Publish]| {
+        for p in got {
+            let s = String::from_utf8_lossy(&p.payload);
+            if let Some(n) = s.strip_prefix('m').and_then(|n| n.parse().ok()) {
+                received.insert(n);
+            }
+        }
+    };
+    for round in 0..20 {
+        let node = if round % 2 == 0 { 1 } else { 0 };
+        let got = take(&mut c, usize::MAX, Duration::from_millis(250)).await;
+        note(&got);
+        let (c2, ack) = connect(cl.addr(node), Version::V5, id, false, Some(3600)).await;
+        assert!(
+            ack.session_present,
+            "round {round}: session lost\n{}",
+            cl.logs()
+        );
+        c = c2;
+    }
+    let acked = publisher.await.unwrap();
+    let got = take(&mut c, usize::MAX, Duration::from_secs(8)).await;
+    note(&got);
+    let lost: Vec<u32> = acked
+        .iter()
+        .copied()
+        .filter(|n| !received.contains(n))
+        .collect();
+    eprintln!(
+        "handover: {} acknowledged during 20 takeovers, {} received, {} lost",
+        acked.len(),
+        received.len(),
+        lost.len()
+    );
+    assert!(acked.len() > 100, "too few publishes: {}", acked.len());
+    assert!(lost.is_empty(), "lost {lost:?}\n{}", cl.logs());
+}
