@@ -141,3 +141,49 @@ async fn qos1_messages_racing_takeovers_are_all_delivered() {
     assert!(acked.len() > 100, "too few publishes: {}", acked.len());
     assert!(lost.is_empty(), "lost {lost:?}\n{}", cl.logs());
 }
+
+/// A channel whose `Hello` names an incarnation of the receiver that is gone (the dialer queued
+/// its frames for a node that has restarted since) is refused before any frame behind it is
+/// applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_channel_for_a_gone_incarnation_is_refused() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut cl = Cluster::start("ho-epoch", false, "prefer_local", Run::Binary).await;
+    let config = std::fs::read_to_string(&cl.configs[1]).unwrap();
+    let cluster = &config[config.find("[cluster]").unwrap()..];
+    let addr: std::net::SocketAddr = cluster
+        .lines()
+        .find_map(|l| l.strip_prefix("bind = \""))
+        .and_then(|l| l.strip_suffix('"'))
+        .expect("node2's cluster address")
+        .parse()
+        .unwrap();
+    let frame = |kind: u8, body: &[u8]| {
+        let mut f = ((body.len() + 2) as u32).to_be_bytes().to_vec();
+        f.extend_from_slice(&[1, kind]);
+        f.extend_from_slice(body);
+        f
+    };
+    let str_ = |s: &str| {
+        let mut b = (s.len() as u32).to_be_bytes().to_vec();
+        b.extend_from_slice(s.as_bytes());
+        b
+    };
+    let mut hello = str_("node1");
+    hello.extend_from_slice(&7u64.to_be_bytes());
+    hello.extend_from_slice(&1u64.to_be_bytes());
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(&frame(1, &hello)).await.unwrap();
+    s.write_all(&frame(3, &str_("stale/route"))).await.unwrap();
+    let mut buf = [0u8; 16];
+    let closed = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await;
+    assert!(matches!(closed, Ok(Ok(0)) | Ok(Err(_))), "{closed:?}");
+    cl.nodes[1]
+        .as_mut()
+        .unwrap()
+        .binary()
+        .proc
+        .wait_log("Hello for incarnation 1", Duration::from_secs(5));
+    // node2 did not take the stale route as node1's
+    assert_eq!(cl.view(1, "node1").map(|v| v.1), Some(0));
+}

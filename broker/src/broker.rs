@@ -347,7 +347,7 @@ impl Broker {
         msg: Arc<Message>,
         direct: bool,
         shared: &[(String, String)],
-    ) {
+    ) -> bool {
         self.metrics.cluster_received.inc();
         let mut ops = Vec::new();
         let mut congested = Vec::new();
@@ -358,7 +358,10 @@ impl Broker {
             congested.extend(self.deliver(&client, &msg, &opts, false, &mut ops));
         }
         if let (Some(store), false) = (&self.store, ops.is_empty()) {
-            let _ = store.write(ops).await;
+            if let Err(e) = store.write(ops).await {
+                tracing::error!(error = %e, topic = %msg.topic, "store write failed: forwarded copy not acknowledged");
+                return false;
+            }
         }
         // a slow local subscriber slows this peer channel (and through its gate, the remote
         // publishers) instead of losing what they send
@@ -366,6 +369,7 @@ impl Broker {
         for c in congested {
             c.wait_for_space(limit).await;
         }
+        true
     }
 
     /// Adds a subscription for a session; returns whether it is new (for Retain Handling 1).
@@ -439,7 +443,7 @@ impl LocalNode for Broker {
         msg: Arc<Message>,
         direct: bool,
         shared: &'a [(String, String)],
-    ) -> BoxFuture<'a, ()> {
+    ) -> BoxFuture<'a, bool> {
         Box::pin(self.deliver_from_peer(msg, direct, shared))
     }
 

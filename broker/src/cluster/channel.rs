@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{mpsc, watch};
 
 use super::frame::{decode, encode, Frame};
@@ -30,6 +30,7 @@ impl Cluster {
             let _ = tx.send(Frame::Hello {
                 node: self.node.to_string(),
                 epoch: self.epoch,
+                to_epoch: generation,
             });
             let _ = tx.send(Frame::RoutesReset {
                 filters: local.keys().cloned().collect(),
@@ -71,7 +72,7 @@ impl Cluster {
     ) -> std::io::Result<()> {
         let mut s = None;
         for i in 0..20 {
-            match tokio::time::timeout(Duration::from_secs(1), TcpStream::connect(addr)).await {
+            match tokio::time::timeout(Duration::from_secs(1), self.dial(addr)).await {
                 Ok(Ok(c)) => {
                     s = Some(c);
                     break;
@@ -114,6 +115,19 @@ impl Cluster {
         Ok(())
     }
 
+    /// Dials a peer from the cluster bind address (on a multi-homed host, the source peers know).
+    async fn dial(&self, addr: SocketAddr) -> std::io::Result<TcpStream> {
+        let s = if addr.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        if self.bind.is_ipv4() == addr.is_ipv4() && !self.bind.ip().is_unspecified() {
+            s.bind(SocketAddr::new(self.bind.ip(), 0))?;
+        }
+        s.connect(addr).await
+    }
+
     pub(super) async fn accept_loop(
         self: Arc<Self>,
         l: TcpListener,
@@ -136,7 +150,15 @@ impl Cluster {
             while let Some((f, used)) = decode(&buf).map_err(|e| e.to_string())? {
                 buf.drain(..used);
                 match (&from, f) {
-                    (None, Frame::Hello { node, epoch }) => {
+                    (None, Frame::Hello { to_epoch, .. }) if to_epoch != self.epoch => {
+                        // dialed for an incarnation of this node that is gone: what it queued
+                        // (handover requests, forwards) was meant for that one
+                        return Err(format!(
+                            "Hello for incarnation {to_epoch}, this node is {}",
+                            self.epoch
+                        ));
+                    }
+                    (None, Frame::Hello { node, epoch, .. }) => {
                         tracing::debug!(node = %self.node, peer = %node, epoch, "cluster: inbound channel from peer");
                         // a peer that (re)connects may have dropped our routes (it thought we were
                         // down, or it restarted): send it our snapshot again
@@ -211,10 +233,13 @@ impl Cluster {
                 shared,
                 msg,
             } => {
-                if let (Some(b), Some(m)) = (self.core(), Message::decode(&msg)) {
-                    b.deliver_forwarded(Arc::new(m), direct, &shared).await;
-                }
-                if id != 0 {
+                let taken = match (self.core(), Message::decode(&msg)) {
+                    (Some(b), Some(m)) => b.deliver_forwarded(Arc::new(m), direct, &shared).await,
+                    _ => false,
+                };
+                // no ack for a copy that is not durable here: the origin's publisher gets no
+                // PUBACK and sends it again
+                if id != 0 && taken {
                     self.send_to(&n, Frame::ForwardAck { id });
                 }
             }

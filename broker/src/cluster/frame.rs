@@ -18,6 +18,9 @@ pub enum Frame {
         node: String,
         /// Incarnation (start time); a restarted node has a new one.
         epoch: u64,
+        /// The receiver's incarnation the sender dialed: frames queued for an incarnation that
+        /// is gone are never delivered to the next one (the receiver refuses the connection).
+        to_epoch: u64,
     },
     /// The sender's complete set of local filters (replaces what the receiver knew).
     RoutesReset {
@@ -120,9 +123,14 @@ pub fn encode(f: &Frame, out: &mut Vec<u8>) {
     out.extend_from_slice(&[0, 0, 0, 0, VERSION]);
     let mut b = Vec::new();
     let kind: u8 = match f {
-        Frame::Hello { node, epoch } => {
+        Frame::Hello {
+            node,
+            epoch,
+            to_epoch,
+        } => {
             put_str(&mut b, node);
             b.extend_from_slice(&epoch.to_be_bytes());
+            b.extend_from_slice(&to_epoch.to_be_bytes());
             1
         }
         Frame::RoutesReset { filters } => {
@@ -251,6 +259,7 @@ pub fn decode(buf: &[u8]) -> Result<Option<(Frame, usize)>, FrameError> {
         1 => Frame::Hello {
             node: s(&mut r)?,
             epoch: r.u64().ok_or(bad.clone())?,
+            to_epoch: r.u64().ok_or(bad.clone())?,
         },
         2 => {
             let n = r.u32().ok_or(bad.clone())? as usize;
@@ -347,6 +356,7 @@ mod tests {
             Frame::Hello {
                 node: "node1".into(),
                 epoch: 42,
+                to_epoch: 43,
             },
             Frame::RoutesReset {
                 filters: vec!["a/+".into(), "$share/g/b/#".into()],

@@ -115,12 +115,13 @@ pub trait Peers: Send + Sync {
 pub trait LocalNode: Send + Sync {
     /// Delivers a message another node forwarded: to local non-shared subscribers when
     /// `direct`, and to one local member of each listed shared group. Never forwards again.
+    /// False when the copies could not be made durable (the store write failed): no ack.
     fn deliver_forwarded<'a>(
         &'a self,
         msg: Arc<Message>,
         direct: bool,
         shared: &'a [(String, String)],
-    ) -> BoxFuture<'a, ()>;
+    ) -> BoxFuture<'a, bool>;
     /// A retained message (or clear) from another node.
     fn set_retained(&self, msg: Arc<Message>);
     /// Hands this node's session of `client_id` over: closes its connection and (unless the new

@@ -107,10 +107,17 @@ impl Peers for Cluster {
             Forwarded { ack, gate }
         } else {
             lock(&self.waiting).remove(&id);
-            if lock(&self.peers).contains_key(&**n) {
-                // the peer is there but its queue is full: a QoS 1/2 publisher must not be
+            let channel = lock(&self.peers).get(&**n).map(|p| p.tx.is_closed());
+            if let Some(closed) = channel {
+                // the peer is a member but its channel is gone (it crashed or is unreachable,
+                // not yet declared down) or its queue is full: a QoS 1/2 publisher must not be
                 // acknowledged (its receiver fails at once); QoS 0 is dropped, as under overload
-                tracing::warn!(node = %self.node, peer = %n, "cluster: forward queue full, message not forwarded");
+                let why = if closed {
+                    "peer channel closed (crashed or unreachable)"
+                } else {
+                    "forward queue full"
+                };
+                tracing::warn!(node = %self.node, peer = %n, "cluster: message not forwarded: {why}");
                 Forwarded {
                     ack: want_ack.then(|| Ack::new(std::future::ready(false))),
                     gate: None,
