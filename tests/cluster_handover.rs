@@ -187,3 +187,108 @@ async fn a_channel_for_a_gone_incarnation_is_refused() {
     // node2 did not take the stale route as node1's
     assert_eq!(cl.view(1, "node1").map(|v| v.1), Some(0));
 }
+
+/// SIGTERM of a node holding ten persistent sessions (five online, five offline) while a
+/// publisher on another node keeps sending QoS 1 messages: each session, with its queue, goes to
+/// the node the LB's hash picks next for its client id, where the client resumes it (Session
+/// Present = 1) and receives every message that was acknowledged to the publisher.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_hands_every_session_to_the_lbs_next_pick() {
+    let mut cl = Cluster::start("ho-term", true, "prefer_local", Run::Binary).await;
+    let ids: Vec<String> = (0..10).map(|i| format!("ho-term-{i}")).collect();
+    let mut online = Vec::new();
+    for (i, id) in ids.iter().enumerate() {
+        let (mut c, _) = connect(cl.addr(0), Version::V5, id, true, Some(3600)).await;
+        assert_eq!(c.subscribe(1, &[("lv/#", 1)]).await, vec![1]);
+        if i < 5 {
+            disconnect(c).await;
+        } else {
+            online.push(c);
+        }
+    }
+    cl.wait_routes(2, "node1", "= 1", |r| r == 1).await;
+
+    let pub_addr = cl.addr(2);
+    let publisher = tokio::spawn(async move {
+        let mut p = client(pub_addr, "ho-term-pub").await;
+        let mut acked = Vec::new();
+        let start = Instant::now();
+        let mut i = 0u32;
+        while start.elapsed() < Duration::from_secs(4) {
+            let pid = (i % 60_000) as u16 + 1;
+            p.publish("lv/t", format!("m{i}").as_bytes(), 1, Some(pid), false)
+                .await;
+            loop {
+                match p.recv(Duration::from_secs(10)).await {
+                    Some(Packet::PubAck(a)) if a.packet_id == pid => {
+                        if a.code == 0 {
+                            acked.push(i);
+                        }
+                        break;
+                    }
+                    Some(_) => continue,
+                    None => {
+                        p = client(pub_addr, "ho-term-pub").await;
+                        break;
+                    }
+                }
+            }
+            i += 1;
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        acked
+    });
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let term = Instant::now();
+    {
+        let n = cl.nodes[0].as_mut().unwrap().binary();
+        n.proc.signal("TERM");
+        let line = n
+            .proc
+            .wait_log("sessions handed over", Duration::from_secs(15));
+        eprintln!("handover: SIGTERM → {line} ({:?})", term.elapsed());
+        assert!(line.contains("sessions=10"), "{line}");
+        assert!(line.contains("not_confirmed=0"), "{line}");
+        assert!(
+            n.proc.wait_exit(Duration::from_secs(10)).is_some(),
+            "node1 did not exit"
+        );
+    }
+    // the online clients were told to go (v5: DISCONNECT 0x8B)
+    for mut c in online {
+        let told = loop {
+            match c.recv(Duration::from_secs(5)).await {
+                Some(Packet::Disconnect(d)) => break Some(d.code),
+                Some(_) => continue,
+                None => break None,
+            }
+        };
+        assert_eq!(told, Some(0x8B));
+    }
+    let acked = publisher.await.unwrap();
+    let mut lost = 0;
+    for id in &ids {
+        let target = hashed_backend(id, &["node2", "node3"]);
+        let ti = NAMES.iter().position(|n| *n == target).unwrap();
+        let (mut c, ack) = connect(cl.addr(ti), Version::V5, id, false, Some(3600)).await;
+        assert!(
+            ack.session_present,
+            "{id}: no session on {target}\n{}",
+            cl.logs()
+        );
+        let got = take(&mut c, acked.len(), Duration::from_secs(10)).await;
+        let got: HashSet<String> = payloads(&got).into_iter().collect();
+        let missing = acked
+            .iter()
+            .filter(|n| !got.contains(&format!("m{n}")))
+            .count();
+        lost += missing;
+        eprintln!(
+            "handover: {id} on {target}: {} of {} acknowledged received",
+            acked.len() - missing,
+            acked.len()
+        );
+    }
+    assert!(acked.len() > 100, "too few publishes: {}", acked.len());
+    assert_eq!(lost, 0, "acknowledged messages lost\n{}", cl.logs());
+}

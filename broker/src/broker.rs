@@ -13,7 +13,7 @@ use crate::cluster::{Ack, BoxFuture, FreezeToken, Gate, LocalNode, Peers, Sessio
 use crate::config::Config;
 use crate::message::{unix_now, Message};
 use crate::metrics::Metrics;
-use crate::protocol::{QoS, Will};
+use crate::protocol::{reason, QoS, Will};
 use crate::routing::retained::Retained;
 use crate::routing::{Matches, Router, Routing, SubOptions};
 use crate::session::{message_key, QueueRules, Registry, Session, Sub, Subscriptions};
@@ -459,7 +459,25 @@ impl LocalNode for Broker {
         clean_start: bool,
         token: &FreezeToken,
     ) -> Option<SessionExport> {
-        self.registry.freeze_export(client_id, clean_start, token)
+        self.registry
+            .freeze_export(client_id, clean_start, token, reason::SESSION_TAKEN_OVER)
+    }
+
+    fn export_for_leave(&self, client_id: &str, token: &FreezeToken) -> Option<SessionExport> {
+        self.registry
+            .freeze_export(client_id, false, token, reason::SERVER_SHUTTING_DOWN)
+    }
+
+    fn session_ids(&self) -> Vec<Arc<str>> {
+        self.registry.persistent_ids()
+    }
+
+    fn frozen_pending(&self) -> usize {
+        self.registry.frozen_pending()
+    }
+
+    fn finish_all_moves(&self) -> Vec<(Arc<str>, FreezeToken, Vec<Vec<u8>>)> {
+        self.registry.finish_all_moves()
     }
 
     fn settle_export(&self, client_id: &str, token: &FreezeToken, keep: bool) -> Vec<Vec<u8>> {
@@ -470,8 +488,14 @@ impl LocalNode for Broker {
         self.registry.finish_move(client_id, token)
     }
 
-    fn adopt_session(&self, client_id: &str, export: SessionExport) -> bool {
-        self.registry.adopt_session(client_id, export)
+    fn adopt_session(&self, client_id: &str, export: SessionExport) -> BoxFuture<'_, bool> {
+        let adopted = self.registry.adopt_session(client_id, export);
+        Box::pin(async move {
+            match (&self.store, adopted) {
+                (Some(store), true) => store.write(Vec::new()).await.is_ok(),
+                (_, a) => a,
+            }
+        })
     }
 
     fn append_session(&self, client_id: &str, queued: &[Vec<u8>]) {

@@ -4,9 +4,11 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use mqedge_shared::config::{
-    from_toml, read_config_file, resolve_path, ByteSize, Cidr, ConfigErrors, Problems,
+    from_toml, read_config_file, resolve_path, ByteSize, Cidr, ConfigErrors, HumanDuration,
+    Problems,
 };
 use serde::Deserialize;
 use toml::Spanned;
@@ -52,6 +54,7 @@ struct RawCluster {
     bind: Spanned<String>,
     #[serde(default)]
     seeds: Vec<Spanned<String>>,
+    leave_timeout: Option<HumanDuration>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -128,6 +131,8 @@ pub struct ClusterConfig {
     pub bind: SocketAddr,
     /// Peers to join through.
     pub seeds: Vec<SocketAddr>,
+    /// How long a leaving node (SIGTERM) waits for its sessions to be confirmed elsewhere.
+    pub leave_timeout: Duration,
 }
 
 /// `[auth]`.
@@ -298,7 +303,15 @@ fn listeners(p: &mut Problems<'_>, raw: &[RawListener]) -> Vec<ListenerConfig> {
 fn cluster(p: &mut Problems<'_>, c: &RawCluster) -> Option<ClusterConfig> {
     let bind = addr(p, &c.bind, "cluster bind")?;
     let seeds = c.seeds.iter().filter_map(|s| addr(p, s, "seed")).collect();
-    Some(ClusterConfig { bind, seeds })
+    let leave_timeout = c
+        .leave_timeout
+        .map(|d| d.0)
+        .unwrap_or(Duration::from_secs(10));
+    Some(ClusterConfig {
+        bind,
+        seeds,
+        leave_timeout,
+    })
 }
 
 /// Stage 1 of `[auth]`: the files must exist; they are loaded by [`AuthConfig::load_files`].

@@ -131,13 +131,19 @@ pub async fn run_with(
     drop(done_tx);
     shutdown.await;
     tracing::info!(node = %b.cfg().name, "shutting down");
-    if let Some(c) = &cluster {
-        // peers mark us down at once instead of waiting for the failure detector
-        c.leave().await;
-    }
+    // stop accepting first: a client told to go must not come back here
     let _ = stop_tx.send(true);
     for l in loops {
         let _ = l.await;
+    }
+    if let Some(c) = &cluster {
+        // every persistent session goes to the node the LB picks next for its client; peers
+        // keep this node's routes until then, and mark it down (Leave) only afterwards
+        let timeout = b.cfg().cluster.as_ref().map(|c| c.leave_timeout);
+        let started = std::time::Instant::now();
+        let (moved, left) = c.hand_over_all(timeout.unwrap_or_default()).await;
+        tracing::info!(node = %b.cfg().name, sessions = moved, not_confirmed = left, elapsed = ?started.elapsed(), "sessions handed over");
+        c.leave().await;
     }
     // connected clients are told (v5: DISCONNECT 0x8B), flushed and detached, bounded; the
     // rest (still in their CONNECT phase) end with the runtime

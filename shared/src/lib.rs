@@ -10,5 +10,6 @@ pub mod certs;
 pub mod config;
 pub mod io;
 pub mod net;
+pub mod placement;
 pub mod proxy;
 pub mod tls;

@@ -195,9 +195,10 @@ impl Cluster {
         }
     }
 
-    /// An answer whose CONNECT no longer waits: merge the export into the session held here
-    /// now, or refuse it so the sender keeps it.
-    pub(super) fn late_answer(&self, n: Arc<str>, f: Frame) {
+    /// An export nobody here waits for (a late answer, or a leaving peer's push): merged into
+    /// (or taken in as) the session held here, confirmed once durable; or refused so the sender
+    /// keeps it.
+    pub(super) fn late_answer(self: &Arc<Self>, n: Arc<str>, f: Frame) {
         let Frame::Session {
             id,
             client_id,
@@ -206,14 +207,63 @@ impl Cluster {
         else {
             return;
         };
-        let adopted = self.core().is_some_and(|b| b.adopt_session(&client_id, e));
-        tracing::info!(node = %self.node, peer = %n, client_id = %client_id, adopted, "cluster: late handover answer settled");
-        let done = Frame::SessionDone {
-            id,
-            client_id,
-            keep: !adopted,
-        };
-        self.send_or_keep(n, done);
+        let Some(b) = self.core() else { return };
+        let me = self.clone();
+        tokio::spawn(async move {
+            let adopted = b.adopt_session(&client_id, e).await;
+            tracing::info!(node = %me.node, peer = %n, client_id = %client_id, adopted, "cluster: unrequested session export settled");
+            let done = Frame::SessionDone {
+                id,
+                client_id,
+                keep: !adopted,
+            };
+            me.send_or_keep(n, done);
+        });
+    }
+
+    /// A leaving node (SIGTERM): every persistent session goes to the node the LB will pick
+    /// next for its client id (the LB's rendezvous order over the live peers' names), pushed
+    /// with the same freeze → confirm protocol; waits (up to `timeout`) for the confirms, then
+    /// ends the moves and sends what queued since. Returns (pushed, not confirmed in time).
+    pub async fn hand_over_all(self: &Arc<Self>, timeout: Duration) -> (usize, usize) {
+        let Some(b) = self.core() else { return (0, 0) };
+        let live: Vec<Arc<str>> = lock(&self.status)
+            .iter()
+            .filter(|(_, s)| s.up)
+            .map(|(n, _)| n.clone())
+            .collect();
+        let names: Vec<&str> = live.iter().map(|n| &**n).collect();
+        let mut pushed = 0;
+        for client_id in b.session_ids() {
+            let Some(to) = mqedge_shared::placement::rendezvous_first(client_id.as_bytes(), &names)
+            else {
+                break;
+            };
+            let to: Arc<str> = Arc::from(to);
+            let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+            let token: FreezeToken = (to.clone(), id);
+            if let Some(export) = b.export_for_leave(&client_id, &token) {
+                let push = Frame::Session {
+                    id,
+                    client_id: client_id.to_string(),
+                    export: Some(export),
+                };
+                if self.send_to(&to, push) {
+                    pushed += 1;
+                } else {
+                    b.settle_export(&client_id, &token, true);
+                }
+            }
+        }
+        let deadline = Instant::now() + timeout;
+        while b.frozen_pending() > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let left = b.frozen_pending();
+        for (client_id, (to, _), queued) in b.finish_all_moves() {
+            self.append_to(&to, &client_id, queued);
+        }
+        (pushed, left)
     }
 
     /// Messages that reached a session at its old holder after the export.

@@ -137,9 +137,18 @@ pub trait LocalNode: Send + Sync {
     fn settle_export(&self, client_id: &str, token: &FreezeToken, keep: bool) -> Vec<Vec<u8>>;
     /// Ends a moved session's linger: deletes it; what queued into it since the confirm.
     fn finish_move(&self, client_id: &str, token: &FreezeToken) -> Vec<Vec<u8>>;
-    /// A session export that came after its CONNECT stopped waiting: merged into the session
-    /// this node now holds for that client (true), or refused (false: the sender keeps it).
-    fn adopt_session(&self, client_id: &str, export: SessionExport) -> bool;
+    /// A session export this node did not ask for or no longer waits for (a late answer, a
+    /// leaving node's push): merged into the session held here, or taken in when there is
+    /// none; resolves true once durable, false when refused (the sender keeps it).
+    fn adopt_session(&self, client_id: &str, export: SessionExport) -> BoxFuture<'_, bool>;
+    /// Client ids of every persistent session here (a leaving node hands them over).
+    fn session_ids(&self) -> Vec<Arc<str>>;
+    /// Like `export_session` for a leaving node: its connection is told "server shutting down".
+    fn export_for_leave(&self, client_id: &str, token: &FreezeToken) -> Option<SessionExport>;
+    /// Sessions exported and not yet confirmed.
+    fn frozen_pending(&self) -> usize;
+    /// Ends every moved session's linger now: (client id, its token, what queued since).
+    fn finish_all_moves(&self) -> Vec<(Arc<str>, FreezeToken, Vec<Vec<u8>>)>;
     /// Messages queued into a session at its old holder after the export.
     fn append_session(&self, client_id: &str, queued: &[Vec<u8>]);
     /// Every retained message, for a peer's snapshot.

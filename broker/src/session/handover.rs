@@ -7,7 +7,7 @@ use std::sync::Arc;
 use super::queue::{push_entries, take_appended};
 use super::record::encode_handover;
 use super::registry::{when_still_offline, Registry};
-use super::Freeze;
+use super::{Freeze, Session};
 use crate::cluster::{FreezeToken, SessionExport};
 use crate::session::State;
 
@@ -21,11 +21,12 @@ impl Registry {
         client_id: &str,
         clean_start: bool,
         token: &FreezeToken,
+        kick: u8,
     ) -> Option<SessionExport> {
         let s = self.get(client_id)?;
         let export = {
             let mut st = s.lock();
-            self.take_conn(&mut st);
+            self.take_conn(&mut st, kick);
             let e = (!clean_start && st.persistent()).then(|| (st.encode(), encode_handover(&st)));
             if e.is_some() {
                 st.frozen = Some(Freeze {
@@ -105,12 +106,51 @@ impl Registry {
         since
     }
 
-    /// An export that arrived after its CONNECT stopped waiting: merged into the persistent
-    /// session this node holds now for that client (its subscriptions added, its messages
-    /// queued). False when there is none: the sender keeps its copy.
+    /// The client ids of every persistent session (what a leaving node hands over).
+    pub fn persistent_ids(&self) -> Vec<Arc<str>> {
+        self.all()
+            .into_iter()
+            .filter(|s| s.lock().persistent())
+            .map(|s| s.client_id.clone())
+            .collect()
+    }
+
+    /// Sessions exported and not yet confirmed by their new holder.
+    pub fn frozen_pending(&self) -> usize {
+        let unsettled = |s: &Arc<Session>| s.lock().frozen.as_ref().is_some_and(|f| !f.moved);
+        self.all().iter().filter(|s| unsettled(s)).count()
+    }
+
+    /// Ends every moved session's linger now (a leaving node): deletes them; for each, the new
+    /// holder and what queued into it since the confirm.
+    pub fn finish_all_moves(&self) -> Vec<(Arc<str>, FreezeToken, Vec<Vec<u8>>)> {
+        let moved: Vec<(Arc<str>, FreezeToken)> = self
+            .all()
+            .iter()
+            .filter_map(|s| {
+                let st = s.lock();
+                let f = st.frozen.as_ref().filter(|f| f.moved)?;
+                Some((s.client_id.clone(), f.token.clone()))
+            })
+            .collect();
+        moved
+            .into_iter()
+            .map(|(c, t)| {
+                let q = self.finish_move(&c, &t);
+                (c, t, q)
+            })
+            .collect()
+    }
+
+    /// An export this node did not ask for, or no longer waits for (a late answer, or a
+    /// leaving node's push): merged into the persistent session this node holds now for that
+    /// client (its subscriptions added, its messages queued), or taken in as the session when
+    /// there is none. False when this node's session for that client is not persistent (the
+    /// client chose a session that ends with its connection): the sender keeps its copy.
     pub fn adopt_session(&self, client_id: &str, (rec, queued): SessionExport) -> bool {
         let Some(s) = self.get(client_id) else {
-            return false;
+            self.import_session(&Arc::from(client_id), &rec, &queued);
+            return true;
         };
         if !s.lock().persistent() {
             return false;

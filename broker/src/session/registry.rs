@@ -142,7 +142,7 @@ impl Registry {
     }
 
     /// Every session, one shard locked at a time.
-    fn all(&self) -> Vec<Arc<Session>> {
+    pub(super) fn all(&self) -> Vec<Arc<Session>> {
         let mut v = Vec::new();
         for shard in &self.shards {
             v.extend(
@@ -197,7 +197,7 @@ impl Registry {
             Some(s) => {
                 let ends = {
                     let mut st = s.lock();
-                    if let Some(old) = self.take_conn(&mut st) {
+                    if let Some(old) = self.take_conn(&mut st, reason::SESSION_TAKEN_OVER) {
                         tracing::info!(
                             client_id,
                             old_conn = old.conn_id,
@@ -404,10 +404,10 @@ impl Registry {
     }
 
     /// Closes a session's connection for a takeover (v5: 0x8E); returns what was attached.
-    pub(super) fn take_conn(&self, st: &mut State) -> Option<Attached> {
+    pub(super) fn take_conn(&self, st: &mut State, kick: u8) -> Option<Attached> {
         let mut old = st.conn.take()?;
         if let Some(k) = old.kick.take() {
-            let _ = k.send(reason::SESSION_TAKEN_OVER);
+            let _ = k.send(kick);
         }
         self.metrics.takeovers.inc();
         Some(old)
