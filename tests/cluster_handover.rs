@@ -72,36 +72,7 @@ async fn qos1_messages_racing_takeovers_are_all_delivered() {
     cl.wait_routes(2, "node1", "= 1", |r| r == 1).await;
 
     let pub_addr = cl.addr(2);
-    let publisher = tokio::spawn(async move {
-        let mut p = client(pub_addr, "ho-flip-pub").await;
-        let mut acked = Vec::new();
-        let start = Instant::now();
-        let mut i = 0u32;
-        while start.elapsed() < Duration::from_secs(12) {
-            let pid = (i % 60_000) as u16 + 1;
-            p.publish("flip/t", format!("m{i}").as_bytes(), 1, Some(pid), false)
-                .await;
-            loop {
-                match p.recv(Duration::from_secs(10)).await {
-                    Some(Packet::PubAck(a)) if a.packet_id == pid => {
-                        if a.code == 0 {
-                            acked.push(i);
-                        }
-                        break;
-                    }
-                    Some(_) => continue,
-                    // not acknowledged: not counted; a new connection goes on
-                    None => {
-                        p = client(pub_addr, "ho-flip-pub").await;
-                        break;
-                    }
-                }
-            }
-            i += 1;
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        acked
-    });
+    let publisher = tokio::spawn(publish_for(pub_addr, "ho-flip-pub", "flip/t", 12, 5));
 
     let mut received: HashSet<u32> = HashSet::new();
     let mut note = |got: &[mqedge_protocol::Publish]| {
@@ -209,35 +180,7 @@ async fn sigterm_hands_every_session_to_the_lbs_next_pick() {
     cl.wait_routes(2, "node1", "= 1", |r| r == 1).await;
 
     let pub_addr = cl.addr(2);
-    let publisher = tokio::spawn(async move {
-        let mut p = client(pub_addr, "ho-term-pub").await;
-        let mut acked = Vec::new();
-        let start = Instant::now();
-        let mut i = 0u32;
-        while start.elapsed() < Duration::from_secs(4) {
-            let pid = (i % 60_000) as u16 + 1;
-            p.publish("lv/t", format!("m{i}").as_bytes(), 1, Some(pid), false)
-                .await;
-            loop {
-                match p.recv(Duration::from_secs(10)).await {
-                    Some(Packet::PubAck(a)) if a.packet_id == pid => {
-                        if a.code == 0 {
-                            acked.push(i);
-                        }
-                        break;
-                    }
-                    Some(_) => continue,
-                    None => {
-                        p = client(pub_addr, "ho-term-pub").await;
-                        break;
-                    }
-                }
-            }
-            i += 1;
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        acked
-    });
+    let publisher = tokio::spawn(publish_for(pub_addr, "ho-term-pub", "lv/t", 4, 10));
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let term = Instant::now();
     {
@@ -291,4 +234,43 @@ async fn sigterm_hands_every_session_to_the_lbs_next_pick() {
     }
     assert!(acked.len() > 100, "too few publishes: {}", acked.len());
     assert_eq!(lost, 0, "acknowledged messages lost\n{}", cl.logs());
+}
+
+/// Publishes `m0`, `m1`, … at QoS 1 to `topic` for `secs` seconds, `pause_ms` apart, each
+/// waiting for its PUBACK; a publish the broker does not acknowledge (its connection closes) is
+/// not counted and a new connection goes on. Returns the acknowledged numbers.
+async fn publish_for(
+    addr: std::net::SocketAddr,
+    id: &'static str,
+    topic: &'static str,
+    secs: u64,
+    pause_ms: u64,
+) -> Vec<u32> {
+    let mut p = client(addr, id).await;
+    let mut acked = Vec::new();
+    let start = Instant::now();
+    let mut i = 0u32;
+    while start.elapsed() < Duration::from_secs(secs) {
+        let pid = (i % 60_000) as u16 + 1;
+        p.publish(topic, format!("m{i}").as_bytes(), 1, Some(pid), false)
+            .await;
+        loop {
+            match p.recv(Duration::from_secs(10)).await {
+                Some(Packet::PubAck(a)) if a.packet_id == pid => {
+                    if a.code == 0 {
+                        acked.push(i);
+                    }
+                    break;
+                }
+                Some(_) => continue,
+                None => {
+                    p = client(addr, id).await;
+                    break;
+                }
+            }
+        }
+        i += 1;
+        tokio::time::sleep(Duration::from_millis(pause_ms)).await;
+    }
+    acked
 }
