@@ -341,13 +341,14 @@ impl Broker {
             .enqueue(msg, opts, as_retained, &self.queue_rules(), ops)
     }
 
-    /// Delivers a message another node forwarded (see [`LocalNode::deliver_forwarded`]).
-    async fn deliver_from_peer(
+    /// Delivers a message another node forwarded (see [`LocalNode::deliver_forwarded`]): the
+    /// copies now, their durability (and a slow subscriber's space) in the future returned.
+    fn deliver_from_peer(
         &self,
         msg: Arc<Message>,
         direct: bool,
         shared: &[(String, String)],
-    ) -> bool {
+    ) -> impl std::future::Future<Output = bool> + Send + 'static {
         self.metrics.cluster_received.inc();
         let mut ops = Vec::new();
         let mut congested = Vec::new();
@@ -357,19 +358,25 @@ impl Broker {
         for (client, opts) in self.routing.plan_forwarded(m, direct, shared, &online) {
             congested.extend(self.deliver(&client, &msg, &opts, false, &mut ops));
         }
-        if let (Some(store), false) = (&self.store, ops.is_empty()) {
-            if let Err(e) = store.write(ops).await {
-                tracing::error!(error = %e, topic = %msg.topic, "store write failed: forwarded copy not acknowledged");
-                return false;
-            }
-        }
-        // a slow local subscriber slows this peer channel (and through its gate, the remote
-        // publishers) instead of losing what they send
+        let durable = match (&self.store, ops.is_empty()) {
+            (Some(store), false) => Some(store.submit(ops)),
+            _ => None,
+        };
         let limit = self.cfg.limits.max_offline_messages.max(1);
-        for c in congested {
-            c.wait_for_space(limit).await;
+        async move {
+            if let Some(durable) = durable {
+                if let Err(e) = durable.await {
+                    tracing::error!(error = %e, topic = %msg.topic, "store write failed: forwarded copy not acknowledged");
+                    return false;
+                }
+            }
+            // a slow local subscriber delays this copy's ack (and through the origin's gate,
+            // its publishers) instead of losing what they send; other frames go on
+            for c in congested {
+                c.wait_for_space(limit).await;
+            }
+            true
         }
-        true
     }
 
     /// Adds a subscription for a session; returns whether it is new (for Retain Handling 1).
@@ -438,12 +445,12 @@ impl Broker {
 }
 
 impl LocalNode for Broker {
-    fn deliver_forwarded<'a>(
-        &'a self,
+    fn deliver_forwarded(
+        &self,
         msg: Arc<Message>,
         direct: bool,
-        shared: &'a [(String, String)],
-    ) -> BoxFuture<'a, bool> {
+        shared: &[(String, String)],
+    ) -> BoxFuture<'static, bool> {
         Box::pin(self.deliver_from_peer(msg, direct, shared))
     }
 

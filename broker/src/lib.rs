@@ -95,12 +95,7 @@ pub async fn run_with(
     let (stop_tx, stop_rx) = watch::channel(false);
     let cluster = match &b.cfg().cluster {
         Some(cc) => {
-            let c = cluster::Cluster::new(
-                &b.cfg().name,
-                cc,
-                b.metrics().cluster_forwarded.clone(),
-                b.metrics().cluster_forwarded_bytes.clone(),
-            );
+            let c = cluster::Cluster::new(&b.cfg().name, cc, cluster_counters(b.metrics()));
             b.set_cluster(c.clone());
             let local: Arc<dyn cluster::LocalNode> = b.clone();
             c.start(&local, cc, stop_rx.clone()).await?;
@@ -154,4 +149,22 @@ pub async fn run_with(
         s.close().await;
     }
     Ok(())
+}
+
+/// The cluster's counters, resolved from the registry once (forward failures by reason).
+fn cluster_counters(m: &metrics::Metrics) -> cluster::ClusterCounters {
+    let failed = |reason: &str| {
+        m.cluster_forward_failures
+            .get_or_create(&metrics::Reason {
+                reason: reason.to_string(),
+            })
+            .clone()
+    };
+    cluster::ClusterCounters {
+        forwarded: m.cluster_forwarded.clone(),
+        forwarded_bytes: m.cluster_forwarded_bytes.clone(),
+        failed_unreachable: failed("peer unreachable"),
+        failed_queue_full: failed("queue full"),
+        failed_gone: failed("peer gone"),
+    }
 }

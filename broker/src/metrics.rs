@@ -47,6 +47,10 @@ pub struct Metrics {
     pub cluster_peers_up: Gauge,
     /// Cluster peers known but down.
     pub cluster_peers_down: Gauge,
+    /// Peers gossip calls live that the node channel cannot reach.
+    pub cluster_peers_unreachable: Gauge,
+    /// Forwards to other nodes that failed, by reason.
+    pub cluster_forward_failures: Family<Reason, Counter>,
     /// Remote routes (filter, node) known.
     pub cluster_routes: Gauge,
     /// Messages forwarded to other nodes.
@@ -86,6 +90,8 @@ impl Metrics {
             store_commits: Gauge::default(),
             cluster_peers_up: Gauge::default(),
             cluster_peers_down: Gauge::default(),
+            cluster_peers_unreachable: Gauge::default(),
+            cluster_forward_failures: Family::default(),
             cluster_routes: Gauge::default(),
             cluster_forwarded: Counter::default(),
             cluster_forwarded_bytes: Counter::default(),
@@ -177,6 +183,16 @@ impl Metrics {
             "cluster_peers_down",
             "Cluster peers known but down",
             self.cluster_peers_down.clone(),
+        );
+        r.register(
+            "cluster_peers_unreachable",
+            "Cluster peers live in gossip that the node channel cannot reach",
+            self.cluster_peers_unreachable.clone(),
+        );
+        r.register(
+            "cluster_forward_failures",
+            "Forwards to other nodes that failed, by reason",
+            self.cluster_forward_failures.clone(),
         );
         r.register(
             "cluster_routes",

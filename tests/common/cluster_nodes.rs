@@ -109,6 +109,8 @@ pub struct Cluster {
     pub nodes: Vec<Option<Node>>,
     pub run: Run,
     pub configs: Vec<PathBuf>,
+    /// Each node's `[cluster] bind` ("ip:port").
+    pub cluster_addrs: Vec<String>,
     pub old_logs: Vec<(&'static str, String)>,
     pub _dir: TempDir,
 }
@@ -117,6 +119,18 @@ impl Cluster {
     /// Writes three configs (with `data_dir` when `persist`) and starts the nodes; returns
     /// once every node's `/api/cluster` shows all three up.
     pub async fn start(tag: &str, persist: bool, policy: &str, run: Run) -> Cluster {
+        Cluster::start_with(tag, persist, policy, run, 5000).await
+    }
+
+    /// Like [`Cluster::start`], with `[limits] max_offline_messages` (what makes a
+    /// subscriber congested at half of it).
+    pub async fn start_with(
+        tag: &str,
+        persist: bool,
+        policy: &str,
+        run: Run,
+        max_offline_messages: usize,
+    ) -> Cluster {
         let dir = TempDir::new(tag);
         let cluster_addrs: Vec<String> = IPS
             .iter()
@@ -151,7 +165,7 @@ seeds = [{seeds}]
 allow_anonymous = true
 
 [limits]
-max_offline_messages = 5000
+max_offline_messages = {max_offline_messages}
 
 [shared_subscriptions]
 policy = "{policy}"
@@ -169,6 +183,7 @@ policy = "{policy}"
             nodes,
             run,
             configs,
+            cluster_addrs,
             old_logs: Vec::new(),
             _dir: dir,
         };

@@ -1,133 +1,30 @@
-//! The node-to-node channel over TCP: one outgoing connection per peer (Hello, snapshot, then
-//! deltas, forwards and replies, batched), the inbound accept and read loops, and what a
-//! received [`Frame`] does here.
+//! The inbound side of the node-to-node channel: the accept and read loops, and what a
+//! received [`Frame`] does here (the outgoing side is [`super::peer`]). The read loop only
+//! decodes and dispatches: a forwarded copy is made at once, in frame order, and only its ack
+//! waits (for the store, for a slow subscriber) without holding up the frames behind it.
 
 use std::collections::HashSet;
-use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
-use tokio::sync::{mpsc, watch};
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use tokio::io::AsyncReadExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
 
-use super::frame::{decode, encode, Frame};
-use super::node::{lock, Cluster, Peer};
-use super::{Gate, PEER_QUEUE};
+use super::frame::{decode, Frame};
+use super::node::{lock, Cluster};
+use super::peer::HEARTBEAT_DEADLINE;
+use super::BoxFuture;
 use crate::message::Message;
 use crate::routing::SubOptions;
 
+/// Forwarded copies whose ack may wait at once per inbound channel.
+const MAX_PENDING_ACKS: usize = 16_384;
+/// An inbound channel silent this long is closed (the peer pings every [`super::HEARTBEAT`]).
+const READ_DEADLINE: Duration = Duration::from_secs(HEARTBEAT_DEADLINE.as_secs() * 2);
+
 impl Cluster {
-    /// Opens (or replaces) the outgoing channel to a peer: Hello, then a snapshot of our routes
-    /// and retained messages, then whatever is queued later (deltas, forwards, replies).
-    pub(super) fn connect_peer(self: &Arc<Self>, n: Arc<str>, addr: SocketAddr, generation: u64) {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let queued_forwards = Arc::new(Gate::default());
-        // snapshot and registration under the local-routes lock: no delta can slip between
-        {
-            let local = lock(&self.local);
-            let _ = tx.send(Frame::Hello {
-                node: self.node.to_string(),
-                epoch: self.epoch,
-                to_epoch: generation,
-            });
-            let _ = tx.send(Frame::RoutesReset {
-                filters: local.keys().cloned().collect(),
-            });
-            lock(&self.peers).insert(
-                n.clone(),
-                Peer {
-                    tx: tx.clone(),
-                    queued_forwards: queued_forwards.clone(),
-                    addr,
-                    generation,
-                },
-            );
-        }
-        if let Some(b) = self.core() {
-            let msgs: Vec<Vec<u8>> = b
-                .retained()
-                .into_iter()
-                .filter(|m| !m.topic.starts_with("$SYS"))
-                .map(|m| m.encode())
-                .collect();
-            if !msgs.is_empty() {
-                let _ = tx.send(Frame::Retained { msgs });
-            }
-        }
-        let me = self.clone();
-        tokio::spawn(async move {
-            if let Err(e) = me.clone().write_loop(addr, rx, queued_forwards).await {
-                tracing::debug!(node = %me.node, peer = %n, error = %e, "cluster: channel to peer closed");
-            }
-        });
-    }
-
-    async fn write_loop(
-        self: Arc<Self>,
-        addr: SocketAddr,
-        mut rx: mpsc::UnboundedReceiver<Frame>,
-        queued_forwards: Arc<Gate>,
-    ) -> std::io::Result<()> {
-        let mut s = None;
-        for i in 0..20 {
-            match tokio::time::timeout(Duration::from_secs(1), self.dial(addr)).await {
-                Ok(Ok(c)) => {
-                    s = Some(c);
-                    break;
-                }
-                _ => tokio::time::sleep(Duration::from_millis(100 * (i + 1).min(10))).await,
-            }
-        }
-        let Some(mut s) = s else {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                "peer unreachable",
-            ));
-        };
-        let _ = s.set_nodelay(true);
-        let mut buf = Vec::with_capacity(64 * 1024);
-        let count = |f: &Frame| usize::from(matches!(f, Frame::Forward { .. }));
-        while let Some(f) = rx.recv().await {
-            buf.clear();
-            let mut forwards = count(&f);
-            encode(&f, &mut buf);
-            // batch whatever else is queued (up to ~1 MiB per write)
-            while buf.len() < (1 << 20) {
-                match rx.try_recv() {
-                    Ok(f) => {
-                        forwards += count(&f);
-                        encode(&f, &mut buf);
-                    }
-                    Err(_) => break,
-                }
-            }
-            s.write_all(&buf).await?;
-            let left = queued_forwards
-                .queued
-                .fetch_sub(forwards, Ordering::Relaxed)
-                - forwards;
-            if forwards > 0 && left < PEER_QUEUE / 2 {
-                queued_forwards.space.notify_waiters();
-            }
-        }
-        Ok(())
-    }
-
-    /// Dials a peer from the cluster bind address (on a multi-homed host, the source peers know).
-    async fn dial(&self, addr: SocketAddr) -> std::io::Result<TcpStream> {
-        let s = if addr.is_ipv4() {
-            TcpSocket::new_v4()?
-        } else {
-            TcpSocket::new_v6()?
-        };
-        if self.bind.is_ipv4() == addr.is_ipv4() && !self.bind.ip().is_unspecified() {
-            s.bind(SocketAddr::new(self.bind.ip(), 0))?;
-        }
-        s.connect(addr).await
-    }
-
     pub(super) async fn accept_loop(
         self: Arc<Self>,
         l: TcpListener,
@@ -145,10 +42,14 @@ impl Cluster {
 
     async fn read_loop(self: Arc<Self>, mut s: TcpStream) -> Result<(), String> {
         let mut buf: Vec<u8> = Vec::with_capacity(64 * 1024);
-        let mut from: Option<Arc<str>> = None;
+        let mut from: Option<(Arc<str>, u64)> = None;
+        // acks of forwarded copies still waiting to be durable (bounded: past it, reading
+        // waits, and the sender's queue and then its publishers' gate feel it)
+        let mut acks: FuturesUnordered<BoxFuture<'static, Option<u64>>> = FuturesUnordered::new();
         loop {
-            while let Some((f, used)) = decode(&buf).map_err(|e| e.to_string())? {
-                buf.drain(..used);
+            let mut off = 0;
+            while let Some((f, used)) = decode(&buf[off..]).map_err(|e| e.to_string())? {
+                off += used;
                 match (&from, f) {
                     (None, Frame::Hello { to_epoch, .. }) if to_epoch != self.epoch => {
                         // dialed for an incarnation of this node that is gone: what it queued
@@ -163,47 +64,66 @@ impl Cluster {
                         // a peer that (re)connects may have dropped our routes (it thought we were
                         // down, or it restarted): send it our snapshot again
                         self.resend_snapshot(&node);
-                        from = Some(Arc::from(node.as_str()));
+                        from = Some((Arc::from(node.as_str()), epoch));
                     }
                     (None, _) => return Err("first frame is not Hello".into()),
-                    (Some(n), f) => self.handle(n.clone(), f).await,
+                    (Some((n, epoch)), f) => {
+                        if let Some(ack) = self.handle(n.clone(), *epoch, f) {
+                            acks.push(ack);
+                        }
+                    }
                 }
             }
-            let mut chunk = vec![0u8; 64 * 1024];
-            let n = s.read(&mut chunk).await.map_err(|e| e.to_string())?;
-            if n == 0 {
-                return Ok(());
+            buf.drain(..off);
+            let n = from.as_ref().map(|f| f.0.clone());
+            if acks.len() >= MAX_PENDING_ACKS {
+                if let Some(id) = acks.next().await {
+                    self.ack(n.as_deref(), id);
+                }
+                continue;
             }
-            buf.extend_from_slice(&chunk[..n]);
+            buf.reserve(64 * 1024);
+            tokio::select! {
+                r = tokio::time::timeout(READ_DEADLINE, s.read_buf(&mut buf)) => {
+                    match r {
+                        Err(_) => return Err(format!("nothing read for {READ_DEADLINE:?}")),
+                        Ok(Err(e)) => return Err(e.to_string()),
+                        Ok(Ok(0)) => break,
+                        Ok(Ok(_)) => {}
+                    }
+                }
+                Some(id) = acks.next(), if !acks.is_empty() => self.ack(n.as_deref(), id),
+            }
+        }
+        // the peer closed: the copies it sent are still acked once durable
+        let n = from.map(|f| f.0);
+        while let Some(id) = acks.next().await {
+            self.ack(n.as_deref(), id);
+        }
+        Ok(())
+    }
+
+    /// Acknowledges a forwarded copy that is durable here (`None`: not taken, no ack).
+    fn ack(&self, n: Option<&str>, id: Option<u64>) {
+        if let (Some(n), Some(id)) = (n, id) {
+            self.send_to(n, Frame::ForwardAck { id });
         }
     }
 
-    pub(super) fn send_to(&self, n: &str, f: Frame) -> bool {
-        self.send_gated(n, f).0
-    }
-
-    /// Sends a frame; for forwards also returns the peer's gate when it is congested.
-    pub(super) fn send_gated(&self, n: &str, f: Frame) -> (bool, Option<Arc<Gate>>) {
-        let peers = lock(&self.peers);
-        let Some(p) = peers.get(n) else {
-            return (false, None);
-        };
-        if matches!(f, Frame::Forward { .. }) {
-            let before = p.queued_forwards.queued.fetch_add(1, Ordering::Relaxed);
-            // far past the soft limit (publishers not waiting, e.g. wills): drop
-            if before >= PEER_QUEUE * 4 || p.tx.send(f).is_err() {
-                p.queued_forwards.queued.fetch_sub(1, Ordering::Relaxed);
-                return (false, None);
-            }
-            let gate = (before + 1 >= PEER_QUEUE).then(|| p.queued_forwards.clone());
-            return (true, gate);
-        }
-        (p.tx.send(f).is_ok(), None)
-    }
-
-    async fn handle(self: &Arc<Self>, n: Arc<str>, f: Frame) {
+    /// Applies one frame from peer `n` (incarnation `epoch`); for a forward that wants an ack,
+    /// the future that resolves to its id once the copy is durable here.
+    fn handle(
+        self: &Arc<Self>,
+        n: Arc<str>,
+        epoch: u64,
+        f: Frame,
+    ) -> Option<BoxFuture<'static, Option<u64>>> {
         match f {
             Frame::Hello { .. } => {}
+            Frame::Ping { at } => {
+                self.send_to(&n, Frame::Pong { at });
+            }
+            Frame::Pong { .. } => self.on_pong(&n, epoch),
             Frame::RoutesReset { filters } => {
                 self.drop_routes(&n);
                 let mut set = HashSet::with_capacity(filters.len());
@@ -233,15 +153,16 @@ impl Cluster {
                 shared,
                 msg,
             } => {
-                let taken = match (self.core(), Message::decode(&msg)) {
-                    (Some(b), Some(m)) => b.deliver_forwarded(Arc::new(m), direct, &shared).await,
-                    _ => false,
+                // the copies are made now, in frame order; only the ack waits
+                let durable = match (self.core(), Message::decode(&msg)) {
+                    (Some(b), Some(m)) => b.deliver_forwarded(Arc::new(m), direct, &shared),
+                    _ => return None,
                 };
                 // no ack for a copy that is not durable here: the origin's publisher gets no
                 // PUBACK and sends it again
-                if id != 0 && taken {
-                    self.send_to(&n, Frame::ForwardAck { id });
-                }
+                return (id != 0).then(|| -> BoxFuture<'static, Option<u64>> {
+                    Box::pin(async move { durable.await.then_some(id) })
+                });
             }
             f @ (Frame::ForwardAck { .. } | Frame::Session { .. }) => {
                 let id = match &f {
@@ -282,15 +203,17 @@ impl Cluster {
             }
             Frame::Leave => self.node_down(&n, "left gracefully"),
         }
+        None
     }
 
     /// Sends our complete route list to one peer (in order with later deltas).
     fn resend_snapshot(&self, n: &str) {
         let local = lock(&self.local);
-        if let Some(p) = lock(&self.peers).get(n) {
-            let _ = p.tx.send(Frame::RoutesReset {
+        self.send_to(
+            n,
+            Frame::RoutesReset {
                 filters: local.keys().cloned().collect(),
-            });
-        }
+            },
+        );
     }
 }

@@ -97,6 +97,46 @@ pub enum Frame {
         /// Entries (`encode_handover` format).
         queued: Vec<Vec<u8>>,
     },
+    /// Heartbeat on the sender's outgoing channel: the receiver answers [`Frame::Pong`] on its
+    /// own, so the sender learns that the round trip acks travel is alive.
+    Ping {
+        /// The sender's clock (ms), echoed back.
+        at: u64,
+    },
+    /// Answer to [`Frame::Ping`].
+    Pong {
+        /// The ping's `at`.
+        at: u64,
+    },
+}
+
+impl Frame {
+    /// About the bytes this frame takes encoded: what the per-peer queue bounds count.
+    pub fn weight(&self) -> usize {
+        let strs = |v: &[String]| v.iter().map(|s| s.len() + 4).sum::<usize>();
+        let bufs = |v: &[Vec<u8>]| v.iter().map(|b| b.len() + 4).sum::<usize>();
+        32 + match self {
+            Frame::Hello { node, .. } => node.len(),
+            Frame::RoutesReset { filters } => strs(filters),
+            Frame::RouteAdd { filter } | Frame::RouteDel { filter } => filter.len(),
+            Frame::Forward { shared, msg, .. } => {
+                msg.len()
+                    + shared
+                        .iter()
+                        .map(|(g, f)| g.len() + f.len() + 8)
+                        .sum::<usize>()
+            }
+            Frame::Retained { msgs } => bufs(msgs),
+            Frame::TakeSession { client_id, .. } | Frame::SessionDone { client_id, .. } => {
+                client_id.len()
+            }
+            Frame::Session {
+                client_id, export, ..
+            } => client_id.len() + export.as_ref().map(|(r, q)| r.len() + bufs(q)).unwrap_or(0),
+            Frame::SessionAppend { client_id, queued } => client_id.len() + bufs(queued),
+            Frame::ForwardAck { .. } | Frame::Leave | Frame::Ping { .. } | Frame::Pong { .. } => 0,
+        }
+    }
 }
 
 /// Why bytes are not a frame.
@@ -224,6 +264,14 @@ pub fn encode(f: &Frame, out: &mut Vec<u8>) {
             }
             12
         }
+        Frame::Ping { at } => {
+            b.extend_from_slice(&at.to_be_bytes());
+            13
+        }
+        Frame::Pong { at } => {
+            b.extend_from_slice(&at.to_be_bytes());
+            14
+        }
     };
     out.push(kind);
     out.extend_from_slice(&b);
@@ -339,6 +387,12 @@ pub fn decode(buf: &[u8]) -> Result<Option<(Frame, usize)>, FrameError> {
             }
             Frame::SessionAppend { client_id, queued }
         }
+        13 => Frame::Ping {
+            at: r.u64().ok_or(bad.clone())?,
+        },
+        14 => Frame::Pong {
+            at: r.u64().ok_or(bad.clone())?,
+        },
         _ => return Err(FrameError::Malformed("unknown frame kind")),
     };
     if !r.0.is_empty() {
@@ -398,6 +452,8 @@ mod tests {
                 client_id: "c".into(),
                 queued: vec![vec![4], vec![]],
             },
+            Frame::Ping { at: 5 },
+            Frame::Pong { at: 5 },
         ]
     }
 
@@ -417,6 +473,17 @@ mod tests {
             off += used;
         }
         assert_eq!(off, buf.len());
+        // the queue bounds count about the encoded size, never less
+        for f in all() {
+            let mut b = Vec::new();
+            encode(&f, &mut b);
+            assert!(
+                f.weight() + 8 >= b.len(),
+                "{f:?}: {} vs {}",
+                f.weight(),
+                b.len()
+            );
+        }
     }
 
     #[test]
@@ -448,7 +515,7 @@ mod tests {
             if b.len() >= 6 {
                 b[0..4].copy_from_slice(&((n - 4) as u32).to_be_bytes());
                 b[4] = 1;
-                b[5] = (x % 13) as u8;
+                b[5] = (x % 15) as u8;
             }
             let _ = decode(&b);
         }

@@ -42,7 +42,7 @@ impl Cluster {
         let mut waits = Vec::new();
         for n in peers {
             let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-            let rx = self.await_reply(id, &n);
+            let rx = self.await_reply(id, &n, false);
             let ask = Frame::TakeSession {
                 id,
                 client_id: client_id.to_string(),

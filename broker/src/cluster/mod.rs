@@ -12,14 +12,17 @@
 //! The boundary: the core knows the cluster only as [`Peers`] (what it asks of other nodes) and
 //! gives the cluster a [`LocalNode`] (what other nodes ask of this one); both speak in core
 //! types ([`Message`], [`Matches`], [`SessionExport`], [`Ack`]), never in `frame`s. The real
-//! implementation is [`Cluster`]: `node` (state, membership), `channel` (TCP frames),
-//! `peers` (its [`Peers`] side). This module and its children import only
+//! implementation is [`Cluster`]: `node` (state, membership), `peer` (one peer's outgoing
+//! channel and heartbeat), `outgoing` (what is sent to peers), `channel` (the inbound read
+//! loop and what frames do), `peers` (its [`Peers`] side). This module and its children import only
 //! [`crate::routing`], [`crate::message`] and [`crate::config`].
 
 mod channel;
 mod frame;
 mod handover;
 mod node;
+mod outgoing;
+mod peer;
 mod peers;
 
 use std::future::Future;
@@ -30,9 +33,11 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use prometheus_client::metrics::counter::Counter;
 use tokio::sync::Notify;
 
 pub use self::node::Cluster;
+pub use self::peer::{HEARTBEAT, HEARTBEAT_DEADLINE, WRITE_DEADLINE};
 use crate::message::Message;
 use crate::routing::Matches;
 
@@ -42,13 +47,33 @@ pub const GOSSIP_INTERVAL: Duration = Duration::from_millis(200);
 pub const TAKEOVER_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long a QoS 1/2 publish waits for remote nodes to take a forwarded copy.
 pub const FORWARD_ACK_TIMEOUT: Duration = Duration::from_secs(5);
-const PEER_QUEUE: usize = 65_536;
+/// Forward bytes queued to one peer past which its publishers wait (4× that: forwards fail).
+const PEER_QUEUE_BYTES: usize = 64 << 20;
+
+/// The cluster's counters, resolved once by the caller (the cluster does not know the
+/// metrics registry).
+#[derive(Clone, Default)]
+pub struct ClusterCounters {
+    /// Copies of messages sent to other nodes.
+    pub forwarded: Counter,
+    /// Their message bytes.
+    pub forwarded_bytes: Counter,
+    /// Forwards failed: the peer is a member but not reachable.
+    pub failed_unreachable: Counter,
+    /// Forwards failed: far past the peer's queue bound.
+    pub failed_queue_full: Counter,
+    /// QoS 1/2 forwards whose peer died, restarted, left or went unreachable before its ack.
+    pub failed_gone: Counter,
+}
 
 /// A peer as `/api/cluster` shows it.
 #[derive(Debug, Clone)]
 pub struct PeerStatus {
-    /// Up (live in gossip and reachable) or down.
+    /// Live in gossip (down otherwise).
     pub up: bool,
+    /// Live in gossip, but its channel is closed or it answered no heartbeat for
+    /// [`HEARTBEAT_DEADLINE`]: forwards to it fail at once.
+    pub unreachable: bool,
     /// Cluster address.
     pub addr: SocketAddr,
 }
@@ -115,13 +140,15 @@ pub trait Peers: Send + Sync {
 pub trait LocalNode: Send + Sync {
     /// Delivers a message another node forwarded: to local non-shared subscribers when
     /// `direct`, and to one local member of each listed shared group. Never forwards again.
-    /// False when the copies could not be made durable (the store write failed): no ack.
-    fn deliver_forwarded<'a>(
-        &'a self,
+    /// The copies are made (and their store writes queued) before it returns, so frames apply
+    /// in order; the future resolves once they are durable: false when the store write failed
+    /// (no ack).
+    fn deliver_forwarded(
+        &self,
         msg: Arc<Message>,
         direct: bool,
-        shared: &'a [(String, String)],
-    ) -> BoxFuture<'a, bool>;
+        shared: &[(String, String)],
+    ) -> BoxFuture<'static, bool>;
     /// A retained message (or clear) from another node.
     fn set_retained(&self, msg: Arc<Message>);
     /// Hands this node's session of `client_id` over: closes its connection and (unless the new
@@ -184,26 +211,37 @@ impl Future for Ack {
     }
 }
 
-/// Forwards queued to one peer, and the bell publishers wait on when it is over `PEER_QUEUE`
-/// (cluster-wide server-side flow control: a slow peer slows its publishers, it does not lose
-/// their messages).
+/// Forward bytes queued to one peer, and the bell publishers wait on when it is over
+/// `PEER_QUEUE_BYTES` (cluster-wide server-side flow control: a slow peer slows its publishers,
+/// it does not lose their messages).
 #[derive(Debug, Default)]
 pub struct Gate {
-    /// Forward frames queued and not yet written.
+    /// Forward bytes queued and not yet written.
     queued: AtomicUsize,
-    /// Rung when the queue fell under half of `PEER_QUEUE`.
+    /// Rung when the queue fell under half of `PEER_QUEUE_BYTES`.
     space: Notify,
 }
 
 impl Gate {
     /// Whether publishers should wait.
     pub fn congested(&self) -> bool {
-        self.queued.load(Ordering::Relaxed) >= PEER_QUEUE
+        self.queued.load(Ordering::Relaxed) >= PEER_QUEUE_BYTES
     }
 
-    /// Rung when the queue fell under half of `PEER_QUEUE`.
+    /// Rung when the queue fell under half of `PEER_QUEUE_BYTES`.
     pub fn space(&self) -> &Notify {
         &self.space
+    }
+
+    /// `bytes` of forwards were written.
+    fn release(&self, bytes: usize) {
+        if bytes == 0 {
+            return;
+        }
+        let left = self.queued.fetch_sub(bytes, Ordering::Relaxed) - bytes;
+        if left < PEER_QUEUE_BYTES / 2 {
+            self.space.notify_waiters();
+        }
     }
 }
 

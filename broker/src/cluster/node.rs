@@ -10,27 +10,16 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use chitchat::transport::UdpTransport;
 use chitchat::{spawn_chitchat, ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig};
-use prometheus_client::metrics::counter::Counter;
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{oneshot, watch};
 
 use super::frame::Frame;
+use super::peer::Peer;
 #[cfg(doc)]
 use super::Peers;
-use super::{ClusterError, Gate, LocalNode, PeerStatus, GOSSIP_INTERVAL};
+use super::{ClusterCounters, ClusterError, LocalNode, PeerStatus, GOSSIP_INTERVAL};
 use crate::config::ClusterConfig;
 use crate::routing::Router;
-
-/// The outgoing side of a peer channel. Control frames (routes, acks, sessions) are never
-/// dropped; forwarded publishes are bounded by [`PEER_QUEUE`] per peer (over it they are dropped
-/// and counted — a QoS 1/2 publisher then gets no ack and publishes again).
-pub(super) struct Peer {
-    pub(super) tx: mpsc::UnboundedSender<Frame>,
-    pub(super) queued_forwards: Arc<Gate>,
-    pub(super) addr: SocketAddr,
-    /// The peer's incarnation (chitchat generation): a restarted node gets a fresh channel.
-    pub(super) generation: u64,
-}
 
 /// This node's view of the cluster.
 pub struct Cluster {
@@ -49,8 +38,7 @@ pub struct Cluster {
     pub(super) waiting: Mutex<HashMap<u64, Waiter>>,
     pub(super) next_id: AtomicU64,
     pub(super) core: OnceLock<Weak<dyn LocalNode>>,
-    pub(super) forwarded: Counter,
-    pub(super) forwarded_bytes: Counter,
+    pub(super) counters: ClusterCounters,
     /// Handover settlements (and messages following a moved session) whose peer had no channel
     /// when they were sent: sent again every membership round until their deadline.
     pub(super) unsent_settlements: Mutex<Vec<(Arc<str>, Frame, std::time::Instant)>>,
@@ -63,17 +51,14 @@ pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// An answer awaited from one peer.
 pub(super) struct Waiter {
     pub(super) peer: Arc<str>,
+    /// A forward's ack (counted when it fails), not a session answer.
+    pub(super) forward: bool,
     pub(super) tx: oneshot::Sender<Frame>,
 }
 
 impl Cluster {
     /// Creates the cluster state (nothing runs until [`Cluster::start`]).
-    pub fn new(
-        node: &str,
-        cfg: &ClusterConfig,
-        forwarded: Counter,
-        forwarded_bytes: Counter,
-    ) -> Arc<Cluster> {
+    pub fn new(node: &str, cfg: &ClusterConfig, counters: ClusterCounters) -> Arc<Cluster> {
         let epoch = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
@@ -91,8 +76,7 @@ impl Cluster {
             waiting: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             core: OnceLock::new(),
-            forwarded,
-            forwarded_bytes,
+            counters,
             unsent_settlements: Mutex::new(Vec::new()),
         })
     }
@@ -161,11 +145,7 @@ impl Cluster {
                 .self_node_state()
                 .set("leaving", "true");
         }
-        let peers: Vec<mpsc::UnboundedSender<Frame>> =
-            lock(&self.peers).values().map(|p| p.tx.clone()).collect();
-        for p in peers {
-            let _ = p.send(Frame::Leave);
-        }
+        self.broadcast_locked(Frame::Leave);
         // let one gossip round and the Leave frames go out
         tokio::time::sleep(GOSSIP_INTERVAL * 2).await;
         if let Some(h) = h {
@@ -215,10 +195,7 @@ impl Cluster {
             let (need, restarted) = {
                 let peers = lock(&self.peers);
                 match peers.get(&n) {
-                    Some(p) => (
-                        p.tx.is_closed() || p.addr != addr || p.generation != generation,
-                        p.generation != generation,
-                    ),
+                    Some(p) => (p.stale(addr, generation), p.generation() != generation),
                     None => (true, false),
                 }
             };
@@ -232,9 +209,11 @@ impl Cluster {
                 self.connect_peer(n.clone(), addr, generation);
             }
             let mut st = lock(&self.status);
-            let e = st
-                .entry(n.clone())
-                .or_insert(PeerStatus { up: false, addr });
+            let e = st.entry(n.clone()).or_insert(PeerStatus {
+                up: false,
+                unreachable: false,
+                addr,
+            });
             if !e.up {
                 tracing::info!(node = %self.node, peer = %n, addr = %addr, "cluster: peer up");
             }
@@ -262,8 +241,16 @@ impl Cluster {
     /// acknowledged resolves as not taken (the publisher gets no PUBACK and sends it again), a
     /// session request as "no answer" (a frozen session stays with its holder).
     pub(super) fn release_waiters(&self, n: &str) {
-        let mut w = lock(&self.waiting);
-        w.retain(|_, x| &*x.peer != n);
+        let mut failed = 0;
+        lock(&self.waiting).retain(|_, x| {
+            let keep = &*x.peer != n;
+            failed += u64::from(!keep && x.forward);
+            keep
+        });
+        if failed > 0 {
+            self.counters.failed_gone.inc_by(failed);
+            tracing::warn!(node = %self.node, peer = %n, waiters = failed, "cluster: peer gone before answering; its unacknowledged forwards fail (no PUBACK)");
+        }
     }
 
     pub(super) fn drop_routes(&self, n: &Arc<str>) {

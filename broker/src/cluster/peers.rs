@@ -8,6 +8,7 @@ use tokio::sync::oneshot;
 
 use super::frame::Frame;
 use super::node::{lock, Cluster, Waiter};
+use super::peer::Unsent;
 use super::{Ack, BoxFuture, Forwarded, Handover, PeerStatus, Peers, SessionExport};
 use crate::message::Message;
 use crate::routing::Matches;
@@ -15,23 +16,22 @@ use crate::routing::Matches;
 impl Cluster {
     /// Registers request `id` to peer `n`; the receiver gets its answer (or a "gone" answer when
     /// the peer goes down first).
-    pub(super) fn await_reply(&self, id: u64, n: &Arc<str>) -> oneshot::Receiver<Frame> {
+    pub(super) fn await_reply(
+        &self,
+        id: u64,
+        n: &Arc<str>,
+        forward: bool,
+    ) -> oneshot::Receiver<Frame> {
         let (tx, rx) = oneshot::channel();
         lock(&self.waiting).insert(
             id,
             Waiter {
                 peer: n.clone(),
+                forward,
                 tx,
             },
         );
         rx
-    }
-
-    /// Sends to every peer (callers hold `local` when order with snapshots matters).
-    pub(super) fn broadcast_locked(&self, f: Frame) {
-        for p in lock(&self.peers).values() {
-            let _ = p.tx.send(f.clone());
-        }
     }
 }
 
@@ -64,9 +64,7 @@ impl Peers for Cluster {
         let f = Frame::Retained {
             msgs: vec![m.encode()],
         };
-        for p in lock(&self.peers).values() {
-            let _ = p.tx.send(f.clone());
-        }
+        self.broadcast_locked(f);
     }
 
     fn remote_matches(&self, topic: &str) -> Matches<Arc<str>> {
@@ -89,10 +87,10 @@ impl Peers for Cluster {
             0
         };
         let ack = want_ack.then(|| {
-            let rx = self.await_reply(id, n);
+            let rx = self.await_reply(id, n, true);
             Ack::new(async move { rx.await.is_ok() })
         });
-        let (sent, gate) = self.send_gated(
+        let sent = self.send_gated(
             n,
             Frame::Forward {
                 id,
@@ -101,30 +99,38 @@ impl Peers for Cluster {
                 msg: msg.to_vec(),
             },
         );
-        if sent {
-            self.forwarded.inc();
-            self.forwarded_bytes.inc_by(msg.len() as u64);
-            Forwarded { ack, gate }
-        } else {
-            lock(&self.waiting).remove(&id);
-            let channel = lock(&self.peers).get(&**n).map(|p| p.tx.is_closed());
-            if let Some(closed) = channel {
-                // the peer is a member but its channel is gone (it crashed or is unreachable,
-                // not yet declared down) or its queue is full: a QoS 1/2 publisher must not be
-                // acknowledged (its receiver fails at once); QoS 0 is dropped, as under overload
-                let why = if closed {
-                    "peer channel closed (crashed or unreachable)"
-                } else {
-                    "forward queue full"
+        match sent {
+            Ok(gate) => {
+                self.counters.forwarded.inc();
+                self.counters.forwarded_bytes.inc_by(msg.len() as u64);
+                Forwarded { ack, gate }
+            }
+            // no channel: the node is down or not yet connected; its routes go with it
+            Err(Unsent::NoChannel) => {
+                lock(&self.waiting).remove(&id);
+                Forwarded::default()
+            }
+            Err(why) => {
+                lock(&self.waiting).remove(&id);
+                // a member we cannot reach (crashed, paused, cut off; not yet declared down) or
+                // whose queue is far over its bound: a QoS 1/2 publisher must not be
+                // acknowledged (its ack fails at once); QoS 0 is dropped, as under overload
+                let reason = match why {
+                    Unsent::QueueFull => {
+                        self.counters.failed_queue_full.inc();
+                        "queue full"
+                    }
+                    Unsent::TooLarge => "frame too large",
+                    _ => {
+                        self.counters.failed_unreachable.inc();
+                        "peer unreachable"
+                    }
                 };
-                tracing::warn!(node = %self.node, peer = %n, "cluster: message not forwarded: {why}");
+                tracing::warn!(node = %self.node, peer = %n, reason, "cluster: message not forwarded");
                 Forwarded {
                     ack: want_ack.then(|| Ack::new(std::future::ready(false))),
                     gate: None,
                 }
-            } else {
-                // no channel: the node is down or not yet connected; its routes go with it
-                Forwarded::default()
             }
         }
     }
@@ -147,14 +153,13 @@ impl Peers for Cluster {
 
     fn peers(&self) -> Vec<(Arc<str>, PeerStatus, usize)> {
         let filters = lock(&self.node_filters);
+        let links = lock(&self.peers);
         let mut v: Vec<_> = lock(&self.status)
             .iter()
             .map(|(n, s)| {
-                (
-                    n.clone(),
-                    s.clone(),
-                    filters.get(n).map(|f| f.len()).unwrap_or(0),
-                )
+                let mut s = s.clone();
+                s.unreachable = s.up && !links.get(n).is_some_and(|p| p.reachable());
+                (n.clone(), s, filters.get(n).map(|f| f.len()).unwrap_or(0))
             })
             .collect();
         v.sort_by(|a, b| a.0.cmp(&b.0));

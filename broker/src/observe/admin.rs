@@ -23,11 +23,17 @@ async fn metrics(State(b): State<Arc<Broker>>) -> Response {
         .set(b.store().map(|s| s.stats().commits as i64).unwrap_or(0));
     if let Some(c) = b.cluster() {
         let peers = c.peers();
-        let up = peers.iter().filter(|p| p.1.up).count();
-        b.metrics().cluster_peers_up.set(up as i64);
+        let live = peers.iter().filter(|p| p.1.up).count();
+        let unreachable = peers.iter().filter(|p| p.1.unreachable).count();
+        b.metrics()
+            .cluster_peers_up
+            .set((live - unreachable) as i64);
+        b.metrics()
+            .cluster_peers_unreachable
+            .set(unreachable as i64);
         b.metrics()
             .cluster_peers_down
-            .set((peers.len() - up) as i64);
+            .set((peers.len() - live) as i64);
         b.metrics().cluster_routes.set(c.remote_routes() as i64);
     }
     admin::metrics_text(b.metrics().encode())
@@ -59,7 +65,11 @@ async fn cluster(State(b): State<Arc<Broker>>) -> Json<serde_json::Value> {
         for (n, st, routes) in c.peers() {
             nodes.push(json!({
                 "name": n.to_string(),
-                "state": if st.up { "up" } else { "down" },
+                "state": match (st.up, st.unreachable) {
+                    (false, _) => "down",
+                    (true, true) => "unreachable",
+                    (true, false) => "up",
+                },
                 "routes": routes,
             }));
         }

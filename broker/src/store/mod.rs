@@ -141,15 +141,27 @@ impl Store {
     /// share one commit. An empty `ops` is a flush: it resolves when everything queued before it
     /// is durable. Dropping the future does not cancel the write.
     pub async fn write(&self, ops: Vec<Op>) -> Result<(), StoreError> {
+        self.submit(ops).await
+    }
+
+    /// Like [`Store::write`], but the ops are queued before it returns (in call order with
+    /// every other write); the future only waits for their commit.
+    pub fn submit(
+        &self,
+        ops: Vec<Op>,
+    ) -> impl std::future::Future<Output = Result<(), StoreError>> + Send + 'static {
         let (done, answer) = oneshot::channel();
         let pending = Pending::new(ops, Some(done));
-        if self.inner.queue.send(Msg::Write(pending)).is_err() {
-            return Err(StoreError::Closed);
-        }
-        match answer.await {
-            Ok(result) => result,
-            // The writer went away without answering: it stopped before reaching these ops.
-            Err(_) => Err(StoreError::Closed),
+        let queued = self.inner.queue.send(Msg::Write(pending)).is_ok();
+        async move {
+            if !queued {
+                return Err(StoreError::Closed);
+            }
+            match answer.await {
+                Ok(result) => result,
+                // The writer went away without answering: it stopped before reaching these ops.
+                Err(_) => Err(StoreError::Closed),
+            }
         }
     }
 

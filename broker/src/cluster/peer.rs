@@ -1,0 +1,252 @@
+//! The outgoing channel to one peer: its queue (bounded in bytes, data and control apart), the
+//! write loop (dial from the bind address, batched frames, a write deadline) and the heartbeat
+//! that tells a live peer from one gossip calls live but the channel cannot reach
+//! (`unreachable`). What the cluster does with it is [`super::outgoing`].
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::sync::mpsc;
+
+use super::frame::{encode, Frame, MAX_FRAME};
+use super::{Gate, PEER_QUEUE_BYTES};
+
+/// How often the write loop sends a `Ping`.
+pub const HEARTBEAT: Duration = Duration::from_millis(500);
+/// A peer that answered no `Ping` for this long is unreachable: its channel is dropped, what
+/// it owes this node fails (no PUBACK), forwards to it fail at once until it answers again.
+pub const HEARTBEAT_DEADLINE: Duration = Duration::from_secs(4);
+/// A write (one batch, up to ~1 MiB) that takes longer drops the channel.
+pub const WRITE_DEADLINE: Duration = Duration::from_secs(5);
+/// Control frames (routes, answers, sessions) queued past this many bytes drop the channel: it
+/// is rebuilt from a fresh snapshot, and what was queued is settled by deadlines and resends.
+pub const CONTROL_QUEUE_BYTES: usize = 2 * MAX_FRAME;
+
+/// The outgoing side of a peer channel.
+pub(super) struct Peer {
+    tx: mpsc::UnboundedSender<Frame>,
+    /// Forward bytes queued (the publishers' gate).
+    pub(super) data: Arc<Gate>,
+    pub(super) link: Arc<Link>,
+    addr: SocketAddr,
+    /// The peer's incarnation (chitchat generation): a restarted node gets a fresh channel.
+    generation: u64,
+}
+
+/// The round trip to one peer as the heartbeat sees it.
+pub(super) struct Link {
+    born: Instant,
+    /// Milliseconds after `born` of the last `Pong` (or the start).
+    heard: AtomicU64,
+    /// False from a missed heartbeat deadline (or a failed dial) until the next `Pong`.
+    reachable: AtomicBool,
+    /// Control bytes queued.
+    control: AtomicUsize,
+}
+
+impl Link {
+    /// Whether the last heartbeat deadline was met.
+    pub(super) fn is_reachable(&self) -> bool {
+        self.reachable.load(Ordering::Relaxed)
+    }
+
+    /// A `Pong` came: true when the peer was unreachable until now.
+    pub(super) fn heard(&self) -> bool {
+        self.heard.store(self.now_ms(), Ordering::Relaxed);
+        !self.reachable.swap(true, Ordering::Relaxed)
+    }
+
+    /// The channel ended.
+    pub(super) fn lost(&self) {
+        self.reachable.store(false, Ordering::Relaxed);
+    }
+
+    fn new(reachable: bool) -> Link {
+        Link {
+            born: Instant::now(),
+            heard: AtomicU64::new(0),
+            reachable: AtomicBool::new(reachable),
+            control: AtomicUsize::new(0),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.born.elapsed().as_millis() as u64
+    }
+
+    fn silent(&self) -> Duration {
+        Duration::from_millis(self.now_ms() - self.heard.load(Ordering::Relaxed))
+    }
+}
+
+/// Why a frame was not queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Unsent {
+    /// No channel: the peer is not (or no longer) a member.
+    NoChannel,
+    /// A member whose channel is closed or who missed its heartbeat deadline.
+    Unreachable,
+    /// Far past the data bound.
+    QueueFull,
+    /// Larger than a frame may be.
+    TooLarge,
+}
+
+impl Peer {
+    /// A channel to `addr` (incarnation `generation`), and the receiving end its write loop
+    /// drains; `reachable` until its heartbeat says otherwise.
+    pub(super) fn new(
+        addr: SocketAddr,
+        generation: u64,
+        reachable: bool,
+    ) -> (Peer, mpsc::UnboundedReceiver<Frame>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let p = Peer {
+            tx,
+            data: Arc::new(Gate::default()),
+            link: Arc::new(Link::new(reachable)),
+            addr,
+            generation,
+        };
+        (p, rx)
+    }
+
+    /// Queues a frame, counting its bytes.
+    pub(super) fn send(&self, f: Frame) -> Result<(), Unsent> {
+        let w = f.weight();
+        if w > MAX_FRAME {
+            return Err(Unsent::TooLarge);
+        }
+        let forward = matches!(f, Frame::Forward { .. });
+        let counter = if forward {
+            &self.data.queued
+        } else {
+            &self.link.control
+        };
+        let before = counter.fetch_add(w, Ordering::Relaxed);
+        let over = if forward {
+            before >= PEER_QUEUE_BYTES * 4
+        } else {
+            before >= CONTROL_QUEUE_BYTES
+        };
+        if over || self.tx.send(f).is_err() {
+            counter.fetch_sub(w, Ordering::Relaxed);
+            return Err(if over && forward {
+                Unsent::QueueFull
+            } else {
+                Unsent::Unreachable
+            });
+        }
+        Ok(())
+    }
+
+    /// Whether the channel is open and the peer answers heartbeats.
+    pub(super) fn reachable(&self) -> bool {
+        !self.tx.is_closed() && self.link.reachable.load(Ordering::Relaxed)
+    }
+
+    /// Whether a live peer at `addr` of incarnation `generation` needs a new channel.
+    pub(super) fn stale(&self, addr: SocketAddr, generation: u64) -> bool {
+        self.tx.is_closed() || self.addr != addr || self.generation != generation
+    }
+
+    pub(super) fn generation(&self) -> u64 {
+        self.generation
+    }
+}
+
+pub(super) async fn write_loop(
+    bind: SocketAddr,
+    addr: SocketAddr,
+    mut rx: mpsc::UnboundedReceiver<Frame>,
+    data: Arc<Gate>,
+    link: Arc<Link>,
+) -> std::io::Result<()> {
+    let mut s = dial_retrying(bind, addr).await?;
+    let _ = s.set_nodelay(true);
+    let mut buf = Vec::with_capacity(64 * 1024);
+    let mut beat = tokio::time::interval(HEARTBEAT);
+    beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // the dial took its time: the deadline counts from now
+    link.heard.store(link.now_ms(), Ordering::Relaxed);
+    loop {
+        tokio::select! {
+            f = rx.recv() => {
+                let Some(f) = f else { return Ok(()) };
+                buf.clear();
+                let (mut forwards, mut control) = (0, 0);
+                let mut add = |f: &Frame, buf: &mut Vec<u8>| {
+                    if matches!(f, Frame::Forward { .. }) {
+                        forwards += f.weight();
+                    } else {
+                        control += f.weight();
+                    }
+                    encode(f, buf);
+                };
+                add(&f, &mut buf);
+                // batch whatever else is queued (up to ~1 MiB per write)
+                while buf.len() < (1 << 20) {
+                    match rx.try_recv() {
+                        Ok(f) => add(&f, &mut buf),
+                        Err(_) => break,
+                    }
+                }
+                write(&mut s, &buf).await?;
+                link.control.fetch_sub(control, Ordering::Relaxed);
+                data.release(forwards);
+            }
+            _ = beat.tick() => {
+                if link.silent() > HEARTBEAT_DEADLINE {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!("no heartbeat answer for {:?}", link.silent()),
+                    ));
+                }
+                buf.clear();
+                encode(&Frame::Ping { at: link.now_ms() }, &mut buf);
+                write(&mut s, &buf).await?;
+            }
+        }
+    }
+}
+
+/// Dials a peer, up to 20 times (1 s each, backing off 100 ms to 1 s).
+async fn dial_retrying(bind: SocketAddr, addr: SocketAddr) -> std::io::Result<TcpStream> {
+    for i in 0..20 {
+        match tokio::time::timeout(Duration::from_secs(1), dial(bind, addr)).await {
+            Ok(Ok(c)) => return Ok(c),
+            _ => tokio::time::sleep(Duration::from_millis(100 * (i + 1).min(10))).await,
+        }
+    }
+    Err(std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        "peer could not be dialed",
+    ))
+}
+
+/// Dials a peer from the cluster bind address (on a multi-homed host, the source peers know).
+async fn dial(bind: SocketAddr, addr: SocketAddr) -> std::io::Result<TcpStream> {
+    let s = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    if bind.is_ipv4() == addr.is_ipv4() && !bind.ip().is_unspecified() {
+        s.bind(SocketAddr::new(bind.ip(), 0))?;
+    }
+    s.connect(addr).await
+}
+
+async fn write(s: &mut TcpStream, buf: &[u8]) -> std::io::Result<()> {
+    match tokio::time::timeout(WRITE_DEADLINE, s.write_all(buf)).await {
+        Ok(r) => r,
+        Err(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("write of {} bytes took over {WRITE_DEADLINE:?}", buf.len()),
+        )),
+    }
+}
