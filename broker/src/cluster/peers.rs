@@ -99,6 +99,9 @@ impl Peers for Cluster {
                 msg: msg.to_vec(),
             },
         );
+        if sent.is_err() {
+            lock(&self.waiting).remove(&id);
+        }
         match sent {
             Ok(gate) => {
                 self.counters.forwarded.inc();
@@ -106,12 +109,8 @@ impl Peers for Cluster {
                 Forwarded { ack, gate }
             }
             // no channel: the node is down or not yet connected; its routes go with it
-            Err(Unsent::NoChannel) => {
-                lock(&self.waiting).remove(&id);
-                Forwarded::default()
-            }
+            Err(Unsent::NoChannel) => Forwarded::default(),
             Err(why) => {
-                lock(&self.waiting).remove(&id);
                 // a member we cannot reach (crashed, paused, cut off; not yet declared down) or
                 // whose queue is far over its bound: a QoS 1/2 publisher must not be
                 // acknowledged (its ack fails at once); QoS 0 is dropped, as under overload
