@@ -227,6 +227,7 @@ fn wait_ready(
             .all(|a| TcpStream::connect_timeout(a, Duration::from_millis(200)).is_ok());
         if admins_up
             && cluster_formed(local(ports.node_admin(1)), 3)
+            && admin_count(local(ports.lb_admin()), "/api/backends", "\"state\":\"up\"") >= 3
             && mqtt_probe(local(ports.lb_plain()))
         {
             return Ok(None);
@@ -306,22 +307,28 @@ fn node_of(client_id: &str) -> &'static str {
 
 /// Whether the node admin API at `admin` lists `n` nodes up in `/api/cluster`.
 fn cluster_formed(admin: SocketAddr, n: usize) -> bool {
+    admin_count(admin, "/api/cluster", "\"state\":\"up\"") >= n
+}
+
+/// How often `needle` occurs in the body of `GET path` on an admin API (0 when unreachable):
+/// the printed lines are shown only once the LB routes to every node, so a pasted client id
+/// lands on the node its hash names.
+fn admin_count(admin: SocketAddr, path: &str, needle: &str) -> usize {
     use std::io::Read;
     let Ok(mut s) = TcpStream::connect_timeout(&admin, Duration::from_millis(300)) else {
-        return false;
+        return 0;
     };
     let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
     if s.write_all(
-        format!("GET /api/cluster HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n")
-            .as_bytes(),
+        format!("GET {path} HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n").as_bytes(),
     )
     .is_err()
     {
-        return false;
+        return 0;
     }
     let mut body = String::new();
     let _ = s.read_to_string(&mut body);
-    body.matches("\"state\":\"up\"").count() >= n
+    body.matches(needle).count()
 }
 
 /// One MQTT CONNECT → CONNACK round trip (client id `mqedge-up-probe`).

@@ -1,7 +1,8 @@
 //! Session handover under faults (docs/cluster.md, "Session handover"): the holder of a
 //! session is paused (SIGSTOP) while its client connects to another node, and a client id flips
 //! between two nodes while QoS 1 messages for it keep coming. In both, every acknowledged
-//! message reaches the client, and the session ends up on exactly one node. Real processes
+//! message reaches the client, and the session ends up on exactly one node. And a node
+//! restarted with `data_dir` pushes its restored sessions to where their clients went. Real processes
 //! (`mqedge broker`), raw MQTT clients.
 
 mod common;
@@ -12,6 +13,55 @@ use std::time::{Duration, Instant};
 use common::cluster_nodes::*;
 use common::*;
 use mqedge_protocol::{Packet, Version};
+
+/// A node is killed while a client's offline session there holds 20 queued messages; the client
+/// reconnects to another node meanwhile (Session Present 0) and subscribes again. When the node
+/// restarts with its `data_dir`, it pushes the restored session to that node before it accepts
+/// clients: the client gets the 20 messages where it is, without reconnecting, and only one
+/// node keeps the session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_node_pushes_restored_sessions_to_where_their_clients_went() {
+    let mut cl = Cluster::start("ho-restore", true, "prefer_local", Run::Binary).await;
+    let id = "ho-restore-1";
+    let (mut c, _) = connect(cl.addr(0), Version::V5, id, true, Some(3600)).await;
+    assert_eq!(c.subscribe(1, &[("hr/#", 1)]).await, vec![1]);
+    disconnect(c).await;
+    cl.wait_routes(2, "node1", "= 1", |r| r == 1).await;
+    let mut p = client(cl.addr(2), "ho-restore-pub").await;
+    publish_qos1(&mut p, "hr/x", "q-", 20).await;
+
+    cl.kill9(0);
+    let (mut c, ack) = connect(cl.addr(1), Version::V5, id, false, Some(3600)).await;
+    assert!(!ack.session_present, "node1 is dead: nobody hands it over");
+    assert_eq!(c.subscribe(1, &[("hr/#", 1)]).await, vec![1]);
+    let restarted = Instant::now();
+    cl.restart(0);
+    let got = take(&mut c, 20, Duration::from_secs(20)).await;
+    eprintln!(
+        "handover: restored session's messages reached node2 {:?} after node1's restart began",
+        restarted.elapsed()
+    );
+    let mut got: Vec<String> = payloads(&got);
+    got.sort_by_key(|s| s[2..].parse::<u32>().unwrap_or(0));
+    got.dedup();
+    assert_eq!(
+        got,
+        seq("q-", 0..20),
+        "messages queued on the killed node lost\n{}",
+        cl.logs()
+    );
+    let one_holder = eventually(Duration::from_secs(15), || {
+        cl.client(0, id).0 == 404 && cl.client(1, id).0 == 200
+    })
+    .await;
+    assert!(
+        one_holder,
+        "node1: {:?}\nnode2: {:?}\n{}",
+        cl.client(0, id),
+        cl.client(1, id),
+        cl.logs()
+    );
+}
 
 /// The node that holds a client's session is paused for 5 s while that client connects to
 /// another node: the CONNECT goes on without it (Session Present 0), and when the holder wakes

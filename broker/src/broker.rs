@@ -479,6 +479,10 @@ impl LocalNode for Broker {
         self.registry.persistent_ids()
     }
 
+    fn holds(&self, client_ids: &[String]) -> Vec<String> {
+        self.registry.holds(client_ids)
+    }
+
     fn frozen_pending(&self) -> usize {
         self.registry.frozen_pending()
     }

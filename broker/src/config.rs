@@ -55,6 +55,8 @@ struct RawCluster {
     #[serde(default)]
     seeds: Vec<Spanned<String>>,
     leave_timeout: Option<HumanDuration>,
+    dead_after: Option<HumanDuration>,
+    sync_timeout: Option<HumanDuration>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -133,6 +135,11 @@ pub struct ClusterConfig {
     pub seeds: Vec<SocketAddr>,
     /// How long a leaving node (SIGTERM) waits for its sessions to be confirmed elsewhere.
     pub leave_timeout: Duration,
+    /// How long a peer the failure detector calls down keeps its routes (publishes toward it
+    /// are refused, not acknowledged and lost) before it is taken as gone for good.
+    pub dead_after: Duration,
+    /// How long a starting node waits for its seeds' route snapshots before it accepts clients.
+    pub sync_timeout: Duration,
 }
 
 /// `[auth]`.
@@ -307,10 +314,17 @@ fn cluster(p: &mut Problems<'_>, c: &RawCluster) -> Option<ClusterConfig> {
         .leave_timeout
         .map(|d| d.0)
         .unwrap_or(Duration::from_secs(10));
+    let dead_after = c.dead_after.map(|d| d.0).unwrap_or(Duration::from_secs(15));
+    let sync_timeout = c
+        .sync_timeout
+        .map(|d| d.0)
+        .unwrap_or(Duration::from_secs(5));
     Some(ClusterConfig {
         bind,
         seeds,
         leave_timeout,
+        dead_after,
+        sync_timeout,
     })
 }
 

@@ -111,6 +111,29 @@ pub async fn run_with(
         }));
     }
     tokio::spawn(sys::run(b.clone(), stop_rx.clone()));
+    tokio::pin!(shutdown);
+    let mut stopped = false;
+    if let (Some(c), Some(cc)) = (&cluster, &b.cfg().cluster) {
+        // accept no client before the peers' routes are known: a publish acknowledged now
+        // would have no copy for their sessions
+        tokio::select! {
+            missing = c.wait_synced(cc.sync_timeout) => {
+                if missing.is_empty() {
+                    tracing::info!(node = %b.cfg().name, "cluster: route snapshots of every peer in; accepting clients");
+                } else {
+                    tracing::warn!(node = %b.cfg().name, missing = ?missing, timeout = ?cc.sync_timeout, "cluster: no route snapshot from these peers within sync_timeout; accepting clients anyway");
+                }
+            }
+            _ = &mut shutdown => stopped = true,
+        }
+        if !stopped {
+            // sessions restored from data_dir whose clients went elsewhere meanwhile follow them
+            let pushed = c.reconcile_restored(cc.sync_timeout).await;
+            if pushed > 0 {
+                tracing::info!(node = %b.cfg().name, pushed, "cluster: restored sessions pushed to the nodes their clients reconnected to");
+            }
+        }
+    }
     let mut loops = Vec::new();
     for (lc, l) in b.cfg().listeners.iter().zip(bound.listeners) {
         let addr = l.local_addr().map(|a| a.to_string()).unwrap_or_default();
@@ -124,7 +147,9 @@ pub async fn run_with(
         )));
     }
     drop(done_tx);
-    shutdown.await;
+    if !stopped {
+        (&mut shutdown).await;
+    }
     tracing::info!(node = %b.cfg().name, "shutting down");
     // stop accepting first: a client told to go must not come back here
     let _ = stop_tx.send(true);
@@ -166,5 +191,6 @@ fn cluster_counters(m: &metrics::Metrics) -> cluster::ClusterCounters {
         failed_unreachable: failed("peer unreachable"),
         failed_queue_full: failed("queue full"),
         failed_gone: failed("peer gone"),
+        failed_down: failed("peer down"),
     }
 }

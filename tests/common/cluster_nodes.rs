@@ -131,6 +131,18 @@ impl Cluster {
         run: Run,
         max_offline_messages: usize,
     ) -> Cluster {
+        Cluster::start_opts(tag, persist, policy, run, max_offline_messages, "").await
+    }
+
+    /// Like [`Cluster::start_with`], with more `[cluster]` lines (`dead_after = "3s"`, say).
+    pub async fn start_opts(
+        tag: &str,
+        persist: bool,
+        policy: &str,
+        run: Run,
+        max_offline_messages: usize,
+        cluster_extra: &str,
+    ) -> Cluster {
         let dir = TempDir::new(tag);
         let cluster_addrs: Vec<String> = IPS
             .iter()
@@ -160,7 +172,7 @@ bind = "{ip}:0"
 [cluster]
 bind = "{cluster}"
 seeds = [{seeds}]
-
+{cluster_extra}
 [auth]
 allow_anonymous = true
 

@@ -164,9 +164,11 @@ impl Cluster {
                     Box::pin(async move { durable.await.then_some(id) })
                 });
             }
-            f @ (Frame::ForwardAck { .. } | Frame::Session { .. }) => {
+            f @ (Frame::ForwardAck { .. } | Frame::Session { .. } | Frame::Held { .. }) => {
                 let id = match &f {
-                    Frame::ForwardAck { id } | Frame::Session { id, .. } => *id,
+                    Frame::ForwardAck { id }
+                    | Frame::Session { id, .. }
+                    | Frame::Held { id, .. } => *id,
                     _ => 0,
                 };
                 let w = lock(&self.waiting).remove(&id);
@@ -201,7 +203,14 @@ impl Cluster {
             Frame::SessionAppend { client_id, queued } => {
                 self.on_session_append(&client_id, &queued)
             }
-            Frame::Leave => self.node_down(&n, "left gracefully"),
+            Frame::Leave => self.node_down(&n, "left gracefully", false),
+            Frame::Holds { id, client_ids } => {
+                let client_ids = self
+                    .core()
+                    .map(|b| b.holds(&client_ids))
+                    .unwrap_or_default();
+                self.send_to(&n, Frame::Held { id, client_ids });
+            }
         }
         None
     }

@@ -103,6 +103,21 @@ pub enum Frame {
         /// The sender's clock (ms), echoed back.
         at: u64,
     },
+    /// A restarted node asks which of the sessions it restored the receiver holds (their
+    /// clients reconnected there while it was down): those are pushed there, merged, not kept.
+    Holds {
+        /// Request id.
+        id: u64,
+        /// Client identifiers.
+        client_ids: Vec<String>,
+    },
+    /// Answer to [`Frame::Holds`]: the ones the sender holds a persistent session of.
+    Held {
+        /// The request id.
+        id: u64,
+        /// Client identifiers.
+        client_ids: Vec<String>,
+    },
     /// Answer to [`Frame::Ping`].
     Pong {
         /// The ping's `at`.
@@ -134,6 +149,7 @@ impl Frame {
                 client_id, export, ..
             } => client_id.len() + export.as_ref().map(|(r, q)| r.len() + bufs(q)).unwrap_or(0),
             Frame::SessionAppend { client_id, queued } => client_id.len() + bufs(queued),
+            Frame::Holds { client_ids, .. } | Frame::Held { client_ids, .. } => strs(client_ids),
             Frame::ForwardAck { .. } | Frame::Leave | Frame::Ping { .. } | Frame::Pong { .. } => 0,
         }
     }
@@ -272,6 +288,18 @@ pub fn encode(f: &Frame, out: &mut Vec<u8>) {
             b.extend_from_slice(&at.to_be_bytes());
             14
         }
+        Frame::Holds { id, client_ids } | Frame::Held { id, client_ids } => {
+            b.extend_from_slice(&id.to_be_bytes());
+            b.extend_from_slice(&(client_ids.len() as u32).to_be_bytes());
+            for c in client_ids {
+                put_str(&mut b, c);
+            }
+            if matches!(f, Frame::Holds { .. }) {
+                15
+            } else {
+                16
+            }
+        }
     };
     out.push(kind);
     out.extend_from_slice(&b);
@@ -393,6 +421,19 @@ pub fn decode(buf: &[u8]) -> Result<Option<(Frame, usize)>, FrameError> {
         14 => Frame::Pong {
             at: r.u64().ok_or(bad.clone())?,
         },
+        15 | 16 => {
+            let id = r.u64().ok_or(bad.clone())?;
+            let n = r.u32().ok_or(bad.clone())? as usize;
+            let mut client_ids = Vec::with_capacity(n.min(1 << 16));
+            for _ in 0..n {
+                client_ids.push(s(&mut r)?);
+            }
+            if kind == 15 {
+                Frame::Holds { id, client_ids }
+            } else {
+                Frame::Held { id, client_ids }
+            }
+        }
         _ => return Err(FrameError::Malformed("unknown frame kind")),
     };
     if !r.0.is_empty() {
@@ -454,6 +495,14 @@ mod tests {
             },
             Frame::Ping { at: 5 },
             Frame::Pong { at: 5 },
+            Frame::Holds {
+                id: 9,
+                client_ids: vec!["a".into(), "b".into()],
+            },
+            Frame::Held {
+                id: 9,
+                client_ids: vec![],
+            },
         ]
     }
 

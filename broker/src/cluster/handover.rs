@@ -130,14 +130,7 @@ impl Cluster {
         let export = b.export_session(&client_id, clean_start, &token);
         if export.is_some() {
             tracing::info!(node = %self.node, client_id = %client_id, to = %n, "cluster: session exported (frozen until the new holder confirms)");
-            let me = Arc::downgrade(self);
-            let cid = client_id.clone();
-            tokio::spawn(async move {
-                tokio::time::sleep(FREEZE_TIMEOUT).await;
-                if let Some(b) = me.upgrade().and_then(|c| c.core()) {
-                    b.settle_export(&cid, &token, true);
-                }
-            });
+            self.arm_freeze_deadline(client_id.clone(), token);
         }
         let answer = Frame::Session {
             id,
@@ -264,6 +257,81 @@ impl Cluster {
             self.append_to(&to, &client_id, queued);
         }
         (pushed, left)
+    }
+
+    /// A node that restarted with `data_dir`: its restored sessions whose clients reconnected
+    /// to another node while it was down (that node holds a session for them now) are pushed
+    /// there with the freeze → confirm protocol and merged, so the messages queued here before
+    /// the crash reach them. Asks every live peer at once, answers awaited up to `timeout`.
+    /// Returns how many sessions were pushed.
+    pub async fn reconcile_restored(self: &Arc<Self>, timeout: Duration) -> usize {
+        let Some(b) = self.core() else { return 0 };
+        let ids: Vec<String> = b.session_ids().iter().map(|c| c.to_string()).collect();
+        if ids.is_empty() {
+            return 0;
+        }
+        let peers: Vec<Arc<str>> = lock(&self.peers).keys().cloned().collect();
+        let mut waits = Vec::new();
+        for n in peers {
+            let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+            let rx = self.await_reply(id, &n, false);
+            let ask = Frame::Holds {
+                id,
+                client_ids: ids.clone(),
+            };
+            if self.send_to(&n, ask) {
+                waits.push((n, id, rx));
+            } else {
+                lock(&self.waiting).remove(&id);
+            }
+        }
+        let deadline = Instant::now() + timeout;
+        let mut pushed = std::collections::HashSet::new();
+        for (n, id, rx) in waits {
+            let held = match tokio::time::timeout_at(deadline, rx).await {
+                Ok(Ok(Frame::Held { client_ids, .. })) => client_ids,
+                Ok(_) => continue,
+                Err(_) => {
+                    lock(&self.waiting).remove(&id);
+                    tracing::warn!(node = %self.node, peer = %n, "cluster: no answer in time about restored sessions");
+                    continue;
+                }
+            };
+            for client_id in held {
+                if pushed.contains(&client_id) {
+                    continue;
+                }
+                let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+                let token: FreezeToken = (n.clone(), id);
+                let Some(export) = b.export_for_leave(&client_id, &token) else {
+                    continue;
+                };
+                let push = Frame::Session {
+                    id,
+                    client_id: client_id.clone(),
+                    export: Some(export),
+                };
+                if !self.send_to(&n, push) {
+                    b.settle_export(&client_id, &token, true);
+                    continue;
+                }
+                tracing::info!(node = %self.node, client_id = %client_id, to = %n, "cluster: restored session pushed to the node its client reconnected to");
+                self.arm_freeze_deadline(client_id.clone(), token);
+                pushed.insert(client_id);
+            }
+        }
+        pushed.len()
+    }
+
+    /// Unfreezes a session whose new holder did not settle it within [`FREEZE_TIMEOUT`].
+    fn arm_freeze_deadline(self: &Arc<Self>, client_id: String, token: FreezeToken) {
+        let me = Arc::downgrade(self);
+        tokio::spawn(async move {
+            tokio::time::sleep(FREEZE_TIMEOUT).await;
+            if let Some(b) = me.upgrade().and_then(|c| c.core()) {
+                b.settle_export(&client_id, &token, true);
+            }
+        });
     }
 
     /// Messages that reached a session at its old holder after the export.

@@ -64,6 +64,8 @@ pub struct ClusterCounters {
     pub failed_queue_full: Counter,
     /// QoS 1/2 forwards whose peer died, restarted, left or went unreachable before its ack.
     pub failed_gone: Counter,
+    /// Forwards failed: the peer is down (not left) and its routes are held for its return.
+    pub failed_down: Counter,
 }
 
 /// A peer as `/api/cluster` shows it.
@@ -76,6 +78,9 @@ pub struct PeerStatus {
     pub unreachable: bool,
     /// Cluster address.
     pub addr: SocketAddr,
+    /// Down, not left: its routes are kept (publishes toward it are refused) until it returns
+    /// or `dead_after` passes.
+    pub held: bool,
 }
 
 /// A future a trait object can return (the cluster's work crosses the boundary boxed).
@@ -170,6 +175,8 @@ pub trait LocalNode: Send + Sync {
     fn adopt_session(&self, client_id: &str, export: SessionExport) -> BoxFuture<'_, bool>;
     /// Client ids of every persistent session here (a leaving node hands them over).
     fn session_ids(&self) -> Vec<Arc<str>>;
+    /// Which of `client_ids` this node holds a persistent session of (not one moved away).
+    fn holds(&self, client_ids: &[String]) -> Vec<String>;
     /// Like `export_session` for a leaving node: its connection is told "server shutting down".
     fn export_for_leave(&self, client_id: &str, token: &FreezeToken) -> Option<SessionExport>;
     /// Sessions exported and not yet confirmed.

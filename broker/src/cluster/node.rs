@@ -42,6 +42,14 @@ pub struct Cluster {
     /// Handover settlements (and messages following a moved session) whose peer had no channel
     /// when they were sent: sent again every membership round until their deadline.
     pub(super) unsent_settlements: Mutex<Vec<(Arc<str>, Frame, std::time::Instant)>>,
+    /// Peers the failure detector called down (they did not leave), since when: their routes
+    /// stay, so publishes toward their sessions are refused instead of acknowledged and lost,
+    /// until they return or [`Cluster::dead_after`] passes.
+    pub(super) held: Mutex<HashMap<Arc<str>, std::time::Instant>>,
+    /// `[cluster] dead_after`.
+    pub(super) dead_after: Duration,
+    /// `[cluster] seeds`: whose route snapshots a starting node waits for.
+    pub(super) seeds: Vec<SocketAddr>,
 }
 
 pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -78,6 +86,9 @@ impl Cluster {
             core: OnceLock::new(),
             counters,
             unsent_settlements: Mutex::new(Vec::new()),
+            held: Mutex::new(HashMap::new()),
+            dead_after: cfg.dead_after,
+            seeds: cfg.seeds.clone(),
         })
     }
 
@@ -172,6 +183,7 @@ impl Cluster {
                 .collect();
             self.apply_membership(now);
             self.resend_settlements();
+            self.expire_held();
             tokio::select! {
                 _ = stop.changed() => break,
                 r = live.changed() => if r.is_err() { break },
@@ -189,7 +201,7 @@ impl Cluster {
             .map(|(n, _)| n.clone())
             .collect();
         for n in gone {
-            self.node_down(&n, "failure detector");
+            self.node_down(&n, "failure detector", true);
         }
         for (n, (addr, generation)) in live {
             let (need, restarted) = {
@@ -213,16 +225,24 @@ impl Cluster {
                 up: false,
                 unreachable: false,
                 addr,
+                held: false,
             });
             if !e.up {
                 tracing::info!(node = %self.node, peer = %n, addr = %addr, "cluster: peer up");
+                // its held routes stay until its channel brings a fresh snapshot
+                lock(&self.held).remove(&n);
             }
             e.up = true;
             e.addr = addr;
         }
     }
 
-    pub(super) fn node_down(&self, n: &Arc<str>, why: &str) {
+    /// A peer is down: its channel closes and what waits on it fails. `hold`: it did not say
+    /// it leaves (failure detector), so its routes stay for `dead_after`: publishes toward its
+    /// sessions are not acknowledged meanwhile (their publishers send them again), instead of
+    /// being acknowledged with no copy for those sessions. A peer that left (its sessions
+    /// were handed over) loses its routes at once.
+    pub(super) fn node_down(&self, n: &Arc<str>, why: &str, hold: bool) {
         let was_up = {
             let mut st = lock(&self.status);
             st.get_mut(n)
@@ -230,11 +250,74 @@ impl Cluster {
                 .unwrap_or(false)
         };
         lock(&self.peers).remove(n);
-        self.drop_routes(n);
+        let held = hold && self.dead_after > Duration::ZERO;
+        if held {
+            if was_up {
+                lock(&self.held).insert(n.clone(), std::time::Instant::now());
+            }
+        } else {
+            lock(&self.held).remove(n);
+            self.drop_routes(n);
+        }
         self.release_waiters(n);
-        if was_up {
+        if was_up && held {
+            tracing::warn!(node = %self.node, peer = %n, dead_after = ?self.dead_after, "cluster: peer down ({why}); its routes are held: publishes toward it are refused until it returns or dead_after passes");
+        } else if was_up {
             tracing::warn!(node = %self.node, peer = %n, "cluster: peer down ({why}); its routes dropped");
         }
+    }
+
+    /// Drops the routes of peers down for longer than `dead_after`: gone for good, their
+    /// sessions' publishes are acknowledged again (without a copy for those sessions).
+    fn expire_held(&self) {
+        let now = std::time::Instant::now();
+        let expired: Vec<Arc<str>> = {
+            let mut held = lock(&self.held);
+            let gone: Vec<Arc<str>> = held
+                .iter()
+                .filter(|(_, since)| now.duration_since(**since) >= self.dead_after)
+                .map(|(n, _)| n.clone())
+                .collect();
+            for n in &gone {
+                held.remove(n);
+            }
+            gone
+        };
+        for n in expired {
+            self.drop_routes(&n);
+            tracing::warn!(node = %self.node, peer = %n, dead_after = ?self.dead_after, "cluster: peer still down after dead_after; its routes dropped");
+        }
+    }
+
+    /// Waits (up to `timeout`) until every seed and every live peer sent its route snapshot,
+    /// so that a starting node acknowledges no publish its peers' sessions should get before
+    /// it knows their routes. Returns the peers (or seed addresses) it did not hear from.
+    pub async fn wait_synced(&self, timeout: Duration) -> Vec<String> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let missing = self.unsynced();
+            if missing.is_empty() || tokio::time::Instant::now() >= deadline {
+                return missing;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn unsynced(&self) -> Vec<String> {
+        let status = lock(&self.status);
+        let filters = lock(&self.node_filters);
+        let mut missing: Vec<String> = status
+            .iter()
+            .filter(|(n, s)| s.up && !filters.contains_key(*n))
+            .map(|(n, _)| n.to_string())
+            .collect();
+        for seed in &self.seeds {
+            let known = *seed == self.bind || status.values().any(|s| s.up && s.addr == *seed);
+            if !known {
+                missing.push(seed.to_string());
+            }
+        }
+        missing
     }
 
     /// Fails everything still awaited from a peer that is gone or restarted: a forward it never

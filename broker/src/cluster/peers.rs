@@ -108,8 +108,16 @@ impl Peers for Cluster {
                 self.counters.forwarded_bytes.inc_by(msg.len() as u64);
                 Forwarded { ack, gate }
             }
-            // no channel: the node is down or not yet connected; its routes go with it
-            Err(Unsent::NoChannel) => Forwarded::default(),
+            // we hold routes of a node that has no channel: it is down (crashed, paused, cut
+            // off) and they are kept for its return: a QoS 1/2 publisher is not acknowledged
+            Err(Unsent::NoChannel) => {
+                self.counters.failed_down.inc();
+                tracing::debug!(node = %self.node, peer = %n, "cluster: message not forwarded (peer down, routes held)");
+                Forwarded {
+                    ack: want_ack.then(|| Ack::new(std::future::ready(false))),
+                    gate: None,
+                }
+            }
             Err(why) => {
                 // a member we cannot reach (crashed, paused, cut off; not yet declared down) or
                 // whose queue is far over its bound: a QoS 1/2 publisher must not be
@@ -158,6 +166,7 @@ impl Peers for Cluster {
             .map(|(n, s)| {
                 let mut s = s.clone();
                 s.unreachable = s.up && !links.get(n).is_some_and(|p| p.reachable());
+                s.held = !s.up && filters.contains_key(n);
                 (n.clone(), s, filters.get(n).map(|f| f.len()).unwrap_or(0))
             })
             .collect();

@@ -71,6 +71,7 @@ async fn cluster(State(b): State<Arc<Broker>>) -> Json<serde_json::Value> {
                     (true, false) => "up",
                 },
                 "routes": routes,
+                "routes_held": st.held,
             }));
         }
     }

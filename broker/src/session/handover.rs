@@ -115,6 +115,20 @@ impl Registry {
             .collect()
     }
 
+    /// Which of `client_ids` this node holds a persistent session of, not moved away.
+    pub fn holds(&self, client_ids: &[String]) -> Vec<String> {
+        client_ids
+            .iter()
+            .filter(|c| {
+                self.get(c).is_some_and(|s| {
+                    let st = s.lock();
+                    st.persistent() && !st.frozen.as_ref().is_some_and(|f| f.moved)
+                })
+            })
+            .cloned()
+            .collect()
+    }
+
     /// Sessions exported and not yet confirmed by their new holder.
     pub fn frozen_pending(&self) -> usize {
         let unsettled = |s: &Arc<Session>| s.lock().frozen.as_ref().is_some_and(|f| !f.moved);

@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
-use super::record::{decode_handover, decode_outgoing, forget, queued_put, record_put};
+use super::record::{
+    decode_handover, decode_outgoing, encode_queued, forget, queued_put, record_put,
+};
 use super::subs::Subscriptions;
 use super::{sub_options, Attached, Session, State, Sub};
 use crate::cluster::{Peers, SessionExport};
@@ -442,8 +444,18 @@ impl Registry {
             // it replaces whatever stale session this node still held
             let stale = self.shard(id).insert(id.clone(), s.clone());
             if let Some(old) = stale {
-                // what queued into our copy while it was handed away still follows the client
-                let since = super::queue::take_appended(&mut old.lock());
+                // a copy handed away: what queued into it since still follows the client; an
+                // independent copy (restored from `data_dir`, or opened while the other node
+                // could not answer): every message of it does (duplicates, never losses)
+                let since = {
+                    let mut o = old.lock();
+                    if o.frozen.is_some() {
+                        super::queue::take_appended(&mut o)
+                    } else {
+                        let inflight = o.inflight.iter().map(|(_, _, m)| m);
+                        inflight.chain(o.queue.iter()).map(encode_queued).collect()
+                    }
+                };
                 ops.extend(super::queue::push_entries(&s, &since, self.store.is_some()));
                 self.metrics.sessions.dec();
                 self.drop_session_state(&old);
