@@ -297,11 +297,19 @@ fn owed_everything(_: usize, _: &Received) -> Option<Instant> {
     None
 }
 
-/// (1) `kill -9` of node2, started again 8 s later over the same store.
+/// (1) `kill -9` of node2, started again 8 s later over the same store. Its three subscribers
+/// went offline 1.5 s before (their sessions queue what comes meanwhile, acknowledged once
+/// stored) and come back 2.5 s after the kill, to other nodes (node2 is down): the queues on
+/// node2's disk are owed to them once node2 is back.
 #[test]
+#[ignore = "loses 804 on main: the restored queue is dropped (import_session's stale branch) and the dead node's routes go before its clients resubscribe"]
 fn s1_kill_9_and_restart() {
     scenario("1 kill -9 + restart", || async {
         let mut rig = Rig::start("kill -9 + restart 8 s later", "flt-kill", 0).await;
+        for s in rig.on_node(1) {
+            s.offline_for(Duration::from_secs(4));
+        }
+        tokio::time::sleep(Duration::from_millis(1500)).await;
         rig.cl.kill9(1);
         tokio::time::sleep(Duration::from_secs(8)).await;
         rig.restart(1).await;
@@ -347,11 +355,16 @@ fn s2_kill_9_for_good() {
 }
 
 /// (3) SIGTERM of node2 (a planned restart): it hands its sessions to the LB's next pick and
-/// exits; it is started again 3 s later.
+/// exits; it is started again 3 s later. Its subscribers went offline 1 s before the signal, so
+/// the sessions it hands over carry queued messages; they come back 2 s after it.
 #[test]
 fn s3_sigterm_planned_restart() {
     scenario("3 SIGTERM", || async {
         let mut rig = Rig::start("SIGTERM (planned restart)", "flt-term", 0).await;
+        for s in rig.on_node(1) {
+            s.offline_for(Duration::from_secs(3));
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
         let term = Instant::now();
         let p = rig.proc(1);
         p.signal("TERM");

@@ -201,11 +201,14 @@ pub struct Received {
 /// A persistent QoS 1 subscriber to [`FILTER`] through the LB: on any error it connects again
 /// (same client id, clean_session = false); it subscribes again only when the broker says it
 /// has no session. [`Subscriber::kick`] drops its connection at once (as a client that
-/// noticed a dead server would) and it connects again through the LB.
+/// noticed a dead server would) and it connects again through the LB; [`Subscriber::offline_for`]
+/// does the same after a pause, so its session queues messages meanwhile.
 pub struct Subscriber {
     pub id: String,
     pub log: Arc<Mutex<Received>>,
     kick: Arc<Notify>,
+    /// How long to stay away after the next kick (zero: connect again at once).
+    hold: Arc<Mutex<Duration>>,
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
 }
@@ -214,17 +217,19 @@ impl Subscriber {
     pub fn start(lb: SocketAddr, id: &str) -> Subscriber {
         let log = Arc::new(Mutex::new(Received::default()));
         let kick = Arc::new(Notify::new());
+        let hold = Arc::new(Mutex::new(Duration::ZERO));
         let (stop, stop_rx) = watch::channel(false);
         let task = tokio::spawn(subscribe_loop(
             options(id, lb, false),
             log.clone(),
-            kick.clone(),
+            (kick.clone(), hold.clone()),
             stop_rx,
         ));
         Subscriber {
             id: id.to_string(),
             log,
             kick,
+            hold,
             stop,
             task,
         }
@@ -232,6 +237,12 @@ impl Subscriber {
 
     /// Closes the current connection (without DISCONNECT); the subscriber connects again.
     pub fn kick(&self) {
+        self.kick.notify_one();
+    }
+
+    /// Closes the current connection (without DISCONNECT) and connects again after `pause`.
+    pub fn offline_for(&self, pause: Duration) {
+        *self.hold.lock().unwrap() = pause;
         self.kick.notify_one();
     }
 
@@ -261,7 +272,7 @@ impl Subscriber {
 async fn subscribe_loop(
     opts: MqttOptions,
     log: Arc<Mutex<Received>>,
-    kick: Arc<Notify>,
+    (kick, hold): (Arc<Notify>, Arc<Mutex<Duration>>),
     mut stop: watch::Receiver<bool>,
 ) {
     loop {
@@ -308,8 +319,14 @@ async fn subscribe_loop(
             }
         };
         drop(el);
-        if failed {
-            tokio::time::sleep(RETRY).await;
+        let pause = if failed {
+            RETRY
+        } else {
+            std::mem::take(&mut *hold.lock().unwrap())
+        };
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = tokio::time::sleep(pause) => {}
         }
     }
 }
