@@ -356,8 +356,9 @@ pub struct Tally {
 }
 
 impl Tally {
-    /// `from(i)`: the instant from which subscriber `i` is owed every acknowledged message
-    /// (sent after it); a message sent earlier is owed only if `from` is None for it.
+    /// What each subscriber is owed: `from(i, r)` is None when subscriber `i` is owed every
+    /// acknowledged message, Some(t) when only those sent after `t` (a session that was out of
+    /// scope until then).
     pub fn count(
         p: &Published,
         subs: &[(String, Received)],
