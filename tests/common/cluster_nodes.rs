@@ -131,6 +131,19 @@ impl Cluster {
         run: Run,
         max_offline_messages: usize,
     ) -> Cluster {
+        Cluster::start_custom(tag, persist, policy, run, max_offline_messages, "").await
+    }
+
+    /// Like [`Cluster::start_with`], with `cluster_extra` lines added to every node's
+    /// `[cluster]` table (e.g. `retained_tombstone_ttl = "3s"`).
+    pub async fn start_custom(
+        tag: &str,
+        persist: bool,
+        policy: &str,
+        run: Run,
+        max_offline_messages: usize,
+        cluster_extra: &str,
+    ) -> Cluster {
         let dir = TempDir::new(tag);
         let cluster_addrs: Vec<String> = IPS
             .iter()
@@ -160,6 +173,7 @@ bind = "{ip}:0"
 [cluster]
 bind = "{cluster}"
 seeds = [{seeds}]
+{cluster_extra}
 
 [auth]
 allow_anonymous = true
