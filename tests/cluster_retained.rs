@@ -171,21 +171,21 @@ async fn a_clear_made_while_a_node_was_down_stays_cleared_when_it_returns() {
 
     restart(&mut cl, N3).await;
     let mark = markers_everywhere(&cl).await;
-    for i in 0..3 {
+    for (i, name) in NAMES.iter().enumerate() {
         let got = served(&cl, i, "rt/a", "rt/mark1", &mark).await;
         assert!(
             got.is_empty(),
             "{} serves the cleared rt/a: {got:?}\n{}",
-            NAMES[i],
+            name,
             cl.logs()
         );
     }
-    for i in 0..3 {
+    for (i, name) in NAMES.iter().enumerate() {
         assert_eq!(
             cl.metric(i, "mqedge_broker_retained_tombstones"),
             1.0,
             "{}",
-            NAMES[i]
+            name
         );
     }
 
@@ -193,9 +193,9 @@ async fn a_clear_made_while_a_node_was_down_stays_cleared_when_it_returns() {
     restart(&mut cl, N1).await;
     assert_eq!(cl.metric(N1, "mqedge_broker_retained_tombstones"), 1.0);
     let mark = markers_everywhere(&cl).await;
-    for i in 0..3 {
+    for (i, name) in NAMES.iter().enumerate() {
         let got = served(&cl, i, "rt/a", "rt/mark1", &mark).await;
-        assert!(got.is_empty(), "{}: {got:?}\n{}", NAMES[i], cl.logs());
+        assert!(got.is_empty(), "{}: {got:?}\n{}", name, cl.logs());
     }
 }
 
@@ -284,9 +284,9 @@ async fn a_returning_node_with_an_older_value_ends_with_the_newest_everywhere() 
         cl.wait_all_up(i, Duration::from_secs(30)).await;
     }
     let mark = markers_everywhere(&cl).await;
-    for i in 0..3 {
+    for (i, name) in NAMES.iter().enumerate() {
         let got = served(&cl, i, "rt/b", "rt/mark1", &mark).await;
-        assert_eq!(got, ["v2"], "{}\n{}", NAMES[i], cl.logs());
+        assert_eq!(got, ["v2"], "{}\n{}", name, cl.logs());
     }
     // and a publish after the return is newer than both, everywhere
     retain(cl.addr(N3), "set-3", "rt/b", "v3").await;
@@ -331,8 +331,8 @@ async fn tombstones_are_forgotten_after_the_ttl() {
 
     restart(&mut cl, N3).await;
     let mark = markers_everywhere(&cl).await;
-    for i in 0..3 {
+    for (i, name) in NAMES.iter().enumerate() {
         let got = served(&cl, i, "rt/c", "rt/mark1", &mark).await;
-        assert_eq!(got, ["old"], "{}\n{}", NAMES[i], cl.logs());
+        assert_eq!(got, ["old"], "{}\n{}", name, cl.logs());
     }
 }

@@ -23,10 +23,10 @@ impl fmt::Display for Role {
     }
 }
 
-/// A loaded config of either role.
+/// A loaded config of either role (boxed: the two differ in size, and grow apart).
 enum Loaded {
-    Lb(mqedge_lb::config::Config),
-    Broker(mqedge_broker::config::Config),
+    Lb(Box<mqedge_lb::config::Config>),
+    Broker(Box<mqedge_broker::config::Config>),
 }
 
 impl Loaded {
@@ -34,10 +34,10 @@ impl Loaded {
     fn load(role: Role, path: &Path) -> Result<Loaded, String> {
         match role {
             Role::Lb => mqedge_lb::config::Config::load(path)
-                .map(Loaded::Lb)
+                .map(|c| Loaded::Lb(Box::new(c)))
                 .map_err(|e| e.to_string()),
             Role::Broker => mqedge_broker::config::Config::load(path)
-                .map(Loaded::Broker)
+                .map(|c| Loaded::Broker(Box::new(c)))
                 .map_err(|e| e.to_string()),
         }
     }
@@ -55,12 +55,12 @@ impl Loaded {
         match self {
             Loaded::Lb(cfg) => {
                 let bound = mqedge_lb::bind(&cfg).await?;
-                mqedge_lb::run(cfg, bound, shutdown_signal()).await?;
+                mqedge_lb::run(*cfg, bound, shutdown_signal()).await?;
             }
             Loaded::Broker(cfg) => {
                 ignore_hangup();
                 let bound = mqedge_broker::bind(&cfg).await?;
-                let b = mqedge_broker::Broker::new(cfg)?;
+                let b = mqedge_broker::Broker::new(*cfg)?;
                 mqedge_broker::run_with(b, bound, shutdown_signal()).await?;
             }
         }
