@@ -296,8 +296,8 @@ async fn a_returning_node_with_an_older_value_ends_with_the_newest_everywhere() 
 }
 
 /// With `retained_tombstone_ttl = "3s"`, the tombstone of a clear is counted on every live node,
-/// then forgotten (gauge back to 0, record deleted). A node that returns after that brings its
-/// old value back: the ttl is how long a node may be away (docs/cluster.md).
+/// then forgotten (gauge back to 0) no sooner than the ttl. A node that returns after that
+/// brings its old value back: the ttl is how long a node may be away (docs/cluster.md).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tombstones_are_forgotten_after_the_ttl() {
     let mut cl = Cluster::start_custom(

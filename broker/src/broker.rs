@@ -321,6 +321,7 @@ impl Broker {
         out
     }
 
+    /// Sets the retained-message and tombstone gauges from the retained set.
     fn retained_gauges(&self) {
         let r = self.routing.retained();
         self.metrics.retained.set(r.len() as i64);
