@@ -231,7 +231,7 @@ async fn kill_9_a_node_detection_rejoin_and_route_resync() {
 /// publisher sends again and node3 gets every acknowledged message.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn qos1_publishing_goes_on_while_a_killed_node_is_being_detected() {
-    let mut cl = Cluster::start_opts(
+    let mut cl = Cluster::start_custom(
         "cl-window",
         false,
         "prefer_local",

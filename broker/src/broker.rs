@@ -6,7 +6,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::auth::{Access, Acl, PasswordFile};
 use crate::cluster::{Ack, BoxFuture, FreezeToken, Gate, LocalNode, Peers, SessionExport};
@@ -14,7 +14,7 @@ use crate::config::Config;
 use crate::message::{unix_now, Message};
 use crate::metrics::Metrics;
 use crate::protocol::{reason, QoS, Will};
-use crate::routing::retained::Retained;
+use crate::routing::retained_versions::{unix_ms, RetainedSet, Version};
 use crate::routing::{Matches, Router, Routing, SubOptions};
 use crate::session::{message_key, QueueRules, Registry, Session, Sub, Subscriptions};
 use crate::store::{Op, Store, StoreError, Table};
@@ -68,6 +68,16 @@ impl Auth {
     }
 }
 
+/// The retained set of a node: tombstones are kept only in a cluster, where an older copy can
+/// come back.
+fn retained_set(cfg: &Config) -> RetainedSet {
+    let ttl = cfg
+        .cluster
+        .as_ref()
+        .map_or(Duration::ZERO, |c| c.retained_tombstone_ttl);
+    RetainedSet::new(&cfg.name, ttl)
+}
+
 /// The node's shared state.
 pub struct Broker {
     cfg: Config,
@@ -112,7 +122,7 @@ impl Broker {
                 acl,
             },
             registry: Arc::new(Registry::new(store.clone(), metrics.clone())),
-            routing: Routing::new(cfg.shared_policy),
+            routing: Routing::new(cfg.shared_policy, retained_set(&cfg)),
             cfg,
             store,
             metrics,
@@ -128,13 +138,15 @@ impl Broker {
         };
         let (restored, queued) = self.registry.restore()?;
         self.routing.restore(store)?;
+        self.retained_gauges();
         let retained = self.routing.retained().len();
-        self.metrics.retained.set(retained as i64);
+        let tombstones = self.routing.retained().tombstones();
         if restored > 0 || queued > 0 {
             tracing::info!(
                 sessions = restored,
                 queued_messages = queued,
                 retained,
+                retained_tombstones = tombstones,
                 "restored from the store"
             );
         }
@@ -172,7 +184,7 @@ impl Broker {
     }
 
     /// Retained messages.
-    pub fn retained(&self) -> &Retained<Arc<Message>> {
+    pub fn retained(&self) -> &RetainedSet {
         self.routing.retained()
     }
 
@@ -273,9 +285,12 @@ impl Broker {
         // $SYS stays on its node
         let sys = msg.topic.starts_with("$SYS");
         if msg.retain {
-            self.retain(&msg, &mut out.ops);
+            let version = self
+                .routing
+                .retain(&msg, self.store.is_some(), &mut out.ops);
+            self.retained_gauges();
             if let (Some(c), false) = (peers, sys) {
-                c.broadcast_retained(&msg);
+                c.broadcast_retained(&msg, &version);
             }
         }
         let mut m = Matches::default();
@@ -306,12 +321,35 @@ impl Broker {
         out
     }
 
-    /// Sets or clears a retained message here (not on other nodes).
-    fn retain(&self, msg: &Arc<Message>, ops: &mut Vec<Op>) {
-        self.routing.retain(msg, self.store.is_some(), ops);
-        self.metrics
-            .retained
-            .set(self.routing.retained().len() as i64);
+    /// Sets the retained-message and tombstone gauges from the retained set.
+    fn retained_gauges(&self) {
+        let r = self.routing.retained();
+        self.metrics.retained.set(r.len() as i64);
+        self.metrics.retained_tombstones.set(r.tombstones() as i64);
+    }
+
+    /// Forgets tombstones of retained clears once `[cluster] retained_tombstone_ttl` has passed,
+    /// checking a few times per ttl (at most once a minute), until `stop`.
+    pub async fn expire_tombstones(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
+        let ttl = self.routing.retained().ttl();
+        if ttl.is_zero() {
+            return;
+        }
+        let every = (ttl / 4).clamp(Duration::from_millis(100), Duration::from_secs(60));
+        loop {
+            tokio::select! {
+                _ = stop.changed() => break,
+                _ = tokio::time::sleep(every) => {}
+            }
+            let n = self
+                .routing
+                .retained()
+                .purge(unix_ms(), self.store.as_ref());
+            if n > 0 {
+                tracing::debug!(tombstones = n, "expired retained tombstones forgotten");
+                self.retained_gauges();
+            }
+        }
     }
 
     /// What every session's queue is held to.
@@ -454,9 +492,22 @@ impl LocalNode for Broker {
         Box::pin(self.deliver_from_peer(msg, direct, shared))
     }
 
-    fn set_retained(&self, msg: Arc<Message>) {
+    fn set_retained(&self, msg: Arc<Message>, version: Option<Version>) {
         let mut ops = Vec::new();
-        self.retain(&msg, &mut ops);
+        let durable = self.store.is_some();
+        let r = self.routing.retained();
+        match version {
+            Some(v) => {
+                if !r.merge(&msg, v, durable, &mut ops) {
+                    return;
+                }
+            }
+            // from a node that predates versions: taken as set now, as it always was
+            None => {
+                r.set_local(&msg, durable, &mut ops);
+            }
+        }
+        self.retained_gauges();
         self.write_nowait(ops);
     }
 
@@ -513,13 +564,8 @@ impl LocalNode for Broker {
         self.registry.append_handover(client_id, queued)
     }
 
-    fn retained(&self) -> Vec<Arc<Message>> {
-        self.routing
-            .retained()
-            .all()
-            .into_iter()
-            .map(|(_, m)| m)
-            .collect()
+    fn retained(&self) -> Vec<(Arc<Message>, Version)> {
+        self.routing.retained().snapshot()
     }
 }
 

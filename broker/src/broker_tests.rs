@@ -32,7 +32,7 @@ impl Peers for FakePeers {
         self.routes.matches(topic, &mut m);
         m
     }
-    fn broadcast_retained(&self, m: &Message) {
+    fn broadcast_retained(&self, m: &Message, _v: &crate::routing::retained_versions::Version) {
         self.retained.lock().unwrap().push(m.topic.to_string());
     }
     fn forward(

@@ -57,6 +57,7 @@ struct RawCluster {
     leave_timeout: Option<HumanDuration>,
     dead_after: Option<HumanDuration>,
     sync_timeout: Option<HumanDuration>,
+    retained_tombstone_ttl: Option<HumanDuration>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -140,6 +141,9 @@ pub struct ClusterConfig {
     pub dead_after: Duration,
     /// How long a starting node waits for its seeds' route snapshots before it accepts clients.
     pub sync_timeout: Duration,
+    /// How long the tombstone of a retained clear is kept, so an older copy of the message
+    /// coming back (a node restarted, a healed partition) loses to it.
+    pub retained_tombstone_ttl: Duration,
 }
 
 /// `[auth]`.
@@ -319,12 +323,17 @@ fn cluster(p: &mut Problems<'_>, c: &RawCluster) -> Option<ClusterConfig> {
         .sync_timeout
         .map(|d| d.0)
         .unwrap_or(Duration::from_secs(5));
+    let retained_tombstone_ttl = c
+        .retained_tombstone_ttl
+        .map(|d| d.0)
+        .unwrap_or(Duration::from_secs(24 * 3600));
     Some(ClusterConfig {
         bind,
         seeds,
         leave_timeout,
         dead_after,
         sync_timeout,
+        retained_tombstone_ttl,
     })
 }
 
@@ -480,6 +489,26 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("b.toml:4: unknown variant `sticky`"), "{e}");
+    }
+
+    #[test]
+    fn retained_tombstone_ttl() {
+        let cfg = |extra: &str| {
+            Config::parse(
+                Path::new("b.toml"),
+                &format!("[[listener]]\nbind = \"127.0.0.1:1883\"\n[cluster]\nbind = \"127.0.0.1:4370\"\n{extra}"),
+            )
+        };
+        let ttl = |c: Config| c.cluster.map(|c| c.retained_tombstone_ttl);
+        assert_eq!(ttl(cfg("").unwrap()), Some(Duration::from_secs(24 * 3600)));
+        assert_eq!(
+            ttl(cfg("retained_tombstone_ttl = \"90s\"\n").unwrap()),
+            Some(Duration::from_secs(90))
+        );
+        let e = cfg("retained_tombstone_ttl = \"soon\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("b.toml:5: invalid duration \"soon\""), "{e}");
     }
 
     #[test]

@@ -134,6 +134,7 @@ pub async fn run_with(
             }
         }
     }
+    tokio::spawn(b.clone().expire_tombstones(stop_rx.clone()));
     let mut loops = Vec::new();
     for (lc, l) in b.cfg().listeners.iter().zip(bound.listeners) {
         let addr = l.local_addr().map(|a| a.to_string()).unwrap_or_default();

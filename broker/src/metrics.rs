@@ -39,6 +39,8 @@ pub struct Metrics {
     pub subscriptions: Gauge,
     /// Retained messages.
     pub retained: Gauge,
+    /// Tombstones of retained clears kept (cluster: `retained_tombstone_ttl`).
+    pub retained_tombstones: Gauge,
     /// Session takeovers.
     pub takeovers: Counter,
     /// Store commits.
@@ -86,6 +88,7 @@ impl Metrics {
             bytes_sent: Counter::default(),
             subscriptions: Gauge::default(),
             retained: Gauge::default(),
+            retained_tombstones: Gauge::default(),
             takeovers: Counter::default(),
             store_commits: Gauge::default(),
             cluster_peers_up: Gauge::default(),
@@ -159,6 +162,11 @@ impl Metrics {
             "retained_messages",
             "Retained messages held",
             self.retained.clone(),
+        );
+        r.register(
+            "retained_tombstones",
+            "Tombstones of cleared retained messages kept",
+            self.retained_tombstones.clone(),
         );
         r.register(
             "session_takeovers",

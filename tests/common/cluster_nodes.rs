@@ -131,11 +131,12 @@ impl Cluster {
         run: Run,
         max_offline_messages: usize,
     ) -> Cluster {
-        Cluster::start_opts(tag, persist, policy, run, max_offline_messages, "").await
+        Cluster::start_custom(tag, persist, policy, run, max_offline_messages, "").await
     }
 
-    /// Like [`Cluster::start_with`], with more `[cluster]` lines (`dead_after = "3s"`, say).
-    pub async fn start_opts(
+    /// Like [`Cluster::start_with`], with `cluster_extra` lines added to every node's
+    /// `[cluster]` table (e.g. `retained_tombstone_ttl = "3s"`).
+    pub async fn start_custom(
         tag: &str,
         persist: bool,
         policy: &str,
@@ -173,6 +174,7 @@ bind = "{ip}:0"
 bind = "{cluster}"
 seeds = [{seeds}]
 {cluster_extra}
+
 [auth]
 allow_anonymous = true
 

@@ -17,6 +17,7 @@ use super::node::{lock, Cluster};
 use super::peer::HEARTBEAT_DEADLINE;
 use super::BoxFuture;
 use crate::message::Message;
+use crate::routing::retained_versions::decode_record;
 use crate::routing::SubOptions;
 
 /// Forwarded copies whose ack may wait at once per inbound channel.
@@ -184,8 +185,8 @@ impl Cluster {
             Frame::Retained { msgs } => {
                 if let Some(b) = self.core() {
                     for m in msgs {
-                        if let Some(m) = Message::decode(&m) {
-                            b.set_retained(Arc::new(m));
+                        if let Some((m, version)) = decode_record(&m) {
+                            b.set_retained(Arc::new(m), version);
                         }
                     }
                 }

@@ -53,9 +53,10 @@ pub enum Frame {
         /// The forward's id.
         id: u64,
     },
-    /// Retained messages (all of them at connect; `payload` empty clears).
+    /// Retained messages with their versions (all of them and the tombstones at connect;
+    /// `payload` empty clears).
     Retained {
-        /// Encoded messages.
+        /// Versioned records (`retained_versions::encode_record`).
         msgs: Vec<Vec<u8>>,
     },
     /// A client connects elsewhere: hand its session over (or just end it for clean start).

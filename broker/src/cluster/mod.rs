@@ -39,6 +39,7 @@ use tokio::sync::Notify;
 pub use self::node::Cluster;
 pub use self::peer::{HEARTBEAT, HEARTBEAT_DEADLINE, WRITE_DEADLINE};
 use crate::message::Message;
+use crate::routing::retained_versions::Version;
 use crate::routing::Matches;
 
 /// Gossip round interval.
@@ -110,8 +111,8 @@ pub trait Peers: Send + Sync {
     fn local_del(&self, filter: &str);
     /// Remote routes matching a topic (the key is the node's name).
     fn remote_matches(&self, topic: &str) -> Matches<Arc<str>>;
-    /// Sends a retained message (set or clear) to every peer.
-    fn broadcast_retained(&self, m: &Message);
+    /// Sends a retained message (set or clear) and its version to every peer.
+    fn broadcast_retained(&self, m: &Message, v: &Version);
     /// Forwards an encoded message to one node: to its non-shared subscribers when `direct`, and
     /// to one member of each listed `(group, filter)`.
     fn forward(
@@ -154,8 +155,9 @@ pub trait LocalNode: Send + Sync {
         direct: bool,
         shared: &[(String, String)],
     ) -> BoxFuture<'static, bool>;
-    /// A retained message (or clear) from another node.
-    fn set_retained(&self, msg: Arc<Message>);
+    /// A retained message (or clear) from another node, applied when its version is newer than
+    /// what the topic has here; `None` from a node that predates versions.
+    fn set_retained(&self, msg: Arc<Message>, version: Option<Version>);
     /// Hands this node's session of `client_id` over: closes its connection and (unless the new
     /// connection starts clean) exports it and freezes it under `token` until settled.
     fn export_session(
@@ -185,8 +187,9 @@ pub trait LocalNode: Send + Sync {
     fn finish_all_moves(&self) -> Vec<(Arc<str>, FreezeToken, Vec<Vec<u8>>)>;
     /// Messages queued into a session at its old holder after the export.
     fn append_session(&self, client_id: &str, queued: &[Vec<u8>]);
-    /// Every retained message, for a peer's snapshot.
-    fn retained(&self) -> Vec<Arc<Message>>;
+    /// Every retained message and tombstone (an empty payload) with its version, for a peer's
+    /// snapshot.
+    fn retained(&self) -> Vec<(Arc<Message>, Version)>;
 }
 
 /// What a forward set in motion: the peer's ack to await (QoS 1/2) and, when its queue is over

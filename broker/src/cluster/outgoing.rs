@@ -9,6 +9,7 @@ use super::frame::{Frame, MAX_FRAME};
 use super::node::{lock, Cluster};
 use super::peer::{write_loop, Peer, Unsent};
 use super::Gate;
+use crate::routing::retained_versions::encode_record;
 
 impl Cluster {
     /// Opens (or replaces) the outgoing channel to a peer: Hello, then a snapshot of our routes
@@ -33,11 +34,11 @@ impl Cluster {
             });
             let out = (p.link.clone(), p.data.clone(), rx);
             if let Some(b) = self.core() {
+                // values and tombstones (no $SYS), versioned: the peer keeps what is newer
                 let msgs: Vec<Vec<u8>> = b
                     .retained()
-                    .into_iter()
-                    .filter(|m| !m.topic.starts_with("$SYS"))
-                    .map(|m| m.encode())
+                    .iter()
+                    .map(|(m, v)| encode_record(m, v))
                     .collect();
                 if !msgs.is_empty() {
                     let _ = p.send(Frame::Retained { msgs });

@@ -11,6 +11,7 @@ use super::node::{lock, Cluster, Waiter};
 use super::peer::Unsent;
 use super::{Ack, BoxFuture, Forwarded, Handover, PeerStatus, Peers, SessionExport};
 use crate::message::Message;
+use crate::routing::retained_versions::{encode_record, Version};
 use crate::routing::Matches;
 
 impl Cluster {
@@ -60,9 +61,9 @@ impl Peers for Cluster {
         }
     }
 
-    fn broadcast_retained(&self, m: &Message) {
+    fn broadcast_retained(&self, m: &Message, v: &Version) {
         let f = Frame::Retained {
-            msgs: vec![m.encode()],
+            msgs: vec![encode_record(m, v)],
         };
         self.broadcast_locked(f);
     }

@@ -1,17 +1,18 @@
 //! Routing: where a publish goes. The subscription trie ([`trie`]), retained messages
-//! ([`retained`]) and the shared-subscription policy ([`shared`]) are tables and rules with no
-//! I/O; [`Routing`] turns a topic's matches (local and, in a cluster, remote) into a [`Plan`] of
+//! ([`retained`], versioned with tombstones by [`retained_versions`] so nodes converge) and the
+//! shared-subscription policy ([`shared`]) are tables and rules with no I/O; [`Routing`] turns a topic's matches (local and, in a cluster, remote) into a [`Plan`] of
 //! deliveries. It knows nothing of sessions or the cluster: it imports only [`crate::topic`],
 //! [`crate::message`], [`crate::config`] and [`crate::store`] (for the retained records).
 
 pub mod retained;
+pub mod retained_versions;
 pub mod shared;
 pub mod trie;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use self::retained::Retained;
+use self::retained_versions::{unix_ms, RetainedSet, Version};
 use self::shared::{Shared, Target};
 pub use self::trie::{Matches, Router, SubOptions};
 use crate::config::SharedPolicy;
@@ -42,55 +43,41 @@ type GroupCandidates = (Vec<(Arc<str>, SubOptions)>, Vec<Arc<str>>);
 
 /// Retained messages and the shared-group policy: the routing state beside the trie.
 pub struct Routing {
-    retained: Retained<Arc<Message>>,
+    retained: RetainedSet,
     shared: Shared,
 }
 
 impl Routing {
-    /// Empty tables under the node's shared-subscription policy.
-    pub fn new(policy: SharedPolicy) -> Routing {
+    /// Empty tables under the node's shared-subscription policy, with `retained` (empty).
+    pub fn new(policy: SharedPolicy, retained: RetainedSet) -> Routing {
         Routing {
-            retained: Retained::new(),
+            retained,
             shared: Shared::new(policy),
         }
     }
 
     /// The retained messages.
-    pub fn retained(&self) -> &Retained<Arc<Message>> {
+    pub fn retained(&self) -> &RetainedSet {
         &self.retained
     }
 
-    /// Loads the retained messages from the store.
+    /// Loads the retained messages (and tombstones) from the store; queues the deletes of
+    /// tombstones that expired while the node was down.
     pub fn restore(&self, store: &Store) -> Result<(), StoreError> {
-        for (k, v) in store.scan(Table::Retained)? {
-            if let (Ok(t), Some(m)) = (String::from_utf8(k), Message::decode(&v)) {
-                self.retained.set(&t, Some(Arc::new(m)));
-            }
+        let expired = self
+            .retained
+            .restore(store.scan(Table::Retained)?, unix_ms());
+        if !expired.is_empty() {
+            store.write_nowait(expired);
         }
         Ok(())
     }
 
-    /// Sets (or, with an empty payload, clears) the retained message of `msg.topic`; pushes the
-    /// store operations that record it (a set only when `durable`, never for `$SYS`).
-    pub fn retain(&self, msg: &Arc<Message>, durable: bool, ops: &mut Vec<Op>) {
-        let topic: &str = &msg.topic;
-        if msg.payload.is_empty() {
-            if self.retained.set(topic, None).is_some() {
-                ops.push(Op::Delete {
-                    table: Table::Retained,
-                    key: topic.as_bytes().to_vec(),
-                });
-            }
-        } else {
-            self.retained.set(topic, Some(msg.clone()));
-            if durable && !topic.starts_with("$SYS") {
-                ops.push(Op::Put {
-                    table: Table::Retained,
-                    key: topic.as_bytes().to_vec(),
-                    value: msg.encode(),
-                });
-            }
-        }
+    /// Sets (or, with an empty payload, clears) the retained message of `msg.topic` for a
+    /// publish taken here; pushes the store operations that record it (only when `durable`,
+    /// never for `$SYS`). Returns its version, for the other nodes.
+    pub fn retain(&self, msg: &Arc<Message>, durable: bool, ops: &mut Vec<Op>) -> Version {
+        self.retained.set_local(msg, durable, ops)
     }
 
     /// Plans a publish from its local and remote matches: shared groups get one member
@@ -178,6 +165,10 @@ mod tests {
     use super::trie::SharedMatch;
     use super::*;
 
+    fn routing(policy: SharedPolicy) -> Routing {
+        Routing::new(policy, RetainedSet::new("n0", std::time::Duration::ZERO))
+    }
+
     fn key(s: &str) -> Arc<str> {
         Arc::from(s)
     }
@@ -209,7 +200,7 @@ mod tests {
 
     #[test]
     fn a_shared_group_gets_one_copy_cluster_wide_in_turn() {
-        let r = Routing::new(SharedPolicy::RoundRobin);
+        let r = routing(SharedPolicy::RoundRobin);
         let (mut here, mut there) = (0, 0);
         for _ in 0..4 {
             let plan = r.plan(
@@ -236,7 +227,7 @@ mod tests {
     #[test]
     fn prefer_local_and_local_only_keep_the_copy_here() {
         for policy in [SharedPolicy::PreferLocal, SharedPolicy::LocalOnly] {
-            let r = Routing::new(policy);
+            let r = routing(policy);
             for _ in 0..4 {
                 let plan = r.plan(matches(&[], &["m"]), Some(matches(&[], &["n"])), &|_| true);
                 assert_eq!(names(&plan.local), ["m"]);
@@ -244,7 +235,7 @@ mod tests {
             }
         }
         // with no local member, only LocalOnly drops the copy
-        let r = Routing::new(SharedPolicy::LocalOnly);
+        let r = routing(SharedPolicy::LocalOnly);
         let plan = r.plan(matches(&[], &[]), Some(matches(&[], &["n"])), &|_| true);
         assert!(plan.local.is_empty() && plan.remote.is_empty());
     }
@@ -252,7 +243,7 @@ mod tests {
     #[test]
     fn a_member_with_a_connection_is_picked_first() {
         for policy in [SharedPolicy::RoundRobin, SharedPolicy::Random] {
-            let r = Routing::new(policy);
+            let r = routing(policy);
             for _ in 0..8 {
                 let got = r.plan_forwarded(
                     matches(&["d"], &["x", "y", "z"]),

@@ -189,6 +189,16 @@ impl<M: Clone> Retained<M> {
         out
     }
 
+    /// `f` of every retained message whose topic matches `filter`.
+    ///
+    /// Why: lets a wrapper hand out part of what it stores (the message of a versioned entry)
+    /// without a second copy of the list.
+    pub fn matching_map<T>(&self, filter: &str, mut f: impl FnMut(&M) -> T) -> Vec<T> {
+        let mut out = Vec::new();
+        self.visit_matching(filter, |_, m| out.push(f(m)));
+        out
+    }
+
     /// Calls `f` with every retained (topic, message) matching `filter`, under the read lock.
     fn visit_matching(&self, filter: &str, mut f: impl FnMut(&str, &M)) {
         let root = self.read();
