@@ -14,7 +14,7 @@
 //! types ([`Message`], [`Matches`], [`SessionExport`], [`Ack`]), never in `frame`s. The real
 //! implementation is [`Cluster`]: `node` (state, membership), `peer` (one peer's outgoing
 //! channel and heartbeat), `outgoing` (what is sent to peers), `channel` (the inbound read
-//! loop and what frames do), `peers` (its [`Peers`] side). This module and its children import only
+//! loop and what frames do), `peers` (its [`Peers`] side), `tls` (mutual TLS between nodes). This module and its children import only
 //! [`crate::routing`], [`crate::message`] and [`crate::config`].
 
 mod channel;
@@ -24,6 +24,7 @@ mod node;
 mod outgoing;
 mod peer;
 mod peers;
+mod tls;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -38,6 +39,7 @@ use tokio::sync::Notify;
 
 pub use self::node::Cluster;
 pub use self::peer::{HEARTBEAT, HEARTBEAT_DEADLINE, WRITE_DEADLINE};
+pub use self::tls::{AuthCounters, AuthFailure, HELLO_DEADLINE, MEMBERSHIP_WAIT};
 use crate::message::Message;
 use crate::routing::Matches;
 
@@ -64,6 +66,8 @@ pub struct ClusterCounters {
     pub failed_queue_full: Counter,
     /// QoS 1/2 forwards whose peer died, restarted, left or went unreachable before its ack.
     pub failed_gone: Counter,
+    /// Peers refused on the node channel, by reason.
+    pub auth_failures: AuthCounters,
 }
 
 /// A peer as `/api/cluster` shows it.
