@@ -578,4 +578,49 @@ mod tests {
             "{e}"
         );
     }
+
+    #[test]
+    fn cluster_tls_keys_go_together_and_their_files_are_checked() {
+        let dir = std::env::temp_dir().join(format!("mqedge-config-tls-{}", std::process::id()));
+        let names = ["node1".to_string()];
+        mqedge_shared::certs::generate_nodes(&dir.join("certs"), &names, &Default::default())
+            .unwrap();
+        let cfg = dir.join("b.toml");
+        let head = "[node]\nname = \"node1\"\n[[listener]]\nbind = \"127.0.0.1:1883\"\n\
+                    [cluster]\nbind = \"127.0.0.1:7946\"\n";
+        let keys = |cert: &str, ca: &str| {
+            format!(
+                "{head}tls_cert = \"{cert}\"\ntls_key = \"certs/node-node1.key\"\ntls_ca = \"{ca}\"\n"
+            )
+        };
+        let ok = Config::parse(&cfg, &keys("certs/node-node1.pem", "certs/ca.pem"));
+        let only_one = Config::parse(&cfg, &format!("{head}tls_ca = \"certs/ca.pem\"\n"));
+        let missing = Config::parse(&cfg, &keys("certs/node-node1.pem", "certs/nope.pem"));
+        let other = Config::parse(
+            &cfg,
+            &keys("certs/node-node1.pem", "certs/ca.pem").replace("\"node1\"", "\"node2\""),
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+        let tls = ok.unwrap().cluster.unwrap().tls.unwrap();
+        assert_eq!(tls.files[2], dir.join("certs/ca.pem"));
+        let e = only_one.unwrap_err().to_string();
+        assert!(
+            e.starts_with(&format!(
+                "{}:7: tls_cert, tls_key and tls_ca go together",
+                cfg.display()
+            )),
+            "{e}"
+        );
+        let e = missing.unwrap_err().to_string();
+        assert!(
+            e.starts_with(&format!("{}:9: cluster tls_ca: ", cfg.display()))
+                && e.contains("nope.pem"),
+            "{e}"
+        );
+        let e = other.unwrap_err().to_string();
+        assert!(
+            e.contains(":7: cluster tls_cert: ") && e.contains("no DNS SAN \"node2\""),
+            "{e}"
+        );
+    }
 }
