@@ -172,8 +172,9 @@ async fn a_tls_cluster_forwards_and_refuses_peers_it_cannot_trust() {
     assert_eq!(got, seq("after-", 0..5), "{}", cl.logs());
 }
 
-/// Publishes 5 QoS 1 messages on node1 and node4 on topics both subscribe to; returns what
-/// the subscriber on node4 and the one on node2 got from the other side.
+/// node4 is `unreachable` on node1 and has announced no route; 5 QoS 1 messages published on
+/// node1 and 5 on node4, to topics subscribers on node2 and node4 both match, stay on their
+/// side.
 async fn nothing_flows(cl: &Cluster, node4: &Node, tag: &str) {
     let mut rogue_sub = subscriber(node4.addr(), &format!("{tag}-rsub"), "x/#").await;
     let mut sub = subscriber(cl.addr(1), &format!("{tag}-sub"), "x/#").await;

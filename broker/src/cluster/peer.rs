@@ -186,7 +186,7 @@ pub(super) async fn write_loop(
     data: Arc<Gate>,
     link: Arc<Link>,
 ) -> std::io::Result<()> {
-    match dial_retrying(&dial).await? {
+    match dial_retrying(&dial, &link).await? {
         Dialed::Plain(s) => frames(s, rx, data, link).await,
         Dialed::Tls(s) => frames(*s, rx, data, link).await,
     }
@@ -246,8 +246,9 @@ async fn frames<S: AsyncWrite + Unpin>(
 }
 
 /// Dials a peer (and runs the TLS handshake), up to 20 times (1 s each, backing off 100 ms to
-/// 1 s). A peer whose certificate is refused is counted and logged each time.
-async fn dial_retrying(d: &Dial) -> std::io::Result<Dialed> {
+/// 1 s). A peer whose certificate is refused is counted and logged each time, and unreachable
+/// from the first refusal.
+async fn dial_retrying(d: &Dial, link: &Link) -> std::io::Result<Dialed> {
     for i in 0..20 {
         let once = async {
             let s = tcp(d.bind, d.addr)
@@ -267,6 +268,7 @@ async fn dial_retrying(d: &Dial) -> std::io::Result<Dialed> {
             Ok(Ok(c)) => return Ok(c),
             Ok(Err((Some(why), detail))) => {
                 d.auth.inc(why);
+                link.lost();
                 tracing::warn!(peer = %d.peer, addr = %d.addr, reason = why.label(), error = %detail, "cluster: peer refused on dial (TLS)");
             }
             _ => {}
