@@ -234,7 +234,7 @@ async fn certs_for_nodes_work_both_ways_in_mutual_tls() {
          tls_key = \"certs/node-node1.key\"\ntls_ca = \"certs/ca.pem\"\n",
     );
     let c = mqedge_broker::config::Config::load(&cfg).unwrap_or_else(|e| panic!("{e}"));
-    let server = c.cluster.unwrap().tls.unwrap().server;
+    let server = c.cluster.unwrap().tls.unwrap().server.clone();
 
     // node2 dials node1: each checks the other's certificate
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -112,15 +112,9 @@ async fn a_tls_cluster_forwards_and_refuses_peers_it_cannot_trust() {
     let mut want = seq("n1-", 0..20);
     want.extend(seq("n3-", 0..20));
     assert_eq!(got, want, "{}", cl.logs());
-    for i in 0..3 {
+    for (i, name) in NAMES.iter().enumerate() {
         for r in ["bad_cert", "name_mismatch", "not_member", "handshake"] {
-            assert_eq!(
-                auth_failures(&cl, i, r),
-                0.0,
-                "{} {r}\n{}",
-                NAMES[i],
-                cl.logs()
-            );
+            assert_eq!(auth_failures(&cl, i, r), 0.0, "{name} {r}\n{}", cl.logs());
         }
         assert!(
             !cl.node(i).logs().contains("unauthenticated"),

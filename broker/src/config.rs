@@ -138,7 +138,7 @@ pub struct ClusterConfig {
     /// How long a leaving node (SIGTERM) waits for its sessions to be confirmed elsewhere.
     pub leave_timeout: Duration,
     /// Mutual TLS on the node channel (`tls_cert`, `tls_key`, `tls_ca`); `None`: plain TCP.
-    pub tls: Option<ClusterTls>,
+    pub tls: Option<Arc<ClusterTls>>,
 }
 
 /// The node channel's TLS material, loaded and checked at config load (the handshakes and the
@@ -344,7 +344,7 @@ fn cluster_tls(
     path: &Path,
     name: &str,
     c: &RawCluster,
-) -> Option<ClusterTls> {
+) -> Option<Arc<ClusterTls>> {
     use mqedge_shared::tls;
     let keys = [&c.tls_cert, &c.tls_key, &c.tls_ca];
     let (Some(cert), Some(key), Some(ca)) = (&c.tls_cert, &c.tls_key, &c.tls_ca) else {
@@ -391,11 +391,11 @@ fn cluster_tls(
     )
     .and_then(|server| Ok((server, tls::client_config(roots, Some((chain, k)))?)));
     match built {
-        Ok((server, client)) => Some(ClusterTls {
+        Ok((server, client)) => Some(Arc::new(ClusterTls {
             server,
             client,
             files: [cert_f, key_f, ca_f],
-        }),
+        })),
         Err(e) => {
             bad(cert, "tls", e);
             None
