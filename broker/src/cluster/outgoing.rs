@@ -48,6 +48,7 @@ impl Cluster {
         };
         let me = self.clone();
         let dial = Dial {
+            node: self.node.clone(),
             bind: self.bind,
             addr,
             peer: n.clone(),

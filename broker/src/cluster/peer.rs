@@ -162,6 +162,8 @@ impl Peer {
 
 /// How a write loop reaches its peer.
 pub(super) struct Dial {
+    /// This node's name (logs).
+    pub(super) node: Arc<str>,
     /// The cluster bind address (the source address peers know).
     pub(super) bind: SocketAddr,
     /// The peer's cluster address.
@@ -269,7 +271,7 @@ async fn dial_retrying(d: &Dial, link: &Link) -> std::io::Result<Dialed> {
             Ok(Err((Some(why), detail))) => {
                 d.auth.inc(why);
                 link.lost();
-                tracing::warn!(peer = %d.peer, addr = %d.addr, reason = why.label(), error = %detail, "cluster: peer refused on dial (TLS)");
+                tracing::warn!(node = %d.node, peer = %d.peer, addr = %d.addr, reason = why.label(), error = %detail, "cluster: peer refused on dial (TLS)");
             }
             _ => {}
         }
