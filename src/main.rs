@@ -74,7 +74,8 @@ enum Cmd {
         #[command(subcommand)]
         cmd: bench::BenchCmd,
     },
-    /// Generate a dev CA, a server certificate and client certificates (PEM, ECDSA P-256).
+    /// Generate a dev CA, a server certificate and client certificates, or node certificates for
+    /// the cluster (PEM, ECDSA P-256).
     Certs {
         /// Output directory.
         #[arg(long)]
@@ -85,6 +86,10 @@ enum Cmd {
         /// Extra subject alternative names for the server certificate.
         #[arg(long = "san")]
         san: Vec<String>,
+        /// A node certificate per name for the cluster's node channel (node-NAME.pem/.key,
+        /// DNS SAN NAME, server and client use); only the CA and these are written.
+        #[arg(long = "node", conflicts_with_all = ["client_cn", "san"])]
+        node: Vec<String>,
         /// Keep an existing ca.pem/ca.key in the directory instead of making a new CA.
         #[arg(long)]
         reuse_ca: bool,
@@ -116,10 +121,12 @@ fn main() -> ExitCode {
             out,
             client_cn,
             san,
+            node,
             reuse_ca,
             force,
         } => cli::certs::run(
             &out,
+            &node,
             &mqedge_shared::certs::CertOptions {
                 sans: san,
                 client_cns: client_cn,

@@ -193,3 +193,80 @@ fn certs_refuses_to_replace_a_ca_unless_forced() {
     assert_ne!(read("ca.pem"), ca, "--force makes a new CA");
     assert_ne!(read("ca.key"), key);
 }
+
+/// `mqedge certs --node NAME` writes a node certificate (DNS SAN NAME) that a broker's
+/// `[cluster]` accepts and that works on both ends of a mutual TLS handshake between two
+/// nodes; `--reuse-ca` adds nodes to the same CA without touching anything else.
+#[tokio::test]
+async fn certs_for_nodes_work_both_ways_in_mutual_tls() {
+    use mqedge_shared::tls;
+    let dir = TempDir::new("certs-node");
+    let out_dir = dir.path().join("certs");
+    let made = certs(&out_dir, &["--node", "node1"]);
+    assert!(made.status.success(), "{made:?}");
+    let wrote = String::from_utf8_lossy(&made.stdout);
+    for f in ["ca.pem", "ca.key", "node-node1.pem", "node-node1.key"] {
+        assert!(wrote.contains(f), "{wrote}");
+    }
+    assert!(
+        !out_dir.join("server.pem").exists(),
+        "--node writes node certificates only"
+    );
+    let ca = std::fs::read_to_string(out_dir.join("ca.pem")).unwrap();
+    let more = certs(&out_dir, &["--node", "node2", "--reuse-ca"]);
+    assert!(more.status.success(), "{more:?}");
+    assert_eq!(std::fs::read_to_string(out_dir.join("ca.pem")).unwrap(), ca);
+    let bad = certs(&out_dir, &["--node", "node_1", "--reuse-ca"]);
+    assert_eq!(bad.status.code(), Some(1), "{bad:?}");
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("is not a DNS name"),
+        "{bad:?}"
+    );
+
+    let leaf = tls::load_certs(&out_dir.join("node-node1.pem")).unwrap();
+    let facts = tls::CertFacts::from_der(&leaf[0]).unwrap();
+    assert_eq!(facts.sans, vec!["node1".to_string()]);
+    // a broker config naming them loads (the node name is the certificate's SAN)
+    let cfg = dir.write(
+        "node1.toml",
+        "[node]\nname = \"node1\"\n[[listener]]\nbind = \"127.0.0.1:0\"\n[cluster]\n\
+         bind = \"127.0.0.1:7946\"\ntls_cert = \"certs/node-node1.pem\"\n\
+         tls_key = \"certs/node-node1.key\"\ntls_ca = \"certs/ca.pem\"\n",
+    );
+    let c = mqedge_broker::config::Config::load(&cfg).unwrap_or_else(|e| panic!("{e}"));
+    let server = c.cluster.unwrap().tls.unwrap().server.clone();
+
+    // node2 dials node1: each checks the other's certificate
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let accept = tokio::spawn(async move {
+        let (s, _) = l.accept().await.unwrap();
+        let s = tokio_rustls::TlsAcceptor::from(server)
+            .accept(s)
+            .await
+            .unwrap();
+        let peer = s.get_ref().1.peer_certificates().unwrap()[0].clone();
+        tls::CertFacts::from_der(&peer).unwrap().sans
+    });
+    let load = |f: &str| tls::load_certs(&out_dir.join(f)).unwrap();
+    let client = tls::client_config(
+        load("ca.pem"),
+        Some((
+            load("node-node2.pem"),
+            tls::load_key(&out_dir.join("node-node2.key")).unwrap(),
+        )),
+    )
+    .unwrap();
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from("node1").unwrap();
+    let mut s = tokio_rustls::TlsConnector::from(client)
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    tokio::io::AsyncWriteExt::shutdown(&mut s).await.unwrap();
+    let seen = tokio::time::timeout(std::time::Duration::from_secs(5), accept)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(seen, vec!["node2".to_string()]);
+}

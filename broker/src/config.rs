@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use mqedge_shared::config::{
@@ -58,6 +59,9 @@ struct RawCluster {
     dead_after: Option<HumanDuration>,
     sync_timeout: Option<HumanDuration>,
     retained_tombstone_ttl: Option<HumanDuration>,
+    tls_cert: Option<Spanned<String>>,
+    tls_key: Option<Spanned<String>>,
+    tls_ca: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -144,6 +148,20 @@ pub struct ClusterConfig {
     /// How long the tombstone of a retained clear is kept, so an older copy of the message
     /// coming back (a node restarted, a healed partition) loses to it.
     pub retained_tombstone_ttl: Duration,
+    /// Mutual TLS on the node channel (`tls_cert`, `tls_key`, `tls_ca`); `None`: plain TCP.
+    pub tls: Option<Arc<ClusterTls>>,
+}
+
+/// The node channel's TLS material, loaded and checked at config load (the handshakes and the
+/// identity checks are `cluster::tls`).
+#[derive(Debug, Clone)]
+pub struct ClusterTls {
+    /// Accepts peers: this node's certificate, a client certificate chaining to `tls_ca` required.
+    pub server: Arc<rustls::ServerConfig>,
+    /// Dials peers: trusts only `tls_ca`, presents this node's certificate.
+    pub client: Arc<rustls::ClientConfig>,
+    /// The three files, for messages.
+    pub files: [PathBuf; 3],
 }
 
 /// `[auth]`.
@@ -239,7 +257,10 @@ impl Config {
         let admin = node.admin.as_ref().and_then(|a| addr(&mut p, a, "admin"));
         let data_dir = node.data_dir.as_ref().map(|d| resolve_path(path, d));
         let listeners = listeners(&mut p, &raw.listener);
-        let cluster = raw.cluster.as_ref().and_then(|c| cluster(&mut p, c));
+        let cluster = raw
+            .cluster
+            .as_ref()
+            .and_then(|c| cluster(&mut p, path, &name, c));
         let mut auth = auth(&mut p, path, raw.auth);
         let limits = limits(&mut p, raw.limits);
         p.finish()?;
@@ -311,7 +332,8 @@ fn listeners(p: &mut Problems<'_>, raw: &[RawListener]) -> Vec<ListenerConfig> {
     listeners
 }
 
-fn cluster(p: &mut Problems<'_>, c: &RawCluster) -> Option<ClusterConfig> {
+fn cluster(p: &mut Problems<'_>, path: &Path, name: &str, c: &RawCluster) -> Option<ClusterConfig> {
+    let tls = cluster_tls(p, path, name, c);
     let bind = addr(p, &c.bind, "cluster bind")?;
     let seeds = c.seeds.iter().filter_map(|s| addr(p, s, "seed")).collect();
     let leave_timeout = c
@@ -334,7 +356,74 @@ fn cluster(p: &mut Problems<'_>, c: &RawCluster) -> Option<ClusterConfig> {
         dead_after,
         sync_timeout,
         retained_tombstone_ttl,
+        tls,
     })
+}
+
+/// `tls_cert`, `tls_key`, `tls_ca`: all three or none; the files are loaded here (paths relative
+/// to the config file), so a broken one is a `file:line` problem and not a failed handshake.
+fn cluster_tls(
+    p: &mut Problems<'_>,
+    path: &Path,
+    name: &str,
+    c: &RawCluster,
+) -> Option<Arc<ClusterTls>> {
+    use mqedge_shared::tls;
+    let keys = [&c.tls_cert, &c.tls_key, &c.tls_ca];
+    let (Some(cert), Some(key), Some(ca)) = (&c.tls_cert, &c.tls_key, &c.tls_ca) else {
+        if let Some(s) = keys.iter().find_map(|k| k.as_ref()) {
+            p.at(
+                s.span(),
+                "tls_cert, tls_key and tls_ca go together: set all three (mutual TLS between \
+                 nodes) or none",
+            );
+        }
+        return None;
+    };
+    let file = |s: &Spanned<String>| resolve_path(path, s.get_ref());
+    let (cert_f, key_f, ca_f) = (file(cert), file(key), file(ca));
+    let mut bad = |s: &Spanned<String>, what: &str, e: tls::TlsError| {
+        p.at(s.span(), format!("cluster {what}: {e}"));
+    };
+    let chain = tls::load_certs(&cert_f).map_err(|e| bad(cert, "tls_cert", e));
+    let k = tls::load_key(&key_f).map_err(|e| bad(key, "tls_key", e));
+    let roots = tls::load_certs(&ca_f).map_err(|e| bad(ca, "tls_ca", e));
+    let (chain, k, roots) = (chain.ok()?, k.ok()?, roots.ok()?);
+    let sans = chain
+        .first()
+        .and_then(|c| tls::CertFacts::from_der(c))
+        .map(|f| f.sans)
+        .unwrap_or_default();
+    if !sans.iter().any(|s| s.eq_ignore_ascii_case(name)) {
+        p.at(
+            cert.span(),
+            format!(
+                "cluster tls_cert: {} has no DNS SAN {name:?} (the node name; peers check it; \
+                 `mqedge certs --node {name}` makes one)",
+                cert_f.display()
+            ),
+        );
+        return None;
+    }
+    let built = tls::server_config(
+        chain.clone(),
+        k.clone_key(),
+        Some(roots.clone()),
+        tls::ClientAuth::Required,
+        &[],
+    )
+    .and_then(|server| Ok((server, tls::client_config(roots, Some((chain, k)))?)));
+    match built {
+        Ok((server, client)) => Some(Arc::new(ClusterTls {
+            server,
+            client,
+            files: [cert_f, key_f, ca_f],
+        })),
+        Err(e) => {
+            bad(cert, "tls", e);
+            None
+        }
+    }
 }
 
 /// Stage 1 of `[auth]`: the files must exist; they are loaded by [`AuthConfig::load_files`].
@@ -529,6 +618,51 @@ mod tests {
         );
         assert!(
             lines[1].starts_with(&format!("{}:2: ", dir.join("acl").display())),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn cluster_tls_keys_go_together_and_their_files_are_checked() {
+        let dir = std::env::temp_dir().join(format!("mqedge-config-tls-{}", std::process::id()));
+        let names = ["node1".to_string()];
+        mqedge_shared::certs::generate_nodes(&dir.join("certs"), &names, &Default::default())
+            .unwrap();
+        let cfg = dir.join("b.toml");
+        let head = "[node]\nname = \"node1\"\n[[listener]]\nbind = \"127.0.0.1:1883\"\n\
+                    [cluster]\nbind = \"127.0.0.1:7946\"\n";
+        let keys = |cert: &str, ca: &str| {
+            format!(
+                "{head}tls_cert = \"{cert}\"\ntls_key = \"certs/node-node1.key\"\ntls_ca = \"{ca}\"\n"
+            )
+        };
+        let ok = Config::parse(&cfg, &keys("certs/node-node1.pem", "certs/ca.pem"));
+        let only_one = Config::parse(&cfg, &format!("{head}tls_ca = \"certs/ca.pem\"\n"));
+        let missing = Config::parse(&cfg, &keys("certs/node-node1.pem", "certs/nope.pem"));
+        let other = Config::parse(
+            &cfg,
+            &keys("certs/node-node1.pem", "certs/ca.pem").replace("\"node1\"", "\"node2\""),
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+        let tls = ok.unwrap().cluster.unwrap().tls.unwrap();
+        assert_eq!(tls.files[2], dir.join("certs/ca.pem"));
+        let e = only_one.unwrap_err().to_string();
+        assert!(
+            e.starts_with(&format!(
+                "{}:7: tls_cert, tls_key and tls_ca go together",
+                cfg.display()
+            )),
+            "{e}"
+        );
+        let e = missing.unwrap_err().to_string();
+        assert!(
+            e.starts_with(&format!("{}:9: cluster tls_ca: ", cfg.display()))
+                && e.contains("nope.pem"),
+            "{e}"
+        );
+        let e = other.unwrap_err().to_string();
+        assert!(
+            e.contains(":7: cluster tls_cert: ") && e.contains("no DNS SAN \"node2\""),
             "{e}"
         );
     }

@@ -193,5 +193,12 @@ fn cluster_counters(m: &metrics::Metrics) -> cluster::ClusterCounters {
         failed_queue_full: failed("queue full"),
         failed_gone: failed("peer gone"),
         failed_down: failed("peer down"),
+        auth_failures: cluster::AuthCounters(cluster::AuthFailure::ALL.map(|r| {
+            m.cluster_auth_failures
+                .get_or_create(&metrics::Reason {
+                    reason: r.label().to_string(),
+                })
+                .clone()
+        })),
     }
 }

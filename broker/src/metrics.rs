@@ -53,6 +53,8 @@ pub struct Metrics {
     pub cluster_peers_unreachable: Gauge,
     /// Forwards to other nodes that failed, by reason.
     pub cluster_forward_failures: Family<Reason, Counter>,
+    /// Peers refused on the node channel (mutual TLS, membership), by reason.
+    pub cluster_auth_failures: Family<Reason, Counter>,
     /// Remote routes (filter, node) known.
     pub cluster_routes: Gauge,
     /// Messages forwarded to other nodes.
@@ -95,6 +97,7 @@ impl Metrics {
             cluster_peers_down: Gauge::default(),
             cluster_peers_unreachable: Gauge::default(),
             cluster_forward_failures: Family::default(),
+            cluster_auth_failures: Family::default(),
             cluster_routes: Gauge::default(),
             cluster_forwarded: Counter::default(),
             cluster_forwarded_bytes: Counter::default(),
@@ -201,6 +204,11 @@ impl Metrics {
             "cluster_forward_failures",
             "Forwards to other nodes that failed, by reason",
             self.cluster_forward_failures.clone(),
+        );
+        r.register(
+            "cluster_auth_failures",
+            "Peers refused on the node channel (TLS, name, membership), by reason",
+            self.cluster_auth_failures.clone(),
         );
         r.register(
             "cluster_routes",

@@ -69,6 +69,10 @@ pub enum CertError {
     /// control character, or the reserved names "ca"/"server").
     #[error("client CN {0:?} cannot be used as a file name")]
     BadName(String),
+    /// A node name that is not a DNS name (letters, digits, `-`, `.`): a node certificate
+    /// carries it as its DNS SAN, which peers check.
+    #[error("node name {0:?} is not a DNS name (letters, digits, '-' and '.')")]
+    BadNodeName(String),
     /// A new CA would replace this existing CA file, and `replace_ca` was not set.
     #[error(
         "{} already exists; refusing to replace the CA (every certificate it signed would stop \
@@ -91,27 +95,8 @@ pub enum CertError {
 /// [`CertError::CaExists`] names the file.
 pub fn generate(out_dir: &Path, opts: &CertOptions) -> Result<Vec<PathBuf>, CertError> {
     let clients = client_stems(&opts.client_cns)?;
-
-    let ca_pem_path = out_dir.join("ca.pem");
-    let ca_key_path = out_dir.join("ca.key");
-    let mut files: Vec<(PathBuf, String, bool)> = Vec::new();
-    let ca = if opts.reuse_ca && ca_pem_path.is_file() && ca_key_path.is_file() {
-        Ca::load(read(&ca_pem_path)?, read(&ca_key_path)?)?
-    } else {
-        // `exists` follows symlinks; a dangling link is not a CA anyone trusts.
-        if let Some(old) = [&ca_pem_path, &ca_key_path]
-            .into_iter()
-            .find(|p| p.exists())
-            .filter(|_| !opts.replace_ca)
-        {
-            return Err(CertError::CaExists(old.clone()));
-        }
-        let ca = Ca::new()?;
-        files.push((ca_pem_path, ca.cert_pem.clone(), false));
-        files.push((ca_key_path, ca.key_pem.clone(), true));
-        ca
-    };
-
+    let mut files = Vec::new();
+    let ca = ca_for(out_dir, opts, &mut files)?;
     let (server_pem, server_key) = ca.server(&opts.sans)?;
     files.push((out_dir.join("server.pem"), server_pem, false));
     files.push((out_dir.join("server.key"), server_key, true));
@@ -120,7 +105,76 @@ pub fn generate(out_dir: &Path, opts: &CertOptions) -> Result<Vec<PathBuf>, Cert
         files.push((out_dir.join(format!("{stem}.pem")), cert, false));
         files.push((out_dir.join(format!("{stem}.key")), key, true));
     }
+    write_all(out_dir, files)
+}
 
+/// Node certificates for the cluster's node channel (`mqedge certs --node NAME`): per name,
+/// `node-NAME.pem`/`node-NAME.key` with CN and DNS SAN `NAME`, usable as server and client
+/// certificate (mutual TLS between nodes), signed by the CA of `out_dir` (made, reused or
+/// refused as for [`generate`]). Nothing else is written: the server and client certificates
+/// of an existing directory stay as they are.
+pub fn generate_nodes(
+    out_dir: &Path,
+    names: &[String],
+    opts: &CertOptions,
+) -> Result<Vec<PathBuf>, CertError> {
+    for n in names {
+        let dns_like = !n.is_empty()
+            && !n.starts_with(['-', '.'])
+            && n.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-');
+        if !dns_like {
+            return Err(CertError::BadNodeName(n.clone()));
+        }
+    }
+    let mut files = Vec::new();
+    let ca = ca_for(out_dir, opts, &mut files)?;
+    for n in names {
+        let (cert, key) = ca.leaf(
+            n,
+            vec![SanType::DnsName(n.as_str().try_into()?)],
+            &[
+                ExtendedKeyUsagePurpose::ServerAuth,
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ],
+        )?;
+        files.push((out_dir.join(format!("node-{n}.pem")), cert, false));
+        files.push((out_dir.join(format!("node-{n}.key")), key, true));
+    }
+    write_all(out_dir, files)
+}
+
+/// The CA of `out_dir`: the existing one with `reuse_ca`, else a new one (added to `files`),
+/// refused over an existing one unless `replace_ca`.
+fn ca_for(
+    out_dir: &Path,
+    opts: &CertOptions,
+    files: &mut Vec<(PathBuf, String, bool)>,
+) -> Result<Ca, CertError> {
+    let ca_pem_path = out_dir.join("ca.pem");
+    let ca_key_path = out_dir.join("ca.key");
+    if opts.reuse_ca && ca_pem_path.is_file() && ca_key_path.is_file() {
+        return Ca::load(read(&ca_pem_path)?, read(&ca_key_path)?);
+    }
+    // `exists` follows symlinks; a dangling link is not a CA anyone trusts.
+    if let Some(old) = [&ca_pem_path, &ca_key_path]
+        .into_iter()
+        .find(|p| p.exists())
+        .filter(|_| !opts.replace_ca)
+    {
+        return Err(CertError::CaExists(old.clone()));
+    }
+    let ca = Ca::new()?;
+    files.push((ca_pem_path, ca.cert_pem.clone(), false));
+    files.push((ca_key_path, ca.key_pem.clone(), true));
+    Ok(ca)
+}
+
+/// Creates `out_dir` and writes every file (made in full before the first is written).
+fn write_all(
+    out_dir: &Path,
+    files: Vec<(PathBuf, String, bool)>,
+) -> Result<Vec<PathBuf>, CertError> {
     fs::create_dir_all(out_dir).map_err(|source| CertError::Io {
         path: out_dir.to_path_buf(),
         source,
@@ -234,7 +288,7 @@ impl Ca {
                 sans.push(san);
             }
         }
-        self.leaf(SERVER_CN, sans, ExtendedKeyUsagePurpose::ServerAuth)
+        self.leaf(SERVER_CN, sans, &[ExtendedKeyUsagePurpose::ServerAuth])
     }
 
     /// Client certificate `(cert_pem, key_pem)` with this CN.
@@ -248,7 +302,7 @@ impl Ca {
         } else {
             Vec::new()
         };
-        self.leaf(cn, sans, ExtendedKeyUsagePurpose::ClientAuth)
+        self.leaf(cn, sans, &[ExtendedKeyUsagePurpose::ClientAuth])
     }
 
     /// A leaf with a fresh key, signed by this CA.
@@ -256,7 +310,7 @@ impl Ca {
         &self,
         cn: &str,
         sans: Vec<SanType>,
-        eku: ExtendedKeyUsagePurpose,
+        eku: &[ExtendedKeyUsagePurpose],
     ) -> Result<(String, String), CertError> {
         let now = OffsetDateTime::now_utc();
         let mut params = CertificateParams::default();
@@ -264,7 +318,7 @@ impl Ca {
         params.distinguished_name.push(DnType::CommonName, cn);
         params.subject_alt_names = sans;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![eku];
+        params.extended_key_usages = eku.to_vec();
         params.use_authority_key_identifier_extension = true;
         params.not_before = now - Duration::days(1);
         params.not_after = now + Duration::days(LEAF_VALID_DAYS);

@@ -1,5 +1,6 @@
 //! `mqedge certs --out DIR`: a dev CA, a server certificate and client certificates through
-//! [`mqedge_shared::certs::generate`], one `wrote PATH` line per file.
+//! [`mqedge_shared::certs::generate`] (or, with `--node NAME`, node certificates through
+//! [`mqedge_shared::certs::generate_nodes`]), one `wrote PATH` line per file.
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -8,8 +9,13 @@ use mqedge_shared::certs::{CertError, CertOptions};
 
 /// Exit 0 with the files written, or 1 with the reason (and, for an existing CA, the two flags
 /// that resolve it).
-pub fn run(out: &Path, opts: &CertOptions) -> ExitCode {
-    match mqedge_shared::certs::generate(out, opts) {
+pub fn run(out: &Path, nodes: &[String], opts: &CertOptions) -> ExitCode {
+    let made = if nodes.is_empty() {
+        mqedge_shared::certs::generate(out, opts)
+    } else {
+        mqedge_shared::certs::generate_nodes(out, nodes, opts)
+    };
+    match made {
         Ok(files) => {
             for f in files {
                 println!("wrote {}", f.display());

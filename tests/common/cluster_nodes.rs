@@ -144,7 +144,45 @@ impl Cluster {
         max_offline_messages: usize,
         cluster_extra: &str,
     ) -> Cluster {
+        Cluster::start_full(
+            tag,
+            persist,
+            policy,
+            run,
+            max_offline_messages,
+            cluster_extra,
+            false,
+        )
+        .await
+    }
+
+    /// Like [`Cluster::start`] with mutual TLS on the node channel: `certs/` in the cluster's
+    /// directory holds a CA (`ca.pem`, `ca.key`) and `node-NAME.pem`/`.key` for the three
+    /// nodes (`mqedge_shared::certs::generate_nodes`), named in each `[cluster]` table by
+    /// paths relative to the config.
+    pub async fn start_tls(tag: &str, run: Run) -> Cluster {
+        Cluster::start_full(tag, false, "prefer_local", run, 5000, "", true).await
+    }
+
+    async fn start_full(
+        tag: &str,
+        persist: bool,
+        policy: &str,
+        run: Run,
+        max_offline_messages: usize,
+        cluster_extra: &str,
+        tls: bool,
+    ) -> Cluster {
         let dir = TempDir::new(tag);
+        if tls {
+            let names: Vec<String> = NAMES.iter().map(|n| n.to_string()).collect();
+            mqedge_shared::certs::generate_nodes(
+                &dir.path().join("certs"),
+                &names,
+                &Default::default(),
+            )
+            .unwrap();
+        }
         let cluster_addrs: Vec<String> = IPS
             .iter()
             .map(|ip| format!("{ip}:{}", free_cluster_port(ip)))
@@ -161,6 +199,11 @@ impl Cluster {
             } else {
                 String::new()
             };
+            let tls_keys = if tls {
+                tls_keys("certs", NAMES[i])
+            } else {
+                String::new()
+            };
             let text = format!(
                 r#"[node]
 name = "{name}"
@@ -174,6 +217,7 @@ bind = "{ip}:0"
 bind = "{cluster}"
 seeds = [{seeds}]
 {cluster_extra}
+{tls_keys}
 
 [auth]
 allow_anonymous = true
@@ -205,6 +249,31 @@ policy = "{policy}"
             c.wait_all_up(i, Duration::from_secs(15)).await;
         }
         c
+    }
+
+    /// Starts one more node (as the binary) that joins through this cluster's seeds: `name` on
+    /// `ip`, with `cluster_extra` added to its `[cluster]` table (e.g. [`tls_keys`]; paths
+    /// relative to the cluster's directory). It is not in `nodes`: the test holds (and stops) it.
+    pub fn start_extra(&self, name: &str, ip: &str, cluster_extra: &str) -> Node {
+        let seeds = self
+            .cluster_addrs
+            .iter()
+            .map(|a| format!("\"{a}\""))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let text = format!(
+            "[node]\nname = \"{name}\"\nadmin = \"{ip}:0\"\n\n[[listener]]\nname = \"mqtt\"\n\
+             bind = \"{ip}:0\"\n\n[cluster]\nbind = \"{ip}:{port}\"\nseeds = [{seeds}]\n\
+             {cluster_extra}\n[auth]\nallow_anonymous = true\n",
+            port = free_cluster_port(ip),
+        );
+        let config = self._dir.write(&format!("{name}.toml"), &text);
+        Node::start(name, &config, Run::Binary)
+    }
+
+    /// The directory the configs are in (certificates of [`Cluster::start_tls`] in `certs/`).
+    pub fn dir(&self) -> &Path {
+        self._dir.path()
     }
 
     pub fn node(&self, i: usize) -> &Node {
@@ -337,6 +406,14 @@ policy = "{policy}"
         }
         s
     }
+}
+
+/// The `[cluster]` TLS keys for node `name` with certificates in `dir` (relative to the config):
+/// `node-NAME.pem`/`.key` and `ca.pem`, as `mqedge certs --node NAME` writes them.
+pub fn tls_keys(dir: &str, name: &str) -> String {
+    format!(
+        "tls_cert = \"{dir}/node-{name}.pem\"\ntls_key = \"{dir}/node-{name}.key\"\ntls_ca = \"{dir}/ca.pem\"\n"
+    )
 }
 
 /// Polls `admin`'s `/api/cluster` from now on, in a thread, until `peer` is in `state`; the

@@ -5,16 +5,17 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use super::frame::{decode, Frame};
 use super::node::{lock, Cluster};
 use super::peer::HEARTBEAT_DEADLINE;
+use super::tls::{names_node, AuthFailure, Refused, HELLO_DEADLINE, MEMBERSHIP_WAIT};
 use super::BoxFuture;
 use crate::message::Message;
 use crate::routing::retained_versions::decode_record;
@@ -24,6 +25,32 @@ use crate::routing::SubOptions;
 const MAX_PENDING_ACKS: usize = 16_384;
 /// An inbound channel silent this long is closed (the peer pings every [`super::HEARTBEAT`]).
 const READ_DEADLINE: Duration = Duration::from_secs(HEARTBEAT_DEADLINE.as_secs() * 2);
+/// The largest first frame read before a Hello is accepted (a Hello is a name and two numbers):
+/// an unauthenticated peer cannot make this node buffer up to [`super::frame::MAX_FRAME`].
+const MAX_HELLO: usize = 4096;
+
+/// A Hello: the peer's name, its incarnation and the one of this node it dialed.
+type Hello = (Arc<str>, u64, u64);
+
+/// Why an inbound connection ended.
+enum Inbound {
+    /// Refused by an identity check (counted, logged as a warning).
+    Refused(Refused),
+    /// Closed, timed out or broken (logged at debug, as before).
+    Closed(String),
+}
+
+impl From<Refused> for Inbound {
+    fn from(r: Refused) -> Inbound {
+        Inbound::Refused(r)
+    }
+}
+
+/// The length a frame header announces, once its four bytes are there.
+fn frame_len(buf: &[u8]) -> Option<usize> {
+    let h: [u8; 4] = buf.get(..4)?.try_into().ok()?;
+    Some(u32::from_be_bytes(h) as usize)
+}
 
 impl Cluster {
     pub(super) async fn accept_loop(
@@ -33,17 +60,141 @@ impl Cluster {
     ) {
         while let Some((s, peer)) = mqedge_shared::net::accept(&l, &mut stop, "cluster").await {
             let me = self.clone();
+            // the handshake and the Hello run here, in the connection's task, under a deadline
             tokio::spawn(async move {
-                if let Err(e) = me.read_loop(s).await {
-                    tracing::debug!(peer = %peer, error = %e, "cluster: inbound channel closed");
+                match me.clone().inbound(s).await {
+                    Ok(()) => {}
+                    Err(Inbound::Refused(r)) => {
+                        me.counters.auth_failures.inc(r.why);
+                        tracing::warn!(node = %me.node, peer = %peer, reason = r.why.label(), error = %r.detail, "cluster: inbound node channel refused");
+                    }
+                    Err(Inbound::Closed(e)) => {
+                        tracing::debug!(node = %me.node, peer = %peer, error = %e, "cluster: inbound channel closed");
+                    }
                 }
             });
         }
     }
 
-    async fn read_loop(self: Arc<Self>, mut s: TcpStream) -> Result<(), String> {
-        let mut buf: Vec<u8> = Vec::with_capacity(64 * 1024);
-        let mut from: Option<(Arc<str>, u64)> = None;
+    /// One inbound connection: (TLS and) the Hello within [`HELLO_DEADLINE`], the checks, then
+    /// the read loop.
+    async fn inbound(self: Arc<Self>, s: TcpStream) -> Result<(), Inbound> {
+        let started = Instant::now();
+        let Some(tls) = self.tls.clone() else {
+            let mut s = s;
+            let mut buf = Vec::with_capacity(1024);
+            let hello = self.hello(&mut s, &mut buf, started).await?;
+            let from = self.current(hello)?;
+            return self.read_loop(s, buf, from).await.map_err(Inbound::Closed);
+        };
+        let (mut s, sans) = tokio::time::timeout(HELLO_DEADLINE, tls.accept(s))
+            .await
+            .map_err(|_| {
+                Refused::new(
+                    AuthFailure::Handshake,
+                    format!("no TLS handshake within {HELLO_DEADLINE:?}"),
+                )
+            })??;
+        let mut buf = Vec::with_capacity(1024);
+        let hello = self.hello(&mut s, &mut buf, started).await?;
+        if !names_node(&sans, &hello.0) {
+            return Err(Refused::new(
+                AuthFailure::NameMismatch,
+                format!("Hello from {:?}, its certificate names {sans:?}", hello.0),
+            )
+            .into());
+        }
+        // a node that just started may say Hello before its gossip reached us
+        let until = Instant::now() + MEMBERSHIP_WAIT;
+        while !self.is_member(&hello.0) {
+            if Instant::now() >= until {
+                return Err(Refused::new(
+                    AuthFailure::NotMember,
+                    format!(
+                        "{:?} is not a gossip member (waited {MEMBERSHIP_WAIT:?})",
+                        hello.0
+                    ),
+                )
+                .into());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let from = self.current(hello)?;
+        self.read_loop(s, buf, from).await.map_err(Inbound::Closed)
+    }
+
+    /// The peer of a Hello dialed for this incarnation; one dialed for an incarnation of this
+    /// node that is gone is refused: what it queued (handover requests, forwards) was meant
+    /// for that one.
+    fn current(&self, (node, epoch, to_epoch): Hello) -> Result<(Arc<str>, u64), Inbound> {
+        if to_epoch != self.epoch {
+            return Err(Inbound::Closed(format!(
+                "Hello from {node} for incarnation {to_epoch}, this node is {}",
+                self.epoch
+            )));
+        }
+        Ok((node, epoch))
+    }
+
+    /// Reads the first frame, which must be a Hello no larger than [`MAX_HELLO`], within what
+    /// is left of [`HELLO_DEADLINE`].
+    async fn hello<S: AsyncRead + Unpin>(
+        &self,
+        s: &mut S,
+        buf: &mut Vec<u8>,
+        started: Instant,
+    ) -> Result<Hello, Inbound> {
+        let left = HELLO_DEADLINE.saturating_sub(started.elapsed());
+        let read = async {
+            loop {
+                if let Some(len) = frame_len(buf).filter(|l| *l > MAX_HELLO) {
+                    return Err(format!(
+                        "first frame of {len} bytes is over the {MAX_HELLO} bytes a Hello may have"
+                    ));
+                }
+                match decode(buf).map_err(|e| e.to_string())? {
+                    Some((
+                        Frame::Hello {
+                            node,
+                            epoch,
+                            to_epoch,
+                        },
+                        used,
+                    )) => {
+                        buf.drain(..used);
+                        return Ok((Arc::<str>::from(node), epoch, to_epoch));
+                    }
+                    Some(_) => return Err("first frame is not Hello".to_string()),
+                    None => {}
+                }
+                buf.reserve(MAX_HELLO);
+                match s.read_buf(buf).await {
+                    Ok(0) => return Err("closed before its Hello".to_string()),
+                    Ok(_) => {}
+                    Err(e) => return Err(e.to_string()),
+                }
+            }
+        };
+        match tokio::time::timeout(left, read).await {
+            Ok(Ok(h)) => Ok(h),
+            Ok(Err(e)) => Err(Inbound::Closed(e)),
+            Err(_) => Err(Inbound::Closed(format!(
+                "no Hello within {HELLO_DEADLINE:?}"
+            ))),
+        }
+    }
+
+    async fn read_loop<S: AsyncRead + Unpin>(
+        self: Arc<Self>,
+        mut s: S,
+        mut buf: Vec<u8>,
+        (node, epoch): (Arc<str>, u64),
+    ) -> Result<(), String> {
+        tracing::debug!(node = %self.node, peer = %node, epoch, "cluster: inbound channel from peer");
+        // a peer that (re)connects may have dropped our routes (it thought we were down, or it
+        // restarted): send it our snapshot again
+        self.resend_snapshot(&node);
+        let n = Some(node.clone());
         // acks of forwarded copies still waiting to be durable (bounded: past it, reading
         // waits, and the sender's queue and then its publishers' gate feel it)
         let mut acks: FuturesUnordered<BoxFuture<'static, Option<u64>>> = FuturesUnordered::new();
@@ -51,32 +202,11 @@ impl Cluster {
             let mut off = 0;
             while let Some((f, used)) = decode(&buf[off..]).map_err(|e| e.to_string())? {
                 off += used;
-                match (&from, f) {
-                    (None, Frame::Hello { to_epoch, .. }) if to_epoch != self.epoch => {
-                        // dialed for an incarnation of this node that is gone: what it queued
-                        // (handover requests, forwards) was meant for that one
-                        return Err(format!(
-                            "Hello for incarnation {to_epoch}, this node is {}",
-                            self.epoch
-                        ));
-                    }
-                    (None, Frame::Hello { node, epoch, .. }) => {
-                        tracing::debug!(node = %self.node, peer = %node, epoch, "cluster: inbound channel from peer");
-                        // a peer that (re)connects may have dropped our routes (it thought we were
-                        // down, or it restarted): send it our snapshot again
-                        self.resend_snapshot(&node);
-                        from = Some((Arc::from(node.as_str()), epoch));
-                    }
-                    (None, _) => return Err("first frame is not Hello".into()),
-                    (Some((n, epoch)), f) => {
-                        if let Some(ack) = self.handle(n.clone(), *epoch, f) {
-                            acks.push(ack);
-                        }
-                    }
+                if let Some(ack) = self.handle(node.clone(), epoch, f) {
+                    acks.push(ack);
                 }
             }
             buf.drain(..off);
-            let n = from.as_ref().map(|f| f.0.clone());
             if acks.len() >= MAX_PENDING_ACKS {
                 if let Some(id) = acks.next().await {
                     self.ack(n.as_deref(), id);
@@ -97,7 +227,6 @@ impl Cluster {
             }
         }
         // the peer closed: the copies it sent are still acked once durable
-        let n = from.map(|f| f.0);
         while let Some(id) = acks.next().await {
             self.ack(n.as_deref(), id);
         }

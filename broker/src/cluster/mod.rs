@@ -14,7 +14,7 @@
 //! types ([`Message`], [`Matches`], [`SessionExport`], [`Ack`]), never in `frame`s. The real
 //! implementation is [`Cluster`]: `node` (state, membership), `peer` (one peer's outgoing
 //! channel and heartbeat), `outgoing` (what is sent to peers), `channel` (the inbound read
-//! loop and what frames do), `peers` (its [`Peers`] side). This module and its children import only
+//! loop and what frames do), `peers` (its [`Peers`] side), `tls` (mutual TLS between nodes). This module and its children import only
 //! [`crate::routing`], [`crate::message`] and [`crate::config`].
 
 mod channel;
@@ -24,6 +24,7 @@ mod node;
 mod outgoing;
 mod peer;
 mod peers;
+mod tls;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -38,6 +39,7 @@ use tokio::sync::Notify;
 
 pub use self::node::Cluster;
 pub use self::peer::{HEARTBEAT, HEARTBEAT_DEADLINE, WRITE_DEADLINE};
+pub use self::tls::{AuthCounters, AuthFailure, HELLO_DEADLINE, MEMBERSHIP_WAIT};
 use crate::message::Message;
 use crate::routing::retained_versions::Version;
 use crate::routing::Matches;
@@ -67,6 +69,8 @@ pub struct ClusterCounters {
     pub failed_gone: Counter,
     /// Forwards failed: the peer is down (not left) and its routes are held for its return.
     pub failed_down: Counter,
+    /// Peers refused on the node channel, by reason.
+    pub auth_failures: AuthCounters,
 }
 
 /// A peer as `/api/cluster` shows it.

@@ -15,6 +15,7 @@ use tokio::sync::{oneshot, watch};
 
 use super::frame::Frame;
 use super::peer::Peer;
+use super::tls::NodeTls;
 #[cfg(doc)]
 use super::Peers;
 use super::{ClusterCounters, ClusterError, LocalNode, PeerStatus, GOSSIP_INTERVAL};
@@ -50,6 +51,8 @@ pub struct Cluster {
     pub(super) dead_after: Duration,
     /// `[cluster] seeds`: whose route snapshots a starting node waits for.
     pub(super) seeds: Vec<SocketAddr>,
+    /// Mutual TLS on the node channel; `None`: plain TCP, unauthenticated (warned at start).
+    pub(super) tls: Option<Arc<NodeTls>>,
 }
 
 pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -89,6 +92,7 @@ impl Cluster {
             held: Mutex::new(HashMap::new()),
             dead_after: cfg.dead_after,
             seeds: cfg.seeds.clone(),
+            tls: cfg.tls.as_ref().map(|t| Arc::new(NodeTls::new(t))),
         })
     }
 
@@ -140,7 +144,10 @@ impl Cluster {
         .map_err(|e| ClusterError::Gossip(cfg.bind, e.to_string()))?;
         let live = handle.chitchat().lock().await.live_nodes_watcher();
         *lock(&self.chitchat) = Some(handle);
-        tracing::info!(node = %self.node, bind = %cfg.bind, seeds = ?cfg.seeds, "cluster: gossip and node channel up");
+        tracing::info!(node = %self.node, bind = %cfg.bind, seeds = ?cfg.seeds, tls = self.tls.is_some(), "cluster: gossip and node channel up");
+        if self.tls.is_none() {
+            tracing::warn!(node = %self.node, bind = %cfg.bind, "cluster: the node channel is unauthenticated (no [cluster] tls_cert/tls_key/tls_ca): whoever reaches this address can act as a node");
+        }
         tokio::spawn(self.clone().accept_loop(listener, stop.clone()));
         tokio::spawn(self.clone().membership_loop(live, stop));
         Ok(())
@@ -341,6 +348,11 @@ impl Cluster {
         for f in filters {
             self.routes.unsubscribe(n, &f);
         }
+    }
+
+    /// Whether `n` is a live gossip member now.
+    pub(super) fn is_member(&self, n: &str) -> bool {
+        lock(&self.status).get(n).is_some_and(|s| s.up)
     }
 
     /// The cluster bind address.

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use super::frame::{Frame, MAX_FRAME};
 use super::node::{lock, Cluster};
-use super::peer::{write_loop, Peer, Unsent};
+use super::peer::{write_loop, Dial, Peer, Unsent};
 use super::Gate;
 use crate::routing::retained_versions::encode_record;
 
@@ -48,8 +48,16 @@ impl Cluster {
             out
         };
         let me = self.clone();
+        let dial = Dial {
+            node: self.node.clone(),
+            bind: self.bind,
+            addr,
+            peer: n.clone(),
+            tls: self.tls.clone(),
+            auth: self.counters.auth_failures.clone(),
+        };
         tokio::spawn(async move {
-            let r = write_loop(me.bind, addr, rx, data, link.clone()).await;
+            let r = write_loop(dial, rx, data, link.clone()).await;
             link.lost();
             let current = lock(&me.peers)
                 .get(&n)

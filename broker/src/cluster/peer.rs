@@ -8,11 +8,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::mpsc;
 
 use super::frame::{encode, Frame, MAX_FRAME};
+use super::tls::{AuthCounters, NodeTls};
 use super::{Gate, PEER_QUEUE_BYTES};
 
 /// How often the write loop sends a `Ping`.
@@ -159,15 +160,47 @@ impl Peer {
     }
 }
 
+/// How a write loop reaches its peer.
+pub(super) struct Dial {
+    /// This node's name (logs).
+    pub(super) node: Arc<str>,
+    /// The cluster bind address (the source address peers know).
+    pub(super) bind: SocketAddr,
+    /// The peer's cluster address.
+    pub(super) addr: SocketAddr,
+    /// The peer's node name, which its certificate must carry (TLS only).
+    pub(super) peer: Arc<str>,
+    /// Mutual TLS; `None`: plain TCP.
+    pub(super) tls: Option<Arc<NodeTls>>,
+    /// Where refused handshakes are counted.
+    pub(super) auth: AuthCounters,
+}
+
+/// A dialed channel.
+enum Dialed {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
 pub(super) async fn write_loop(
-    bind: SocketAddr,
-    addr: SocketAddr,
+    dial: Dial,
+    rx: mpsc::UnboundedReceiver<Frame>,
+    data: Arc<Gate>,
+    link: Arc<Link>,
+) -> std::io::Result<()> {
+    match dial_retrying(&dial, &link).await? {
+        Dialed::Plain(s) => frames(s, rx, data, link).await,
+        Dialed::Tls(s) => frames(*s, rx, data, link).await,
+    }
+}
+
+/// Writes queued frames and heartbeats until the queue closes or a write fails.
+async fn frames<S: AsyncWrite + Unpin>(
+    mut s: S,
     mut rx: mpsc::UnboundedReceiver<Frame>,
     data: Arc<Gate>,
     link: Arc<Link>,
 ) -> std::io::Result<()> {
-    let mut s = dial_retrying(bind, addr).await?;
-    let _ = s.set_nodelay(true);
     let mut buf = Vec::with_capacity(64 * 1024);
     let mut beat = tokio::time::interval(HEARTBEAT);
     beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -214,13 +247,35 @@ pub(super) async fn write_loop(
     }
 }
 
-/// Dials a peer, up to 20 times (1 s each, backing off 100 ms to 1 s).
-async fn dial_retrying(bind: SocketAddr, addr: SocketAddr) -> std::io::Result<TcpStream> {
+/// Dials a peer (and runs the TLS handshake), up to 20 times (1 s each, backing off 100 ms to
+/// 1 s). A peer whose certificate is refused is counted and logged each time, and unreachable
+/// from the first refusal.
+async fn dial_retrying(d: &Dial, link: &Link) -> std::io::Result<Dialed> {
     for i in 0..20 {
-        match tokio::time::timeout(Duration::from_secs(1), dial(bind, addr)).await {
+        let once = async {
+            let s = tcp(d.bind, d.addr)
+                .await
+                .map_err(|e| (None, e.to_string()))?;
+            let _ = s.set_nodelay(true);
+            match &d.tls {
+                None => Ok(Dialed::Plain(s)),
+                Some(t) => t
+                    .dial(&d.peer, s)
+                    .await
+                    .map(|s| Dialed::Tls(Box::new(s)))
+                    .map_err(|r| (Some(r.why), r.detail)),
+            }
+        };
+        match tokio::time::timeout(Duration::from_secs(1), once).await {
             Ok(Ok(c)) => return Ok(c),
-            _ => tokio::time::sleep(Duration::from_millis(100 * (i + 1).min(10))).await,
+            Ok(Err((Some(why), detail))) => {
+                d.auth.inc(why);
+                link.lost();
+                tracing::warn!(node = %d.node, peer = %d.peer, addr = %d.addr, reason = why.label(), error = %detail, "cluster: peer refused on dial (TLS)");
+            }
+            _ => {}
         }
+        tokio::time::sleep(Duration::from_millis(100 * (i + 1).min(10))).await;
     }
     Err(std::io::Error::new(
         std::io::ErrorKind::TimedOut,
@@ -229,7 +284,7 @@ async fn dial_retrying(bind: SocketAddr, addr: SocketAddr) -> std::io::Result<Tc
 }
 
 /// Dials a peer from the cluster bind address (on a multi-homed host, the source peers know).
-async fn dial(bind: SocketAddr, addr: SocketAddr) -> std::io::Result<TcpStream> {
+async fn tcp(bind: SocketAddr, addr: SocketAddr) -> std::io::Result<TcpStream> {
     let s = if addr.is_ipv4() {
         TcpSocket::new_v4()?
     } else {
@@ -241,8 +296,13 @@ async fn dial(bind: SocketAddr, addr: SocketAddr) -> std::io::Result<TcpStream> 
     s.connect(addr).await
 }
 
-async fn write(s: &mut TcpStream, buf: &[u8]) -> std::io::Result<()> {
-    match tokio::time::timeout(WRITE_DEADLINE, s.write_all(buf)).await {
+/// Writes and flushes one batch (TLS keeps records in its buffer until flushed).
+async fn write<S: AsyncWrite + Unpin>(s: &mut S, buf: &[u8]) -> std::io::Result<()> {
+    let all = async {
+        s.write_all(buf).await?;
+        s.flush().await
+    };
+    match tokio::time::timeout(WRITE_DEADLINE, all).await {
         Ok(r) => r,
         Err(_) => Err(std::io::Error::new(
             std::io::ErrorKind::TimedOut,
