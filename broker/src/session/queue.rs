@@ -5,8 +5,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::record::{decode_handover, encode_queued, message_key, queued_put, record_put};
-use super::{Outgoing, Session, State};
+use super::record::{
+    decode_handover, encode_queued, message_key, queued_put, record_put, released_put,
+};
+use super::{Await, Outgoing, Session, State};
 use crate::auth::{Access, Acl};
 use crate::message::Message;
 use crate::metrics::Metrics;
@@ -142,6 +144,8 @@ pub(super) fn take_appended(st: &mut State) -> Vec<Vec<u8>> {
 }
 
 /// Appends entries to a session's queue; the store ops that make them (and the record) durable.
+/// An entry past PUBREC keeps its packet id (the client holds it and expects the PUBREL) unless
+/// this session uses that id already; every other one is queued as new.
 pub(super) fn push_entries(
     s: &Session,
     queued: &[Vec<u8>],
@@ -150,15 +154,25 @@ pub(super) fn push_entries(
     let mut ops = Vec::new();
     let mut st = s.lock();
     for q in queued {
-        let Some((_, _, mut o)) = decode_handover(q) else {
+        let Some((pid, state, mut o)) = decode_handover(q) else {
             continue;
         };
+        let released = state == Some(Await::PubComp)
+            && !st.inflight.iter().any(|(p, _, _)| *p == pid);
         if durable && o.qos != QoS::AtMostOnce && st.persistent() {
             o.seq = st.next_seq;
             st.next_seq += 1;
-            ops.push(queued_put(&s.client_id, &o));
+            ops.push(if released {
+                released_put(&s.client_id, pid, &o)
+            } else {
+                queued_put(&s.client_id, &o)
+            });
         }
-        st.queue.push_back(o);
+        if released {
+            st.inflight.push_back((pid, Await::PubComp, o));
+        } else {
+            st.queue.push_back(o);
+        }
     }
     if durable && st.persistent() {
         ops.push(record_put(&s.client_id, st.encode()));

@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
-use super::record::{decode_handover, decode_outgoing, forget, queued_put, record_put};
+use super::record::{decode_handover, decode_stored, forget, queued_put, record_put};
 use super::subs::Subscriptions;
-use super::{sub_options, Attached, Session, State, Sub};
+use super::{sub_options, Attached, Await, Session, State, Sub};
 use crate::cluster::{Peers, SessionExport};
 use crate::metrics::Metrics;
 use crate::protocol::{reason, QoS, Version, Will};
@@ -119,10 +119,14 @@ impl Registry {
                 }]);
                 continue;
             };
-            if let Some(o) = decode_outgoing(&v, seq) {
+            if let Some((released, o)) = decode_stored(&v, seq) {
                 let mut st = s.lock();
                 st.next_seq = st.next_seq.max(seq + 1);
-                st.queue.push_back(o);
+                match released {
+                    // past PUBREC: resumed with its PUBREL (MQTT-4.4.0-1), never sent again
+                    Some(pid) => st.inflight.push_back((pid, Await::PubComp, o)),
+                    None => st.queue.push_back(o),
+                }
                 queued += 1;
             }
         }
@@ -427,7 +431,10 @@ impl Registry {
             if self.store.is_some() && o.qos != QoS::AtMostOnce {
                 o.seq = st.next_seq;
                 st.next_seq += 1;
-                ops.push(queued_put(id, &o));
+                ops.push(match state {
+                    Some(Await::PubComp) => super::record::released_put(id, pid, &o),
+                    _ => queued_put(id, &o),
+                });
             }
             match state {
                 Some(state) => st.inflight.push_back((pid, state, o)),

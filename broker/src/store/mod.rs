@@ -48,6 +48,10 @@ const FILE_NAME: &str = "mqedge.redb";
 /// buy resident memory on an edge node; a tenth of this is redb's write buffer.
 const CACHE_BYTES: usize = 64 * 1024 * 1024;
 
+/// Failed commits in a row after which the node reports itself unhealthy (`/healthz` 503): one
+/// failure can be a single oversized call, this many means the disk refuses writes.
+pub const UNHEALTHY_AFTER_FAILURES: u64 = 3;
+
 /// Rows of a scan: (key, value) pairs in key order.
 pub type Rows = Vec<(Vec<u8>, Vec<u8>)>;
 
@@ -194,6 +198,14 @@ impl Store {
     /// Commits done and ops written since open, for the metrics endpoint.
     pub fn stats(&self) -> StoreStats {
         self.inner.counters.snapshot()
+    }
+
+    /// Why the store cannot be trusted to take writes now (the last
+    /// [`UNHEALTHY_AFTER_FAILURES`] commits or more failed), or `None` while it can.
+    pub fn failing(&self) -> Option<String> {
+        let n = self.stats().consecutive_failures;
+        (n >= UNHEALTHY_AFTER_FAILURES)
+            .then(|| format!("store: the last {n} commits failed (see the log for the error)"))
     }
 
     fn db(&self) -> Result<Arc<Database>, StoreError> {

@@ -83,7 +83,20 @@ fn run(db: &Database, mut rx: mpsc::UnboundedReceiver<Msg>, counters: &Counters,
         let (batch, n_ops) = gather(first, &mut rx, &mut carry);
         let result = commit(db, &batch);
         report(&result, &batch, n_ops, counters, path);
-        answer(batch, &result);
+        match result {
+            Ok(()) => answer(batch, &Ok(())),
+            // one call's failure must not take the others of its batch with it: each is
+            // tried again in its own transaction and answered for itself
+            Err(_) if batch.len() > 1 => {
+                for pending in batch {
+                    let one = std::slice::from_ref(&pending);
+                    let result = commit(db, one);
+                    report(&result, one, pending.ops.len(), counters, path);
+                    answer(vec![pending], &result);
+                }
+            }
+            Err(e) => answer(batch, &Err(e)),
+        }
     }
 }
 
@@ -118,7 +131,7 @@ fn gather(
     (batch, n_ops)
 }
 
-/// Counts a commit, or logs a failed one with how many unacknowledged ops it lost.
+/// Counts a commit, or counts and logs a failed one with how many unacknowledged ops it held.
 fn report(
     result: &Result<(), String>,
     batch: &[Pending],
@@ -132,6 +145,7 @@ fn report(
             tracing::trace!(calls = batch.len(), ops = n_ops, "store commit");
         }
         Err(e) => {
+            counters.failed();
             let unwaited: usize = batch
                 .iter()
                 .filter(|p| p.done.is_none())
@@ -141,7 +155,7 @@ fn report(
                 path = %path.display(),
                 error = %e,
                 ops = n_ops,
-                unacknowledged_ops_lost = unwaited,
+                unacknowledged_ops = unwaited,
                 "store commit failed"
             );
         }
