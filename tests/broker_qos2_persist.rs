@@ -234,3 +234,52 @@ async fn a_full_disk_is_a_metric_and_a_red_healthz_never_a_puback() {
     assert!(body.contains("commits failed"), "healthz body: {body}");
     eprintln!("full disk: {acked} publishes acknowledged before it filled; {failures} failed commits; healthz {code} {body:?}");
 }
+
+/// An online persistent subscriber acknowledges every message the moment it arrives, while a
+/// publisher sends 2,000 QoS 1 messages: each message's store write is queued before the
+/// subscriber can see it, so no acknowledgement's delete is applied before the write it
+/// deletes. After every ack is durable, `kill -9` and a restart bring none of them back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acknowledged_delivery_is_not_resurrected_by_a_restart() {
+    const N: usize = 10000;
+    let dir = TempDir::new("q2-order");
+    let mut b = persistent_broker(&dir);
+    offline_subscriber(b.addr(), "q2-order-marker", "order/marker").await;
+    let (mut s, _) = connect(b.addr(), Version::V311, "q2-order-sub", false, None).await;
+    assert_eq!(s.subscribe(1, &[("order/t", 1)]).await, vec![1]);
+    let addr = b.addr();
+    let publisher = tokio::spawn(async move {
+        let mut p = client(addr, "q2-order-pub").await;
+        for i in 0..N {
+            p.publish(
+                "order/t",
+                format!("m{i}").as_bytes(),
+                1,
+                Some(1 + (i % 1000) as u16),
+                false,
+            )
+            .await;
+        }
+        p
+    });
+    let got = take(&mut s, N, Duration::from_secs(60)).await;
+    assert_eq!(got.len(), N);
+    // every PUBACK handled: PINGRESP comes after them
+    s.send(Packet::PingReq).await;
+    while !matches!(next(&mut s, "PINGRESP").await, Packet::PingResp) {}
+    let mut p = publisher.await.unwrap();
+    // a write that is waited for: every delete queued before it is durable when it is
+    publish_qos1(&mut p, "order/marker", "marker-", 1).await;
+
+    b.kill9();
+    let b = BrokerProc::start(&b.config);
+    let (mut s, ack) = connect(b.addr(), Version::V311, "q2-order-sub", false, None).await;
+    assert!(ack.session_present);
+    let back = take(&mut s, 0, Duration::from_millis(1500)).await;
+    assert!(
+        back.is_empty(),
+        "{} acknowledged messages came back after the restart: {:?}",
+        back.len(),
+        payloads(&back).iter().take(10).collect::<Vec<_>>()
+    );
+}

@@ -149,17 +149,16 @@ impl Conn {
         };
         let qos2 = p.qos == QoS::ExactlyOnce;
         let published = self.b.publish(Arc::new(msg));
-        let mut ops = published.ops;
+        let mut writes = published.writes;
         if qos2 {
             // the packet id held until PUBREL is durable with the message: a retransmission
             // after a restart is recognised, not routed twice
-            ops.extend(self.session_record());
+            writes.ops.extend(self.session_record());
         }
         // queued now, in the order of this connection's packets (the PUBREL that releases
-        // this id is queued after it), and before a subscriber's acknowledgement can queue
-        // the delete of its copy; only the wait for the commit runs beside the connection
+        // this id is queued after it); only the wait for the commit runs beside the connection
         let durable = match self.b.store() {
-            Some(store) if !ops.is_empty() => Some(store.submit(ops)),
+            Some(store) if !writes.is_empty() => Some(writes.submit(store)),
             _ => None,
         };
         // acknowledge only what is durable and what every other node took (QoS 1/2); the

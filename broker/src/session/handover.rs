@@ -182,10 +182,7 @@ impl Registry {
             );
             return;
         };
-        let ops = push_entries(&s, queued, self.store.is_some());
-        if let Some(store) = &self.store {
-            store.write_nowait(ops);
-        }
+        push_entries(&s, queued, self.store.as_ref());
         s.notify.notify_one();
     }
 }

@@ -175,9 +175,10 @@ pub fn released_put(client_id: &str, pid: u16, o: &Outgoing) -> Op {
 /// [`released_put`]), and the delivery.
 pub fn decode_stored(b: &[u8], seq: u64) -> Option<(Option<u16>, Outgoing)> {
     match b {
-        [RELEASED, hi, lo, rest @ ..] => {
-            Some((Some(u16::from_be_bytes([*hi, *lo])), decode_outgoing(rest, seq)?))
-        }
+        [RELEASED, hi, lo, rest @ ..] => Some((
+            Some(u16::from_be_bytes([*hi, *lo])),
+            decode_outgoing(rest, seq)?,
+        )),
         _ => Some((None, decode_outgoing(b, seq)?)),
     }
 }
@@ -299,7 +300,10 @@ mod tests {
         let back = State::decode(old).unwrap();
         assert_eq!((back.expiry, back.subs.len()), (60, 1));
         assert!(back.qos2_in.is_empty());
-        assert!(State::decode(&rec[..rec.len() - 1]).is_none(), "a cut id is refused");
+        assert!(
+            State::decode(&rec[..rec.len() - 1]).is_none(),
+            "a cut id is refused"
+        );
     }
 
     #[test]

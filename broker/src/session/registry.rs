@@ -451,7 +451,7 @@ impl Registry {
             if let Some(old) = stale {
                 // what queued into our copy while it was handed away still follows the client
                 let since = super::queue::take_appended(&mut old.lock());
-                ops.extend(super::queue::push_entries(&s, &since, self.store.is_some()));
+                super::queue::push_entries(&s, &since, self.store.as_ref());
                 self.metrics.sessions.dec();
                 self.drop_session_state(&old);
             }
