@@ -14,6 +14,7 @@ use crate::protocol::{encode, AckProperties, Packet, PubAck, QoS, Version};
 
 /// Which packet is owed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[allow(clippy::enum_variant_names)] // the MQTT packet names
 pub enum AckKind {
     /// For a QoS 1 publish.
     PubAck,
