@@ -15,8 +15,7 @@ use crate::error::CloseReason;
 use crate::message::{unix_now, Message};
 use crate::protocol::{reason, PubAck, Publish, QoS};
 use crate::session::record::record_put;
-use crate::session::Session;
-use crate::store::Op;
+use crate::session::{Session, Writes};
 use crate::topic::valid_topic_name;
 
 /// Longest a publisher is held back by one congested subscriber before it goes on.
@@ -153,7 +152,7 @@ impl Conn {
         if qos2 {
             // the packet id held until PUBREL is durable with the message: a retransmission
             // after a restart is recognised, not routed twice
-            writes.ops.extend(self.session_record());
+            self.submit_record(&mut writes);
         }
         // queued now, in the order of this connection's packets (the PUBREL that releases
         // this id is queued after it); only the wait for the commit runs beside the connection
@@ -240,12 +239,16 @@ impl Conn {
         self.acks.flush(&mut self.out, self.v);
     }
 
-    /// The store write of this session's record (with its QoS 2 ids), when it is kept.
-    fn session_record(&self) -> Option<Op> {
-        self.b.store()?;
+    /// Queues the store write of this session's record (with its QoS 2 ids), when it is kept:
+    /// under the session's lock, so that records reach the store in the order they were taken.
+    fn submit_record(&self, writes: &mut Writes) {
+        let Some(store) = self.b.store() else {
+            return;
+        };
         let st = self.s.lock();
-        st.persistent()
-            .then(|| record_put(&self.s.client_id, st.encode()))
+        if st.persistent() {
+            writes.submit_now(store, vec![record_put(&self.s.client_id, st.encode())]);
+        }
     }
 
     /// PUBREL: the QoS 2 publish is released (PUBCOMP; 0x92 when it was not held). The
@@ -258,9 +261,13 @@ impl Conn {
         } else {
             reason::PACKET_IDENTIFIER_NOT_FOUND
         };
-        let wait = match (self.b.store(), had.then(|| self.session_record()).flatten()) {
-            (Some(store), Some(rec)) => {
-                let durable = store.submit(vec![rec]);
+        let mut writes = Writes::default();
+        if had {
+            self.submit_record(&mut writes);
+        }
+        let wait = match self.b.store() {
+            Some(store) if !writes.is_empty() => {
+                let durable = writes.submit(store);
                 Some(tokio::spawn(async move { durable.await.is_ok() }))
             }
             _ => None,

@@ -106,6 +106,7 @@ impl Conn {
     /// restart (or on the node it moves to) it resumes with PUBREL, never as a new PUBLISH.
     pub(super) fn on_pubrec(&mut self, a: PubAck) {
         let client_id = &self.s.client_id;
+        let store = self.b.store();
         let found = {
             let mut st = self.s.lock();
             let pos = st
@@ -114,9 +115,12 @@ impl Conn {
                 .position(|(p, s, _)| *p == a.packet_id && *s == Await::PubRec);
             match pos {
                 Some(i) if a.code >= 0x80 => st.inflight.remove(i).map(|x| Err(x.2.seq)),
+                // queued under the lock: ordered before the delete that its PUBCOMP queues,
+                // and with any handover of this session
                 Some(i) => st.inflight.get_mut(i).map(|e| {
                     e.1 = Await::PubComp;
-                    Ok((e.2.seq != 0).then(|| released_put(client_id, a.packet_id, &e.2)))
+                    let mark = (e.2.seq != 0).then(|| released_put(client_id, a.packet_id, &e.2));
+                    Ok(store.zip(mark).map(|(store, op)| store.submit(vec![op])))
                 }),
                 None => None,
             }
@@ -126,8 +130,7 @@ impl Conn {
                 self.b.acked(client_id, seq);
                 return;
             }
-            Some(Ok(op)) => {
-                let durable = op.and_then(|op| Some(self.b.store()?.submit(vec![op])));
+            Some(Ok(durable)) => {
                 let wait = durable.map(|d| tokio::spawn(async move { d.await.is_ok() }));
                 (0, wait)
             }

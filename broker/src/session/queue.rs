@@ -44,6 +44,12 @@ impl Writes {
         self.ops.is_empty() && self.queued.is_empty()
     }
 
+    /// Queues `ops` now (e.g. under the lock of the state they record, so that records of
+    /// one session reach the store in the order they were taken); awaited with the rest.
+    pub fn submit_now(&mut self, store: &Store, ops: Vec<Op>) {
+        self.queued.push(Box::pin(store.submit(ops)));
+    }
+
     /// Queues what is left now; the future resolves once every write of the publish is
     /// durable (the first failure otherwise).
     pub fn submit(
@@ -124,8 +130,7 @@ impl Session {
         };
         if let (Some(store), true) = (rules.store, seq != 0) {
             // queued before the delivery is visible (see `Writes`)
-            let commit = store.submit(vec![queued_put(client, &out)]);
-            writes.queued.push(Box::pin(commit));
+            writes.submit_now(store, vec![queued_put(client, &out)]);
         }
         st.queue.push_back(out);
         if let Some(f) = st.frozen.as_mut() {
