@@ -204,7 +204,7 @@ async fn a_channel_for_a_gone_incarnation_is_refused() {
         .unwrap()
         .binary()
         .proc
-        .wait_log("Hello for incarnation 1", Duration::from_secs(5));
+        .wait_log("node1 for incarnation 1,", Duration::from_secs(5));
     // node2 did not take the stale route as node1's
     assert_eq!(cl.view(1, "node1").map(|v| v.1), Some(0));
 }

@@ -16,7 +16,7 @@ use crate::metrics::Metrics;
 use crate::protocol::{reason, QoS, Will};
 use crate::routing::retained_versions::{unix_ms, RetainedSet, Version};
 use crate::routing::{Matches, Router, Routing, SubOptions};
-use crate::session::{message_key, QueueRules, Registry, Session, Sub, Subscriptions};
+use crate::session::{message_key, QueueRules, Registry, Session, Sub, Subscriptions, Writes};
 use crate::store::{Op, Store, StoreError, Table};
 
 /// Errors starting a broker.
@@ -93,8 +93,8 @@ pub struct Broker {
 /// before acknowledging the publisher.
 #[derive(Default)]
 pub struct Published {
-    /// Store operations.
-    pub ops: Vec<Op>,
+    /// Store writes (the deliveries' own are queued already).
+    pub writes: Writes,
     /// Acks of forwarded copies (QoS 1/2).
     pub acks: Vec<Ack>,
     /// Connected sessions whose backlog is over the limit: the publisher waits for them.
@@ -272,8 +272,10 @@ impl Broker {
                 return;
             }
         }
-        let ops = self.publish(Arc::new(msg)).ops;
-        self.write_nowait(ops);
+        let writes = self.publish(Arc::new(msg)).writes;
+        if let Some(store) = &self.store {
+            writes.submit_nowait(store);
+        }
     }
 
     /// Routes a message to every matching session, here and on other nodes (and sets/clears
@@ -287,7 +289,7 @@ impl Broker {
         if msg.retain {
             let version = self
                 .routing
-                .retain(&msg, self.store.is_some(), &mut out.ops);
+                .retain(&msg, self.store.is_some(), &mut out.writes.ops);
             self.retained_gauges();
             if let (Some(c), false) = (peers, sys) {
                 c.broadcast_retained(&msg, &version);
@@ -304,7 +306,7 @@ impl Broker {
             .plan(m, remote, &|c: &str| self.registry.is_online(c));
         for (client, opts) in &plan.local {
             out.congested
-                .extend(self.deliver(client, &msg, opts, false, &mut out.ops));
+                .extend(self.deliver(client, &msg, opts, false, &mut out.writes));
         }
         if let (Some(c), false) = (peers, plan.remote.is_empty()) {
             let enc = msg.encode();
@@ -316,7 +318,7 @@ impl Broker {
             }
         }
         if self.store.is_none() {
-            out.ops.clear();
+            out.writes.ops.clear();
         }
         out
     }
@@ -356,7 +358,7 @@ impl Broker {
     fn queue_rules(&self) -> QueueRules<'_> {
         QueueRules {
             acl: self.auth.acl.as_ref(),
-            durable: self.store.is_some(),
+            store: self.store.as_ref(),
             limit: self.cfg.limits.max_offline_messages.max(1),
             metrics: &self.metrics,
         }
@@ -370,13 +372,13 @@ impl Broker {
         msg: &Arc<Message>,
         opts: &SubOptions,
         as_retained: bool,
-        ops: &mut Vec<Op>,
+        writes: &mut Writes,
     ) -> Option<Arc<Session>> {
         if opts.no_local && *msg.publisher == *client {
             return None;
         }
         self.session(client)?
-            .enqueue(msg, opts, as_retained, &self.queue_rules(), ops)
+            .enqueue(msg, opts, as_retained, &self.queue_rules(), writes)
     }
 
     /// Delivers a message another node forwarded (see [`LocalNode::deliver_forwarded`]): the
@@ -388,16 +390,16 @@ impl Broker {
         shared: &[(String, String)],
     ) -> impl std::future::Future<Output = bool> + Send + 'static {
         self.metrics.cluster_received.inc();
-        let mut ops = Vec::new();
+        let mut writes = Writes::default();
         let mut congested = Vec::new();
         let mut m = Matches::default();
         self.router().matches(&msg.topic, &mut m);
         let online = |c: &str| self.registry.is_online(c);
         for (client, opts) in self.routing.plan_forwarded(m, direct, shared, &online) {
-            congested.extend(self.deliver(&client, &msg, &opts, false, &mut ops));
+            congested.extend(self.deliver(&client, &msg, &opts, false, &mut writes));
         }
-        let durable = match (&self.store, ops.is_empty()) {
-            (Some(store), false) => Some(store.submit(ops)),
+        let durable = match (&self.store, writes.is_empty()) {
+            (Some(store), false) => Some(writes.submit(store)),
             _ => None,
         };
         let limit = self.cfg.limits.max_offline_messages.max(1);
@@ -457,11 +459,13 @@ impl Broker {
         let rules = self.queue_rules();
         let excess = rest.len().saturating_sub(rules.limit);
         self.metrics.dropped_many("queue_full", excess as u64);
-        let mut ops = Vec::new();
+        let mut writes = Writes::default();
         for (m, o) in rest.into_iter().skip(excess) {
-            s.enqueue(&m, &o, true, &rules, &mut ops);
+            s.enqueue(&m, &o, true, &rules, &mut writes);
         }
-        self.write_nowait(ops);
+        if let Some(store) = &self.store {
+            writes.submit_nowait(store);
+        }
     }
 
     /// Forgets acknowledged stored messages.

@@ -45,6 +45,8 @@ pub struct Metrics {
     pub takeovers: Counter,
     /// Store commits.
     pub store_commits: Gauge,
+    /// Store commits that failed (brought up to the store's count at each scrape).
+    pub store_commit_failures: Counter,
     /// Cluster peers up.
     pub cluster_peers_up: Gauge,
     /// Cluster peers known but down.
@@ -93,6 +95,7 @@ impl Metrics {
             retained_tombstones: Gauge::default(),
             takeovers: Counter::default(),
             store_commits: Gauge::default(),
+            store_commit_failures: Counter::default(),
             cluster_peers_up: Gauge::default(),
             cluster_peers_down: Gauge::default(),
             cluster_peers_unreachable: Gauge::default(),
@@ -180,6 +183,11 @@ impl Metrics {
             "store_commits",
             "Store transactions committed",
             self.store_commits.clone(),
+        );
+        r.register(
+            "store_commit_failures",
+            "Store transactions that failed to commit",
+            self.store_commit_failures.clone(),
         );
     }
 

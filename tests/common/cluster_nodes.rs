@@ -103,6 +103,22 @@ impl Node {
     }
 }
 
+/// Starts a node per config at once and waits for every listener: a clustered node accepts
+/// clients only once its seeds' route snapshots are in, so nodes started one after the other
+/// would each wait for the next one (`[cluster] sync_timeout`).
+fn start_all(configs: &[PathBuf], run: Run) -> Vec<Node> {
+    std::thread::scope(|s| {
+        let hs: Vec<_> = configs
+            .iter()
+            .enumerate()
+            .map(|(i, c)| s.spawn(move || Node::start(NAMES[i], c, run)))
+            .collect();
+        hs.into_iter()
+            .map(|h| h.join().expect("node start"))
+            .collect()
+    })
+}
+
 /// Three clustered nodes; `nodes[i]` is `NAMES[i]` on `IPS[i]`. Nodes stop (SIGTERM) before
 /// their directory goes (field order is drop order).
 pub struct Cluster {
@@ -234,9 +250,7 @@ policy = "{policy}"
             );
             configs.push(dir.write(&format!("{}.toml", NAMES[i]), &text));
         }
-        let nodes = (0..3)
-            .map(|i| Some(Node::start(NAMES[i], &configs[i], run)))
-            .collect();
+        let nodes = start_all(&configs, run).into_iter().map(Some).collect();
         let c = Cluster {
             nodes,
             run,
@@ -372,6 +386,20 @@ policy = "{policy}"
             self.old_logs.push((NAMES[i], old.logs()));
         }
         self.nodes[i] = Some(Node::start(NAMES[i], &self.configs[i], self.run));
+    }
+
+    /// Kills every node (`kill -9`) and starts all of them again at once, as an orchestrator
+    /// restarting the whole cluster does (each waits for its listener).
+    pub fn restart_all(&mut self) {
+        for i in 0..self.nodes.len() {
+            if let Some(mut old) = self.nodes[i].take() {
+                old.binary().kill9();
+                self.old_logs.push((NAMES[i], old.logs()));
+            }
+        }
+        for (i, n) in start_all(&self.configs, self.run).into_iter().enumerate() {
+            self.nodes[i] = Some(n);
+        }
     }
 
     /// The last lines of every node's log (for assertion messages).

@@ -1,8 +1,9 @@
-//! The QoS 1/2 acknowledgements (PUBACK, PUBREC) a connection owes its client, in arrival
-//! order (MQTT-4.6.0-2). A publish is acknowledged only once it is durable and every cluster
-//! peer it was forwarded to took it; that wait runs beside the connection, which goes on
-//! reading, and an acknowledgement still waiting holds back those after it. Pure bookkeeping:
-//! it writes into the connection's output buffer, the connection does the I/O.
+//! The QoS 1/2 acknowledgements (PUBACK, PUBREC, PUBCOMP) and the PUBRELs a connection owes
+//! its client, in arrival order (MQTT-4.6.0-2). A publish is acknowledged only once it is
+//! durable and every cluster peer it was forwarded to took it, a PUBREL or PUBCOMP only once
+//! the QoS 2 state it moves to is durable; that wait runs beside the connection, which goes on
+//! reading, and one still waiting holds back those after it. Pure bookkeeping: it writes into
+//! the connection's output buffer, the connection does the I/O.
 
 use std::collections::VecDeque;
 
@@ -11,10 +12,34 @@ use tokio::task::JoinHandle;
 
 use crate::protocol::{encode, AckProperties, Packet, PubAck, QoS, Version};
 
+/// Which packet is owed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[allow(clippy::enum_variant_names)] // the MQTT packet names
+pub enum AckKind {
+    /// For a QoS 1 publish.
+    PubAck,
+    /// For a QoS 2 publish.
+    PubRec,
+    /// For a PUBREC of a QoS 2 delivery of ours.
+    PubRel,
+    /// For a PUBREL.
+    PubComp,
+}
+
+impl AckKind {
+    /// What a publish of `qos` gets (QoS 1 PUBACK, QoS 2 PUBREC).
+    pub fn for_publish(qos: QoS) -> AckKind {
+        match qos {
+            QoS::ExactlyOnce => AckKind::PubRec,
+            _ => AckKind::PubAck,
+        }
+    }
+}
+
 /// One acknowledgement owed.
 pub struct PendingAck {
-    /// QoS 1 gets PUBACK, QoS 2 PUBREC.
-    pub qos: QoS,
+    /// The packet.
+    pub kind: AckKind,
     /// The publish's packet identifier.
     pub pid: u16,
     /// The reason code (0, or why the publish was refused).
@@ -74,9 +99,11 @@ impl Acks {
                 code: a.code,
                 properties: AckProperties::default(),
             };
-            let p = match a.qos {
-                QoS::AtLeastOnce => Packet::PubAck(ack),
-                _ => Packet::PubRec(ack),
+            let p = match a.kind {
+                AckKind::PubAck => Packet::PubAck(ack),
+                AckKind::PubRec => Packet::PubRec(ack),
+                AckKind::PubRel => Packet::PubRel(ack),
+                AckKind::PubComp => Packet::PubComp(ack),
             };
             encode(&p, v, out);
         }
@@ -90,7 +117,7 @@ mod tests {
 
     fn ack(pid: u16, wait: Option<JoinHandle<bool>>) -> PendingAck {
         PendingAck {
-            qos: QoS::AtLeastOnce,
+            kind: AckKind::PubAck,
             pid,
             code: 0,
             wait,

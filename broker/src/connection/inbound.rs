@@ -7,14 +7,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::acks::PendingAck;
+use super::acks::{AckKind, PendingAck};
 use super::{Conn, Later};
 use crate::auth::Access;
 use crate::cluster::Gate;
 use crate::error::CloseReason;
 use crate::message::{unix_now, Message};
-use crate::protocol::{reason, AckProperties, Packet, PubAck, Publish, QoS};
-use crate::session::Session;
+use crate::protocol::{reason, PubAck, Publish, QoS};
+use crate::session::record::record_put;
+use crate::session::{Session, Writes};
 use crate::topic::valid_topic_name;
 
 /// Longest a publisher is held back by one congested subscriber before it goes on.
@@ -41,7 +42,7 @@ impl Conn {
         if p.qos == QoS::ExactlyOnce && !self.claim_qos2(pid)? {
             // a retransmission of a message we already routed: acknowledge only (MQTT-4.3.3)
             self.acks.push(PendingAck {
-                qos: QoS::ExactlyOnce,
+                kind: AckKind::PubRec,
                 pid,
                 code: 0,
                 wait: None,
@@ -67,7 +68,7 @@ impl Conn {
             self.s.lock().qos2_in.remove(&pid);
         }
         let ack = (qos != QoS::AtMostOnce).then_some(PendingAck {
-            qos,
+            kind: AckKind::for_publish(qos),
             pid,
             code,
             wait: routed.wait,
@@ -145,16 +146,27 @@ impl Conn {
             correlation_data: props.correlation_data,
             user_properties: props.user_properties,
         };
+        let qos2 = p.qos == QoS::ExactlyOnce;
         let published = self.b.publish(Arc::new(msg));
-        let ops = published.ops;
+        let mut writes = published.writes;
+        if qos2 {
+            // the packet id held until PUBREL is durable with the message: a retransmission
+            // after a restart is recognised, not routed twice
+            self.submit_record(&mut writes);
+        }
+        // queued now, in the order of this connection's packets (the PUBREL that releases
+        // this id is queued after it); only the wait for the commit runs beside the connection
+        let durable = match self.b.store() {
+            Some(store) if !writes.is_empty() => Some(writes.submit(store)),
+            _ => None,
+        };
         // acknowledge only what is durable and what every other node took (QoS 1/2); the
         // wait runs beside the connection, which goes on reading: acks leave in order
-        let store = self.b.store().cloned().filter(|_| !ops.is_empty());
         let acks = published.acks;
-        let wait = (store.is_some() || !acks.is_empty()).then(|| {
+        let wait = (durable.is_some() || !acks.is_empty()).then(|| {
             tokio::spawn(async move {
-                if let Some(store) = store {
-                    if let Err(e) = store.write(ops).await {
+                if let Some(durable) = durable {
+                    if let Err(e) = durable.await {
                         tracing::error!(error = %e, "store write failed");
                         return false;
                     }
@@ -227,7 +239,21 @@ impl Conn {
         self.acks.flush(&mut self.out, self.v);
     }
 
-    /// PUBREL: the QoS 2 publish is released (PUBCOMP; 0x92 when it was not held).
+    /// Queues the store write of this session's record (with its QoS 2 ids), when it is kept:
+    /// under the session's lock, so that records reach the store in the order they were taken.
+    fn submit_record(&self, writes: &mut Writes) {
+        let Some(store) = self.b.store() else {
+            return;
+        };
+        let st = self.s.lock();
+        if st.persistent() {
+            writes.submit_now(store, vec![record_put(&self.s.client_id, st.encode())]);
+        }
+    }
+
+    /// PUBREL: the QoS 2 publish is released (PUBCOMP; 0x92 when it was not held). The
+    /// PUBCOMP waits until the release is durable: a packet id still held after a restart
+    /// would swallow the client's next publish under it.
     pub(super) fn on_pubrel(&mut self, a: PubAck) {
         let had = self.s.lock().qos2_in.remove(&a.packet_id);
         let code = if had {
@@ -235,10 +261,23 @@ impl Conn {
         } else {
             reason::PACKET_IDENTIFIER_NOT_FOUND
         };
-        self.send(&Packet::PubComp(PubAck {
-            packet_id: a.packet_id,
+        let mut writes = Writes::default();
+        if had {
+            self.submit_record(&mut writes);
+        }
+        let wait = match self.b.store() {
+            Some(store) if !writes.is_empty() => {
+                let durable = writes.submit(store);
+                Some(tokio::spawn(async move { durable.await.is_ok() }))
+            }
+            _ => None,
+        };
+        self.acks.push(PendingAck {
+            kind: AckKind::PubComp,
+            pid: a.packet_id,
             code,
-            properties: AckProperties::default(),
-        }));
+            wait,
+        });
+        self.flush_acks();
     }
 }

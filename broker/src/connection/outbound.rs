@@ -7,6 +7,7 @@ use std::sync::MutexGuard;
 
 use bytes::BytesMut;
 
+use super::acks::{AckKind, PendingAck};
 use super::aliases::{Alias, OutAliases};
 use super::feed::Feed;
 use super::Conn;
@@ -16,6 +17,7 @@ use crate::limits::Limits;
 use crate::message::unix_now;
 use crate::protocol::Version;
 use crate::protocol::{encode, encoded_len, reason, AckProperties, Packet, PubAck, Publish, QoS};
+use crate::session::record::released_put;
 use crate::session::{encode_outgoing, message_key, Await, Outgoing, State};
 use crate::store::{Op, Table};
 
@@ -100,7 +102,11 @@ impl Conn {
     }
 
     /// PUBREC: a QoS 2 delivery was received (PUBREL follows), or refused (code ≥ 0x80: done).
+    /// A stored delivery is marked as past PUBREC before its PUBREL leaves, so that after a
+    /// restart (or on the node it moves to) it resumes with PUBREL, never as a new PUBLISH.
     pub(super) fn on_pubrec(&mut self, a: PubAck) {
+        let client_id = &self.s.client_id;
+        let store = self.b.store();
         let found = {
             let mut st = self.s.lock();
             let pos = st
@@ -108,28 +114,35 @@ impl Conn {
                 .iter()
                 .position(|(p, s, _)| *p == a.packet_id && *s == Await::PubRec);
             match pos {
-                Some(i) if a.code >= 0x80 => st.inflight.remove(i).map(|x| x.2.seq),
-                Some(i) => {
-                    if let Some(e) = st.inflight.get_mut(i) {
-                        e.1 = Await::PubComp;
-                    }
-                    Some(0)
-                }
+                Some(i) if a.code >= 0x80 => st.inflight.remove(i).map(|x| Err(x.2.seq)),
+                // queued under the lock: ordered before the delete that its PUBCOMP queues,
+                // and with any handover of this session
+                Some(i) => st.inflight.get_mut(i).map(|e| {
+                    e.1 = Await::PubComp;
+                    let mark = (e.2.seq != 0).then(|| released_put(client_id, a.packet_id, &e.2));
+                    Ok(store.zip(mark).map(|(store, op)| store.submit(vec![op])))
+                }),
                 None => None,
             }
         };
-        let rel = |code| {
-            Packet::PubRel(PubAck {
-                packet_id: a.packet_id,
-                code,
-                properties: AckProperties::default(),
-            })
+        let (code, wait) = match found {
+            Some(Err(seq)) => {
+                self.b.acked(client_id, seq);
+                return;
+            }
+            Some(Ok(durable)) => {
+                let wait = durable.map(|d| tokio::spawn(async move { d.await.is_ok() }));
+                (0, wait)
+            }
+            None => (reason::PACKET_IDENTIFIER_NOT_FOUND, None),
         };
-        match found {
-            Some(seq) if a.code >= 0x80 => self.b.acked(&self.s.client_id, seq),
-            Some(_) => self.send(&rel(0)),
-            None => self.send(&rel(reason::PACKET_IDENTIFIER_NOT_FOUND)),
-        }
+        self.acks.push(PendingAck {
+            kind: AckKind::PubRel,
+            pid: a.packet_id,
+            code,
+            wait,
+        });
+        self.flush_acks();
     }
 
     fn finish_inflight(&mut self, pid: u16, want: Await) {

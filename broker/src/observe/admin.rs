@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use axum::extract::{Path, State};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -13,14 +14,23 @@ use tokio::net::TcpListener;
 
 use crate::broker::Broker;
 
-async fn healthz() -> &'static str {
-    "ok\n"
+/// 200 `ok`, or 503 with the reason while the store refuses writes (a node that cannot make
+/// messages durable should not be sent clients).
+async fn healthz(State(b): State<Arc<Broker>>) -> Response {
+    match b.store().and_then(|s| s.failing()) {
+        Some(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")).into_response(),
+        None => "ok\n".into_response(),
+    }
 }
 
 async fn metrics(State(b): State<Arc<Broker>>) -> Response {
-    b.metrics()
-        .store_commits
-        .set(b.store().map(|s| s.stats().commits as i64).unwrap_or(0));
+    if let Some(stats) = b.store().map(|s| s.stats()) {
+        let m = b.metrics();
+        m.store_commits.set(stats.commits as i64);
+        let seen = m.store_commit_failures.get();
+        m.store_commit_failures
+            .inc_by(stats.commit_failures.saturating_sub(seen));
+    }
     if let Some(c) = b.cluster() {
         let peers = c.peers();
         let live = peers.iter().filter(|p| p.1.up).count();

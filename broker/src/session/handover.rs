@@ -170,6 +170,9 @@ impl Registry {
             return false;
         }
         if let Some(old) = State::decode(&rec) {
+            // QoS 2 publishes the client sent there and has not released yet stay held here:
+            // their retransmission is not routed twice
+            s.lock().qos2_in.extend(old.qos2_in);
             for (f, sub) in old.subs {
                 let has = s.lock().subs.contains_key(&f);
                 if !has {
@@ -182,7 +185,8 @@ impl Registry {
     }
 
     /// Queues handed-over entries (in-flight ones as queued: their packet ids belong to the
-    /// old holder) into the session of `client_id`, durably when `data_dir` is set.
+    /// old holder; those past PUBREC keep theirs, see `push_entries`) into the session of
+    /// `client_id`, durably when `data_dir` is set.
     pub fn append_handover(&self, client_id: &str, queued: &[Vec<u8>]) {
         let Some(s) = self.get(client_id) else {
             tracing::warn!(
@@ -192,10 +196,7 @@ impl Registry {
             );
             return;
         };
-        let ops = push_entries(&s, queued, self.store.is_some());
-        if let Some(store) = &self.store {
-            store.write_nowait(ops);
-        }
+        push_entries(&s, queued, self.store.as_ref());
         s.notify.notify_one();
     }
 }

@@ -22,7 +22,7 @@ pub mod record;
 pub mod registry;
 mod subs;
 
-pub use self::queue::{QueueRules, OVERFLOW_FACTOR};
+pub use self::queue::{QueueRules, Writes, OVERFLOW_FACTOR};
 pub use self::record::{decode_outgoing, encode_outgoing, message_key, message_prefix};
 pub use self::registry::{Attach, Registry};
 pub use self::subs::Subscriptions;

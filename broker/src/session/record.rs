@@ -9,10 +9,17 @@ use crate::message::{put, Message, Rd};
 use crate::protocol::{QoS, RetainHandling, Version};
 use crate::store::{Op, Table};
 
+/// First byte of a stored delivery past PUBREC (PUBREL sent, PUBCOMP awaited): its packet id
+/// follows, then the delivery as [`encode_outgoing`] writes it. A broker that predates it reads
+/// an unknown QoS and skips the row.
+const RELEASED: u8 = 0xFE;
+
 impl State {
-    /// The store record of this session (subscriptions and settings; queues are stored apart).
+    /// The store record of this session (subscriptions and settings; queues are stored apart),
+    /// then the incoming QoS 2 packet ids awaiting PUBREL. That last part was added later: a
+    /// record without it reads as none held, and an older broker ignores it.
     pub fn encode(&self) -> Vec<u8> {
-        let mut o = Vec::with_capacity(32 + self.subs.len() * 24);
+        let mut o = Vec::with_capacity(36 + self.subs.len() * 24 + self.qos2_in.len() * 2);
         o.push(1);
         o.push(self.version.level());
         o.extend_from_slice(&self.expiry.to_be_bytes());
@@ -33,6 +40,10 @@ impl State {
                     | (s.retain_handling as u8) << 2,
             );
             o.extend_from_slice(&s.id.unwrap_or(0).to_be_bytes());
+        }
+        o.extend_from_slice(&(self.qos2_in.len() as u32).to_be_bytes());
+        for pid in &self.qos2_in {
+            o.extend_from_slice(&pid.to_be_bytes());
         }
         o
     }
@@ -73,6 +84,13 @@ impl State {
                     id: (id != 0).then_some(id),
                 },
             );
+        }
+        // a record written before QoS 2 ids were kept ends here
+        if let Some(n) = r.u32() {
+            for _ in 0..n.min(u32::from(u16::MAX)) {
+                let pid = r.take(2)?;
+                st.qos2_in.insert(u16::from_be_bytes([pid[0], pid[1]]));
+            }
         }
         Some(st)
     }
@@ -137,6 +155,31 @@ pub fn queued_put(client_id: &str, o: &Outgoing) -> Op {
         table: Table::Messages,
         key: message_key(client_id, o.seq),
         value: encode_outgoing(o),
+    }
+}
+
+/// The store write that marks a stored delivery as past PUBREC under packet id `pid`: after a
+/// restart it is resumed with PUBREL, not sent again.
+pub fn released_put(client_id: &str, pid: u16, o: &Outgoing) -> Op {
+    let mut value = vec![RELEASED];
+    value.extend_from_slice(&pid.to_be_bytes());
+    value.extend_from_slice(&encode_outgoing(o));
+    Op::Put {
+        table: Table::Messages,
+        key: message_key(client_id, o.seq),
+        value,
+    }
+}
+
+/// Reads a stored delivery: the packet id of its PUBREL when it was past PUBREC (see
+/// [`released_put`]), and the delivery.
+pub fn decode_stored(b: &[u8], seq: u64) -> Option<(Option<u16>, Outgoing)> {
+    match b {
+        [RELEASED, hi, lo, rest @ ..] => Some((
+            Some(u16::from_be_bytes([*hi, *lo])),
+            decode_outgoing(rest, seq)?,
+        )),
+        _ => Some((None, decode_outgoing(b, seq)?)),
     }
 }
 
@@ -231,6 +274,62 @@ mod tests {
         assert_eq!(back.version, Version::V5);
         assert_eq!(back.subs, st.subs);
         assert_eq!(back.username.as_deref(), Some("u"));
+        assert!(back.qos2_in.is_empty());
+    }
+
+    #[test]
+    fn qos2_ids_kept_and_an_older_record_still_reads() {
+        let mut st = State::new();
+        st.expiry = 60;
+        st.subs.insert(
+            "t".into(),
+            Sub {
+                qos: QoS::ExactlyOnce,
+                no_local: false,
+                retain_as_published: false,
+                retain_handling: RetainHandling::SendAtSubscribe,
+                id: None,
+            },
+        );
+        st.qos2_in.extend([1, 65535]);
+        let rec = st.encode();
+        let back = State::decode(&rec).unwrap();
+        assert_eq!(back.qos2_in, st.qos2_in);
+        // the record as brokers wrote it before: no QoS 2 part
+        let old = &rec[..rec.len() - 4 - 2 * 2];
+        let back = State::decode(old).unwrap();
+        assert_eq!((back.expiry, back.subs.len()), (60, 1));
+        assert!(back.qos2_in.is_empty());
+        assert!(
+            State::decode(&rec[..rec.len() - 1]).is_none(),
+            "a cut id is refused"
+        );
+    }
+
+    #[test]
+    fn a_released_delivery_reads_with_its_packet_id() {
+        let o = Outgoing {
+            msg: Arc::new(Message::plain(
+                "t",
+                bytes::Bytes::from_static(b"p"),
+                QoS::ExactlyOnce,
+                false,
+                Arc::from("pub"),
+            )),
+            qos: QoS::ExactlyOnce,
+            retain: false,
+            sub_ids: vec![],
+            seq: 4,
+        };
+        let Op::Put { value, .. } = released_put("c", 513, &o) else {
+            panic!("a put");
+        };
+        let (pid, back) = decode_stored(&value, 4).unwrap();
+        assert_eq!((pid, back.seq, &*back.msg.topic), (Some(513), 4, "t"));
+        let (pid, _) = decode_stored(&encode_outgoing(&o), 4).unwrap();
+        assert_eq!(pid, None);
+        // what an older broker does with it: an unknown QoS, the row is skipped
+        assert!(decode_outgoing(&value, 4).is_none());
     }
 
     #[test]

@@ -11,10 +11,10 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 use super::record::{
-    decode_handover, decode_outgoing, encode_queued, forget, queued_put, record_put,
+    decode_handover, decode_stored, encode_queued, forget, queued_put, record_put,
 };
 use super::subs::Subscriptions;
-use super::{sub_options, Attached, Session, State, Sub};
+use super::{sub_options, Attached, Await, Session, State, Sub};
 use crate::cluster::{Peers, SessionExport};
 use crate::metrics::Metrics;
 use crate::protocol::{reason, QoS, Version, Will};
@@ -121,10 +121,14 @@ impl Registry {
                 }]);
                 continue;
             };
-            if let Some(o) = decode_outgoing(&v, seq) {
+            if let Some((released, o)) = decode_stored(&v, seq) {
                 let mut st = s.lock();
                 st.next_seq = st.next_seq.max(seq + 1);
-                st.queue.push_back(o);
+                match released {
+                    // past PUBREC: resumed with its PUBREL (MQTT-4.4.0-1), never sent again
+                    Some(pid) => st.inflight.push_back((pid, Await::PubComp, o)),
+                    None => st.queue.push_back(o),
+                }
                 queued += 1;
             }
         }
@@ -429,7 +433,10 @@ impl Registry {
             if self.store.is_some() && o.qos != QoS::AtMostOnce {
                 o.seq = st.next_seq;
                 st.next_seq += 1;
-                ops.push(queued_put(id, &o));
+                ops.push(match state {
+                    Some(Await::PubComp) => super::record::released_put(id, pid, &o),
+                    _ => queued_put(id, &o),
+                });
             }
             match state {
                 Some(state) => st.inflight.push_back((pid, state, o)),
@@ -456,7 +463,7 @@ impl Registry {
                         inflight.chain(o.queue.iter()).map(encode_queued).collect()
                     }
                 };
-                ops.extend(super::queue::push_entries(&s, &since, self.store.is_some()));
+                super::queue::push_entries(&s, &since, self.store.as_ref());
                 self.metrics.sessions.dec();
                 self.drop_session_state(&old);
             }

@@ -25,7 +25,7 @@ use std::path::Path;
 use std::sync::{Arc, PoisonError, RwLock};
 use std::thread::JoinHandle;
 
-use redb::{Database, DatabaseError, RepairSession};
+use redb::{Database, DatabaseError};
 use tokio::sync::{mpsc, oneshot, watch};
 
 mod error;
@@ -40,13 +40,14 @@ pub use table::{Op, Table};
 use error::{db_err, message};
 use stats::Counters;
 use table::prefix_end;
-use writer::{Msg, Pending};
+use writer::{open_file, Msg, Pending, Shared};
 
 /// File name inside the data directory.
 const FILE_NAME: &str = "mqedge.redb";
-/// redb's page cache. Reads are one recovery scan at startup, so the 1 GiB default would mostly
-/// buy resident memory on an edge node; a tenth of this is redb's write buffer.
-const CACHE_BYTES: usize = 64 * 1024 * 1024;
+
+/// Failed commits in a row after which the node reports itself unhealthy (`/healthz` 503): one
+/// failure can be a single oversized call, this many means the disk refuses writes.
+pub const UNHEALTHY_AFTER_FAILURES: u64 = 3;
 
 /// Rows of a scan: (key, value) pairs in key order.
 pub type Rows = Vec<(Vec<u8>, Vec<u8>)>;
@@ -62,8 +63,9 @@ pub struct Store {
 }
 
 struct Inner {
-    /// `None` after `close`, so the file is released once in-flight scans finish.
-    db: RwLock<Option<Arc<Database>>>,
+    /// `None` after `close`, so the file is released once in-flight scans finish (and while
+    /// the writer opens it again after an I/O error).
+    db: Shared,
     queue: mpsc::UnboundedSender<Msg>,
     /// Becomes `true` when the writer has committed its last batch and released the database.
     stopped: watch::Receiver<bool>,
@@ -85,20 +87,16 @@ impl Store {
             path: path.clone(),
             what,
         };
-        let db = Database::builder()
-            .set_cache_size(CACHE_BYTES)
-            .set_repair_callback(log_repair)
-            .create(&path)
-            .map_err(|e| match e {
-                DatabaseError::DatabaseAlreadyOpen => open_err(
-                    "already in use by another process (another broker with the same data_dir?)"
-                        .to_string(),
-                ),
-                other => open_err(other.to_string()),
-            })?;
+        let db = open_file(&path).map_err(|e| match e {
+            DatabaseError::DatabaseAlreadyOpen => open_err(
+                "already in use by another process (another broker with the same data_dir?)"
+                    .to_string(),
+            ),
+            other => open_err(other.to_string()),
+        })?;
         create_tables(&db).map_err(open_err)?;
 
-        let db = Arc::new(db);
+        let db: Shared = Arc::new(RwLock::new(Some(Arc::new(db))));
         let counters = Arc::new(Counters::default());
         let (queue, rx) = mpsc::unbounded_channel();
         let (stopped_tx, stopped) = watch::channel(false);
@@ -113,7 +111,7 @@ impl Store {
         tracing::debug!(path = %path.display(), "store opened");
         Ok(Store {
             inner: Arc::new(Inner {
-                db: RwLock::new(Some(db)),
+                db,
                 queue,
                 stopped,
                 writer: Some(writer),
@@ -196,6 +194,14 @@ impl Store {
         self.inner.counters.snapshot()
     }
 
+    /// Why the store cannot be trusted to take writes now (the last
+    /// [`UNHEALTHY_AFTER_FAILURES`] commits or more failed), or `None` while it can.
+    pub fn failing(&self) -> Option<String> {
+        let n = self.stats().consecutive_failures;
+        (n >= UNHEALTHY_AFTER_FAILURES)
+            .then(|| format!("store: the last {n} commits failed (see the log for the error)"))
+    }
+
     fn db(&self) -> Result<Arc<Database>, StoreError> {
         self.inner
             .db
@@ -251,13 +257,6 @@ fn create_tables(db: &Database) -> Result<(), String> {
         txn.open_table(table.def()).map_err(message)?;
     }
     txn.commit().map_err(message)
-}
-
-fn log_repair(session: &mut RepairSession) {
-    tracing::warn!(
-        progress = format_args!("{:.0}%", session.progress() * 100.0),
-        "store was not closed cleanly: repairing"
-    );
 }
 
 #[cfg(test)]

@@ -10,6 +10,11 @@ pub struct StoreStats {
     pub commits: u64,
     /// Ops written by those commits.
     pub ops: u64,
+    /// Write transactions that failed (a batch retried call by call counts once, and once
+    /// more for each call that failed alone).
+    pub commit_failures: u64,
+    /// Failed commits since the last one that succeeded: what `/healthz` judges the disk by.
+    pub consecutive_failures: u64,
 }
 
 /// The live counters behind [`StoreStats`], shared by the writer thread and every handle.
@@ -17,6 +22,9 @@ pub struct StoreStats {
 pub(super) struct Counters {
     commits: AtomicU64,
     ops: AtomicU64,
+    failures: AtomicU64,
+    /// Reset by every successful commit.
+    consecutive: AtomicU64,
 }
 
 impl Counters {
@@ -24,6 +32,13 @@ impl Counters {
     pub(super) fn committed(&self, ops: usize) {
         self.commits.fetch_add(1, Ordering::Relaxed);
         self.ops.fetch_add(ops as u64, Ordering::Relaxed);
+        self.consecutive.store(0, Ordering::Relaxed);
+    }
+
+    /// One commit that failed.
+    pub(super) fn failed(&self) {
+        self.failures.fetch_add(1, Ordering::Relaxed);
+        self.consecutive.fetch_add(1, Ordering::Relaxed);
     }
 
     /// The counts so far.
@@ -31,6 +46,8 @@ impl Counters {
         StoreStats {
             commits: self.commits.load(Ordering::Relaxed),
             ops: self.ops.load(Ordering::Relaxed),
+            commit_failures: self.failures.load(Ordering::Relaxed),
+            consecutive_failures: self.consecutive.load(Ordering::Relaxed),
         }
     }
 }

@@ -1,13 +1,17 @@
 //! The writer thread: the only place that writes to the database. It blocks for the first queued
 //! call, takes whatever else is already queued (up to the batch caps), commits it all in one
 //! durable transaction, answers every waiter, and repeats until the queue is closed and drained.
+//! A batch that fails is tried again call by call, so one call's failure is not another's; after
+//! an I/O error (redb then refuses every write until the file is opened again) the writer opens
+//! the file again, before the retries and at each batch until it succeeds.
 //! Imports the store's leaf modules (`table`, `error`, `stats`), never the store's handle.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
 
-use redb::{Database, Durability};
+use redb::{Database, DatabaseError, Durability, RepairSession, StorageError, TransactionError};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::error::{message, StoreError};
@@ -18,6 +22,30 @@ use super::table::{prefix_end, Op};
 pub(super) const MAX_BATCH_OPS: usize = 10_000;
 /// A batch stops growing past this many key/value bytes, for the same reason.
 const MAX_BATCH_BYTES: usize = 8 * 1024 * 1024;
+/// redb's page cache. Reads are one recovery scan at startup, so the 1 GiB default would mostly
+/// buy resident memory on an edge node; a tenth of this is redb's write buffer.
+const CACHE_BYTES: usize = 64 * 1024 * 1024;
+/// Longest the writer waits for scans to let go of a failed database before opening it again.
+const RELEASE_WAIT: Duration = Duration::from_secs(1);
+
+/// The open database, shared by the handle (scans) and the writer (which replaces it after an
+/// I/O error); `None` once closed, or while it could not be opened again.
+pub(super) type Shared = Arc<RwLock<Option<Arc<Database>>>>;
+
+/// Opens (or creates) the database file, repairing a file left by a crash.
+pub(super) fn open_file(path: &Path) -> Result<Database, DatabaseError> {
+    Database::builder()
+        .set_cache_size(CACHE_BYTES)
+        .set_repair_callback(log_repair)
+        .create(path)
+}
+
+fn log_repair(session: &mut RepairSession) {
+    tracing::warn!(
+        progress = format_args!("{:.0}%", session.progress() * 100.0),
+        "store was not closed cleanly: repairing"
+    );
+}
 
 /// What a handle sends the writer.
 pub(super) enum Msg {
@@ -45,10 +73,11 @@ impl Pending {
     }
 }
 
-/// Starts the writer thread on `db`. When it has committed its last batch it releases the
-/// database and only then sets `stopped`, so whoever waits on it may reopen the file.
+/// Starts the writer thread on the database in `shared`. When it has committed its last batch
+/// it releases the database and only then sets `stopped`, so whoever waits on it may reopen
+/// the file.
 pub(super) fn spawn(
-    db: Arc<Database>,
+    shared: Shared,
     rx: mpsc::UnboundedReceiver<Msg>,
     counters: Arc<Counters>,
     path: PathBuf,
@@ -57,15 +86,29 @@ pub(super) fn spawn(
     thread::Builder::new()
         .name("mqedge-store".to_string())
         .spawn(move || {
-            run(&db, rx, &counters, &path);
+            let mut db = current(&shared);
+            run(&mut db, &shared, rx, &counters, &path);
             // Release the file before anyone waiting in `close` is told we stopped.
             drop(db);
             let _ = stopped.send(true);
         })
 }
 
+fn current(shared: &Shared) -> Option<Arc<Database>> {
+    shared
+        .read()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clone()
+}
+
 /// The writer loop. Returns when the queue is closed and drained.
-fn run(db: &Database, mut rx: mpsc::UnboundedReceiver<Msg>, counters: &Counters, path: &Path) {
+fn run(
+    db: &mut Option<Arc<Database>>,
+    shared: &Shared,
+    mut rx: mpsc::UnboundedReceiver<Msg>,
+    counters: &Counters,
+    path: &Path,
+) {
     let mut carry: Option<Pending> = None;
     loop {
         let first = match carry.take() {
@@ -81,9 +124,86 @@ fn run(db: &Database, mut rx: mpsc::UnboundedReceiver<Msg>, counters: &Counters,
             },
         };
         let (batch, n_ops) = gather(first, &mut rx, &mut carry);
-        let result = commit(db, &batch);
+        if db.is_none() {
+            *db = reopen(shared, path);
+        }
+        let result = commit_on(db.as_deref(), &batch);
         report(&result, &batch, n_ops, counters, path);
-        answer(batch, &result);
+        if result.is_err() && db.as_deref().is_some_and(refuses_writes) {
+            release(db, shared);
+            *db = reopen(shared, path);
+        }
+        match result {
+            Ok(()) => answer(batch, &Ok(())),
+            // one call's failure must not take the others of its batch with it: each is
+            // tried again in its own transaction and answered for itself
+            Err(_) if batch.len() > 1 => {
+                for pending in batch {
+                    let one = std::slice::from_ref(&pending);
+                    let result = commit_on(db.as_deref(), one);
+                    report(&result, one, pending.ops.len(), counters, path);
+                    answer(vec![pending], &result);
+                }
+            }
+            Err(e) => answer(batch, &Err(e)),
+        }
+    }
+}
+
+fn commit_on(db: Option<&Database>, batch: &[Pending]) -> Result<(), String> {
+    match db {
+        Some(db) => commit(db, batch),
+        None => Err("cannot open the database again after an I/O error".to_string()),
+    }
+}
+
+/// Whether redb refuses every write from now on (it does after an I/O error, until the file is
+/// opened again).
+fn refuses_writes(db: &Database) -> bool {
+    matches!(
+        db.begin_write(),
+        Err(TransactionError::Storage(StorageError::PreviousIo))
+    )
+}
+
+/// Lets go of a failed database: takes it from the handle and waits (bounded) for running
+/// scans to drop their copies, so that the file is closed and may be opened again.
+fn release(db: &mut Option<Arc<Database>>, shared: &Shared) {
+    shared
+        .write()
+        .unwrap_or_else(PoisonError::into_inner)
+        .take();
+    let Some(mut last) = db.take() else {
+        return;
+    };
+    let deadline = Instant::now() + RELEASE_WAIT;
+    loop {
+        match Arc::try_unwrap(last) {
+            Ok(file) => return drop(file),
+            Err(still) if Instant::now() < deadline => {
+                last = still;
+                thread::sleep(Duration::from_millis(5));
+            }
+            // a scan still holds it: opening again fails until it finishes, and is retried
+            Err(_) => return,
+        }
+    }
+}
+
+/// Opens the database file again (repairing it) and hands it to the handle too; `None` while
+/// that fails (retried at the next batch).
+fn reopen(shared: &Shared, path: &Path) -> Option<Arc<Database>> {
+    match open_file(path) {
+        Ok(file) => {
+            let file = Arc::new(file);
+            *shared.write().unwrap_or_else(PoisonError::into_inner) = Some(file.clone());
+            tracing::warn!(path = %path.display(), "store opened again after an I/O error");
+            Some(file)
+        }
+        Err(e) => {
+            tracing::error!(path = %path.display(), error = %e, "store cannot be opened again");
+            None
+        }
     }
 }
 
@@ -118,7 +238,7 @@ fn gather(
     (batch, n_ops)
 }
 
-/// Counts a commit, or logs a failed one with how many unacknowledged ops it lost.
+/// Counts a commit, or counts and logs a failed one with how many unacknowledged ops it held.
 fn report(
     result: &Result<(), String>,
     batch: &[Pending],
@@ -132,6 +252,7 @@ fn report(
             tracing::trace!(calls = batch.len(), ops = n_ops, "store commit");
         }
         Err(e) => {
+            counters.failed();
             let unwaited: usize = batch
                 .iter()
                 .filter(|p| p.done.is_none())
@@ -141,7 +262,7 @@ fn report(
                 path = %path.display(),
                 error = %e,
                 ops = n_ops,
-                unacknowledged_ops_lost = unwaited,
+                unacknowledged_ops = unwaited,
                 "store commit failed"
             );
         }
