@@ -189,6 +189,8 @@ fn cluster_counters(m: &metrics::Metrics) -> cluster::ClusterCounters {
     cluster::ClusterCounters {
         forwarded: m.cluster_forwarded.clone(),
         forwarded_bytes: m.cluster_forwarded_bytes.clone(),
+        transfers_received: m.cluster_transfers_received.clone(),
+        transfers_dropped: m.cluster_transfers_dropped.clone(),
         failed_unreachable: failed("peer unreachable"),
         failed_queue_full: failed("queue full"),
         failed_gone: failed("peer gone"),

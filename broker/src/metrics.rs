@@ -65,6 +65,10 @@ pub struct Metrics {
     pub cluster_forwarded_bytes: Counter,
     /// Messages received from other nodes.
     pub cluster_received: Counter,
+    /// Chunked transfers (large snapshots, session exports) received whole.
+    pub cluster_transfers_received: Counter,
+    /// Chunked transfers dropped unfinished or refused.
+    pub cluster_transfers_dropped: Counter,
     /// Sessions handed over to another node.
     pub cluster_handovers: Counter,
 }
@@ -104,6 +108,8 @@ impl Metrics {
             cluster_routes: Gauge::default(),
             cluster_forwarded: Counter::default(),
             cluster_forwarded_bytes: Counter::default(),
+            cluster_transfers_received: Counter::default(),
+            cluster_transfers_dropped: Counter::default(),
             cluster_received: Counter::default(),
             cluster_handovers: Counter::default(),
         };
@@ -227,6 +233,16 @@ impl Metrics {
             "cluster_forwarded_messages",
             "Messages forwarded to other nodes",
             self.cluster_forwarded.clone(),
+        );
+        r.register(
+            "cluster_transfers_received",
+            "Chunked node-channel transfers (large snapshots, session exports) received whole",
+            self.cluster_transfers_received.clone(),
+        );
+        r.register(
+            "cluster_transfers_dropped",
+            "Chunked node-channel transfers dropped unfinished (channel closed) or refused (size cap, order)",
+            self.cluster_transfers_dropped.clone(),
         );
         r.register(
             "cluster_forwarded_bytes",

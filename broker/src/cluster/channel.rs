@@ -12,6 +12,7 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
+use super::chunks::{Reassembly, MAX_TRANSFER};
 use super::frame::{decode, Frame};
 use super::node::{lock, Cluster};
 use super::peer::HEARTBEAT_DEADLINE;
@@ -198,10 +199,18 @@ impl Cluster {
         // acks of forwarded copies still waiting to be durable (bounded: past it, reading
         // waits, and the sender's queue and then its publishers' gate feel it)
         let mut acks: FuturesUnordered<BoxFuture<'static, Option<u64>>> = FuturesUnordered::new();
+        // large snapshots and exports come in pieces: applied once whole
+        let c = &self.counters;
+        let who = (self.node.clone(), node.clone());
+        let (dropped, received) = (c.transfers_dropped.clone(), c.transfers_received.clone());
+        let mut chunks = Reassembly::new(MAX_TRANSFER, dropped, received, who);
         loop {
             let mut off = 0;
             while let Some((f, used)) = decode(&buf[off..]).map_err(|e| e.to_string())? {
                 off += used;
+                let Some(f) = chunks.take(f).map_err(|e| e.to_string())? else {
+                    continue;
+                };
                 if let Some(ack) = self.handle(node.clone(), epoch, f) {
                     acks.push(ack);
                 }
@@ -249,7 +258,8 @@ impl Cluster {
         f: Frame,
     ) -> Option<BoxFuture<'static, Option<u64>>> {
         match f {
-            Frame::Hello { .. } => {}
+            // taken apart by the read loop's reassembly
+            Frame::Hello { .. } | Frame::ChunkStart { .. } | Frame::ChunkMore { .. } => {}
             Frame::Ping { at } => {
                 self.send_to(&n, Frame::Pong { at });
             }

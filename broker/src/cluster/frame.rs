@@ -124,6 +124,20 @@ pub enum Frame {
         /// The ping's `at`.
         at: u64,
     },
+    /// The first piece of a frame too large to go whole (a snapshot, an export): `total`
+    /// bytes of its encoding follow in this and the next [`Frame::ChunkMore`]s
+    /// ([`super::chunks`]).
+    ChunkStart {
+        /// Length of the whole encoded frame.
+        total: u64,
+        /// Its first bytes.
+        data: Vec<u8>,
+    },
+    /// The next piece of the frame a [`Frame::ChunkStart`] began.
+    ChunkMore {
+        /// The next bytes.
+        data: Vec<u8>,
+    },
 }
 
 impl Frame {
@@ -151,6 +165,7 @@ impl Frame {
             } => client_id.len() + export.as_ref().map(|(r, q)| r.len() + bufs(q)).unwrap_or(0),
             Frame::SessionAppend { client_id, queued } => client_id.len() + bufs(queued),
             Frame::Holds { client_ids, .. } | Frame::Held { client_ids, .. } => strs(client_ids),
+            Frame::ChunkStart { data, .. } | Frame::ChunkMore { data } => data.len() + 8,
             Frame::ForwardAck { .. } | Frame::Leave | Frame::Ping { .. } | Frame::Pong { .. } => 0,
         }
     }
@@ -301,6 +316,15 @@ pub fn encode(f: &Frame, out: &mut Vec<u8>) {
                 16
             }
         }
+        Frame::ChunkStart { total, data } => {
+            b.extend_from_slice(&total.to_be_bytes());
+            put(&mut b, data);
+            17
+        }
+        Frame::ChunkMore { data } => {
+            put(&mut b, data);
+            18
+        }
     };
     out.push(kind);
     out.extend_from_slice(&b);
@@ -311,11 +335,16 @@ pub fn encode(f: &Frame, out: &mut Vec<u8>) {
 /// Decodes one frame from the front of `buf`; returns it and the bytes it used, or `None` when
 /// more bytes are needed.
 pub fn decode(buf: &[u8]) -> Result<Option<(Frame, usize)>, FrameError> {
+    decode_capped(buf, MAX_FRAME)
+}
+
+/// [`decode`] with another size cap (a frame reassembled from chunks may be larger).
+pub fn decode_capped(buf: &[u8], cap: usize) -> Result<Option<(Frame, usize)>, FrameError> {
     if buf.len() < 4 {
         return Ok(None);
     }
     let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
-    if len > MAX_FRAME {
+    if len > cap {
         return Err(FrameError::TooLarge(len));
     }
     if len < 2 {
@@ -435,6 +464,13 @@ pub fn decode(buf: &[u8]) -> Result<Option<(Frame, usize)>, FrameError> {
                 Frame::Held { id, client_ids }
             }
         }
+        17 => Frame::ChunkStart {
+            total: r.u64().ok_or(bad.clone())?,
+            data: r.bytes().ok_or(bad.clone())?.to_vec(),
+        },
+        18 => Frame::ChunkMore {
+            data: r.bytes().ok_or(bad.clone())?.to_vec(),
+        },
         _ => return Err(FrameError::Malformed("unknown frame kind")),
     };
     if !r.0.is_empty() {
@@ -504,6 +540,11 @@ mod tests {
                 id: 9,
                 client_ids: vec![],
             },
+            Frame::ChunkStart {
+                total: 10,
+                data: vec![1, 2],
+            },
+            Frame::ChunkMore { data: vec![3] },
         ]
     }
 
@@ -565,7 +606,7 @@ mod tests {
             if b.len() >= 6 {
                 b[0..4].copy_from_slice(&((n - 4) as u32).to_be_bytes());
                 b[4] = 1;
-                b[5] = (x % 15) as u8;
+                b[5] = (x % 19) as u8;
             }
             let _ = decode(&b);
         }

@@ -18,6 +18,7 @@
 //! [`crate::routing`], [`crate::message`] and [`crate::config`].
 
 mod channel;
+mod chunks;
 mod frame;
 mod handover;
 mod node;
@@ -71,6 +72,10 @@ pub struct ClusterCounters {
     pub failed_down: Counter,
     /// Peers refused on the node channel, by reason.
     pub auth_failures: AuthCounters,
+    /// Chunked transfers (large snapshots, exports) received whole.
+    pub transfers_received: Counter,
+    /// Chunked transfers dropped unfinished (channel closed) or refused (cap, order).
+    pub transfers_dropped: Counter,
 }
 
 /// A peer as `/api/cluster` shows it.

@@ -5,7 +5,8 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use super::frame::{Frame, MAX_FRAME};
+use super::chunks::{self, MAX_TRANSFER};
+use super::frame::Frame;
 use super::node::{lock, Cluster};
 use super::peer::{write_loop, Dial, Peer, Unsent};
 use super::Gate;
@@ -29,9 +30,12 @@ impl Cluster {
                 epoch: self.epoch,
                 to_epoch: generation,
             });
-            let _ = p.send(Frame::RoutesReset {
-                filters: local.keys().cloned().collect(),
-            });
+            let _ = chunks::send(
+                &p,
+                Frame::RoutesReset {
+                    filters: local.keys().cloned().collect(),
+                },
+            );
             let out = (p.link.clone(), p.data.clone(), rx);
             if let Some(b) = self.core() {
                 // values and tombstones (no $SYS), versioned: the peer keeps what is newer
@@ -41,7 +45,7 @@ impl Cluster {
                     .map(|(m, v)| encode_record(m, v))
                     .collect();
                 if !msgs.is_empty() {
-                    let _ = p.send(Frame::Retained { msgs });
+                    let _ = chunks::send(&p, Frame::Retained { msgs });
                 }
             }
             peers.insert(n.clone(), p);
@@ -96,9 +100,14 @@ impl Cluster {
         if forward && !p.reachable() {
             return Err(Unsent::Unreachable);
         }
-        p.send(f).inspect_err(|&e| {
+        let sent = if forward {
+            p.send(f)
+        } else {
+            chunks::send(p, f)
+        };
+        sent.inspect_err(|&e| {
             if e == Unsent::TooLarge {
-                tracing::error!(node = %self.node, peer = %n, max = MAX_FRAME, "cluster: frame over the size cap not sent");
+                tracing::error!(node = %self.node, peer = %n, max = MAX_TRANSFER, "cluster: frame over the size cap not sent");
             }
         })?;
         Ok((forward && p.data.congested()).then(|| p.data.clone()))
@@ -107,7 +116,7 @@ impl Cluster {
     /// Queues a frame to every peer (callers hold `local` when order with snapshots matters).
     pub(super) fn broadcast_locked(&self, f: Frame) {
         for p in lock(&self.peers).values() {
-            let _ = p.send(f.clone());
+            let _ = chunks::send(p, f.clone());
         }
     }
 }

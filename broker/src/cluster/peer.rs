@@ -131,6 +131,9 @@ impl Peer {
         let before = counter.fetch_add(w, Ordering::Relaxed);
         let over = if forward {
             before >= PEER_QUEUE_BYTES * 4
+        } else if matches!(f, Frame::ChunkMore { .. }) {
+            // a transfer whose start was queued is queued whole (the receiver refuses a torn one)
+            false
         } else {
             before >= CONTROL_QUEUE_BYTES
         };
