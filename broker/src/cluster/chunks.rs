@@ -14,6 +14,7 @@
 
 use std::sync::Arc;
 
+use bytes::Bytes;
 use prometheus_client::metrics::counter::Counter;
 
 use super::frame::{decode_capped, encode, Frame, FrameError};
@@ -63,17 +64,15 @@ pub(crate) fn split(f: Frame, chunk: usize) -> Result<Vec<Frame>, ChunkError> {
     }
     let chunk = chunk.max(1);
     let total = whole.len() as u64;
-    Ok(whole
-        .chunks(chunk)
-        .enumerate()
-        .map(|(i, data)| match i {
-            0 => Frame::ChunkStart {
-                total,
-                data: data.to_vec(),
-            },
-            _ => Frame::ChunkMore {
-                data: data.to_vec(),
-            },
+    let whole = Bytes::from(whole);
+    Ok((0..whole.len())
+        .step_by(chunk)
+        .map(|at| {
+            let data = whole.slice(at..(at + chunk).min(whole.len()));
+            match at {
+                0 => Frame::ChunkStart { total, data },
+                _ => Frame::ChunkMore { data },
+            }
         })
         .collect())
 }
@@ -141,8 +140,9 @@ impl Reassembly {
                 if total > self.cap {
                     return Err(ChunkError::TooLarge(total));
                 }
-                // grows with what arrives, never with what is announced
-                self.open = Some((Vec::with_capacity(data.len()), total));
+                // room for what is announced (at most the cap) is reserved, not touched: memory
+                // grows with what arrives
+                self.open = Some((Vec::with_capacity(total as usize), total));
                 data
             }
             Frame::ChunkMore { data } => data,
@@ -270,11 +270,13 @@ mod tests {
         let (mut a, dropped, _) = asm(MAX_TRANSFER);
         a.take(Frame::ChunkStart {
             total: 3,
-            data: vec![0, 0],
+            data: Bytes::from_static(&[0, 0]),
         })
         .unwrap();
         assert!(matches!(
-            a.take(Frame::ChunkMore { data: vec![0; 5] }),
+            a.take(Frame::ChunkMore {
+                data: Bytes::from_static(&[0; 5]),
+            }),
             Err(ChunkError::Overrun { total: 3, got: 7 })
         ));
         assert_eq!(dropped.get(), 1);
@@ -302,7 +304,7 @@ mod tests {
         // a transfer of a transfer, and bytes that are not a frame
         let inner = split(
             Frame::ChunkMore {
-                data: vec![1; 3000],
+                data: Bytes::from(vec![1; 3000]),
             },
             1000,
         )
@@ -316,7 +318,7 @@ mod tests {
         let mut a = asm(MAX_TRANSFER).0;
         let noise = Frame::ChunkStart {
             total: 4,
-            data: vec![0, 0, 0, 9],
+            data: Bytes::from_static(&[0, 0, 0, 9]),
         };
         assert!(matches!(a.take(noise), Err(ChunkError::Frame(_))));
     }

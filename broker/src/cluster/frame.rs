@@ -2,6 +2,8 @@
 //! `[u32 length][u8 version = 1][u8 kind][body]`, the length counting version, kind and body.
 //! Pure: bytes in, frames out (or `None` for "need more"), so it is unit-tested alone.
 
+use bytes::Bytes;
+
 use crate::message::{put, Rd};
 
 /// The frame format version this node speaks.
@@ -130,13 +132,13 @@ pub enum Frame {
     ChunkStart {
         /// Length of the whole encoded frame.
         total: u64,
-        /// Its first bytes.
-        data: Vec<u8>,
+        /// Its first bytes (a slice of the encoding: splitting copies nothing).
+        data: Bytes,
     },
     /// The next piece of the frame a [`Frame::ChunkStart`] began.
     ChunkMore {
         /// The next bytes.
-        data: Vec<u8>,
+        data: Bytes,
     },
 }
 
@@ -192,15 +194,17 @@ fn put_str(o: &mut Vec<u8>, s: &str) {
 /// Appends the encoding of a frame.
 pub fn encode(f: &Frame, out: &mut Vec<u8>) {
     let start = out.len();
-    out.extend_from_slice(&[0, 0, 0, 0, VERSION]);
-    let mut b = Vec::new();
+    // the body goes straight after the header (its kind byte is set below)
+    out.reserve(f.weight());
+    out.extend_from_slice(&[0, 0, 0, 0, VERSION, 0]);
+    let mut b = &mut *out;
     let kind: u8 = match f {
         Frame::Hello {
             node,
             epoch,
             to_epoch,
         } => {
-            put_str(&mut b, node);
+            put_str(b, node);
             b.extend_from_slice(&epoch.to_be_bytes());
             b.extend_from_slice(&to_epoch.to_be_bytes());
             1
@@ -208,16 +212,16 @@ pub fn encode(f: &Frame, out: &mut Vec<u8>) {
         Frame::RoutesReset { filters } => {
             b.extend_from_slice(&(filters.len() as u32).to_be_bytes());
             for x in filters {
-                put_str(&mut b, x);
+                put_str(b, x);
             }
             2
         }
         Frame::RouteAdd { filter } => {
-            put_str(&mut b, filter);
+            put_str(b, filter);
             3
         }
         Frame::RouteDel { filter } => {
-            put_str(&mut b, filter);
+            put_str(b, filter);
             4
         }
         Frame::Forward {
@@ -230,10 +234,10 @@ pub fn encode(f: &Frame, out: &mut Vec<u8>) {
             b.push(u8::from(*direct));
             b.extend_from_slice(&(shared.len() as u32).to_be_bytes());
             for (g, x) in shared {
-                put_str(&mut b, g);
-                put_str(&mut b, x);
+                put_str(b, g);
+                put_str(b, x);
             }
-            put(&mut b, msg);
+            put(b, msg);
             5
         }
         Frame::ForwardAck { id } => {
@@ -243,7 +247,7 @@ pub fn encode(f: &Frame, out: &mut Vec<u8>) {
         Frame::Retained { msgs } => {
             b.extend_from_slice(&(msgs.len() as u32).to_be_bytes());
             for m in msgs {
-                put(&mut b, m);
+                put(b, m);
             }
             7
         }
@@ -253,7 +257,7 @@ pub fn encode(f: &Frame, out: &mut Vec<u8>) {
             clean_start,
         } => {
             b.extend_from_slice(&id.to_be_bytes());
-            put_str(&mut b, client_id);
+            put_str(b, client_id);
             b.push(u8::from(*clean_start));
             8
         }
@@ -263,14 +267,14 @@ pub fn encode(f: &Frame, out: &mut Vec<u8>) {
             export,
         } => {
             b.extend_from_slice(&id.to_be_bytes());
-            put_str(&mut b, client_id);
+            put_str(b, client_id);
             match export {
                 Some((rec, queued)) => {
                     b.push(1);
-                    put(&mut b, rec);
+                    put(b, rec);
                     b.extend_from_slice(&(queued.len() as u32).to_be_bytes());
                     for q in queued {
-                        put(&mut b, q);
+                        put(b, q);
                     }
                 }
                 None => b.push(0),
@@ -284,15 +288,15 @@ pub fn encode(f: &Frame, out: &mut Vec<u8>) {
             keep,
         } => {
             b.extend_from_slice(&id.to_be_bytes());
-            put_str(&mut b, client_id);
+            put_str(b, client_id);
             b.push(u8::from(*keep));
             11
         }
         Frame::SessionAppend { client_id, queued } => {
-            put_str(&mut b, client_id);
+            put_str(b, client_id);
             b.extend_from_slice(&(queued.len() as u32).to_be_bytes());
             for q in queued {
-                put(&mut b, q);
+                put(b, q);
             }
             12
         }
@@ -308,7 +312,7 @@ pub fn encode(f: &Frame, out: &mut Vec<u8>) {
             b.extend_from_slice(&id.to_be_bytes());
             b.extend_from_slice(&(client_ids.len() as u32).to_be_bytes());
             for c in client_ids {
-                put_str(&mut b, c);
+                put_str(b, c);
             }
             if matches!(f, Frame::Holds { .. }) {
                 15
@@ -318,16 +322,15 @@ pub fn encode(f: &Frame, out: &mut Vec<u8>) {
         }
         Frame::ChunkStart { total, data } => {
             b.extend_from_slice(&total.to_be_bytes());
-            put(&mut b, data);
+            put(b, data);
             17
         }
         Frame::ChunkMore { data } => {
-            put(&mut b, data);
+            put(b, data);
             18
         }
     };
-    out.push(kind);
-    out.extend_from_slice(&b);
+    out[start + 5] = kind;
     let len = (out.len() - start - 4) as u32;
     out[start..start + 4].copy_from_slice(&len.to_be_bytes());
 }
@@ -466,10 +469,10 @@ pub fn decode_capped(buf: &[u8], cap: usize) -> Result<Option<(Frame, usize)>, F
         }
         17 => Frame::ChunkStart {
             total: r.u64().ok_or(bad.clone())?,
-            data: r.bytes().ok_or(bad.clone())?.to_vec(),
+            data: Bytes::copy_from_slice(r.bytes().ok_or(bad.clone())?),
         },
         18 => Frame::ChunkMore {
-            data: r.bytes().ok_or(bad.clone())?.to_vec(),
+            data: Bytes::copy_from_slice(r.bytes().ok_or(bad.clone())?),
         },
         _ => return Err(FrameError::Malformed("unknown frame kind")),
     };
@@ -542,9 +545,11 @@ mod tests {
             },
             Frame::ChunkStart {
                 total: 10,
-                data: vec![1, 2],
+                data: Bytes::from_static(&[1, 2]),
             },
-            Frame::ChunkMore { data: vec![3] },
+            Frame::ChunkMore {
+                data: Bytes::from_static(&[3]),
+            },
         ]
     }
 

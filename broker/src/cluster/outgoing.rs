@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use super::chunks::{self, MAX_TRANSFER};
+use super::chunks::{self, CHUNK_SIZE, MAX_TRANSFER};
 use super::frame::Frame;
 use super::node::{lock, Cluster};
 use super::peer::{write_loop, Dial, Peer, Unsent};
@@ -94,22 +94,23 @@ impl Cluster {
     /// Queues a frame to a peer; for forwards, the peer's gate when it is congested. Forwards
     /// to a peer that is not reachable fail at once.
     pub(super) fn send_gated(&self, n: &str, f: Frame) -> Result<Option<Arc<Gate>>, Unsent> {
-        let peers = lock(&self.peers);
-        let p = peers.get(n).ok_or(Unsent::NoChannel)?;
         let forward = matches!(f, Frame::Forward { .. });
-        if forward && !p.reachable() {
-            return Err(Unsent::Unreachable);
-        }
-        let sent = if forward {
-            p.send(f)
-        } else {
-            chunks::send(p, f)
-        };
-        sent.inspect_err(|&e| {
+        let too_large = |e: Unsent| {
             if e == Unsent::TooLarge {
                 tracing::error!(node = %self.node, peer = %n, max = MAX_TRANSFER, "cluster: frame over the size cap not sent");
             }
-        })?;
+        };
+        // a large frame is encoded and split before the lock: other senders do not wait on it
+        let pieces = chunks::split(f, CHUNK_SIZE).map_err(|_| Unsent::TooLarge);
+        let pieces = pieces.inspect_err(|&e| too_large(e))?;
+        let peers = lock(&self.peers);
+        let p = peers.get(n).ok_or(Unsent::NoChannel)?;
+        if forward && !p.reachable() {
+            return Err(Unsent::Unreachable);
+        }
+        for piece in pieces {
+            p.send(piece).inspect_err(|&e| too_large(e))?;
+        }
         Ok((forward && p.data.congested()).then(|| p.data.clone()))
     }
 
