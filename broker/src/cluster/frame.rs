@@ -197,7 +197,7 @@ pub fn encode(f: &Frame, out: &mut Vec<u8>) {
     // the body goes straight after the header (its kind byte is set below)
     out.reserve(f.weight());
     out.extend_from_slice(&[0, 0, 0, 0, VERSION, 0]);
-    let mut b = &mut *out;
+    let b = &mut *out;
     let kind: u8 = match f {
         Frame::Hello {
             node,

@@ -14,7 +14,8 @@
 //! types ([`Message`], [`Matches`], [`SessionExport`], [`Ack`]), never in `frame`s. The real
 //! implementation is [`Cluster`]: `node` (state, membership), `peer` (one peer's outgoing
 //! channel and heartbeat), `outgoing` (what is sent to peers), `channel` (the inbound read
-//! loop and what frames do), `peers` (its [`Peers`] side), `tls` (mutual TLS between nodes). This module and its children import only
+//! loop and what frames do), `peers` (its [`Peers`] side), `tls` (mutual TLS between nodes),
+//! `chunks` (large frames in pieces). This module and its children import only
 //! [`crate::routing`], [`crate::message`] and [`crate::config`].
 
 mod channel;
