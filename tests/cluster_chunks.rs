@@ -75,7 +75,7 @@ async fn move_session(tag: &str, n: usize, size: usize, run: Run) {
     let all = started.elapsed();
     eprintln!(
         "chunks: a session with {n} queued messages ({} MiB) moved node1 → node2: CONNACK after {connack:?}, all messages after {all:?}",
-        n * size >> 20
+        (n * size) >> 20
     );
     let want: HashSet<Vec<u8>> = (0..n).map(|i| payload(i, size)).collect();
     let have: HashSet<Vec<u8>> = got.iter().map(|p| p.payload.to_vec()).collect();
