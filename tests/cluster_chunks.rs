@@ -99,3 +99,37 @@ async fn move_session(tag: &str, n: usize, size: usize, run: Run) {
     let one_holder = eventually(Duration::from_secs(15), || cl.client(0, id).0 == 404).await;
     assert!(one_holder, "node1 still holds it: {:?}", cl.client(0, id));
 }
+
+/// A route snapshot larger than a chunk (60,000 filters of about 90 bytes: 5.6 MiB) reaches a
+/// restarted node in pieces, and replaces what it knew of the sender: it sees every route.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_snapshot_larger_than_a_chunk_reaches_a_restarted_node_whole() {
+    const FILTERS: usize = 60_000;
+    let mut cl = Cluster::start("chunks-routes", false, "prefer_local", Run::Binary).await;
+    let mut c = client(cl.addr(0), "chunks-routes-sub").await;
+    let pad = "p".repeat(80);
+    for (k, part) in (0..FILTERS).collect::<Vec<_>>().chunks(5000).enumerate() {
+        let filters: Vec<String> = part.iter().map(|i| format!("rs/{pad}/{i}")).collect();
+        let subs: Vec<(&str, u8)> = filters.iter().map(|f| (f.as_str(), 1)).collect();
+        assert_eq!(c.subscribe(k as u16 + 1, &subs).await, vec![1; part.len()]);
+    }
+    cl.wait_routes(2, "node1", "= 60000", |r| r == FILTERS as u64)
+        .await;
+
+    let restarted = Instant::now();
+    cl.restart(2);
+    cl.wait_routes(2, "node1", "= 60000 after the restart", |r| {
+        r == FILTERS as u64
+    })
+    .await;
+    eprintln!(
+        "chunks: node3 restarted and had node1's {FILTERS} routes after {:?}",
+        restarted.elapsed()
+    );
+    assert!(cl.metric(2, "mqedge_broker_cluster_transfers_received_total") >= 1.0);
+    assert_eq!(
+        cl.metric(2, "mqedge_broker_cluster_transfers_dropped_total"),
+        0.0
+    );
+    disconnect(c).await;
+}
