@@ -534,8 +534,12 @@ impl LocalNode for Broker {
         self.registry.persistent_ids()
     }
 
-    fn holds(&self, client_ids: &[String]) -> Vec<String> {
-        self.registry.holds(client_ids)
+    fn holds(&self, client_ids: &[String], offline_only: bool) -> Vec<String> {
+        self.registry.holds(client_ids, offline_only)
+    }
+
+    fn connected_ids(&self) -> Vec<String> {
+        self.registry.connected_ids()
     }
 
     fn frozen_pending(&self) -> usize {

@@ -334,10 +334,14 @@ impl Cluster {
                 self.on_session_append(&client_id, &queued)
             }
             Frame::Leave => self.node_down(&n, "left gracefully", false),
-            Frame::Holds { id, client_ids } => {
+            Frame::Holds {
+                id,
+                client_ids,
+                offline_only,
+            } => {
                 let client_ids = self
                     .core()
-                    .map(|b| b.holds(&client_ids))
+                    .map(|b| b.holds(&client_ids, offline_only))
                     .unwrap_or_default();
                 self.send_to(&n, Frame::Held { id, client_ids });
             }

@@ -181,8 +181,11 @@ pub trait LocalNode: Send + Sync {
     fn adopt_session(&self, client_id: &str, export: SessionExport) -> BoxFuture<'_, bool>;
     /// Client ids of every persistent session here (a leaving node hands them over).
     fn session_ids(&self) -> Vec<Arc<str>>;
-    /// Which of `client_ids` this node holds a persistent session of (not one moved away).
-    fn holds(&self, client_ids: &[String]) -> Vec<String>;
+    /// Which of `client_ids` this node holds a persistent session of (not one moved away);
+    /// `offline_only`: of those, the ones whose client is not connected here.
+    fn holds(&self, client_ids: &[String], offline_only: bool) -> Vec<String>;
+    /// Client ids of the persistent sessions whose client is connected here.
+    fn connected_ids(&self) -> Vec<String>;
     /// Like `export_session` for a leaving node: its connection is told "server shutting down".
     fn export_for_leave(&self, client_id: &str, token: &FreezeToken) -> Option<SessionExport>;
     /// Sessions exported and not yet confirmed.

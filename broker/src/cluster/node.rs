@@ -227,20 +227,26 @@ impl Cluster {
             if need {
                 self.connect_peer(n.clone(), addr, generation);
             }
-            let mut st = lock(&self.status);
-            let e = st.entry(n.clone()).or_insert(PeerStatus {
-                up: false,
-                unreachable: false,
-                addr,
-                held: false,
-            });
-            if !e.up {
+            let came_up = {
+                let mut st = lock(&self.status);
+                let e = st.entry(n.clone()).or_insert(PeerStatus {
+                    up: false,
+                    unreachable: false,
+                    addr,
+                    held: false,
+                });
+                let came_up = !e.up;
+                e.up = true;
+                e.addr = addr;
+                came_up
+            };
+            if came_up {
                 tracing::info!(node = %self.node, peer = %n, addr = %addr, "cluster: peer up");
                 // its held routes stay until its channel brings a fresh snapshot
                 lock(&self.held).remove(&n);
+                // copies it kept of sessions whose clients moved here meanwhile
+                self.pull_copies(n.clone());
             }
-            e.up = true;
-            e.addr = addr;
         }
     }
 
