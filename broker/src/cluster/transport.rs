@@ -9,8 +9,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 
 use super::memory::{MemoryListener, MemoryNetwork};
-use super::peer::{HEARTBEAT, HEARTBEAT_DEADLINE};
-use super::{ClusterError, GOSSIP_INTERVAL};
+use super::{ClusterError, GOSSIP_INTERVAL, HEARTBEAT, HEARTBEAT_DEADLINE};
 
 /// Where gossip and the node channel go.
 #[derive(Clone, Default)]
