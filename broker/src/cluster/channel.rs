@@ -59,8 +59,8 @@ impl Cluster {
         mut stop: watch::Receiver<bool>,
     ) {
         while let Some((s, peer)) = mqedge_shared::net::accept(&l, &mut stop, "cluster").await {
-            let me = self.clone();
-            me.clone().spawn_inbound(peer, me.inbound(s));
+            let conn = self.clone().inbound(s);
+            self.clone().spawn_inbound(peer, conn);
         }
     }
 
@@ -78,9 +78,8 @@ impl Cluster {
                     None => return,
                 },
             };
-            let me = self.clone();
-            me.clone()
-                .spawn_inbound(peer, me.inbound_plain(s, Instant::now()));
+            let conn = self.clone().inbound_plain(s, Instant::now());
+            self.clone().spawn_inbound(peer, conn);
         }
     }
 

@@ -258,8 +258,8 @@ async fn frames<S: AsyncWrite + Unpin>(
 }
 
 /// Dials a peer (and runs the TLS handshake), up to 20 times (1 s each, backing off 100 ms to
-/// 1 s; [`Timing::dial_timeout`] and tenths of it). A peer whose certificate is refused is counted and logged each time, and unreachable
-/// from the first refusal.
+/// 1 s: [`Timing::dial_timeout`] and tenths of it). A peer whose certificate is refused is
+/// counted and logged each time, and unreachable from the first refusal.
 async fn dial_retrying(d: &Dial, link: &Link) -> std::io::Result<Dialed> {
     for i in 0..20 {
         let once = async {
