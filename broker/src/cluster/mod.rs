@@ -14,17 +14,20 @@
 //! types ([`Message`], [`Matches`], [`SessionExport`], [`Ack`]), never in `frame`s. The real
 //! implementation is [`Cluster`]: `node` (state, membership), `peer` (one peer's outgoing
 //! channel and heartbeat), `outgoing` (what is sent to peers), `channel` (the inbound read
-//! loop and what frames do), `peers` (its [`Peers`] side), `tls` (mutual TLS between nodes). This module and its children import only
+//! loop and what frames do), `peers` (its [`Peers`] side), `tls` (mutual TLS between nodes),
+//! `transport` (sockets, or the in-process network of `memory` for tests). This module and its children import only
 //! [`crate::routing`], [`crate::message`] and [`crate::config`].
 
 mod channel;
 mod frame;
 mod handover;
+pub mod memory;
 mod node;
 mod outgoing;
 mod peer;
 mod peers;
 mod tls;
+mod transport;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -40,6 +43,7 @@ use tokio::sync::Notify;
 pub use self::node::Cluster;
 pub use self::peer::{HEARTBEAT, HEARTBEAT_DEADLINE, WRITE_DEADLINE};
 pub use self::tls::{AuthCounters, AuthFailure, HELLO_DEADLINE, MEMBERSHIP_WAIT};
+pub use self::transport::{Timing, Transport, Wiring};
 use crate::message::Message;
 use crate::routing::retained_versions::Version;
 use crate::routing::Matches;
