@@ -26,6 +26,7 @@ mod node;
 mod outgoing;
 mod peer;
 mod peers;
+mod remembered;
 mod tls;
 mod transport;
 
@@ -190,6 +191,10 @@ pub trait LocalNode: Send + Sync {
     fn holds(&self, client_ids: &[String], offline_only: bool) -> Vec<String>;
     /// Client ids of the persistent sessions whose client is connected here.
     fn connected_ids(&self) -> Vec<String>;
+    /// Keeps (or with `None` forgets) one peer's routes in `data_dir`; a no-op without it.
+    fn save_peer_routes(&self, node: &str, rec: Option<Vec<u8>>);
+    /// The peers' routes kept by [`LocalNode::save_peer_routes`]: (node, record).
+    fn load_peer_routes(&self) -> Vec<(String, Vec<u8>)>;
     /// Like `export_session` for a leaving node: its connection is told "server shutting down".
     fn export_for_leave(&self, client_id: &str, token: &FreezeToken) -> Option<SessionExport>;
     /// Sessions exported and not yet confirmed.

@@ -50,6 +50,8 @@ pub struct Cluster {
     pub(super) dead_after: Duration,
     /// `[cluster] seeds`: whose route snapshots a starting node waits for.
     pub(super) seeds: Vec<SocketAddr>,
+    /// The peers' routes as last written to `data_dir` (see `remembered`).
+    pub(super) saved_routes: Mutex<HashMap<Arc<str>, HashSet<String>>>,
     /// Mutual TLS on the node channel; `None`: plain TCP, unauthenticated (warned at start).
     pub(super) tls: Option<Arc<NodeTls>>,
     /// Sockets or the in-memory network, and the timers.
@@ -108,6 +110,7 @@ impl Cluster {
             held: Mutex::new(HashMap::new()),
             dead_after: cfg.dead_after,
             seeds: cfg.seeds.clone(),
+            saved_routes: Mutex::new(HashMap::new()),
             tls,
             wiring,
         })
@@ -126,6 +129,7 @@ impl Cluster {
         stop: watch::Receiver<bool>,
     ) -> Result<(), ClusterError> {
         let _ = self.core.set(Arc::downgrade(local));
+        self.restore_peer_routes(local);
         let listener = self.wiring.transport.listen(cfg.bind).await?;
         let t = self.wiring.timing;
         let config = ChitchatConfig {
@@ -207,6 +211,7 @@ impl Cluster {
             self.apply_membership(now);
             self.resend_settlements();
             self.expire_held();
+            self.save_peer_routes();
             tokio::select! {
                 _ = stop.changed() => break,
                 r = live.changed() => if r.is_err() { break },
@@ -333,15 +338,22 @@ impl Cluster {
     }
 
     fn unsynced(&self) -> Vec<String> {
-        let status = lock(&self.status);
+        // lock order as in `peers()`: node_filters before status
         let filters = lock(&self.node_filters);
+        let status = lock(&self.status);
+        let held = lock(&self.held);
         let mut missing: Vec<String> = status
             .iter()
             .filter(|(n, s)| s.up && !filters.contains_key(*n))
             .map(|(n, _)| n.to_string())
             .collect();
         for seed in &self.seeds {
-            let known = *seed == self.bind || status.values().any(|s| s.up && s.addr == *seed);
+            // a seed whose routes are held (remembered from the last run) is covered: its
+            // sessions' publishes are refused until it sends its own
+            let known = *seed == self.bind
+                || status.iter().any(|(n, s)| {
+                    s.addr == *seed && (s.up || (held.contains_key(n) && filters.contains_key(n)))
+                });
             if !known {
                 missing.push(seed.to_string());
             }
