@@ -29,6 +29,7 @@ async fn a_session_larger_than_a_chunk_moves_whole_on_takeover() {
 /// 256 MiB a frame may have. Each node in its own process: exporting and importing that much
 /// keeps a node busy for a while, which must not stall the others' gossip.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "264 MiB through a debug build: about 1 s of CPU on each side can trip the failure detector on a loaded 2-core CI machine; run with --include-ignored"]
 async fn a_session_larger_than_the_frame_cap_moves_whole_on_takeover() {
     move_session("chunks-cap", 270, 1000 * 1024, Run::Binary).await;
 }

@@ -241,6 +241,30 @@ rise = 1
         }
         // and a moment for duplicates still on their way
         tokio::time::sleep(Duration::from_millis(500)).await;
+        // every session ends up on exactly one live node (a moved session's old copy goes once
+        // its linger ends): no zombie copy keeps taking messages nobody reads
+        let holders = |id: &str| -> Vec<&'static str> {
+            (0..3)
+                .filter(|&i| self.cl.nodes[i].is_some() && self.cl.client(i, id).0 == 200)
+                .map(|i| NAMES[i])
+                .collect()
+        };
+        let one_each = eventually(Duration::from_secs(12), || {
+            self.subs.iter().all(|s| holders(&s.id).len() == 1)
+        })
+        .await;
+        let copies: Vec<(String, Vec<&str>)> = self
+            .subs
+            .iter()
+            .map(|s| (s.id.clone(), holders(&s.id)))
+            .filter(|(_, h)| h.len() != 1)
+            .collect();
+        assert!(
+            one_each,
+            "scenario {}: sessions not held by exactly one node: {copies:?}\n{}",
+            self.name,
+            self.cl.logs()
+        );
         let mut snaps = Vec::new();
         for s in self.subs.drain(..) {
             snaps.push((s.id.clone(), s.stop().await));

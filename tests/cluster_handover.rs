@@ -63,6 +63,67 @@ async fn a_restarted_node_pushes_restored_sessions_to_where_their_clients_went()
     );
 }
 
+/// The whole cluster stops (`kill -9` of all three) and node1 comes back alone, long before
+/// the others: it remembers node2's routes from `data_dir` and holds them, so a QoS 1 publish
+/// for node2's offline persistent session is refused (not acknowledged with no copy). Once node2
+/// is back, the publish sent again is acknowledged and reaches that session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_back_before_its_peers_holds_their_remembered_routes() {
+    let mut cl = Cluster::start("ho-remember", true, "prefer_local", Run::Binary).await;
+    let id = "ho-remember-1";
+    let (mut c, _) = connect(cl.addr(1), Version::V5, id, true, Some(3600)).await;
+    assert_eq!(c.subscribe(1, &[("rm/#", 1)]).await, vec![1]);
+    disconnect(c).await;
+    cl.wait_routes(0, "node2", "= 1", |r| r == 1).await;
+    // a membership round writes the learned routes
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    for i in 0..3 {
+        cl.kill9(i);
+    }
+    let t = Instant::now();
+    cl.restart(0);
+    eprintln!(
+        "handover: node1 alone accepts clients {:?} after its start",
+        t.elapsed()
+    );
+    assert_eq!(
+        cl.view(0, "node2").map(|v| v.1),
+        Some(1),
+        "node2's routes held"
+    );
+    let mut p = client(cl.addr(0), "ho-remember-pub").await;
+    p.publish("rm/x", b"while-away", 1, Some(1), false).await;
+    let r = p.recv(Duration::from_secs(5)).await;
+    assert!(
+        !matches!(r, Some(Packet::PubAck(_))),
+        "acknowledged while node2, which holds a session for it, is away: {r:?}\n{}",
+        cl.logs()
+    );
+    cl.restart(1);
+    cl.restart(2);
+    cl.wait_all_up(0, Duration::from_secs(15)).await;
+    let (mut p, _) = connect(cl.addr(0), Version::V311, "ho-remember-pub", false, None).await;
+    let mut pubd = publish("rm/x", b"while-away", 1, Some(1), false);
+    pubd.dup = true;
+    p.send(Packet::Publish(pubd)).await;
+    let mut acked = false;
+    while let Some(pk) = p.recv(Duration::from_secs(10)).await {
+        if matches!(pk, Packet::PubAck(_)) {
+            acked = true;
+            break;
+        }
+    }
+    assert!(acked, "no PUBACK once node2 is back\n{}", cl.logs());
+    let (mut c, ack) = connect(cl.addr(1), Version::V5, id, false, Some(3600)).await;
+    assert!(ack.session_present);
+    let got = payloads(&take(&mut c, 1, Duration::from_secs(10)).await);
+    assert!(
+        got.contains(&"while-away".to_string()),
+        "{got:?}\n{}",
+        cl.logs()
+    );
+}
+
 /// The node that holds a client's session is paused for 5 s while that client connects to
 /// another node: the CONNECT goes on without it (Session Present 0), and when the holder wakes
 /// up its late answer is merged into the new session: the 20 messages queued on the old holder

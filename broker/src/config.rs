@@ -4,17 +4,19 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::Duration;
 
 use mqedge_shared::config::{
-    from_toml, read_config_file, resolve_path, ByteSize, Cidr, ConfigErrors, HumanDuration,
-    Problems,
+    from_toml, read_config_file, resolve_path, ByteSize, Cidr, ConfigErrors, Problems,
 };
 use serde::Deserialize;
 use toml::Spanned;
 
 use crate::auth::{Acl, PasswordFile};
+
+mod cluster;
+
+use cluster::RawCluster;
+pub use cluster::{ClusterConfig, ClusterTls};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -47,21 +49,6 @@ struct RawListener {
     trusted_proxies: Vec<Spanned<String>>,
     #[serde(default)]
     use_cn_as_username: bool,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawCluster {
-    bind: Spanned<String>,
-    #[serde(default)]
-    seeds: Vec<Spanned<String>>,
-    leave_timeout: Option<HumanDuration>,
-    dead_after: Option<HumanDuration>,
-    sync_timeout: Option<HumanDuration>,
-    retained_tombstone_ttl: Option<HumanDuration>,
-    tls_cert: Option<Spanned<String>>,
-    tls_key: Option<Spanned<String>>,
-    tls_ca: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -129,39 +116,6 @@ pub struct ListenerConfig {
     pub trusted_proxies: Vec<Cidr>,
     /// Take the verified certificate CN from the PROXY SSL TLV as the username.
     pub use_cn_as_username: bool,
-}
-
-/// `[cluster]`.
-#[derive(Debug, Clone)]
-pub struct ClusterConfig {
-    /// Gossip + node-to-node address.
-    pub bind: SocketAddr,
-    /// Peers to join through.
-    pub seeds: Vec<SocketAddr>,
-    /// How long a leaving node (SIGTERM) waits for its sessions to be confirmed elsewhere.
-    pub leave_timeout: Duration,
-    /// How long a peer the failure detector calls down keeps its routes (publishes toward it
-    /// are refused, not acknowledged and lost) before it is taken as gone for good.
-    pub dead_after: Duration,
-    /// How long a starting node waits for its seeds' route snapshots before it accepts clients.
-    pub sync_timeout: Duration,
-    /// How long the tombstone of a retained clear is kept, so an older copy of the message
-    /// coming back (a node restarted, a healed partition) loses to it.
-    pub retained_tombstone_ttl: Duration,
-    /// Mutual TLS on the node channel (`tls_cert`, `tls_key`, `tls_ca`); `None`: plain TCP.
-    pub tls: Option<Arc<ClusterTls>>,
-}
-
-/// The node channel's TLS material, loaded and checked at config load (the handshakes and the
-/// identity checks are `cluster::tls`).
-#[derive(Debug, Clone)]
-pub struct ClusterTls {
-    /// Accepts peers: this node's certificate, a client certificate chaining to `tls_ca` required.
-    pub server: Arc<rustls::ServerConfig>,
-    /// Dials peers: trusts only `tls_ca`, presents this node's certificate.
-    pub client: Arc<rustls::ClientConfig>,
-    /// The three files, for messages.
-    pub files: [PathBuf; 3],
 }
 
 /// `[auth]`.
@@ -260,7 +214,7 @@ impl Config {
         let cluster = raw
             .cluster
             .as_ref()
-            .and_then(|c| cluster(&mut p, path, &name, c));
+            .and_then(|c| cluster::cluster(&mut p, path, &name, c));
         let mut auth = auth(&mut p, path, raw.auth);
         let limits = limits(&mut p, raw.limits);
         p.finish()?;
@@ -330,100 +284,6 @@ fn listeners(p: &mut Problems<'_>, raw: &[RawListener]) -> Vec<ListenerConfig> {
         });
     }
     listeners
-}
-
-fn cluster(p: &mut Problems<'_>, path: &Path, name: &str, c: &RawCluster) -> Option<ClusterConfig> {
-    let tls = cluster_tls(p, path, name, c);
-    let bind = addr(p, &c.bind, "cluster bind")?;
-    let seeds = c.seeds.iter().filter_map(|s| addr(p, s, "seed")).collect();
-    let leave_timeout = c
-        .leave_timeout
-        .map(|d| d.0)
-        .unwrap_or(Duration::from_secs(10));
-    let dead_after = c.dead_after.map(|d| d.0).unwrap_or(Duration::from_secs(15));
-    let sync_timeout = c
-        .sync_timeout
-        .map(|d| d.0)
-        .unwrap_or(Duration::from_secs(5));
-    let retained_tombstone_ttl = c
-        .retained_tombstone_ttl
-        .map(|d| d.0)
-        .unwrap_or(Duration::from_secs(24 * 3600));
-    Some(ClusterConfig {
-        bind,
-        seeds,
-        leave_timeout,
-        dead_after,
-        sync_timeout,
-        retained_tombstone_ttl,
-        tls,
-    })
-}
-
-/// `tls_cert`, `tls_key`, `tls_ca`: all three or none; the files are loaded here (paths relative
-/// to the config file), so a broken one is a `file:line` problem and not a failed handshake.
-fn cluster_tls(
-    p: &mut Problems<'_>,
-    path: &Path,
-    name: &str,
-    c: &RawCluster,
-) -> Option<Arc<ClusterTls>> {
-    use mqedge_shared::tls;
-    let keys = [&c.tls_cert, &c.tls_key, &c.tls_ca];
-    let (Some(cert), Some(key), Some(ca)) = (&c.tls_cert, &c.tls_key, &c.tls_ca) else {
-        if let Some(s) = keys.iter().find_map(|k| k.as_ref()) {
-            p.at(
-                s.span(),
-                "tls_cert, tls_key and tls_ca go together: set all three (mutual TLS between \
-                 nodes) or none",
-            );
-        }
-        return None;
-    };
-    let file = |s: &Spanned<String>| resolve_path(path, s.get_ref());
-    let (cert_f, key_f, ca_f) = (file(cert), file(key), file(ca));
-    let mut bad = |s: &Spanned<String>, what: &str, e: tls::TlsError| {
-        p.at(s.span(), format!("cluster {what}: {e}"));
-    };
-    let chain = tls::load_certs(&cert_f).map_err(|e| bad(cert, "tls_cert", e));
-    let k = tls::load_key(&key_f).map_err(|e| bad(key, "tls_key", e));
-    let roots = tls::load_certs(&ca_f).map_err(|e| bad(ca, "tls_ca", e));
-    let (chain, k, roots) = (chain.ok()?, k.ok()?, roots.ok()?);
-    let sans = chain
-        .first()
-        .and_then(|c| tls::CertFacts::from_der(c))
-        .map(|f| f.sans)
-        .unwrap_or_default();
-    if !sans.iter().any(|s| s.eq_ignore_ascii_case(name)) {
-        p.at(
-            cert.span(),
-            format!(
-                "cluster tls_cert: {} has no DNS SAN {name:?} (the node name; peers check it; \
-                 `mqedge certs --node {name}` makes one)",
-                cert_f.display()
-            ),
-        );
-        return None;
-    }
-    let built = tls::server_config(
-        chain.clone(),
-        k.clone_key(),
-        Some(roots.clone()),
-        tls::ClientAuth::Required,
-        &[],
-    )
-    .and_then(|server| Ok((server, tls::client_config(roots, Some((chain, k)))?)));
-    match built {
-        Ok((server, client)) => Some(Arc::new(ClusterTls {
-            server,
-            client,
-            files: [cert_f, key_f, ca_f],
-        })),
-        Err(e) => {
-            bad(cert, "tls", e);
-            None
-        }
-    }
 }
 
 /// Stage 1 of `[auth]`: the files must exist; they are loaded by [`AuthConfig::load_files`].
@@ -525,6 +385,7 @@ fn limits(p: &mut Problems<'_>, raw: Option<RawLimits>) -> LimitsConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn defaults_and_errors() {

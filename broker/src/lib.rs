@@ -24,6 +24,9 @@ pub mod routing;
 pub mod session;
 pub mod store;
 
+#[cfg(test)]
+mod cluster_tests;
+
 /// The MQTT codec and packets live in their own crate, shared with the LB and the bench; this
 /// keeps `crate::protocol::...` (and `mqedge_broker::protocol`) naming them.
 pub use mqedge_protocol as protocol;
@@ -92,10 +95,22 @@ pub async fn run_with(
     bound: Bound,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), BrokerError> {
+    run_wired(b, bound, cluster::Wiring::default(), shutdown).await
+}
+
+/// [`run_with`] with the cluster on another transport or other timers (tests: an in-memory
+/// network, see `cluster::memory`; no listener needs to be bound).
+pub async fn run_wired(
+    b: Arc<Broker>,
+    bound: Bound,
+    wiring: cluster::Wiring,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), BrokerError> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let cluster = match &b.cfg().cluster {
         Some(cc) => {
-            let c = cluster::Cluster::new(&b.cfg().name, cc, cluster_counters(b.metrics()));
+            let counters = cluster_counters(b.metrics());
+            let c = cluster::Cluster::wired(&b.cfg().name, cc, counters, wiring);
             b.set_cluster(c.clone());
             let local: Arc<dyn cluster::LocalNode> = b.clone();
             c.start(&local, cc, stop_rx.clone()).await?;

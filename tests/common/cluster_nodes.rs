@@ -391,10 +391,10 @@ policy = "{policy}"
     /// Kills every node (`kill -9`) and starts all of them again at once, as an orchestrator
     /// restarting the whole cluster does (each waits for its listener).
     pub fn restart_all(&mut self) {
-        for i in 0..self.nodes.len() {
-            if let Some(mut old) = self.nodes[i].take() {
+        for (slot, name) in self.nodes.iter_mut().zip(NAMES) {
+            if let Some(mut old) = slot.take() {
                 old.binary().kill9();
-                self.old_logs.push((NAMES[i], old.logs()));
+                self.old_logs.push((name, old.logs()));
             }
         }
         for (i, n) in start_all(&self.configs, self.run).into_iter().enumerate() {

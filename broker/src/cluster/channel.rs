@@ -4,6 +4,8 @@
 //! waits (for the store, for a slow subscriber) without holding up the frames behind it.
 
 use std::collections::HashSet;
+use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,8 +16,8 @@ use tokio::sync::watch;
 
 use super::chunks::{Reassembly, MAX_TRANSFER};
 use super::frame::{decode, Frame};
+use super::memory::MemoryListener;
 use super::node::{lock, Cluster};
-use super::peer::HEARTBEAT_DEADLINE;
 use super::tls::{names_node, AuthFailure, Refused, HELLO_DEADLINE, MEMBERSHIP_WAIT};
 use super::BoxFuture;
 use crate::message::Message;
@@ -24,8 +26,6 @@ use crate::routing::SubOptions;
 
 /// Forwarded copies whose ack may wait at once per inbound channel.
 const MAX_PENDING_ACKS: usize = 16_384;
-/// An inbound channel silent this long is closed (the peer pings every [`super::HEARTBEAT`]).
-const READ_DEADLINE: Duration = Duration::from_secs(HEARTBEAT_DEADLINE.as_secs() * 2);
 /// The largest first frame read before a Hello is accepted (a Hello is a name and two numbers):
 /// an unauthenticated peer cannot make this node buffer up to [`super::frame::MAX_FRAME`].
 const MAX_HELLO: usize = 4096;
@@ -60,21 +60,49 @@ impl Cluster {
         mut stop: watch::Receiver<bool>,
     ) {
         while let Some((s, peer)) = mqedge_shared::net::accept(&l, &mut stop, "cluster").await {
-            let me = self.clone();
-            // the handshake and the Hello run here, in the connection's task, under a deadline
-            tokio::spawn(async move {
-                match me.clone().inbound(s).await {
-                    Ok(()) => {}
-                    Err(Inbound::Refused(r)) => {
-                        me.counters.auth_failures.inc(r.why);
-                        tracing::warn!(node = %me.node, peer = %peer, reason = r.why.label(), error = %r.detail, "cluster: inbound node channel refused");
-                    }
-                    Err(Inbound::Closed(e)) => {
-                        tracing::debug!(node = %me.node, peer = %peer, error = %e, "cluster: inbound channel closed");
-                    }
-                }
-            });
+            let conn = self.clone().inbound(s);
+            self.clone().spawn_inbound(peer, conn);
         }
+    }
+
+    /// [`Cluster::accept_loop`] on the in-memory network (plain: no TLS).
+    pub(super) async fn accept_memory(
+        self: Arc<Self>,
+        mut l: MemoryListener,
+        mut stop: watch::Receiver<bool>,
+    ) {
+        loop {
+            let (s, peer) = tokio::select! {
+                _ = stop.changed() => return,
+                a = l.accept() => match a {
+                    Some(a) => a,
+                    None => return,
+                },
+            };
+            let conn = self.clone().inbound_plain(s, Instant::now());
+            self.clone().spawn_inbound(peer, conn);
+        }
+    }
+
+    /// Runs one inbound connection in its own task: the handshake and the Hello run there,
+    /// under a deadline, never in the accept loop.
+    fn spawn_inbound(
+        self: Arc<Self>,
+        peer: SocketAddr,
+        conn: impl Future<Output = Result<(), Inbound>> + Send + 'static,
+    ) {
+        tokio::spawn(async move {
+            match conn.await {
+                Ok(()) => {}
+                Err(Inbound::Refused(r)) => {
+                    self.counters.auth_failures.inc(r.why);
+                    tracing::warn!(node = %self.node, peer = %peer, reason = r.why.label(), error = %r.detail, "cluster: inbound node channel refused");
+                }
+                Err(Inbound::Closed(e)) => {
+                    tracing::debug!(node = %self.node, peer = %peer, error = %e, "cluster: inbound channel closed");
+                }
+            }
+        });
     }
 
     /// One inbound connection: (TLS and) the Hello within [`HELLO_DEADLINE`], the checks, then
@@ -82,11 +110,7 @@ impl Cluster {
     async fn inbound(self: Arc<Self>, s: TcpStream) -> Result<(), Inbound> {
         let started = Instant::now();
         let Some(tls) = self.tls.clone() else {
-            let mut s = s;
-            let mut buf = Vec::with_capacity(1024);
-            let hello = self.hello(&mut s, &mut buf, started).await?;
-            let from = self.current(hello)?;
-            return self.read_loop(s, buf, from).await.map_err(Inbound::Closed);
+            return self.inbound_plain(s, started).await;
         };
         let (mut s, sans) = tokio::time::timeout(HELLO_DEADLINE, tls.accept(s))
             .await
@@ -120,6 +144,18 @@ impl Cluster {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        let from = self.current(hello)?;
+        self.read_loop(s, buf, from).await.map_err(Inbound::Closed)
+    }
+
+    /// An inbound connection without TLS: the Hello, then the read loop.
+    async fn inbound_plain<S: AsyncRead + Unpin>(
+        self: Arc<Self>,
+        mut s: S,
+        started: Instant,
+    ) -> Result<(), Inbound> {
+        let mut buf = Vec::with_capacity(1024);
+        let hello = self.hello(&mut s, &mut buf, started).await?;
         let from = self.current(hello)?;
         self.read_loop(s, buf, from).await.map_err(Inbound::Closed)
     }
@@ -196,6 +232,8 @@ impl Cluster {
         // restarted): send it our snapshot again
         self.resend_snapshot(&node);
         let n = Some(node.clone());
+        // the peer pings every heartbeat: silent for two deadlines, it is gone
+        let read_deadline = self.wiring.timing.heartbeat_deadline * 2;
         // acks of forwarded copies still waiting to be durable (bounded: past it, reading
         // waits, and the sender's queue and then its publishers' gate feel it)
         let mut acks: FuturesUnordered<BoxFuture<'static, Option<u64>>> = FuturesUnordered::new();
@@ -224,9 +262,9 @@ impl Cluster {
             }
             buf.reserve(64 * 1024);
             tokio::select! {
-                r = tokio::time::timeout(READ_DEADLINE, s.read_buf(&mut buf)) => {
+                r = tokio::time::timeout(read_deadline, s.read_buf(&mut buf)) => {
                     match r {
-                        Err(_) => return Err(format!("nothing read for {READ_DEADLINE:?}")),
+                        Err(_) => return Err(format!("nothing read for {read_deadline:?}")),
                         Ok(Err(e)) => return Err(e.to_string()),
                         Ok(Ok(0)) => break,
                         Ok(Ok(_)) => {}
@@ -344,10 +382,14 @@ impl Cluster {
                 self.on_session_append(&client_id, &queued)
             }
             Frame::Leave => self.node_down(&n, "left gracefully", false),
-            Frame::Holds { id, client_ids } => {
+            Frame::Holds {
+                id,
+                client_ids,
+                offline_only,
+            } => {
                 let client_ids = self
                     .core()
-                    .map(|b| b.holds(&client_ids))
+                    .map(|b| b.holds(&client_ids, offline_only))
                     .unwrap_or_default();
                 self.send_to(&n, Frame::Held { id, client_ids });
             }

@@ -108,11 +108,16 @@ pub enum Frame {
     },
     /// A restarted node asks which of the sessions it restored the receiver holds (their
     /// clients reconnected there while it was down): those are pushed there, merged, not kept.
+    /// Or a node asks a peer that came back which of its connected clients' sessions the peer
+    /// still holds offline: those are taken from it.
     Holds {
         /// Request id.
         id: u64,
         /// Client identifiers.
         client_ids: Vec<String>,
+        /// Only the ones whose client is not connected to the receiver (a peer back from a
+        /// pause or a cut asks which copies of its connected clients' sessions it left here).
+        offline_only: bool,
     },
     /// Answer to [`Frame::Holds`]: the ones the sender holds a persistent session of.
     Held {
@@ -308,13 +313,14 @@ pub fn encode(f: &Frame, out: &mut Vec<u8>) {
             b.extend_from_slice(&at.to_be_bytes());
             14
         }
-        Frame::Holds { id, client_ids } | Frame::Held { id, client_ids } => {
+        Frame::Holds { id, client_ids, .. } | Frame::Held { id, client_ids } => {
             b.extend_from_slice(&id.to_be_bytes());
             b.extend_from_slice(&(client_ids.len() as u32).to_be_bytes());
             for c in client_ids {
                 put_str(b, c);
             }
-            if matches!(f, Frame::Holds { .. }) {
+            if let Frame::Holds { offline_only, .. } = f {
+                b.push(u8::from(*offline_only));
                 15
             } else {
                 16
@@ -462,7 +468,12 @@ pub fn decode_capped(buf: &[u8], cap: usize) -> Result<Option<(Frame, usize)>, F
                 client_ids.push(s(&mut r)?);
             }
             if kind == 15 {
-                Frame::Holds { id, client_ids }
+                let offline_only = r.u8().ok_or(bad.clone())? != 0;
+                Frame::Holds {
+                    id,
+                    client_ids,
+                    offline_only,
+                }
             } else {
                 Frame::Held { id, client_ids }
             }
@@ -538,6 +549,7 @@ mod tests {
             Frame::Holds {
                 id: 9,
                 client_ids: vec!["a".into(), "b".into()],
+                offline_only: true,
             },
             Frame::Held {
                 id: 9,

@@ -278,6 +278,7 @@ impl Cluster {
             let ask = Frame::Holds {
                 id,
                 client_ids: ids.clone(),
+                offline_only: false,
             };
             if self.send_to(&n, ask) {
                 waits.push((n, id, rx));
@@ -321,6 +322,51 @@ impl Cluster {
             }
         }
         pushed.len()
+    }
+
+    /// A peer is up again (back from a pause or a cut, or restarted): sessions of clients now
+    /// connected here that it still holds offline (their takeover could not reach it) are taken
+    /// from it, each with a `TakeSession` nobody waits for: its export arrives as an unasked
+    /// answer and is merged here ([`Cluster::late_answer`]), and the peer deletes its copy once
+    /// this node confirms. Without it, the peer's copy would keep taking copies of messages
+    /// until it expired.
+    pub(super) fn pull_copies(self: &Arc<Self>, n: Arc<str>) {
+        let Some(b) = self.core() else { return };
+        let ids = b.connected_ids();
+        if ids.is_empty() {
+            return;
+        }
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let rx = self.await_reply(id, &n, false);
+        let ask = Frame::Holds {
+            id,
+            client_ids: ids,
+            offline_only: true,
+        };
+        if !self.send_to(&n, ask) {
+            lock(&self.waiting).remove(&id);
+            return;
+        }
+        let me = self.clone();
+        tokio::spawn(async move {
+            let held = match tokio::time::timeout(TAKEOVER_TIMEOUT, rx).await {
+                Ok(Ok(Frame::Held { client_ids, .. })) => client_ids,
+                _ => {
+                    lock(&me.waiting).remove(&id);
+                    return;
+                }
+            };
+            for client_id in held {
+                tracing::info!(node = %me.node, peer = %n, client_id = %client_id, "cluster: a peer that came back still holds a session of a client connected here; taking it");
+                let id = me.next_id.fetch_add(1, Ordering::Relaxed);
+                let ask = Frame::TakeSession {
+                    id,
+                    client_id,
+                    clean_start: false,
+                };
+                me.send_to(&n, ask);
+            }
+        });
     }
 
     /// Unfreezes a session whose new holder did not settle it within [`FREEZE_TIMEOUT`].

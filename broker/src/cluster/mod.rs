@@ -15,18 +15,22 @@
 //! implementation is [`Cluster`]: `node` (state, membership), `peer` (one peer's outgoing
 //! channel and heartbeat), `outgoing` (what is sent to peers), `channel` (the inbound read
 //! loop and what frames do), `peers` (its [`Peers`] side), `tls` (mutual TLS between nodes),
-//! `chunks` (large frames in pieces). This module and its children import only
+//! `chunks` (large frames in pieces), `transport` (sockets, or the in-process network of
+//! `memory` for tests). This module and its children import only
 //! [`crate::routing`], [`crate::message`] and [`crate::config`].
 
 mod channel;
 mod chunks;
 mod frame;
 mod handover;
+pub mod memory;
 mod node;
 mod outgoing;
 mod peer;
 mod peers;
+mod remembered;
 mod tls;
+mod transport;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -42,6 +46,7 @@ use tokio::sync::Notify;
 pub use self::node::Cluster;
 pub use self::peer::{HEARTBEAT, HEARTBEAT_DEADLINE, WRITE_DEADLINE};
 pub use self::tls::{AuthCounters, AuthFailure, HELLO_DEADLINE, MEMBERSHIP_WAIT};
+pub use self::transport::{Timing, Transport, Wiring};
 use crate::message::Message;
 use crate::routing::retained_versions::Version;
 use crate::routing::Matches;
@@ -187,8 +192,15 @@ pub trait LocalNode: Send + Sync {
     fn adopt_session(&self, client_id: &str, export: SessionExport) -> BoxFuture<'_, bool>;
     /// Client ids of every persistent session here (a leaving node hands them over).
     fn session_ids(&self) -> Vec<Arc<str>>;
-    /// Which of `client_ids` this node holds a persistent session of (not one moved away).
-    fn holds(&self, client_ids: &[String]) -> Vec<String>;
+    /// Which of `client_ids` this node holds a persistent session of (not one moved away);
+    /// `offline_only`: of those, the ones whose client is not connected here.
+    fn holds(&self, client_ids: &[String], offline_only: bool) -> Vec<String>;
+    /// Client ids of the persistent sessions whose client is connected here.
+    fn connected_ids(&self) -> Vec<String>;
+    /// Keeps (or with `None` forgets) one peer's routes in `data_dir`; a no-op without it.
+    fn save_peer_routes(&self, node: &str, rec: Option<Vec<u8>>);
+    /// The peers' routes kept by [`LocalNode::save_peer_routes`]: (node, record).
+    fn load_peer_routes(&self) -> Vec<(String, Vec<u8>)>;
     /// Like `export_session` for a leaving node: its connection is told "server shutting down".
     fn export_for_leave(&self, client_id: &str, token: &FreezeToken) -> Option<SessionExport>;
     /// Sessions exported and not yet confirmed.

@@ -8,17 +8,16 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use chitchat::transport::UdpTransport;
 use chitchat::{spawn_chitchat, ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig};
-use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 
 use super::frame::Frame;
 use super::peer::Peer;
 use super::tls::NodeTls;
+use super::transport::{Listener, Transport, Wiring};
 #[cfg(doc)]
 use super::Peers;
-use super::{ClusterCounters, ClusterError, LocalNode, PeerStatus, GOSSIP_INTERVAL};
+use super::{ClusterCounters, ClusterError, LocalNode, PeerStatus};
 use crate::config::ClusterConfig;
 use crate::routing::Router;
 
@@ -51,8 +50,12 @@ pub struct Cluster {
     pub(super) dead_after: Duration,
     /// `[cluster] seeds`: whose route snapshots a starting node waits for.
     pub(super) seeds: Vec<SocketAddr>,
+    /// The peers' routes as last written to `data_dir` (see `remembered`).
+    pub(super) saved_routes: Mutex<HashMap<Arc<str>, HashSet<String>>>,
     /// Mutual TLS on the node channel; `None`: plain TCP, unauthenticated (warned at start).
     pub(super) tls: Option<Arc<NodeTls>>,
+    /// Sockets or the in-memory network, and the timers.
+    pub(super) wiring: Wiring,
 }
 
 pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -70,6 +73,21 @@ pub(super) struct Waiter {
 impl Cluster {
     /// Creates the cluster state (nothing runs until [`Cluster::start`]).
     pub fn new(node: &str, cfg: &ClusterConfig, counters: ClusterCounters) -> Arc<Cluster> {
+        Cluster::wired(node, cfg, counters, Wiring::default())
+    }
+
+    /// [`Cluster::new`] on another transport or with other timers (tests: an in-memory
+    /// network, which carries no TLS).
+    pub fn wired(
+        node: &str,
+        cfg: &ClusterConfig,
+        counters: ClusterCounters,
+        wiring: Wiring,
+    ) -> Arc<Cluster> {
+        let tls = match wiring.transport {
+            Transport::Net => cfg.tls.as_ref().map(|t| Arc::new(NodeTls::new(t))),
+            Transport::Memory(_) => None,
+        };
         let epoch = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
@@ -92,7 +110,9 @@ impl Cluster {
             held: Mutex::new(HashMap::new()),
             dead_after: cfg.dead_after,
             seeds: cfg.seeds.clone(),
-            tls: cfg.tls.as_ref().map(|t| Arc::new(NodeTls::new(t))),
+            saved_routes: Mutex::new(HashMap::new()),
+            tls,
+            wiring,
         })
     }
 
@@ -109,23 +129,20 @@ impl Cluster {
         stop: watch::Receiver<bool>,
     ) -> Result<(), ClusterError> {
         let _ = self.core.set(Arc::downgrade(local));
-        let listener = TcpListener::bind(cfg.bind)
-            .await
-            .map_err(|e| ClusterError::Bind {
-                addr: cfg.bind,
-                source: e,
-            })?;
+        self.restore_peer_routes(local);
+        let listener = self.wiring.transport.listen(cfg.bind).await?;
+        let t = self.wiring.timing;
         let config = ChitchatConfig {
             chitchat_id: ChitchatId::new(self.node.to_string(), self.epoch, cfg.bind),
             cluster_id: "mqedge".into(),
-            gossip_interval: GOSSIP_INTERVAL,
+            gossip_interval: t.gossip_interval,
             listen_addr: cfg.bind,
             seed_nodes: cfg.seeds.iter().map(|s| s.to_string()).collect(),
             failure_detector_config: FailureDetectorConfig {
                 phi_threshold: 8.0,
                 sampling_window_size: 1000,
-                max_interval: Duration::from_secs(2),
-                initial_interval: Duration::from_millis(500),
+                max_interval: t.detector_max,
+                initial_interval: t.detector_initial,
                 dead_node_grace_period: Duration::from_secs(3600),
             },
             marked_for_deletion_grace_period: Duration::from_secs(3600),
@@ -138,7 +155,7 @@ impl Cluster {
         let handle = spawn_chitchat(
             config,
             vec![("cluster_addr".into(), cfg.bind.to_string())],
-            &UdpTransport,
+            self.wiring.transport.gossip(),
         )
         .await
         .map_err(|e| ClusterError::Gossip(cfg.bind, e.to_string()))?;
@@ -148,7 +165,10 @@ impl Cluster {
         if self.tls.is_none() {
             tracing::warn!(node = %self.node, bind = %cfg.bind, "cluster: the node channel is unauthenticated (no [cluster] tls_cert/tls_key/tls_ca): whoever reaches this address can act as a node");
         }
-        tokio::spawn(self.clone().accept_loop(listener, stop.clone()));
+        match listener {
+            Listener::Tcp(l) => tokio::spawn(self.clone().accept_loop(l, stop.clone())),
+            Listener::Memory(l) => tokio::spawn(self.clone().accept_memory(l, stop.clone())),
+        };
         tokio::spawn(self.clone().membership_loop(live, stop));
         Ok(())
     }
@@ -165,7 +185,7 @@ impl Cluster {
         }
         self.broadcast_locked(Frame::Leave);
         // let one gossip round and the Leave frames go out
-        tokio::time::sleep(GOSSIP_INTERVAL * 2).await;
+        tokio::time::sleep(self.wiring.timing.gossip_interval * 2).await;
         if let Some(h) = h {
             let _ = h.shutdown().await;
         }
@@ -191,11 +211,12 @@ impl Cluster {
             self.apply_membership(now);
             self.resend_settlements();
             self.expire_held();
+            self.save_peer_routes();
             tokio::select! {
                 _ = stop.changed() => break,
                 r = live.changed() => if r.is_err() { break },
                 // re-dial peers whose channel broke while gossip still calls them live
-                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = tokio::time::sleep(self.wiring.timing.recheck) => {}
             }
         }
     }
@@ -227,20 +248,26 @@ impl Cluster {
             if need {
                 self.connect_peer(n.clone(), addr, generation);
             }
-            let mut st = lock(&self.status);
-            let e = st.entry(n.clone()).or_insert(PeerStatus {
-                up: false,
-                unreachable: false,
-                addr,
-                held: false,
-            });
-            if !e.up {
+            let came_up = {
+                let mut st = lock(&self.status);
+                let e = st.entry(n.clone()).or_insert(PeerStatus {
+                    up: false,
+                    unreachable: false,
+                    addr,
+                    held: false,
+                });
+                let came_up = !e.up;
+                e.up = true;
+                e.addr = addr;
+                came_up
+            };
+            if came_up {
                 tracing::info!(node = %self.node, peer = %n, addr = %addr, "cluster: peer up");
                 // its held routes stay until its channel brings a fresh snapshot
                 lock(&self.held).remove(&n);
+                // copies it kept of sessions whose clients moved here meanwhile
+                self.pull_copies(n.clone());
             }
-            e.up = true;
-            e.addr = addr;
         }
     }
 
@@ -311,15 +338,22 @@ impl Cluster {
     }
 
     fn unsynced(&self) -> Vec<String> {
-        let status = lock(&self.status);
+        // lock order as in `peers()`: node_filters before status
         let filters = lock(&self.node_filters);
+        let status = lock(&self.status);
+        let held = lock(&self.held);
         let mut missing: Vec<String> = status
             .iter()
             .filter(|(n, s)| s.up && !filters.contains_key(*n))
             .map(|(n, _)| n.to_string())
             .collect();
         for seed in &self.seeds {
-            let known = *seed == self.bind || status.values().any(|s| s.up && s.addr == *seed);
+            // a seed whose routes are held (remembered from the last run) is covered: its
+            // sessions' publishes are refused until it sends its own
+            let known = *seed == self.bind
+                || status.iter().any(|(n, s)| {
+                    s.addr == *seed && (s.up || (held.contains_key(n) && filters.contains_key(n)))
+                });
             if !known {
                 missing.push(seed.to_string());
             }

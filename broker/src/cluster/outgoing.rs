@@ -59,6 +59,8 @@ impl Cluster {
             peer: n.clone(),
             tls: self.tls.clone(),
             auth: self.counters.auth_failures.clone(),
+            transport: self.wiring.transport.clone(),
+            timing: self.wiring.timing,
         };
         tokio::spawn(async move {
             let r = write_loop(dial, rx, data, link.clone()).await;

@@ -13,7 +13,9 @@ use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::mpsc;
 
 use super::frame::{encode, Frame, MAX_FRAME};
+use super::memory::MemoryStream;
 use super::tls::{AuthCounters, NodeTls};
+use super::transport::{Timing, Transport};
 use super::{Gate, PEER_QUEUE_BYTES};
 
 /// How often the write loop sends a `Ping`.
@@ -177,12 +179,17 @@ pub(super) struct Dial {
     pub(super) tls: Option<Arc<NodeTls>>,
     /// Where refused handshakes are counted.
     pub(super) auth: AuthCounters,
+    /// Sockets, or the in-memory network.
+    pub(super) transport: Transport,
+    /// The heartbeat and dial timers.
+    pub(super) timing: Timing,
 }
 
 /// A dialed channel.
 enum Dialed {
     Plain(TcpStream),
     Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+    Memory(MemoryStream),
 }
 
 pub(super) async fn write_loop(
@@ -191,9 +198,11 @@ pub(super) async fn write_loop(
     data: Arc<Gate>,
     link: Arc<Link>,
 ) -> std::io::Result<()> {
+    let t = dial.timing;
     match dial_retrying(&dial, &link).await? {
-        Dialed::Plain(s) => frames(s, rx, data, link).await,
-        Dialed::Tls(s) => frames(*s, rx, data, link).await,
+        Dialed::Plain(s) => frames(s, rx, data, link, t).await,
+        Dialed::Tls(s) => frames(*s, rx, data, link, t).await,
+        Dialed::Memory(s) => frames(s, rx, data, link, t).await,
     }
 }
 
@@ -203,9 +212,10 @@ async fn frames<S: AsyncWrite + Unpin>(
     mut rx: mpsc::UnboundedReceiver<Frame>,
     data: Arc<Gate>,
     link: Arc<Link>,
+    timing: Timing,
 ) -> std::io::Result<()> {
     let mut buf = Vec::with_capacity(64 * 1024);
-    let mut beat = tokio::time::interval(HEARTBEAT);
+    let mut beat = tokio::time::interval(timing.heartbeat);
     beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // the dial took its time: the deadline counts from now
     link.heard.store(link.now_ms(), Ordering::Relaxed);
@@ -236,7 +246,7 @@ async fn frames<S: AsyncWrite + Unpin>(
                 data.release(forwards);
             }
             _ = beat.tick() => {
-                if link.silent() > HEARTBEAT_DEADLINE {
+                if link.silent() > timing.heartbeat_deadline {
                     return Err(std::io::Error::new(
                         std::io::ErrorKind::TimedOut,
                         format!("no heartbeat answer for {:?}", link.silent()),
@@ -251,11 +261,18 @@ async fn frames<S: AsyncWrite + Unpin>(
 }
 
 /// Dials a peer (and runs the TLS handshake), up to 20 times (1 s each, backing off 100 ms to
-/// 1 s). A peer whose certificate is refused is counted and logged each time, and unreachable
-/// from the first refusal.
+/// 1 s: [`Timing::dial_timeout`] and tenths of it). A peer whose certificate is refused is
+/// counted and logged each time, and unreachable from the first refusal.
 async fn dial_retrying(d: &Dial, link: &Link) -> std::io::Result<Dialed> {
     for i in 0..20 {
         let once = async {
+            if let Transport::Memory(net) = &d.transport {
+                return net
+                    .dial(d.bind, d.addr)
+                    .await
+                    .map(Dialed::Memory)
+                    .map_err(|e| (None, e.to_string()));
+            }
             let s = tcp(d.bind, d.addr)
                 .await
                 .map_err(|e| (None, e.to_string()))?;
@@ -269,7 +286,7 @@ async fn dial_retrying(d: &Dial, link: &Link) -> std::io::Result<Dialed> {
                     .map_err(|r| (Some(r.why), r.detail)),
             }
         };
-        match tokio::time::timeout(Duration::from_secs(1), once).await {
+        match tokio::time::timeout(d.timing.dial_timeout, once).await {
             Ok(Ok(c)) => return Ok(c),
             Ok(Err((Some(why), detail))) => {
                 d.auth.inc(why);
@@ -278,7 +295,7 @@ async fn dial_retrying(d: &Dial, link: &Link) -> std::io::Result<Dialed> {
             }
             _ => {}
         }
-        tokio::time::sleep(Duration::from_millis(100 * (i + 1).min(10))).await;
+        tokio::time::sleep(d.timing.dial_timeout / 10 * (i + 1).min(10)).await;
     }
     Err(std::io::Error::new(
         std::io::ErrorKind::TimedOut,

@@ -115,17 +115,32 @@ impl Registry {
             .collect()
     }
 
-    /// Which of `client_ids` this node holds a persistent session of, not moved away.
-    pub fn holds(&self, client_ids: &[String]) -> Vec<String> {
+    /// Which of `client_ids` this node holds a persistent session of, not moved away;
+    /// `offline_only`: whose client is not connected here.
+    pub fn holds(&self, client_ids: &[String], offline_only: bool) -> Vec<String> {
         client_ids
             .iter()
             .filter(|c| {
                 self.get(c).is_some_and(|s| {
                     let st = s.lock();
-                    st.persistent() && !st.frozen.as_ref().is_some_and(|f| f.moved)
+                    st.persistent()
+                        && !st.frozen.as_ref().is_some_and(|f| f.moved)
+                        && !(offline_only && st.conn.is_some())
                 })
             })
             .cloned()
+            .collect()
+    }
+
+    /// Client ids of the persistent sessions whose client is connected here.
+    pub fn connected_ids(&self) -> Vec<String> {
+        self.all()
+            .into_iter()
+            .filter(|s| {
+                let st = s.lock();
+                st.persistent() && st.conn.is_some()
+            })
+            .map(|s| s.client_id.to_string())
             .collect()
     }
 
