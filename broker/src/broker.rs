@@ -19,9 +19,6 @@ use crate::routing::{Matches, Router, Routing, SubOptions};
 use crate::session::{message_key, QueueRules, Registry, Session, Sub, Subscriptions, Writes};
 use crate::store::{Op, Store, StoreError, Table};
 
-/// `Meta` key prefix of the routes remembered per peer (`cluster::remembered`).
-const PEER_ROUTES: &[u8] = b"peer_routes/";
-
 /// Errors starting a broker.
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
@@ -546,39 +543,16 @@ impl LocalNode for Broker {
     }
 
     fn save_peer_routes(&self, node: &str, rec: Option<Vec<u8>>) {
-        let Some(store) = &self.store else { return };
-        let key = [PEER_ROUTES, node.as_bytes()].concat();
-        let op = match rec {
-            Some(value) => Op::Put {
-                table: Table::Meta,
-                key,
-                value,
-            },
-            None => Op::Delete {
-                table: Table::Meta,
-                key,
-            },
-        };
-        store.write_nowait(vec![op]);
+        if let Some(store) = &self.store {
+            store.save_peer_routes(node, rec);
+        }
     }
 
     fn load_peer_routes(&self) -> Vec<(String, Vec<u8>)> {
-        let Some(store) = &self.store else {
-            return Vec::new();
-        };
-        match store.scan_prefix(Table::Meta, PEER_ROUTES) {
-            Ok(rows) => rows
-                .into_iter()
-                .filter_map(|(k, v)| {
-                    let node = std::str::from_utf8(&k[PEER_ROUTES.len()..]).ok()?;
-                    Some((node.to_string(), v))
-                })
-                .collect(),
-            Err(e) => {
-                tracing::warn!(error = %e, "cluster: remembered peer routes unreadable");
-                Vec::new()
-            }
-        }
+        self.store
+            .as_ref()
+            .map(|s| s.load_peer_routes())
+            .unwrap_or_default()
     }
 
     fn frozen_pending(&self) -> usize {

@@ -29,6 +29,7 @@ use redb::{Database, DatabaseError};
 use tokio::sync::{mpsc, oneshot, watch};
 
 mod error;
+mod meta;
 mod stats;
 mod table;
 mod writer;
