@@ -14,6 +14,33 @@ use common::cluster_nodes::*;
 use common::*;
 use mqedge_protocol::{Packet, Version};
 
+/// An offline persistent v5 session `id` on node `i` subscribed to `filter` at QoS 1, its route
+/// known on node `seen_on`.
+async fn offline_session(cl: &Cluster, i: usize, id: &str, filter: &str, seen_on: usize) {
+    let (mut c, _) = connect(cl.addr(i), Version::V5, id, true, Some(3600)).await;
+    assert_eq!(c.subscribe(1, &[(filter, 1)]).await, vec![1]);
+    disconnect(c).await;
+    cl.wait_routes(seen_on, NAMES[i], "= 1", |r| r == 1).await;
+}
+
+/// Asserts `got` holds `prefix0..prefixN` (each once or more, any order).
+fn assert_all_of(got: &[mqedge_protocol::Publish], prefix: &str, n: usize, cl: &Cluster) {
+    let mut got: Vec<String> = payloads(got);
+    got.sort_by_key(|s| s[prefix.len()..].parse::<usize>().unwrap_or(0));
+    got.dedup();
+    assert_eq!(got, seq(prefix, 0..n), "messages lost\n{}", cl.logs());
+}
+
+/// Asserts that session `id` ends up held by node `on` only.
+async fn assert_one_holder(cl: &Cluster, id: &str, on: usize) {
+    let one = eventually(Duration::from_secs(15), || {
+        (0..3).all(|i| cl.client(i, id).0 == if i == on { 200 } else { 404 })
+    })
+    .await;
+    let seen: Vec<u16> = (0..3).map(|i| cl.client(i, id).0).collect();
+    assert!(one, "{id} held by {seen:?} (node1..3)\n{}", cl.logs());
+}
+
 /// A node is killed while a client's offline session there holds 20 queued messages; the client
 /// reconnects to another node meanwhile (Session Present 0) and subscribes again. When the node
 /// restarts with its `data_dir`, it pushes the restored session to that node before it accepts
@@ -23,10 +50,7 @@ use mqedge_protocol::{Packet, Version};
 async fn a_restarted_node_pushes_restored_sessions_to_where_their_clients_went() {
     let mut cl = Cluster::start("ho-restore", true, "prefer_local", Run::Binary).await;
     let id = "ho-restore-1";
-    let (mut c, _) = connect(cl.addr(0), Version::V5, id, true, Some(3600)).await;
-    assert_eq!(c.subscribe(1, &[("hr/#", 1)]).await, vec![1]);
-    disconnect(c).await;
-    cl.wait_routes(2, "node1", "= 1", |r| r == 1).await;
+    offline_session(&cl, 0, id, "hr/#", 2).await;
     let mut p = client(cl.addr(2), "ho-restore-pub").await;
     publish_qos1(&mut p, "hr/x", "q-", 20).await;
 
@@ -41,26 +65,8 @@ async fn a_restarted_node_pushes_restored_sessions_to_where_their_clients_went()
         "handover: restored session's messages reached node2 {:?} after node1's restart began",
         restarted.elapsed()
     );
-    let mut got: Vec<String> = payloads(&got);
-    got.sort_by_key(|s| s[2..].parse::<u32>().unwrap_or(0));
-    got.dedup();
-    assert_eq!(
-        got,
-        seq("q-", 0..20),
-        "messages queued on the killed node lost\n{}",
-        cl.logs()
-    );
-    let one_holder = eventually(Duration::from_secs(15), || {
-        cl.client(0, id).0 == 404 && cl.client(1, id).0 == 200
-    })
-    .await;
-    assert!(
-        one_holder,
-        "node1: {:?}\nnode2: {:?}\n{}",
-        cl.client(0, id),
-        cl.client(1, id),
-        cl.logs()
-    );
+    assert_all_of(&got, "q-", 20, &cl);
+    assert_one_holder(&cl, id, 1).await;
 }
 
 /// The whole cluster stops (`kill -9` of all three) and node1 comes back alone, long before
@@ -71,10 +77,7 @@ async fn a_restarted_node_pushes_restored_sessions_to_where_their_clients_went()
 async fn a_node_back_before_its_peers_holds_their_remembered_routes() {
     let mut cl = Cluster::start("ho-remember", true, "prefer_local", Run::Binary).await;
     let id = "ho-remember-1";
-    let (mut c, _) = connect(cl.addr(1), Version::V5, id, true, Some(3600)).await;
-    assert_eq!(c.subscribe(1, &[("rm/#", 1)]).await, vec![1]);
-    disconnect(c).await;
-    cl.wait_routes(0, "node2", "= 1", |r| r == 1).await;
+    offline_session(&cl, 1, id, "rm/#", 0).await;
     // a membership round writes the learned routes
     tokio::time::sleep(Duration::from_millis(1500)).await;
     for i in 0..3 {
@@ -132,10 +135,7 @@ async fn a_node_back_before_its_peers_holds_their_remembered_routes() {
 async fn a_paused_holder_loses_no_session_when_its_client_moves() {
     let mut cl = Cluster::start("ho-stop", true, "prefer_local", Run::Binary).await;
     let id = "ho-stop-1";
-    let (mut c, _) = connect(cl.addr(0), Version::V5, id, true, Some(3600)).await;
-    assert_eq!(c.subscribe(1, &[("ho/#", 1)]).await, vec![1]);
-    disconnect(c).await;
-    cl.wait_routes(2, "node1", "= 1", |r| r == 1).await;
+    offline_session(&cl, 0, id, "ho/#", 2).await;
     let mut p = client(cl.addr(2), "ho-stop-pub").await;
     publish_qos1(&mut p, "ho/x", "q-", 20).await;
 
@@ -154,21 +154,8 @@ async fn a_paused_holder_loses_no_session_when_its_client_moves() {
     cl.nodes[0].as_mut().unwrap().binary().proc.signal("CONT");
 
     let got = take(&mut c, 20, Duration::from_secs(20)).await;
-    let mut got: Vec<String> = payloads(&got);
-    got.sort_by_key(|s| s[2..].parse::<u32>().unwrap_or(0));
-    got.dedup();
-    assert_eq!(got, seq("q-", 0..20), "queued messages lost\n{}", cl.logs());
-    let one_holder = eventually(Duration::from_secs(15), || {
-        cl.client(0, id).0 == 404 && cl.client(1, id).0 == 200
-    })
-    .await;
-    assert!(
-        one_holder,
-        "node1: {:?}\nnode2: {:?}\n{}",
-        cl.client(0, id),
-        cl.client(1, id),
-        cl.logs()
-    );
+    assert_all_of(&got, "q-", 20, &cl);
+    assert_one_holder(&cl, id, 1).await;
 }
 
 /// A persistent subscriber's client id flips between node1 and node2 twenty times while a

@@ -85,15 +85,15 @@ impl Node {
     /// Publishes at QoS 1 and awaits the remote acks: `Some(true)` when every node took its
     /// copy, `Some(false)` when one refused (the publisher would get no PUBACK), `None` when
     /// no copy left this node.
+    /// A QoS 1 publish that is forwarded to exactly one node: its ack, not awaited.
+    fn publish_one(&self, topic: &str) -> crate::cluster::Ack {
+        let mut acks = self.b.publish(Arc::new(qos1(topic))).acks;
+        assert_eq!(acks.len(), 1);
+        acks.remove(0)
+    }
+
     async fn publish(&self, topic: &str) -> Option<bool> {
-        let m = Message::plain(
-            topic,
-            Bytes::from_static(b"x"),
-            QoS::AtLeastOnce,
-            false,
-            Arc::from("pub"),
-        );
-        let p = self.b.publish(Arc::new(m));
+        let p = self.b.publish(Arc::new(qos1(topic)));
         if p.acks.is_empty() {
             return None;
         }
@@ -101,6 +101,16 @@ impl Node {
         let acks = tokio::time::timeout(WAIT, all).await.expect("acks resolve");
         Some(acks.into_iter().all(|a| a))
     }
+}
+
+fn qos1(topic: &str) -> Message {
+    Message::plain(
+        topic,
+        Bytes::from_static(b"x"),
+        QoS::AtLeastOnce,
+        false,
+        Arc::from("pub"),
+    )
 }
 
 /// Three nodes `n1..n3` at `10.0.0.1..3:7000`, each seeding all three, started at once.
@@ -267,16 +277,7 @@ async fn a_short_pause_delays_an_ack_a_long_one_fails_it() {
 
     // shorter than the heartbeat deadline: the ack waits and arrives
     net.pause(addr(3)).await;
-    let p = nodes[0].b.publish(Arc::new(Message::plain(
-        "t/a",
-        Bytes::from_static(b"x"),
-        QoS::AtLeastOnce,
-        false,
-        Arc::from("pub"),
-    )));
-    let mut acks = p.acks;
-    assert_eq!(acks.len(), 1);
-    let mut ack = acks.remove(0);
+    let mut ack = nodes[0].publish_one("t/a");
     assert!(
         tokio::time::timeout(Duration::from_millis(50), &mut ack)
             .await
@@ -311,16 +312,7 @@ async fn a_killed_node_releases_what_waits_on_it_at_once() {
 
     // n3 takes the copy but its ack cannot come back
     net.cut_one_way(addr(3), addr(1)).await;
-    let p = nodes[0].b.publish(Arc::new(Message::plain(
-        "t/a",
-        Bytes::from_static(b"x"),
-        QoS::AtLeastOnce,
-        false,
-        Arc::from("pub"),
-    )));
-    let mut acks = p.acks;
-    assert_eq!(acks.len(), 1);
-    let mut ack = acks.remove(0);
+    let mut ack = nodes[0].publish_one("t/a");
     assert!(
         tokio::time::timeout(Duration::from_millis(20), &mut ack)
             .await
