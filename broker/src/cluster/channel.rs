@@ -391,7 +391,9 @@ impl Cluster {
                     .core()
                     .map(|b| b.holds(&client_ids, offline_only))
                     .unwrap_or_default();
-                self.send_to(&n, Frame::Held { id, client_ids });
+                // a peer that just came up may ask before this node's channel to it is open:
+                // the answer waits for it (one membership round) instead of being lost
+                self.send_or_keep(n, Frame::Held { id, client_ids });
             }
         }
         None

@@ -95,7 +95,7 @@ impl Cluster {
 
     /// Sends a settlement (or messages that follow a session), or keeps it to send again while
     /// its peer has no channel (a paused peer may have been declared down meanwhile).
-    fn send_or_keep(&self, n: Arc<str>, done: Frame) {
+    pub(super) fn send_or_keep(&self, n: Arc<str>, done: Frame) {
         if !self.send_to(&n, done.clone()) {
             let until = std::time::Instant::now() + FREEZE_TIMEOUT;
             lock(&self.unsent_settlements).push((n, done, until));
@@ -353,6 +353,7 @@ impl Cluster {
                 Ok(Ok(Frame::Held { client_ids, .. })) => client_ids,
                 _ => {
                     lock(&me.waiting).remove(&id);
+                    tracing::warn!(node = %me.node, peer = %n, "cluster: no answer in time about offline copies of this node's sessions");
                     return;
                 }
             };

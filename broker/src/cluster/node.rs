@@ -327,17 +327,25 @@ impl Cluster {
     /// so that a starting node acknowledges no publish its peers' sessions should get before
     /// it knows their routes. Returns the peers (or seed addresses) it did not hear from.
     pub async fn wait_synced(&self, timeout: Duration) -> Vec<String> {
-        let deadline = tokio::time::Instant::now() + timeout;
+        let start = tokio::time::Instant::now();
+        let deadline = start + timeout;
+        // routes remembered from the last run stand in for a seed only once gossip had the time
+        // to find it live: a peer that is up sends its own snapshot (and answers the restored
+        // sessions' question), a peer that is down is covered by the held routes
+        let grace = start + timeout.min(Duration::from_millis(1500));
         loop {
-            let missing = self.unsynced();
-            if missing.is_empty() || tokio::time::Instant::now() >= deadline {
+            let now = tokio::time::Instant::now();
+            let missing = self.unsynced(now >= grace);
+            if missing.is_empty() || now >= deadline {
                 return missing;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
-    fn unsynced(&self) -> Vec<String> {
+    /// Seeds and live peers whose route snapshot is not in; `held_counts`: a seed covered by
+    /// held (remembered) routes is not missing.
+    fn unsynced(&self, held_counts: bool) -> Vec<String> {
         // lock order as in `peers()`: node_filters before status
         let filters = lock(&self.node_filters);
         let status = lock(&self.status);
@@ -352,7 +360,9 @@ impl Cluster {
             // sessions' publishes are refused until it sends its own
             let known = *seed == self.bind
                 || status.iter().any(|(n, s)| {
-                    s.addr == *seed && (s.up || (held.contains_key(n) && filters.contains_key(n)))
+                    s.addr == *seed
+                        && (s.up
+                            || (held_counts && held.contains_key(n) && filters.contains_key(n)))
                 });
             if !known {
                 missing.push(seed.to_string());
