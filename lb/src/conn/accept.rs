@@ -134,6 +134,10 @@ async fn prelude(
     // Phase 1: PROXY header from an upstream L4 balancer.
     let (src, dst, head) = if rt.cfg().proxy_protocol {
         let (info, rest) = read_proxy_header(&tcp).await?;
+        // as the broker does: the header is read, then believed only from a trusted sender
+        if !rt.cfg().trusted_proxies.iter().any(|c| c.contains(peer.ip())) {
+            return Err(Reject::UntrustedProxy);
+        }
         (info.src.unwrap_or(peer), info.dst.unwrap_or(dst), rest)
     } else {
         (peer, dst, Vec::new())
@@ -175,9 +179,11 @@ async fn prelude(
 /// Counts and logs a connection that ended before forwarding.
 fn refused(lb: &Lb, rt: &ListenerRt, conn_id: &str, src: SocketAddr, peer: SocketAddr, e: Reject) {
     lb.metrics().reject(rt.name(), e.label());
-    if let Reject::RateLimited = e {
-        warn_sampled(rt.name(), "rate_limited", src);
-        return;
+    match e {
+        Reject::RateLimited => return warn_sampled(rt.name(), "rate_limited", src),
+        // the address it claims is not believed: the sender is the one to name
+        Reject::UntrustedProxy => return warn_sampled(rt.name(), "untrusted_proxy", peer),
+        _ => {}
     }
     // src: the client (from PROXY when there is one); peer: who connected over TCP
     tracing::info!(conn = %conn_id, listener = %rt.name(), src = %src, peer = %peer, reason = e.label(), "closed before forwarding: {e}");
