@@ -51,7 +51,9 @@ proxy_protocol = "v2"
 /// A PROXY v1 header (`addrs`: "SRC_IP DST_IP SRC_PORT" of the family), then a CONNECT.
 fn header_and_connect(family: &str, addrs: &str, client_id: &str) -> Vec<u8> {
     let mut b = format!("PROXY {family} {addrs} 1883\r\n").into_bytes();
-    b.extend_from_slice(&mqedge_protocol::peek::encode_connect(4, client_id, None, 30));
+    b.extend_from_slice(&mqedge_protocol::peek::encode_connect(
+        4, client_id, None, 30,
+    ));
     b
 }
 
@@ -93,7 +95,11 @@ async fn a_proxy_header_from_outside_trusted_proxies_is_refused_logged_and_count
     let forged = header_and_connect("TCP4", "203.0.113.7 192.0.2.1 4242", "forged");
     assert_eq!(send("127.0.0.5", plain, &forged).await, None);
     assert!(
-        eventually(Duration::from_secs(3), || rejected(admin, "untrusted_proxy") == 1.0).await,
+        eventually(Duration::from_secs(3), || rejected(
+            admin,
+            "untrusted_proxy"
+        ) == 1.0)
+        .await,
         "one untrusted_proxy refusal; /metrics:\n{}",
         http("GET", admin, "/metrics").1
     );
@@ -140,7 +146,9 @@ async fn ipv6_clients_share_a_rate_bucket_per_64() {
     assert_eq!(send("127.0.0.2", plain, &other).await, Some(0));
 
     assert!(
-        eventually(Duration::from_secs(3), || rejected(admin, "rate_limited") == 1.0).await,
+        eventually(Duration::from_secs(3), || rejected(admin, "rate_limited")
+            == 1.0)
+        .await,
         "one rate_limited refusal; /metrics:\n{}\nlb log:\n{}",
         http("GET", admin, "/metrics").1,
         lb.logs()

@@ -143,7 +143,10 @@ mod tests {
         assert!(l.allow(ip("2001:db8:1:3::1"), 1, 1, t0), "next /64");
         assert!(l.allow(ip("192.0.2.1"), 1, 1, t0));
         assert!(!l.allow(ip("::ffff:192.0.2.1"), 1, 1, t0), "mapped = IPv4");
-        assert!(l.allow(ip("::ffff:192.0.2.2"), 1, 1, t0), "not one bucket for all of IPv4");
+        assert!(
+            l.allow(ip("::ffff:192.0.2.2"), 1, 1, t0),
+            "not one bucket for all of IPv4"
+        );
         assert_eq!(l.len(), 4);
     }
 }

@@ -101,7 +101,10 @@ fn proxy_input_needs_trusted_proxies() {
         .unwrap_err()
         .to_string();
     assert!(e.starts_with("lb.toml:5: invalid CIDR"), "{e}");
-    let c = parse(&format!("{pp}trusted_proxies = [\"10.0.0.0/8\", \"::1\"]\n")).unwrap();
+    let c = parse(&format!(
+        "{pp}trusted_proxies = [\"10.0.0.0/8\", \"::1\"]\n"
+    ))
+    .unwrap();
     let t = &c.listeners[0].trusted_proxies;
     assert_eq!(t.len(), 2);
     assert!(t[0].contains("10.1.2.3".parse().unwrap()));

@@ -135,7 +135,12 @@ async fn prelude(
     let (src, dst, head) = if rt.cfg().proxy_protocol {
         let (info, rest) = read_proxy_header(&tcp).await?;
         // as the broker does: the header is read, then believed only from a trusted sender
-        if !rt.cfg().trusted_proxies.iter().any(|c| c.contains(peer.ip())) {
+        if !rt
+            .cfg()
+            .trusted_proxies
+            .iter()
+            .any(|c| c.contains(peer.ip()))
+        {
             return Err(Reject::UntrustedProxy);
         }
         (info.src.unwrap_or(peer), info.dst.unwrap_or(dst), rest)
