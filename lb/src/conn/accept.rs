@@ -1,8 +1,9 @@
 //! The accept loop and a connection's task. The loop only accepts, counts and spawns (a slow
 //! client can never stall accepts); each connection's task then runs the setup phases in order
-//! under one `connect_timeout` — PROXY in ([`super::proxy_in`]) → rate limit → TLS
-//! ([`super::tls_stream`], timed here) → CONNECT peek ([`super::peek`]) — then pick and connect
-//! ([`super::connect`]) and the byte pump ([`super::pump`]). A refusal is counted and logged here.
+//! under one `connect_timeout` — PROXY in ([`super::proxy_in`], trusted senders only) → rate
+//! limit → TLS ([`super::tls_stream`], timed here) → CONNECT peek ([`super::peek`]) — then pick
+//! and connect ([`super::connect`]) and the byte pump ([`super::pump`]). A refusal is counted
+//! and logged here.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -133,16 +134,7 @@ async fn prelude(
     let limit = live.lb.max_connect_packet;
     // Phase 1: PROXY header from an upstream L4 balancer.
     let (src, dst, head) = if rt.cfg().proxy_protocol {
-        let (info, rest) = read_proxy_header(&tcp).await?;
-        // as the broker does: the header is read, then believed only from a trusted sender
-        if !rt
-            .cfg()
-            .trusted_proxies
-            .iter()
-            .any(|c| c.contains(peer.ip()))
-        {
-            return Err(Reject::UntrustedProxy);
-        }
+        let (info, rest) = read_proxy_header(&tcp, peer, &rt.cfg().trusted_proxies).await?;
         (info.src.unwrap_or(peer), info.dst.unwrap_or(dst), rest)
     } else {
         (peer, dst, Vec::new())
