@@ -26,7 +26,8 @@ fn addr(s: &str) -> SocketAddr {
 }
 
 /// An LB with a plain and a TLS listener (client certificates required), both expecting a
-/// PROXY header, in front of one backend that wants PROXY v2 and is checked over MQTT.
+/// PROXY header from loopback (the test clients and HAProxy), in front of one backend that
+/// wants PROXY v2 and is checked over MQTT. Untrusted senders: `lb_proxy_trust.rs`.
 fn config(pki: &Pki, backend: SocketAddr) -> String {
     format!(
         r#"[lb]
@@ -39,11 +40,13 @@ drain_timeout = "1s"
 name = "plain"
 bind = "127.0.0.1:0"
 proxy_protocol = true
+trusted_proxies = ["127.0.0.0/8"]
 
 [[listener]]
 name = "tls"
 bind = "127.0.0.1:0"
 proxy_protocol = true
+trusted_proxies = ["127.0.0.0/8"]
 [listener.tls]
 cert = "{cert}"
 key = "{key}"

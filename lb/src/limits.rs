@@ -1,6 +1,8 @@
 //! Connection limits: the global `max_connections` and a per-source-IP token bucket
 //! (`connect_rate_per_ip` / `connect_burst_per_ip`) that protects brokers from reconnect storms.
 //! Buckets live in sharded maps; full, idle buckets are swept so memory follows active sources.
+//! A source is an IPv4 address or an IPv6 /64 (one site's allocation: a host picks any address
+//! in its /64, so per-/128 buckets would let it take a fresh one per connection).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -29,6 +31,18 @@ impl Default for PerIpLimiter {
     }
 }
 
+/// The bucket key of `ip`: IPv4 as is (also when IPv4-mapped), IPv6 with its low 64 bits
+/// cleared.
+fn source_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6((u128::from(v6) & !u128::from(u64::MAX)).into()),
+        },
+        v4 => v4,
+    }
+}
+
 impl PerIpLimiter {
     fn shard(&self, ip: &IpAddr) -> &Mutex<HashMap<IpAddr, Bucket>> {
         let h = match ip {
@@ -38,11 +52,13 @@ impl PerIpLimiter {
         &self.shards[h.wrapping_mul(0x9E37_79B9) % SHARDS]
     }
 
-    /// Takes a token for `ip`; false when it has none (rate 0 = unlimited).
+    /// Takes a token for `ip`'s source (its IPv6 /64); false when it has none (rate 0 =
+    /// unlimited).
     pub fn allow(&self, ip: IpAddr, rate: u32, burst: u32, now: Instant) -> bool {
         if rate == 0 {
             return true;
         }
+        let ip = source_key(ip);
         let Ok(mut m) = self.shard(&ip).lock() else {
             return true;
         };
@@ -112,5 +128,25 @@ mod tests {
         assert!((0..100).all(|_| l.allow(ip, 0, 1, t0)));
         l.sweep(2, 5, t0 + Duration::from_secs(10));
         assert!(l.is_empty());
+    }
+
+    #[test]
+    fn ipv6_shares_a_bucket_per_64_and_mapped_ipv4_is_ipv4() {
+        let l = PerIpLimiter::default();
+        let t0 = Instant::now();
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert!(l.allow(ip("2001:db8:1:2::1"), 1, 1, t0));
+        assert!(
+            !l.allow(ip("2001:db8:1:2:ffff:ffff:ffff:ffff"), 1, 1, t0),
+            "same /64"
+        );
+        assert!(l.allow(ip("2001:db8:1:3::1"), 1, 1, t0), "next /64");
+        assert!(l.allow(ip("192.0.2.1"), 1, 1, t0));
+        assert!(!l.allow(ip("::ffff:192.0.2.1"), 1, 1, t0), "mapped = IPv4");
+        assert!(
+            l.allow(ip("::ffff:192.0.2.2"), 1, 1, t0),
+            "not one bucket for all of IPv4"
+        );
+        assert_eq!(l.len(), 4);
     }
 }

@@ -22,7 +22,7 @@ pub struct RejectLabel {
     /// Listener name.
     pub listener: String,
     /// Why: `tls_handshake`, `timeout`, `not_connect`, `malformed`, `too_large`, `bad_protocol`,
-    /// `proxy_header`, `no_backend`, `over_limit`, `rate_limited`, `client_io`.
+    /// `proxy_header`, `untrusted_proxy`, `no_backend`, `over_limit`, `rate_limited`, `client_io`.
     pub reason: String,
 }
 

@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use mqedge_shared::config::Cidr;
 use mqedge_shared::tls::ClientAuth;
 use serde::Deserialize;
 
@@ -111,6 +112,9 @@ pub struct ListenerConfig {
     pub bind: SocketAddr,
     /// Whether to expect a PROXY v1/v2 header from an upstream L4 balancer.
     pub proxy_protocol: bool,
+    /// The upstream balancers allowed to send that header (never empty when `proxy_protocol`):
+    /// anyone else could claim any client address.
+    pub trusted_proxies: Vec<Cidr>,
     /// TLS termination, or plain TCP when `None`.
     pub tls: Option<ListenerTls>,
 }

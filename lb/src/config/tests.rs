@@ -88,3 +88,25 @@ fn backends_and_errors_with_lines() {
     );
     assert!(e.contains("/nonexistent.pem"), "{e}");
 }
+
+#[test]
+fn proxy_input_needs_trusted_proxies() {
+    let pp = "[[listener]]\nname = \"mqtt\"\nbind = \"127.0.0.1:1883\"\nproxy_protocol = true\n";
+    let e = parse(pp).unwrap_err().to_string();
+    assert!(
+        e.starts_with("lb.toml:3: proxy_protocol needs trusted_proxies"),
+        "{e}"
+    );
+    let e = parse(&format!("{pp}trusted_proxies = [\"10.0.0.0/33\"]\n"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.starts_with("lb.toml:5: invalid CIDR"), "{e}");
+    let c = parse(&format!(
+        "{pp}trusted_proxies = [\"10.0.0.0/8\", \"::1\"]\n"
+    ))
+    .unwrap();
+    let t = &c.listeners[0].trusted_proxies;
+    assert_eq!(t.len(), 2);
+    assert!(t[0].contains("10.1.2.3".parse().unwrap()));
+    assert!(!t[0].contains("11.0.0.1".parse().unwrap()));
+}

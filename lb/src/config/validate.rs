@@ -6,7 +6,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use mqedge_shared::config::{
-    from_toml, read_config_file, resolve_path, ByteSize, ConfigErrors, HumanDuration, Problems,
+    from_toml, read_config_file, resolve_path, ByteSize, Cidr, ConfigErrors, HumanDuration,
+    Problems,
 };
 use mqedge_shared::tls::{self, ClientAuth};
 use serde::Deserialize;
@@ -50,6 +51,8 @@ struct RawListener {
     bind: Spanned<String>,
     #[serde(default)]
     proxy_protocol: bool,
+    #[serde(default)]
+    trusted_proxies: Vec<Spanned<String>>,
     tls: Option<Spanned<RawTls>>,
 }
 
@@ -216,6 +219,19 @@ fn parse_listeners(
                 continue;
             }
         };
+        let mut trusted_proxies = Vec::new();
+        for t in &l.trusted_proxies {
+            match t.get_ref().parse::<Cidr>() {
+                Ok(c) => trusted_proxies.push(c),
+                Err(e) => p.at(t.span(), e),
+            }
+        }
+        if l.proxy_protocol && l.trusted_proxies.is_empty() {
+            p.at(
+                l.bind.span(),
+                "proxy_protocol needs trusted_proxies (the balancers allowed to send PROXY headers)",
+            );
+        }
         let tls = l
             .tls
             .as_ref()
@@ -224,6 +240,7 @@ fn parse_listeners(
             name: l.name.into_inner(),
             bind,
             proxy_protocol: l.proxy_protocol,
+            trusted_proxies,
             tls,
         });
     }

@@ -1,8 +1,9 @@
 //! The accept loop and a connection's task. The loop only accepts, counts and spawns (a slow
 //! client can never stall accepts); each connection's task then runs the setup phases in order
-//! under one `connect_timeout` — PROXY in ([`super::proxy_in`]) → rate limit → TLS
-//! ([`super::tls_stream`], timed here) → CONNECT peek ([`super::peek`]) — then pick and connect
-//! ([`super::connect`]) and the byte pump ([`super::pump`]). A refusal is counted and logged here.
+//! under one `connect_timeout` — PROXY in ([`super::proxy_in`], trusted senders only) → rate
+//! limit → TLS ([`super::tls_stream`], timed here) → CONNECT peek ([`super::peek`]) — then pick
+//! and connect ([`super::connect`]) and the byte pump ([`super::pump`]). A refusal is counted
+//! and logged here.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -133,7 +134,7 @@ async fn prelude(
     let limit = live.lb.max_connect_packet;
     // Phase 1: PROXY header from an upstream L4 balancer.
     let (src, dst, head) = if rt.cfg().proxy_protocol {
-        let (info, rest) = read_proxy_header(&tcp).await?;
+        let (info, rest) = read_proxy_header(&tcp, peer, &rt.cfg().trusted_proxies).await?;
         (info.src.unwrap_or(peer), info.dst.unwrap_or(dst), rest)
     } else {
         (peer, dst, Vec::new())
@@ -175,9 +176,11 @@ async fn prelude(
 /// Counts and logs a connection that ended before forwarding.
 fn refused(lb: &Lb, rt: &ListenerRt, conn_id: &str, src: SocketAddr, peer: SocketAddr, e: Reject) {
     lb.metrics().reject(rt.name(), e.label());
-    if let Reject::RateLimited = e {
-        warn_sampled(rt.name(), "rate_limited", src);
-        return;
+    match e {
+        Reject::RateLimited => return warn_sampled(rt.name(), "rate_limited", src),
+        // the address it claims is not believed: the sender is the one to name
+        Reject::UntrustedProxy => return warn_sampled(rt.name(), "untrusted_proxy", peer),
+        _ => {}
     }
     // src: the client (from PROXY when there is one); peer: who connected over TCP
     tracing::info!(conn = %conn_id, listener = %rt.name(), src = %src, peer = %peer, reason = e.label(), "closed before forwarding: {e}");

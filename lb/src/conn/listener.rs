@@ -98,7 +98,7 @@ impl Listeners {
         Listeners(rts)
     }
 
-    /// Swaps the TLS config of listeners whose name, bind and PROXY flag are unchanged
+    /// Swaps the TLS config of listeners whose name, bind and PROXY settings are unchanged
     /// (certificate rotation); returns the listener changes that need a restart.
     pub fn swap_tls(&self, new: &[ListenerConfig]) -> Vec<String> {
         let mut restart = Vec::new();
@@ -108,6 +108,7 @@ impl Listeners {
                 Some(n)
                     if n.bind == rt.cfg.bind
                         && n.proxy_protocol == rt.cfg.proxy_protocol
+                        && n.trusted_proxies == rt.cfg.trusted_proxies
                         && n.tls.is_some() == rt.cfg.tls.is_some() =>
                 {
                     if let Some(t) = &n.tls {

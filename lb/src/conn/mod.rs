@@ -62,6 +62,9 @@ pub enum Reject {
     /// Bad first packet.
     #[error("{0}")]
     Peek(mqedge_protocol::peek::PeekError),
+    /// A PROXY header from an address outside the listener's `trusted_proxies`.
+    #[error("refused: PROXY header from an address outside trusted_proxies")]
+    UntrustedProxy,
     /// Over `connect_rate_per_ip`.
     #[error("over the per-IP connect rate")]
     RateLimited,
@@ -76,6 +79,7 @@ impl Reject {
         match self {
             Reject::Timeout => "timeout",
             Reject::ProxyHeader(_) => "proxy_header",
+            Reject::UntrustedProxy => "untrusted_proxy",
             Reject::Tls(_) => "tls_handshake",
             Reject::Peek(e) => e.label(),
             Reject::ClientIo(_) => "client_io",
