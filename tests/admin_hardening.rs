@@ -109,7 +109,7 @@ async fn lb_refuses_cross_site_drains_and_rebound_hosts() {
             request("POST", admin, "/api/backends/m1/ready", &ready).0,
             200
         );
-        let text = request("GET", admin, "/metrics", &[host.clone()]).1;
+        let text = request("GET", admin, "/metrics", std::slice::from_ref(&host)).1;
         assert_eq!(refused(&text, "lb", "admin_header"), 1.0, "{text}");
         assert_eq!(refused(&text, "lb", "origin"), 2.0);
         assert_eq!(refused(&text, "lb", "host"), 1.0);
@@ -136,10 +136,13 @@ async fn lb_token_guards_everything_but_healthz() {
     let host = h("Host", admin.to_string());
     let bearer = |t: &str| h("Authorization", format!("Bearer {t}"));
     tokio::task::block_in_place(|| {
-        assert_eq!(request("GET", admin, "/healthz", &[host.clone()]).0, 200);
+        assert_eq!(
+            request("GET", admin, "/healthz", std::slice::from_ref(&host)).0,
+            200
+        );
         for path in ["/api/backends", "/metrics", "/api/reload"] {
             assert_eq!(
-                request("GET", admin, path, &[host.clone()]).0,
+                request("GET", admin, path, std::slice::from_ref(&host)).0,
                 401,
                 "{path}"
             );
@@ -161,6 +164,21 @@ async fn lb_token_guards_everything_but_healthz() {
         )
         .1;
         assert_eq!(refused(&text, "lb", "token"), 7.0, "{text}");
+        // a reload takes the new token file: the old token stops working
+        dir.write("admin2.token", "lb-secret-2");
+        let edited = std::fs::read_to_string(&cfg)
+            .unwrap()
+            .replace("admin.token", "admin2.token");
+        std::fs::write(&cfg, edited).unwrap();
+        let new_token = [host.clone(), bearer("lb-secret-2")];
+        assert!(
+            wait_until(Duration::from_secs(5), || {
+                request("GET", admin, "/api/reload", &new_token).0 == 200
+            }),
+            "the reload did not take the new token"
+        );
+        let old_token = [host.clone(), bearer("lb-secret-1")];
+        assert_eq!(request("GET", admin, "/api/backends", &old_token).0, 401);
     });
 }
 
@@ -179,8 +197,16 @@ async fn broker_clients_api_is_behind_the_token_and_the_host_check() {
     let host = h("Host", admin.to_string());
     let token = h("Authorization", "Bearer node-secret");
     tokio::task::block_in_place(|| {
-        assert_eq!(request("GET", admin, "/healthz", &[host.clone()]).0, 200);
-        let (code, body) = request("GET", admin, "/api/clients/dev-7", &[host.clone()]);
+        assert_eq!(
+            request("GET", admin, "/healthz", std::slice::from_ref(&host)).0,
+            200
+        );
+        let (code, body) = request(
+            "GET",
+            admin,
+            "/api/clients/dev-7",
+            std::slice::from_ref(&host),
+        );
         assert_eq!(code, 401, "{body}");
         assert!(!body.contains("127.0.0.1"), "{body}");
         let (code, body) = request(

@@ -357,7 +357,7 @@ mod tests {
             Err(Refusal::Token)
         );
         assert_eq!(get("/api/clients/a", Some("Bearer s3cret")), Ok(()));
-        assert!(locked.exposed("127.0.0.1:1".parse().unwrap()) == false);
+        assert!(!locked.exposed("0.0.0.0:9100".parse().unwrap()));
         assert!(open.exposed("0.0.0.0:9100".parse().unwrap()));
         assert!(!open.exposed("[::1]:9100".parse().unwrap()));
     }
