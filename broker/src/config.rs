@@ -4,6 +4,9 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use mqedge_shared::admin::AdminAccess;
 
 use mqedge_shared::config::{
     from_toml, read_config_file, resolve_path, ByteSize, Cidr, ConfigErrors, Problems,
@@ -36,6 +39,9 @@ struct RawNode {
     name: Option<Spanned<String>>,
     data_dir: Option<String>,
     admin: Option<Spanned<String>>,
+    admin_token_file: Option<Spanned<String>>,
+    #[serde(default)]
+    admin_hosts: Vec<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -160,6 +166,8 @@ pub struct Config {
     pub data_dir: Option<PathBuf>,
     /// Admin HTTP address.
     pub admin: Option<SocketAddr>,
+    /// `admin_hosts` and the `admin_token_file` token the admin API asks for.
+    pub admin_access: Arc<AdminAccess>,
     /// MQTT listeners.
     pub listeners: Vec<ListenerConfig>,
     /// Clustering.
@@ -206,7 +214,15 @@ impl Config {
             name: None,
             data_dir: None,
             admin: None,
+            admin_token_file: None,
+            admin_hosts: Vec::new(),
         });
+        let admin_access = AdminAccess::from_config(
+            &mut p,
+            path,
+            node.admin_token_file.as_ref(),
+            &node.admin_hosts,
+        );
         let name = node_name(&mut p, node.name.as_ref());
         let admin = node.admin.as_ref().and_then(|a| addr(&mut p, a, "admin"));
         let data_dir = node.data_dir.as_ref().map(|d| resolve_path(path, d));
@@ -224,6 +240,7 @@ impl Config {
             name,
             data_dir,
             admin,
+            admin_access: Arc::new(admin_access),
             listeners,
             cluster,
             auth,

@@ -71,6 +71,8 @@ pub struct Metrics {
     pub cluster_transfers_dropped: Counter,
     /// Sessions handed over to another node.
     pub cluster_handovers: Counter,
+    /// Admin requests refused by the guard, by reason (host, origin, admin_header, token).
+    pub admin_refused: Family<Reason, Counter>,
 }
 
 impl Default for Metrics {
@@ -112,13 +114,15 @@ impl Metrics {
             cluster_transfers_dropped: Counter::default(),
             cluster_received: Counter::default(),
             cluster_handovers: Counter::default(),
+            admin_refused: Family::default(),
         };
         m.register_clients(&mut r);
         m.register_cluster(&mut r);
         Metrics { registry: r, ..m }
     }
 
-    /// The node's own series, in `/metrics` order: connections, messages, bytes, state, store.
+    /// The node's own series, in `/metrics` order: connections, messages, bytes, state, store,
+    /// admin refusals.
     fn register_clients(&self, r: &mut Registry) {
         r.register(
             "connections",
@@ -194,6 +198,11 @@ impl Metrics {
             "store_commit_failures",
             "Store transactions that failed to commit",
             self.store_commit_failures.clone(),
+        );
+        r.register(
+            "admin_refused",
+            "Admin API requests refused (Host, Origin, missing header, token)",
+            self.admin_refused.clone(),
         );
     }
 

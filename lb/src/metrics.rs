@@ -96,6 +96,15 @@ pub struct Metrics {
     pub reloads: Counter,
     /// TLS handshake time (seconds), by listener.
     pub tls_handshake_seconds: Family<ListenerLabel, Histogram, fn() -> Histogram>,
+    /// Admin requests refused by the guard, by reason (host, origin, admin_header, token).
+    pub admin_refused: Family<AdminRefusedLabel, Counter>,
+}
+
+/// Labels for refused admin requests.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AdminRefusedLabel {
+    /// `host`, `origin`, `admin_header` or `token`.
+    pub reason: &'static str,
 }
 
 impl Default for Metrics {
@@ -130,6 +139,7 @@ impl Metrics {
             reload_generation: Gauge::default(),
             reload_failures: Counter::default(),
             reloads: Counter::default(),
+            admin_refused: Family::default(),
             registry: Registry::default(),
         };
         m.register(&mut registry);
@@ -229,6 +239,11 @@ impl Metrics {
             "config_reloads",
             "Config reloads applied",
             self.reloads.clone(),
+        );
+        registry.register(
+            "admin_refused",
+            "Admin API requests refused (Host, Origin, missing header, token)",
+            self.admin_refused.clone(),
         );
     }
 

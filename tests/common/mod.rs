@@ -705,7 +705,8 @@ pub fn http(method: &str, addr: SocketAddr, path: &str) -> (u16, String) {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(3)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    write!(s, "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n").unwrap();
+    // what `curl -H 'X-Mqedge-Admin: 1'` sends: state-changing admin requests need the header
+    write!(s, "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nX-Mqedge-Admin: 1\r\nConnection: close\r\nContent-Length: 0\r\n\r\n").unwrap();
     let mut raw = Vec::new();
     let _ = s.read_to_end(&mut raw);
     let text = String::from_utf8_lossy(&raw).into_owned();

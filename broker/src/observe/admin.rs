@@ -1,5 +1,6 @@
 //! Broker admin HTTP (axum): `/healthz`, `/metrics`, `GET /api/clients/{client_id}` with the
-//! client's real address (from the PROXY header) and its username (the CN when configured).
+//! client's real address (from the PROXY header) and its username (the CN when configured),
+//! `GET /api/cluster`. Every request passes the shared admin guard first.
 
 use std::sync::Arc;
 
@@ -13,6 +14,7 @@ use serde_json::json;
 use tokio::net::TcpListener;
 
 use crate::broker::Broker;
+use crate::metrics::Reason;
 
 /// 200 `ok`, or 503 with the reason while the store refuses writes (a node that cannot make
 /// messages durable should not be sent clients).
@@ -88,14 +90,30 @@ async fn cluster(State(b): State<Arc<Broker>>) -> Json<serde_json::Value> {
     Json(json!({ "node": b.cfg().name, "nodes": nodes }))
 }
 
-/// The admin router.
+/// The admin router, behind the shared guard (Host, Origin, `x-mqedge-admin` on
+/// state-changing methods, the bearer token of `[node] admin_token_file`).
 pub fn router(b: Arc<Broker>) -> Router {
-    Router::new()
+    let access = b.cfg().admin_access.clone();
+    let counted = b.clone();
+    let routes = Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route("/api/clients/{client_id}", get(client))
         .route("/api/cluster", get(cluster))
-        .with_state(b)
+        .with_state(b);
+    admin::guarded(
+        routes,
+        move || access.clone(),
+        move |why: admin::Refusal| {
+            counted
+                .metrics()
+                .admin_refused
+                .get_or_create(&Reason {
+                    reason: why.as_str().to_string(),
+                })
+                .inc();
+        },
+    )
 }
 
 /// Serves until `stop`.
@@ -104,5 +122,8 @@ pub async fn serve(
     l: TcpListener,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
+    if let Ok(addr) = l.local_addr() {
+        admin::warn_if_exposed(addr, &b.cfg().admin_access);
+    }
     admin::serve(l, router(b), stop).await
 }

@@ -81,6 +81,9 @@ pub struct LbSettings {
     pub connect_rate_per_ip: u32,
     /// Token bucket size for the rate above.
     pub connect_burst_per_ip: u32,
+    /// `admin_hosts` and the `admin_token_file` token, read per admin request so a reload
+    /// applies them.
+    pub admin_access: Arc<mqedge_shared::admin::AdminAccess>,
 }
 
 /// TLS on a listener, loaded and ready.

@@ -3,8 +3,10 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
+use mqedge_shared::admin::AdminAccess;
 use mqedge_shared::config::{
     from_toml, read_config_file, resolve_path, ByteSize, Cidr, ConfigErrors, HumanDuration,
     Problems,
@@ -42,6 +44,9 @@ struct RawLb {
     drain_timeout: Option<HumanDuration>,
     connect_rate_per_ip: Option<u32>,
     connect_burst_per_ip: Option<Spanned<u32>>,
+    admin_token_file: Option<Spanned<String>>,
+    #[serde(default)]
+    admin_hosts: Vec<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -113,7 +118,7 @@ fn parse(path: &Path, src: &str) -> Result<Config, ConfigErrors> {
     let file = path.display().to_string();
     let raw: RawFile = from_toml(&file, src)?;
     let mut p = Problems::new(&file, src);
-    let lb = parse_lb(raw.lb, &mut p);
+    let lb = parse_lb(path, raw.lb, &mut p);
     let listeners = parse_listeners(path, raw.listener, &mut p);
     let balance = parse_balance(raw.balance, &mut p);
     let health = parse_health(raw.health, &mut p);
@@ -129,7 +134,7 @@ fn parse(path: &Path, src: &str) -> Result<Config, ConfigErrors> {
     })
 }
 
-fn parse_lb(rl: Option<RawLb>, p: &mut Problems<'_>) -> LbSettings {
+fn parse_lb(path: &Path, rl: Option<RawLb>, p: &mut Problems<'_>) -> LbSettings {
     let rl = rl.unwrap_or(RawLb {
         name: None,
         admin: None,
@@ -140,7 +145,11 @@ fn parse_lb(rl: Option<RawLb>, p: &mut Problems<'_>) -> LbSettings {
         drain_timeout: None,
         connect_rate_per_ip: None,
         connect_burst_per_ip: None,
+        admin_token_file: None,
+        admin_hosts: Vec::new(),
     });
+    let admin_access =
+        AdminAccess::from_config(p, path, rl.admin_token_file.as_ref(), &rl.admin_hosts);
     let admin = rl
         .admin
         .as_ref()
@@ -184,6 +193,7 @@ fn parse_lb(rl: Option<RawLb>, p: &mut Problems<'_>) -> LbSettings {
         drain_timeout: rl.drain_timeout.unwrap_or(HumanDuration::secs(30)).0,
         connect_rate_per_ip: rl.connect_rate_per_ip.unwrap_or(0),
         connect_burst_per_ip: burst,
+        admin_access: Arc::new(admin_access),
     }
 }
 

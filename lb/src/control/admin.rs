@@ -1,8 +1,9 @@
 //! The admin HTTP API on `[lb] admin` (axum): `/healthz`, `/metrics` (Prometheus text),
 //! `GET /api/backends`, `POST /api/backends/{name}/drain` (and `/ready` to undo it),
-//! `GET /api/reload`. Shapes are DESIGN.md's; bind it to a private address.
+//! `GET /api/reload`. Shapes are DESIGN.md's; bind it to a private address. Every request
+//! passes the shared admin guard first.
 //!
-//! May use `state`, `backend`.
+//! May use `state`, `backend`, `metrics`.
 
 use std::sync::Arc;
 
@@ -11,10 +12,12 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use mqedge_shared::admin;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 
 use crate::backend::{Backend, State as BState};
+use crate::metrics::AdminRefusedLabel;
 use crate::state::Lb;
 
 fn backend_json(b: &Backend) -> Value {
@@ -41,7 +44,7 @@ async fn healthz(State(lb): State<Arc<Lb>>) -> Response {
 }
 
 async fn metrics(State(lb): State<Arc<Lb>>) -> Response {
-    mqedge_shared::admin::metrics_text(lb.metrics().encode())
+    admin::metrics_text(lb.metrics().encode())
 }
 
 async fn backends(State(lb): State<Arc<Lb>>) -> Json<Value> {
@@ -56,7 +59,7 @@ fn find(lb: &Lb, name: &str) -> Option<Arc<Backend>> {
 }
 
 fn not_found(name: &str) -> Response {
-    mqedge_shared::admin::not_found(format!("no backend named {name:?}"))
+    admin::not_found(format!("no backend named {name:?}"))
 }
 
 async fn drain(State(lb): State<Arc<Lb>>, Path(name): Path<String>) -> Response {
@@ -87,16 +90,30 @@ async fn reload(State(lb): State<Arc<Lb>>) -> Json<Value> {
     Json(json!({ "generation": generation, "last_error": last_error }))
 }
 
-/// The admin router.
+/// The admin router, behind the guard of `mqedge_shared::admin` (Host, Origin,
+/// `x-mqedge-admin` on POST, the bearer token), which reads `[lb]` from the live config.
 pub fn router(lb: Arc<Lb>) -> Router {
-    Router::new()
+    let (a, r) = (lb.clone(), lb.clone());
+    let routes = Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route("/api/backends", get(backends))
         .route("/api/backends/{name}/drain", post(drain))
         .route("/api/backends/{name}/ready", post(ready))
         .route("/api/reload", get(reload))
-        .with_state(lb)
+        .with_state(lb);
+    admin::guarded(
+        routes,
+        move || a.live().lb.admin_access.clone(),
+        move |why: admin::Refusal| {
+            r.metrics()
+                .admin_refused
+                .get_or_create(&AdminRefusedLabel {
+                    reason: why.as_str(),
+                })
+                .inc();
+        },
+    )
 }
 
 /// Serves the admin API on a bound listener until `stop` resolves.
@@ -105,5 +122,8 @@ pub async fn serve(
     listener: TcpListener,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
-    mqedge_shared::admin::serve(listener, router(lb), stop).await
+    if let Ok(addr) = listener.local_addr() {
+        admin::warn_if_exposed(addr, &lb.live().lb.admin_access);
+    }
+    admin::serve(listener, router(lb), stop).await
 }
