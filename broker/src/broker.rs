@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::auth::{Access, Acl, PasswordFile};
+use crate::auth::{Access, Auth};
 use crate::cluster::{Ack, BoxFuture, FreezeToken, Gate, LocalNode, Peers, SessionExport};
 use crate::config::Config;
 use crate::message::{unix_now, Message};
@@ -42,30 +42,6 @@ pub enum BrokerError {
         #[source]
         source: std::io::Error,
     },
-}
-
-/// Authentication and authorization state, loaded once at start.
-pub struct Auth {
-    allow_anonymous: bool,
-    passwords: Option<PasswordFile>,
-    acl: Option<Acl>,
-}
-
-impl Auth {
-    /// Whether clients without a username are let in.
-    pub fn allow_anonymous(&self) -> bool {
-        self.allow_anonymous
-    }
-
-    /// The password file, when one is configured.
-    pub fn passwords(&self) -> Option<&PasswordFile> {
-        self.passwords.as_ref()
-    }
-
-    /// The ACL, when one is configured (none: everything is allowed).
-    pub fn acl(&self) -> Option<&Acl> {
-        self.acl.as_ref()
-    }
 }
 
 /// The retained set of a node: tombstones are kept only in a cluster, where an older copy can
@@ -107,20 +83,19 @@ impl Broker {
     /// Builds the broker: takes the auth files the config loaded, opens the store and restores
     /// sessions, queues and retained messages from it.
     pub fn new(cfg: Config) -> Result<Arc<Broker>, BrokerError> {
-        // loaded (and checked) by the config's second stage
-        let passwords = cfg.auth.passwords.clone();
-        let acl = cfg.auth.acl.clone();
         let store = match &cfg.data_dir {
             Some(d) => Some(Store::open(d)?),
             None => None,
         };
         let metrics = Arc::new(Metrics::new());
         let b = Broker {
-            auth: Auth {
-                allow_anonymous: cfg.auth.allow_anonymous,
-                passwords,
-                acl,
-            },
+            // the files were loaded (and checked) by the config's second stage
+            auth: Auth::new(
+                cfg.auth.allow_anonymous,
+                cfg.auth.passwords.clone(),
+                cfg.auth.acl.clone(),
+                cfg.auth.max_concurrent_password_checks,
+            ),
             registry: Arc::new(Registry::new(store.clone(), metrics.clone())),
             routing: Routing::new(cfg.shared_policy, retained_set(&cfg)),
             cfg,
@@ -266,7 +241,7 @@ impl Broker {
         let username = self
             .session(client_id)
             .and_then(|s| s.lock().username.clone());
-        if let Some(acl) = &self.auth.acl {
+        if let Some(acl) = self.auth.acl() {
             if !acl.check(username.as_deref(), client_id, &msg.topic, Access::Write) {
                 self.metrics.dropped("not_authorized");
                 return;
@@ -357,7 +332,7 @@ impl Broker {
     /// What every session's queue is held to.
     fn queue_rules(&self) -> QueueRules<'_> {
         QueueRules {
-            acl: self.auth.acl.as_ref(),
+            acl: self.auth.acl(),
             store: self.store.as_ref(),
             limit: self.cfg.limits.max_offline_messages.max(1),
             metrics: &self.metrics,

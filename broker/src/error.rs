@@ -57,6 +57,10 @@ pub enum CloseReason {
     /// The password file does not accept the username and password.
     #[error("refused: bad username or password")]
     BadCredentials,
+    /// No password-check slot freed in time (`[auth] max_concurrent_password_checks`):
+    /// v5 0x89 Server busy, 3.1.1 0x03 Server unavailable.
+    #[error("refused: password checks busy")]
+    PasswordChecksBusy,
 
     // the end of an established connection, not counted as rejected
     /// DISCONNECT received (the will is kept unless the v5 code is 0x00).
@@ -134,7 +138,7 @@ impl CloseReason {
             TakenOver => reason::SESSION_TAKEN_OVER,
             Shutdown => reason::SERVER_SHUTTING_DOWN,
             Decode(e) => e.reason_code(),
-            NotAcknowledged => reason::SERVER_BUSY,
+            NotAcknowledged | PasswordChecksBusy => reason::SERVER_BUSY,
             AliasOverMax(_) => reason::TOPIC_ALIAS_INVALID,
             InvalidTopicName(_) => reason::TOPIC_NAME_INVALID,
             ReceiveMaximumExceeded => reason::RECEIVE_MAXIMUM_EXCEEDED,
@@ -166,6 +170,7 @@ impl CloseReason {
             AnonymousNotAllowed => "anonymous not allowed",
             NoPasswordFile => "no password file to check the username against",
             BadCredentials => "bad username or password",
+            PasswordChecksBusy => "password checks busy",
             Normal { .. } => "normal",
             Io => "closed",
             KeepAlive => "keepalive",

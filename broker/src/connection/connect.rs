@@ -13,6 +13,7 @@ use tokio::net::TcpStream;
 
 use super::aliases::{OutAliases, TOPIC_ALIAS_MAX};
 use super::{linger, read_more, write_all, ClientInfo, Conn, Live};
+use crate::auth::CheckError;
 use crate::broker::Broker;
 use crate::cluster::Handover;
 use crate::error::CloseReason;
@@ -272,18 +273,11 @@ async fn authenticate(b: &Arc<Broker>, c: &Connect) -> Result<(), CloseReason> {
         // a trusted proxy) such a client is as anonymous as one without
         (Some(_), None) if !b.auth().allow_anonymous() => Err(CloseReason::NoPasswordFile),
         (Some(u), Some(_)) => {
-            let (b2, u2) = (b.clone(), u.clone());
             let pw = c.password.clone().unwrap_or_default();
-            let ok = tokio::task::spawn_blocking(move || {
-                b2.auth().passwords().is_some_and(|p| p.verify(&u2, &pw))
+            b.auth().check_password(u, pw).await.map_err(|e| match e {
+                CheckError::Wrong => CloseReason::BadCredentials,
+                CheckError::Busy => CloseReason::PasswordChecksBusy,
             })
-            .await
-            .unwrap_or(false);
-            if ok {
-                Ok(())
-            } else {
-                Err(CloseReason::BadCredentials)
-            }
         }
         _ => Ok(()),
     }
