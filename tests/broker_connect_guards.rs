@@ -59,6 +59,18 @@ async fn connect(
     will: Option<mqedge_protocol::Will>,
     wait: Duration,
 ) -> Option<ConnAck> {
+    connected(addr, v, id, user, will, wait).await.1
+}
+
+/// [`connect`], keeping the connection.
+async fn connected(
+    addr: std::net::SocketAddr,
+    v: Version,
+    id: &str,
+    user: (&str, &str),
+    will: Option<mqedge_protocol::Will>,
+    wait: Duration,
+) -> (Raw<tokio::net::TcpStream>, Option<ConnAck>) {
     let mut c = Raw::new(tcp(addr).await, v);
     c.send(Packet::Connect(Box::new(Connect {
         version: v,
@@ -71,10 +83,11 @@ async fn connect(
         properties: Default::default(),
     })))
     .await;
-    match c.recv(wait).await {
+    let ack = match c.recv(wait).await {
         Some(Packet::ConnAck(a)) => Some(a),
         _ => None,
-    }
+    };
+    (c, ack)
 }
 
 fn rejected(admin: std::net::SocketAddr, reason: &str) -> f64 {
@@ -200,6 +213,118 @@ async fn a_burst_of_bogus_connects_is_gated_refused_busy_and_a_good_client_gets_
             "the good client is let in"
         );
         eprintln!("good client connected in {:?}", started.elapsed());
+    })
+    .await
+    .expect("test timed out");
+}
+
+/// A QoS 0 will on `topic`.
+fn will(topic: &str) -> Option<mqedge_protocol::Will> {
+    Some(mqedge_protocol::Will {
+        topic: topic.to_string(),
+        payload: bytes::Bytes::from_static(b"gone"),
+        qos: mqedge_protocol::QoS::AtMostOnce,
+        retain: false,
+        properties: Default::default(),
+    })
+}
+
+/// Usernames are taken as given (no password file); `alice` may write only under `alice/`,
+/// `bob` and `watcher` only read.
+fn will_broker(dir: &TempDir) -> InProcBroker {
+    dir.write(
+        "acl",
+        "user alice\ntopic readwrite alice/#\nuser bob\ntopic read #\nuser watcher\ntopic read #\n",
+    );
+    let cfg = dir.write(
+        "b.toml",
+        &broker_config(
+            "127.0.0.1:0",
+            "",
+            "[auth]\nallow_anonymous = true\nacl_file = \"acl\"\n",
+        ),
+    );
+    InProcBroker::start(&cfg)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_will_must_pass_the_publish_rules_at_connect() {
+    let _one = ONE_BROKER.lock().await;
+    tokio::time::timeout(TEST_LIMIT, async {
+        let dir = TempDir::new("connect-will-rules");
+        let b = will_broker(&dir);
+        let (addr, admin) = (b.addr(), b.admin());
+        let wait = Duration::from_secs(5);
+        let alice = ("alice", "x");
+        // (will topic, v5 CONNACK, 3.1.1 CONNACK as read back: None = closed without one)
+        let cases = [
+            ("alice/+", Some(0x90), None),
+            ("alice/#", Some(0x90), None),
+            ("", Some(0x90), None),
+            ("$SYS/broker/uptime", Some(0x87), Some(0x87)),
+            ("bob/status", Some(0x87), Some(0x87)),
+            ("alice/status", Some(0), Some(0)),
+        ];
+        for (i, (topic, v5, v311)) in cases.into_iter().enumerate() {
+            for (v, want) in [(Version::V5, v5), (Version::V311, v311)] {
+                let id = format!("will-{i}-{}", v.level());
+                let started = Instant::now();
+                let got = connect(addr, v, &id, alice, will(topic), wait).await;
+                assert_eq!(got.map(|a| a.code), want, "{v:?} will on {topic:?}");
+                assert!(
+                    started.elapsed() < Duration::from_secs(3),
+                    "{topic:?}: answered late"
+                );
+            }
+        }
+        assert!(
+            eventually(Duration::from_secs(5), || {
+                rejected(admin, "invalid will topic") == 6.0
+                    && rejected(admin, "will topic not authorized") == 4.0
+            })
+            .await,
+            "rejected_total: invalid {} / not authorized {}",
+            rejected(admin, "invalid will topic"),
+            rejected(admin, "will topic not authorized")
+        );
+    })
+    .await
+    .expect("test timed out");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_will_is_published_as_the_client_that_set_it_not_the_one_that_took_over() {
+    let _one = ONE_BROKER.lock().await;
+    tokio::time::timeout(TEST_LIMIT, async {
+        let dir = TempDir::new("connect-will-identity");
+        let b = will_broker(&dir);
+        let addr = b.addr();
+        let wait = Duration::from_secs(5);
+        let (mut watcher, ack) =
+            connected(addr, Version::V5, "watcher", ("watcher", "x"), None, wait).await;
+        assert_eq!(ack.map(|a| a.code), Some(0));
+        assert_eq!(watcher.subscribe(1, &[("#", 0)]).await, vec![0]);
+        let (mut dev, ack) = connected(
+            addr,
+            Version::V5,
+            "dev1",
+            ("alice", "x"),
+            will("alice/will"),
+            wait,
+        )
+        .await;
+        assert_eq!(ack.map(|a| a.code), Some(0));
+        // bob takes the session over: alice's connection ends and her will goes out as hers
+        let (_bob, ack) = connected(addr, Version::V5, "dev1", ("bob", "x"), None, wait).await;
+        assert_eq!(ack.map(|a| a.code), Some(0));
+        let _ = dev.recv(Duration::from_secs(2)).await; // DISCONNECT 0x8E
+        let got = watcher.collect(Duration::from_secs(1)).await;
+        let topics: Vec<_> = got.iter().map(|p| p.topic.as_str()).collect();
+        assert_eq!(
+            topics,
+            vec!["alice/will"],
+            "the will, published with alice's rights"
+        );
     })
     .await
     .expect("test timed out");

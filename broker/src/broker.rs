@@ -203,11 +203,19 @@ impl Broker {
     }
 
     /// Unbinds a connection from its session when the connection ends; publishes or schedules the
-    /// will; removes or schedules the expiry of the session.
-    pub fn detach(self: &Arc<Self>, s: &Arc<Session>, conn_id: u64, will: Option<Will>) {
+    /// will (with the identity of the client that set it, `username`: not of whoever holds
+    /// the session when it is published); removes or schedules the expiry of the session.
+    pub fn detach(
+        self: &Arc<Self>,
+        s: &Arc<Session>,
+        conn_id: u64,
+        will: Option<(Will, Option<String>)>,
+    ) {
         let (b, id) = (self.clone(), s.client_id.clone());
-        self.registry
-            .detach(s, conn_id, will, move |w| b.publish_will(w, &id));
+        let (will, user) = will.unzip();
+        self.registry.detach(s, conn_id, will, move |w| {
+            b.publish_will(w, &id, user.flatten().as_deref())
+        });
     }
 
     /// Closes every client connection of this node with "server shutting down" (v5 reason
@@ -218,7 +226,7 @@ impl Broker {
         self.registry.close_all_connections()
     }
 
-    fn publish_will(&self, w: Will, client_id: &Arc<str>) {
+    fn publish_will(&self, w: Will, client_id: &Arc<str>, username: Option<&str>) {
         let now = unix_now();
         let msg = Message {
             topic: Arc::from(w.topic.as_str()),
@@ -237,12 +245,9 @@ impl Broker {
             user_properties: w.properties.user_properties,
         };
         tracing::debug!(client_id = %client_id, topic = %msg.topic, "publishing will");
-        // a will may only go where the client could have published it
-        let username = self
-            .session(client_id)
-            .and_then(|s| s.lock().username.clone());
+        // checked at CONNECT already; the ACL is read at start only, so this is a backstop
         if let Some(acl) = self.auth.acl() {
-            if !acl.check(username.as_deref(), client_id, &msg.topic, Access::Write) {
+            if !acl.check(username, client_id, &msg.topic, Access::Write) {
                 self.metrics.dropped("not_authorized");
                 return;
             }
