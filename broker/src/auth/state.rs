@@ -98,3 +98,30 @@ impl Auth {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn auth(max_checks: usize) -> Auth {
+        let hash = crate::auth::hash_password(b"pw").unwrap();
+        let file = PasswordFile::parse("passwd", &format!("u:{hash}\n")).unwrap();
+        Auth::new(false, Some(file), None, max_checks)
+    }
+
+    #[tokio::test]
+    async fn a_check_waits_for_a_slot_then_is_busy() {
+        let a = auth(1);
+        let held = a.checks.clone().acquire_owned().await.unwrap();
+        let started = tokio::time::Instant::now();
+        let r = a.check_password("u", Bytes::from_static(b"pw")).await;
+        assert_eq!(r, Err(CheckError::Busy));
+        assert!(started.elapsed() >= CHECK_WAIT);
+        drop(held);
+        let pw = |p: &'static [u8]| a.check_password("u", Bytes::from_static(p));
+        assert_eq!(pw(b"pw").await, Ok(()));
+        assert_eq!(pw(b"no").await, Err(CheckError::Wrong));
+        let r = a.check_password("nobody", Bytes::from_static(b"pw")).await;
+        assert_eq!(r, Err(CheckError::Wrong));
+    }
+}
