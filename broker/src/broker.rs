@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::auth::{Access, Acl, PasswordFile};
+use crate::auth::{Access, Auth};
 use crate::cluster::{Ack, BoxFuture, FreezeToken, Gate, LocalNode, Peers, SessionExport};
 use crate::config::Config;
 use crate::message::{unix_now, Message};
@@ -42,30 +42,6 @@ pub enum BrokerError {
         #[source]
         source: std::io::Error,
     },
-}
-
-/// Authentication and authorization state, loaded once at start.
-pub struct Auth {
-    allow_anonymous: bool,
-    passwords: Option<PasswordFile>,
-    acl: Option<Acl>,
-}
-
-impl Auth {
-    /// Whether clients without a username are let in.
-    pub fn allow_anonymous(&self) -> bool {
-        self.allow_anonymous
-    }
-
-    /// The password file, when one is configured.
-    pub fn passwords(&self) -> Option<&PasswordFile> {
-        self.passwords.as_ref()
-    }
-
-    /// The ACL, when one is configured (none: everything is allowed).
-    pub fn acl(&self) -> Option<&Acl> {
-        self.acl.as_ref()
-    }
 }
 
 /// The retained set of a node: tombstones are kept only in a cluster, where an older copy can
@@ -107,20 +83,19 @@ impl Broker {
     /// Builds the broker: takes the auth files the config loaded, opens the store and restores
     /// sessions, queues and retained messages from it.
     pub fn new(cfg: Config) -> Result<Arc<Broker>, BrokerError> {
-        // loaded (and checked) by the config's second stage
-        let passwords = cfg.auth.passwords.clone();
-        let acl = cfg.auth.acl.clone();
         let store = match &cfg.data_dir {
             Some(d) => Some(Store::open(d)?),
             None => None,
         };
         let metrics = Arc::new(Metrics::new());
         let b = Broker {
-            auth: Auth {
-                allow_anonymous: cfg.auth.allow_anonymous,
-                passwords,
-                acl,
-            },
+            // the files were loaded (and checked) by the config's second stage
+            auth: Auth::new(
+                cfg.auth.allow_anonymous,
+                cfg.auth.passwords.clone(),
+                cfg.auth.acl.clone(),
+                cfg.auth.max_concurrent_password_checks,
+            ),
             registry: Arc::new(Registry::new(store.clone(), metrics.clone())),
             routing: Routing::new(cfg.shared_policy, retained_set(&cfg)),
             cfg,
@@ -228,11 +203,19 @@ impl Broker {
     }
 
     /// Unbinds a connection from its session when the connection ends; publishes or schedules the
-    /// will; removes or schedules the expiry of the session.
-    pub fn detach(self: &Arc<Self>, s: &Arc<Session>, conn_id: u64, will: Option<Will>) {
+    /// will (with the identity of the client that set it, `username`: not of whoever holds
+    /// the session when it is published); removes or schedules the expiry of the session.
+    pub fn detach(
+        self: &Arc<Self>,
+        s: &Arc<Session>,
+        conn_id: u64,
+        will: Option<(Will, Option<String>)>,
+    ) {
         let (b, id) = (self.clone(), s.client_id.clone());
-        self.registry
-            .detach(s, conn_id, will, move |w| b.publish_will(w, &id));
+        let (will, user) = will.unzip();
+        self.registry.detach(s, conn_id, will, move |w| {
+            b.publish_will(w, &id, user.flatten().as_deref())
+        });
     }
 
     /// Closes every client connection of this node with "server shutting down" (v5 reason
@@ -243,7 +226,7 @@ impl Broker {
         self.registry.close_all_connections()
     }
 
-    fn publish_will(&self, w: Will, client_id: &Arc<str>) {
+    fn publish_will(&self, w: Will, client_id: &Arc<str>, username: Option<&str>) {
         let now = unix_now();
         let msg = Message {
             topic: Arc::from(w.topic.as_str()),
@@ -262,12 +245,9 @@ impl Broker {
             user_properties: w.properties.user_properties,
         };
         tracing::debug!(client_id = %client_id, topic = %msg.topic, "publishing will");
-        // a will may only go where the client could have published it
-        let username = self
-            .session(client_id)
-            .and_then(|s| s.lock().username.clone());
-        if let Some(acl) = &self.auth.acl {
-            if !acl.check(username.as_deref(), client_id, &msg.topic, Access::Write) {
+        // checked at CONNECT already; the ACL is read at start only, so this is a backstop
+        if let Some(acl) = self.auth.acl() {
+            if !acl.check(username, client_id, &msg.topic, Access::Write) {
                 self.metrics.dropped("not_authorized");
                 return;
             }
@@ -357,7 +337,7 @@ impl Broker {
     /// What every session's queue is held to.
     fn queue_rules(&self) -> QueueRules<'_> {
         QueueRules {
-            acl: self.auth.acl.as_ref(),
+            acl: self.auth.acl(),
             store: self.store.as_ref(),
             limit: self.cfg.limits.max_offline_messages.max(1),
             metrics: &self.metrics,

@@ -63,6 +63,7 @@ struct RawAuth {
     allow_anonymous: Option<bool>,
     password_file: Option<Spanned<String>>,
     acl_file: Option<Spanned<String>>,
+    max_concurrent_password_checks: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -137,6 +138,8 @@ pub struct AuthConfig {
     pub passwords: Option<PasswordFile>,
     /// The rules of `acl_file`, loaded in stage 2.
     pub acl: Option<Acl>,
+    /// argon2 checks running at once (default: the cores available); CONNECTs past them wait.
+    pub max_concurrent_password_checks: usize,
 }
 
 /// `[limits]`.
@@ -309,7 +312,20 @@ fn auth(p: &mut Problems<'_>, path: &Path, raw: Option<RawAuth>) -> AuthConfig {
         allow_anonymous: None,
         password_file: None,
         acl_file: None,
+        max_concurrent_password_checks: None,
     });
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let max_checks = match &ra.max_concurrent_password_checks {
+        Some(m) if !(1..=1024).contains(m.get_ref()) => {
+            p.at(
+                m.span(),
+                "max_concurrent_password_checks must be between 1 and 1024",
+            );
+            cores
+        }
+        Some(m) => *m.get_ref() as usize,
+        None => cores,
+    };
     let mut check_file = |f: &Option<Spanned<String>>| {
         f.as_ref().map(|f| {
             let r = resolve_path(path, f.get_ref());
@@ -328,6 +344,7 @@ fn auth(p: &mut Problems<'_>, path: &Path, raw: Option<RawAuth>) -> AuthConfig {
         acl_file: check_file(&ra.acl_file),
         passwords: None,
         acl: None,
+        max_concurrent_password_checks: max_checks,
     }
 }
 
@@ -456,6 +473,24 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("b.toml:4: unknown variant `sticky`"), "{e}");
+    }
+
+    #[test]
+    fn max_concurrent_password_checks() {
+        let parse = |v: &str| {
+            let src = format!("[[listener]]\nbind = \"127.0.0.1:1883\"\n[auth]\n{v}\n");
+            Config::parse(Path::new("b.toml"), &src).map_err(|e| e.to_string())
+        };
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let c = parse("").unwrap();
+        assert_eq!(c.auth.max_concurrent_password_checks, cores);
+        let c = parse("max_concurrent_password_checks = 1").unwrap();
+        assert_eq!(c.auth.max_concurrent_password_checks, 1);
+        let e = parse("max_concurrent_password_checks = 0").unwrap_err();
+        assert!(
+            e.starts_with("b.toml:4: max_concurrent_password_checks must be between 1 and 1024"),
+            "{e}"
+        );
     }
 
     #[test]

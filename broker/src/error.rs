@@ -5,7 +5,7 @@
 
 use crate::limits::CONNECT_TIMEOUT;
 use crate::metrics::Metrics;
-use crate::protocol::{reason, DecodeError};
+use crate::protocol::{reason, DecodeError, Version};
 
 /// Every reason a connection is refused or closed. `Display` is the log line's text.
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +57,17 @@ pub enum CloseReason {
     /// The password file does not accept the username and password.
     #[error("refused: bad username or password")]
     BadCredentials,
+    /// No password-check slot freed in time (`[auth] max_concurrent_password_checks`):
+    /// v5 0x89 Server busy, 3.1.1 0x03 Server unavailable.
+    #[error("refused: password checks busy")]
+    PasswordChecksBusy,
+    /// A will topic that is not a valid topic name (wildcards, empty...): v5 CONNACK 0x90;
+    /// 3.1.1 has no code for it, so the connection is closed (MQTT-4.8.0-1).
+    #[error("refused: invalid will topic")]
+    WillTopicInvalid,
+    /// A will topic the client could not publish to (`$SYS`, or the ACL): CONNACK 0x87 / 0x05.
+    #[error("refused: will topic not authorized")]
+    WillNotAuthorized,
 
     // the end of an established connection, not counted as rejected
     /// DISCONNECT received (the will is kept unless the v5 code is 0x00).
@@ -128,13 +139,14 @@ impl CloseReason {
             UnsupportedVersion(_) => reason::UNSUPPORTED_PROTOCOL_VERSION,
             BadAuthMethod => reason::BAD_AUTHENTICATION_METHOD,
             EmptyClientId => reason::CLIENT_IDENTIFIER_NOT_VALID,
-            AnonymousNotAllowed => reason::NOT_AUTHORIZED,
+            AnonymousNotAllowed | WillNotAuthorized => reason::NOT_AUTHORIZED,
+            WillTopicInvalid => reason::TOPIC_NAME_INVALID,
             NoPasswordFile | BadCredentials => reason::BAD_USER_NAME_OR_PASSWORD,
             KeepAlive => reason::KEEP_ALIVE_TIMEOUT,
             TakenOver => reason::SESSION_TAKEN_OVER,
             Shutdown => reason::SERVER_SHUTTING_DOWN,
             Decode(e) => e.reason_code(),
-            NotAcknowledged => reason::SERVER_BUSY,
+            NotAcknowledged | PasswordChecksBusy => reason::SERVER_BUSY,
             AliasOverMax(_) => reason::TOPIC_ALIAS_INVALID,
             InvalidTopicName(_) => reason::TOPIC_NAME_INVALID,
             ReceiveMaximumExceeded => reason::RECEIVE_MAXIMUM_EXCEEDED,
@@ -145,6 +157,15 @@ impl CloseReason {
             | SubscriptionIdFromClient
             | SharedNoLocal => reason::PROTOCOL_ERROR,
         })
+    }
+
+    /// The code of a refused CONNECT's CONNACK in `v` (see [`CloseReason::code`]): none for a
+    /// 3.1.1 client whose will topic is invalid, a protocol violation 3.1.1 has no code for.
+    pub fn connack_code(&self, v: Version) -> Option<u8> {
+        match self {
+            CloseReason::WillTopicInvalid if !v.is_v5() => None,
+            _ => self.code(),
+        }
     }
 
     /// The metric label (`rejected_total{reason}`) of a refusal or a violation, and the
@@ -166,6 +187,9 @@ impl CloseReason {
             AnonymousNotAllowed => "anonymous not allowed",
             NoPasswordFile => "no password file to check the username against",
             BadCredentials => "bad username or password",
+            PasswordChecksBusy => "password checks busy",
+            WillTopicInvalid => "invalid will topic",
+            WillNotAuthorized => "will topic not authorized",
             Normal { .. } => "normal",
             Io => "closed",
             KeepAlive => "keepalive",
@@ -243,5 +267,19 @@ mod tests {
         assert!(CloseReason::KeepAlive.is_ordinary());
         assert!(!CloseReason::Shutdown.keeps_will());
         assert!(CloseReason::Normal { keep_will: true }.keeps_will());
+        let r = CloseReason::WillTopicInvalid;
+        assert_eq!(
+            r.connack_code(Version::V5),
+            Some(reason::TOPIC_NAME_INVALID)
+        );
+        assert_eq!(
+            r.connack_code(Version::V311),
+            None,
+            "3.1.1: closed without CONNACK"
+        );
+        let r = CloseReason::WillNotAuthorized;
+        assert_eq!(r.connack_code(Version::V311), Some(reason::NOT_AUTHORIZED));
+        let r = CloseReason::PasswordChecksBusy;
+        assert_eq!(r.connack_code(Version::V5), Some(reason::SERVER_BUSY));
     }
 }

@@ -5,14 +5,17 @@
 //! at load or reload time, never a surprise on a client's CONNECT. Checks are pure functions of
 //! those values and never panic on anything a client sends. The password file is in `passwd`;
 //! the ACL in [`acl`], and the filter relations it needs on SUBSCRIBE in `filters`; `error` is
-//! the leaf they share. This file only declares them and re-exports their public items.
+//! the leaf they share; `state` holds them for the running node with the gate on password
+//! checks. This file only declares them and re-exports their public items.
 
 mod error;
 mod filters;
 mod passwd;
+mod state;
 
 pub mod acl;
 
 pub use acl::{Access, Acl};
 pub use error::AuthError;
 pub use passwd::{hash_password, set_user, PasswordFile};
+pub use state::{Auth, CheckError, CHECK_WAIT};

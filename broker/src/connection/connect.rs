@@ -13,6 +13,7 @@ use tokio::net::TcpStream;
 
 use super::aliases::{OutAliases, TOPIC_ALIAS_MAX};
 use super::{linger, read_more, write_all, ClientInfo, Conn, Live};
+use crate::auth::{Access, CheckError};
 use crate::broker::Broker;
 use crate::cluster::Handover;
 use crate::error::CloseReason;
@@ -22,6 +23,7 @@ use crate::protocol::{
     decode, encode, reason, ConnAck, ConnAckProperties, Connect, DecodeError, Packet, Version,
 };
 use crate::session::Attach;
+use crate::topic::valid_topic_name;
 
 /// A client that passed authentication.
 struct Admitted {
@@ -92,7 +94,7 @@ impl Live {
             kicked,
         } = att;
         let props = connack_properties(limits, &connect, &admitted, keep_alive);
-        let mut c = Conn::new(b, session, connect, admitted.expiry);
+        let mut c = Conn::new(b, session, connect, &admitted);
         c.send(&connack(session_present, reason::SUCCESS, props));
         if session_present {
             c.resend_inflight();
@@ -114,8 +116,14 @@ impl Live {
 }
 
 impl Conn {
-    /// The state of a connection that CONNECT (by value: its will is kept) just established.
-    fn new(b: Arc<Broker>, s: Arc<crate::session::Session>, connect: Connect, expiry: u32) -> Conn {
+    /// The state of a connection that CONNECT (by value: its will is kept, with the identity
+    /// it was checked for) just established.
+    fn new(
+        b: Arc<Broker>,
+        s: Arc<crate::session::Session>,
+        connect: Connect,
+        a: &Admitted,
+    ) -> Conn {
         let v = connect.version;
         let props = connect.properties;
         Conn {
@@ -136,8 +144,8 @@ impl Conn {
                 .filter(|_| v.is_v5())
                 .and_then(OutAliases::new)
                 .map(Box::new),
-            will: connect.will.map(Box::new),
-            connect_expiry_zero: expiry == 0,
+            will: connect.will.map(|w| Box::new((w, a.username.clone()))),
+            connect_expiry_zero: a.expiry == 0,
         }
     }
 }
@@ -199,9 +207,9 @@ async fn refuse(
     connect: Option<&Connect>,
     why: CloseReason,
 ) {
-    let code = why.code();
+    let v = connect.map_or(Version::V311, |c| c.version);
+    let code = why.connack_code(v);
     if let Some(code) = code {
-        let v = connect.map_or(Version::V311, |c| c.version);
         let mut out = BytesMut::new();
         encode(
             &connack(false, code, ConnAckProperties::default()),
@@ -249,6 +257,9 @@ async fn admit(b: &Arc<Broker>, c: &Connect, info: &ClientInfo) -> Result<Admitt
             c.username.clone()
         }
     };
+    if let Some(w) = &c.will {
+        check_will(b, &w.topic, username.as_deref(), &client_id)?;
+    }
     let expiry = if c.version.is_v5() {
         c.properties.session_expiry_interval.unwrap_or(0)
     } else if c.clean_start {
@@ -264,6 +275,29 @@ async fn admit(b: &Arc<Broker>, c: &Connect, info: &ClientInfo) -> Result<Admitt
     })
 }
 
+/// The PUBLISH rules on a will's topic, for the client that CONNECTs: a valid topic name, not
+/// `$SYS`, ACL `write` for this username and client id (MQTT 5 §3.1.2.5 lets the server refuse a
+/// will it would not accept as a PUBLISH).
+fn check_will(
+    b: &Broker,
+    topic: &str,
+    username: Option<&str>,
+    client_id: &str,
+) -> Result<(), CloseReason> {
+    if !valid_topic_name(topic) {
+        return Err(CloseReason::WillTopicInvalid);
+    }
+    let allowed = !topic.starts_with("$SYS")
+        && b.auth()
+            .acl()
+            .is_none_or(|acl| acl.check(username, client_id, topic, Access::Write));
+    if allowed {
+        Ok(())
+    } else {
+        Err(CloseReason::WillNotAuthorized)
+    }
+}
+
 /// Checks the CONNECT's username and password (a client without a certificate CN).
 async fn authenticate(b: &Arc<Broker>, c: &Connect) -> Result<(), CloseReason> {
     match (&c.username, b.auth().passwords()) {
@@ -272,18 +306,11 @@ async fn authenticate(b: &Arc<Broker>, c: &Connect) -> Result<(), CloseReason> {
         // a trusted proxy) such a client is as anonymous as one without
         (Some(_), None) if !b.auth().allow_anonymous() => Err(CloseReason::NoPasswordFile),
         (Some(u), Some(_)) => {
-            let (b2, u2) = (b.clone(), u.clone());
             let pw = c.password.clone().unwrap_or_default();
-            let ok = tokio::task::spawn_blocking(move || {
-                b2.auth().passwords().is_some_and(|p| p.verify(&u2, &pw))
+            b.auth().check_password(u, pw).await.map_err(|e| match e {
+                CheckError::Wrong => CloseReason::BadCredentials,
+                CheckError::Busy => CloseReason::PasswordChecksBusy,
             })
-            .await
-            .unwrap_or(false);
-            if ok {
-                Ok(())
-            } else {
-                Err(CloseReason::BadCredentials)
-            }
         }
         _ => Ok(()),
     }

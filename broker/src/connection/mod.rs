@@ -104,8 +104,9 @@ struct Conn {
     feed: Option<Box<Feed>>,
     /// Topic aliases on our PUBLISHes (boxed: only for a v5 client that allowed them).
     out_aliases: Option<Box<OutAliases>>,
-    /// Boxed: most clients have none, and this is kept for the whole connection.
-    will: Option<Box<Will>>,
+    /// With the username of the CONNECT that set it (checked then). Boxed: most clients have
+    /// none, and this is kept for the whole connection.
+    will: Option<Box<(Will, Option<String>)>>,
     connect_expiry_zero: bool,
 }
 

@@ -1,0 +1,127 @@
+//! The node's authentication and authorization state ([`Auth`]): the loaded password file and
+//! ACL, and the gate every CONNECT password check goes through. argon2 costs ~19 MiB and tens of
+//! milliseconds of one core per check, on a blocking thread: without a bound, a burst of bogus
+//! CONNECTs (unknown users included: they are verified against a dummy hash, to cost the same)
+//! grows the blocking pool and the memory with them. The gate lets `max_concurrent_password_checks`
+//! run at once; a check that cannot start within [`CHECK_WAIT`] is refused as busy.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::Semaphore;
+
+use super::{Acl, PasswordFile};
+
+/// How long a CONNECT waits for a password-check slot: well inside the 10 s CONNECT timeout,
+/// so a client refused as busy hears it soon and retries elsewhere (through the LB), while a
+/// short burst still gets through.
+pub const CHECK_WAIT: Duration = Duration::from_secs(2);
+
+/// Why a password could not be accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CheckError {
+    /// The username and password do not match (or the user does not exist).
+    Wrong,
+    /// No check slot freed within [`CHECK_WAIT`].
+    Busy,
+}
+
+/// Authentication and authorization state, loaded once at start.
+pub struct Auth {
+    /// Whether clients without a username are let in.
+    allow_anonymous: bool,
+    /// Shared with the blocking thread that runs argon2.
+    passwords: Option<Arc<PasswordFile>>,
+    /// None: everything is allowed.
+    acl: Option<Acl>,
+    /// Slots for argon2 checks running at once (`max_concurrent_password_checks`).
+    checks: Arc<Semaphore>,
+}
+
+impl Auth {
+    /// The state from the loaded files; `max_checks` (at least 1) password checks may run at
+    /// once.
+    pub fn new(
+        allow_anonymous: bool,
+        passwords: Option<PasswordFile>,
+        acl: Option<Acl>,
+        max_checks: usize,
+    ) -> Auth {
+        Auth {
+            allow_anonymous,
+            passwords: passwords.map(Arc::new),
+            acl,
+            checks: Arc::new(Semaphore::new(max_checks.max(1))),
+        }
+    }
+
+    /// Whether clients without a username are let in.
+    pub fn allow_anonymous(&self) -> bool {
+        self.allow_anonymous
+    }
+
+    /// The password file, when one is configured.
+    pub fn passwords(&self) -> Option<&PasswordFile> {
+        self.passwords.as_deref()
+    }
+
+    /// The ACL, when one is configured (none: everything is allowed).
+    pub fn acl(&self) -> Option<&Acl> {
+        self.acl.as_ref()
+    }
+
+    /// Checks `user`'s `password` through the gate: waits up to [`CHECK_WAIT`] for a slot,
+    /// then runs argon2 on a blocking thread while holding it. Unknown users cost the same as
+    /// known ones (and take a slot the same way). Without a password file nothing matches.
+    pub async fn check_password(&self, user: &str, password: Bytes) -> Result<(), CheckError> {
+        let Some(file) = self.passwords.clone() else {
+            return Err(CheckError::Wrong);
+        };
+        let permit =
+            match tokio::time::timeout(CHECK_WAIT, self.checks.clone().acquire_owned()).await {
+                Ok(Ok(p)) => p,
+                // the semaphore is never closed; a timeout is the busy case
+                Ok(Err(_)) | Err(_) => return Err(CheckError::Busy),
+            };
+        let user = user.to_string();
+        let ok = tokio::task::spawn_blocking(move || {
+            let _slot = permit; // released when argon2 is done, even if the CONNECT went away
+            file.verify(&user, &password)
+        })
+        .await
+        .unwrap_or(false);
+        if ok {
+            Ok(())
+        } else {
+            Err(CheckError::Wrong)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn auth(max_checks: usize) -> Auth {
+        let hash = crate::auth::hash_password(b"pw").unwrap();
+        let file = PasswordFile::parse("passwd", &format!("u:{hash}\n")).unwrap();
+        Auth::new(false, Some(file), None, max_checks)
+    }
+
+    #[tokio::test]
+    async fn a_check_waits_for_a_slot_then_is_busy() {
+        let a = auth(1);
+        let held = a.checks.clone().acquire_owned().await.unwrap();
+        let started = tokio::time::Instant::now();
+        let r = a.check_password("u", Bytes::from_static(b"pw")).await;
+        assert_eq!(r, Err(CheckError::Busy));
+        assert!(started.elapsed() >= CHECK_WAIT);
+        drop(held);
+        let pw = |p: &'static [u8]| a.check_password("u", Bytes::from_static(p));
+        assert_eq!(pw(b"pw").await, Ok(()));
+        assert_eq!(pw(b"no").await, Err(CheckError::Wrong));
+        let r = a.check_password("nobody", Bytes::from_static(b"pw")).await;
+        assert_eq!(r, Err(CheckError::Wrong));
+    }
+}
