@@ -199,7 +199,7 @@ fn http_in(ns: &str, ip: &str, port: u16, path: &str) -> Option<(u16, String)> {
             "5",
             "bash",
             "-c",
-            r#"exec 3<>/dev/tcp/$0/$1 && printf 'GET %s HTTP/1.0\r\nHost: mqedge\r\n\r\n' "$2" >&3 && cat <&3"#,
+            r#"exec 3<>/dev/tcp/$0/$1 && printf 'GET %s HTTP/1.0\r\nHost: %s:%s\r\n\r\n' "$2" "$0" "$1" >&3 && cat <&3"#,
             ip,
             &port,
             path,

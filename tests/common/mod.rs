@@ -15,6 +15,7 @@ use tokio::net::{TcpSocket, TcpStream};
 
 pub mod cluster_nodes;
 mod inproc;
+mod mqtt_steps;
 mod scripts;
 #[allow(unused_imports)]
 pub use inproc::{InProc, InProcBroker, InProcLb};
