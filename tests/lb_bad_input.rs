@@ -1,5 +1,6 @@
-//! Bad first packets: garbage, HTTP, an oversized CONNECT, a CONNECT that never finishes, a
-//! half TLS handshake. Each is closed within its limit and counted under its reason, no backend
+//! Bad first packets: garbage, HTTP, an oversized CONNECT, CONNECTs the broker's codec calls
+//! malformed (bad v5 properties, a 3.1.1 password without a user name), a CONNECT that never
+//! finishes, a half TLS handshake. Each is closed within its limit and counted under its reason, no backend
 //! is touched, and the LB (in-process) keeps serving good clients meanwhile. SIGTERM's clean
 //! exit is the binary's contract and runs it.
 
@@ -26,6 +27,21 @@ async fn closed_after(addr: std::net::SocketAddr, bytes: &[u8]) -> Duration {
             ),
         }
     }
+}
+
+/// A CONNECT with protocol `level`, connect `flags`, v5 `props` (the block's bytes), client id
+/// "c", then `rest` (the payload's other fields as bytes).
+fn raw_connect(level: u8, flags: u8, props: Option<&[u8]>, rest: &[u8]) -> Vec<u8> {
+    let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', level, flags, 0, 10];
+    if let Some(p) = props {
+        body.push(p.len() as u8);
+        body.extend_from_slice(p);
+    }
+    body.extend_from_slice(&[0, 1, b'c']);
+    body.extend_from_slice(rest);
+    let mut packet = vec![0x10, body.len() as u8];
+    packet.extend_from_slice(&body);
+    packet
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -66,6 +82,30 @@ async fn bad_first_packets_are_closed_and_counted() {
     let mut bad = mqedge_protocol::peek::encode_connect(4, "c", None, 10);
     bad[9] |= 1;
     assert!(closed_after(plain, &bad).await < Duration::from_secs(1));
+    // CONNECTs the broker's codec calls malformed, which the LB must not replay to a backend:
+    // v5 Receive Maximum 0, an unknown property, a duplicated one; a 3.1.1 password without a
+    // user name (MQTT-3.1.2-22)
+    for (what, packet) in [
+        (
+            "receive maximum 0",
+            raw_connect(5, 0x02, Some(&[0x21, 0, 0]), b""),
+        ),
+        (
+            "unknown property",
+            raw_connect(5, 0x02, Some(&[0x7f, 0]), b""),
+        ),
+        (
+            "duplicate property",
+            raw_connect(5, 0x02, Some(&[0x11, 0, 0, 0, 9, 0x11, 0, 0, 0, 9]), b""),
+        ),
+        (
+            "password without user name",
+            raw_connect(4, 0x42, None, &[0, 2, b'p', b'w']),
+        ),
+    ] {
+        let t = closed_after(plain, &packet).await;
+        assert!(t < Duration::from_secs(1), "{what}: {t:?}");
+    }
     // a CONNECT that never finishes: closed at connect_timeout (2s), not before, not much after
     let half = &mqedge_protocol::peek::encode_connect(4, "slowpoke", None, 10)[..8];
     let t = closed_after(plain, half).await;

@@ -6,11 +6,11 @@
 //! payloads and passwords the LB never looks at) and consumes its buffer. This reads the same
 //! fields with the same wire primitives (one Variable Byte Integer, one string rule), borrowing
 //! from the buffer; it is fuzzable and benchmarked (`benches/hot_paths.rs`). May import `wire`,
-//! and `codec` and `packets` for [`encode_connect`].
+//! and `codec` and `packets` for [`encode_connect`] and for the complete CONNECT's rules.
 
 use bytes::BytesMut;
 
-use crate::codec::encode;
+use crate::codec::{encode, DecodeError};
 use crate::packets::{self, ConnectProperties, Packet, Version};
 use crate::wire::{self, BadField, Cursor};
 
@@ -95,6 +95,7 @@ pub fn peek_connect(buf: &[u8], max_len: usize) -> Result<Peek<'_>, PeekError> {
         return Ok(Peek::Incomplete);
     };
     let connect = read_connect(Cursor::new(body))?;
+    full_check(&buf[..total])?;
     Ok(Peek::Complete(Connect {
         packet_len: total,
         ..connect
@@ -140,6 +141,26 @@ fn read_connect(mut r: Cursor<'_>) -> Result<Connect<'_>, PeekError> {
         clean: flags & 0x02 != 0,
         packet_len: 0,
     })
+}
+
+/// The rules the peek does not read for itself (v5 property identifiers, duplicates and value
+/// ranges such as Receive Maximum 0, the will's properties, a 3.1.1 password without a user
+/// name) are the codec's: the complete CONNECT goes through [`crate::codec::decode`] once, so
+/// the LB never replays to a broker a CONNECT the broker would call malformed. One copy of the
+/// packet per connection; the peek above stays allocation-free while bytes arrive.
+fn full_check(packet: &[u8]) -> Result<(), PeekError> {
+    let mut b = BytesMut::from(packet);
+    match crate::codec::decode(&mut b, None, packet.len()) {
+        Ok(Some(Packet::Connect(_))) => Ok(()),
+        Ok(_) => Err(PeekError::Malformed("not a complete CONNECT")),
+        Err(DecodeError::Malformed(why) | DecodeError::Protocol(why)) => {
+            Err(PeekError::Malformed(why))
+        }
+        Err(DecodeError::UnsupportedVersion(_) | DecodeError::BadProtocolName) => {
+            Err(PeekError::BadProtocol)
+        }
+        Err(DecodeError::TooLarge(n)) => Err(PeekError::TooLarge(n)),
+    }
 }
 
 /// A v5 property block, unread: its length, then that many bytes (2.2.2.1).
@@ -335,6 +356,48 @@ mod tests {
         p[n - 1] = 0xff; // bad UTF-8
         assert!(matches!(
             peek_connect(&p, 1024),
+            Err(PeekError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn the_codecs_connect_rules_apply() {
+        // v5, Receive Maximum 0 / an unknown property / a duplicate; 3.1.1 password only
+        let v5 = |props: &[u8]| {
+            let mut b = vec![
+                0,
+                4,
+                b'M',
+                b'Q',
+                b'T',
+                b'T',
+                5,
+                0x02,
+                0,
+                10,
+                props.len() as u8,
+            ];
+            b.extend_from_slice(props);
+            b.extend_from_slice(&[0, 1, b'c']);
+            let mut p = vec![0x10, b.len() as u8];
+            p.extend_from_slice(&b);
+            p
+        };
+        for props in [&[0x21, 0, 0][..], &[0x7f, 0], &[0x21, 0, 5, 0x21, 0, 5]] {
+            assert!(matches!(
+                peek_connect(&v5(props), 1024),
+                Err(PeekError::Malformed(_))
+            ));
+        }
+        assert!(matches!(
+            peek_connect(&v5(&[0x21, 0, 5]), 1024),
+            Ok(Peek::Complete(_))
+        ));
+        let pw = [
+            0x10, 15, 0, 4, b'M', b'Q', b'T', b'T', 4, 0x42, 0, 10, 0, 1, b'c', 0, 0,
+        ];
+        assert!(matches!(
+            peek_connect(&pw, 1024),
             Err(PeekError::Malformed(_))
         ));
     }
