@@ -6,7 +6,8 @@
 //! How a session is found (see docs/cluster.md): client ids are never gossiped. When a client
 //! connects, its node asks every live peer to hand over any session it holds for that id
 //! (`TakeSession`); the holder closes the old connection (v5: 0x8E), exports subscriptions and
-//! queued messages, and forgets them. Cost: one round trip to each peer per CONNECT, nothing
+//! queued messages and freezes its copy, deleted only once the asker confirms it holds the
+//! session (`SessionDone`; see `handover`). Cost: one round trip to each peer per CONNECT, nothing
 //! per idle client, so a million sessions cost nothing cluster-wide until they reconnect.
 //!
 //! The boundary: the core knows the cluster only as [`Peers`] (what it asks of other nodes) and
