@@ -703,11 +703,33 @@ pub fn backend_field(admin: SocketAddr, name: &str, field: &str) -> serde_json::
 
 /// A minimal HTTP/1.1 request (Connection: close); returns (status, body).
 pub fn http(method: &str, addr: SocketAddr, path: &str) -> (u16, String) {
+    // what `curl -H 'X-Mqedge-Admin: 1'` sends: state-changing admin requests need the header
+    let host = addr.to_string();
+    http_request(
+        method,
+        addr,
+        path,
+        &[("Host", host.as_str()), ("X-Mqedge-Admin", "1")],
+    )
+}
+
+/// One HTTP/1.1 request with exactly `headers` (plus `Connection: close` and an empty body);
+/// its status and (de-chunked) body.
+pub fn http_request(
+    method: &str,
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (u16, String) {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(3)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    // what `curl -H 'X-Mqedge-Admin: 1'` sends: state-changing admin requests need the header
-    write!(s, "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nX-Mqedge-Admin: 1\r\nConnection: close\r\nContent-Length: 0\r\n\r\n").unwrap();
+    let mut head = format!("{method} {path} HTTP/1.1\r\n");
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("Connection: close\r\nContent-Length: 0\r\n\r\n");
+    s.write_all(head.as_bytes()).unwrap();
     let mut raw = Vec::new();
     let _ = s.read_to_end(&mut raw);
     let text = String::from_utf8_lossy(&raw).into_owned();
