@@ -25,16 +25,7 @@ const TEST_LIMIT: Duration = Duration::from_secs(60);
 const QUIET: Duration = Duration::from_millis(400);
 
 fn start_broker(dir: &TempDir) -> InProcBroker {
-    dir.write("acl", ACL);
-    let cfg = dir.write(
-        "b.toml",
-        &broker_config(
-            "127.0.0.1:0",
-            "",
-            "[auth]\nallow_anonymous = true\nacl_file = \"acl\"\n",
-        ),
-    );
-    InProcBroker::start(&cfg)
+    broker_with_acl(dir, ACL)
 }
 
 async fn client(b: &InProcBroker, v: Version, id: &str, user: Option<&str>) -> Raw<TcpStream> {

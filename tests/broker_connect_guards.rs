@@ -232,19 +232,10 @@ fn will(topic: &str) -> Option<mqedge_protocol::Will> {
 /// Usernames are taken as given (no password file); `alice` may write only under `alice/`,
 /// `bob` and `watcher` only read.
 fn will_broker(dir: &TempDir) -> InProcBroker {
-    dir.write(
-        "acl",
+    broker_with_acl(
+        dir,
         "user alice\ntopic readwrite alice/#\nuser bob\ntopic read #\nuser watcher\ntopic read #\n",
-    );
-    let cfg = dir.write(
-        "b.toml",
-        &broker_config(
-            "127.0.0.1:0",
-            "",
-            "[auth]\nallow_anonymous = true\nacl_file = \"acl\"\n",
-        ),
-    );
-    InProcBroker::start(&cfg)
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

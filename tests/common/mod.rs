@@ -916,6 +916,21 @@ impl BrokerProc {
     }
 }
 
+/// An in-process broker that takes usernames as given (anonymous allowed, no password file)
+/// under the mosquitto-format ACL `acl` (written to `dir/acl`).
+pub fn broker_with_acl(dir: &TempDir, acl: &str) -> InProcBroker {
+    dir.write("acl", acl);
+    let cfg = dir.write(
+        "b.toml",
+        &broker_config(
+            "127.0.0.1:0",
+            "",
+            "[auth]\nallow_anonymous = true\nacl_file = \"acl\"\n",
+        ),
+    );
+    InProcBroker::start(&cfg)
+}
+
 /// A broker config: `[node]` (name node1, admin on port 0, plus `node_extra` lines), one plain
 /// listener named "mqtt" on `bind`, anonymous allowed unless `extra` has its own `[auth]`, then
 /// `extra` TOML.
