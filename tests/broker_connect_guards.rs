@@ -10,6 +10,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use common::bad_input::slow_hash;
 use common::*;
 use mqedge_protocol::{ConnAck, Connect, Packet, Version};
 
@@ -38,16 +39,6 @@ fn rss() -> u64 {
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
         .map_or(0, |kb| kb * 1024)
-}
-
-/// An argon2id hash far costlier than `mqedge passwd` writes (8 MiB, 40 passes: a few hundred
-/// ms), so a burst against it outlasts the gate's wait even on a fast machine.
-fn slow_hash(password: &[u8]) -> String {
-    use argon2::password_hash::{PasswordHasher, SaltString};
-    let params = argon2::Params::new(8 * 1024, 40, 1, None).unwrap();
-    let a = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
-    let salt = SaltString::encode_b64(b"connect-guards-1").unwrap();
-    a.hash_password(password, &salt).unwrap().to_string()
 }
 
 /// Sends a CONNECT and waits (up to `wait`) for the CONNACK; `None`: closed without one.

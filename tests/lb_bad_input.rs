@@ -6,43 +6,11 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use common::bad_input::{closed_after, raw_connect};
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-/// Sends `bytes`, then returns how long until the LB closed the connection.
-async fn closed_after(addr: std::net::SocketAddr, bytes: &[u8]) -> Duration {
-    let mut s = tcp_from(None, addr).await.unwrap();
-    let t0 = Instant::now();
-    let _ = s.write_all(bytes).await;
-    let mut buf = [0u8; 64];
-    loop {
-        match tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf)).await {
-            Ok(Ok(0)) | Ok(Err(_)) => return t0.elapsed(),
-            Ok(Ok(_)) => continue,
-            Err(_) => panic!(
-                "connection with {:?}… still open after 10s",
-                &bytes[..bytes.len().min(8)]
-            ),
-        }
-    }
-}
-
-/// A CONNECT with protocol `level`, connect `flags`, v5 `props` (the block's bytes), client id
-/// "c", then `rest` (the payload's other fields as bytes).
-fn raw_connect(level: u8, flags: u8, props: Option<&[u8]>, rest: &[u8]) -> Vec<u8> {
-    let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', level, flags, 0, 10];
-    if let Some(p) = props {
-        body.push(p.len() as u8);
-        body.extend_from_slice(p);
-    }
-    body.extend_from_slice(&[0, 1, b'c']);
-    body.extend_from_slice(rest);
-    let mut packet = vec![0x10, body.len() as u8];
-    packet.extend_from_slice(&body);
-    packet
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_first_packets_are_closed_and_counted() {

@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
+pub mod bad_input;
+pub mod canary;
 pub mod cluster_nodes;
 mod inproc;
 mod mqtt_steps;
