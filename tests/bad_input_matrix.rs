@@ -35,6 +35,9 @@ const CANARY_PERIOD: Duration = Duration::from_millis(10);
 const MIN_WINDOW: Duration = Duration::from_millis(500);
 /// The LB's `connect_timeout`: every slowloris stage before forwarding ends here.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// A slowloris stage is not closed before this (the LB's timer starts at its accept, a little
+/// before the client's clock does, later still on a loaded machine).
+const SLOW_MIN: Duration = Duration::from_millis(1500);
 /// A refusal that needs no timer (a parse error, a refused certificate) closes within this.
 const PROMPT: Duration = Duration::from_secs(1);
 /// One case's hard limit (a hang fails the case, not the run).
@@ -233,7 +236,7 @@ fn slowloris() -> Vec<Case> {
         case(
             "slowloris: CONNECT at 1 byte/s",
             lb_rejected("mqtt", "timeout", Exactly(1.0)),
-            run(|t, ip| drip_connect(t, ip)),
+            run(drip_connect),
         ),
         case(
             "slowloris: CONNECT, then a PUBLISH dripped at 5 bytes/s (broker)",
@@ -243,7 +246,7 @@ fn slowloris() -> Vec<Case> {
                 &["listener=\"mqtt\"", "reason=\"closed\""],
                 AtLeast(1.0),
             ),
-            run(|t, ip| drip_after_connect(t, ip)),
+            run(drip_after_connect),
         ),
     ]
 }
@@ -395,12 +398,12 @@ fn floods_and_rules() -> Vec<Case> {
         case(
             "flood: 40 TCP opens from one IP (rate 2/s, burst 5)",
             lb_rejected("mqtt", "rate_limited", AtLeast(30.0)),
-            run(|t, ip| connection_flood(t, ip)),
+            run(connection_flood),
         ),
         case(
             "flood: 20 CONNECTs in a row from one IP",
             lb_rejected("mqtt", "rate_limited", AtLeast(10.0)),
-            run(|t, ip| connect_churn(t, ip)),
+            run(connect_churn),
         ),
         case(
             "flood: 20,000 PINGREQs on one connection",
@@ -410,7 +413,7 @@ fn floods_and_rules() -> Vec<Case> {
                 &[],
                 AtLeast(40_000.0),
             ),
-            run(|t, ip| ping_flood(t, ip)),
+            run(ping_flood),
         ),
         case(
             "flood: 2,000 SUBSCRIBEs on one connection",
@@ -420,7 +423,7 @@ fn floods_and_rules() -> Vec<Case> {
                 &[],
                 Exactly(2000.0),
             ),
-            run(|t, ip| subscribe_flood(t, ip)),
+            run(subscribe_flood),
         ),
         case(
             "flood: 64 bogus-password CONNECTs (gate of 1)",
@@ -430,7 +433,7 @@ fn floods_and_rules() -> Vec<Case> {
         case(
             "will on $SYS/broker/uptime",
             broker_rejected("will topic not authorized", Exactly(1.0)),
-            run(|t, ip| sys_will(t, ip)),
+            run(sys_will),
         ),
         case(
             "admin CSRF: drain POST from a foreign Origin (LB)",
@@ -467,7 +470,7 @@ async fn slow_close(src: Option<IpAddr>, addr: SocketAddr, bytes: &[u8]) -> Outc
     let (answer, took) = answer_and_close(src, addr, bytes).await;
     assert!(answer.is_empty(), "answered: {answer:?}");
     assert!(
-        took >= CONNECT_TIMEOUT - Duration::from_millis(100) && took < CONNECT_TIMEOUT * 2,
+        took >= SLOW_MIN && took < CONNECT_TIMEOUT * 2,
         "closed after {took:?}, want connect_timeout ({CONNECT_TIMEOUT:?})"
     );
     Outcome::seen(format!("closed after {}", ms(took)))
@@ -542,17 +545,16 @@ async fn drip_connect(t: Arc<Topo>, ip: IpAddr) -> Outcome {
         }
         sent += 1;
         let tick = Instant::now() + Duration::from_secs(1);
-        while let Ok(r) = tokio::time::timeout_at(tick.into(), s.read(&mut buf)).await {
-            match r {
-                Ok(0) | Err(_) => break 'drip,
-                Ok(n) => panic!("answered: {:?}", &buf[..n]),
-            }
+        match tokio::time::timeout_at(tick.into(), s.read(&mut buf)).await {
+            Err(_) => {} // still open a second later: the next byte
+            Ok(Ok(0)) | Ok(Err(_)) => break 'drip,
+            Ok(Ok(n)) => panic!("answered: {:?}", &buf[..n]),
         }
     }
     let took = t0.elapsed();
     assert!(sent < packet.len(), "the whole CONNECT went through");
     assert!(
-        took >= CONNECT_TIMEOUT - Duration::from_millis(100) && took < CONNECT_TIMEOUT * 2,
+        took >= SLOW_MIN && took < CONNECT_TIMEOUT * 2,
         "closed after {took:?}"
     );
     Outcome::seen(format!(
@@ -587,7 +589,7 @@ async fn drip_after_connect(t: Arc<Topo>, ip: IpAddr) -> Outcome {
     let took = t0.elapsed();
     assert_eq!(got, Some(0x8d), "DISCONNECT after {took:?}");
     assert!(
-        took >= Duration::from_millis(1400) && took < Duration::from_secs(4),
+        took >= Duration::from_secs(1) && took < Duration::from_secs(4),
         "DISCONNECT after {took:?}, want 1.5 s"
     );
     drop(c);
