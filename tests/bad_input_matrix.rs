@@ -45,7 +45,7 @@ const CASE_LIMIT: Duration = Duration::from_secs(20);
 /// The whole matrix's hard limit.
 const RUN_LIMIT: Duration = Duration::from_secs(150);
 
-/// The listener the trusted upstream balancer (127.0.0.2) sends PROXY headers to.
+/// The one sender the LB's PROXY listener believes (an upstream L4 balancer).
 const TRUSTED_PROXY: [u8; 4] = [127, 0, 0, 2];
 
 /// Where the cases aim, and the TLS identities they present.
@@ -174,7 +174,8 @@ struct Case {
     name: &'static str,
     count: Count,
     run: Run,
-    /// Skipped, and why (a known product bug owned elsewhere).
+    /// Skipped, and why: a known product bug owned elsewhere, reported and left for its owner
+    /// (`Case { skip: Some("…"), ..case(…) }`). The summary prints the reason.
     skip: Option<&'static str>,
 }
 
@@ -259,6 +260,11 @@ fn oversized_and_truncated() -> Vec<Case> {
             prompt_close(&[0x10, 0x80, 0x80, 0x06]),
         ),
         case(
+            "oversized: complete CONNECT of 5 KB (LB limit 4 KiB)",
+            lb_rejected("mqtt", "too_large", Exactly(1.0)),
+            prompt_close(&encode_connect(4, &"x".repeat(5000), None, 10)),
+        ),
+        case(
             "oversized: PUBLISH of 1 MiB after CONNECT (broker limit 64 KiB)",
             broker_rejected("protocol_error", Exactly(1.0)),
             // remaining length 1 MiB: the header alone is enough to refuse it
@@ -305,6 +311,21 @@ fn malformed_connects() -> Vec<Case> {
             "malformed: not MQTT (an HTTP request)",
             lb_rejected("mqtt", "not_connect", Exactly(1.0)),
             prompt_close(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"),
+        ),
+        case(
+            "malformed: 200 bytes of garbage",
+            lb_rejected("mqtt", "not_connect", Exactly(1.0)),
+            prompt_close(&(0..200u32).map(|i| (i * 7 + 3) as u8).collect::<Vec<_>>()),
+        ),
+        case(
+            "malformed: SUBSCRIBE before CONNECT",
+            lb_rejected("mqtt", "not_connect", Exactly(1.0)),
+            prompt_close(&[0x82, 0x05, 0, 1, 0, 1, b'a']),
+        ),
+        case(
+            "malformed: plain MQTT to the TLS listener",
+            lb_rejected("mtls", "tls_handshake", Exactly(1.0)),
+            prompt_close_at(To::Mtls, &encode_connect(4, "c", None, 10)),
         ),
         case(
             "malformed CONNECT: protocol name MQTX",
@@ -362,6 +383,11 @@ fn forged_and_certificates() -> Vec<Case> {
             run(|t, ip| async move { forged_proxy(ip, t.pp).await }),
         ),
         case(
+            "malformed PROXY header (trusted sender)",
+            lb_rejected("pp", "proxy_header", Exactly(1.0)),
+            prompt_close_at(To::ProxyTrusted, b"PROXY TCP4 not-an-address\r\n"),
+        ),
+        case(
             "forged PROXY header to the broker (untrusted sender)",
             broker_rejected("untrusted_proxy", Exactly(1.0)),
             run(|t, ip| async move { forged_proxy(ip, t.broker).await }),
@@ -414,6 +440,16 @@ fn floods_and_rules() -> Vec<Case> {
                 AtLeast(40_000.0),
             ),
             run(ping_flood),
+        ),
+        case(
+            "flood: 5,000 QoS 1 PUBLISHes pipelined on one connection",
+            counter(
+                Side::Broker,
+                "mqedge_broker_messages_received_total",
+                &[],
+                AtLeast(5000.0),
+            ),
+            run(publish_flood),
         ),
         case(
             "flood: 2,000 SUBSCRIBEs on one connection",
@@ -476,17 +512,41 @@ async fn slow_close(src: Option<IpAddr>, addr: SocketAddr, bytes: &[u8]) -> Outc
     Outcome::seen(format!("closed after {}", ms(took)))
 }
 
+/// Which LB listener a case's first bytes go to, and from where.
+#[derive(Clone, Copy)]
+enum To {
+    /// The plain listener, from the case's own address.
+    Plain,
+    /// The mTLS listener, from the case's own address.
+    Mtls,
+    /// The PROXY listener, from the trusted balancer's address.
+    ProxyTrusted,
+}
+
 /// A case that sends `bytes` as the first thing on the LB's plain listener and expects a close
 /// within [`PROMPT`], unanswered.
 fn prompt_close(bytes: &[u8]) -> Run {
+    prompt_close_at(To::Plain, bytes)
+}
+
+/// [`prompt_close`] on listener `to`.
+fn prompt_close_at(to: To, bytes: &[u8]) -> Run {
     let bytes = bytes.to_vec();
     Box::new(move |t, ip| {
         let bytes = bytes.clone();
+        let (src, addr) = match to {
+            To::Plain => (ip, t.mqtt),
+            To::Mtls => (ip, t.mtls),
+            To::ProxyTrusted => (IpAddr::from(TRUSTED_PROXY), t.pp),
+        };
         Box::pin(async move {
-            let (answer, took) = answer_and_close(Some(ip), t.mqtt, &bytes).await;
-            assert!(answer.is_empty(), "answered: {answer:?}");
+            let (answer, took) = answer_and_close(Some(src), addr, &bytes).await;
             assert!(took < PROMPT, "closed after {took:?}");
-            Outcome::seen(format!("closed in {}", ms(took)))
+            // a TLS listener may say why in an alert record (content type 21)
+            let alert = matches!(to, To::Mtls) && answer.first() == Some(&21);
+            assert!(answer.is_empty() || alert, "answered: {answer:?}");
+            let what = if alert { "TLS alert, " } else { "" };
+            Outcome::seen(format!("{what}closed in {}", ms(took)))
         })
     })
 }
@@ -723,6 +783,45 @@ async fn ping_flood(t: Arc<Topo>, ip: IpAddr) -> Outcome {
     let took = t0.elapsed();
     let w = writer.await.unwrap();
     Outcome::seen(format!("{N} PINGRESP in {}", ms(took))).holding((r, w))
+}
+
+/// 5,000 QoS 1 PUBLISHes (to a topic no one reads) written in one go, the PUBACKs read as they
+/// come: every one is acknowledged.
+async fn publish_flood(t: Arc<Topo>, ip: IpAddr) -> Outcome {
+    const N: u16 = 5000;
+    let mut s = tcp_from(Some(ip), t.mqtt).await.unwrap();
+    assert_eq!(mqtt_connect(&mut s, "publisher-flood").await.unwrap(), 0);
+    let mut out = bytes::BytesMut::new();
+    for pid in 1..=N {
+        let p = publish("flood/publish", &[0x5a; 16], 1, Some(pid), false);
+        mqedge_protocol::encode(&Packet::Publish(p), Version::V311, &mut out);
+    }
+    let (r, mut w) = s.into_split();
+    let t0 = Instant::now();
+    let writer = tokio::spawn(async move {
+        w.write_all(&out).await.unwrap();
+        w
+    });
+    let (mut r, mut buf, mut acked) = (r, bytes::BytesMut::new(), 0);
+    while acked < N {
+        match mqedge_protocol::decode(&mut buf, Some(Version::V311), 1 << 20) {
+            Ok(Some(Packet::PubAck(a))) => {
+                assert_eq!(a.packet_id, acked + 1, "PUBACKs in order");
+                acked += 1;
+                continue;
+            }
+            Ok(None) => {}
+            other => panic!("after {acked} PUBACKs: {other:?}"),
+        }
+        let read = tokio::time::timeout(Duration::from_secs(10), r.read_buf(&mut buf)).await;
+        assert!(
+            matches!(read, Ok(Ok(n)) if n > 0),
+            "after {acked} PUBACKs: {read:?}"
+        );
+    }
+    let took = t0.elapsed();
+    let w = writer.await.unwrap();
+    Outcome::seen(format!("{N} PUBACK in {}", ms(took))).holding((r, w))
 }
 
 /// 2,000 SUBSCRIBEs (one new filter each) pipelined on one connection: every one gets its
