@@ -335,7 +335,7 @@ fn malformed_connects() -> Vec<Case> {
         case(
             "malformed CONNECT: protocol level 7",
             lb_rejected("mqtt", "bad_protocol", Exactly(1.0)),
-            prompt_close(&raw_connect(7, 0x02, None, b"")),
+            answered_close(&raw_connect(7, 0x02, None, b""), &[0x20, 0x02, 0x00, 0x01]),
         ),
         case(
             "malformed CONNECT: reserved flag set",
@@ -521,6 +521,21 @@ enum To {
     Mtls,
     /// The PROXY listener, from the trusted balancer's address.
     ProxyTrusted,
+}
+
+/// A case that sends `bytes` as the first thing on the LB's plain listener and expects exactly
+/// `answer` back, then a close within [`PROMPT`].
+fn answered_close(bytes: &[u8], answer: &[u8]) -> Run {
+    let (bytes, want) = (bytes.to_vec(), answer.to_vec());
+    Box::new(move |t, ip| {
+        let (bytes, want) = (bytes.clone(), want.clone());
+        Box::pin(async move {
+            let (answer, took) = answer_and_close(Some(ip), t.mqtt, &bytes).await;
+            assert!(took < PROMPT, "closed after {took:?}");
+            assert_eq!(answer, want, "the answer before the close");
+            Outcome::seen(format!("answered {answer:02x?}, closed in {}", ms(took)))
+        })
+    })
 }
 
 /// A case that sends `bytes` as the first thing on the LB's plain listener and expects a close

@@ -49,9 +49,13 @@ pub enum PeekError {
     /// The CONNECT (by its declared length) is over `max_connect_packet`.
     #[error("CONNECT of {0} bytes is over the limit")]
     TooLarge(usize),
-    /// Protocol name/level not MQTT 3.1, 3.1.1 or 5.0.
-    #[error("unsupported protocol name or level")]
+    /// Protocol name neither `MQTT` nor `MQIsdp`.
+    #[error("unsupported protocol name")]
     BadProtocol,
+    /// A level other than 4 or 5 (`MQTT`) or 3 (`MQIsdp`): MQTT-3.1.2-2 asks for a CONNACK
+    /// with return code 0x01 before the close, so the caller answers it.
+    #[error("unsupported protocol level {0}")]
+    UnsupportedLevel(u8),
     /// Structurally broken: bad lengths, bad UTF-8, reserved bits set.
     #[error("malformed CONNECT: {0}")]
     Malformed(&'static str),
@@ -70,7 +74,7 @@ impl PeekError {
         match self {
             PeekError::NotConnect(_) => "not_connect",
             PeekError::TooLarge(_) => "too_large",
-            PeekError::BadProtocol => "bad_protocol",
+            PeekError::BadProtocol | PeekError::UnsupportedLevel(_) => "bad_protocol",
             PeekError::Malformed(_) => "malformed",
         }
     }
@@ -109,6 +113,7 @@ fn read_connect(mut r: Cursor<'_>) -> Result<Connect<'_>, PeekError> {
     let level = r.u8()?;
     match (name, level) {
         (b"MQTT", 4 | 5) | (b"MQIsdp", 3) => {}
+        (b"MQTT" | b"MQIsdp", other) => return Err(PeekError::UnsupportedLevel(other)),
         _ => return Err(PeekError::BadProtocol),
     }
     let flags = r.u8()?;
@@ -156,9 +161,8 @@ fn full_check(packet: &[u8]) -> Result<(), PeekError> {
         Err(DecodeError::Malformed(why) | DecodeError::Protocol(why)) => {
             Err(PeekError::Malformed(why))
         }
-        Err(DecodeError::UnsupportedVersion(_) | DecodeError::BadProtocolName) => {
-            Err(PeekError::BadProtocol)
-        }
+        Err(DecodeError::UnsupportedVersion(v)) => Err(PeekError::UnsupportedLevel(v)),
+        Err(DecodeError::BadProtocolName) => Err(PeekError::BadProtocol),
         Err(DecodeError::TooLarge(n)) => Err(PeekError::TooLarge(n)),
     }
 }
@@ -337,6 +341,9 @@ mod tests {
         ));
         let mut p = encode_connect(4, "x", None, 0);
         p[8] = 9; // level 9
+        assert_eq!(peek_connect(&p, 1024), Err(PeekError::UnsupportedLevel(9)));
+        let mut p = encode_connect(4, "x", None, 0);
+        p[4] = b'X'; // protocol name MQTX
         assert_eq!(peek_connect(&p, 1024), Err(PeekError::BadProtocol));
         let mut p = encode_connect(4, "x", None, 0);
         p[9] |= 1; // reserved flag
