@@ -86,6 +86,8 @@ pub struct Metrics {
     pub connecting: Gauge,
     /// Will-delay and session-expiry timers armed.
     pub session_timers: Gauge,
+    /// Bytes (keys and values) the store's commits wrote, set at scrape.
+    pub store_bytes_written: Gauge,
 }
 
 impl Default for Metrics {
@@ -131,6 +133,7 @@ impl Metrics {
             limit_hits: Family::default(),
             connecting: Gauge::default(),
             session_timers: Gauge::default(),
+            store_bytes_written: Gauge::default(),
         };
         m.register_clients(&mut r);
         m.register_cluster(&mut r);
@@ -204,6 +207,11 @@ impl Metrics {
             "session_takeovers",
             "Sessions taken over by a new connection",
             self.takeovers.clone(),
+        );
+        r.register(
+            "store_bytes_written",
+            "Bytes (keys and values) written by the store's commits",
+            self.store_bytes_written.clone(),
         );
         r.register(
             "store_commits",

@@ -115,7 +115,9 @@ pub struct RetainedSet {
     /// value is not stored (the publish is still delivered), so one client cannot fill the
     /// node's memory and store with retained topics.
     caps: (usize, usize),
-    /// Bytes (topic + payload) of the live values, changed under the tombstone lock.
+    /// Live values and their bytes (topic + payload), `$SYS` (the broker's own) left out:
+    /// what the caps count. Changed under the tombstone lock.
+    held: AtomicUsize,
     bytes: AtomicUsize,
     /// The `limit_hits_total` counters of the two caps, when wired to the metrics.
     hits: Option<(Counter, Counter)>,
@@ -135,6 +137,7 @@ impl RetainedSet {
             node: Arc::from(node),
             ttl,
             caps: (0, 0),
+            held: AtomicUsize::new(0),
             bytes: AtomicUsize::new(0),
             hits: None,
         }
@@ -161,7 +164,7 @@ impl RetainedSet {
         }
     }
 
-    /// Bytes (topic + payload) of the retained values held.
+    /// Bytes (topic + payload) of the retained values held, `$SYS` left out.
     pub fn bytes(&self) -> usize {
         self.bytes.load(Ordering::Relaxed)
     }
@@ -174,7 +177,8 @@ impl RetainedSet {
             return true;
         }
         let held = self.bytes() - old.unwrap_or(0);
-        let bite = if old.is_none() && count != 0 && self.live.len() >= count {
+        let full = self.held.load(Ordering::Relaxed) >= count;
+        let bite = if old.is_none() && count != 0 && full {
             Some(0)
         } else if bytes != 0 && held + new > bytes {
             Some(1)
@@ -191,11 +195,15 @@ impl RetainedSet {
         }
     }
 
+    /// Counts a value replaced (`old`) by another (`new`) in `held` and `bytes`.
     fn account(&self, old: Option<&Stamped>, new: Option<&Message>) {
-        if let Some(o) = old {
+        let sys = |m: &Message| m.topic.starts_with("$SYS");
+        if let Some(o) = old.filter(|o| !sys(&o.msg)) {
+            self.held.fetch_sub(1, Ordering::Relaxed);
             self.bytes.fetch_sub(weight(&o.msg), Ordering::Relaxed);
         }
-        if let Some(n) = new {
+        if let Some(n) = new.filter(|n| !sys(n)) {
+            self.held.fetch_add(1, Ordering::Relaxed);
             self.bytes.fetch_add(weight(n), Ordering::Relaxed);
         }
     }

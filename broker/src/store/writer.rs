@@ -248,7 +248,8 @@ fn report(
 ) {
     match result {
         Ok(()) => {
-            counters.committed(n_ops);
+            let bytes = batch.iter().flat_map(|p| &p.ops).map(Op::size).sum();
+            counters.committed(n_ops, bytes);
             tracing::trace!(calls = batch.len(), ops = n_ops, "store commit");
         }
         Err(e) => {
