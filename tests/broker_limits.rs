@@ -126,6 +126,60 @@ async fn a_subscribe_writes_its_filter_not_the_whole_session() {
     .expect("in time");
 }
 
+/// A session record as brokers wrote it before subscriptions had rows of their own (every
+/// filter inline) still restores, and is moved to rows: it survives a second restart too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_record_of_the_old_layout_restores_and_moves_to_rows() {
+    tokio::time::timeout(TEST_LIMIT, async {
+        use mqedge_broker::store::{Op, Store, Table};
+        let dir = TempDir::new("limits-old-record");
+        // [1][level 4][expiry u32][no username][2 filters: u32 len, name, qos, flags, id][no QoS 2 ids]
+        let mut rec = vec![1u8, 4];
+        rec.extend_from_slice(&u32::MAX.to_be_bytes());
+        rec.push(0);
+        rec.extend_from_slice(&2u32.to_be_bytes());
+        for f in ["old/a", "old/b"] {
+            rec.extend_from_slice(&(f.len() as u32).to_be_bytes());
+            rec.extend_from_slice(f.as_bytes());
+            rec.extend_from_slice(&[1, 0, 0, 0, 0, 0]);
+        }
+        rec.extend_from_slice(&0u32.to_be_bytes());
+        let store = Store::open(&dir.path().join("data")).unwrap();
+        let put = Op::Put {
+            table: Table::Sessions,
+            key: b"veteran".to_vec(),
+            value: rec,
+        };
+        store.write(vec![put]).await.unwrap();
+        store.close().await;
+        drop(store);
+        let cfg = dir.write(
+            "b.toml",
+            &broker_config("127.0.0.1:0", "data_dir = \"data\"", ""),
+        );
+        for round in 0..2 {
+            let mut b = InProcBroker::start(&cfg);
+            let mut c = Raw::new(tcp(b.addr()).await, Version::V311);
+            assert!(
+                c.connect("veteran", false, 30).await.session_present,
+                "round {round}"
+            );
+            let mut p = Raw::client(b.addr(), Version::V311, "pub").await;
+            for topic in ["old/a", "old/b"] {
+                p.publish(topic, b"x", 0, None, false).await;
+                match c.recv(Duration::from_secs(5)).await {
+                    Some(Packet::Publish(m)) => assert_eq!(m.topic, topic),
+                    other => panic!("round {round}, {topic}: {other:?}"),
+                }
+            }
+            drop((c, p));
+            b.stop();
+        }
+    })
+    .await
+    .expect("in time");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sessions_expire_within_max_session_expiry() {
     tokio::time::timeout(TEST_LIMIT, async {
