@@ -264,7 +264,8 @@ impl RetainedSet {
     }
 
     /// Applies a change another node sent (live or in its snapshot) when `v` is newer than what
-    /// the topic has and it fits the caps; returns whether it was applied.
+    /// the topic has; returns whether the set changed (a value over the caps is not stored,
+    /// but the older one it would have replaced goes).
     pub fn merge(&self, msg: &Arc<Message>, v: Version, durable: bool, ops: &mut Vec<Op>) -> bool {
         let mut tombs = self.lock();
         if self.current(&tombs, &msg.topic).is_some_and(|cur| cur >= v) {
@@ -281,6 +282,7 @@ impl RetainedSet {
             .or_else(|| tombs.get(topic).cloned())
     }
 
+    /// Applies a change under the tombstone lock; returns whether the set changed.
     fn apply(
         &self,
         tombs: &mut HashMap<Arc<str>, Version>,
@@ -328,7 +330,8 @@ impl RetainedSet {
                         });
                     }
                 }
-                return false;
+                // changed only when an older value went (its delete is in `ops`)
+                return old.is_some();
             }
             tombs.remove(topic);
             if persist {
