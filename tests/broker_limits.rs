@@ -207,6 +207,40 @@ async fn sessions_expire_within_max_session_expiry() {
     .expect("in time");
 }
 
+/// A session restored from `data_dir` expires too (on main a restored session was never
+/// given an expiry timer: it stayed until its client came back).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restored_session_expires() {
+    tokio::time::timeout(TEST_LIMIT, async {
+        let dir = TempDir::new("limits-restored-expiry");
+        let cfg = dir.write(
+            "b.toml",
+            &broker_config(
+                "127.0.0.1:0",
+                "data_dir = \"data\"",
+                "[limits]\nmax_session_expiry = \"2s\"\n",
+            ),
+        );
+        let mut b = InProcBroker::start(&cfg);
+        let mut c = Raw::new(tcp(b.addr()).await, Version::V311);
+        assert_eq!(c.connect("restored", false, 30).await.code, 0);
+        c.subscribe(1, &[("t", 1)]).await;
+        drop(c);
+        b.stop();
+        let b = InProcBroker::start(&cfg);
+        let sessions = |b: &InProcBroker| metric(&samples(b), "mqedge_broker_sessions", &[]);
+        assert_eq!(sessions(&b), 1.0, "restored");
+        assert!(
+            eventually(Duration::from_secs(10), || sessions(&b) == 0.0).await,
+            "expired after the restart"
+        );
+        let mut c = Raw::new(tcp(b.addr()).await, Version::V311);
+        assert!(!c.connect("restored", false, 30).await.session_present);
+    })
+    .await
+    .expect("in time");
+}
+
 /// Each disconnect arms an expiry timer; a reconnect stands it down (on main each one was a
 /// task sleeping out the whole expiry, never cancelled).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
