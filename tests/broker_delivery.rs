@@ -213,11 +213,11 @@ async fn max_keepalive_caps_and_replaces_the_client_keep_alive() {
     window("3.1.1 asked 60", v3.1, 3000, 4500);
 }
 
-/// Without `max_keepalive` (the default) a client's keep-alive stands, 0 included: no Server
-/// Keep Alive, and a client that asked for none is not closed for silence.
+/// With `max_keepalive = 0` (no cap; the default is an hour) a client's keep-alive stands, 0
+/// included: no Server Keep Alive, and a client that asked for none is not closed for silence.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_max_keepalive_the_client_keep_alive_stands() {
-    let n = InProcBroker::plain("dl-maxka-default", "");
+    let n = InProcBroker::plain("dl-maxka-default", "[limits]\nmax_keepalive = 0\n");
     let (none, long) = tokio::join!(
         silent_client(n.addr(), Version::V5, "ka-zero", 0, Duration::from_secs(2)),
         silent_client(

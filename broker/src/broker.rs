@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use crate::auth::{Access, Auth};
 use crate::cluster::{Ack, BoxFuture, FreezeToken, Gate, LocalNode, Peers, SessionExport};
 use crate::config::Config;
+use crate::limits::Limits;
 use crate::message::{unix_now, Message};
 use crate::metrics::Metrics;
 use crate::protocol::{reason, QoS, Will};
@@ -46,12 +47,13 @@ pub enum BrokerError {
 
 /// The retained set of a node: tombstones are kept only in a cluster, where an older copy can
 /// come back.
-fn retained_set(cfg: &Config) -> RetainedSet {
+fn retained_set(cfg: &Config, metrics: &Metrics) -> RetainedSet {
     let ttl = cfg
         .cluster
         .as_ref()
         .map_or(Duration::ZERO, |c| c.retained_tombstone_ttl);
-    RetainedSet::new(&cfg.name, ttl)
+    let (count, bytes) = Limits::from_config(&cfg.limits).retained_caps();
+    RetainedSet::new(&cfg.name, ttl).with_caps(count, bytes, metrics)
 }
 
 /// The node's shared state.
@@ -96,8 +98,12 @@ impl Broker {
                 cfg.auth.acl.clone(),
                 cfg.auth.max_concurrent_password_checks,
             ),
-            registry: Arc::new(Registry::new(store.clone(), metrics.clone())),
-            routing: Routing::new(cfg.shared_policy, retained_set(&cfg)),
+            registry: Arc::new(Registry::new(
+                store.clone(),
+                metrics.clone(),
+                cfg.limits.max_session_expiry,
+            )),
+            routing: Routing::new(cfg.shared_policy, retained_set(&cfg, &metrics)),
             cfg,
             store,
             metrics,
@@ -409,9 +415,15 @@ impl Broker {
         self.subs().unsubscribe(s, filter)
     }
 
-    /// Persists a session record (after subscription changes); resolves when durable.
-    pub async fn persist_session(&self, s: &Session) {
-        self.registry.persist(s).await;
+    /// Persists a session's subscription changes (`None`: removed), one store row per filter;
+    /// resolves when durable.
+    pub async fn persist_subscriptions(&self, s: &Session, changed: &[(String, Option<Sub>)]) {
+        self.registry.persist_subs(s, changed).await;
+    }
+
+    /// Arms the expiry of the sessions restored from the store (once, before serving).
+    pub fn expire_restored(&self) {
+        self.registry.expire_restored();
     }
 
     /// The retained messages a new subscription to `filter` is sent (a snapshot its connection

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use mqedge_shared::admin::AdminAccess;
 
 use mqedge_shared::config::{
-    from_toml, read_config_file, resolve_path, ByteSize, Cidr, ConfigErrors, Problems,
+    from_toml, read_config_file, resolve_path, Cidr, ConfigErrors, Problems,
 };
 use serde::Deserialize;
 use toml::Spanned;
@@ -17,9 +17,12 @@ use toml::Spanned;
 use crate::auth::{Acl, PasswordFile};
 
 mod cluster;
+mod limits;
 
 use cluster::RawCluster;
 pub use cluster::{ClusterConfig, ClusterTls};
+pub use limits::LimitsConfig;
+use limits::{limits, RawLimits};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -64,16 +67,6 @@ struct RawAuth {
     password_file: Option<Spanned<String>>,
     acl_file: Option<Spanned<String>>,
     max_concurrent_password_checks: Option<Spanned<i64>>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawLimits {
-    max_offline_messages: Option<usize>,
-    max_inflight: Option<Spanned<u16>>,
-    max_packet_size: Option<Spanned<ByteSize>>,
-    max_connections: Option<u64>,
-    max_keepalive: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -140,22 +133,6 @@ pub struct AuthConfig {
     pub acl: Option<Acl>,
     /// argon2 checks running at once (default: the cores available); CONNECTs past them wait.
     pub max_concurrent_password_checks: usize,
-}
-
-/// `[limits]`.
-#[derive(Debug, Clone, Copy)]
-pub struct LimitsConfig {
-    /// Queued QoS>0 messages per session; over it the oldest is dropped.
-    pub max_offline_messages: usize,
-    /// Unacknowledged QoS>0 messages per client (also our Receive Maximum).
-    pub max_inflight: u16,
-    /// Largest packet accepted (and announced in v5 CONNACK).
-    pub max_packet_size: usize,
-    /// Client connections per node.
-    pub max_connections: u64,
-    /// Longest keep-alive (seconds) a client may have; a client asking for more, or for none
-    /// (0), gets this one (v5: as Server Keep Alive). 0 = no cap.
-    pub max_keepalive: u16,
 }
 
 /// A validated broker config.
@@ -373,49 +350,6 @@ impl AuthConfig {
     }
 }
 
-fn limits(p: &mut Problems<'_>, raw: Option<RawLimits>) -> LimitsConfig {
-    let rl = raw.unwrap_or(RawLimits {
-        max_offline_messages: None,
-        max_inflight: None,
-        max_packet_size: None,
-        max_connections: None,
-        max_keepalive: None,
-    });
-    let max_inflight = match &rl.max_inflight {
-        Some(m) if *m.get_ref() == 0 => {
-            p.at(m.span(), "max_inflight must be at least 1");
-            32
-        }
-        Some(m) => *m.get_ref(),
-        None => 32,
-    };
-    let max_packet_size = match &rl.max_packet_size {
-        Some(m) if m.get_ref().0 < 64 || m.get_ref().0 > 268_435_455 => {
-            p.at(m.span(), "max_packet_size must be between 64B and 256MiB");
-            1 << 20
-        }
-        Some(m) => m.get_ref().0 as usize,
-        None => 1 << 20,
-    };
-    let max_keepalive = match &rl.max_keepalive {
-        Some(m) => u16::try_from(*m.get_ref()).unwrap_or_else(|_| {
-            p.at(
-                m.span(),
-                "max_keepalive must be between 0 and 65535 seconds (0 = no cap)",
-            );
-            0
-        }),
-        None => 0,
-    };
-    LimitsConfig {
-        max_offline_messages: rl.max_offline_messages.unwrap_or(1000),
-        max_inflight,
-        max_packet_size,
-        max_connections: rl.max_connections.unwrap_or(200_000),
-        max_keepalive,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -429,32 +363,8 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.name, "node1");
-        assert_eq!(c.limits.max_offline_messages, 1000);
-        assert_eq!(c.limits.max_inflight, 32);
-        assert_eq!(c.limits.max_packet_size, 1 << 20);
         assert_eq!(c.shared_policy, SharedPolicy::PreferLocal);
         assert!(!c.auth.allow_anonymous);
-        assert_eq!(c.limits.max_keepalive, 0, "no cap by default");
-        let c = Config::parse(
-            Path::new("b.toml"),
-            "[[listener]]\nbind = \"127.0.0.1:1883\"\n[limits]\nmax_keepalive = 65535\n",
-        )
-        .unwrap();
-        assert_eq!(c.limits.max_keepalive, 65535);
-        for bad in ["70000", "-1"] {
-            let e = Config::parse(
-                Path::new("b.toml"),
-                &format!(
-                    "[[listener]]\nbind = \"127.0.0.1:1883\"\n[limits]\nmax_keepalive = {bad}\n"
-                ),
-            )
-            .unwrap_err()
-            .to_string();
-            assert!(
-                e.starts_with("b.toml:4: max_keepalive must be between 0 and 65535 seconds"),
-                "{bad}: {e}"
-            );
-        }
         let e = Config::parse(
             Path::new("b.toml"),
             "[[listener]]\nbind = \"127.0.0.1:1883\"\nproxy_protocol = \"required\"\ntrusted_proxies = [\"10.0.0.0/33\"]\n",

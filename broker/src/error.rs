@@ -3,7 +3,7 @@
 //! `mqedge_broker_rejected_total`. Callers log with their own fields (peer, client id, ...);
 //! the words and the label come from here, so they stay the same wherever a reason is raised.
 
-use crate::limits::CONNECT_TIMEOUT;
+use crate::limits::{Bite, CONNECT_TIMEOUT};
 use crate::metrics::Metrics;
 use crate::protocol::{reason, DecodeError, Version};
 
@@ -109,6 +109,10 @@ pub enum CloseReason {
     /// A topic alias over the maximum we announced.
     #[error("closed: topic alias {0} over the maximum")]
     AliasOverMax(u16),
+    /// Topic aliases holding more than `[limits] max_topic_alias_bytes` of topic names:
+    /// 0x97 Quota exceeded.
+    #[error("closed: topic aliases over max_topic_alias_bytes")]
+    AliasBytes,
     /// An empty topic with an alias the client never set.
     #[error("closed: unknown topic alias {0}")]
     UnknownAlias(u16),
@@ -148,6 +152,7 @@ impl CloseReason {
             Decode(e) => e.reason_code(),
             NotAcknowledged | PasswordChecksBusy => reason::SERVER_BUSY,
             AliasOverMax(_) => reason::TOPIC_ALIAS_INVALID,
+            AliasBytes => reason::QUOTA_EXCEEDED,
             InvalidTopicName(_) => reason::TOPIC_NAME_INVALID,
             ReceiveMaximumExceeded => reason::RECEIVE_MAXIMUM_EXCEEDED,
             ExpiryAfterZero
@@ -190,6 +195,7 @@ impl CloseReason {
             PasswordChecksBusy => "password checks busy",
             WillTopicInvalid => "invalid will topic",
             WillNotAuthorized => "will topic not authorized",
+            AliasBytes => "topic_alias_bytes",
             Normal { .. } => "normal",
             Io => "closed",
             KeepAlive => "keepalive",
@@ -213,6 +219,11 @@ impl CloseReason {
     pub fn count(&self, m: &Metrics) {
         if !self.is_ordinary() {
             m.reject(self.label());
+        }
+        match self {
+            CloseReason::AliasBytes => Bite::TopicAliasBytes.count(m),
+            CloseReason::OverLimit => Bite::Connections.count(m),
+            _ => {}
         }
     }
 

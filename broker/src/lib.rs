@@ -150,6 +150,7 @@ pub async fn run_wired(
         }
     }
     tokio::spawn(b.clone().expire_tombstones(stop_rx.clone()));
+    b.expire_restored();
     let mut loops = Vec::new();
     for (lc, l) in b.cfg().listeners.iter().zip(bound.listeners) {
         let addr = l.local_addr().map(|a| a.to_string()).unwrap_or_default();

@@ -1,12 +1,15 @@
-//! What one client connection is held to: `[limits]` from the config (packet size, inflight
-//! window, queue length, keep-alive cap, connections per node) and the fixed caps that bound a
-//! connection's memory (write backlog, acknowledgements owed, retained messages waiting).
-//! The connection asks a [`Limits`] instead of comparing config fields inline, so each rule is
-//! written once, here.
+//! What one client connection (and the node) is held to: `[limits]` from the config (packet
+//! size, inflight window, queue length, keep-alive cap, connections per node counted from
+//! accept, subscriptions per client, session expiry, retained count and bytes, topic alias
+//! bytes) and the fixed caps that bound a connection's memory (write backlog, acknowledgements
+//! owed, retained messages waiting). The entry points ask a [`Limits`] instead of comparing
+//! config fields inline, so each rule is written once, here; each time a `[limits]` key bites
+//! it is counted as `mqedge_broker_limit_hits_total{limit="<key>"}` ([`Bite::count`]).
 
 use std::time::Duration;
 
 use crate::config::LimitsConfig;
+use crate::metrics::Metrics;
 
 /// Time allowed for the first packet (CONNECT) after TCP/PROXY.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -17,6 +20,46 @@ const MAX_PENDING_ACKS: usize = 1024;
 /// Retained messages one connection may have waiting to be streamed (more when the retained
 /// store is larger, so one subscription always gets all of it).
 pub const RETAINED_STREAM_MAX: usize = 1 << 20;
+
+/// A `[limits]` key that refused or capped something: the `limit` label of
+/// `mqedge_broker_limit_hits_total` is its key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bite {
+    /// A connection refused at accept (`max_connections`).
+    Connections,
+    /// A SUBSCRIBE filter refused (`max_subscriptions_per_client`).
+    Subscriptions,
+    /// A session expiry shortened (`max_session_expiry`).
+    SessionExpiry,
+    /// A keep-alive shortened, or none replaced (`max_keepalive`).
+    KeepAlive,
+    /// A new retained topic not stored (`max_retained_messages`).
+    RetainedMessages,
+    /// A retained message not stored (`max_retained_bytes`).
+    RetainedBytes,
+    /// A connection closed for its topic aliases (`max_topic_alias_bytes`).
+    TopicAliasBytes,
+}
+
+impl Bite {
+    /// The `[limits]` key.
+    pub fn key(self) -> &'static str {
+        match self {
+            Bite::Connections => "max_connections",
+            Bite::Subscriptions => "max_subscriptions_per_client",
+            Bite::SessionExpiry => "max_session_expiry",
+            Bite::KeepAlive => "max_keepalive",
+            Bite::RetainedMessages => "max_retained_messages",
+            Bite::RetainedBytes => "max_retained_bytes",
+            Bite::TopicAliasBytes => "max_topic_alias_bytes",
+        }
+    }
+
+    /// Counts it in `mqedge_broker_limit_hits_total{limit}`.
+    pub fn count(self, m: &Metrics) {
+        m.limit_hit(self.key());
+    }
+}
 
 /// The limits of one node's connections (`Copy`: built where it is needed, from the config).
 #[derive(Debug, Clone, Copy)]
@@ -40,9 +83,34 @@ impl Limits {
         self.cfg.max_inflight
     }
 
-    /// Whether another client may connect while `connected` are.
-    pub fn admits_connection(&self, connected: u64) -> bool {
-        connected < self.cfg.max_connections
+    /// Whether another connection may be accepted while `open` are (connected, or accepted and
+    /// still in their PROXY/CONNECT phase).
+    pub fn admits_connection(&self, open: u64) -> bool {
+        open < self.cfg.max_connections
+    }
+
+    /// Whether a session holding `held` subscriptions may add another one.
+    pub fn admits_subscription(&self, held: usize) -> bool {
+        held < self.cfg.max_subscriptions_per_client
+    }
+
+    /// The session expiry (seconds, `u32::MAX` = never) a session asking for `asked` gets:
+    /// at most `max_session_expiry` (0 = no cap).
+    pub fn session_expiry(&self, asked: u32) -> u32 {
+        match self.cfg.max_session_expiry {
+            0 => asked,
+            max => asked.min(max),
+        }
+    }
+
+    /// Bytes of topic names a connection's incoming topic aliases may hold.
+    pub fn topic_alias_bytes(&self) -> usize {
+        self.cfg.max_topic_alias_bytes
+    }
+
+    /// The node's retained store caps: topics, and bytes (topic + payload).
+    pub fn retained_caps(&self) -> (usize, usize) {
+        (self.cfg.max_retained_messages, self.cfg.max_retained_bytes)
     }
 
     /// The keep-alive the broker enforces: the client's, unless `max_keepalive` (0 = no cap)
@@ -109,6 +177,11 @@ mod tests {
             max_packet_size: 1 << 20,
             max_connections: 2,
             max_keepalive,
+            max_subscriptions_per_client: 3,
+            max_session_expiry: 100,
+            max_retained_messages: 5,
+            max_retained_bytes: 1000,
+            max_topic_alias_bytes: 64,
         })
     }
 
@@ -139,5 +212,10 @@ mod tests {
             RETAINED_STREAM_MAX + 9
         );
         assert_eq!(l.retained_room(0, RETAINED_STREAM_MAX + 1), 0);
+        assert!(l.admits_subscription(2) && !l.admits_subscription(3));
+        assert_eq!(l.session_expiry(u32::MAX), 100);
+        assert_eq!(l.session_expiry(60), 60);
+        assert_eq!(l.retained_caps(), (5, 1000));
+        assert_eq!(Bite::SessionExpiry.key(), "max_session_expiry");
     }
 }

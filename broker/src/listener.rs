@@ -1,5 +1,5 @@
-//! MQTT listeners: accept, then (in the connection's task) the PROXY header when the listener
-//! expects one — only from `trusted_proxies`, refused and counted otherwise — then the MQTT
+//! MQTT listeners: accept (a connection counts toward `max_connections` from here, before its
+//! CONNECT), then (in the connection's task) the PROXY header when the listener expects one — only from `trusted_proxies`, refused and counted otherwise — then the MQTT
 //! connection. The PROXY source address is the client's address everywhere after this point.
 
 use std::sync::Arc;
@@ -28,13 +28,14 @@ pub async fn accept_loop(
     done: mpsc::Sender<()>,
 ) {
     while let Some((tcp, peer)) = mqedge_shared::net::accept(&listener, &mut stop, &lc.name).await {
-        if !Limits::from_config(&b.cfg().limits)
-            .admits_connection(b.metrics().connected.get() as u64)
-        {
-            CloseReason::OverLimit.count(b.metrics());
+        let m = b.metrics();
+        let open = (m.connected.get() + m.connecting.get()).max(0) as u64;
+        if !Limits::from_config(&b.cfg().limits).admits_connection(open) {
+            CloseReason::OverLimit.count(m);
             drop(tcp);
             continue;
         }
+        let pending = Pending::new(b.clone());
         // boxed: the PROXY and CONNECT phases are freed once the client is in, so the task of
         // an idle connection holds only the established connection
         let setup = Box::pin(establish(b.clone(), lc.clone(), tcp, peer));
@@ -42,6 +43,8 @@ pub async fn accept_loop(
         tokio::spawn(async move {
             // served in place: one copy of the connection's state in the task
             let mut live = setup.await;
+            // connected (counted in `connected`) or gone
+            drop(pending);
             let told = match live.as_mut() {
                 Some(live) => live.serve().await,
                 None => false,
@@ -52,6 +55,23 @@ pub async fn accept_loop(
                 Box::pin(live.close(told)).await;
             }
         });
+    }
+}
+
+/// A connection accepted and still in its PROXY/CONNECT phase, counted in
+/// `connections_pending` (and toward `max_connections`) until dropped.
+struct Pending(Arc<Broker>);
+
+impl Pending {
+    fn new(b: Arc<Broker>) -> Pending {
+        b.metrics().connecting.inc();
+        Pending(b)
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        self.0.metrics().connecting.dec();
     }
 }
 

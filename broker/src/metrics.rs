@@ -13,6 +13,13 @@ pub struct Reason {
     pub reason: String,
 }
 
+/// `limit` label: which `[limits]` key bit.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Limit {
+    /// The key's name.
+    pub limit: String,
+}
+
 /// Every broker metric.
 pub struct Metrics {
     /// Encoded by `/metrics`.
@@ -73,6 +80,14 @@ pub struct Metrics {
     pub cluster_handovers: Counter,
     /// Admin requests refused by the guard, by reason (host, origin, admin_header, token).
     pub admin_refused: Family<Reason, Counter>,
+    /// Times a `[limits]` key refused or capped something, by key.
+    pub limit_hits: Family<Limit, Counter>,
+    /// Connections accepted that have not finished their CONNECT phase.
+    pub connecting: Gauge,
+    /// Will-delay and session-expiry timers armed.
+    pub session_timers: Gauge,
+    /// Bytes (keys and values) the store's commits wrote, set at scrape.
+    pub store_bytes_written: Gauge,
 }
 
 impl Default for Metrics {
@@ -115,6 +130,10 @@ impl Metrics {
             cluster_received: Counter::default(),
             cluster_handovers: Counter::default(),
             admin_refused: Family::default(),
+            limit_hits: Family::default(),
+            connecting: Gauge::default(),
+            session_timers: Gauge::default(),
+            store_bytes_written: Gauge::default(),
         };
         m.register_clients(&mut r);
         m.register_cluster(&mut r);
@@ -190,6 +209,11 @@ impl Metrics {
             self.takeovers.clone(),
         );
         r.register(
+            "store_bytes_written",
+            "Bytes (keys and values) written by the store's commits",
+            self.store_bytes_written.clone(),
+        );
+        r.register(
             "store_commits",
             "Store transactions committed",
             self.store_commits.clone(),
@@ -203,6 +227,21 @@ impl Metrics {
             "admin_refused",
             "Admin API requests refused (Host, Origin, missing header, token)",
             self.admin_refused.clone(),
+        );
+        r.register(
+            "limit_hits",
+            "Times a [limits] key refused or capped something, by key",
+            self.limit_hits.clone(),
+        );
+        r.register(
+            "connections_pending",
+            "Connections accepted that have not finished their CONNECT phase",
+            self.connecting.clone(),
+        );
+        r.register(
+            "session_timers",
+            "Will-delay and session-expiry timers armed for offline sessions",
+            self.session_timers.clone(),
         );
     }
 
@@ -275,6 +314,15 @@ impl Metrics {
         self.rejected
             .get_or_create(&Reason {
                 reason: reason.to_string(),
+            })
+            .inc();
+    }
+
+    /// Counts a `[limits]` key biting (`limit`: the key's name).
+    pub fn limit_hit(&self, limit: &str) {
+        self.limit_hits
+            .get_or_create(&Limit {
+                limit: limit.to_string(),
             })
             .inc();
     }

@@ -1,5 +1,6 @@
 //! Topic aliases, both ways. [`InAliases`]: those a v5 client sets on its PUBLISHes to us (up
-//! to [`TOPIC_ALIAS_MAX`], announced in CONNACK). [`OutAliases`]: ours on the broker's own
+//! to [`TOPIC_ALIAS_MAX`], announced in CONNACK, and at most `[limits] max_topic_alias_bytes`
+//! of topic names: 1024 aliases of 64 KiB topics would be 64 MiB per connection). [`OutAliases`]: ours on the broker's own
 //! PUBLISHes to a v5 client that allowed them (Topic Alias Maximum > 0 in its CONNECT), so
 //! that a repeated topic travels as two bytes instead of its name.
 //!
@@ -96,27 +97,45 @@ impl OutAliases {
 /// The aliases a client set, allocated at the first one (most clients never use them).
 #[derive(Debug, Default)]
 pub struct InAliases {
-    // boxed: 8 bytes in every connection's task instead of an empty map's 48
-    #[allow(clippy::box_collection)]
-    map: Option<Box<HashMap<u16, String>>>,
+    /// Boxed: 8 bytes in every connection's task instead of an empty map's 48.
+    held: Option<Box<Held>>,
+}
+
+/// The aliases of [`InAliases`] and the bytes of their topics.
+#[derive(Debug, Default)]
+struct Held {
+    map: HashMap<u16, String>,
+    /// Sum of the topics' lengths, held under `max_topic_alias_bytes`.
+    bytes: usize,
 }
 
 impl InAliases {
     /// Applies a PUBLISH's alias: an empty `topic` is replaced by the one the alias stands for,
-    /// a topic with an alias (re)sets it.
-    pub fn apply(&mut self, alias: u16, topic: &mut String) -> Result<(), CloseReason> {
+    /// a topic with an alias (re)sets it, unless the topics would then hold more than
+    /// `max_bytes` (the connection is closed: 0x97 Quota exceeded).
+    pub fn apply(
+        &mut self,
+        alias: u16,
+        topic: &mut String,
+        max_bytes: usize,
+    ) -> Result<(), CloseReason> {
         if alias > TOPIC_ALIAS_MAX {
             return Err(CloseReason::AliasOverMax(alias));
         }
         if topic.is_empty() {
-            match self.map.as_ref().and_then(|m| m.get(&alias)) {
+            match self.held.as_ref().and_then(|h| h.map.get(&alias)) {
                 Some(t) => topic.clone_from(t),
                 None => return Err(CloseReason::UnknownAlias(alias)),
             }
         } else {
-            self.map
-                .get_or_insert_with(Default::default)
-                .insert(alias, topic.clone());
+            let h = self.held.get_or_insert_with(Default::default);
+            let old = h.map.get(&alias).map_or(0, String::len);
+            let bytes = h.bytes - old + topic.len();
+            if bytes > max_bytes {
+                return Err(CloseReason::AliasBytes);
+            }
+            h.bytes = bytes;
+            h.map.insert(alias, topic.clone());
         }
         Ok(())
     }
@@ -145,18 +164,26 @@ mod tests {
         let mut a = InAliases::default();
         let mut t = String::new();
         assert!(matches!(
-            a.apply(1, &mut t),
+            a.apply(1, &mut t, 10),
             Err(CloseReason::UnknownAlias(1))
         ));
         let mut t = "x/y".to_string();
-        assert!(a.apply(1, &mut t).is_ok());
+        assert!(a.apply(1, &mut t, 10).is_ok());
         let mut t = String::new();
-        assert!(a.apply(1, &mut t).is_ok());
+        assert!(a.apply(1, &mut t, 10).is_ok());
         assert_eq!(t, "x/y");
         assert!(matches!(
-            a.apply(TOPIC_ALIAS_MAX + 1, &mut t),
+            a.apply(TOPIC_ALIAS_MAX + 1, &mut t, 10),
             Err(CloseReason::AliasOverMax(_))
         ));
+        // 3 + 7 bytes fit in 10; an 11th does not; a replacement counts its new length only
+        assert!(a.apply(2, &mut "abcdefg".to_string(), 10).is_ok());
+        assert!(matches!(
+            a.apply(3, &mut "z".to_string(), 10),
+            Err(CloseReason::AliasBytes)
+        ));
+        assert!(a.apply(2, &mut "abcdef".to_string(), 10).is_ok());
+        assert!(a.apply(3, &mut "z".to_string(), 10).is_ok());
     }
 
     #[test]

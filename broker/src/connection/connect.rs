@@ -17,7 +17,7 @@ use crate::auth::{Access, CheckError};
 use crate::broker::Broker;
 use crate::cluster::Handover;
 use crate::error::CloseReason;
-use crate::limits::{Limits, CONNECT_TIMEOUT};
+use crate::limits::{Bite, Limits, CONNECT_TIMEOUT};
 use crate::message::unix_now;
 use crate::protocol::{
     decode, encode, reason, ConnAck, ConnAckProperties, Connect, DecodeError, Packet, Version,
@@ -31,7 +31,7 @@ struct Admitted {
     /// The broker chose the client id (v5: told in CONNACK).
     assigned: bool,
     username: Option<String>,
-    /// Session expiry, in seconds (`u32::MAX`: never).
+    /// Session expiry, in seconds (`u32::MAX`: never), within `max_session_expiry`.
     expiry: u32,
 }
 
@@ -45,8 +45,8 @@ impl Live {
     ) -> Option<Live> {
         let _ = tcp.set_nodelay(true);
         let (mut r, w) = tcp.into_split();
-        let limits = Limits::from_config(&b.cfg().limits);
-        let connect = match read_connect(&mut r, &mut rbuf, limits.max_packet_size()).await {
+        let max_packet = Limits::from_config(&b.cfg().limits).max_packet_size();
+        let connect = match read_connect(&mut r, &mut rbuf, max_packet).await {
             Ok(c) => c,
             Err(why) => {
                 // boxed, like the rest of a refusal: rare, and it holds the lingering close
@@ -87,7 +87,12 @@ impl Live {
         // LB health checks connect every few seconds: keep them out of the INFO log
         let quiet = admitted.client_id.starts_with("mqedge-hc-");
         log_connected(&connect, &admitted, &att, &info, conn_id, quiet);
+        // not held across the awaits above: it would enlarge this phase's future
+        let limits = Limits::from_config(&b.cfg().limits);
         let keep_alive = limits.keep_alive(connect.keep_alive);
+        if keep_alive != connect.keep_alive {
+            Bite::KeepAlive.count(b.metrics());
+        }
         let Attach {
             session,
             session_present,
@@ -144,7 +149,11 @@ impl Conn {
                 .filter(|_| v.is_v5())
                 .and_then(OutAliases::new)
                 .map(Box::new),
-            will: connect.will.map(|w| Box::new((w, a.username.clone()))),
+            will: connect.will.map(|mut w| {
+                // kept for the whole connection: not as a slice of the CONNECT's read buffer
+                crate::message::unpin(&mut w.payload);
+                Box::new((w, a.username.clone()))
+            }),
             connect_expiry_zero: a.expiry == 0,
         }
     }
@@ -260,13 +269,17 @@ async fn admit(b: &Arc<Broker>, c: &Connect, info: &ClientInfo) -> Result<Admitt
     if let Some(w) = &c.will {
         check_will(b, &w.topic, username.as_deref(), &client_id)?;
     }
-    let expiry = if c.version.is_v5() {
+    let asked = if c.version.is_v5() {
         c.properties.session_expiry_interval.unwrap_or(0)
     } else if c.clean_start {
         0
     } else {
         u32::MAX
     };
+    let expiry = Limits::from_config(&b.cfg().limits).session_expiry(asked);
+    if expiry != asked {
+        Bite::SessionExpiry.count(b.metrics());
+    }
     Ok(Admitted {
         client_id,
         assigned,
@@ -357,6 +370,9 @@ fn connack_properties(
         props.topic_alias_maximum = Some(TOPIC_ALIAS_MAX);
         props.server_keep_alive = (keep_alive != connect.keep_alive).then_some(keep_alive);
         props.assigned_client_identifier = a.assigned.then(|| a.client_id.clone());
+        // MQTT 5 §3.2.2.3.2: the server's Session Expiry Interval overrides the client's
+        let asked = connect.properties.session_expiry_interval.unwrap_or(0);
+        props.session_expiry_interval = (a.expiry != asked).then_some(a.expiry);
     }
     props
 }

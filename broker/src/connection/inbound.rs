@@ -90,7 +90,8 @@ impl Conn {
     /// Resolves the topic alias and checks what MQTT forbids in a client's PUBLISH.
     fn check_publish(&mut self, p: &mut Publish) -> Result<(), CloseReason> {
         if let Some(a) = p.properties.topic_alias {
-            self.aliases.apply(a, &mut p.topic)?;
+            let max = self.limits().topic_alias_bytes();
+            self.aliases.apply(a, &mut p.topic, max)?;
         }
         if !valid_topic_name(&p.topic) {
             return Err(CloseReason::InvalidTopicName(p.topic.clone()));

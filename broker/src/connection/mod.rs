@@ -43,6 +43,7 @@ use self::feed::Feed;
 use crate::broker::Broker;
 use crate::error::CloseReason;
 use crate::limits::Limits;
+use crate::message::unpin;
 use crate::protocol::{decode, encode, reason, Disconnect, Packet, Version, Will};
 use crate::session::Session;
 
@@ -179,11 +180,18 @@ impl Live {
         let max = self.c.limits().max_packet_size();
         loop {
             // (statements, not `while let`: no decode temporaries kept across the await)
-            let p = match decode(&mut self.rbuf, Some(self.c.v), max) {
+            let mut p = match decode(&mut self.rbuf, Some(self.c.v), max) {
                 Ok(Some(p)) => p,
                 Ok(None) => return Ok(()),
                 Err(e) => return Err(e.into()),
             };
+            if let Packet::Publish(p) = &mut p {
+                // the message may outlive this read: it must not pin the read buffer
+                unpin(&mut p.payload);
+                if let Some(c) = &mut p.properties.correlation_data {
+                    unpin(c);
+                }
+            }
             if let Some(k) = self.keep_alive {
                 *deadline = Some(Instant::now() + k);
             }
@@ -284,7 +292,8 @@ impl Conn {
                 // MQTT-3.14.2-2
                 return CloseReason::ExpiryAfterZero;
             }
-            self.s.lock().expiry = e;
+            // within max_session_expiry, as at CONNECT
+            self.s.lock().expiry = self.limits().session_expiry(e);
         }
         // only reason 0x00 discards the will (MQTT-3.14.4-3); 0x04 asks for it and any error
         // code means the client did not end normally (MQTT 5 §3.1.2.5)

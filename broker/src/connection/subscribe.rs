@@ -1,10 +1,12 @@
-//! SUBSCRIBE and UNSUBSCRIBE: each filter checked (syntax, ACL), the routes changed, the
-//! session persisted before the acknowledgement, and the retained messages of a new
-//! subscription queued for streaming through the connection's [`super::feed`].
+//! SUBSCRIBE and UNSUBSCRIBE: each filter checked (syntax, ACL, `max_subscriptions_per_client`),
+//! the routes changed, the changed filters persisted (one store row each) before the
+//! acknowledgement, and the retained messages of a new subscription queued for streaming
+//! through the connection's [`super::feed`].
 
 use super::Conn;
 use crate::auth::Access;
 use crate::error::CloseReason;
+use crate::limits::Bite;
 use crate::protocol::{
     reason, AckProperties, Packet, RetainHandling, SubAck, Subscribe, SubscribeFilter, UnsubAck,
     Unsubscribe,
@@ -20,16 +22,20 @@ impl Conn {
     pub(super) async fn on_subscribe(&mut self, s: Subscribe) -> Result<(), CloseReason> {
         let mut codes = Vec::with_capacity(s.filters.len());
         let mut retained = Vec::new();
+        let mut changed = Vec::new();
         let user = self.s.lock().username.clone();
         let id = s.properties.subscription_identifier;
         for f in &s.filters {
             let (code, sub) = self.subscribe_one(f, id, user.as_deref())?;
             codes.push(code);
-            if let Some(sub) = sub {
-                retained.push((f.filter.clone(), sub));
+            if let Some((sub, send_retained)) = sub {
+                changed.push((f.filter.clone(), Some(sub)));
+                if send_retained {
+                    retained.push((f.filter.clone(), sub));
+                }
             }
         }
-        self.b.persist_session(&self.s).await;
+        self.b.persist_subscriptions(&self.s, &changed).await;
         if !self.v.is_v5() {
             for c in &mut codes {
                 if *c >= 0x80 {
@@ -48,14 +54,14 @@ impl Conn {
         Ok(())
     }
 
-    /// One filter of a SUBSCRIBE: its SUBACK code, and the subscription when its retained
-    /// messages are to be sent.
+    /// One filter of a SUBSCRIBE: its SUBACK code, and when it was granted the subscription
+    /// and whether its retained messages are to be sent.
     fn subscribe_one(
         &mut self,
         f: &SubscribeFilter,
         id: Option<u32>,
         user: Option<&str>,
-    ) -> Result<(u8, Option<Sub>), CloseReason> {
+    ) -> Result<(u8, Option<(Sub, bool)>), CloseReason> {
         let shared = parse_shared(&f.filter);
         if shared.is_some() && f.no_local {
             // MQTT-3.8.3-4
@@ -69,6 +75,15 @@ impl Conn {
             if !acl.check(user, &self.s.client_id, plain, Access::Subscribe) {
                 return Ok((reason::NOT_AUTHORIZED, None));
             }
+        }
+        let (held, has) = {
+            let st = self.s.lock();
+            (st.subs.len(), st.subs.contains_key(&f.filter))
+        };
+        if !has && !self.limits().admits_subscription(held) {
+            // 3.1.1 clients read it as 0x80 (see on_subscribe)
+            Bite::Subscriptions.count(self.b.metrics());
+            return Ok((reason::QUOTA_EXCEEDED, None));
         }
         let sub = Sub {
             qos: f.qos,
@@ -84,7 +99,7 @@ impl Conn {
                 RetainHandling::SendIfNew => new,
                 RetainHandling::DoNotSend => false,
             };
-        Ok((f.qos as u8, send_retained.then_some(sub)))
+        Ok((f.qos as u8, Some((sub, send_retained))))
     }
 
     /// Queues the retained messages of a new subscription for streaming (see [`super::feed`]),
@@ -118,15 +133,17 @@ impl Conn {
     /// UNSUBSCRIBE: UNSUBACK once the session is persisted (0x11 for a filter not subscribed).
     pub(super) async fn on_unsubscribe(&mut self, u: Unsubscribe) -> Result<(), CloseReason> {
         let mut codes = Vec::with_capacity(u.filters.len());
+        let mut changed = Vec::new();
         for f in &u.filters {
             let existed = self.b.unsubscribe(&self.s, f);
             codes.push(if existed {
+                changed.push((f.clone(), None));
                 0
             } else {
                 reason::NO_SUBSCRIPTION_EXISTED
             });
         }
-        self.b.persist_session(&self.s).await;
+        self.b.persist_subscriptions(&self.s, &changed).await;
         self.send(&Packet::UnsubAck(UnsubAck {
             packet_id: u.packet_id,
             properties: AckProperties::default(),

@@ -29,6 +29,7 @@ async fn metrics(State(b): State<Arc<Broker>>) -> Response {
     if let Some(stats) = b.store().map(|s| s.stats()) {
         let m = b.metrics();
         m.store_commits.set(stats.commits as i64);
+        m.store_bytes_written.set(stats.bytes as i64);
         let seen = m.store_commit_failures.get();
         m.store_commit_failures
             .inc_by(stats.commit_failures.saturating_sub(seen));

@@ -15,13 +15,17 @@
 //! no version: from the store that is version 0, older than anything versioned.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use prometheus_client::metrics::counter::Counter;
 
 use super::retained::Retained;
+use crate::limits::Bite;
 use crate::message::{put, Message, Rd};
+use crate::metrics::{Limit, Metrics};
 use crate::protocol::QoS;
 use crate::store::{Op, Rows, Store, Table};
 
@@ -107,6 +111,21 @@ pub struct RetainedSet {
     node: Arc<str>,
     /// How long a tombstone is kept; zero keeps none (a node alone needs none).
     ttl: Duration,
+    /// `[limits] max_retained_messages` and `max_retained_bytes` (0 = no cap): past them a new
+    /// value is not stored (the publish is still delivered), so one client cannot fill the
+    /// node's memory and store with retained topics.
+    caps: (usize, usize),
+    /// Live values and their bytes (topic + payload), `$SYS` (the broker's own) left out:
+    /// what the caps count. Changed under the tombstone lock.
+    held: AtomicUsize,
+    bytes: AtomicUsize,
+    /// The `limit_hits_total` counters of the two caps, when wired to the metrics.
+    hits: Option<(Counter, Counter)>,
+}
+
+/// Bytes a retained value counts against `max_retained_bytes`.
+fn weight(msg: &Message) -> usize {
+    msg.topic.len() + msg.payload.len()
 }
 
 impl RetainedSet {
@@ -117,6 +136,75 @@ impl RetainedSet {
             tombstones: Mutex::new(HashMap::new()),
             node: Arc::from(node),
             ttl,
+            caps: (0, 0),
+            held: AtomicUsize::new(0),
+            bytes: AtomicUsize::new(0),
+            hits: None,
+        }
+    }
+
+    /// The same set, holding at most `count` topics and `bytes` bytes (0 = no cap), counting
+    /// refusals in `metrics`.
+    pub fn with_caps(self, count: usize, bytes: usize, metrics: &Metrics) -> RetainedSet {
+        let counter = |b: Bite| {
+            metrics
+                .limit_hits
+                .get_or_create(&Limit {
+                    limit: b.key().to_string(),
+                })
+                .clone()
+        };
+        RetainedSet {
+            caps: (count, bytes),
+            hits: Some((
+                counter(Bite::RetainedMessages),
+                counter(Bite::RetainedBytes),
+            )),
+            ..self
+        }
+    }
+
+    /// Bytes (topic + payload) of the retained values held, `$SYS` left out.
+    pub fn bytes(&self) -> usize {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
+    /// Whether a value of `new` bytes may replace one of `old` (`None`: a new topic); counts
+    /// a refusal. `$SYS` (the broker's own) is never refused.
+    fn admits(&self, topic: &str, old: Option<usize>, new: usize) -> bool {
+        let (count, bytes) = self.caps;
+        if topic.starts_with("$SYS") {
+            return true;
+        }
+        let held = self.bytes() - old.unwrap_or(0);
+        let full = self.held.load(Ordering::Relaxed) >= count;
+        let bite = if old.is_none() && count != 0 && full {
+            Some(0)
+        } else if bytes != 0 && held + new > bytes {
+            Some(1)
+        } else {
+            None
+        };
+        match (bite, &self.hits) {
+            (None, _) => true,
+            (Some(0), Some((c, _))) | (Some(_), Some((_, c))) => {
+                c.inc();
+                false
+            }
+            (Some(_), None) => false,
+        }
+    }
+
+    /// Counts a value replaced (`old`) by another (`new`) in `held` and `bytes`.
+    fn account(&self, old: Option<&Stamped>, new: Option<&Message>) {
+        let sys = |m: &Message| m.topic.starts_with("$SYS");
+        if let Some(o) = old.filter(|o| !sys(&o.msg)) {
+            self.held.fetch_sub(1, Ordering::Relaxed);
+            self.bytes.fetch_sub(weight(&o.msg), Ordering::Relaxed);
+        }
+        if let Some(n) = new.filter(|n| !sys(n)) {
+            self.held.fetch_add(1, Ordering::Relaxed);
+            self.bytes.fetch_add(weight(n), Ordering::Relaxed);
         }
     }
 
@@ -157,9 +245,9 @@ impl RetainedSet {
         self.live.get(topic)
     }
 
-    /// Applies a publish with RETAIN taken by this node: always applied, stamped newer than the
-    /// topic's current version. Pushes the store ops when `durable`; returns the version to
-    /// send to the other nodes.
+    /// Applies a publish with RETAIN taken by this node: applied (unless over a cap, see
+    /// [`RetainedSet::with_caps`]), stamped newer than the topic's current version. Pushes the
+    /// store ops when `durable`; returns the version to send to the other nodes.
     pub fn set_local(&self, msg: &Arc<Message>, durable: bool, ops: &mut Vec<Op>) -> Version {
         let mut tombs = self.lock();
         let now = unix_ms();
@@ -176,14 +264,14 @@ impl RetainedSet {
     }
 
     /// Applies a change another node sent (live or in its snapshot) when `v` is newer than what
-    /// the topic has; returns whether it was applied.
+    /// the topic has; returns whether the set changed (a value over the caps is not stored,
+    /// but the older one it would have replaced goes).
     pub fn merge(&self, msg: &Arc<Message>, v: Version, durable: bool, ops: &mut Vec<Op>) -> bool {
         let mut tombs = self.lock();
         if self.current(&tombs, &msg.topic).is_some_and(|cur| cur >= v) {
             return false;
         }
-        self.apply(&mut tombs, msg, v, durable, ops);
-        true
+        self.apply(&mut tombs, msg, v, durable, ops)
     }
 
     /// The topic's version: its value's, or its tombstone's.
@@ -194,6 +282,7 @@ impl RetainedSet {
             .or_else(|| tombs.get(topic).cloned())
     }
 
+    /// Applies a change under the tombstone lock; returns whether the set changed.
     fn apply(
         &self,
         tombs: &mut HashMap<Arc<str>, Version>,
@@ -201,14 +290,16 @@ impl RetainedSet {
         v: Version,
         durable: bool,
         ops: &mut Vec<Op>,
-    ) {
+    ) -> bool {
         let topic = &msg.topic;
         // $SYS stays on its node and is refreshed, never persisted or remembered
         let sys = topic.starts_with("$SYS");
         let persist = durable && !sys;
         let key = || topic.as_bytes().to_vec();
         if msg.payload.is_empty() {
-            let removed = self.live.set(topic, None).is_some();
+            let old = self.live.set(topic, None);
+            self.account(old.as_ref(), None);
+            let removed = old.is_some();
             if !self.ttl.is_zero() && !sys {
                 if persist {
                     ops.push(Op::Put {
@@ -225,6 +316,23 @@ impl RetainedSet {
                 });
             }
         } else {
+            let old = self.live.get(topic).map(|s| weight(&s.msg));
+            if !self.admits(topic, old, weight(msg)) {
+                // not stored; an older value of the topic goes: a subscriber must not be sent
+                // one older than the last publish
+                if old.is_some() {
+                    let gone = self.live.set(topic, None);
+                    self.account(gone.as_ref(), None);
+                    if durable {
+                        ops.push(Op::Delete {
+                            table: Table::Retained,
+                            key: key(),
+                        });
+                    }
+                }
+                // changed only when an older value went (its delete is in `ops`)
+                return old.is_some();
+            }
             tombs.remove(topic);
             if persist {
                 ops.push(Op::Put {
@@ -233,14 +341,16 @@ impl RetainedSet {
                     value: encode_record(msg, &v),
                 });
             }
-            self.live.set(
+            let old = self.live.set(
                 topic,
                 Some(Stamped {
                     msg: msg.clone(),
                     version: v,
                 }),
             );
+            self.account(old.as_ref(), Some(msg));
         }
+        true
     }
 
     /// Every value and tombstone (a tombstone as an empty-payload message), `$SYS` left out:
@@ -283,11 +393,13 @@ impl RetainedSet {
                 }
             } else {
                 let topic = m.topic.clone();
+                let m = Arc::new(m);
                 let stamped = Stamped {
-                    msg: Arc::new(m),
+                    msg: m.clone(),
                     version,
                 };
-                self.live.set(&topic, Some(stamped));
+                let old = self.live.set(&topic, Some(stamped));
+                self.account(old.as_ref(), Some(&m));
             }
         }
         expired

@@ -251,3 +251,35 @@ fn purge_forgets_tombstones_after_the_ttl() {
     assert_eq!(s.purge(u64::MAX, None), 1);
     assert_eq!((s.len(), s.tombstones()), (2, 0));
 }
+
+#[test]
+fn caps_bound_count_and_bytes_for_local_and_replicated_values() {
+    let m = Metrics::new();
+    // 2 topics, 10 bytes (topic + payload); $SYS is not counted
+    let s = RetainedSet::new("n1", HOUR).with_caps(2, 10, &m);
+    let mut ops = Vec::new();
+    s.set_local(&msg("$SYS/x", "long enough to pass"), true, &mut ops);
+    s.set_local(&msg("a", "1"), true, &mut ops);
+    assert!(s.merge(&msg("b", "2"), v(5, "n2"), true, &mut ops));
+    assert!(
+        !s.merge(&msg("c", "3"), v(5, "n2"), true, &mut ops),
+        "a third topic"
+    );
+    assert_eq!((value(&s, "c"), s.bytes()), (None, 4));
+    // over the bytes: not stored, and the older value goes (its delete is an op)
+    ops.clear();
+    assert!(s.merge(&msg("b", "0123456789"), v(6, "n2"), true, &mut ops));
+    assert_eq!((value(&s, "b"), s.bytes()), (None, 2));
+    assert!(matches!(&ops[..], [Op::Delete { .. }]));
+    s.set_local(&msg("b", "22"), true, &mut ops);
+    assert_eq!((value(&s, "b").as_deref(), s.bytes()), (Some("22"), 5));
+    let hits = |k: &str| {
+        m.limit_hits
+            .get_or_create(&crate::metrics::Limit { limit: k.into() })
+            .get()
+    };
+    assert_eq!(
+        (hits("max_retained_messages"), hits("max_retained_bytes")),
+        (1, 1)
+    );
+}

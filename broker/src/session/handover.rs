@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use super::queue::{push_entries, take_appended};
 use super::record::encode_handover;
-use super::registry::{when_still_offline, Registry};
+use super::registry::Registry;
 use super::{Freeze, Session};
 use crate::cluster::{FreezeToken, SessionExport};
 use crate::session::State;
@@ -27,7 +27,8 @@ impl Registry {
         let export = {
             let mut st = s.lock();
             self.take_conn(&mut st, kick);
-            let e = (!clean_start && st.persistent()).then(|| (st.encode(), encode_handover(&st)));
+            let e = (!clean_start && st.persistent())
+                .then(|| (st.encode_export(), encode_handover(&st)));
             if e.is_some() {
                 st.frozen = Some(Freeze {
                     token: token.clone(),
@@ -76,11 +77,7 @@ impl Registry {
             "handover not confirmed: the session stays on this node"
         );
         if expiry != u32::MAX && offline {
-            let (r, s2) = (self.clone(), s.clone());
-            when_still_offline(s.clone(), generation, expiry, move || {
-                tracing::info!(client_id = %s2.client_id, "session expired");
-                r.remove_session(&s2);
-            });
+            self.expire_after(&s, generation, expiry);
         }
         Vec::new()
     }

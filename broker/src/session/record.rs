@@ -1,6 +1,8 @@
-//! The session's durable forms: its store record (subscriptions and settings), the store keys
-//! and values of its queued messages, and the export a session travels in to another node.
-//! Pure encoders and decoders: no I/O, no locks.
+//! The session's durable forms: its store record (settings), its subscriptions (one store row
+//! per filter, so a SUBSCRIBE costs its own filters and not the session's whole set), the store
+//! keys and values of its queued messages, and the export a session travels in to another node
+//! (settings and every subscription in one record). Pure encoders and decoders: no I/O, no
+//! locks.
 
 use std::sync::Arc;
 
@@ -15,11 +17,26 @@ use crate::store::{Op, Table};
 const RELEASED: u8 = 0xFE;
 
 impl State {
-    /// The store record of this session (subscriptions and settings; queues are stored apart),
-    /// then the incoming QoS 2 packet ids awaiting PUBREL. That last part was added later: a
-    /// record without it reads as none held, and an older broker ignores it.
+    /// The store record of this session: its settings and the incoming QoS 2 packet ids
+    /// awaiting PUBREL, without its subscriptions (they are rows of their own, see
+    /// [`sub_put`]), so rewriting it costs the same at the first filter and the 100,000th.
+    /// The layout is the one records always had, with a subscription count of 0: a record
+    /// written before keeps its subscriptions inline and still reads (see [`State::decode`]).
     pub fn encode(&self) -> Vec<u8> {
-        let mut o = Vec::with_capacity(36 + self.subs.len() * 24 + self.qos2_in.len() * 2);
+        self.encode_with(false)
+    }
+
+    /// The record a session travels in to another node: [`State::encode`] with every
+    /// subscription inline (what every broker version reads).
+    pub fn encode_export(&self) -> Vec<u8> {
+        self.encode_with(true)
+    }
+
+    /// The record, then the incoming QoS 2 packet ids awaiting PUBREL. That last part was
+    /// added later: a record without it reads as none held, and an older broker ignores it.
+    fn encode_with(&self, subs: bool) -> Vec<u8> {
+        let n = if subs { self.subs.len() } else { 0 };
+        let mut o = Vec::with_capacity(36 + n * 24 + self.qos2_in.len() * 2);
         o.push(1);
         o.push(self.version.level());
         o.extend_from_slice(&self.expiry.to_be_bytes());
@@ -30,16 +47,12 @@ impl State {
             }
             None => o.push(0),
         }
-        o.extend_from_slice(&(self.subs.len() as u32).to_be_bytes());
-        for (f, s) in &self.subs {
-            put(&mut o, f.as_bytes());
-            o.push(s.qos as u8);
-            o.push(
-                u8::from(s.no_local)
-                    | u8::from(s.retain_as_published) << 1
-                    | (s.retain_handling as u8) << 2,
-            );
-            o.extend_from_slice(&s.id.unwrap_or(0).to_be_bytes());
+        o.extend_from_slice(&(n as u32).to_be_bytes());
+        if subs {
+            for (f, s) in &self.subs {
+                put(&mut o, f.as_bytes());
+                encode_sub(&mut o, s);
+            }
         }
         o.extend_from_slice(&(self.qos2_in.len() as u32).to_be_bytes());
         for pid in &self.qos2_in {
@@ -67,23 +80,8 @@ impl State {
         let n = r.u32()?;
         for _ in 0..n {
             let f = r.string()?;
-            let qos = QoS::from_u8(r.u8()?)?;
-            let flags = r.u8()?;
-            let id = r.u32()?;
-            st.subs.insert(
-                f,
-                Sub {
-                    qos,
-                    no_local: flags & 1 != 0,
-                    retain_as_published: flags & 2 != 0,
-                    retain_handling: match (flags >> 2) & 3 {
-                        1 => RetainHandling::SendIfNew,
-                        2 => RetainHandling::DoNotSend,
-                        _ => RetainHandling::SendAtSubscribe,
-                    },
-                    id: (id != 0).then_some(id),
-                },
-            );
+            let sub = decode_sub(&mut r)?;
+            st.subs.insert(f, sub);
         }
         // a record written before QoS 2 ids were kept ends here
         if let Some(n) = r.u32() {
@@ -94,6 +92,70 @@ impl State {
         }
         Some(st)
     }
+}
+
+/// A subscription's options: QoS, flags, identifier (6 bytes).
+fn encode_sub(o: &mut Vec<u8>, s: &Sub) {
+    o.push(s.qos as u8);
+    o.push(
+        u8::from(s.no_local)
+            | u8::from(s.retain_as_published) << 1
+            | (s.retain_handling as u8) << 2,
+    );
+    o.extend_from_slice(&s.id.unwrap_or(0).to_be_bytes());
+}
+
+fn decode_sub(r: &mut Rd<'_>) -> Option<Sub> {
+    let qos = QoS::from_u8(r.u8()?)?;
+    let flags = r.u8()?;
+    let id = r.u32()?;
+    Some(Sub {
+        qos,
+        no_local: flags & 1 != 0,
+        retain_as_published: flags & 2 != 0,
+        retain_handling: match (flags >> 2) & 3 {
+            1 => RetainHandling::SendIfNew,
+            2 => RetainHandling::DoNotSend,
+            _ => RetainHandling::SendAtSubscribe,
+        },
+        id: (id != 0).then_some(id),
+    })
+}
+
+/// Store key of a subscription row: `client_id 0x00 filter` (a client id holds no NUL,
+/// MQTT-1.5.4-2, so one client's rows are exactly those under [`message_prefix`]).
+fn sub_key(client_id: &str, filter: &str) -> Vec<u8> {
+    let mut k = message_prefix(client_id);
+    k.extend_from_slice(filter.as_bytes());
+    k
+}
+
+/// The store write of one subscription of a persistent session.
+pub fn sub_put(client_id: &str, filter: &str, s: &Sub) -> Op {
+    let mut value = Vec::with_capacity(6);
+    encode_sub(&mut value, s);
+    Op::Put {
+        table: Table::Subscriptions,
+        key: sub_key(client_id, filter),
+        value,
+    }
+}
+
+/// The store write that removes one subscription.
+pub fn sub_delete(client_id: &str, filter: &str) -> Op {
+    Op::Delete {
+        table: Table::Subscriptions,
+        key: sub_key(client_id, filter),
+    }
+}
+
+/// Reads a subscription row: client id, filter, options.
+pub fn decode_sub_row(key: &[u8], value: &[u8]) -> Option<(String, String, Sub)> {
+    let pos = key.iter().position(|b| *b == 0)?;
+    let id = std::str::from_utf8(&key[..pos]).ok()?;
+    let filter = std::str::from_utf8(&key[pos + 1..]).ok()?;
+    let sub = decode_sub(&mut Rd(value))?;
+    Some((id.to_string(), filter.to_string(), sub))
 }
 
 /// Store key of a queued message: `client_id 0x00 seq(BE)`.
@@ -135,12 +197,16 @@ pub fn record_put(client_id: &str, rec: Vec<u8>) -> Op {
     }
 }
 
-/// The store writes that erase a client's session record and queued messages.
+/// The store writes that erase a client's session record, subscriptions and queued messages.
 pub fn forget(client_id: &str) -> Vec<Op> {
     vec![
         Op::Delete {
             table: Table::Sessions,
             key: client_id.as_bytes().to_vec(),
+        },
+        Op::DeletePrefix {
+            table: Table::Subscriptions,
+            prefix: message_prefix(client_id),
         },
         Op::DeletePrefix {
             table: Table::Messages,
@@ -269,10 +335,20 @@ mod tests {
                 id: Some(7),
             },
         );
-        let back = State::decode(&st.encode()).unwrap();
+        let back = State::decode(&st.encode_export()).unwrap();
         assert_eq!(back.expiry, 3600);
         assert_eq!(back.version, Version::V5);
         assert_eq!(back.subs, st.subs);
+        // the store record leaves them to their rows
+        let rec = State::decode(&st.encode()).unwrap();
+        assert!(rec.subs.is_empty());
+        assert_eq!((rec.expiry, rec.username.as_deref()), (3600, Some("u")));
+        let sub = st.subs["a/+"];
+        let Op::Put { key, value, .. } = sub_put("c1", "a/+", &sub) else {
+            panic!("a put");
+        };
+        let (id, f, row) = decode_sub_row(&key, &value).unwrap();
+        assert_eq!((id.as_str(), f.as_str(), row), ("c1", "a/+", sub));
         assert_eq!(back.username.as_deref(), Some("u"));
         assert!(back.qos2_in.is_empty());
     }
@@ -292,7 +368,7 @@ mod tests {
             },
         );
         st.qos2_in.extend([1, 65535]);
-        let rec = st.encode();
+        let rec = st.encode_export();
         let back = State::decode(&rec).unwrap();
         assert_eq!(back.qos2_in, st.qos2_in);
         // the record as brokers wrote it before: no QoS 2 part

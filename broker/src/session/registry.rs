@@ -1,17 +1,19 @@
 //! The node's sessions by client id (a sharded map, so connects of different clients rarely
 //! contend) and their lifecycle: restore from the store, attach with takeover, detach with the
-//! will and expiry timers, removal, and the handover to and from other nodes.
+//! will and expiry timers (`timers.rs`: armed per session, stood down when its client comes
+//! back), removal, and the handover to and from other nodes.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use tokio::sync::oneshot;
 
 use super::record::{
-    decode_handover, decode_stored, encode_queued, forget, queued_put, record_put,
+    decode_handover, decode_stored, decode_sub_row, encode_queued, forget, queued_put, record_put,
+    sub_delete, sub_put,
 };
 use super::subs::Subscriptions;
 use super::{sub_options, Attached, Await, Session, State, Sub};
@@ -20,6 +22,10 @@ use crate::metrics::Metrics;
 use crate::protocol::{reason, QoS, Version, Will};
 use crate::routing::shared::{shard_of, SHARDS};
 use crate::store::{Op, Store, StoreError, Table};
+
+#[path = "timers.rs"]
+mod timers;
+use timers::Timers;
 
 /// What `attach` decided for a connecting client.
 pub struct Attach {
@@ -38,17 +44,24 @@ pub struct Registry {
     conn_seq: AtomicU64,
     pub(super) store: Option<Store>,
     pub(super) metrics: Arc<Metrics>,
+    /// The will-delay and expiry timers of offline sessions.
+    timers: Timers,
+    /// `[limits] max_session_expiry` (0 = no cap), applied to sessions restored from the store.
+    expiry_cap: u32,
 }
 
 impl Registry {
-    /// An empty registry writing session records to `store` (when `data_dir` is set).
-    pub fn new(store: Option<Store>, metrics: Arc<Metrics>) -> Registry {
+    /// An empty registry writing session records to `store` (when `data_dir` is set);
+    /// sessions it restores expire within `expiry_cap` seconds (0 = no cap).
+    pub fn new(store: Option<Store>, metrics: Arc<Metrics>, expiry_cap: u32) -> Registry {
         Registry {
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             subs: Subscriptions::new(metrics.clone()),
             conn_seq: AtomicU64::new(0),
+            timers: Timers::new(metrics.session_timers.clone()),
             store,
             metrics,
+            expiry_cap,
         }
     }
 
@@ -78,28 +91,57 @@ impl Registry {
         n
     }
 
-    /// Restores sessions and their queued messages from the store; returns how many of each.
-    /// Restored sessions are offline: their expiry counts from now.
+    /// Restores sessions, their subscriptions and queued messages from the store; returns how
+    /// many sessions and messages. Restored sessions are offline: their expiry counts from now
+    /// (see [`Registry::expire_restored`]), capped by `max_session_expiry`. A record written
+    /// before subscriptions had rows of their own is moved to rows here.
     pub fn restore(&self) -> Result<(usize, usize), StoreError> {
         let Some(store) = &self.store else {
             return Ok((0, 0));
         };
         let mut restored = 0usize;
+        let mut migrate = Vec::new();
         for (k, v) in store.scan(Table::Sessions)? {
             let Ok(id) = String::from_utf8(k) else {
                 continue;
             };
-            let Some(st) = State::decode(&v) else {
+            let Some(mut st) = State::decode(&v) else {
                 tracing::warn!(client_id = %id, "unreadable session record skipped");
                 continue;
             };
+            if self.expiry_cap != 0 {
+                st.expiry = st.expiry.min(self.expiry_cap);
+            }
             let id: Arc<str> = Arc::from(id);
             for (f, s) in &st.subs {
                 self.subs.trie().subscribe(&id, f, sub_options(s));
+                migrate.push(sub_put(&id, f, s));
+            }
+            if !st.subs.is_empty() {
+                migrate.push(record_put(&id, st.encode()));
             }
             let s = Arc::new(Session::restored(id.clone(), st));
             self.shard(&id).insert(id, s);
             restored += 1;
+        }
+        for (k, v) in store.scan(Table::Subscriptions)? {
+            let Some((id, f, sub)) = decode_sub_row(&k, &v) else {
+                continue;
+            };
+            let Some(s) = self.get(&id) else {
+                migrate.push(Op::Delete {
+                    table: Table::Subscriptions,
+                    key: k,
+                });
+                continue;
+            };
+            self.subs
+                .trie()
+                .subscribe(&s.client_id, &f, sub_options(&sub));
+            s.lock().subs.insert(f, sub);
+        }
+        if !migrate.is_empty() {
+            store.write_nowait(migrate);
         }
         let mut queued = 0usize;
         for (k, v) in store.scan(Table::Messages)? {
@@ -264,6 +306,8 @@ impl Registry {
             self.import_session(&id, &rec, &queued);
         }
         let (session, present) = self.take_over(&id, clean_start, conn_id);
+        // the client is back: what was armed for its session while it was away stands down
+        self.timers.cancel(client_id);
         let record = {
             let mut st = session.lock();
             st.conn = Some(Attached {
@@ -351,9 +395,9 @@ impl Registry {
         if let Some(w) = will {
             match self.will_delay(s, &w, mine, expiry) {
                 Some(0) => publish_will(w),
-                Some(delay) => {
-                    when_still_offline(s.clone(), generation, delay, move || publish_will(w))
-                }
+                Some(delay) => self
+                    .timers
+                    .after(s.clone(), generation, delay, move || publish_will(w)),
                 None => {}
             }
         }
@@ -368,11 +412,30 @@ impl Registry {
             store.write_nowait(vec![record_put(&s.client_id, rec)]);
         }
         if expiry != u32::MAX {
-            let (b, s2) = (self.clone(), s.clone());
-            when_still_offline(s.clone(), generation, expiry, move || {
-                tracing::info!(client_id = %s2.client_id, "session expired");
-                b.remove_session(&s2);
-            });
+            self.expire_after(s, generation, expiry);
+        }
+    }
+
+    /// Arms the expiry of an offline session: removed after `secs` unless its client is back.
+    pub(super) fn expire_after(self: &Arc<Self>, s: &Arc<Session>, generation: u64, secs: u32) {
+        let (b, s2) = (self.clone(), s.clone());
+        self.timers.after(s.clone(), generation, secs, move || {
+            tracing::info!(client_id = %s2.client_id, "session expired");
+            b.remove_session(&s2);
+        });
+    }
+
+    /// Arms the expiry of every session restored from the store (once, when the node starts
+    /// serving): a restored session expires like one whose client just left.
+    pub fn expire_restored(self: &Arc<Self>) {
+        for s in self.all() {
+            let (offline, expiry, generation) = {
+                let st = s.lock();
+                (st.conn.is_none(), st.expiry, st.generation)
+            };
+            if offline && expiry != 0 && expiry != u32::MAX {
+                self.expire_after(&s, generation, expiry);
+            }
         }
     }
 
@@ -444,6 +507,14 @@ impl Registry {
             }
         }
         let subs: Vec<(String, Sub)> = st.subs.iter().map(|(f, s)| (f.clone(), *s)).collect();
+        if self.store.is_some() {
+            // the handed-over set replaces whatever rows an older copy left
+            ops.push(Op::DeletePrefix {
+                table: Table::Subscriptions,
+                prefix: super::record::message_prefix(id),
+            });
+            ops.extend(subs.iter().map(|(f, sub)| sub_put(id, f, sub)));
+        }
         let n = st.queue.len();
         let s = Arc::new(Session::restored(id.clone(), st));
         {
@@ -480,34 +551,23 @@ impl Registry {
         tracing::info!(client_id = %id, queued = n, "session taken over from another node");
     }
 
-    /// Persists a session record (after subscription changes); resolves when durable.
-    pub async fn persist(&self, s: &Session) {
-        let rec = {
-            let st = s.lock();
-            st.persistent().then(|| st.encode())
+    /// Persists subscription changes of a persistent session (`None`: removed), one row per
+    /// filter; resolves when durable.
+    pub async fn persist_subs(&self, s: &Session, changed: &[(String, Option<Sub>)]) {
+        let (Some(store), false) = (&self.store, changed.is_empty()) else {
+            return;
         };
-        if let (Some(store), Some(rec)) = (&self.store, rec) {
-            let _ = store.write(vec![record_put(&s.client_id, rec)]).await;
+        if !s.lock().persistent() {
+            return;
         }
+        let id = &s.client_id;
+        let ops = changed
+            .iter()
+            .map(|(f, sub)| match sub {
+                Some(sub) => sub_put(id, f, sub),
+                None => sub_delete(id, f),
+            })
+            .collect();
+        let _ = store.write(ops).await;
     }
-}
-
-/// Runs `f` after `secs` unless the session was attached again meanwhile (its generation moved
-/// on) or is connected: the will-delay and expiry timers (MQTT-3.1.2-8).
-pub(super) fn when_still_offline(
-    s: Arc<Session>,
-    generation: u64,
-    secs: u32,
-    f: impl FnOnce() + Send + 'static,
-) {
-    tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_secs(u64::from(secs))).await;
-        let still = {
-            let st = s.lock();
-            st.generation == generation && st.conn.is_none()
-        };
-        if still {
-            f();
-        }
-    });
 }

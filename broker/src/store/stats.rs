@@ -10,6 +10,8 @@ pub struct StoreStats {
     pub commits: u64,
     /// Ops written by those commits.
     pub ops: u64,
+    /// Bytes (keys and values) those ops carried: what a change costs the disk.
+    pub bytes: u64,
     /// Write transactions that failed (a batch retried call by call counts once, and once
     /// more for each call that failed alone).
     pub commit_failures: u64,
@@ -22,16 +24,18 @@ pub struct StoreStats {
 pub(super) struct Counters {
     commits: AtomicU64,
     ops: AtomicU64,
+    bytes: AtomicU64,
     failures: AtomicU64,
     /// Reset by every successful commit.
     consecutive: AtomicU64,
 }
 
 impl Counters {
-    /// One durable commit of `ops` ops.
-    pub(super) fn committed(&self, ops: usize) {
+    /// One durable commit of `ops` ops carrying `bytes`.
+    pub(super) fn committed(&self, ops: usize, bytes: usize) {
         self.commits.fetch_add(1, Ordering::Relaxed);
         self.ops.fetch_add(ops as u64, Ordering::Relaxed);
+        self.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
         self.consecutive.store(0, Ordering::Relaxed);
     }
 
@@ -46,6 +50,7 @@ impl Counters {
         StoreStats {
             commits: self.commits.load(Ordering::Relaxed),
             ops: self.ops.load(Ordering::Relaxed),
+            bytes: self.bytes.load(Ordering::Relaxed),
             commit_failures: self.failures.load(Ordering::Relaxed),
             consecutive_failures: self.consecutive.load(Ordering::Relaxed),
         }

@@ -7,8 +7,11 @@ use redb::TableDefinition;
 /// scan of one never walks the others.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Table {
-    /// Persistent sessions (subscriptions, expiry), keyed by client id.
+    /// Persistent sessions (expiry, version, username), keyed by client id.
     Sessions,
+    /// Their subscriptions, one row per filter keyed `client_id 0x00 filter`: a SUBSCRIBE
+    /// writes its filters, not the session's whole set.
+    Subscriptions,
     /// Messages queued for offline or in-flight persistent sessions.
     Messages,
     /// Retained messages, keyed by topic.
@@ -19,8 +22,9 @@ pub enum Table {
 
 impl Table {
     /// Every table, so a fresh store can create them all up front.
-    pub(super) const ALL: [Table; 4] = [
+    pub(super) const ALL: [Table; 5] = [
         Table::Sessions,
+        Table::Subscriptions,
         Table::Messages,
         Table::Retained,
         Table::Meta,
@@ -29,6 +33,7 @@ impl Table {
     fn name(self) -> &'static str {
         match self {
             Table::Sessions => "sessions",
+            Table::Subscriptions => "subscriptions",
             Table::Messages => "messages",
             Table::Retained => "retained",
             Table::Meta => "meta",
@@ -42,6 +47,7 @@ impl Table {
             Table::Messages => 1,
             Table::Retained => 2,
             Table::Meta => 3,
+            Table::Subscriptions => 4,
         }
     }
 

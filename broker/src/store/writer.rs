@@ -248,7 +248,8 @@ fn report(
 ) {
     match result {
         Ok(()) => {
-            counters.committed(n_ops);
+            let bytes = batch.iter().flat_map(|p| &p.ops).map(Op::size).sum();
+            counters.committed(n_ops, bytes);
             tracing::trace!(calls = batch.len(), ops = n_ops, "store commit");
         }
         Err(e) => {
@@ -289,7 +290,7 @@ fn commit(db: &Database, batch: &[Pending]) -> Result<(), String> {
     let mut txn = db.begin_write().map_err(message)?;
     txn.set_durability(Durability::Immediate);
     {
-        let mut tables: [Option<redb::Table<&[u8], &[u8]>>; 4] = [None, None, None, None];
+        let mut tables: [Option<redb::Table<&[u8], &[u8]>>; 5] = Default::default();
         for op in batch.iter().flat_map(|pending| &pending.ops) {
             let slot = &mut tables[op.table().index()];
             if slot.is_none() {
