@@ -9,7 +9,8 @@ use std::sync::Arc;
 use mqedge_shared::admin::AdminAccess;
 
 use mqedge_shared::config::{
-    from_toml, read_config_file, resolve_path, ByteSize, Cidr, ConfigErrors, Problems,
+    from_toml, read_config_file, resolve_path, ByteSize, Cidr, ConfigErrors, HumanDuration,
+    Problems,
 };
 use serde::Deserialize;
 use toml::Spanned;
@@ -17,9 +18,11 @@ use toml::Spanned;
 use crate::auth::{Acl, PasswordFile};
 
 mod cluster;
+mod flow;
 
 use cluster::RawCluster;
 pub use cluster::{ClusterConfig, ClusterTls};
+pub use flow::{FlowConfig, SlowConsumerPolicy};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -74,6 +77,10 @@ struct RawLimits {
     max_packet_size: Option<Spanned<ByteSize>>,
     max_connections: Option<u64>,
     max_keepalive: Option<Spanned<i64>>,
+    // the slow-consumer keys (`flow`)
+    max_queued_bytes: Option<Spanned<ByteSize>>,
+    publisher_hold: Option<Spanned<HumanDuration>>,
+    slow_consumer_policy: Option<SlowConsumerPolicy>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -181,6 +188,8 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// Shared subscription policy.
     pub shared_policy: SharedPolicy,
+    /// The slow-consumer keys of `[limits]`.
+    pub flow: FlowConfig,
 }
 
 fn addr(p: &mut Problems<'_>, s: &Spanned<String>, what: &str) -> Option<SocketAddr> {
@@ -235,6 +244,7 @@ impl Config {
             .as_ref()
             .and_then(|c| cluster::cluster(&mut p, path, &name, c));
         let mut auth = auth(&mut p, path, raw.auth);
+        let flow = flow::flow(&mut p, raw.limits.as_ref());
         let limits = limits(&mut p, raw.limits);
         p.finish()?;
         auth.load_files()?;
@@ -252,6 +262,7 @@ impl Config {
                 .shared_subscriptions
                 .and_then(|s| s.policy)
                 .unwrap_or_default(),
+            flow,
         })
     }
 }
@@ -380,6 +391,9 @@ fn limits(p: &mut Problems<'_>, raw: Option<RawLimits>) -> LimitsConfig {
         max_packet_size: None,
         max_connections: None,
         max_keepalive: None,
+        max_queued_bytes: None,
+        publisher_hold: None,
+        slow_consumer_policy: None,
     });
     let max_inflight = match &rl.max_inflight {
         Some(m) if *m.get_ref() == 0 => {

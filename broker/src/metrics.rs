@@ -73,6 +73,8 @@ pub struct Metrics {
     pub cluster_handovers: Counter,
     /// Admin requests refused by the guard, by reason (host, origin, admin_header, token).
     pub admin_refused: Family<Reason, Counter>,
+    /// What slow subscribers cost them: hold_expired, drop_oldest, disconnect.
+    pub slow_consumers: Family<Reason, Counter>,
 }
 
 impl Default for Metrics {
@@ -115,9 +117,15 @@ impl Metrics {
             cluster_received: Counter::default(),
             cluster_handovers: Counter::default(),
             admin_refused: Family::default(),
+            slow_consumers: Family::default(),
         };
         m.register_clients(&mut r);
         m.register_cluster(&mut r);
+        r.register(
+            "slow_consumer_events",
+            "Slow subscribers: publishers' holds run out, oldest messages dropped, disconnects",
+            m.slow_consumers.clone(),
+        );
         Metrics { registry: r, ..m }
     }
 
@@ -290,6 +298,22 @@ impl Metrics {
             self.messages_dropped
                 .get_or_create(&Reason {
                     reason: reason.to_string(),
+                })
+                .inc_by(n);
+        }
+    }
+
+    /// Counts one slow-consumer event (`hold_expired`, `drop_oldest`, `disconnect`).
+    pub fn slow_consumer(&self, what: &str) {
+        self.slow_consumers_many(what, 1);
+    }
+
+    /// Counts `n` slow-consumer events at once.
+    pub fn slow_consumers_many(&self, what: &str, n: u64) {
+        if n > 0 {
+            self.slow_consumers
+                .get_or_create(&Reason {
+                    reason: what.to_string(),
                 })
                 .inc_by(n);
         }
