@@ -6,7 +6,7 @@
 //! without reading what it is sent does not grow the broker. Real sockets, in-process brokers.
 //!
 //! The stuck clients are raw TCP clients with a 4 KiB receive buffer that SUBSCRIBE and then
-//! never read. The tests that measure the process (RSS) or rates run one at a time.
+//! never read. The tests run one at a time: some measure the whole process (RSS) or rates.
 
 mod common;
 
@@ -21,7 +21,7 @@ use mqedge_protocol::{reason, Packet, Version};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpSocket, TcpStream};
 
-/// One measuring test at a time (rates and RSS are of the whole test process).
+/// One test at a time (rates and RSS are of the whole test process).
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// A client with a 4 KiB receive buffer, subscribed to `filter` at `qos`, that reads nothing
@@ -166,6 +166,7 @@ async fn a_stuck_subscriber_does_not_throttle_a_good_one() {
 /// 0x97 once its queue reaches `max_queued_bytes`, counted; the publisher goes on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn policy_disconnect_closes_the_slow_subscriber_with_0x97() {
+    let _one = SERIAL.lock().await;
     let b = InProcBroker::plain(
         "slow-disc",
         "[limits]\nmax_queued_bytes = \"256KiB\"\npublisher_hold = \"50ms\"\n\
@@ -217,6 +218,7 @@ async fn policy_disconnect_closes_the_slow_subscriber_with_0x97() {
 /// within `max_queued_bytes`, and what was dropped is counted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn policy_drop_oldest_bounds_the_queue_and_counts() {
+    let _one = SERIAL.lock().await;
     let b = InProcBroker::plain(
         "slow-drop",
         "[limits]\nmax_queued_bytes = \"256KiB\"\npublisher_hold = \"50ms\"\n",
@@ -403,10 +405,10 @@ async fn a_stuck_subscriber_slows_no_connect_in_the_cluster() {
     let Node::InProcess(node2) = cl.node(1) else {
         unreachable!("started in-process")
     };
-    let queued = node2
-        .state
-        .session("cl-stuck")
-        .map(|s| s.lock().queue.len());
+    let queued = node2.state.session("cl-stuck").map(|s| {
+        let st = s.lock();
+        (st.queue.len(), st.queue.bytes())
+    });
     println!(
         "cluster, stuck subscriber on node2: node1's publisher {sent} of {N} acked, {rate:.0} msg/s; \
          node2 queue {queued:?}; CONNACK {times:?}; takeover {takeover:?} (session present {})",
@@ -416,6 +418,11 @@ async fn a_stuck_subscriber_slows_no_connect_in_the_cluster() {
         going,
         "the flood did not get going: {sent} acked\n{}",
         cl.logs()
+    );
+    let (_, bytes) = queued.unwrap_or_default();
+    assert!(
+        bytes <= 8 << 20,
+        "node2 queues {bytes} B for the stuck subscriber"
     );
     assert!(
         rate >= 300.0,
