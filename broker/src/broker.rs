@@ -16,7 +16,7 @@ use crate::message::{unix_now, Message};
 use crate::metrics::Metrics;
 use crate::protocol::{reason, QoS, Will};
 use crate::routing::retained_versions::{unix_ms, RetainedSet, Version};
-use crate::routing::{Matches, Router, Routing, SubOptions};
+use crate::routing::{Matches, Readiness, Router, Routing, SubOptions};
 use crate::session::{message_key, QueueRules, Registry, Session, Sub, Subscriptions, Writes};
 use crate::store::{Op, Store, StoreError, Table};
 
@@ -287,9 +287,7 @@ impl Broker {
             Some(c) if !sys => Some(c.remote_matches(&msg.topic)),
             _ => None,
         };
-        let plan = self
-            .routing
-            .plan(m, remote, &|c: &str| self.registry.is_online(c));
+        let plan = self.routing.plan(m, remote, &|c: &str| self.readiness(c));
         for (client, opts) in &plan.local {
             out.congested
                 .extend(self.deliver(client, &msg, opts, false, &mut out.writes));
@@ -340,12 +338,20 @@ impl Broker {
         }
     }
 
+    /// How ready a local client is to take a shared group's message (see
+    /// [`crate::session::Session::readiness`]).
+    fn readiness(&self, client: &str) -> Readiness {
+        self.session(client)
+            .map_or(Readiness::Offline, |s| s.readiness())
+    }
+
     /// What every session's queue is held to.
     fn queue_rules(&self) -> QueueRules<'_> {
         QueueRules {
             acl: self.auth.acl(),
             store: self.store.as_ref(),
             limit: self.cfg.limits.max_offline_messages.max(1),
+            flow: self.cfg.flow,
             metrics: &self.metrics,
         }
     }
@@ -380,15 +386,15 @@ impl Broker {
         let mut congested = Vec::new();
         let mut m = Matches::default();
         self.router().matches(&msg.topic, &mut m);
-        let online = |c: &str| self.registry.is_online(c);
-        for (client, opts) in self.routing.plan_forwarded(m, direct, shared, &online) {
+        let ready = |c: &str| self.readiness(c);
+        for (client, opts) in self.routing.plan_forwarded(m, direct, shared, &ready) {
             congested.extend(self.deliver(&client, &msg, &opts, false, &mut writes));
         }
         let durable = match (&self.store, writes.is_empty()) {
             (Some(store), false) => Some(writes.submit(store)),
             _ => None,
         };
-        let limit = self.cfg.limits.max_offline_messages.max(1);
+        let hold = self.cfg.flow.publisher_hold;
         async move {
             if let Some(durable) = durable {
                 if let Err(e) = durable.await {
@@ -396,10 +402,10 @@ impl Broker {
                     return false;
                 }
             }
-            // a slow local subscriber delays this copy's ack (and through the origin's gate,
-            // its publishers) instead of losing what they send; other frames go on
+            // a congested local subscriber delays this copy's ack (and so the origin's
+            // publisher) for at most `publisher_hold`; other frames go on
             for c in congested {
-                c.wait_for_space(limit).await;
+                c.wait_for_space(hold).await;
             }
             true
         }

@@ -17,10 +17,12 @@ use toml::Spanned;
 use crate::auth::{Acl, PasswordFile};
 
 mod cluster;
+mod flow;
 mod limits;
 
 use cluster::RawCluster;
 pub use cluster::{ClusterConfig, ClusterTls};
+pub use flow::{FlowConfig, SlowConsumerPolicy};
 pub use limits::LimitsConfig;
 use limits::{limits, RawLimits};
 
@@ -158,6 +160,8 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// Shared subscription policy.
     pub shared_policy: SharedPolicy,
+    /// The slow-consumer keys of `[limits]`.
+    pub flow: FlowConfig,
 }
 
 fn addr(p: &mut Problems<'_>, s: &Spanned<String>, what: &str) -> Option<SocketAddr> {
@@ -212,6 +216,7 @@ impl Config {
             .as_ref()
             .and_then(|c| cluster::cluster(&mut p, path, &name, c));
         let mut auth = auth(&mut p, path, raw.auth);
+        let flow = flow::flow(&mut p, raw.limits.as_ref());
         let limits = limits(&mut p, raw.limits);
         p.finish()?;
         auth.load_files()?;
@@ -229,6 +234,7 @@ impl Config {
                 .shared_subscriptions
                 .and_then(|s| s.policy)
                 .unwrap_or_default(),
+            flow,
         })
     }
 }

@@ -128,6 +128,10 @@ pub enum CloseReason {
     /// MQTT-3.8.3-4.
     #[error("closed: No Local on a shared subscription")]
     SharedNoLocal,
+    /// A subscriber whose queue reached `max_queued_bytes` (or its count bound) under
+    /// `slow_consumer_policy = "disconnect"`.
+    #[error("closed: slow consumer (its queue reached its bound)")]
+    SlowConsumer,
 }
 
 impl CloseReason {
@@ -155,6 +159,7 @@ impl CloseReason {
             AliasBytes => reason::QUOTA_EXCEEDED,
             InvalidTopicName(_) => reason::TOPIC_NAME_INVALID,
             ReceiveMaximumExceeded => reason::RECEIVE_MAXIMUM_EXCEEDED,
+            SlowConsumer => reason::QUOTA_EXCEEDED,
             ExpiryAfterZero
             | UnexpectedAuth
             | ServerPacket
@@ -212,6 +217,7 @@ impl CloseReason {
             | SubscriptionIdFromClient
             | ReceiveMaximumExceeded
             | SharedNoLocal => "protocol_error",
+            SlowConsumer => "slow_consumer",
         }
     }
 

@@ -166,6 +166,20 @@ impl Limits {
     }
 }
 
+/// Bytes waiting to be written past which a connection stops reading from its client (issue
+/// 15 item 3): four write backlogs, so deliveries alone (which stop at [`OUT_HIGH`] plus one
+/// packet) rarely pause it, and what a client that never reads makes us write (PINGRESP,
+/// PUBACK...) stays bounded.
+const READ_PAUSE: usize = 4 * OUT_HIGH;
+
+impl Limits {
+    /// Whether a connection with `waiting` bytes to write must stop reading and handling its
+    /// client's packets until the client reads some.
+    pub fn reads_paused(&self, waiting: usize) -> bool {
+        waiting >= READ_PAUSE
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -217,5 +231,12 @@ mod tests {
         assert_eq!(l.session_expiry(60), 60);
         assert_eq!(l.retained_caps(), (5, 1000));
         assert_eq!(Bite::SessionExpiry.key(), "max_session_expiry");
+    }
+
+    #[test]
+    fn reads_pause_past_four_write_backlogs() {
+        let l = limits(0);
+        assert!(!l.reads_paused(OUT_HIGH) && !l.reads_paused(READ_PAUSE - 1));
+        assert!(l.reads_paused(READ_PAUSE));
     }
 }

@@ -88,6 +88,8 @@ pub struct Metrics {
     pub session_timers: Gauge,
     /// Bytes (keys and values) the store's commits wrote, set at scrape.
     pub store_bytes_written: Gauge,
+    /// What slow subscribers cost them: hold_expired, drop_oldest, disconnect.
+    pub slow_consumers: Family<Reason, Counter>,
 }
 
 impl Default for Metrics {
@@ -134,9 +136,15 @@ impl Metrics {
             connecting: Gauge::default(),
             session_timers: Gauge::default(),
             store_bytes_written: Gauge::default(),
+            slow_consumers: Family::default(),
         };
         m.register_clients(&mut r);
         m.register_cluster(&mut r);
+        r.register(
+            "slow_consumer_events",
+            "Slow subscribers: publishers' holds run out, oldest messages dropped, disconnects",
+            m.slow_consumers.clone(),
+        );
         Metrics { registry: r, ..m }
     }
 
@@ -338,6 +346,22 @@ impl Metrics {
             self.messages_dropped
                 .get_or_create(&Reason {
                     reason: reason.to_string(),
+                })
+                .inc_by(n);
+        }
+    }
+
+    /// Counts one slow-consumer event (`hold_expired`, `drop_oldest`, `disconnect`).
+    pub fn slow_consumer(&self, what: &str) {
+        self.slow_consumers_many(what, 1);
+    }
+
+    /// Counts `n` slow-consumer events at once.
+    pub fn slow_consumers_many(&self, what: &str, n: u64) {
+        if n > 0 {
+            self.slow_consumers
+                .get_or_create(&Reason {
+                    reason: what.to_string(),
                 })
                 .inc_by(n);
         }

@@ -1,7 +1,9 @@
 //! The inbound side of the node-to-node channel: the accept and read loops, and what a
 //! received [`Frame`] does here (the outgoing side is [`super::peer`]). The read loop only
-//! decodes and dispatches: a forwarded copy is made at once, in frame order, and only its ack
-//! waits (for the store, for a slow subscriber) without holding up the frames behind it.
+//! decodes and dispatches: a forwarded copy is made at once, in frame order (queued or dropped
+//! by each local subscriber's slow-consumer policy, never waited for), and only its ack waits
+//! (for the store, and for a congested subscriber at most `publisher_hold`) without holding up
+//! the frames behind it: `TakeSession` and route changes never sit behind a slow subscriber.
 
 use std::collections::HashSet;
 use std::future::Future;

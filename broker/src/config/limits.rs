@@ -21,6 +21,10 @@ pub(super) struct RawLimits {
     max_retained_messages: Option<Spanned<i64>>,
     max_retained_bytes: Option<Spanned<ByteSize>>,
     max_topic_alias_bytes: Option<Spanned<ByteSize>>,
+    // the slow-consumer keys (`flow`)
+    pub(super) max_queued_bytes: Option<Spanned<ByteSize>>,
+    pub(super) publisher_hold: Option<Spanned<HumanDuration>>,
+    pub(super) slow_consumer_policy: Option<super::SlowConsumerPolicy>,
 }
 
 /// `[limits]`.

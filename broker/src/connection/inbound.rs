@@ -1,8 +1,8 @@
 //! PUBLISH from the client: its topic alias, the checks the protocol asks for, QoS 2
 //! de-duplication, the ACL, routing, and its acknowledgement, which leaves in order (see
 //! [`super::acks`]) once the message is durable and every cluster peer took it. A publisher
-//! is held back, bounded in time, while a peer's forward queue is full or a subscriber is far
-//! behind (server-side flow control). And PUBREL → PUBCOMP, which releases a QoS 2 publish.
+//! is held back, bounded in time, while a peer's forward queue is full or a subscriber is
+//! congested (`publisher_hold`). And PUBREL → PUBCOMP, which releases a QoS 2 publish.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,7 +18,7 @@ use crate::session::record::record_put;
 use crate::session::{Session, Writes};
 use crate::topic::valid_topic_name;
 
-/// Longest a publisher is held back by one congested subscriber before it goes on.
+/// Longest a publisher is held back by one congested peer before it goes on.
 const CONGESTION_WAIT: Duration = Duration::from_secs(2);
 
 /// What routing a publish set in motion that its acknowledgement waits for.
@@ -191,8 +191,9 @@ impl Conn {
     }
 
     /// Holds a publisher back (no PUBACK, no further reads), bounded in time, while a peer's
-    /// forward queue is full or a connected subscriber is far behind (until its backlog
-    /// halves): server-side flow control. Then owes the publish's acknowledgement.
+    /// forward queue is full (up to 2 s) or a connected subscriber is congested (until it is
+    /// relieved, at most `publisher_hold` per congestion: then that subscriber pays, see
+    /// `session::queue`). Then owes the publish's acknowledgement.
     async fn hold_back(
         &mut self,
         gates: Vec<Arc<Gate>>,
@@ -213,9 +214,9 @@ impl Conn {
                 }
             }
         }
-        let limit = self.limits().congested_backlog();
+        let hold = self.b.cfg().flow.publisher_hold;
         for c in congested {
-            c.wait_for_space(limit).await;
+            c.wait_for_space(hold).await;
         }
         if let Some(a) = ack {
             self.acks.push(a);

@@ -141,15 +141,19 @@ impl Live {
             let has_out = !c.out.is_empty();
             let waiting = c.acks.front_waiting();
             let can_pull = !c.limits().write_backlog_full(c.out.len());
+            // a client that does not read what we write is not read either (its PINGREQs or
+            // PUBLISHes would grow `out` without bound): TCP holds it back
+            let paused = c.limits().reads_paused(c.out.len());
             let (r, w, rbuf) = (&self.r, &mut self.w, &mut self.rbuf);
             tokio::select! {
                 biased;
                 code = &mut self.kicked => return match code {
                     Ok(reason::SERVER_SHUTTING_DOWN) => CloseReason::Shutdown,
+                    Ok(reason::QUOTA_EXCEEDED) => CloseReason::SlowConsumer,
                     _ => CloseReason::TakenOver,
                 },
                 // the socket's own reader slot, not a waiter node: the smallest future there is
-                res = std::future::poll_fn(|cx| r.as_ref().poll_read_ready(cx)) => {
+                res = std::future::poll_fn(|cx| r.as_ref().poll_read_ready(cx)), if !paused => {
                     match res.map_err(|_| CloseReason::Io).and_then(|()| read_ready(r, rbuf)) {
                         Ok(n) => c.b.metrics().bytes_received.inc_by(n as u64),
                         Err(e) => return e,
@@ -158,6 +162,11 @@ impl Live {
                 res = write_some(w, &mut c.out), if has_out => {
                     let Ok(n) = res else { return CloseReason::Io };
                     c.b.metrics().bytes_sent.inc_by(n as u64);
+                    // not read while paused, but reading us: alive (recomputed, not kept
+                    // across the await: the future stays within its budget)
+                    if let (true, Some(k)) = (c.limits().reads_paused(c.out.len() + n), self.keep_alive) {
+                        deadline = Some(Instant::now() + k);
+                    }
                     if c.out.is_empty() {
                         c.out = BytesMut::new();
                     }
@@ -179,6 +188,9 @@ impl Live {
     async fn handle_buffered(&mut self, deadline: &mut Option<Instant>) -> Result<(), CloseReason> {
         let max = self.c.limits().max_packet_size();
         loop {
+            if self.c.limits().reads_paused(self.c.out.len()) {
+                return Ok(()); // the rest waits in `rbuf` until the client reads (see `run`)
+            }
             // (statements, not `while let`: no decode temporaries kept across the await)
             let mut p = match decode(&mut self.rbuf, Some(self.c.v), max) {
                 Ok(Some(p)) => p,

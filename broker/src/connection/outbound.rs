@@ -264,8 +264,9 @@ impl Drain<'_> {
         }
     }
 
-    /// Unlocks the session, lets held-back publishers go on when the backlog is short
-    /// enough again (`space`), stores what must be and acknowledges what is done.
+    /// Unlocks the session, ends its congestion and lets held-back publishers go on when the
+    /// backlog is short enough again (`space`), stores what must be and acknowledges what is
+    /// done.
     fn done(self, space: &tokio::sync::Notify) {
         let Drain {
             b,
@@ -276,9 +277,16 @@ impl Drain<'_> {
             ops,
             ..
         } = self;
-        let backlog = st.queue.len();
+        let mut st = st;
+        // relieved at half the congestion mark (in count and bytes): held-back publishers go
+        // on, and the next congestion holds them back again, for at most one more hold
+        let relieved = limits.backlog_relieved(st.queue.len())
+            && st.queue.bytes() <= b.cfg().flow.max_queued_bytes / 4;
+        if relieved {
+            st.queue.relieved();
+        }
         drop(st);
-        if limits.backlog_relieved(backlog) {
+        if relieved {
             space.notify_waiters();
         }
         if let (Some(store), false) = (b.store(), ops.is_empty()) {

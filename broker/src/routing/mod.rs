@@ -1,6 +1,7 @@
 //! Routing: where a publish goes. The subscription trie ([`trie`]), retained messages
 //! ([`retained`], versioned with tombstones by [`retained_versions`] so nodes converge) and the
-//! shared-subscription policy ([`shared`]) are tables and rules with no I/O; [`Routing`] turns a topic's matches (local and, in a cluster, remote) into a [`Plan`] of
+//! shared-subscription policy ([`shared`]) are tables and rules with no I/O; [`Routing`] turns
+//! a topic's matches (local and, in a cluster, remote) into a [`Plan`] of
 //! deliveries. It knows nothing of sessions or the cluster: it imports only [`crate::topic`],
 //! [`crate::message`], [`crate::config`] and [`crate::store`] (for the retained records).
 
@@ -13,6 +14,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use self::retained_versions::{unix_ms, RetainedSet, Version};
+pub use self::shared::Readiness;
 use self::shared::{Shared, Target};
 pub use self::trie::{Matches, Router, SubOptions};
 use crate::config::SharedPolicy;
@@ -81,12 +83,13 @@ impl Routing {
     }
 
     /// Plans a publish from its local and remote matches: shared groups get one member
-    /// cluster-wide per (group, filter); `online` says which local clients have a connection.
+    /// cluster-wide per (group, filter); `ready` says how ready each local client is to take
+    /// it (a member with room first).
     pub fn plan(
         &self,
         local: Matches<Arc<str>>,
         remote: Option<Matches<Arc<str>>>,
-        online: &dyn Fn(&str) -> bool,
+        ready: &dyn Fn(&str) -> Readiness,
     ) -> Plan {
         let mut plan = Plan {
             local: local.direct,
@@ -106,10 +109,7 @@ impl Routing {
             }
         }
         for ((group, filter), (members, nodes)) in groups {
-            match self
-                .shared
-                .choose(&group, &filter, &members, &nodes, online)
-            {
+            match self.shared.choose(&group, &filter, &members, &nodes, ready) {
                 Some(Target::Local(client, opts)) => plan.local.push((client, opts)),
                 Some(Target::Node(n)) => remote_shared.entry(n).or_default().push((group, filter)),
                 None => {}
@@ -138,13 +138,13 @@ impl Routing {
     }
 
     /// Plans a message another node forwarded: local direct subscribers when `direct`, and one
-    /// local member of each listed shared group. Never another node.
+    /// local member of each listed shared group (the readiest). Never another node.
     pub fn plan_forwarded(
         &self,
         local: Matches<Arc<str>>,
         direct: bool,
         shared: &[(String, String)],
-        online: &dyn Fn(&str) -> bool,
+        ready: &dyn Fn(&str) -> Readiness,
     ) -> Vec<(Arc<str>, SubOptions)> {
         let mut out = if direct { local.direct } else { Vec::new() };
         for (group, filter) in shared {
@@ -153,7 +153,7 @@ impl Routing {
                 .iter()
                 .find(|g| g.group == *group && g.filter == *filter)
             {
-                out.extend(self.shared.pick(group, filter, &g.members, online));
+                out.extend(self.shared.pick(group, filter, &g.members, ready));
             }
         }
         out
@@ -206,7 +206,7 @@ mod tests {
             let plan = r.plan(
                 matches(&["a"], &["m"]),
                 Some(matches(&["n1"], &["n2"])),
-                &|_| true,
+                &|_| Readiness::Ready,
             );
             // the direct subscriber always, first; then at most one member of the group
             assert_eq!(plan.local[0].0.as_ref(), "a");
@@ -229,19 +229,28 @@ mod tests {
         for policy in [SharedPolicy::PreferLocal, SharedPolicy::LocalOnly] {
             let r = routing(policy);
             for _ in 0..4 {
-                let plan = r.plan(matches(&[], &["m"]), Some(matches(&[], &["n"])), &|_| true);
+                let plan = r.plan(matches(&[], &["m"]), Some(matches(&[], &["n"])), &|_| {
+                    Readiness::Ready
+                });
                 assert_eq!(names(&plan.local), ["m"]);
                 assert!(plan.remote.is_empty());
             }
         }
         // with no local member, only LocalOnly drops the copy
         let r = routing(SharedPolicy::LocalOnly);
-        let plan = r.plan(matches(&[], &[]), Some(matches(&[], &["n"])), &|_| true);
+        let plan = r.plan(matches(&[], &[]), Some(matches(&[], &["n"])), &|_| {
+            Readiness::Ready
+        });
         assert!(plan.local.is_empty() && plan.remote.is_empty());
     }
 
     #[test]
-    fn a_member_with_a_connection_is_picked_first() {
+    fn a_member_with_room_is_picked_first() {
+        let rank = |c: &str| match c {
+            "x" => Readiness::Offline,
+            "y" => Readiness::Congested,
+            _ => Readiness::Ready,
+        };
         for policy in [SharedPolicy::RoundRobin, SharedPolicy::Random] {
             let r = routing(policy);
             for _ in 0..8 {
@@ -249,9 +258,18 @@ mod tests {
                     matches(&["d"], &["x", "y", "z"]),
                     false,
                     &[("g".into(), "t/#".into())],
-                    &|c| c == "y",
+                    &rank,
                 );
-                assert_eq!(names(&got), ["y"]);
+                assert_eq!(names(&got), ["z"], "ready before congested and offline");
+                let got = r.plan_forwarded(
+                    matches(&[], &["x", "y"]),
+                    false,
+                    &[("g".into(), "t/#".into())],
+                    &rank,
+                );
+                assert_eq!(names(&got), ["y"], "congested before offline");
+                let plan = r.plan(matches(&[], &["y", "z"]), None, &rank);
+                assert_eq!(names(&plan.local), ["z"]);
             }
         }
     }

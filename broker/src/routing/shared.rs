@@ -1,6 +1,7 @@
 //! Shared-subscription policy (`[broker] shared_policy`): which member of a `$share` group takes
-//! a message, here and across the cluster. Members with a connection go first; then random or
-//! in turn, per (group, filter).
+//! a message, here and across the cluster. Members that have room go first (connected and not
+//! congested: a slow member does not get the group's messages while another could take them),
+//! then connected ones, then the rest; among them random or in turn, per (group, filter).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,6 +22,17 @@ pub fn shard_of(s: &str) -> usize {
         h = h.wrapping_mul(0x100_0000_01b3);
     }
     (h % SHARDS as u64) as usize
+}
+
+/// How ready a member is to take a message (better is greater).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Readiness {
+    /// No connection: it would wait in the session's queue.
+    Offline,
+    /// Connected, but its backlog is congested (or its connection is closing).
+    Congested,
+    /// Connected, with room.
+    Ready,
 }
 
 /// Where a shared group's copy goes.
@@ -55,10 +67,10 @@ impl Shared {
         filter: &str,
         local: &[(Arc<str>, SubOptions)],
         nodes: &[Arc<str>],
-        online: &dyn Fn(&str) -> bool,
+        ready: &dyn Fn(&str) -> Readiness,
     ) -> Option<Target> {
         let local_pick = || {
-            self.pick(group, filter, local, online)
+            self.pick(group, filter, local, ready)
                 .map(|(c, o)| Target::Local(c, o))
         };
         match self.policy {
@@ -76,7 +88,8 @@ impl Shared {
                     self.turn(format!("{group}\u{0}{filter}\u{0}cluster"), n)
                 };
                 if i < local.len() {
-                    local.get(i).map(|(c, o)| Target::Local(c.clone(), *o))
+                    // this node's turn: its readiest member
+                    local_pick()
                 } else {
                     nodes.get(i - local.len()).map(|n| Target::Node(n.clone()))
                 }
@@ -84,25 +97,24 @@ impl Shared {
         }
     }
 
-    /// Picks one local member of a group (`online` says which have a connection).
+    /// Picks one local member of a group among the readiest (`ready` says how ready each is).
     pub fn pick(
         &self,
         group: &str,
         filter: &str,
         members: &[(Arc<str>, SubOptions)],
-        online: &dyn Fn(&str) -> bool,
+        ready: &dyn Fn(&str) -> Readiness,
     ) -> Option<(Arc<str>, SubOptions)> {
-        if members.is_empty() {
-            return None;
-        }
-        // online members first: a message should not wait in an offline member's queue while
-        // another member could take it now
-        let up: Vec<&(Arc<str>, SubOptions)> = members.iter().filter(|(c, _)| online(c)).collect();
-        let pool: Vec<&(Arc<str>, SubOptions)> = if up.is_empty() {
-            members.iter().collect()
-        } else {
-            up
-        };
+        // the readiest members only: a message should not wait in an offline or congested
+        // member's queue while another member could take it now
+        let ranked: Vec<(Readiness, &(Arc<str>, SubOptions))> =
+            members.iter().map(|m| (ready(&m.0), m)).collect();
+        let best = ranked.iter().map(|(r, _)| *r).max()?;
+        let pool: Vec<&(Arc<str>, SubOptions)> = ranked
+            .into_iter()
+            .filter(|(r, _)| *r == best)
+            .map(|(_, m)| m)
+            .collect();
         let idx = match self.policy {
             SharedPolicy::Random => (self.next_random() % pool.len() as u64) as usize,
             // on one node, local = all: these spread in turn

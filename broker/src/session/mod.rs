@@ -11,11 +11,13 @@ use std::time::Instant;
 
 use tokio::sync::{oneshot, Notify};
 
+use self::backlog::Backlog;
 use crate::cluster::FreezeToken;
 use crate::message::Message;
 use crate::protocol::{QoS, RetainHandling, Version};
-use crate::routing::SubOptions;
+use crate::routing::{Readiness, SubOptions};
 
+pub mod backlog;
 mod handover;
 mod queue;
 pub mod record;
@@ -84,8 +86,8 @@ pub struct State {
     pub conn: Option<Attached>,
     /// Subscriptions by filter string.
     pub subs: HashMap<String, Sub>,
-    /// Waiting to be sent.
-    pub queue: VecDeque<Outgoing>,
+    /// Waiting to be sent (with its bytes and congestion).
+    pub queue: Backlog,
     /// Sent, not yet fully acknowledged, in send order.
     pub inflight: VecDeque<(u16, Await, Outgoing)>,
     /// Incoming QoS 2 packet ids received and not yet released.
@@ -126,7 +128,7 @@ impl State {
         State {
             conn: None,
             subs: HashMap::new(),
-            queue: VecDeque::new(),
+            queue: Backlog::default(),
             inflight: VecDeque::new(),
             qos2_in: HashSet::new(),
             next_pid: 1,
@@ -171,8 +173,8 @@ pub struct Session {
     pub state: Mutex<State>,
     /// Rung when something was queued (or must be resent).
     pub notify: Notify,
-    /// Rung when the queue of a connected session drained below half its limit: publishers
-    /// held back by this session's backlog continue (server-side flow control).
+    /// Rung when the queue of a connected session is no longer congested: publishers held
+    /// back by this session's backlog (for at most `publisher_hold`) continue.
     pub space: Notify,
 }
 
@@ -194,6 +196,17 @@ impl Session {
             state: Mutex::new(st),
             notify: Notify::new(),
             space: Notify::new(),
+        }
+    }
+
+    /// How ready it is to take a shared group's message: connected with room, connected but
+    /// congested (or closing), or without a connection.
+    pub fn readiness(&self) -> Readiness {
+        let st = self.lock();
+        match &st.conn {
+            None => Readiness::Offline,
+            Some(c) if c.kick.is_none() || st.queue.is_congested() => Readiness::Congested,
+            Some(_) => Readiness::Ready,
         }
     }
 

@@ -1,25 +1,28 @@
-//! A session's queue: a delivery goes in bounded (the oldest are dropped past the limit), and
-//! a connected session that falls behind holds its publishers back instead (server-side flow
-//! control, [`Session::wait_for_space`]).
+//! A session's queue: a delivery goes in bounded in count and bytes. A connected session that
+//! falls behind holds its publishers back for a short bounded time ([`Session::wait_for_space`],
+//! `publisher_hold`); past it only that session pays: QoS 0 is not queued for it, QoS 1/2 are
+//! up to its bound, then `slow_consumer_policy` (drop the oldest, or disconnect it).
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use super::backlog::Backlog;
 use super::record::{
     decode_handover, encode_queued, message_key, queued_put, record_put, released_put,
 };
 use super::{Await, Outgoing, Session, State};
 use crate::auth::{Access, Acl};
+use crate::config::{FlowConfig, SlowConsumerPolicy};
 use crate::message::Message;
 use crate::metrics::Metrics;
-use crate::protocol::QoS;
+use crate::protocol::{reason, QoS};
 use crate::routing::SubOptions;
 use crate::store::{Op, Store, StoreError, Table};
 
-/// How far past `max_offline_messages` a connected session's backlog may grow while its
-/// publishers are held back, before the oldest messages are dropped.
+/// How far past `max_offline_messages` a connected session's backlog may grow (within
+/// `max_queued_bytes`) before `slow_consumer_policy` applies.
 pub const OVERFLOW_FACTOR: usize = 4;
 
 /// The commit of writes queued to the store already.
@@ -84,14 +87,39 @@ pub struct QueueRules<'a> {
     pub store: Option<&'a Store>,
     /// `max_offline_messages`, at least 1.
     pub limit: usize,
+    /// `max_queued_bytes`, and what a connected subscriber at its bound gets.
+    pub flow: FlowConfig,
     /// Where drops are counted.
     pub metrics: &'a Metrics,
 }
 
+impl QueueRules<'_> {
+    /// Whether a connected session's backlog is congested: `max_offline_messages` queued, or
+    /// half of `max_queued_bytes`.
+    fn congests(&self, q: &Backlog) -> bool {
+        q.len() >= self.limit || q.bytes() >= self.flow.max_queued_bytes / 2
+    }
+
+    /// Whether a backlog is past its bound: for a connected session
+    /// [`OVERFLOW_FACTOR`] × `max_offline_messages` or `max_queued_bytes`; for one without a
+    /// live connection `max_offline_messages` or `max_queued_bytes`. One message is always
+    /// kept, however large.
+    fn over(&self, q: &Backlog, online: bool) -> bool {
+        let len = if online {
+            self.limit.saturating_mul(OVERFLOW_FACTOR)
+        } else {
+            self.limit
+        };
+        q.len() > 1 && (q.len() > len || q.bytes() > self.flow.max_queued_bytes)
+    }
+}
+
 impl Session {
-    /// Queues one message (bounded queue, drop oldest); `as_retained` marks a delivery of a
+    /// Queues one message (bounded in count and bytes); `as_retained` marks a delivery of a
     /// retained message at subscribe time (RETAIN flag set). Returns the session when it is
-    /// connected and its backlog is over the limit: the publisher waits for it.
+    /// connected, congested, and its publishers' hold has not run out: the publisher waits
+    /// for it ([`Session::wait_for_space`]). Past the hold the subscriber pays: a QoS 0
+    /// delivery is not queued, QoS 1/2 are, up to the bound, then `slow_consumer_policy`.
     pub fn enqueue(
         self: &Arc<Self>,
         msg: &Arc<Message>,
@@ -108,9 +136,23 @@ impl Session {
                 return None;
             }
         }
-        let online = st.conn.is_some();
+        // a connection already told to close (taken over, slow, shutdown) takes nothing more
+        let online = st.conn.as_ref().is_some_and(|c| c.kick.is_some());
         if !online && (!st.persistent() || qos == QoS::AtMostOnce) {
             return None;
+        }
+        let now = Instant::now();
+        let hold = rules.flow.publisher_hold;
+        if online {
+            let (past, first) = st.queue.past_hold(now, hold);
+            if first {
+                rules.metrics.slow_consumer("hold_expired");
+                tracing::debug!(client_id = %client, queued = st.queue.len(), bytes = st.queue.bytes(), "slow consumer: publishers no longer held back for it");
+            }
+            if past && qos == QoS::AtMostOnce {
+                rules.metrics.dropped("slow_consumer");
+                return None;
+            }
         }
         let mut seq = 0;
         if qos != QoS::AtMostOnce && st.persistent() && rules.store.is_some() {
@@ -136,53 +178,69 @@ impl Session {
         if let Some(f) = st.frozen.as_mut() {
             f.appended += 1;
         }
-        let limit = rules.limit;
-        // a connected subscriber that falls behind holds its publishers back (they wait for
-        // `space` before reading more) instead of losing messages; only far past the limit, or
-        // for an offline session, the oldest are dropped
-        let hard = if online {
-            limit.saturating_mul(OVERFLOW_FACTOR)
-        } else {
-            limit
-        };
-        let congested = online && st.queue.len() >= limit;
-        while st.queue.len() > hard {
-            if let Some(old) = st.queue.pop_front() {
-                rules.metrics.dropped("queue_full");
-                if old.seq != 0 {
-                    writes.ops.push(Op::Delete {
-                        table: Table::Messages,
-                        key: message_key(client, old.seq),
-                    });
-                }
+        if online && rules.congests(&st.queue) {
+            st.queue.congested(now);
+        }
+        let mut online_bound = online;
+        let disconnect = rules.flow.slow_consumer_policy == SlowConsumerPolicy::Disconnect;
+        if online && disconnect && rules.over(&st.queue, true) {
+            if let Some(kick) = st.conn.as_mut().and_then(|c| c.kick.take()) {
+                let _ = kick.send(reason::QUOTA_EXCEEDED);
+                rules.metrics.slow_consumer("disconnect");
+                tracing::info!(client_id = %client, queued = st.queue.len(), bytes = st.queue.bytes(), "slow consumer disconnected: its queue reached its bound (slow_consumer_policy = \"disconnect\")");
+            }
+            // what it keeps is what a session without a connection keeps
+            online_bound = false;
+        }
+        let mut dropped = 0;
+        while rules.over(&st.queue, online_bound) {
+            let Some(old) = st.queue.pop_front() else {
+                break;
+            };
+            dropped += 1;
+            if old.seq != 0 {
+                writes.ops.push(Op::Delete {
+                    table: Table::Messages,
+                    key: message_key(client, old.seq),
+                });
             }
         }
+        if dropped > 0 {
+            rules.metrics.dropped_many("queue_full", dropped);
+            if online_bound {
+                rules.metrics.slow_consumers_many("drop_oldest", dropped);
+            }
+        }
+        let wait =
+            online && online_bound && st.queue.hold_until(hold).is_some_and(|until| now < until);
         drop(st);
         if online {
             self.notify.notify_one();
         }
-        congested.then(|| self.clone())
+        wait.then(|| self.clone())
     }
 
-    /// Waits (bounded) until a connected session's backlog fell to half its limit.
-    pub async fn wait_for_space(&self, limit: usize) {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    /// Waits while this connected session is congested, until it is relieved or its
+    /// publishers' hold (`hold`, counted from when it became congested) runs out: however
+    /// many publishes wait for it, together they wait at most `hold` per congestion.
+    pub async fn wait_for_space(&self, hold: Duration) {
         loop {
             let space = self.space.notified();
             tokio::pin!(space);
             space.as_mut().enable();
-            let backlog = {
+            let until = {
                 let st = self.lock();
-                if st.conn.is_some() {
-                    st.queue.len()
-                } else {
-                    0
+                match st.conn {
+                    Some(_) => st.queue.hold_until(hold),
+                    None => None,
                 }
             };
-            if backlog < limit / 2 + 1 {
+            let Some(until) = until else { break };
+            let until = tokio::time::Instant::from_std(until);
+            if until <= tokio::time::Instant::now() {
                 break;
             }
-            if tokio::time::timeout_at(deadline, space).await.is_err() {
+            if tokio::time::timeout_at(until, space).await.is_err() {
                 break;
             }
         }
