@@ -17,6 +17,8 @@ use rcgen::{
 };
 use time::{Duration, OffsetDateTime};
 
+pub mod issue;
+
 /// Subject CN of the dev CA.
 const CA_CN: &str = "mqedge dev CA";
 /// Subject CN of the server certificate.
