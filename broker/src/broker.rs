@@ -95,6 +95,7 @@ impl Broker {
                 cfg.auth.passwords.clone(),
                 cfg.auth.acl.clone(),
                 cfg.auth.max_concurrent_password_checks,
+                cfg.auth.trust_claimed_usernames,
             ),
             registry: Arc::new(Registry::new(store.clone(), metrics.clone())),
             routing: Routing::new(cfg.shared_policy, retained_set(&cfg)),
