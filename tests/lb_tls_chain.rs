@@ -264,6 +264,22 @@ fn a_bad_crl_is_a_config_error_with_its_line() {
     let cert = std::fs::read(pki.file("ca.pem")).unwrap();
     let e = check("a-cert.pem", &cert, "required");
     assert!(e.contains("no X509 CRL block found"), "{e}");
+    // reported together with the listener's other problems, in one pass
+    let crl = dir.write("garbage2.der", "junk");
+    let body = config(
+        &pki,
+        Path::new(&pki.file("ca.pem")),
+        &format!("crl = \"{}\"", crl.display()),
+        backend,
+    )
+    .replace(&pki.file("server.pem"), "/nonexistent/server.pem");
+    let e = mqedge_lb::config::Config::load(&dir.write("lb.toml", &body))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("garbage2.der") && e.contains("/nonexistent/server.pem"),
+        "{e}"
+    );
     let good = issue::crl(&dev_ca(&pki), &[], 1).unwrap();
     let e = check("good.pem", good.as_bytes(), "none");
     assert!(e.contains("crl needs client_auth"), "{e}");

@@ -333,7 +333,11 @@ fn parse_tls(
             format!("client_auth = {:?} needs client_ca", t.client_auth).to_lowercase(),
         );
     }
-    let (crls, crl_files) = parse_crls(path, name, t, p)?;
+    // a bad CRL is reported, and the certificates are still loaded to report their problems
+    let (crls, crl_files) = match parse_crls(path, name, t, p) {
+        Some((c, f)) => (c, Some(f)),
+        None => (Vec::new(), None),
+    };
     let loaded = (|| {
         let chain = tls::load_certs(&cert)?;
         let k = tls::load_key(&key)?;
@@ -350,7 +354,7 @@ fn parse_tls(
             files: [Some(cert), Some(key), ca]
                 .into_iter()
                 .flatten()
-                .chain(crl_files)
+                .chain(crl_files?)
                 .collect(),
         }),
         Err(e) => {
