@@ -159,6 +159,11 @@ async fn a_chain_past_a_path_length_limit_is_refused() {
         "bad chains not counted: {:?}",
         lb_metrics(&lb)
     );
+    assert!(
+        lb.logs().contains("path length limit (pathLenConstraint)"),
+        "the log does not say why: {}",
+        lb.logs()
+    );
     assert_eq!(broker.clients(), vec!["alice", "direct", "under-mid"]);
 }
 

@@ -31,7 +31,7 @@ use super::TlsError;
 
 /// Why a chain webpki accepted is refused anyway (the handshake error names it; the LB counts
 /// it as `tls_bad_chain`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[derive(Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum ChainError {
     /// An issuer in the path is not a CA.
     #[error("certificate chain: an issuer is not a CA (basicConstraints)")]
@@ -44,6 +44,14 @@ pub enum ChainError {
     /// More CAs below an issuer than its `pathLenConstraint` allows.
     #[error("certificate chain: longer than an issuer's path length limit (pathLenConstraint)")]
     PathLen,
+}
+
+/// rustls shows a [`CertificateError::Other`] with `{:?}`: this puts the sentence in the log
+/// line of a refused handshake, not the variant name.
+impl std::fmt::Debug for ChainError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
+    }
 }
 
 /// What an issuer may do, read once from its certificate.
