@@ -1,5 +1,7 @@
 //! Micro-benchmarks of the LB's per-connection hot paths: the CONNECT peek (MQTT 3.1.1 and 5.0)
-//! and the PROXY v2 header encode with the SSL TLVs. (Hash picks: `benches/balance.rs`.)
+//! the PROXY v2 header encode with the SSL TLVs, and the client-certificate check of an mTLS
+//! handshake: rustls' WebPKI verifier against mqedge's (basic constraints of every issuer, and
+//! CRLs). (Hash picks: `benches/balance.rs`.)
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use mqedge_protocol::peek::{encode_connect, encode_varint, peek_connect};
@@ -58,5 +60,48 @@ fn proxy_v2(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, peek, proxy_v2);
+/// A client certificate under a sub-CA of an unconstrained root: rustls' verifier, then ours
+/// without and with a CRL (of the sub-CA, revoking another certificate).
+fn client_chain(c: &mut Criterion) {
+    use mqedge_shared::certs::issue;
+    use mqedge_shared::tls::{self, chain::ClientChainVerifier};
+    use rustls::server::danger::ClientCertVerifier;
+    use rustls::server::WebPkiClientVerifier;
+    let root = issue::root_ca("bench root", None).unwrap();
+    let sub = issue::sub_ca(&root, "bench sub", Some(0)).unwrap();
+    let leaf = issue::client(&sub, "bench-client").unwrap();
+    let other = issue::client(&sub, "revoked").unwrap();
+    let ca = tls::certs_from_pem(&root.cert_pem).unwrap();
+    let chain = tls::certs_from_pem(&sub.cert_pem).unwrap();
+    let leaf = tls::certs_from_pem(&leaf.cert_pem).unwrap().remove(0);
+    let crl_pem = issue::crl(&sub, &[&other.cert_pem], 1).unwrap();
+    let crls: Vec<_> = rustls::pki_types::pem::PemObject::pem_slice_iter(crl_pem.as_bytes())
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let algs = || tls::provider().signature_verification_algorithms;
+    let webpki = WebPkiClientVerifier::builder_with_provider(
+        std::sync::Arc::new(tls::root_store(ca.clone()).unwrap()),
+        tls::provider(),
+    )
+    .build()
+    .unwrap();
+    let ours = ClientChainVerifier::new(ca.clone(), &[], true, algs()).unwrap();
+    let ours_crl = ClientChainVerifier::new(ca, &crls, true, algs()).unwrap();
+    let now = rustls::pki_types::UnixTime::now();
+    for (name, v) in [
+        (
+            "client_chain_verify/rustls_webpki",
+            &*webpki as &dyn ClientCertVerifier,
+        ),
+        ("client_chain_verify/mqedge", &ours),
+        ("client_chain_verify/mqedge_with_crl", &ours_crl),
+    ] {
+        assert!(v.verify_client_cert(&leaf, &chain, now).is_ok(), "{name}");
+        c.bench_function(name, |b| {
+            b.iter(|| v.verify_client_cert(black_box(&leaf), black_box(&chain), now))
+        });
+    }
+}
+
+criterion_group!(benches, peek, proxy_v2, client_chain);
 criterion_main!(benches);

@@ -90,6 +90,11 @@ enum Cmd {
         /// DNS SAN NAME, server and client use); only the CA and these are written.
         #[arg(long = "node", conflicts_with_all = ["client_cn", "san"])]
         node: Vec<String>,
+        /// Revoke the certificate NAME.pem of the directory: add it to crl.pem (made or
+        /// extended, signed by the directory's CA) for `[listener.tls] crl`; nothing else is
+        /// written.
+        #[arg(long = "revoke", conflicts_with_all = ["client_cn", "san", "node", "reuse_ca", "force"])]
+        revoke: Vec<String>,
         /// Keep an existing ca.pem/ca.key in the directory instead of making a new CA.
         #[arg(long)]
         reuse_ca: bool,
@@ -124,9 +129,11 @@ fn main() -> ExitCode {
             node,
             reuse_ca,
             force,
+            revoke,
         } => cli::certs::run(
             &out,
             &node,
+            &revoke,
             &mqedge_shared::certs::CertOptions {
                 sans: san,
                 client_cns: client_cn,

@@ -1,7 +1,8 @@
 //! `mqedge passwd` and `mqedge certs` as a user runs them: on a terminal (a pseudo-terminal
 //! driven by `tests/interop/pty_run.py`) the password is asked twice, never shown, compared,
 //! and the terminal is left as it was, Ctrl-C included; from a pipe the first line is the
-//! password. `mqedge certs` does not replace an existing CA unless told to (`--force`).
+//! password. `mqedge certs` does not replace an existing CA unless told to (`--force`);
+//! `mqedge certs --revoke NAME` writes a CRL that refuses exactly the revoked certificates.
 
 mod common;
 
@@ -269,4 +270,44 @@ async fn certs_for_nodes_work_both_ways_in_mutual_tls() {
         .unwrap()
         .unwrap();
     assert_eq!(seen, vec!["node2".to_string()]);
+}
+
+/// `mqedge certs --revoke NAME` makes `crl.pem`, adds to it on the next run, and refuses a
+/// certificate another CA signed; the verifier the LB uses refuses exactly what it lists.
+#[test]
+fn certs_revoke_writes_a_crl_the_verifier_applies() {
+    use mqedge_shared::tls::{self, chain::ClientChainVerifier};
+    use rustls::server::danger::ClientCertVerifier;
+    let dir = TempDir::new("certs-revoke");
+    let out_dir = dir.path().join("certs");
+    let made = certs(&out_dir, &["--client-cn", "alice", "--client-cn", "bob"]);
+    assert!(made.status.success(), "{made:?}");
+    let accepted = |cn: &str| {
+        let crls = tls::load_crls(&out_dir.join("crl.pem")).unwrap();
+        let ca = tls::load_certs(&out_dir.join("ca.pem")).unwrap();
+        let algs = tls::provider().signature_verification_algorithms;
+        let v = ClientChainVerifier::new(ca, &crls, true, algs).unwrap();
+        let leaf = tls::load_certs(&out_dir.join(format!("{cn}.pem"))).unwrap();
+        let now = rustls::pki_types::UnixTime::now();
+        v.verify_client_cert(&leaf[0], &[], now).is_ok()
+    };
+    let revoke = |name: &str| certs(&out_dir, &["--revoke", name]);
+    let r = revoke("bob");
+    assert!(r.status.success(), "{r:?}");
+    assert!(String::from_utf8_lossy(&r.stdout).contains("crl.pem"));
+    assert!(accepted("alice") && !accepted("bob"));
+    // a second run keeps bob revoked
+    assert!(revoke("alice").status.success());
+    assert!(!accepted("alice") && !accepted("bob"));
+    // a certificate of another CA, and one that does not exist: exit 1, the CRL unchanged
+    let other = dir.path().join("other");
+    assert!(certs(&other, &["--client-cn", "mallory"]).status.success());
+    std::fs::copy(other.join("mallory.pem"), out_dir.join("mallory.pem")).unwrap();
+    let before = std::fs::read(out_dir.join("crl.pem")).unwrap();
+    for name in ["mallory", "nobody"] {
+        let r = revoke(name);
+        assert_eq!(r.status.code(), Some(1), "{name}: {r:?}");
+        assert!(String::from_utf8_lossy(&r.stderr).contains(name), "{r:?}");
+    }
+    assert_eq!(std::fs::read(out_dir.join("crl.pem")).unwrap(), before);
 }

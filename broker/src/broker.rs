@@ -97,6 +97,7 @@ impl Broker {
                 cfg.auth.passwords.clone(),
                 cfg.auth.acl.clone(),
                 cfg.auth.max_concurrent_password_checks,
+                cfg.auth.trust_claimed_usernames,
             ),
             registry: Arc::new(Registry::new(
                 store.clone(),

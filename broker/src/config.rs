@@ -69,6 +69,7 @@ struct RawAuth {
     password_file: Option<Spanned<String>>,
     acl_file: Option<Spanned<String>>,
     max_concurrent_password_checks: Option<Spanned<i64>>,
+    trust_claimed_usernames: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -135,6 +136,9 @@ pub struct AuthConfig {
     pub acl: Option<Acl>,
     /// argon2 checks running at once (default: the cores available); CONNECTs past them wait.
     pub max_concurrent_password_checks: usize,
+    /// Give an unchecked CONNECT username (anonymous allowed, no password file) the ACL rights
+    /// of that user; off by default: only a certificate CN or a checked password names a user.
+    pub trust_claimed_usernames: bool,
 }
 
 /// A validated broker config.
@@ -296,6 +300,7 @@ fn auth(p: &mut Problems<'_>, path: &Path, raw: Option<RawAuth>) -> AuthConfig {
         password_file: None,
         acl_file: None,
         max_concurrent_password_checks: None,
+        trust_claimed_usernames: None,
     });
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let max_checks = match &ra.max_concurrent_password_checks {
@@ -328,6 +333,7 @@ fn auth(p: &mut Problems<'_>, path: &Path, raw: Option<RawAuth>) -> AuthConfig {
         passwords: None,
         acl: None,
         max_concurrent_password_checks: max_checks,
+        trust_claimed_usernames: ra.trust_claimed_usernames.unwrap_or(false),
     }
 }
 

@@ -21,7 +21,7 @@ pub struct ListenerLabel {
 pub struct RejectLabel {
     /// Listener name.
     pub listener: String,
-    /// Why: `tls_handshake`, `timeout`, `not_connect`, `malformed`, `too_large`, `bad_protocol`,
+    /// Why: `tls_handshake`, `tls_revoked`, `tls_bad_chain`, `timeout`, `not_connect`, `malformed`, `too_large`, `bad_protocol`,
     /// `proxy_header`, `untrusted_proxy`, `no_backend`, `over_limit`, `rate_limited`, `client_io`.
     pub reason: String,
 }

@@ -17,6 +17,8 @@ use rcgen::{
 };
 use time::{Duration, OffsetDateTime};
 
+pub mod issue;
+
 /// Subject CN of the dev CA.
 const CA_CN: &str = "mqedge dev CA";
 /// Subject CN of the server certificate.
@@ -73,6 +75,13 @@ pub enum CertError {
     /// carries it as its DNS SAN, which peers check.
     #[error("node name {0:?} is not a DNS name (letters, digits, '-' and '.')")]
     BadNodeName(String),
+    /// `--revoke NAME`: `NAME.pem` is not a valid client or node certificate of the
+    /// directory's CA.
+    #[error(
+        "{0}.pem is not a valid client or node certificate of this directory's CA; its CRL \
+         cannot revoke it"
+    )]
+    NotOurs(String),
     /// A new CA would replace this existing CA file, and `replace_ca` was not set.
     #[error(
         "{} already exists; refusing to replace the CA (every certificate it signed would stop \

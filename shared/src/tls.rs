@@ -1,15 +1,17 @@
 //! TLS material and facts: PEM loading, rustls server/client configs with the three client-auth
 //! modes, and the facts a broker needs about a client certificate (CN, SANs, SHA-256), named the
-//! way OpenSSL/HAProxy name them so PROXY v2 TLVs match what HAProxy sends.
+//! way OpenSSL/HAProxy name them so PROXY v2 TLVs match what HAProxy sends. Client chains go
+//! through [`chain::ClientChainVerifier`] (webpki plus the basic constraints it skips, and CRLs).
+
+pub mod chain;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rustls::crypto::CryptoProvider;
-use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
@@ -101,6 +103,33 @@ pub fn key_from_pem(pem: &str) -> Result<PrivateKeyDer<'static>, TlsError> {
         .map_err(|e| TlsError::Rustls(format!("bad key PEM: {e}")))
 }
 
+/// Reads the certificate revocation lists in a file: one or more PEM `X509 CRL` blocks, or one
+/// DER CRL. Each is parsed (issuer, serials, signature fields) so a bad file is refused at load,
+/// not at the first handshake.
+pub fn load_crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsError> {
+    let err = |what: String| TlsError::Pem {
+        path: path.to_path_buf(),
+        what,
+    };
+    let bytes = std::fs::read(path).map_err(|e| err(format!("cannot read CRL: {e}")))?;
+    let crls: Vec<CertificateRevocationListDer<'static>> =
+        if bytes.trim_ascii_start().starts_with(b"-----BEGIN") {
+            CertificateRevocationListDer::pem_slice_iter(&bytes)
+                .collect::<Result<_, _>>()
+                .map_err(|e| err(format!("bad CRL PEM: {e}")))?
+        } else {
+            vec![CertificateRevocationListDer::from(bytes)]
+        };
+    if crls.is_empty() {
+        return Err(err("no X509 CRL block found".into()));
+    }
+    for c in &crls {
+        webpki::OwnedCertRevocationList::from_der(c.as_ref())
+            .map_err(|e| err(format!("not a certificate revocation list: {e}")))?;
+    }
+    Ok(crls)
+}
+
 /// Builds a root store from CA certificates.
 pub fn root_store(cas: Vec<CertificateDer<'static>>) -> Result<RootCertStore, TlsError> {
     let mut roots = RootCertStore::empty();
@@ -120,6 +149,19 @@ pub fn server_config(
     client_auth: ClientAuth,
     alpn: &[String],
 ) -> Result<Arc<ServerConfig>, TlsError> {
+    server_config_with_crls(chain, key, client_ca, client_auth, &[], alpn)
+}
+
+/// [`server_config`] with certificate revocation lists: a client certificate (or an
+/// intermediate) one of them revokes fails the handshake.
+pub fn server_config_with_crls(
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    client_ca: Option<Vec<CertificateDer<'static>>>,
+    client_auth: ClientAuth,
+    crls: &[CertificateRevocationListDer<'static>],
+    alpn: &[String],
+) -> Result<Arc<ServerConfig>, TlsError> {
     let provider = server_provider();
     let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
@@ -127,15 +169,13 @@ pub fn server_config(
     let builder = match (client_auth, client_ca) {
         (ClientAuth::None, _) => builder.with_no_client_auth(),
         (mode, Some(ca)) => {
-            let roots = Arc::new(root_store(ca)?);
-            let v = WebPkiClientVerifier::builder_with_provider(roots, provider);
-            let v = if mode == ClientAuth::Optional {
-                v.allow_unauthenticated()
-            } else {
-                v
-            };
-            builder
-                .with_client_cert_verifier(v.build().map_err(|e| TlsError::Rustls(e.to_string()))?)
+            let v = chain::ClientChainVerifier::new(
+                ca,
+                crls,
+                mode == ClientAuth::Required,
+                provider.signature_verification_algorithms,
+            )?;
+            builder.with_client_cert_verifier(Arc::new(v))
         }
         (_, None) => {
             return Err(TlsError::Rustls(

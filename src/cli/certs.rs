@@ -1,6 +1,7 @@
 //! `mqedge certs --out DIR`: a dev CA, a server certificate and client certificates through
 //! [`mqedge_shared::certs::generate`] (or, with `--node NAME`, node certificates through
-//! [`mqedge_shared::certs::generate_nodes`]), one `wrote PATH` line per file.
+//! [`mqedge_shared::certs::generate_nodes`]; with `--revoke NAME`, the directory's CRL through
+//! [`mqedge_shared::certs::issue::revoke`]), one `wrote PATH` line per file.
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -9,8 +10,10 @@ use mqedge_shared::certs::{CertError, CertOptions};
 
 /// Exit 0 with the files written, or 1 with the reason (and, for an existing CA, the two flags
 /// that resolve it).
-pub fn run(out: &Path, nodes: &[String], opts: &CertOptions) -> ExitCode {
-    let made = if nodes.is_empty() {
+pub fn run(out: &Path, nodes: &[String], revoke: &[String], opts: &CertOptions) -> ExitCode {
+    let made = if !revoke.is_empty() {
+        mqedge_shared::certs::issue::revoke(out, revoke).map(|f| vec![f])
+    } else if nodes.is_empty() {
         mqedge_shared::certs::generate(out, opts)
     } else {
         mqedge_shared::certs::generate_nodes(out, nodes, opts)

@@ -918,8 +918,8 @@ impl BrokerProc {
     }
 }
 
-/// An in-process broker that takes usernames as given (anonymous allowed, no password file)
-/// under the mosquitto-format ACL `acl` (written to `dir/acl`).
+/// An in-process broker that takes usernames as given (anonymous allowed, no password file,
+/// `trust_claimed_usernames`) under the mosquitto-format ACL `acl` (written to `dir/acl`).
 pub fn broker_with_acl(dir: &TempDir, acl: &str) -> InProcBroker {
     dir.write("acl", acl);
     let cfg = dir.write(
@@ -927,7 +927,7 @@ pub fn broker_with_acl(dir: &TempDir, acl: &str) -> InProcBroker {
         &broker_config(
             "127.0.0.1:0",
             "",
-            "[auth]\nallow_anonymous = true\nacl_file = \"acl\"\n",
+            "[auth]\nallow_anonymous = true\nacl_file = \"acl\"\ntrust_claimed_usernames = true\n",
         ),
     );
     InProcBroker::start(&cfg)

@@ -4,6 +4,12 @@
 //! CONNECTs (unknown users included: they are verified against a dummy hash, to cost the same)
 //! grows the blocking pool and the memory with them. The gate lets `max_concurrent_password_checks`
 //! run at once; a check that cannot start within [`CHECK_WAIT`] is refused as busy.
+//!
+//! [`Auth::acl_username`] decides which username a client's ACL checks (`user` blocks, `%u`)
+//! see: a CONNECT username counts only once a password check verified it. One that is merely
+//! claimed (anonymous clients allowed, no password file: what `mqedge up` runs) is anonymous to
+//! the ACL unless `trust_claimed_usernames` says otherwise; a certificate CN from a trusted
+//! proxy never comes this way.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -37,23 +43,37 @@ pub struct Auth {
     acl: Option<Acl>,
     /// Slots for argon2 checks running at once (`max_concurrent_password_checks`).
     checks: Arc<Semaphore>,
+    /// `trust_claimed_usernames`: the operator lets unchecked usernames act as that user.
+    trust_claimed: bool,
 }
 
 impl Auth {
     /// The state from the loaded files; `max_checks` (at least 1) password checks may run at
-    /// once.
+    /// once; `trust_claimed` gives unchecked usernames their user's ACL rights.
     pub fn new(
         allow_anonymous: bool,
         passwords: Option<PasswordFile>,
         acl: Option<Acl>,
         max_checks: usize,
+        trust_claimed: bool,
     ) -> Auth {
         Auth {
             allow_anonymous,
             passwords: passwords.map(Arc::new),
             acl,
             checks: Arc::new(Semaphore::new(max_checks.max(1))),
+            trust_claimed,
         }
+    }
+
+    /// The username the session and its ACL checks get, for a client admitted without a
+    /// certificate CN: the CONNECT's username when `checked` (a password check passed) or when
+    /// the operator trusts claimed usernames; otherwise none, so a client cannot become `alice`
+    /// by saying so.
+    pub fn acl_username(&self, claimed: Option<&str>, checked: bool) -> Option<String> {
+        claimed
+            .filter(|_| checked || self.trust_claimed)
+            .map(str::to_string)
     }
 
     /// Whether clients without a username are let in.
@@ -106,7 +126,23 @@ mod tests {
     fn auth(max_checks: usize) -> Auth {
         let hash = crate::auth::hash_password(b"pw").unwrap();
         let file = PasswordFile::parse("passwd", &format!("u:{hash}\n")).unwrap();
-        Auth::new(false, Some(file), None, max_checks)
+        Auth::new(false, Some(file), None, max_checks, false)
+    }
+
+    #[test]
+    fn a_claimed_username_counts_only_when_checked_or_trusted() {
+        let strict = Auth::new(true, None, None, 1, false);
+        assert_eq!(strict.acl_username(Some("alice"), false), None);
+        assert_eq!(
+            strict.acl_username(Some("alice"), true).as_deref(),
+            Some("alice")
+        );
+        assert_eq!(strict.acl_username(None, true), None);
+        let trusting = Auth::new(true, None, None, 1, true);
+        assert_eq!(
+            trusting.acl_username(Some("alice"), false).as_deref(),
+            Some("alice")
+        );
     }
 
     #[tokio::test]

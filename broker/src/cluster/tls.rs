@@ -2,7 +2,8 @@
 //! checks that the peer's certificate chains to `tls_ca` and names the node it dialed (DNS
 //! SAN); the acceptor requires a client certificate chaining to `tls_ca`, and then (in
 //! [`super::channel`]) that the Hello's node name is a DNS SAN of it and that the node is a
-//! gossip member. What failed is an [`AuthFailure`], counted by reason.
+//! gossip member. What failed is an [`AuthFailure`], counted by reason. The acceptor's check of
+//! the peer's chain is `shared::tls::chain`'s, basic constraints of `tls_ca` included.
 
 use std::io;
 use std::time::Duration;
@@ -201,6 +202,13 @@ mod tests {
         );
         assert_eq!(
             AuthFailure::of(&io(E::NoCertificatesPresented)),
+            AuthFailure::BadCert
+        );
+        // a chain past an issuer's basic constraints (shared::tls::chain) is a bad certificate
+        let chain = mqedge_shared::tls::chain::ChainError::PathLen;
+        let other = rustls::OtherError(std::sync::Arc::new(chain));
+        assert_eq!(
+            AuthFailure::of(&io(E::InvalidCertificate(C::Other(other)))),
             AuthFailure::BadCert
         );
         assert_eq!(

@@ -262,8 +262,8 @@ async fn admit(b: &Arc<Broker>, c: &Connect, info: &ClientInfo) -> Result<Admitt
     let username = match &info.cn_username {
         Some(cn) => Some(cn.clone()),
         None => {
-            authenticate(b, c).await?;
-            c.username.clone()
+            let checked = authenticate(b, c).await?;
+            b.auth().acl_username(c.username.as_deref(), checked)
         }
     };
     if let Some(w) = &c.will {
@@ -311,8 +311,9 @@ fn check_will(
     }
 }
 
-/// Checks the CONNECT's username and password (a client without a certificate CN).
-async fn authenticate(b: &Arc<Broker>, c: &Connect) -> Result<(), CloseReason> {
+/// Checks the CONNECT's username and password (a client without a certificate CN); `true` when
+/// a password check verified the username.
+async fn authenticate(b: &Arc<Broker>, c: &Connect) -> Result<bool, CloseReason> {
     match (&c.username, b.auth().passwords()) {
         (None, _) if !b.auth().allow_anonymous() => Err(CloseReason::AnonymousNotAllowed),
         // a username alone proves nothing: without a password file (or a certificate CN from
@@ -323,9 +324,10 @@ async fn authenticate(b: &Arc<Broker>, c: &Connect) -> Result<(), CloseReason> {
             b.auth().check_password(u, pw).await.map_err(|e| match e {
                 CheckError::Wrong => CloseReason::BadCredentials,
                 CheckError::Busy => CloseReason::PasswordChecksBusy,
-            })
+            })?;
+            Ok(true)
         }
-        _ => Ok(()),
+        _ => Ok(false),
     }
 }
 

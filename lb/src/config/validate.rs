@@ -71,6 +71,15 @@ struct RawTls {
     client_auth: ClientAuth,
     #[serde(default)]
     alpn: Vec<String>,
+    crl: Option<Spanned<CrlFiles>>,
+}
+
+/// `crl = "file"` or `crl = ["file", ...]`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum CrlFiles {
+    One(String),
+    Many(Vec<String>),
 }
 
 #[derive(Debug, Deserialize)]
@@ -257,6 +266,54 @@ fn parse_listeners(
     listeners
 }
 
+/// Loads the listener's `crl` files (each one or more CRLs) and their paths; `None`, with the
+/// problem recorded at the `crl` key, when one cannot be used.
+#[allow(clippy::type_complexity)]
+fn parse_crls(
+    path: &Path,
+    name: &str,
+    t: &RawTls,
+    p: &mut Problems<'_>,
+) -> Option<(
+    Vec<rustls_pki_types::CertificateRevocationListDer<'static>>,
+    Vec<std::path::PathBuf>,
+)> {
+    let Some(c) = &t.crl else {
+        return Some((Vec::new(), Vec::new()));
+    };
+    if t.client_auth == ClientAuth::None {
+        p.at(
+            c.span(),
+            format!("listener {name:?} tls: crl needs client_auth = \"optional\" or \"required\""),
+        );
+        return None;
+    }
+    let names: Vec<&String> = match c.get_ref() {
+        CrlFiles::One(f) => vec![f],
+        CrlFiles::Many(fs) => fs.iter().collect(),
+    };
+    if names.is_empty() {
+        p.at(
+            c.span(),
+            format!("listener {name:?} tls: crl names no file"),
+        );
+        return None;
+    }
+    let (mut crls, mut files) = (Vec::new(), Vec::new());
+    for f in names {
+        let file = resolve_path(path, f);
+        match tls::load_crls(&file) {
+            Ok(mut list) => crls.append(&mut list),
+            Err(e) => {
+                p.at(c.span(), format!("listener {name:?} tls crl: {e}"));
+                return None;
+            }
+        }
+        files.push(file);
+    }
+    Some((crls, files))
+}
+
 /// Loads a listener's certificates and builds its rustls config; `None`, with the problem
 /// recorded, when that fails.
 fn parse_tls(
@@ -276,6 +333,11 @@ fn parse_tls(
             format!("client_auth = {:?} needs client_ca", t.client_auth).to_lowercase(),
         );
     }
+    // a bad CRL is reported, and the certificates are still loaded to report their problems
+    let (crls, crl_files) = match parse_crls(path, name, t, p) {
+        Some((c, f)) => (c, Some(f)),
+        None => (Vec::new(), None),
+    };
     let loaded = (|| {
         let chain = tls::load_certs(&cert)?;
         let k = tls::load_key(&key)?;
@@ -283,13 +345,17 @@ fn parse_tls(
             Some(c) if t.client_auth != ClientAuth::None => Some(tls::load_certs(c)?),
             _ => None,
         };
-        tls::server_config(chain, k, ca_certs, t.client_auth, &t.alpn)
+        tls::server_config_with_crls(chain, k, ca_certs, t.client_auth, &crls, &t.alpn)
     })();
     match loaded {
         Ok(sc) => Some(ListenerTls {
             server_config: sc,
             client_auth: t.client_auth,
-            files: [Some(cert), Some(key), ca].into_iter().flatten().collect(),
+            files: [Some(cert), Some(key), ca]
+                .into_iter()
+                .flatten()
+                .chain(crl_files?)
+                .collect(),
         }),
         Err(e) => {
             if !(t.client_auth != ClientAuth::None && ca.is_none()) {

@@ -80,7 +80,7 @@ impl Reject {
             Reject::Timeout => "timeout",
             Reject::ProxyHeader(_) => "proxy_header",
             Reject::UntrustedProxy => "untrusted_proxy",
-            Reject::Tls(_) => "tls_handshake",
+            Reject::Tls(e) => tls::failure_reason(e),
             Reject::Peek(e) => e.label(),
             Reject::ClientIo(_) => "client_io",
             Reject::RateLimited => "rate_limited",

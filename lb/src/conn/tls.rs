@@ -3,6 +3,7 @@
 //! `tls_stream`'s, run and timed by the connection's task (`accept.rs`) under
 //! `connect_timeout`. A leaf: imports nothing else of the crate.
 
+use mqedge_shared::tls::chain::ChainError;
 use mqedge_shared::tls::{cipher_name, version_name, CertFacts};
 
 /// What the LB learned from a client's TLS handshake.
@@ -39,5 +40,21 @@ pub fn facts_of(conn: &rustls::CommonState, sni: Option<String>) -> TlsFacts {
             .peer_certificates()
             .and_then(|c| c.first())
             .and_then(|leaf| CertFacts::from_der(leaf.as_ref())),
+    }
+}
+
+/// The `reason` label of a failed handshake: `tls_revoked` for a client certificate a `crl`
+/// revokes, `tls_bad_chain` for a chain the basic-constraints checks refuse (an issuer that is
+/// not a CA, may not sign certificates, or is past its path length), `tls_handshake` otherwise.
+pub fn failure_reason(e: &std::io::Error) -> &'static str {
+    use rustls::{CertificateError, Error};
+    let Some(Error::InvalidCertificate(c)) = e.get_ref().and_then(|i| i.downcast_ref::<Error>())
+    else {
+        return "tls_handshake";
+    };
+    match c {
+        CertificateError::Revoked => "tls_revoked",
+        CertificateError::Other(o) if o.0.downcast_ref::<ChainError>().is_some() => "tls_bad_chain",
+        _ => "tls_handshake",
     }
 }

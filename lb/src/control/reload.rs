@@ -6,8 +6,9 @@
 //! and their leftovers close after `drain_timeout`. A removed backend re-added (same name and
 //! address) before that close is the same backend again, as after `ready`: the close is
 //! cancelled and it goes back to `checking` with its connections and counters. Balance, health and `[lb]` limits swap
-//! atomically; TLS certificates of unchanged listeners are swapped too (certificate rotation);
-//! other listener changes need a restart and say so.
+//! atomically; the TLS config of unchanged listeners is rebuilt from its files and swapped too
+//! (certificate rotation, a new client CA, new CRLs: a certificate revoked since applies from
+//! the next handshake); other listener changes need a restart and say so.
 //!
 //! The watcher looks at the file's directory, not the file: editors and Kubernetes ConfigMaps
 //! replace files (rename, symlink swap), which a watch on the file itself would miss. Any event
