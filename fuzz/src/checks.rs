@@ -12,8 +12,11 @@ use mqedge_protocol::peek::{peek_connect as peek, Peek};
 use mqedge_protocol::{decode, encode, Packet, Version};
 use mqedge_shared::proxy::{encode_v2, parse, parse_ssl_value};
 
+/// A target's check: panics only when the parser broke an invariant.
+pub type Check = fn(&[u8]);
+
 /// The targets by name, for the regression replay.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Check)] = &[
     ("codec_decode", codec_decode),
     ("peek_connect", peek_connect),
     ("proxy_header", proxy_header),
@@ -76,7 +79,8 @@ pub fn codec_decode(data: &[u8]) {
 /// The LB's CONNECT peek on the first bytes of a client connection (TLS already terminated).
 /// Byte 0 scales the size cap (0xFF: 64 KiB); the rest is what the client sent so far.
 /// Invariants: a complete peek never claims more bytes than it was given or the cap allows,
-/// and agrees with the codec (the LB forwards only what the broker will read as a CONNECT).
+/// and the peek and the codec agree both ways: what the peek passes the broker reads as a
+/// CONNECT, and a CONNECT the broker would read is not refused by the LB.
 pub fn peek_connect(data: &[u8]) {
     let Some((&ctl, buf)) = data.split_first() else {
         return;
@@ -86,12 +90,21 @@ pub fn peek_connect(data: &[u8]) {
     } else {
         usize::from(ctl) * 4
     };
-    if let Ok(Peek::Complete(c)) = peek(buf, max) {
+    let peeked = peek(buf, max);
+    if let Ok(Peek::Complete(c)) = peeked {
         assert!(c.packet_len <= buf.len() && c.packet_len <= max);
         let mut b = BytesMut::from(&buf[..c.packet_len]);
         match decode(&mut b, None, max) {
             Ok(Some(Packet::Connect(_))) => assert!(b.is_empty()),
             other => panic!("peeked a CONNECT the codec reads as {other:?}"),
+        }
+    }
+    let mut b = BytesMut::from(buf);
+    if let Ok(Some(Packet::Connect(_))) = decode(&mut b, None, max) {
+        let used = buf.len() - b.len();
+        match peeked {
+            Ok(Peek::Complete(c)) => assert_eq!(c.packet_len, used),
+            other => panic!("the codec reads a CONNECT of {used} bytes, the peek says {other:?}"),
         }
     }
 }
