@@ -2,8 +2,8 @@
 //! broker, the LB and the bench share. Packet types ([`packets`]) and a pure codec ([`codec`]):
 //! bytes in, packets out (or `Incomplete`), packets in, bytes out; the LB's allocation-free
 //! CONNECT [`peek`]; the topic name and filter rules ([`topic`]); the reason codes and their
-//! names ([`reason`]). No I/O here, so all of it is unit-tested (plus seeded random-input tests;
-//! no cargo-fuzz yet) and benchmarked alone.
+//! names ([`reason`]). No I/O here, so all of it is unit-tested, fuzzed (seeded random-input
+//! tests, and cargo-fuzz targets for the codec and the peek in `fuzz/`) and benchmarked alone.
 //!
 //! Why our own codec rather than `mqttbytes` 0.6: that crate does not validate SUBSCRIBE's fixed
 //! header flags (MQTT-3.8.1-1), the reserved subscription option bits (MQTT-3.8.3-4/5) or an

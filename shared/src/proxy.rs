@@ -27,6 +27,9 @@ pub const PP2_SUBTYPE_SSL_CN: u8 = 0x22;
 pub const PP2_SUBTYPE_SSL_CIPHER: u8 = 0x23;
 /// mqedge's application TLV: SHA-256 of the client certificate DER.
 pub const PP2_TYPE_MQEDGE_CERT_SHA256: u8 = 0xE0;
+/// The longest `PP2_TYPE_UNIQUE_ID` value (the PROXY protocol spec, 2.2.5; HAProxy refuses a
+/// longer one as a bad header too).
+pub const MAX_UNIQUE_ID_LEN: usize = 128;
 /// SSL client flag: the connection used TLS.
 pub const PP2_CLIENT_SSL: u8 = 0x01;
 /// SSL client flag: a client certificate was presented on this connection.
@@ -142,7 +145,11 @@ pub fn encode_v2(info: &ProxyInfo) -> Vec<u8> {
         b = push(b, PP2_TYPE_AUTHORITY, a.as_bytes());
     }
     if let Some(id) = &info.unique_id {
-        b = push(b, PP2_TYPE_UNIQUE_ID, &id[..id.len().min(128)]);
+        b = push(
+            b,
+            PP2_TYPE_UNIQUE_ID,
+            &id[..id.len().min(MAX_UNIQUE_ID_LEN)],
+        );
     }
     if let Some(ssl) = &info.ssl {
         b = push(b, PP2_TYPE_SSL, &encode_ssl_value(ssl));
@@ -369,6 +376,11 @@ fn from_v2(h: &v2::Header<'_>) -> Result<ProxyInfo, ProxyError> {
         match tlv.kind {
             PP2_TYPE_ALPN => info.alpn = Some(v.to_vec()),
             PP2_TYPE_AUTHORITY => info.authority = Some(String::from_utf8_lossy(v).into_owned()),
+            PP2_TYPE_UNIQUE_ID if v.len() > MAX_UNIQUE_ID_LEN => {
+                return Err(ProxyError::Invalid(
+                    "UNIQUE_ID TLV longer than 128 bytes".into(),
+                ))
+            }
             PP2_TYPE_UNIQUE_ID => info.unique_id = Some(v.to_vec()),
             PP2_TYPE_SSL => info.ssl = Some(parse_ssl_value(v)?),
             PP2_TYPE_MQEDGE_CERT_SHA256 => {
@@ -456,6 +468,30 @@ mod tests {
         for i in 0..bytes.len() {
             assert_eq!(parse(&bytes[..i]), Ok(None), "{i}");
         }
+    }
+
+    /// Found by the `proxy_header` fuzz target (fuzz/regressions/proxy_header/): a UNIQUE_ID
+    /// over 128 bytes was taken whole, and `encode_v2` cut it, so the header the broker got
+    /// said something else than the one the LB read.
+    #[test]
+    fn unique_id_over_128_bytes_is_refused() {
+        let with_id = |n: usize| ProxyInfo {
+            unique_id: Some(vec![b'x'; n]),
+            ..sample()
+        };
+        let ok = encode_v2(&with_id(MAX_UNIQUE_ID_LEN));
+        assert_eq!(parse(&ok).unwrap().unwrap().0, with_id(MAX_UNIQUE_ID_LEN));
+        // a 129-byte value, written by hand (our encoder cuts it)
+        let mut long = ok.clone();
+        let at = long
+            .windows(3)
+            .position(|w| w == [PP2_TYPE_UNIQUE_ID, 0, 128])
+            .unwrap();
+        long[at + 2] = 129;
+        long.insert(at + 3, b'x');
+        let len = u16::from_be_bytes([long[14], long[15]]) + 1;
+        long[14..16].copy_from_slice(&len.to_be_bytes());
+        assert!(matches!(parse(&long), Err(ProxyError::Invalid(_))));
     }
 
     #[test]

@@ -132,3 +132,21 @@ fn refusals() {
         let _ = decode(&b);
     }
 }
+
+/// Writes the seed corpus of the cargo-fuzz target `cluster_frame` (`fuzz/`): every sample
+/// frame, encoded, behind the target's control byte (0: the full size cap). `fuzz/seeds.sh`
+/// runs it.
+#[test]
+#[ignore = "writes files; run by fuzz/seeds.sh"]
+fn write_fuzz_seeds() {
+    let Ok(dir) = std::env::var("MQEDGE_FUZZ_SEEDS") else {
+        return;
+    };
+    let dir = std::path::Path::new(&dir).join("cluster_frame");
+    std::fs::create_dir_all(&dir).unwrap();
+    for (i, f) in all().iter().enumerate() {
+        let mut b = vec![0];
+        encode(f, &mut b);
+        std::fs::write(dir.join(format!("{i:03}")), b).unwrap();
+    }
+}

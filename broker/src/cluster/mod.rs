@@ -22,7 +22,9 @@
 
 mod channel;
 mod chunks;
-mod frame;
+/// Public only for the fuzz targets (`fuzz/`) and their regression tests; not an API.
+#[doc(hidden)]
+pub mod frame;
 mod handover;
 pub mod memory;
 mod node;

@@ -1,6 +1,8 @@
 //! The MQTT 3.1.1 / 5.0 codec: [`decode`] turns the front of a read buffer into a [`Packet`] (or
 //! says it needs more bytes), [`encode`] appends a packet's bytes. Pure — no I/O, no clock — so it
-//! is unit-tested (plus a seeded random-input test; no cargo-fuzz yet) and benchmarked alone.
+//! is unit-tested, fuzzed (a seeded random-input test in `tests/fuzz.rs`, and the cargo-fuzz
+//! targets `codec_decode` and `peek_connect` in `fuzz/`, see docs/reliability.md) and
+//! benchmarked alone.
 //!
 //! Decoding enforces the normative statements that concern one packet in isolation, each cited as
 //! `MQTT-x.y.z-n` where it is checked (3.1.1 numbering unless marked v5). Statements that need

@@ -1,4 +1,7 @@
-//! A deterministic fuzz loop: nothing panics, and what decodes re-encodes.
+//! A deterministic fuzz loop: nothing panics, and what decodes re-encodes. It runs with every
+//! `cargo test`; the coverage-guided cargo-fuzz targets with the same invariants are
+//! `fuzz/fuzz_targets/codec_decode.rs` and `peek_connect.rs` (seeded by [`write_fuzz_seeds`]),
+//! and the inputs they found are kept in `tests/fuzz_regressions.rs`.
 
 use super::*;
 
@@ -110,4 +113,38 @@ fn fuzz_never_panics_and_re_encodes() {
     }
     // The mutated packets must exercise the success paths too, not only the rejections.
     assert!(decoded > 10_000, "only {decoded} packets decoded");
+}
+
+/// Writes the seed corpora of the cargo-fuzz targets `codec_decode` and `peek_connect`
+/// (`fuzz/`): every sample packet, encoded, behind the control byte that target reads.
+/// `fuzz/seeds.sh` runs it: `MQEDGE_FUZZ_SEEDS=fuzz/corpus cargo test -p mqedge-protocol --lib
+/// write_fuzz_seeds -- --ignored`.
+#[test]
+#[ignore = "writes files; run by fuzz/seeds.sh"]
+fn write_fuzz_seeds() {
+    let Ok(dir) = std::env::var("MQEDGE_FUZZ_SEEDS") else {
+        return;
+    };
+    let dir = std::path::Path::new(&dir);
+    let (codec, peek) = (dir.join("codec_decode"), dir.join("peek_connect"));
+    std::fs::create_dir_all(&codec).unwrap();
+    std::fs::create_dir_all(&peek).unwrap();
+    for (i, (v, p)) in all_samples().iter().enumerate() {
+        let bytes = enc(p, *v);
+        let connect = matches!(p, Packet::Connect(_));
+        let state: u8 = match (connect, v) {
+            (true, _) => 0,
+            (false, Version::V31) => 1,
+            (false, Version::V311) => 2,
+            (false, Version::V5) => 3,
+        };
+        std::fs::write(
+            codec.join(format!("{i:03}")),
+            [&[state][..], &bytes].concat(),
+        )
+        .unwrap();
+        if connect {
+            std::fs::write(peek.join(format!("{i:03}")), [&[0xFF][..], &bytes].concat()).unwrap();
+        }
+    }
 }
