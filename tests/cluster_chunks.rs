@@ -38,7 +38,9 @@ async fn a_session_larger_than_the_frame_cap_moves_whole_on_takeover() {
 /// the client connects to node2: the session moves (Session Present), every message arrives,
 /// and it went in pieces.
 async fn move_session(tag: &str, n: usize, size: usize, run: Run) {
-    let cl = Cluster::start(tag, false, "prefer_local", run).await;
+    // the whole session must fit in its queue: max_queued_bytes (8 MiB by default) above it
+    let limits = format!("max_queued_bytes = \"{}MiB\"", ((n * size) >> 20) * 2 + 16);
+    let cl = Cluster::start_limits(tag, run, &limits).await;
     let id = &format!("{tag}-1");
     let (mut c, _) = connect(cl.addr(0), Version::V5, id, true, Some(3600)).await;
     assert_eq!(c.subscribe(1, &[("big/#", 1)]).await, vec![1]);
@@ -106,7 +108,8 @@ async fn move_session(tag: &str, n: usize, size: usize, run: Run) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_route_snapshot_larger_than_a_chunk_reaches_a_restarted_node_whole() {
     const FILTERS: usize = 60_000;
-    let mut cl = Cluster::start("chunks-routes", false, "prefer_local", Run::Binary).await;
+    let limits = format!("max_subscriptions_per_client = {FILTERS}");
+    let mut cl = Cluster::start_limits("chunks-routes", Run::Binary, &limits).await;
     let mut c = client(cl.addr(0), "chunks-routes-sub").await;
     let pad = "p".repeat(80);
     for (k, part) in (0..FILTERS).collect::<Vec<_>>().chunks(5000).enumerate() {

@@ -167,6 +167,23 @@ impl Cluster {
             run,
             max_offline_messages,
             cluster_extra,
+            "",
+            false,
+        )
+        .await
+    }
+
+    /// Like [`Cluster::start`], with `limits_extra` lines added to every node's `[limits]`
+    /// table (e.g. a `max_queued_bytes` above the default for a test that queues more).
+    pub async fn start_limits(tag: &str, run: Run, limits_extra: &str) -> Cluster {
+        Cluster::start_full(
+            tag,
+            false,
+            "prefer_local",
+            run,
+            5000,
+            "",
+            limits_extra,
             false,
         )
         .await
@@ -177,7 +194,7 @@ impl Cluster {
     /// nodes (`mqedge_shared::certs::generate_nodes`), named in each `[cluster]` table by
     /// paths relative to the config.
     pub async fn start_tls(tag: &str, run: Run) -> Cluster {
-        Cluster::start_full(tag, false, "prefer_local", run, 5000, "", true).await
+        Cluster::start_full(tag, false, "prefer_local", run, 5000, "", "", true).await
     }
 
     async fn start_full(
@@ -187,6 +204,7 @@ impl Cluster {
         run: Run,
         max_offline_messages: usize,
         cluster_extra: &str,
+        limits_extra: &str,
         tls: bool,
     ) -> Cluster {
         let dir = TempDir::new(tag);
@@ -240,6 +258,7 @@ allow_anonymous = true
 
 [limits]
 max_offline_messages = {max_offline_messages}
+{limits_extra}
 
 [shared_subscriptions]
 policy = "{policy}"

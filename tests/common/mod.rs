@@ -112,6 +112,9 @@ pub struct Proc {
     pub child: Child,
     pub log: Arc<Mutex<Vec<String>>>,
     pub name: String,
+    /// The threads copying stdout/stderr into `log`: once the child exited, its last lines
+    /// are in `log` only when they are done.
+    readers: Vec<std::thread::JoinHandle<()>>,
 }
 
 impl Proc {
@@ -121,6 +124,7 @@ impl Proc {
             .stderr(Stdio::piped());
         let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {name}: {e}"));
         let log = Arc::new(Mutex::new(Vec::new()));
+        let mut readers = Vec::new();
         for pipe in [
             child
                 .stderr
@@ -136,19 +140,20 @@ impl Proc {
         {
             let log = log.clone();
             let tag = name.to_string();
-            std::thread::spawn(move || {
+            readers.push(std::thread::spawn(move || {
                 for line in BufReader::new(pipe).lines().map_while(Result::ok) {
                     if std::env::var_os("MQEDGE_TEST_VERBOSE").is_some() {
                         eprintln!("[{tag}] {line}");
                     }
                     log.lock().unwrap().push(line);
                 }
-            });
+            }));
         }
         Proc {
             child,
             log,
             name: name.to_string(),
+            readers,
         }
     }
 
@@ -213,11 +218,16 @@ impl Proc {
             .status();
     }
 
-    /// Waits for exit; `None` on timeout.
+    /// Waits for exit, then (at most 2 s more: a grandchild may hold the pipes open) for the
+    /// log readers to take the last lines; `None` on timeout.
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
         let deadline = Instant::now() + timeout;
         loop {
             if let Ok(Some(s)) = self.child.try_wait() {
+                let drained = Instant::now() + Duration::from_secs(2);
+                while self.readers.iter().any(|r| !r.is_finished()) && Instant::now() < drained {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
                 return Some(s);
             }
             if Instant::now() > deadline {
