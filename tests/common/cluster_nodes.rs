@@ -160,33 +160,15 @@ impl Cluster {
         max_offline_messages: usize,
         cluster_extra: &str,
     ) -> Cluster {
-        Cluster::start_full(
-            tag,
-            persist,
-            policy,
-            run,
-            max_offline_messages,
-            cluster_extra,
-            "",
-            false,
-        )
-        .await
+        let limits = format!("max_offline_messages = {max_offline_messages}");
+        Cluster::start_full(tag, persist, policy, run, &limits, cluster_extra, false).await
     }
 
     /// Like [`Cluster::start`], with `limits_extra` lines added to every node's `[limits]`
     /// table (e.g. a `max_queued_bytes` above the default for a test that queues more).
     pub async fn start_limits(tag: &str, run: Run, limits_extra: &str) -> Cluster {
-        Cluster::start_full(
-            tag,
-            false,
-            "prefer_local",
-            run,
-            5000,
-            "",
-            limits_extra,
-            false,
-        )
-        .await
+        let limits = format!("max_offline_messages = 5000\n{limits_extra}");
+        Cluster::start_full(tag, false, "prefer_local", run, &limits, "", false).await
     }
 
     /// Like [`Cluster::start`] with mutual TLS on the node channel: `certs/` in the cluster's
@@ -194,7 +176,8 @@ impl Cluster {
     /// nodes (`mqedge_shared::certs::generate_nodes`), named in each `[cluster]` table by
     /// paths relative to the config.
     pub async fn start_tls(tag: &str, run: Run) -> Cluster {
-        Cluster::start_full(tag, false, "prefer_local", run, 5000, "", "", true).await
+        let limits = "max_offline_messages = 5000";
+        Cluster::start_full(tag, false, "prefer_local", run, limits, "", true).await
     }
 
     async fn start_full(
@@ -202,9 +185,8 @@ impl Cluster {
         persist: bool,
         policy: &str,
         run: Run,
-        max_offline_messages: usize,
+        limits: &str,
         cluster_extra: &str,
-        limits_extra: &str,
         tls: bool,
     ) -> Cluster {
         let dir = TempDir::new(tag);
@@ -257,8 +239,7 @@ seeds = [{seeds}]
 allow_anonymous = true
 
 [limits]
-max_offline_messages = {max_offline_messages}
-{limits_extra}
+{limits}
 
 [shared_subscriptions]
 policy = "{policy}"
