@@ -18,11 +18,15 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::bad_input::{answer_and_close, raw_connect, slow_hash, write_expired_client};
+use common::bad_input::{
+    answer_and_close, fuzz_regressions, raw_connect, rss, slow_hash, tcp_small_window,
+    write_expired_client,
+};
 use common::canary::Canary;
 use common::*;
 use mqedge_protocol::peek::encode_connect;
 use mqedge_protocol::{Packet, Version};
+use mqedge_shared::certs::issue::{self, Issued};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// The canary's latency p99 bound in every case's window (a loaded 2-core CI machine included;
@@ -66,6 +70,10 @@ struct Topo {
     tls_foreign: Arc<rustls::ClientConfig>,
     /// Trusts the CA, presents a certificate of that CA that has expired.
     tls_expired: Arc<rustls::ClientConfig>,
+    /// Presents a leaf under a sub-CA that the (leaf-only, path length 0) CA signed, with it.
+    tls_bad_chain: Arc<rustls::ClientConfig>,
+    /// Presents a certificate of the CA that the listener's `crl` revokes.
+    tls_revoked: Arc<rustls::ClientConfig>,
 }
 
 /// What a case saw, and what it keeps open until its counter has been read.
@@ -190,17 +198,22 @@ fn case(name: &'static str, count: Count, run: Run) -> Case {
 
 use Want::{AtLeast, Exactly};
 
-/// The matrix. Still to be added, by the work that builds what they test (issue 15): the
-/// slow-consumer policy (a subscriber that stops reading, a sender that never reads), the
-/// per-client caps (subscriptions per client, retained count and bytes, topic aliases), TLS
-/// chain checks (path length) and CRLs, and the fuzz targets' crash inputs replayed over a
-/// socket.
+/// The matrix: every hostile input issue 15 names that a socket can carry, including the
+/// slow-consumer policy (a `#` subscriber that never reads, senders that never read), the
+/// per-client caps (kept small in [`broker_toml`] so their cases are quick), TLS chain and
+/// CRL checks, and every input in `fuzz/regressions/` whose parser a socket reaches. Not
+/// here: the cluster's node channel (no second node in this topology; see
+/// tests/broker_slow_consumer.rs and the cluster tests) and `max_session_expiry` /
+/// `max_keepalive` (they bite after minutes, not within a case's window).
 fn cases() -> Vec<Case> {
     let mut c = slowloris();
     c.extend(oversized_and_truncated());
     c.extend(malformed_connects());
     c.extend(forged_and_certificates());
     c.extend(floods_and_rules());
+    c.extend(slow_consumers());
+    c.extend(per_client_caps());
+    c.extend(fuzz_regression_cases());
     c
 }
 
@@ -416,7 +429,142 @@ fn forged_and_certificates() -> Vec<Case> {
                 refused_certificate(t, ip, cfg).await
             }),
         ),
+        case(
+            "mTLS: chain past the CA's path length (sub-CA under a leaf-only CA)",
+            lb_rejected("mtls", "tls_bad_chain", Exactly(1.0)),
+            run(|t, ip| async move {
+                let cfg = t.tls_bad_chain.clone();
+                refused_certificate(t, ip, cfg).await
+            }),
+        ),
+        case(
+            "mTLS: certificate revoked by the listener's crl",
+            lb_rejected("mtls", "tls_revoked", Exactly(1.0)),
+            run(|t, ip| async move {
+                let cfg = t.tls_revoked.clone();
+                refused_certificate(t, ip, cfg).await
+            }),
+        ),
     ]
+}
+
+fn slow_consumers() -> Vec<Case> {
+    // the smallest QoS 1 PUBLISH (7 bytes) for the most PUBACKs (4 bytes) per byte read
+    let flood = Packet::Publish(publish("d", b"", 1, Some(7), false));
+    vec![
+        case(
+            "slow consumer: a `#` subscriber that never reads (drop_oldest)",
+            counter(
+                Side::Broker,
+                "mqedge_broker_slow_consumer_events_total",
+                &["reason=\"drop_oldest\""],
+                AtLeast(1.0),
+            ),
+            run(stuck_subscriber),
+        ),
+        case(
+            "sender that never reads: PINGREQ flood",
+            counter(
+                Side::Broker,
+                "mqedge_broker_bytes_received_total",
+                &[],
+                AtLeast(256.0 * 1024.0),
+            ),
+            run(|t, ip| never_reads(t, ip, Packet::PingReq, "pingreq")),
+        ),
+        case(
+            "sender that never reads: QoS 1 PUBLISH flood",
+            counter(
+                Side::Broker,
+                "mqedge_broker_bytes_received_total",
+                &[],
+                AtLeast(256.0 * 1024.0),
+            ),
+            run(move |t, ip| never_reads(t, ip, flood.clone(), "publish")),
+        ),
+    ]
+}
+
+/// `mqedge_broker_limit_hits_total{limit}`.
+fn limit_hits(limit: &str, want: Want) -> Count {
+    counter(
+        Side::Broker,
+        "mqedge_broker_limit_hits_total",
+        &[&format!("limit=\"{limit}\"")],
+        want,
+    )
+}
+
+fn per_client_caps() -> Vec<Case> {
+    vec![
+        case(
+            "cap: subscription 2,001 of one client (max_subscriptions_per_client 2000)",
+            limit_hits("max_subscriptions_per_client", Exactly(2.0)),
+            run(subscription_cap),
+        ),
+        case(
+            "cap: retained message 21 (max_retained_messages 20)",
+            limit_hits("max_retained_messages", Exactly(1.0)),
+            run(retained_count_cap),
+        ),
+        case(
+            "cap: retained 20 KB value (max_retained_bytes 16 KiB)",
+            limit_hits("max_retained_bytes", Exactly(1.0)),
+            run(retained_bytes_cap),
+        ),
+        case(
+            "cap: topic aliases of 1.2 KB of names (max_topic_alias_bytes 1 KiB)",
+            limit_hits("max_topic_alias_bytes", Exactly(1.0)),
+            run(topic_alias_cap),
+        ),
+        case(
+            "cap: 110 connections that never send CONNECT (max_connections 100)",
+            limit_hits("max_connections", AtLeast(10.0)),
+            run(pending_connections_cap),
+        ),
+    ]
+}
+
+/// Every input a fuzz target once crashed on, sent where a peer can send it: `proxy_header`
+/// inputs as the PROXY header from a trusted balancer, to the LB and to the broker. An input
+/// of a target no socket here reaches with its bytes as they are (their first byte is a
+/// control byte, or the node channel, which this topology lacks) is a skipped row that says
+/// so; the config targets' inputs are files, not peer bytes, and have no row.
+fn fuzz_regression_cases() -> Vec<Case> {
+    let mut c = Vec::new();
+    for (target, file) in fuzz_regressions() {
+        let name = file.file_name().map(|n| n.to_string_lossy().into_owned());
+        let name = name.unwrap_or_default();
+        let bytes = std::fs::read(&file).unwrap();
+        match target.as_str() {
+            "proxy_header" => {
+                c.push(case(
+                    format!("fuzz regression proxy_header/{name} to the LB").leak(),
+                    lb_rejected("pp", "proxy_header", Exactly(1.0)),
+                    prompt_close_at(To::ProxyTrusted, &bytes),
+                ));
+                c.push(case(
+                    format!("fuzz regression proxy_header/{name} to the broker").leak(),
+                    broker_rejected("proxy_header", Exactly(1.0)),
+                    prompt_close_at(To::BrokerFromLb, &bytes),
+                ));
+            }
+            "broker_config" | "lb_config" => {}
+            other => c.push(Case {
+                skip: Some("no socket in this topology takes this target's input as it is"),
+                ..case(
+                    format!("fuzz regression {other}/{name}").leak(),
+                    counter(Side::Lb, "mqedge_lb_connections_total", &[], AtLeast(0.0)),
+                    prompt_close(&bytes),
+                )
+            }),
+        }
+    }
+    assert!(
+        c.len() >= 2,
+        "fuzz/regressions/proxy_header is missing (the UNIQUE_ID input)"
+    );
+    c
 }
 
 fn floods_and_rules() -> Vec<Case> {
@@ -521,6 +669,8 @@ enum To {
     Mtls,
     /// The PROXY listener, from the trusted balancer's address.
     ProxyTrusted,
+    /// The broker's listener, from the LB's address (127.0.0.1, which it trusts for PROXY).
+    BrokerFromLb,
 }
 
 /// A case that sends `bytes` as the first thing on the LB's plain listener and expects exactly
@@ -553,6 +703,7 @@ fn prompt_close_at(to: To, bytes: &[u8]) -> Run {
             To::Plain => (ip, t.mqtt),
             To::Mtls => (ip, t.mtls),
             To::ProxyTrusted => (IpAddr::from(TRUSTED_PROXY), t.pp),
+            To::BrokerFromLb => (IpAddr::from([127, 0, 0, 1]), t.broker),
         };
         Box::pin(async move {
             let (answer, took) = answer_and_close(Some(src), addr, &bytes).await;
@@ -956,6 +1107,254 @@ async fn csrf(admin: SocketAddr, path: &'static str) -> Outcome {
     Outcome::seen("HTTP 403")
 }
 
+/// Publishes `n` QoS 1 messages of `size` bytes to `topic`, at most `window` unacknowledged;
+/// how many were acknowledged (it stops at the first PUBACK that does not come within 5 s).
+async fn publish_acked(
+    p: &mut Raw<tokio::net::TcpStream>,
+    topic: &str,
+    size: usize,
+    n: usize,
+    window: usize,
+) -> usize {
+    let payload = vec![b'x'; size];
+    let (mut acked, mut inflight) = (0, 0);
+    for i in 0..n {
+        p.publish(topic, &payload, 1, Some((i % 60_000) as u16 + 1), false)
+            .await;
+        inflight += 1;
+        while inflight >= window || (i + 1 == n && inflight > 0) {
+            match p.recv(Duration::from_secs(5)).await {
+                Some(Packet::PubAck(_)) => {
+                    inflight -= 1;
+                    acked += 1;
+                }
+                Some(_) => {}
+                None => return acked,
+            }
+        }
+    }
+    acked
+}
+
+/// A QoS 1 PUBLISH (`retain` as given) and its PUBACK.
+async fn publish_one(
+    c: &mut Raw<tokio::net::TcpStream>,
+    topic: &str,
+    payload: &[u8],
+    retain: bool,
+    pid: u16,
+) {
+    c.publish(topic, payload, 1, Some(pid), retain).await;
+    loop {
+        match c.recv(Duration::from_secs(5)).await {
+            Some(Packet::PubAck(a)) if a.packet_id == pid => return,
+            Some(_) => continue,
+            None => panic!("no PUBACK for {topic}"),
+        }
+    }
+}
+
+/// The topics of the retained messages a new subscriber to `filter` (through the LB) is sent.
+async fn retained_topics(t: &Topo, ip: IpAddr, id: &str, filter: &str) -> Vec<String> {
+    let mut c = lb_client(t, ip, id, 30).await;
+    assert_eq!(c.subscribe(1, &[(filter, 0)]).await, vec![0]);
+    let mut topics: Vec<String> = c
+        .collect(Duration::from_millis(300))
+        .await
+        .into_iter()
+        .map(|p| p.topic)
+        .collect();
+    topics.sort();
+    topics
+}
+
+/// A subscriber on `#` (through the LB, 4 KiB receive window) that reads nothing while 1,000
+/// QoS 1 messages of 4 KiB are published: the publisher gets every PUBACK, the stuck
+/// subscriber's queue is held to `max_queued_bytes` by dropping its oldest (counted), and it
+/// is still connected afterwards. The canary's topic matches `#` too: its beats queue up for
+/// the stuck subscriber all along, and the canary must not notice.
+async fn stuck_subscriber(t: Arc<Topo>, ip: IpAddr) -> Outcome {
+    const N: usize = 1000;
+    let s = tcp_small_window(Some(ip), t.mqtt).await.unwrap();
+    let mut stuck = Raw::new(s, Version::V5);
+    assert_eq!(stuck.connect("stuck-on-all", true, 0).await.code, 0);
+    assert_eq!(stuck.subscribe(1, &[("#", 1)]).await, vec![1]);
+    let mut p = lb_client(&t, ip, "stuck-feeder", 30).await;
+    let t0 = Instant::now();
+    let acked = publish_acked(&mut p, "slow/x", 4096, N, 50).await;
+    let took = t0.elapsed();
+    assert_eq!(
+        acked, N,
+        "the publisher was held back for the stuck subscriber"
+    );
+    // drop_oldest keeps it connected: once it reads, the newest messages come
+    let next = stuck.recv(Duration::from_secs(2)).await;
+    assert!(
+        matches!(next, Some(Packet::Publish(_))),
+        "the stuck subscriber, reading at last: {next:?}"
+    );
+    Outcome::seen(format!(
+        "{N}× 4 KiB acked in {}, stuck one still connected",
+        ms(took)
+    ))
+    .holding((stuck, p))
+}
+
+/// A client (straight to the broker, 4 KiB receive window) that writes `packet` as fast as it
+/// can and never reads what it is owed: the broker stops reading it (its writes block) before
+/// 32 MiB, and the process's memory (LB and broker are in it) grows by less than 32 MiB.
+/// Straight, because through the LB the kernel buffers of two more sockets on the way back
+/// hold megabytes of PUBACKs the broker has already written, which moves the point where the
+/// client's writes stop by tens of MiB from run to run; the LB's own buffers are bounded.
+async fn never_reads(t: Arc<Topo>, ip: IpAddr, packet: Packet, tag: &str) -> Outcome {
+    const BOUND: usize = 32 << 20;
+    let s = tcp_small_window(Some(ip), t.broker).await.unwrap();
+    let mut c = Raw::new(s, Version::V311);
+    assert_eq!(c.connect(&format!("deaf-{tag}"), true, 30).await.code, 0);
+    let mut chunk = bytes::BytesMut::new();
+    while chunk.len() < 64 << 10 {
+        mqedge_protocol::encode(&packet, Version::V311, &mut chunk);
+    }
+    let before = rss();
+    let t0 = Instant::now();
+    let mut sent = 0usize;
+    let mut blocked = false;
+    while sent < BOUND && t0.elapsed() < Duration::from_secs(10) {
+        match tokio::time::timeout(Duration::from_millis(500), c.s.write_all(&chunk)).await {
+            Ok(Ok(())) => sent += chunk.len(),
+            Ok(Err(e)) => panic!("write failed after {} KiB: {e}", sent >> 10),
+            Err(_) => {
+                blocked = true;
+                break;
+            }
+        }
+    }
+    let took = t0.elapsed();
+    let grew = rss().saturating_sub(before);
+    assert!(blocked, "still read after {} MiB", sent >> 20);
+    assert!(grew < 32 << 20, "the process grew by {} MiB", grew >> 20);
+    Outcome::seen(format!(
+        "not read past {} MiB (stalled after {}), RSS +{} MiB",
+        sent >> 20,
+        ms(took),
+        grew >> 20
+    ))
+    .holding(c)
+}
+
+/// One SUBSCRIBE of 2,001 filters, from a v5 and from a 3.1.1 client: the first 2,000 are
+/// granted, the last refused (0x97 / 0x80); a filter already held may be subscribed again.
+async fn subscription_cap(t: Arc<Topo>, ip: IpAddr) -> Outcome {
+    const CAP: usize = 2000;
+    let filters: Vec<String> = (0..=CAP).map(|i| format!("cap/{i}")).collect();
+    let filters: Vec<(&str, u8)> = filters.iter().map(|f| (f.as_str(), 0)).collect();
+    let mut v5 = lb_client(&t, ip, "sub-cap-5", 30).await;
+    let codes = v5.subscribe(1, &filters).await;
+    assert!(codes[..CAP].iter().all(|c| *c == 0), "first {CAP} granted");
+    assert_eq!(codes[CAP], 0x97, "v5: Quota exceeded");
+    assert_eq!(
+        v5.subscribe(2, &[("cap/0", 1)]).await,
+        vec![1],
+        "a held one"
+    );
+    let mut old = Raw::new(tcp_from(Some(ip), t.mqtt).await.unwrap(), Version::V311);
+    assert_eq!(old.connect("sub-cap-311", true, 30).await.code, 0);
+    let codes = old.subscribe(1, &filters).await;
+    assert_eq!(codes[CAP], 0x80, "3.1.1: Failure");
+    Outcome::seen("SUBACK 0x97 (v5), 0x80 (3.1.1) for the 2,001st").holding((v5, old))
+}
+
+/// 21 retained topics: all 21 delivered, 20 kept; a new subscriber gets the 20. The case
+/// clears them again (the next case needs the room).
+async fn retained_count_cap(t: Arc<Topo>, ip: IpAddr) -> Outcome {
+    let mut p = lb_client(&t, ip, "retainer", 30).await;
+    for i in 0..21u16 {
+        publish_one(&mut p, &format!("ret/{i:02}"), b"v", true, i + 1).await;
+    }
+    let kept = retained_topics(&t, ip, "retained-reader", "ret/#").await;
+    let want: Vec<String> = (0..20).map(|i| format!("ret/{i:02}")).collect();
+    assert_eq!(kept, want, "the first 20 kept, the 21st not");
+    for i in 0..20u16 {
+        publish_one(&mut p, &format!("ret/{i:02}"), b"", true, i + 100).await;
+    }
+    Outcome::seen("20 of 21 kept, the 21st delivered but not stored")
+}
+
+/// A small retained value, then a 20 KB one on the same topic (past the 16 KiB cap): the big
+/// one is not stored and the older value goes with it, so a new subscriber gets neither.
+async fn retained_bytes_cap(t: Arc<Topo>, ip: IpAddr) -> Outcome {
+    let mut p = lb_client(&t, ip, "big-retainer", 30).await;
+    publish_one(&mut p, "retb/x", b"small", true, 1).await;
+    publish_one(&mut p, "retb/x", &[b'x'; 20_000], true, 2).await;
+    let kept = retained_topics(&t, ip, "big-reader", "retb/#").await;
+    assert!(kept.is_empty(), "retained after the cap: {kept:?}");
+    Outcome::seen("not stored, the older value removed")
+}
+
+/// Six PUBLISHes each binding a new topic alias to a 200-byte topic (1,200 bytes, over the
+/// 1 KiB cap): DISCONNECT 0x97 at the sixth.
+async fn topic_alias_cap(t: Arc<Topo>, ip: IpAddr) -> Outcome {
+    let mut c = lb_client(&t, ip, "aliaser", 30).await;
+    let mut out = bytes::BytesMut::new();
+    for alias in 1..=6u16 {
+        let mut p = publish(
+            &format!("{alias}/{}", "a".repeat(198)),
+            b"x",
+            0,
+            None,
+            false,
+        );
+        p.properties.topic_alias = Some(alias);
+        mqedge_protocol::encode(&Packet::Publish(p), Version::V5, &mut out);
+    }
+    let _ = c.s.write_all(&out).await;
+    let (got, took) = disconnect_code(&mut c, Duration::from_secs(5)).await;
+    assert_eq!(got, Some(0x97), "DISCONNECT after {took:?}");
+    assert!(took < PROMPT, "DISCONNECT after {took:?}");
+    Outcome::seen(format!("DISCONNECT 0x97 in {}", ms(took)))
+}
+
+/// 110 TCP connections straight to the broker that send nothing: they count toward
+/// `max_connections` (100) from accept, so those past it are closed at once, unanswered; once
+/// they are gone a client connects again.
+async fn pending_connections_cap(t: Arc<Topo>, ip: IpAddr) -> Outcome {
+    const N: usize = 110;
+    let mut conns = Vec::new();
+    for _ in 0..N {
+        conns.push(tcp_from(Some(ip), t.broker).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut closed = 0;
+    for s in &mut conns {
+        let mut buf = [0u8; 8];
+        match tokio::time::timeout(Duration::from_millis(2), s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => closed += 1,
+            Ok(Ok(n)) => panic!("answered: {:?}", &buf[..n]),
+            Err(_) => {}
+        }
+    }
+    let open = N - closed;
+    // the canary's two connections, the health check's, and the case's own hold the rest
+    assert!(
+        (85..=98).contains(&open),
+        "{open} held open, {closed} closed (max_connections 100)"
+    );
+    drop(conns);
+    let admin = t.broker_admin;
+    let idle = tokio::task::block_in_place(|| {
+        wait_until(Duration::from_secs(5), || {
+            let s = parse_prometheus(&http("GET", admin, "/metrics").1);
+            metric(&s, "mqedge_broker_connections_pending", &[]) == 0.0
+        })
+    });
+    assert!(idle, "the idle connections are still pending");
+    let c = lb_client(&t, ip, "after-pending", 30).await;
+    Outcome::seen(format!(
+        "{closed} closed at accept, {open} held; a client connects after"
+    ))
+    .holding(c)
+}
+
 // ---- the runner --------------------------------------------------------------------------
 
 /// The samples of `side`'s `/metrics`.
@@ -1108,8 +1507,16 @@ allow_anonymous = true
 password_file = "passwd"
 max_concurrent_password_checks = 1
 
+# small caps, so that the cases past them are quick; room enough for the other cases (64
+# password CONNECTs at once, 2,000 SUBSCRIBEs on one connection)
 [limits]
 max_packet_size = "64KiB"
+max_connections = 100
+max_subscriptions_per_client = 2000
+max_retained_messages = 20
+max_retained_bytes = "16KiB"
+max_topic_alias_bytes = "1KiB"
+max_queued_bytes = "64KiB"
 "#
     .to_string()
 }
@@ -1143,6 +1550,7 @@ cert = "{cert}"
 key = "{key}"
 client_ca = "{ca}"
 client_auth = "required"
+crl = "{crl}"
 
 [health]
 kind = "mqtt"
@@ -1159,6 +1567,7 @@ proxy_protocol = "v2"
         cert = pki.file("server.pem"),
         key = pki.file("server.key"),
         ca = pki.file("ca.pem"),
+        crl = pki.file("crl.pem"),
     )
 }
 
@@ -1173,11 +1582,38 @@ fn presenting(pki: &Pki, cert: &str, key: &str) -> Arc<rustls::ClientConfig> {
     client_config(ca, Some(id)).unwrap()
 }
 
+/// The test CA as an issuer.
+fn test_ca(pki: &Pki) -> Issued {
+    Issued {
+        cert_pem: std::fs::read_to_string(pki.file("ca.pem")).unwrap(),
+        key_pem: std::fs::read_to_string(pki.file("ca.key")).unwrap(),
+    }
+}
+
+/// A client config trusting the test CA and presenting `leaf` with `chain` after it.
+fn presenting_chain(pki: &Pki, leaf: &Issued, chain: &[&Issued]) -> Arc<rustls::ClientConfig> {
+    use mqedge_shared::tls::{certs_from_pem, client_config, key_from_pem, load_certs};
+    let mut certs = certs_from_pem(&leaf.cert_pem).unwrap();
+    for c in chain {
+        certs.extend(certs_from_pem(&c.cert_pem).unwrap());
+    }
+    let key = key_from_pem(&leaf.key_pem).unwrap();
+    let ca = load_certs(std::path::Path::new(&pki.file("ca.pem"))).unwrap();
+    client_config(ca, Some((certs, key))).unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_inputs_are_refused_counted_and_leave_a_good_pair_unharmed() {
     let dir = TempDir::new("matrix");
-    let pki = Pki::new(dir.path(), &["good"]);
+    let pki = Pki::new(dir.path(), &["good", "revoked"]);
     write_expired_client(&dir.path().join("certs"), "expired");
+    let ca = test_ca(&pki);
+    let revoked = std::fs::read_to_string(pki.file("revoked.pem")).unwrap();
+    let crl = issue::crl(&ca, &[&revoked], 1).unwrap();
+    std::fs::write(pki.file("crl.pem"), crl).unwrap();
+    // the test CA may sign leaves only (path length 0): a CA under it is past that
+    let rogue = issue::sub_ca(&ca, "rogue CA", None).unwrap();
+    let deep = issue::client(&rogue, "deep").unwrap();
     dir.write("passwd", &format!("slow:{}\n", slow_hash(b"right")));
     let broker = InProcBroker::start(&dir.write("b.toml", &broker_toml()));
     let lb = InProcLb::start(&dir.write("lb.toml", &lb_toml(&pki, broker.addr())));
@@ -1194,6 +1630,8 @@ async fn hostile_inputs_are_refused_counted_and_leave_a_good_pair_unharmed() {
         tls_anonymous: pki.client_config(None),
         tls_foreign: presenting(&pki, &pki.evil("intruder.pem"), &pki.evil("intruder.key")),
         tls_expired: presenting(&pki, &pki.file("expired.pem"), &pki.file("expired.key")),
+        tls_bad_chain: presenting_chain(&pki, &deep, &[&rogue]),
+        tls_revoked: pki.client_config(Some("revoked")),
     });
     // the mTLS listener does let a good certificate in (the refusals below are not vacuous)
     let mut good = tls_from(None, t.mtls, pki.client_config(Some("good")))

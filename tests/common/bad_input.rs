@@ -92,3 +92,50 @@ pub fn write_expired_client(certs: &Path, cn: &str) {
     std::fs::write(certs.join(format!("{cn}.pem")), cert.pem()).unwrap();
     std::fs::write(certs.join(format!("{cn}.key")), key.serialize_pem()).unwrap();
 }
+
+/// A TCP connection from `src` to `dst` whose receive buffer is 4 KiB: a client that stops
+/// reading is felt by the sender after a few KiB, not after the kernel's megabytes.
+pub async fn tcp_small_window(
+    src: Option<IpAddr>,
+    dst: SocketAddr,
+) -> std::io::Result<tokio::net::TcpStream> {
+    let sock = tokio::net::TcpSocket::new_v4()?;
+    sock.set_recv_buffer_size(4096)?;
+    if let Some(ip) = src {
+        sock.bind(SocketAddr::new(ip, 0))?;
+    }
+    sock.connect(dst).await
+}
+
+/// Resident memory of this process, in bytes (0 when /proc cannot tell).
+pub fn rss() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// The files of `fuzz/regressions/<target>/` (inputs a fuzz target once crashed on), by
+/// target, sorted; empty when there are none.
+pub fn fuzz_regressions() -> Vec<(String, std::path::PathBuf)> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/regressions");
+    let mut found = Vec::new();
+    let Ok(targets) = std::fs::read_dir(&root) else {
+        return found;
+    };
+    for t in targets.flatten() {
+        let target = t.file_name().to_string_lossy().into_owned();
+        let Ok(files) = std::fs::read_dir(t.path()) else {
+            continue;
+        };
+        for f in files.flatten() {
+            if f.path().is_file() {
+                found.push((target.clone(), f.path()));
+            }
+        }
+    }
+    found.sort();
+    found
+}

@@ -191,6 +191,10 @@ impl Live {
             if self.c.limits().reads_paused(self.c.out.len()) {
                 return Ok(()); // the rest waits in `rbuf` until the client reads (see `run`)
             }
+            // one unit of the task's budget per packet: a client whose packets each cost little
+            // (PINGREQs, tiny QoS 1 PUBLISHes) is handled a few hundred at a time, not
+            // 64,000 in one poll that holds its worker thread for most of a second
+            tokio::task::consume_budget().await;
             // (statements, not `while let`: no decode temporaries kept across the await)
             let mut p = match decode(&mut self.rbuf, Some(self.c.v), max) {
                 Ok(Some(p)) => p,
