@@ -184,14 +184,14 @@ fn unclustered_nodes_are_not_compared_and_bad_files_fail_as_alone() {
         "bad.toml",
         "[node]\nname = \"a b\"\n[[listener]]\nbind = \"127.0.0.1:1\"\n",
     );
-    let (code, _, err) = check(&lb, &[bad.clone()]);
+    let (code, _, err) = check(&lb, std::slice::from_ref(&bad));
     assert_eq!(code, 1);
     assert!(
         err.starts_with(&format!("{}:2: node name must be non-empty", bad.display())),
         "{err}"
     );
     // --broker needs the LB config as -c
-    let (code, _, err) = check(&solo, &[solo.clone()]);
+    let (code, _, err) = check(&solo, std::slice::from_ref(&solo));
     assert_eq!(code, 1);
     assert!(
         err.contains("is a broker config; --broker compares"),
