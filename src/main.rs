@@ -68,6 +68,10 @@ enum Cmd {
         /// Config file (TOML).
         #[arg(short, long)]
         config: PathBuf,
+        /// A broker node's config (repeat for each node): with an LB config as -c, also check
+        /// that the LB's backend names are the nodes' names (docs/cluster.md, "Placement").
+        #[arg(long = "broker", value_name = "FILE")]
+        brokers: Vec<PathBuf>,
     },
     /// Load generator: pub/sub message rates and latency, connect storms, held connections.
     Bench {
@@ -116,7 +120,7 @@ fn main() -> ExitCode {
     };
     cli::init_logs(cli.log_format);
     match cli.cmd {
-        Cmd::Check { config } => cli::check::run(&config),
+        Cmd::Check { config, brokers } => cli::check::run(&config, &brokers),
         Cmd::Lb { config } => cli::run::run(Role::Lb, &config),
         Cmd::Broker { config } => cli::run::run(Role::Broker, &config),
         Cmd::Passwd { file, user } => cli::passwd::run(&file, &user),

@@ -30,10 +30,19 @@ pub struct Candidate<'a> {
     pub active: u64,
 }
 
-use mqedge_shared::placement::score;
 pub use mqedge_shared::placement::stable_hash;
 #[cfg(test)]
 use mqedge_shared::placement::{fmix64, FNV_OFFSET};
+use mqedge_shared::placement::{weighted_order, Ranked};
+
+impl Ranked for Candidate<'_> {
+    fn rank_name(&self) -> &str {
+        self.name
+    }
+    fn rank_weight(&self) -> u32 {
+        self.weight
+    }
+}
 
 /// Rendezvous (highest random weight) weighted order: returns indices into `candidates`, best first, ALL candidates
 /// included (so callers can retry in hash order). Weight 0 candidates are never returned. Deterministic: same key + same
@@ -42,38 +51,10 @@ use mqedge_shared::placement::{fmix64, FNV_OFFSET};
 /// Why rendezvous: when a backend joins or leaves, only the keys that backend wins (or won)
 /// change their first pick, and it needs no ring to rebuild on a config reload. Equal scores
 /// are broken by name so the order is total; only duplicate names fall back to slice order.
+/// The rule itself is [`mqedge_shared::placement::weighted_order`], the one the brokers place
+/// sessions by, so a backend's `name` must be its broker's node name.
 pub fn hash_order(key: &[u8], candidates: &[Candidate<'_>]) -> Vec<usize> {
-    let key_hash = stable_hash(key);
-    let mut scored: Vec<(u64, usize)> = Vec::with_capacity(candidates.len());
-    scored.extend(
-        candidates
-            .iter()
-            .enumerate()
-            .filter(|(_, c)| c.weight > 0)
-            .map(|(i, c)| (!score(key_hash, c.name, c.weight).to_bits(), i)),
-    );
-    sort_best_first(&mut scored, candidates);
-    scored.into_iter().map(|(_, i)| i).collect()
-}
-
-/// Sorts `(inverted score bits, index)` pairs best first, equal scores by name.
-///
-/// Scores are finite and positive, so their IEEE bits order like the floats and `!bits`
-/// orders best first: the sort compares plain integers, about 20% off a pick over
-/// 100 backends. Equal scores only come from duplicate or colliding names; those short runs are
-/// re-sorted by name (then index) afterwards.
-fn sort_best_first(scored: &mut [(u64, usize)], candidates: &[Candidate<'_>]) {
-    scored.sort_unstable();
-    for run in scored.chunk_by_mut(|a, b| a.0 == b.0) {
-        if run.len() > 1 {
-            run.sort_unstable_by(|&(_, ia), &(_, ib)| {
-                candidates[ia]
-                    .name
-                    .cmp(candidates[ib].name)
-                    .then(ia.cmp(&ib))
-            });
-        }
-    }
+    weighted_order(key, candidates)
 }
 
 /// The hashing key for `SourceIp`: the address octets only, never the port.
@@ -232,24 +213,50 @@ mod tests {
         picks.iter().filter(|p| p.as_str() == name).count()
     }
 
+    /// xorshift64*: seeded test inputs, so a failure replays.
+    fn next(s: &mut u64) -> u64 {
+        *s ^= *s >> 12;
+        *s ^= *s << 25;
+        *s ^= *s >> 27;
+        s.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
     #[test]
-    fn the_brokers_pick_is_the_lbs_first_choice() {
-        let names = ["node1", "node2", "node3", "b", "a"];
-        let c: Vec<Candidate<'_>> = names
-            .iter()
-            .map(|n| Candidate {
-                name: n,
-                weight: 1,
-                active: 0,
-            })
-            .collect();
-        for i in 0..2000 {
-            let key = format!("client-{i}");
-            let first = names[hash_order(key.as_bytes(), &c)[0]];
+    fn the_brokers_equal_weight_order_is_the_lbs_order_for_random_ids_and_names() {
+        use mqedge_shared::placement::{rendezvous_first, rendezvous_order};
+        let mut s = 0x5eed_u64;
+        for case in 0..3_000 {
+            let n = (next(&mut s) % 8) as usize;
+            let owned: Vec<String> = (0..n)
+                .map(|_| format!("n{:x}", next(&mut s) % 64))
+                .collect();
+            let names: Vec<&str> = owned.iter().map(String::as_str).collect();
+            let c: Vec<Candidate<'_>> = names
+                .iter()
+                .map(|name| Candidate {
+                    name,
+                    weight: 1,
+                    active: (next(&mut s) % 5),
+                })
+                .collect();
+            let key = format!("client-{}", next(&mut s));
+            let lb: Vec<&str> = hash_order(key.as_bytes(), &c)
+                .into_iter()
+                .map(|i| c[i].name)
+                .collect();
+            let broker = rendezvous_order(key.as_bytes(), &names);
+            assert_eq!(lb, broker, "case {case}: key {key} names {names:?}");
             assert_eq!(
-                mqedge_shared::placement::rendezvous_first(key.as_bytes(), &names),
-                Some(first)
+                rendezvous_first(key.as_bytes(), &names),
+                lb.first().copied()
             );
+            // the client-id strategy of the picker is the same order
+            let picked: Vec<&str> = Picker::new()
+                .order(Strategy::ClientId, Strategy::SourceIp, &key, IP, &c)
+                .into_iter()
+                .map(|i| c[i].name)
+                .collect();
+            assert_eq!(picked, broker);
         }
     }
 
@@ -291,17 +298,6 @@ mod tests {
             assert_eq!(a, b, "key {key}");
             assert_eq!(a.len(), 7, "every candidate is returned");
         }
-    }
-
-    #[test]
-    fn equal_scores_break_by_name() {
-        let n: Vec<String> = ["c", "b", "a", "d"].iter().map(|s| s.to_string()).collect();
-        let c = cands(&n, &[1; 4]);
-        // c, b, a share the best score; d is worse.
-        let mut scored = vec![(5, 0), (9, 3), (5, 1), (5, 2)];
-        sort_best_first(&mut scored, &c);
-        let order: Vec<usize> = scored.into_iter().map(|(_, i)| i).collect();
-        assert_eq!(order, vec![2, 1, 0, 3]);
     }
 
     #[test]
