@@ -10,7 +10,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::bad_input::slow_hash;
+use common::bad_input::{rss, slow_hash};
 use common::*;
 use mqedge_protocol::{ConnAck, Connect, Packet, Version};
 
@@ -29,16 +29,6 @@ fn broker_threads() -> usize {
         .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
         .filter(|name| name.starts_with("inproc-broker"))
         .count()
-}
-
-/// This process's resident memory, in bytes.
-fn rss() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map_or(0, |kb| kb * 1024)
 }
 
 /// Sends a CONNECT and waits (up to `wait`) for the CONNACK; `None`: closed without one.

@@ -10,6 +10,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use common::bad_input::rss;
 use common::*;
 use mqedge_protocol::{ConnectProperties, Packet, PublishProperties, Version};
 
@@ -23,16 +24,6 @@ fn samples(b: &InProcBroker) -> Vec<(String, String, f64)> {
 fn hits(b: &InProcBroker, limit: &str) -> f64 {
     let needle = format!("limit=\"{limit}\"");
     metric(&samples(b), "mqedge_broker_limit_hits_total", &[&needle])
-}
-
-/// This process's resident memory, in bytes.
-fn rss() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map_or(0, |kb| kb * 1024)
 }
 
 /// The retained messages a new subscriber to `filter` is sent (their topics, sorted).

@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::bad_input::rss;
 use common::cluster_nodes::*;
 use common::*;
 use mqedge_protocol::{reason, Packet, Version};
@@ -52,6 +53,36 @@ fn good(mut c: Raw<TcpStream>, want: usize) -> (Arc<AtomicUsize>, tokio::task::J
         }
     });
     (n, task)
+}
+
+/// A good subscriber `{tag}-good` on `filter` and a publisher `{tag}-pub` sending `n` QoS 1
+/// messages of 1 KiB to `topic`, beside a stuck subscriber the caller holds; waits up to
+/// `drain_secs` after the publisher for the subscriber. Returns (acked, received, seconds).
+async fn beside_stuck(
+    addr: SocketAddr,
+    tag: &str,
+    filter: &str,
+    topic: &str,
+    n: usize,
+    drain_secs: u64,
+) -> (usize, usize, f64) {
+    let mut g = Raw::client(addr, Version::V5, &format!("{tag}-good")).await;
+    assert_eq!(g.subscribe(1, &[(filter, 1)]).await, vec![1]);
+    let (got, task) = good(g, n);
+    let mut p = Raw::client(addr, Version::V5, &format!("{tag}-pub")).await;
+    let t = Instant::now();
+    let acked = tokio::time::timeout(
+        Duration::from_secs(20),
+        publish_qos1(&mut p, topic, 1024, n, 100),
+    )
+    .await
+    .unwrap_or(0);
+    let _ = tokio::time::timeout(Duration::from_secs(drain_secs), task).await;
+    (
+        acked,
+        got.load(Ordering::Relaxed),
+        t.elapsed().as_secs_f64(),
+    )
 }
 
 /// Publishes `n` messages of `size` bytes to `topic` at QoS 1, at most `window` unacknowledged;
@@ -102,17 +133,6 @@ fn counter(b: &InProcBroker, name: &str, label: &str) -> f64 {
     )
 }
 
-/// Resident memory of this process, in bytes.
-fn rss() -> u64 {
-    let s = std::fs::read_to_string("/proc/self/status").unwrap();
-    let kb: u64 = s
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap();
-    kb * 1024
-}
-
 /// (1) A `#` subscriber that stops reading does not throttle a good subscriber of the same
 /// topic: 3,000 QoS 1 messages of 1 KiB reach it at ≥ 500 msg/s. (Before: the publisher was
 /// held 2 s per message once the stuck one had `max_offline_messages` queued: ~0.5 msg/s.)
@@ -122,21 +142,8 @@ async fn a_stuck_subscriber_does_not_throttle_a_good_one() {
     let b = InProcBroker::plain("slow-rate", "[limits]\nmax_offline_messages = 200\n");
     let addr = b.addr();
     let _stuck = stuck(addr, "rate-stuck", "#", 1).await;
-    let mut g = Raw::client(addr, Version::V5, "rate-good").await;
-    assert_eq!(g.subscribe(1, &[("load/#", 1)]).await, vec![1]);
     const N: usize = 3000;
-    let (got, task) = good(g, N);
-    let mut p = Raw::client(addr, Version::V5, "rate-pub").await;
-    let t = Instant::now();
-    let acked = tokio::time::timeout(
-        Duration::from_secs(20),
-        publish_qos1(&mut p, "load/x", 1024, N, 100),
-    )
-    .await
-    .unwrap_or(0);
-    let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
-    let secs = t.elapsed().as_secs_f64();
-    let n = got.load(Ordering::Relaxed);
+    let (acked, n, secs) = beside_stuck(addr, "rate", "load/#", "load/x", N, 10).await;
     let rate = n as f64 / secs;
     println!(
         "good subscriber: {n} of {N} in {secs:.2}s = {rate:.0} msg/s (publisher acked {acked}); \
@@ -260,21 +267,8 @@ async fn a_shared_group_skips_a_stuck_member() {
     );
     let addr = b.addr();
     let _stuck = stuck(addr, "share-stuck", "$share/g/work/#", 1).await;
-    let mut g = Raw::client(addr, Version::V5, "share-good").await;
-    assert_eq!(g.subscribe(1, &[("$share/g/work/#", 1)]).await, vec![1]);
     const N: usize = 2000;
-    let (got, task) = good(g, N);
-    let mut p = Raw::client(addr, Version::V5, "share-pub").await;
-    let t = Instant::now();
-    let acked = tokio::time::timeout(
-        Duration::from_secs(20),
-        publish_qos1(&mut p, "work/x", 1024, N, 100),
-    )
-    .await
-    .unwrap_or(0);
-    let _ = tokio::time::timeout(Duration::from_secs(3), task).await;
-    let secs = t.elapsed().as_secs_f64();
-    let n = got.load(Ordering::Relaxed);
+    let (acked, n, secs) = beside_stuck(addr, "share", "$share/g/work/#", "work/x", N, 3).await;
     let stuck_queued = b.state.session("share-stuck").unwrap().lock().queue.len();
     println!(
         "shared: good member {n} of {N} in {secs:.2}s, stuck member queued {stuck_queued}, acked {acked}"

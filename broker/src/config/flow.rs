@@ -84,14 +84,8 @@ pub(super) fn flow(p: &mut Problems<'_>, raw: Option<&RawLimits>) -> FlowConfig 
 
 #[cfg(test)]
 mod tests {
+    use super::super::limits::tests::parse;
     use super::*;
-    use crate::config::Config;
-    use std::path::Path;
-
-    fn parse(limits: &str) -> Result<Config, String> {
-        let src = format!("[[listener]]\nbind = \"127.0.0.1:1883\"\n[limits]\n{limits}\n");
-        Config::parse(Path::new("b.toml"), &src).map_err(|e| e.to_string())
-    }
 
     #[test]
     fn defaults_values_and_errors() {

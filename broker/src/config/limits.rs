@@ -187,12 +187,13 @@ pub(super) fn limits(p: &mut Problems<'_>, raw: Option<RawLimits>) -> LimitsConf
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use std::path::Path;
 
     use crate::config::Config;
 
-    fn parse(limits: &str) -> Result<Config, String> {
+    /// A config with `limits` as its `[limits]` table (the slow-consumer keys' tests use it too).
+    pub(in crate::config) fn parse(limits: &str) -> Result<Config, String> {
         let src = format!("[[listener]]\nbind = \"127.0.0.1:1883\"\n[limits]\n{limits}\n");
         Config::parse(Path::new("b.toml"), &src).map_err(|e| e.to_string())
     }
