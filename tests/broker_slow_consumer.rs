@@ -71,18 +71,29 @@ async fn beside_stuck(
     let (got, task) = good(g, n);
     let mut p = Raw::client(addr, Version::V5, &format!("{tag}-pub")).await;
     let t = Instant::now();
-    let acked = tokio::time::timeout(
-        Duration::from_secs(20),
-        publish_qos1(&mut p, topic, 1024, n, 100),
-    )
-    .await
-    .unwrap_or(0);
+    let acked = publish_within(&mut p, topic, 1024, n, 100).await;
     let _ = tokio::time::timeout(Duration::from_secs(drain_secs), task).await;
     (
         acked,
         got.load(Ordering::Relaxed),
         t.elapsed().as_secs_f64(),
     )
+}
+
+/// [`publish_qos1`] within 20 s: how many were acknowledged by then (0 when it did not end).
+async fn publish_within(
+    p: &mut Raw<TcpStream>,
+    topic: &str,
+    size: usize,
+    n: usize,
+    window: usize,
+) -> usize {
+    tokio::time::timeout(
+        Duration::from_secs(20),
+        publish_qos1(p, topic, size, n, window),
+    )
+    .await
+    .unwrap_or(0)
 }
 
 /// Publishes `n` messages of `size` bytes to `topic` at QoS 1, at most `window` unacknowledged;
@@ -182,12 +193,7 @@ async fn policy_disconnect_closes_the_slow_subscriber_with_0x97() {
     let addr = b.addr();
     let mut s = stuck(addr, "disc-stuck", "#", 1).await;
     let mut p = Raw::client(addr, Version::V5, "disc-pub").await;
-    let acked = tokio::time::timeout(
-        Duration::from_secs(20),
-        publish_qos1(&mut p, "load/x", 4096, 500, 50),
-    )
-    .await
-    .unwrap_or(0);
+    let acked = publish_within(&mut p, "load/x", 4096, 500, 50).await;
     assert_eq!(acked, 500, "the publisher was stalled\n{}", b.logs());
     let disc = "mqedge_broker_slow_consumer_events_total";
     assert!(
@@ -233,12 +239,7 @@ async fn policy_drop_oldest_bounds_the_queue_and_counts() {
     let addr = b.addr();
     let mut s = stuck(addr, "drop-stuck", "#", 1).await;
     let mut p = Raw::client(addr, Version::V5, "drop-pub").await;
-    let acked = tokio::time::timeout(
-        Duration::from_secs(20),
-        publish_qos1(&mut p, "load/x", 4096, 500, 50),
-    )
-    .await
-    .unwrap_or(0);
+    let acked = publish_within(&mut p, "load/x", 4096, 500, 50).await;
     assert_eq!(acked, 500, "the publisher was stalled\n{}", b.logs());
     let events = "mqedge_broker_slow_consumer_events_total";
     let dropped = counter(&b, events, "drop_oldest");
