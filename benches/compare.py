@@ -412,7 +412,7 @@ def hold_rss(proc, args):
     return (peak - base) / max(1, n)
 
 
-def split_pubsub(port, pubs, subs, qos, dur, rate, topic, shared=None, sub_port=None):
+def split_pubsub(port, pubs, subs, qos, dur, rate, topic, shared=None, sub_port=None, persistent=False):
     """Subscribers and publishers in two processes (so neither starves the other), publishers at
     `rate` msg/s each (0 = as fast as they can). Returns sent/received/duration/latency."""
     secs = float(dur[:-1])
@@ -420,6 +420,8 @@ def split_pubsub(port, pubs, subs, qos, dur, rate, topic, shared=None, sub_port=
                 "-d", f"{secs + 4:g}s"]
     if shared:
         sub_args += ["--shared", shared]
+    if persistent:
+        sub_args += ["--persistent", "--prefix", f"{topic}-p"]
     sub = bench_bg(sub_args)
     time.sleep(1.5)
     pub = bench(["pub", "-p", str(port), "--clients", str(pubs), "-q", str(qos), "-s", "64", "-d", dur,
@@ -526,7 +528,9 @@ def cluster_rows(q):
         conf = os.path.join(WORK, f"cnode{i}.toml")
         with open(conf, "w") as f:
             f.write(f'[node]\nname = "cnode{i + 1}"\nadmin = "127.0.0.1:{admins[i]}"\n\n[[listener]]\nbind = "127.0.0.1:{ports[i]}"\n\n'
-                    f'[auth]\nallow_anonymous = true\n{extra}')
+                    f'[auth]\nallow_anonymous = true\n\n'
+                    # the route propagation row subscribes one client to 100,000 filters
+                    f'[limits]\nmax_subscriptions_per_client = 1000000\n{extra}')
         nodes.append(Proc(f"cnode{i + 1}", [MQ, "broker", "-c", conf], env={"RUST_LOG": "warn"}))
         wait_port(ports[i])
 
@@ -575,6 +579,49 @@ def cluster_rows(q):
     for p in nodes:
         p.stop()
     return rows
+
+
+def replica_rows(q):
+    """QoS 1 fan-in to persistent sessions on a 2-node cluster with data_dir, with one copy of
+    each session and with two (`session_replicas = 2`: every queued message also durable on the
+    other node before its PUBACK), one cluster after the other in the same run."""
+    dur = "3s" if q else "10s"
+    res = {}
+    for replicas in (1, 2):
+        ports = [free_port() for _ in range(2)]
+        cports = [free_port() for _ in range(2)]
+        admins = [free_port() for _ in range(2)]
+        seeds = ", ".join(f'"127.0.0.1:{p}"' for p in cports)
+        nodes = []
+        for i in range(2):
+            data = os.path.join(WORK, f"rnode{replicas}-{i}")
+            conf = os.path.join(WORK, f"rnode{replicas}-{i}.toml")
+            with open(conf, "w") as f:
+                f.write(f'[node]\nname = "rnode{i + 1}"\nadmin = "127.0.0.1:{admins[i]}"\ndata_dir = "{data}"\n\n'
+                        f'[[listener]]\nbind = "127.0.0.1:{ports[i]}"\n\n[auth]\nallow_anonymous = true\n\n'
+                        f'[limits]\nmax_offline_messages = 100000\n\n'
+                        f'[cluster]\nbind = "127.0.0.1:{cports[i]}"\nseeds = [{seeds}]\nsession_replicas = {replicas}\n')
+            nodes.append(Proc(f"rnode{replicas}-{i + 1}", [MQ, "broker", "-c", conf], env={"RUST_LOG": "warn"}))
+            wait_port(ports[i])
+        end = time.time() + 30
+        while time.time() < end:
+            try:
+                c = json.load(urllib.request.urlopen(f"http://127.0.0.1:{admins[0]}/api/cluster", timeout=3))
+                if sum(1 for n in c["nodes"] if n["state"] == "up") == 2:
+                    break
+            except Exception:
+                pass
+            time.sleep(0.2)
+        log(f"replicas: QoS 1 fan-in to persistent sessions, session_replicas = {replicas}")
+        r = split_pubsub(ports[0], pubs=4, subs=4, qos=1, dur=dur, rate=0, topic=f"r{replicas}", persistent=True)
+        res[replicas] = (r["received"] / r["duration_s"], r["latency_us"].get("p99", 0.0))
+        for p in nodes:
+            p.stop()
+    return [
+        ("Cluster", "QoS 1 fan-in to persistent sessions (data_dir, 4 publishers → 4 subscribers on one node of 2), "
+                    "session_replicas = 2 vs 1, delivered msg/s", res[2][0], res[1][0], "≥ 0.5×", 0.5, True),
+        ("Cluster", "the same, p99 latency µs, session_replicas = 2 vs 1", res[2][1], res[1][1], "", None, False),
+    ]
 
 
 # ---------- report ----------
@@ -687,19 +734,21 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="a few seconds per scenario (smoke test)")
     ap.add_argument("--out", default=os.path.join(ROOT, "docs", "benchmarks.md"))
-    ap.add_argument("--only", choices=["lb", "broker", "cluster"], action="append")
+    ap.add_argument("--only", choices=["lb", "broker", "cluster", "replicas"], action="append")
     a = ap.parse_args()
     started = datetime.datetime.now(datetime.timezone.utc)
     rows = []
     try:
         c = certs()
-        only = a.only or ["lb", "broker", "cluster"]
+        only = a.only or ["lb", "broker", "cluster", "replicas"]
         if "lb" in only:
             rows += lb_rows(a.quick, c)
         if "broker" in only:
             rows += broker_rows(a.quick)[0]
         if "cluster" in only:
             rows += cluster_rows(a.quick)
+        if "replicas" in only:
+            rows += replica_rows(a.quick)
     finally:
         stop_all()
     write_md(rows, a.quick, started, a.out)

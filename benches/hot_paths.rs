@@ -1,11 +1,12 @@
 //! Micro-benchmarks of the LB's per-connection hot paths: the CONNECT peek (MQTT 3.1.1 and 5.0)
-//! the PROXY v2 header encode with the SSL TLVs, and the client-certificate check of an mTLS
+//! the PROXY v2 header encode with the SSL TLVs (and the certificate DN and SANs), the
+//! certificate facts read once per handshake, and the client-certificate check of an mTLS
 //! handshake: rustls' WebPKI verifier against mqedge's (basic constraints of every issuer, and
 //! CRLs). (Hash picks: `benches/balance.rs`.)
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use mqedge_protocol::peek::{encode_connect, encode_varint, peek_connect};
-use mqedge_shared::proxy::{encode_v2, ProxyInfo, SslInfo};
+use mqedge_shared::proxy::{encode_v2, CertIdentity, ProxyInfo, San, SanKind, SslInfo};
 
 fn v5_connect_with_props() -> Vec<u8> {
     // v5 CONNECT: session expiry + receive maximum properties, will with properties, user+password
@@ -53,10 +54,40 @@ fn proxy_v2(c: &mut Criterion) {
             verified: true,
             cn: Some("sensor-0042-eu-w1".into()),
             cert_sha256: Some([0xab; 32]),
+            identity: Default::default(),
         }),
     };
     c.bench_function("proxy_v2_encode/ssl_cn_tlvs", |b| {
         b.iter(|| encode_v2(black_box(&info)))
+    });
+    // the same with the certificate's DN and two SANs (0xE1, 0xE2), as `proxy_tlvs` sends by default
+    let mut with_id = info.clone();
+    if let Some(ssl) = with_id.ssl.as_mut() {
+        ssl.identity = CertIdentity {
+            dn: Some("CN=sensor-0042-eu-w1,OU=Fleet EU-W,O=Acme\\, Inc.,C=DE".into()),
+            sans: vec![
+                San::new(SanKind::Uri, "spiffe://acme.example/sensor/0042"),
+                San::new(SanKind::Dns, "sensor-0042.eu-w1.acme.example"),
+            ],
+            sans_truncated: false,
+        };
+    }
+    c.bench_function("proxy_v2_encode/ssl_cn_dn_san_tlvs", |b| {
+        b.iter(|| encode_v2(black_box(&with_id)))
+    });
+}
+
+/// What the handshake adds per client certificate: one x509 parse for CN, RFC 4514 DN, SANs
+/// and SHA-256 (`CertFacts::from_der`), for a dev client leaf (CN only).
+fn cert_facts(c: &mut Criterion) {
+    use mqedge_shared::certs::issue;
+    let root = issue::root_ca("bench root", None).unwrap();
+    let leaf = issue::client(&root, "bench-client").unwrap();
+    let der = mqedge_shared::tls::certs_from_pem(&leaf.cert_pem)
+        .unwrap()
+        .remove(0);
+    c.bench_function("cert_facts/from_der", |b| {
+        b.iter(|| mqedge_shared::tls::CertFacts::from_der(black_box(der.as_ref())))
     });
 }
 
@@ -103,5 +134,5 @@ fn client_chain(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, peek, proxy_v2, client_chain);
+criterion_group!(benches, peek, proxy_v2, cert_facts, client_chain);
 criterion_main!(benches);

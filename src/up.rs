@@ -411,6 +411,11 @@ fn print_banner(certs: &Path, p: &Ports, cfg_dir: &Path) {
         p.lb_admin()
     ));
     say(format!(
+        "  LB     WebSocket ws://127.0.0.1:{}/mqtt  wss://localhost:{}/mqtt",
+        p.lb_ws(),
+        p.lb_wss()
+    ));
+    say(format!(
         "  nodes  MQTT 127.0.0.1:{}..{} (PROXY v2 from the LB only)  admin http://127.0.0.1:{}/api/cluster ..{}  cluster {}..{}",
         p.node_mqtt(1),
         p.node_mqtt(3),

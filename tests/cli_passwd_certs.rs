@@ -226,7 +226,7 @@ async fn certs_for_nodes_work_both_ways_in_mutual_tls() {
 
     let leaf = tls::load_certs(&out_dir.join("node-node1.pem")).unwrap();
     let facts = tls::CertFacts::from_der(&leaf[0]).unwrap();
-    assert_eq!(facts.sans, vec!["node1".to_string()]);
+    assert_eq!(facts.san_values(), vec!["node1".to_string()]);
     // a broker config naming them loads (the node name is the certificate's SAN)
     let cfg = dir.write(
         "node1.toml",
@@ -247,7 +247,7 @@ async fn certs_for_nodes_work_both_ways_in_mutual_tls() {
             .await
             .unwrap();
         let peer = s.get_ref().1.peer_certificates().unwrap()[0].clone();
-        tls::CertFacts::from_der(&peer).unwrap().sans
+        tls::CertFacts::from_der(&peer).unwrap().san_values()
     });
     let load = |f: &str| tls::load_certs(&out_dir.join(f)).unwrap();
     let client = tls::client_config(

@@ -142,6 +142,7 @@ fn every_config_key_is_in_its_operations_md_section() {
         ("", "[lb]", "#### `[lb]`"),
         ("", "[[listener]]", "#### `[[listener]]`: client-facing"),
         (lb, "[listener.tls]", "#### `[listener.tls]`"),
+        (lb, "[listener.websocket]", "#### `[listener.websocket]`"),
         (lb, "[balance]", "#### `[balance]`"),
         (lb, "[health]", "#### `[health]`"),
         (lb, "[[backend]]", "#### `[[backend]]`"),
@@ -152,6 +153,11 @@ fn every_config_key_is_in_its_operations_md_section() {
             "#### `[[listener]]` (at least one)",
         ),
         (node, "[cluster]", "#### `[cluster]`"),
+        (
+            node,
+            "[listener.websocket]",
+            "#### Broker `[listener.websocket]`",
+        ),
         (node, "[auth]", "#### `[auth]`"),
         (node, "[limits]", "#### `[limits]`"),
         (

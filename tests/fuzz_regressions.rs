@@ -15,8 +15,8 @@ use std::time::Duration;
 
 use common::*;
 use mqedge_shared::proxy::{
-    encode_v1, encode_v2, encode_v2_local, ProxyInfo, SslInfo, MAX_UNIQUE_ID_LEN,
-    PP2_TYPE_UNIQUE_ID,
+    encode_v1, encode_v2, encode_v2_local, identity, CertIdentity, ProxyInfo, San, SanKind,
+    SslInfo, MAX_UNIQUE_ID_LEN, PP2_TYPE_UNIQUE_ID,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -193,8 +193,21 @@ fn write_fuzz_seeds() {
             verified: true,
             cn: Some("device-1".into()),
             cert_sha256: Some([7; 32]),
+            identity: CertIdentity {
+                dn: Some("CN=device-1,OU=Floor 2,O=Acme\\, Inc.,C=DE".into()),
+                sans: vec![
+                    San::new(SanKind::Uri, "spiffe://acme.example/device/1"),
+                    San::new(SanKind::Dns, "device-1.acme.example"),
+                    San::new(SanKind::Ip, "192.0.2.7"),
+                    San::new(SanKind::Email, "ops@acme.example"),
+                ],
+                sans_truncated: false,
+            },
         }),
     };
+    let many: Vec<San> = (0..200)
+        .map(|i| San::new(SanKind::Dns, format!("n{i}.fleet.example.com")))
+        .collect();
     let seeds = [
         encode_v1(Some(v4), Some(v4d)),
         encode_v1(Some(v6), Some(v6d)),
@@ -222,6 +235,9 @@ fn write_fuzz_seeds() {
             ..ProxyInfo::default()
         }),
         encode_v2_local(),
+        // the values of the identity TLVs alone (the check decodes its input as one too)
+        identity::encode_sans(&tls.ssl.as_ref().unwrap().identity.sans, false),
+        identity::encode_sans(&many, false),
     ];
     for (i, s) in seeds.iter().enumerate() {
         fs::write(dir.join(format!("{i:03}")), s).unwrap();

@@ -484,7 +484,7 @@ async fn renewed_certificates_are_served_to_new_connections() {
         let der = s.get_ref().1.peer_certificates().unwrap()[0].clone();
         mqedge_shared::tls::CertFacts::from_der(der.as_ref())
             .unwrap()
-            .sans
+            .san_values()
     };
     let mut before = tls_from(None, tls, pki.client_config(None)).await.unwrap();
     assert!(!sans(&before).contains(&"rotated.example".to_string()));

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use mqedge_shared::proxy::{ProxyInfo, SslInfo};
+use mqedge_shared::proxy::{CertIdentity, ProxyInfo, San, SanKind, SslInfo};
 use sha2::Digest;
 
 /// A rustls client config trusting the dev CA, presenting `cn`'s certificate (or none), and
@@ -168,6 +168,11 @@ async fn tls_clients_with_certs_reach_the_broker_with_their_address_and_certific
                 verified: true,
                 cn: Some("device-1".into()),
                 cert_sha256: Some(fingerprint),
+                identity: CertIdentity {
+                    dn: Some("CN=device-1".into()),
+                    sans: vec![San::new(SanKind::Dns, "device-1")],
+                    sans_truncated: false,
+                },
             },
             "from {src}"
         );
@@ -177,7 +182,7 @@ async fn tls_clients_with_certs_reach_the_broker_with_their_address_and_certific
         let tlvs = raw_tlvs(&seen.proxy_raw);
         assert_eq!(
             kinds(&tlvs),
-            [0x01, 0x02, 0x05, 0x20, 0xE0],
+            [0x01, 0x02, 0x05, 0x20, 0xE0, 0xE1, 0xE2],
             "TLV order: {}",
             hex(&seen.proxy_raw)
         );
@@ -310,7 +315,8 @@ fn start_haproxy(dir: &TempDir, pki: &Pki, backend: SocketAddr) -> (Proc, Socket
 // Observed with HAProxy 2.6.12 (Debian 12), `send-proxy-v2-ssl-cn`, `alpn mqtt` on the bind:
 //   HAProxy sends  [0x01 ALPN "mqtt", 0x20 SSL{07, verify 0, 0x21 "TLSv1.3", 0x22 "device-1"}]
 //   mqedge sends   [0x01 ALPN, 0x02 AUTHORITY "localhost", 0x05 UNIQUE_ID,
-//                   0x20 SSL{07, verify 0, 0x21 "TLSv1.3", 0x22 "device-1", 0x23 cipher}, 0xE0 SHA-256]
+//                   0x20 SSL{07, verify 0, 0x21 "TLSv1.3", 0x22 "device-1", 0x23 cipher}, 0xE0 SHA-256,
+//                   0xE1 "CN=device-1", 0xE2 SANs]
 // HAProxy only adds AUTHORITY, UNIQUE_ID, the cipher and CRC32C when `proxy-v2-options` asks.
 // Without a client certificate: HAProxy SSL{01, verify 0, 0x21 "TLSv1.3"}, mqedge SSL{01, verify 1, ...}.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

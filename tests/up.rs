@@ -11,13 +11,13 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-/// Ports `up` takes from `--base-port` on; the last three are also bound as UDP.
-const PORT_COUNT: u16 = 12;
+/// Ports `up` takes from `--base-port` on; the cluster three are also bound as UDP.
+const PORT_COUNT: u16 = 14;
 /// Offsets (from the base) of the cluster ports, which are TCP and UDP.
 const UDP_OFFSETS: [u16; 3] = [9, 10, 11];
 /// The defaults, in `--base-port` order.
-const DEFAULT_PORTS: [u16; 12] = [
-    1883, 8883, 9100, 11883, 11884, 11885, 19101, 19102, 19103, 14371, 14372, 14373,
+const DEFAULT_PORTS: [u16; 14] = [
+    1883, 8883, 9100, 11883, 11884, 11885, 19101, 19102, 19103, 14371, 14372, 14373, 8083, 8084,
 ];
 
 /// Splits a printed shell line into arguments: whitespace outside single quotes separates.
@@ -141,7 +141,7 @@ fn alive(pid: u32) -> bool {
     }
 }
 
-/// Ports of the layout (defaults, or `base..base+12`) that cannot be bound right now.
+/// Ports of the layout (defaults, or `base..base+14`) that cannot be bound right now.
 fn bound_ports(base: Option<u16>) -> Vec<String> {
     let mut out = Vec::new();
     for i in 0..PORT_COUNT {
@@ -156,7 +156,7 @@ fn bound_ports(base: Option<u16>) -> Vec<String> {
     out
 }
 
-/// A base port whose 12 ports (TCP, and UDP for the cluster three) are free now, below the
+/// A base port whose 14 ports (TCP, and UDP for the cluster three) are free now, below the
 /// ephemeral range so an outgoing connection does not take one meanwhile. `salt` spreads the
 /// tests of this binary, which run at the same time, over different blocks.
 fn free_base(salt: u16) -> u16 {
@@ -166,7 +166,7 @@ fn free_base(salt: u16) -> u16 {
     (0..400u32)
         .map(|i| (20_000 + (first + i) % 400 * 24) as u16)
         .find(|&b| bound_ports(Some(b)).is_empty())
-        .expect("no block of 12 free ports in 20000..29600")
+        .expect("no block of 14 free ports in 20000..29600")
 }
 
 /// `mqedge up --dir WORK --base-port B` until it says it is running, with a fresh free block
@@ -317,9 +317,9 @@ fn base_port_moves_every_port_and_sighup_stops_everything() {
     let dir = TempDir::new("up-hup");
     let work = dir.path().join("work");
     let (mut up, base) = start_up_on_free_ports(&work, 1);
-    // every one of the 12 ports (and the 3 UDP cluster ports) is held by the topology now
+    // every one of the 14 ports (and the 3 UDP cluster ports) is held by the topology now
     let bound = bound_ports(Some(base));
-    assert_eq!(bound.len(), 15, "base {base}: only {bound:?} bound");
+    assert_eq!(bound.len(), 17, "base {base}: only {bound:?} bound");
     for f in ["lb.toml", "node1.toml", "node2.toml", "node3.toml"] {
         let text = std::fs::read_to_string(work.join("configs").join(f)).unwrap();
         for p in DEFAULT_PORTS {
@@ -339,6 +339,23 @@ fn base_port_moves_every_port_and_sighup_stops_everything() {
     assert_eq!(children.len(), 4, "{children:?}");
     // the pasted lines work on the moved ports too
     paste_the_printed_lines(&up, |_, _| {});
+    // and MQTT over WebSocket reaches a node through the LB's ws:// listener (path /mqtt)
+    assert!(
+        up.logs()
+            .contains(&format!("ws://127.0.0.1:{}/mqtt", base + 12)),
+        "{}",
+        up.logs()
+    );
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let code = rt.block_on(async {
+        let mut s = tcp(std::net::SocketAddr::from(([127, 0, 0, 1], base + 12))).await;
+        let ack = common::ws::ws_mqtt_connect(&mut s, "/mqtt", "", "up-ws-client");
+        tokio::time::timeout(Duration::from_secs(5), ack).await
+    });
+    assert_eq!(code.ok().and_then(Result::ok), Some(0), "{}", up.logs());
 
     up.signal("HUP");
     let st = up

@@ -9,13 +9,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::auth::{Access, Auth};
-use crate::cluster::{Ack, BoxFuture, FreezeToken, Gate, LocalNode, Peers, SessionExport};
+use crate::cluster::{Ack, Gate, Peers};
 use crate::config::Config;
 use crate::limits::Limits;
 use crate::message::{unix_now, Message};
 use crate::metrics::Metrics;
-use crate::protocol::{reason, QoS, Will};
-use crate::routing::retained_versions::{unix_ms, RetainedSet, Version};
+use crate::protocol::{QoS, Will};
+use crate::routing::retained_versions::{unix_ms, RetainedSet};
 use crate::routing::{Matches, Readiness, Router, Routing, SubOptions};
 use crate::session::{message_key, QueueRules, Registry, Session, Sub, Subscriptions, Writes};
 use crate::store::{Op, Store, StoreError, Table};
@@ -65,6 +65,8 @@ pub struct Broker {
     store: Option<Store>,
     metrics: Arc<Metrics>,
     started: Instant,
+    /// Session replication (a cluster with `data_dir`).
+    replica: Option<Arc<crate::replica::Replication>>,
 }
 
 /// What a publish set in motion: store writes to make durable and remote nodes' acks to await
@@ -90,6 +92,22 @@ impl Broker {
             None => None,
         };
         let metrics = Arc::new(Metrics::new());
+        let registry = Arc::new(Registry::new(
+            store.clone(),
+            metrics.clone(),
+            cfg.limits.max_session_expiry,
+        ));
+        let replica = match (&store, &cfg.cluster) {
+            (Some(store), Some(c)) => Some(crate::replica::Replication::new(
+                &cfg.name,
+                store.clone(),
+                registry.clone(),
+                metrics.clone(),
+                c.session_replicas > 1,
+                c.replica_sync_rate,
+            )),
+            _ => None,
+        };
         let b = Broker {
             // the files were loaded (and checked) by the config's second stage
             auth: Auth::new(
@@ -98,12 +116,14 @@ impl Broker {
                 cfg.auth.acl.clone(),
                 cfg.auth.max_concurrent_password_checks,
                 cfg.auth.trust_claimed_usernames,
+            )
+            .with_services(
+                cfg.auth.http.clone(),
+                cfg.auth.http_acl.clone(),
+                cfg.auth.postgres.clone(),
             ),
-            registry: Arc::new(Registry::new(
-                store.clone(),
-                metrics.clone(),
-                cfg.limits.max_session_expiry,
-            )),
+            registry,
+            replica,
             routing: Routing::new(cfg.shared_policy, retained_set(&cfg, &metrics)),
             cfg,
             store,
@@ -174,9 +194,18 @@ impl Broker {
         self.registry.subs()
     }
 
-    /// Joins this broker to a cluster layer (once, before serving).
-    pub fn set_cluster(&self, c: Arc<dyn Peers>) {
+    /// Joins this broker to a cluster layer (once, before serving); `stop` ends session
+    /// replication's copy loop.
+    pub fn set_cluster(&self, c: Arc<dyn Peers>, stop: tokio::sync::watch::Receiver<bool>) {
+        if let Some(r) = &self.replica {
+            r.start(c.clone(), stop);
+        }
         self.registry.set_peers(c);
+    }
+
+    /// Session replication, in a cluster with `data_dir`.
+    pub fn replica(&self) -> Option<&Arc<crate::replica::Replication>> {
+        self.replica.as_ref()
     }
 
     /// The other nodes, when clustered.
@@ -485,109 +514,8 @@ impl Broker {
     }
 }
 
-impl LocalNode for Broker {
-    fn deliver_forwarded(
-        &self,
-        msg: Arc<Message>,
-        direct: bool,
-        shared: &[(String, String)],
-    ) -> BoxFuture<'static, bool> {
-        Box::pin(self.deliver_from_peer(msg, direct, shared))
-    }
-
-    fn set_retained(&self, msg: Arc<Message>, version: Option<Version>) {
-        let mut ops = Vec::new();
-        let durable = self.store.is_some();
-        let r = self.routing.retained();
-        match version {
-            Some(v) => {
-                if !r.merge(&msg, v, durable, &mut ops) {
-                    return;
-                }
-            }
-            // from a node that predates versions: taken as set now, as it always was
-            None => {
-                r.set_local(&msg, durable, &mut ops);
-            }
-        }
-        self.retained_gauges();
-        self.write_nowait(ops);
-    }
-
-    fn export_session(
-        &self,
-        client_id: &str,
-        clean_start: bool,
-        token: &FreezeToken,
-    ) -> Option<SessionExport> {
-        self.registry
-            .freeze_export(client_id, clean_start, token, reason::SESSION_TAKEN_OVER)
-    }
-
-    fn export_for_leave(&self, client_id: &str, token: &FreezeToken) -> Option<SessionExport> {
-        self.registry
-            .freeze_export(client_id, false, token, reason::SERVER_SHUTTING_DOWN)
-    }
-
-    fn session_ids(&self) -> Vec<Arc<str>> {
-        self.registry.persistent_ids()
-    }
-
-    fn holds(&self, client_ids: &[String], offline_only: bool) -> Vec<String> {
-        self.registry.holds(client_ids, offline_only)
-    }
-
-    fn connected_ids(&self) -> Vec<String> {
-        self.registry.connected_ids()
-    }
-
-    fn save_peer_routes(&self, node: &str, rec: Option<Vec<u8>>) {
-        if let Some(store) = &self.store {
-            store.save_peer_routes(node, rec);
-        }
-    }
-
-    fn load_peer_routes(&self) -> Vec<(String, Vec<u8>)> {
-        self.store
-            .as_ref()
-            .map(|s| s.load_peer_routes())
-            .unwrap_or_default()
-    }
-
-    fn frozen_pending(&self) -> usize {
-        self.registry.frozen_pending()
-    }
-
-    fn finish_all_moves(&self) -> Vec<(Arc<str>, FreezeToken, Vec<Vec<u8>>)> {
-        self.registry.finish_all_moves()
-    }
-
-    fn settle_export(&self, client_id: &str, token: &FreezeToken, keep: bool) -> Vec<Vec<u8>> {
-        self.registry.settle_export(client_id, token, keep)
-    }
-
-    fn finish_move(&self, client_id: &str, token: &FreezeToken) -> Vec<Vec<u8>> {
-        self.registry.finish_move(client_id, token)
-    }
-
-    fn adopt_session(&self, client_id: &str, export: SessionExport) -> BoxFuture<'_, bool> {
-        let adopted = self.registry.adopt_session(client_id, export);
-        Box::pin(async move {
-            match (&self.store, adopted) {
-                (Some(store), true) => store.write(Vec::new()).await.is_ok(),
-                (_, a) => a,
-            }
-        })
-    }
-
-    fn append_session(&self, client_id: &str, queued: &[Vec<u8>]) {
-        self.registry.append_handover(client_id, queued)
-    }
-
-    fn retained(&self) -> Vec<(Arc<Message>, Version)> {
-        self.routing.retained().snapshot()
-    }
-}
+#[path = "broker_node.rs"]
+mod node;
 
 #[cfg(test)]
 #[path = "broker_tests.rs"]

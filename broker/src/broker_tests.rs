@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 
 use super::*;
-use crate::cluster::{Forwarded, Handover, PeerStatus};
+use crate::cluster::{BoxFuture, Forwarded, Handover, PeerStatus, SessionExport};
 use crate::protocol::{RetainHandling, Version};
 
 /// Records what the core asks; one remote node `n1` subscribes to `t/#`.
@@ -69,6 +69,21 @@ impl Peers for FakePeers {
     fn local_routes(&self) -> usize {
         0
     }
+    fn replicate(
+        &self,
+        _n: &Arc<str>,
+        _ops: Vec<u8>,
+        _ack: bool,
+    ) -> Result<Option<Ack>, crate::cluster::NotSent> {
+        Err(crate::cluster::NotSent)
+    }
+    fn promoted(&self, _of: &str) {}
+    fn push_sessions(&self, _n: &Arc<str>, _ids: Vec<String>) -> usize {
+        0
+    }
+    fn reachable(&self, _n: &str) -> bool {
+        false
+    }
 }
 
 fn broker_with(peers: &Arc<FakePeers>) -> Arc<Broker> {
@@ -79,7 +94,7 @@ fn broker_with(peers: &Arc<FakePeers>) -> Arc<Broker> {
     .unwrap();
     let b = Broker::new(cfg).unwrap();
     let p: Arc<dyn Peers> = peers.clone();
-    b.set_cluster(p);
+    b.set_cluster(p, tokio::sync::watch::channel(false).1);
     b
 }
 

@@ -16,13 +16,19 @@ use toml::Spanned;
 
 use crate::auth::{Acl, PasswordFile};
 
+mod auth_http;
+mod auth_postgres;
 mod cluster;
 mod flow;
+mod identity;
 mod limits;
 
+pub use auth_http::{AuthHttpConfig, OnUnavailable};
+pub use auth_postgres::PostgresConfig;
 use cluster::RawCluster;
 pub use cluster::{ClusterConfig, ClusterTls};
 pub use flow::{FlowConfig, SlowConsumerPolicy};
+pub use identity::{CertUsername, UsernameFrom};
 pub use limits::LimitsConfig;
 use limits::{limits, RawLimits};
 
@@ -60,6 +66,8 @@ struct RawListener {
     trusted_proxies: Vec<Spanned<String>>,
     #[serde(default)]
     use_cn_as_username: bool,
+    username_from: Option<Spanned<UsernameFrom>>,
+    websocket: Option<mqedge_shared::ws::RawWebSocket>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -70,6 +78,9 @@ struct RawAuth {
     acl_file: Option<Spanned<String>>,
     max_concurrent_password_checks: Option<Spanned<i64>>,
     trust_claimed_usernames: Option<bool>,
+    http: Option<auth_http::RawAuthHttp>,
+    http_acl: Option<auth_http::RawAuthHttp>,
+    postgres: Option<auth_postgres::RawAuthPostgres>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -117,8 +128,11 @@ pub struct ListenerConfig {
     pub proxy_protocol: ProxyIn,
     /// Who may send a PROXY header.
     pub trusted_proxies: Vec<Cidr>,
-    /// Take the verified certificate CN from the PROXY SSL TLV as the username.
-    pub use_cn_as_username: bool,
+    /// Which field of the verified certificate in the PROXY v2 header is the username
+    /// (`username_from`, or `use_cn_as_username`), if any.
+    pub cert_username: Option<CertUsername>,
+    /// MQTT over WebSocket on this listener (`websocket = { path = "/mqtt" }`).
+    pub websocket: Option<mqedge_shared::ws::WsConfig>,
 }
 
 /// `[auth]`.
@@ -139,6 +153,12 @@ pub struct AuthConfig {
     /// Give an unchecked CONNECT username (anonymous allowed, no password file) the ACL rights
     /// of that user; off by default: only a certificate CN or a checked password names a user.
     pub trust_claimed_usernames: bool,
+    /// `[auth.http]`: the external authentication service, asked first.
+    pub http: Option<AuthHttpConfig>,
+    /// `[auth.http_acl]`: the external authorization service, asked after the ACL file.
+    pub http_acl: Option<AuthHttpConfig>,
+    /// `[auth.postgres]`: users and ACL rows in PostgreSQL.
+    pub postgres: Option<PostgresConfig>,
 }
 
 /// A validated broker config.
@@ -219,6 +239,14 @@ impl Config {
             .cluster
             .as_ref()
             .and_then(|c| cluster::cluster(&mut p, path, &name, c));
+        if let (Some(raw_c), Some(c), None) = (&raw.cluster, &cluster, &data_dir) {
+            if c.session_replicas > 1 {
+                p.at(
+                    raw_c.replicas_span(),
+                    "session_replicas = 2 needs [node] data_dir: a replica is a copy on disk",
+                );
+            }
+        }
         let mut auth = auth(&mut p, path, raw.auth);
         let flow = flow::flow(&mut p, raw.limits.as_ref());
         let limits = limits(&mut p, raw.limits);
@@ -276,18 +304,23 @@ fn listeners(p: &mut Problems<'_>, raw: &[RawListener]) -> Vec<ListenerConfig> {
         if l.proxy_protocol != ProxyIn::Off && l.trusted_proxies.is_empty() {
             p.at(l.bind.span(), "proxy_protocol needs trusted_proxies (the load balancers allowed to send PROXY headers)");
         }
-        if l.use_cn_as_username && l.proxy_protocol == ProxyIn::Off {
-            p.at(
-                l.bind.span(),
-                "use_cn_as_username needs proxy_protocol (the CN comes from the PROXY v2 SSL TLV)",
-            );
-        }
+        let cert_username = identity::cert_username(
+            p,
+            &l.bind,
+            l.proxy_protocol,
+            l.use_cn_as_username,
+            l.username_from.as_ref(),
+        );
         listeners.push(ListenerConfig {
             name: l.name.clone().unwrap_or_else(|| bind.to_string()),
             bind,
             proxy_protocol: l.proxy_protocol,
             trusted_proxies: trusted,
-            use_cn_as_username: l.use_cn_as_username,
+            cert_username,
+            websocket: l
+                .websocket
+                .as_ref()
+                .map(|w| mqedge_shared::ws::WsConfig::parse(w, p)),
         });
     }
     listeners
@@ -301,6 +334,9 @@ fn auth(p: &mut Problems<'_>, path: &Path, raw: Option<RawAuth>) -> AuthConfig {
         acl_file: None,
         max_concurrent_password_checks: None,
         trust_claimed_usernames: None,
+        http: None,
+        http_acl: None,
+        postgres: None,
     });
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let max_checks = match &ra.max_concurrent_password_checks {
@@ -334,6 +370,11 @@ fn auth(p: &mut Problems<'_>, path: &Path, raw: Option<RawAuth>) -> AuthConfig {
         acl: None,
         max_concurrent_password_checks: max_checks,
         trust_claimed_usernames: ra.trust_claimed_usernames.unwrap_or(false),
+        http: ra.http.and_then(|h| auth_http::parse("auth.http", h, p)),
+        http_acl: ra
+            .http_acl
+            .and_then(|h| auth_http::parse("auth.http_acl", h, p)),
+        postgres: ra.postgres.and_then(|r| auth_postgres::parse(r, p)),
     }
 }
 

@@ -26,6 +26,12 @@ pub enum CloseReason {
     /// No PROXY header in time.
     #[error("closed: no PROXY header in time")]
     ProxyTimeout,
+    /// A WebSocket listener's Upgrade request was refused (answered with an HTTP status).
+    #[error("refused: bad WebSocket handshake")]
+    WsHandshake,
+    /// A WebSocket frame was refused (closed with a close code).
+    #[error("closed: bad WebSocket frame: {0}")]
+    WsFrame(mqedge_shared::ws::frame::FrameError),
 
     // the CONNECT phase
     /// CONNECT with a protocol level (or name) this broker does not speak: CONNACK 0x84 in the
@@ -57,6 +63,21 @@ pub enum CloseReason {
     /// The password file does not accept the username and password.
     #[error("refused: bad username or password")]
     BadCredentials,
+    /// `username_from` names a certificate field this client's certificate (as the PROXY
+    /// header tells it) lacks: CONNACK 0x87 / 0x05. Holds the field's config name.
+    #[error("refused: the client certificate has no {0} (username_from)")]
+    CertIdentityMissing(&'static str),
+    /// The `[auth.http]` service answered deny: CONNACK 0x87 / 0x05.
+    #[error("refused: denied by the auth service")]
+    HookDenied,
+    /// The `[auth.http]` service gave no usable answer and `on_unavailable = "deny"`: v5 0x88
+    /// Server unavailable, 3.1.1 0x03.
+    #[error("refused: the auth service is unavailable")]
+    HookUnavailable,
+    /// `[auth.postgres]` did not answer and `on_unavailable = "deny"`: v5 0x88 Server
+    /// unavailable, 3.1.1 0x03.
+    #[error("refused: the user database is unavailable")]
+    UserDbUnavailable,
     /// No password-check slot freed in time (`[auth] max_concurrent_password_checks`):
     /// v5 0x89 Server busy, 3.1.1 0x03 Server unavailable.
     #[error("refused: password checks busy")]
@@ -140,14 +161,16 @@ impl CloseReason {
     pub fn code(&self) -> Option<u8> {
         use CloseReason::*;
         Some(match self {
-            OverLimit | UntrustedProxy | ProxyRequired | BadProxyHeader | ProxyTimeout => {
-                return None
-            }
+            OverLimit | UntrustedProxy | ProxyRequired | BadProxyHeader | ProxyTimeout
+            | WsHandshake | WsFrame(_) => return None,
             BadConnect(_) | NotConnect | ConnectTimeout | Normal { .. } | Io => return None,
             UnsupportedVersion(_) => reason::UNSUPPORTED_PROTOCOL_VERSION,
             BadAuthMethod => reason::BAD_AUTHENTICATION_METHOD,
             EmptyClientId => reason::CLIENT_IDENTIFIER_NOT_VALID,
-            AnonymousNotAllowed | WillNotAuthorized => reason::NOT_AUTHORIZED,
+            AnonymousNotAllowed | WillNotAuthorized | HookDenied | CertIdentityMissing(_) => {
+                reason::NOT_AUTHORIZED
+            }
+            HookUnavailable | UserDbUnavailable => reason::SERVER_UNAVAILABLE,
             WillTopicInvalid => reason::TOPIC_NAME_INVALID,
             NoPasswordFile | BadCredentials => reason::BAD_USER_NAME_OR_PASSWORD,
             KeepAlive => reason::KEEP_ALIVE_TIMEOUT,
@@ -188,6 +211,8 @@ impl CloseReason {
             ProxyRequired => "proxy_required",
             BadProxyHeader => "proxy_header",
             ProxyTimeout => "proxy_timeout",
+            WsHandshake => "ws_handshake",
+            WsFrame(_) => "ws_frame",
             UnsupportedVersion(_) => "unsupported_version",
             BadConnect(_) | NotConnect => "bad_connect",
             ConnectTimeout => "connect_timeout",
@@ -198,6 +223,10 @@ impl CloseReason {
             NoPasswordFile => "no password file to check the username against",
             BadCredentials => "bad username or password",
             PasswordChecksBusy => "password checks busy",
+            HookDenied => "denied by the auth service",
+            CertIdentityMissing(_) => "certificate identity missing",
+            HookUnavailable => "auth service unavailable",
+            UserDbUnavailable => "user database unavailable",
             WillTopicInvalid => "invalid will topic",
             WillNotAuthorized => "will topic not authorized",
             AliasBytes => "topic_alias_bytes",

@@ -20,9 +20,11 @@ pub mod listener;
 pub mod message;
 pub mod metrics;
 pub mod observe;
+pub mod replica;
 pub mod routing;
 pub mod session;
 pub mod store;
+pub mod websocket;
 
 #[cfg(test)]
 mod cluster_tests;
@@ -111,7 +113,10 @@ pub async fn run_wired(
         Some(cc) => {
             let counters = cluster_counters(b.metrics());
             let c = cluster::Cluster::wired(&b.cfg().name, cc, counters, wiring);
-            b.set_cluster(c.clone());
+            b.set_cluster(c.clone(), stop_rx.clone());
+            if let Some(a) = bound.admin.as_ref().and_then(|a| a.local_addr().ok()) {
+                c.set_admin(a);
+            }
             let local: Arc<dyn cluster::LocalNode> = b.clone();
             c.start(&local, cc, stop_rx.clone()).await?;
             Some(c)

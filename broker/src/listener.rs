@@ -1,6 +1,8 @@
 //! MQTT listeners: accept (a connection counts toward `max_connections` from here, before its
 //! CONNECT), then (in the connection's task) the PROXY header when the listener expects one — only from `trusted_proxies`, refused and counted otherwise — then the MQTT
-//! connection. The PROXY source address is the client's address everywhere after this point.
+//! connection — on a WebSocket listener through the Upgrade and its bridge (`websocket.rs`)
+//! first. The PROXY source address (or a trusted forwarder's `X-Forwarded-For`) is the
+//! client's address everywhere after this point.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,6 +17,7 @@ use crate::config::{ListenerConfig, ProxyIn};
 use crate::connection::{self, ClientInfo};
 use crate::error::CloseReason;
 use crate::limits::Limits;
+use crate::websocket::{self, Bridge};
 
 /// Time allowed for the PROXY header.
 const PROXY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -27,6 +30,16 @@ pub async fn accept_loop(
     mut stop: watch::Receiver<bool>,
     done: mpsc::Sender<()>,
 ) {
+    let bridge = match &lc.websocket {
+        None => None,
+        Some(_) => match Bridge::bind().await {
+            Ok(br) => Some(Arc::new(br)),
+            Err(e) => {
+                tracing::error!(listener = %lc.name, error = %e, "WebSocket listener: cannot bind its loopback bridge");
+                return;
+            }
+        },
+    };
     while let Some((tcp, peer)) = mqedge_shared::net::accept(&listener, &mut stop, &lc.name).await {
         let m = b.metrics();
         let open = (m.connected.get() + m.connecting.get()).max(0) as u64;
@@ -38,7 +51,7 @@ pub async fn accept_loop(
         let pending = Pending::new(b.clone());
         // boxed: the PROXY and CONNECT phases are freed once the client is in, so the task of
         // an idle connection holds only the established connection
-        let setup = Box::pin(establish(b.clone(), lc.clone(), tcp, peer));
+        let setup = Box::pin(establish(b.clone(), lc.clone(), bridge.clone(), tcp, peer));
         let done = done.clone();
         tokio::spawn(async move {
             // served in place: one copy of the connection's state in the task
@@ -80,13 +93,15 @@ impl Drop for Pending {
 async fn establish(
     b: Arc<Broker>,
     lc: Arc<ListenerConfig>,
+    bridge: Option<Arc<Bridge>>,
     mut tcp: TcpStream,
     peer: std::net::SocketAddr,
 ) -> Option<connection::Live> {
     let mut buf = BytesMut::new();
     let mut info = ClientInfo {
         addr: peer,
-        cn_username: None,
+        cert_username: None,
+        missing_identity: None,
     };
     if lc.proxy_protocol != ProxyIn::Off {
         let trusted = lc.trusted_proxies.iter().any(|c| c.contains(peer.ip()));
@@ -101,12 +116,16 @@ async fn establish(
                 if let Some(src) = h.src {
                     info.addr = src;
                 }
-                if lc.use_cn_as_username {
-                    info.cn_username = h
-                        .ssl
-                        .as_ref()
-                        .filter(|s| s.client_cert && s.verified)
-                        .and_then(|s| s.cn.clone());
+                if let Some(rule) = lc.cert_username {
+                    match h.ssl.as_ref().and_then(|s| rule.from.pick(s)) {
+                        Some(u) => info.cert_username = Some(u),
+                        // refused at the CONNECT, with a CONNACK that says why; a LOCAL header
+                        // (the LB's health check) names no client: the password rules apply
+                        None if rule.required && h.src.is_some() => {
+                            info.missing_identity = Some(rule.from.name())
+                        }
+                        None => {}
+                    }
                 }
             }
             Ok(Ok(None)) if lc.proxy_protocol == ProxyIn::Optional => {}
@@ -129,6 +148,12 @@ async fn establish(
                 return None;
             }
         }
+    }
+    if let (Some(ws), Some(bridge)) = (&lc.websocket, &bridge) {
+        let head = std::mem::take(&mut buf).to_vec();
+        let (far, client) = websocket::accept(ws, bridge, &b, tcp, head, info.addr).await?;
+        info.addr = client;
+        tcp = far;
     }
     connection::establish(b, tcp, buf, info).await
 }

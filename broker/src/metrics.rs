@@ -20,6 +20,50 @@ pub struct Limit {
     pub limit: String,
 }
 
+/// Labels of `acl_hook_results`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AclHookResult {
+    /// publish or subscribe.
+    pub action: String,
+    /// allow, deny, ignore or unavailable.
+    pub reason: String,
+    /// service (asked) or cache.
+    pub source: String,
+}
+
+impl AclHookResult {
+    /// The labels of one answer.
+    pub fn new(action: &str, reason: &str, cached: bool) -> AclHookResult {
+        AclHookResult {
+            action: action.to_string(),
+            reason: reason.to_string(),
+            source: if cached { "cache" } else { "service" }.to_string(),
+        }
+    }
+}
+
+/// Labels of `postgres_results`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PgResult {
+    /// user (a CONNECT's password hash) or acl (a PUBLISH's or SUBSCRIBE filter's rows).
+    pub query: String,
+    /// user: found, missing; acl: allow, deny; both: unavailable.
+    pub reason: String,
+    /// database (asked) or cache.
+    pub source: String,
+}
+
+impl PgResult {
+    /// The labels of one answer.
+    pub fn new(query: &str, reason: &str, cached: bool) -> PgResult {
+        PgResult {
+            query: query.to_string(),
+            reason: reason.to_string(),
+            source: if cached { "cache" } else { "database" }.to_string(),
+        }
+    }
+}
+
 /// Every broker metric.
 pub struct Metrics {
     /// Encoded by `/metrics`.
@@ -90,6 +134,33 @@ pub struct Metrics {
     pub store_bytes_written: Gauge,
     /// What slow subscribers cost them: hold_expired, drop_oldest, disconnect.
     pub slow_consumers: Family<Reason, Counter>,
+    /// `[auth.http]` answers by outcome (allow, deny, ignore, unavailable, cached).
+    pub auth_hook_results: Family<Reason, Counter>,
+    /// `[auth.http_acl]` answers by action, outcome and source (service or cache).
+    pub acl_hook_results: Family<AclHookResult, Counter>,
+    /// `[auth.postgres]` answers by query, outcome and source (database or cache).
+    pub postgres_results: Family<PgResult, Counter>,
+    /// Session replication (`[cluster] session_replicas`).
+    pub replica: ReplicaMetrics,
+}
+
+/// Session replication's series.
+#[derive(Default)]
+pub struct ReplicaMetrics {
+    /// Batches of session writes sent to a replica.
+    pub writes: Counter,
+    /// Replication that failed (the write is not acknowledged), by reason.
+    pub failures: Family<Reason, Counter>,
+    /// Session writes made with no other live node to hold a copy.
+    pub unprotected: Counter,
+    /// Sessions copied whole to their replica.
+    pub syncs: Counter,
+    /// Sessions waiting to be copied whole.
+    pub sync_pending: Gauge,
+    /// Standby copies of other nodes' sessions held here.
+    pub standby: Gauge,
+    /// Standby copies turned into sessions of this node, by trigger (holder_down, connect).
+    pub promotions: Family<Reason, Counter>,
 }
 
 impl Default for Metrics {
@@ -137,13 +208,50 @@ impl Metrics {
             session_timers: Gauge::default(),
             store_bytes_written: Gauge::default(),
             slow_consumers: Family::default(),
+            auth_hook_results: Family::default(),
+            acl_hook_results: Family::default(),
+            postgres_results: Family::default(),
+            replica: ReplicaMetrics::default(),
         };
         m.register_clients(&mut r);
         m.register_cluster(&mut r);
+        m.register_replica(&mut r);
         r.register(
             "slow_consumer_events",
             "Slow subscribers: publishers' holds run out, oldest messages dropped, disconnects",
             m.slow_consumers.clone(),
+        );
+        r.register(
+            "auth_hook_results",
+            "CONNECTs decided by the [auth.http] service, by outcome",
+            m.auth_hook_results.clone(),
+        );
+        r.register(
+            "auth_acl_hook_results",
+            "PUBLISHes and SUBSCRIBE filters decided by the [auth.http_acl] service, by action, outcome and source",
+            m.acl_hook_results.clone(),
+        );
+        r.register(
+            "auth_postgres_results",
+            "Password hashes and ACL rows looked up in [auth.postgres], by query, outcome and source",
+            m.postgres_results.clone(),
+        );
+        // the series that the shipped alerts and dashboards (configs/) watch exist at 0 from
+        // the start: to PromQL an absent series is not 0, so `rate(...) > 0` would never fire
+        // on the first event
+        let zero = |f: &Family<Reason, Counter>, reasons: &[&str]| {
+            for r in reasons {
+                drop(f.get_or_create(&Reason {
+                    reason: r.to_string(),
+                }));
+            }
+        };
+        zero(&m.rejected, &["over_limit", "untrusted_proxy"]);
+        zero(&m.replica.failures, &["unreachable", "not_acknowledged"]);
+        zero(&m.messages_dropped, &["queue_full", "not_authorized"]);
+        zero(
+            &m.slow_consumers,
+            &["drop_oldest", "disconnect", "hold_expired"],
         );
         Metrics { registry: r, ..m }
     }
@@ -314,6 +422,46 @@ impl Metrics {
             "cluster_session_handovers",
             "Sessions handed over to another node",
             self.cluster_handovers.clone(),
+        );
+    }
+
+    /// Session replication's series, after the cluster's.
+    fn register_replica(&self, r: &mut Registry) {
+        let m = &self.replica;
+        r.register(
+            "replica_writes",
+            "Batches of session writes sent to their replica",
+            m.writes.clone(),
+        );
+        r.register(
+            "replica_failures",
+            "Session writes not confirmed by their replica (not acknowledged), by reason",
+            m.failures.clone(),
+        );
+        r.register(
+            "replica_unprotected_writes",
+            "Session writes made while no other live node could hold a copy",
+            m.unprotected.clone(),
+        );
+        r.register(
+            "replica_syncs",
+            "Sessions copied whole to their replica",
+            m.syncs.clone(),
+        );
+        r.register(
+            "replica_sync_pending",
+            "Sessions waiting to be copied whole to their replica",
+            m.sync_pending.clone(),
+        );
+        r.register(
+            "standby_sessions",
+            "Standby copies of other nodes' sessions held here",
+            m.standby.clone(),
+        );
+        r.register(
+            "session_promotions",
+            "Standby copies turned into sessions of this node, by trigger",
+            m.promotions.clone(),
         );
     }
 

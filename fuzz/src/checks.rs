@@ -10,7 +10,7 @@ use mqedge_broker::message::Message;
 use mqedge_broker::routing::retained_versions::decode_record;
 use mqedge_protocol::peek::{peek_connect as peek, Peek};
 use mqedge_protocol::{decode, encode, Packet, Version};
-use mqedge_shared::proxy::{encode_v2, parse, parse_ssl_value};
+use mqedge_shared::proxy::{encode_v2, identity, parse, parse_ssl_value};
 
 /// A target's check: panics only when the parser broke an invariant.
 pub type Check = fn(&[u8]);
@@ -23,6 +23,7 @@ pub const TARGETS: &[(&str, Check)] = &[
     ("cluster_frame", cluster_frame),
     ("broker_config", broker_config),
     ("lb_config", lb_config),
+    ("websocket", websocket),
 ];
 
 /// The MQTT codec (3.1, 3.1.1 and 5.0) on whatever a client or a backend could send.
@@ -112,9 +113,20 @@ pub fn peek_connect(data: &[u8]) {
 /// PROXY protocol v1 / v2 headers and their TLVs (the SSL TLV's nested layout included), as an
 /// upstream load balancer or the LB sends them to a listener with `proxy_protocol`.
 /// Invariants: a parsed header never claims more bytes than it was given; a parsed v2 PROXY
-/// header re-encodes (`encode_v2`) to one that parses to the same facts.
+/// header re-encodes (`encode_v2`) to one that parses to the same facts; the SAN TLV's value
+/// (`0xE2`) decodes to SANs that re-encode, within its size cap, to a value that decodes the same.
 pub fn proxy_header(data: &[u8]) {
     let _ = parse_ssl_value(data);
+    let _ = identity::decode_dn(data);
+    if let Ok((sans, cut)) = identity::decode_sans(data) {
+        let again = identity::encode_sans(&sans, cut);
+        assert!(again.len() <= identity::MAX_SANS_LEN);
+        assert_eq!(
+            identity::decode_sans(&again),
+            Ok((sans, cut)),
+            "SAN round trip"
+        );
+    }
     if let Ok(Some((info, used))) = parse(data) {
         assert!(used > 0 && used <= data.len());
         if data.first() == Some(&b'\r') && info.src.is_some() {
@@ -141,6 +153,16 @@ pub fn cluster_frame(data: &[u8]) {
     let cap = if ctl & 1 == 1 { 64 } else { MAX_FRAME };
     let _ = Message::decode(buf);
     let _ = decode_record(buf);
+    // session replication's ops (a `Replicate` frame's body): each decoded op maps to a
+    // standby-table op with the kind byte in front of the holder's key
+    for w in mqedge_broker::replica::ops::decode(buf).unwrap_or_default() {
+        let op = w.standby_op();
+        assert!(
+            w.client().is_some() || w.code != 1,
+            "a record key is its client id"
+        );
+        let _ = op;
+    }
     while let Ok(Some((f, used))) = decode_capped(buf, cap) {
         assert!(used >= 6 && used <= buf.len());
         let mut out = Vec::new();
@@ -171,5 +193,49 @@ pub fn broker_config(data: &[u8]) {
 pub fn lb_config(data: &[u8]) {
     if let Ok(src) = std::str::from_utf8(data) {
         let _ = mqedge_lb::config::Config::parse(Path::new("/nonexistent/fuzz/lb.toml"), src);
+    }
+}
+
+/// MQTT over WebSocket: the Upgrade request and the client frames the LB and the broker
+/// decode. Byte 0 picks where the rest is split in two reads (and the decoder's `max_frame`,
+/// 1 KiB << its low bits). Invariants: the request parser never panics; the frame decoder gives
+/// the same MQTT bytes and the same refusal however the input is split, and never more bytes
+/// than it was given.
+pub fn websocket(data: &[u8]) {
+    use mqedge_shared::ws::frame::Decoder;
+    use mqedge_shared::ws::handshake;
+    let Some((&ctl, rest)) = data.split_first() else {
+        return;
+    };
+    if let Some(end) = handshake::head_end(rest) {
+        let _ = handshake::parse(&rest[..end], "/mqtt");
+    }
+    let max = 1024u64 << (ctl & 0x0F);
+    let whole = {
+        let mut d = Decoder::new(max);
+        let mut b = rest.to_vec();
+        d.decode(&mut b).map(|n| {
+            assert!(n <= rest.len());
+            b.truncate(n);
+            b
+        })
+    };
+    let cut = (ctl as usize * rest.len()) / 255;
+    let split = {
+        let mut d = Decoder::new(max);
+        let (mut a, mut b) = (rest[..cut].to_vec(), rest[cut..].to_vec());
+        d.decode(&mut a).and_then(|n| {
+            a.truncate(n);
+            let m = d.decode(&mut b)?;
+            a.extend_from_slice(&b[..m]);
+            Ok(a)
+        })
+    };
+    match (&whole, &split) {
+        (Ok(x), Ok(y)) => assert_eq!(x, y, "split at {cut} changed the bytes"),
+        // a refusal may come after some bytes were handed on: same refusal either way
+        (Err(x), Err(y)) => assert_eq!(x, y, "split at {cut} changed the refusal"),
+        // the whole input stops at the first close frame; the split one too
+        _ => panic!("split at {cut}: {whole:?} vs {split:?}"),
     }
 }

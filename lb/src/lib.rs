@@ -145,7 +145,7 @@ pub async fn run_with(
     for (rt, tcp) in rts.into_iter().zip(listeners) {
         let lc = rt.cfg();
         let addr = tcp.local_addr().map(|a| a.to_string()).unwrap_or_default();
-        tracing::info!(listener = %lc.name, addr = %addr, tls = lc.tls.is_some(), proxy_in = lc.proxy_protocol, "listening");
+        tracing::info!(listener = %lc.name, addr = %addr, tls = lc.tls.is_some(), proxy_in = lc.proxy_protocol, websocket = lc.websocket.as_ref().map(|w| w.path()), "listening");
         accept_loops.push(tokio::spawn(conn::accept::accept_loop(
             lb.clone(),
             rt,

@@ -22,8 +22,19 @@ pub struct RejectLabel {
     /// Listener name.
     pub listener: String,
     /// Why: `tls_handshake`, `tls_revoked`, `tls_bad_chain`, `timeout`, `not_connect`, `malformed`, `too_large`, `bad_protocol`,
-    /// `proxy_header`, `untrusted_proxy`, `no_backend`, `over_limit`, `rate_limited`, `client_io`.
+    /// `proxy_header`, `untrusted_proxy`, `no_backend`, `over_limit`, `rate_limited`, `client_io`,
+    /// `ws_handshake`, `ws_frame`.
     pub reason: String,
+}
+
+/// Labels for refused WebSocket frames.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WsFrameLabel {
+    /// Listener name.
+    pub listener: String,
+    /// `unmasked`, `reserved_bits`, `bad_opcode`, `text_frame`, `bad_control`,
+    /// `fragmentation`, `too_large`.
+    pub reason: &'static str,
 }
 
 /// Labels for forwarded connections that ended.
@@ -72,6 +83,8 @@ pub struct Metrics {
     pub closed: Family<ClosedLabel, Counter>,
     /// Client bytes by listener and direction.
     pub listener_bytes: Family<BytesLabel, Counter>,
+    /// Times a connection's bandwidth bucket ran empty and it waited, by listener and direction.
+    pub bandwidth_waits: Family<BytesLabel, Counter>,
     /// Connections forwarded, by backend.
     pub backend_total: Family<BackendLabel, Counter>,
     /// Forwarded connections open now, by backend.
@@ -98,6 +111,8 @@ pub struct Metrics {
     pub tls_handshake_seconds: Family<ListenerLabel, Histogram, fn() -> Histogram>,
     /// Admin requests refused by the guard, by reason (host, origin, admin_header, token).
     pub admin_refused: Family<AdminRefusedLabel, Counter>,
+    /// WebSocket connections closed for a bad frame, by listener and reason.
+    pub ws_frame_errors: Family<WsFrameLabel, Counter>,
 }
 
 /// Labels for refused admin requests.
@@ -123,6 +138,7 @@ impl Metrics {
             active: Family::default(),
             closed: Family::default(),
             listener_bytes: Family::default(),
+            bandwidth_waits: Family::default(),
             backend_total: Family::default(),
             backend_active: Family::default(),
             backend_bytes: Family::default(),
@@ -140,6 +156,7 @@ impl Metrics {
             reload_failures: Counter::default(),
             reloads: Counter::default(),
             admin_refused: Family::default(),
+            ws_frame_errors: Family::default(),
             registry: Registry::default(),
         };
         m.register(&mut registry);
@@ -174,6 +191,16 @@ impl Metrics {
             "listener_bytes",
             "Client bytes by listener and direction",
             self.listener_bytes.clone(),
+        );
+        registry.register(
+            "bandwidth_waits",
+            "Times a connection's bandwidth limit made it wait, by listener and direction",
+            self.bandwidth_waits.clone(),
+        );
+        registry.register(
+            "websocket_frame_errors",
+            "WebSocket connections closed for a frame the LB refused (unmasked, too large, ...)",
+            self.ws_frame_errors.clone(),
         );
         self.register_backends(registry);
     }
@@ -245,6 +272,14 @@ impl Metrics {
             "Admin API requests refused (Host, Origin, missing header, token)",
             self.admin_refused.clone(),
         );
+    }
+
+    /// Creates the `connections_rejected_total` series of a listener and reason at 0.
+    pub fn reject_zero(&self, listener: &str, reason: &str) {
+        drop(self.rejected.get_or_create(&RejectLabel {
+            listener: listener.to_string(),
+            reason: reason.to_string(),
+        }));
     }
 
     /// Counts one rejected connection.

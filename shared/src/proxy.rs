@@ -1,5 +1,6 @@
 //! The PROXY protocol: v2 headers sent to brokers (byte-compatible with HAProxy's
-//! `send-proxy-v2-ssl-cn`, plus mqedge's certificate-fingerprint TLV) and v1/v2 headers accepted
+//! `send-proxy-v2-ssl-cn`, plus mqedge's certificate TLVs: the fingerprint here, the subject DN
+//! and the SANs in [`identity`]) and v1/v2 headers accepted
 //! from an upstream L4 load balancer or from the LB. Framing and address handling come from the
 //! `ppp` crate; the SSL TLV's nested layout (which `ppp` leaves opaque) is encoded and decoded here.
 //! Everything in this module is pure (bytes in, values out) except [`read_header`], the one
@@ -10,6 +11,11 @@ use std::net::{IpAddr, SocketAddr};
 
 use ppp::v2;
 use tokio::net::TcpStream;
+
+pub mod identity;
+
+pub use identity::{CertIdentity, San, SanKind};
+use identity::{PP2_TYPE_MQEDGE_SANS, PP2_TYPE_MQEDGE_SUBJECT_DN};
 
 /// `PP2_TYPE_ALPN`.
 pub const PP2_TYPE_ALPN: u8 = 0x01;
@@ -55,6 +61,8 @@ pub struct SslInfo {
     pub cn: Option<String>,
     /// SHA-256 of the client certificate's DER.
     pub cert_sha256: Option<[u8; 32]>,
+    /// The certificate's subject DN and SANs (TLVs `0xE1`, `0xE2`).
+    pub identity: CertIdentity,
 }
 
 /// Everything one PROXY v2 header carries, as the LB sends it or a broker receives it.
@@ -100,7 +108,8 @@ fn same_family(src: SocketAddr, dst: SocketAddr) -> (SocketAddr, SocketAddr) {
 }
 
 /// Encodes a v2 header: command PROXY with the client's addresses, then the TLVs in HAProxy's
-/// order (ALPN, AUTHORITY, UNIQUE_ID, SSL{VERSION, CN, CIPHER}) and mqedge's 0xE0.
+/// order (ALPN, AUTHORITY, UNIQUE_ID, SSL{VERSION, CN, CIPHER}) and mqedge's 0xE0 (fingerprint),
+/// 0xE1 (subject DN) and 0xE2 (SANs), each when there is something to say.
 /// With `src == None` the command is LOCAL with no addresses (health checks).
 pub fn encode_v2(info: &ProxyInfo) -> Vec<u8> {
     let mut b = match (info.src, info.dst) {
@@ -155,6 +164,14 @@ pub fn encode_v2(info: &ProxyInfo) -> Vec<u8> {
         b = push(b, PP2_TYPE_SSL, &encode_ssl_value(ssl));
         if let Some(fp) = &ssl.cert_sha256 {
             b = push(b, PP2_TYPE_MQEDGE_CERT_SHA256, fp);
+        }
+        let id = &ssl.identity;
+        if let Some(dn) = id.dn.as_deref().and_then(identity::encode_dn) {
+            b = push(b, PP2_TYPE_MQEDGE_SUBJECT_DN, dn);
+        }
+        let sans = identity::encode_sans(&id.sans, id.sans_truncated);
+        if !sans.is_empty() {
+            b = push(b, PP2_TYPE_MQEDGE_SANS, &sans);
         }
     }
     b.build().unwrap_or_default()
@@ -370,6 +387,7 @@ fn from_v2(h: &v2::Header<'_>) -> Result<ProxyInfo, ProxyError> {
         }
     }
     let mut fp = None;
+    let mut id = CertIdentity::default();
     for tlv in h.tlvs() {
         let tlv = tlv.map_err(|e| ProxyError::Invalid(e.to_string()))?;
         let v: &[u8] = &tlv.value;
@@ -388,11 +406,15 @@ fn from_v2(h: &v2::Header<'_>) -> Result<ProxyInfo, ProxyError> {
                     ProxyError::Invalid("certificate fingerprint TLV is not 32 bytes".into())
                 })?)
             }
+            PP2_TYPE_MQEDGE_SUBJECT_DN => id.dn = identity::decode_dn(v)?,
+            PP2_TYPE_MQEDGE_SANS => (id.sans, id.sans_truncated) = identity::decode_sans(v)?,
             _ => {}
         }
     }
-    if let (Some(ssl), Some(fp)) = (info.ssl.as_mut(), fp) {
-        ssl.cert_sha256 = Some(fp);
+    // the certificate TLVs only mean something next to the SSL TLV that says a cert was shown
+    if let Some(ssl) = info.ssl.as_mut() {
+        ssl.cert_sha256 = fp;
+        ssl.identity = id;
     }
     Ok(info)
 }
@@ -433,188 +455,4 @@ pub fn parse_ssl_value(v: &[u8]) -> Result<SslInfo, ProxyError> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn sample() -> ProxyInfo {
-        ProxyInfo {
-            src: Some("127.0.0.7:50000".parse().unwrap()),
-            dst: Some("127.0.0.1:8883".parse().unwrap()),
-            alpn: Some(b"mqtt".to_vec()),
-            authority: Some("broker.example".into()),
-            unique_id: Some(b"edge-1-0000000000000001".to_vec()),
-            ssl: Some(SslInfo {
-                version: "TLSv1.3".into(),
-                cipher: "TLS_AES_256_GCM_SHA384".into(),
-                client_cert: true,
-                verified: true,
-                cn: Some("device-7".into()),
-                cert_sha256: Some([7; 32]),
-            }),
-        }
-    }
-
-    #[test]
-    fn v2_round_trip_with_all_tlvs() {
-        let info = sample();
-        let bytes = encode_v2(&info);
-        assert_eq!(&bytes[..12], &V2_SIGNATURE);
-        assert_eq!(bytes[12], 0x21); // v2, PROXY
-        assert_eq!(bytes[13], 0x11); // TCP4 stream
-        let (back, len) = parse(&bytes).unwrap().unwrap();
-        assert_eq!(len, bytes.len());
-        assert_eq!(back, info);
-        // every prefix is incomplete
-        for i in 0..bytes.len() {
-            assert_eq!(parse(&bytes[..i]), Ok(None), "{i}");
-        }
-    }
-
-    /// Found by the `proxy_header` fuzz target (fuzz/regressions/proxy_header/): a UNIQUE_ID
-    /// over 128 bytes was taken whole, and `encode_v2` cut it, so the header the broker got
-    /// said something else than the one the LB read.
-    #[test]
-    fn unique_id_over_128_bytes_is_refused() {
-        let with_id = |n: usize| ProxyInfo {
-            unique_id: Some(vec![b'x'; n]),
-            ..sample()
-        };
-        let ok = encode_v2(&with_id(MAX_UNIQUE_ID_LEN));
-        assert_eq!(parse(&ok).unwrap().unwrap().0, with_id(MAX_UNIQUE_ID_LEN));
-        // a 129-byte value, written by hand (our encoder cuts it)
-        let mut long = ok.clone();
-        let at = long
-            .windows(3)
-            .position(|w| w == [PP2_TYPE_UNIQUE_ID, 0, 128])
-            .unwrap();
-        long[at + 2] = 129;
-        long.insert(at + 3, b'x');
-        let len = u16::from_be_bytes([long[14], long[15]]) + 1;
-        long[14..16].copy_from_slice(&len.to_be_bytes());
-        assert!(matches!(parse(&long), Err(ProxyError::Invalid(_))));
-    }
-
-    #[test]
-    fn ssl_tlv_layout_matches_haproxy() {
-        let v = encode_ssl_value(&sample().ssl.unwrap());
-        assert_eq!(
-            v[0], 0x07,
-            "HAProxy sends SSL|CERT_CONN|CERT_SESS with a cert"
-        );
-        assert_eq!(&v[1..5], &[0, 0, 0, 0], "verify 0 = verified");
-        assert_eq!(v[5], PP2_SUBTYPE_SSL_VERSION);
-        assert_eq!(&v[6..8], &[0, 7]);
-        assert_eq!(&v[8..15], b"TLSv1.3");
-        assert_eq!(v[15], PP2_SUBTYPE_SSL_CN);
-        let no_cert = encode_ssl_value(&SslInfo {
-            version: "TLSv1.2".into(),
-            ..Default::default()
-        });
-        assert_eq!(no_cert[0], 0x01);
-        assert_eq!(&no_cert[1..5], &[0, 0, 0, 1]);
-    }
-
-    #[test]
-    fn local_and_v1() {
-        let (i, _) = parse(&encode_v2_local()).unwrap().unwrap();
-        assert_eq!(i.src, None);
-        let v1 = encode_v1(
-            Some("127.0.0.9:1234".parse().unwrap()),
-            Some("127.0.0.1:1883".parse().unwrap()),
-        );
-        assert_eq!(v1, b"PROXY TCP4 127.0.0.9 127.0.0.1 1234 1883\r\n");
-        let mut stream = v1.clone();
-        stream.extend_from_slice(&[0x10, 0x00]);
-        let (i, len) = parse(&stream).unwrap().unwrap();
-        assert_eq!(len, v1.len());
-        assert_eq!(i.src, Some("127.0.0.9:1234".parse().unwrap()));
-        assert_eq!(parse(b"PROXY TCP4 1.2"), Ok(None));
-        let mixed = encode_v2(&ProxyInfo {
-            src: Some("[::1]:5".parse().unwrap()),
-            dst: Some("127.0.0.1:6".parse().unwrap()),
-            ..Default::default()
-        });
-        let (i, _) = parse(&mixed).unwrap().unwrap();
-        assert_eq!(i.src, Some("[::1]:5".parse().unwrap()));
-    }
-
-    #[test]
-    fn refusals() {
-        assert_eq!(parse(&[0x10, 0x0c]), Err(ProxyError::Missing));
-        assert_eq!(parse(b"GET / HTTP/1.1\r\n"), Err(ProxyError::Missing));
-        assert!(matches!(
-            parse(b"PROXY TCP4 nope\r\n"),
-            Err(ProxyError::Invalid(_))
-        ));
-        assert!(matches!(parse(&[b'P'; 1][..]), Ok(None)));
-        let long = [b"PROXY ".as_slice(), &[b'1'; 200]].concat();
-        assert!(matches!(parse(&long), Err(ProxyError::Invalid(_))));
-        // v2 with a bad SSL TLV
-        let mut bad = encode_v2(&sample());
-        let n = bad.len();
-        bad[n - 34] = 0xff; // corrupt the 0xE0 TLV's length high byte
-        assert!(matches!(parse(&bad), Err(ProxyError::Invalid(_))));
-        assert!(parse_ssl_value(&[1, 0, 0]).is_err());
-        assert!(parse_ssl_value(&[1, 0, 0, 0, 0, 0x22, 0, 9, b'x']).is_err());
-    }
-
-    /// A connected pair: what the client writes, `read_header` reads on the server side.
-    async fn pair() -> (TcpStream, TcpStream) {
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let client = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
-        let (server, _) = l.accept().await.unwrap();
-        (client, server)
-    }
-
-    async fn read_after(
-        bytes: Vec<u8>,
-        close: bool,
-    ) -> Result<(Option<ProxyInfo>, Vec<u8>), ReadError> {
-        use tokio::io::AsyncWriteExt;
-        let (mut client, server) = pair().await;
-        let writer = tokio::spawn(async move {
-            // The far side may refuse early (too long) and close: later writes may fail.
-            let _ = client.write_all(&bytes).await;
-            if close {
-                let _ = client.shutdown().await;
-            }
-            client
-        });
-        let read = tokio::time::timeout(std::time::Duration::from_secs(5), read_header(&server))
-            .await
-            .expect("read_header timed out");
-        drop(writer.await.unwrap());
-        read
-    }
-
-    #[tokio::test]
-    async fn read_header_returns_the_header_and_what_follows() {
-        let mut bytes = encode_v2(&sample());
-        bytes.extend_from_slice(b"\x10MQTT");
-        let (info, rest) = read_after(bytes, false).await.unwrap();
-        assert_eq!(info, Some(sample()));
-        assert_eq!(rest, b"\x10MQTT");
-
-        let (info, rest) = read_after(b"\x10\x0c\x00\x04MQTT".to_vec(), false)
-            .await
-            .unwrap();
-        assert_eq!(info, None, "no header: the bytes are the client's");
-        assert_eq!(rest, b"\x10\x0c\x00\x04MQTT");
-    }
-
-    #[tokio::test]
-    async fn read_header_caps_the_size_and_reports_a_closed_connection() {
-        let mut huge = V2_SIGNATURE.to_vec();
-        huge.extend_from_slice(&[0x21, 0x11, 0xFF, 0xFF]);
-        // Declares 65535 bytes of TLVs but the cap is reached first.
-        huge.resize(MAX_HEADER_LEN + 8, 0);
-        match read_after(huge, false).await {
-            Err(ReadError::Header(ProxyError::Invalid(m))) => assert_eq!(m, "header too long"),
-            other => panic!("{other:?}"),
-        }
-        match read_after(b"PROXY TCP4 1.2.3.4".to_vec(), true).await {
-            Err(ReadError::Io(e)) => assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof),
-            other => panic!("{other:?}"),
-        }
-    }
-}
+mod tests;

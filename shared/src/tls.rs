@@ -4,6 +4,7 @@
 //! through [`chain::ClientChainVerifier`] (webpki plus the basic constraints it skips, and CRLs).
 
 pub mod chain;
+pub mod dn;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -14,6 +15,8 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
+
+use crate::proxy::{San, SanKind};
 
 /// Errors loading TLS material; each names the file so the operator knows which one to fix.
 #[derive(Debug, thiserror::Error)]
@@ -210,13 +213,16 @@ pub fn client_config(
     Ok(Arc::new(cfg))
 }
 
-/// What a broker or log line needs to know about a client certificate.
+/// What a broker or log line needs to know about a client certificate, read in one parse per
+/// handshake.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CertFacts {
     /// Subject common name (the first one), if any.
     pub cn: Option<String>,
-    /// DNS, IP, e-mail and URI SANs, as text.
-    pub sans: Vec<String>,
+    /// The whole subject, RFC 4514 ([`dn::rfc4514`]); empty for an empty subject.
+    pub dn: String,
+    /// DNS, IP, e-mail and URI SANs, in certificate order.
+    pub sans: Vec<San>,
     /// SHA-256 of the DER, for pinning.
     pub sha256: [u8; 32],
 }
@@ -236,15 +242,18 @@ impl CertFacts {
         let mut sans = Vec::new();
         if let Ok(Some(ext)) = cert.subject_alternative_name() {
             for n in &ext.value.general_names {
+                let ip = |b: &[u8]| match b.len() {
+                    4 => <[u8; 4]>::try_from(b).ok().map(std::net::IpAddr::from),
+                    16 => <[u8; 16]>::try_from(b).ok().map(std::net::IpAddr::from),
+                    _ => None,
+                };
                 match n {
-                    GeneralName::DNSName(s) | GeneralName::RFC822Name(s) | GeneralName::URI(s) => {
-                        sans.push((*s).to_string())
-                    }
+                    GeneralName::DNSName(s) => sans.push(San::new(SanKind::Dns, *s)),
+                    GeneralName::URI(s) => sans.push(San::new(SanKind::Uri, *s)),
+                    GeneralName::RFC822Name(s) => sans.push(San::new(SanKind::Email, *s)),
                     GeneralName::IPAddress(b) => {
-                        if let Ok(a) = <[u8; 4]>::try_from(*b) {
-                            sans.push(std::net::IpAddr::from(a).to_string());
-                        } else if let Ok(a) = <[u8; 16]>::try_from(*b) {
-                            sans.push(std::net::IpAddr::from(a).to_string());
+                        if let Some(a) = ip(b) {
+                            sans.push(San::new(SanKind::Ip, a.to_string()));
                         }
                     }
                     _ => {}
@@ -253,9 +262,15 @@ impl CertFacts {
         }
         Some(CertFacts {
             cn,
+            dn: dn::rfc4514(cert.subject()),
             sans,
             sha256: Sha256::digest(der).into(),
         })
+    }
+
+    /// The SANs' values, whatever their kind (the node channel's name check).
+    pub fn san_values(&self) -> Vec<String> {
+        self.sans.iter().map(|s| s.value.clone()).collect()
     }
 }
 

@@ -39,6 +39,9 @@ pub struct Endpoint {
     pub version: Version,
     /// Keep Alive sent in CONNECT (seconds); clients ping at this interval.
     pub keep_alive: u16,
+    /// Connect with a persistent session (clean start off; v5: session expiry 1 h), so the
+    /// server stores what it queues for the client.
+    pub persistent: bool,
     /// User Name.
     pub username: Option<String>,
     /// Password.
@@ -248,13 +251,17 @@ impl Endpoint {
         };
         let connect = Packet::Connect(Box::new(Connect {
             version: self.version,
-            clean_start: true,
+            clean_start: !self.persistent,
             keep_alive: self.keep_alive,
             client_id: client_id.to_string(),
             will: None,
             username: self.username.clone(),
             password: self.password.clone(),
-            properties: ConnectProperties::default(),
+            properties: ConnectProperties {
+                session_expiry_interval: (self.persistent && self.version == Version::V5)
+                    .then_some(3600),
+                ..ConnectProperties::default()
+            },
         }));
         // With TLS 1.3 a refused client certificate shows only now, as an alert on the first
         // read: still a TLS failure for the person reading the error.

@@ -102,6 +102,10 @@ pub struct Common {
     /// Time for TCP connect + TLS handshake + CONNACK.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     connect_timeout: Duration,
+    /// Persistent sessions: clean start off (v5: session expiry 1 h), so the broker stores
+    /// what it queues for them (with `data_dir`) and replicates it (`session_replicas = 2`).
+    #[arg(long)]
+    persistent: bool,
     /// Client id prefix; ids are PREFIX-pub-0, PREFIX-sub-0, PREFIX-conn-0, ...
     /// [default: mqedge-bench-PID]
     #[arg(long)]

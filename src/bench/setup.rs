@@ -93,6 +93,7 @@ pub async fn endpoint(c: &Common) -> Result<Endpoint, BenchError> {
             Version::V311
         },
         keep_alive: c.keepalive,
+        persistent: c.persistent,
         username: c.username.clone(),
         password: c
             .password

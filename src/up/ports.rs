@@ -1,4 +1,4 @@
-//! The twelve ports of `mqedge up`'s topology: their default numbers, what each one is (for the
+//! The fourteen ports of `mqedge up`'s topology: their default numbers, what each one is (for the
 //! messages a user reads when one is taken), `--base-port` moving them all to a block of
 //! consecutive ports, the rewrite of the embedded `configs/local/` templates to match, and the
 //! start-up check that names the process holding a taken port (from `/proc/net/*` and
@@ -21,7 +21,7 @@ const fn spec(default: u16, what: &'static str, udp: bool) -> Spec {
 }
 
 /// In `--base-port` order: port `i` of the list becomes `base + i`.
-const SPECS: [Spec; 12] = [
+const SPECS: [Spec; 14] = [
     spec(1883, "MQTT listener of the LB", false),
     spec(8883, "MQTT over TLS listener of the LB", false),
     spec(9100, "admin API of the LB", false),
@@ -34,6 +34,8 @@ const SPECS: [Spec; 12] = [
     spec(14371, "cluster port (TCP and UDP) of node1", true),
     spec(14372, "cluster port (TCP and UDP) of node2", true),
     spec(14373, "cluster port (TCP and UDP) of node3", true),
+    spec(8083, "MQTT over WebSocket listener of the LB", false),
+    spec(8084, "MQTT over secure WebSocket listener of the LB", false),
 ];
 
 /// How many consecutive ports `--base-port` takes.
@@ -91,6 +93,14 @@ impl Ports {
     /// Cluster port of node `n` (1..=3).
     pub fn cluster(&self, n: usize) -> u16 {
         self.0[8 + n]
+    }
+    /// The LB's MQTT over WebSocket listener (path `/mqtt`).
+    pub fn lb_ws(&self) -> u16 {
+        self.0[12]
+    }
+    /// The LB's MQTT over secure WebSocket listener (path `/mqtt`).
+    pub fn lb_wss(&self) -> u16 {
+        self.0[13]
     }
 
     /// `text` (a `configs/local/` template) with every `"127.0.0.1:DEFAULT"` replaced by this
@@ -249,10 +259,10 @@ mod tests {
             );
         }
         let quoted = all.matches("\"127.0.0.1:").count();
-        // node1..3: listener, admin, cluster bind, 3 seeds; lb: 3 own + 3 backends
+        // node1..3: listener, admin, cluster bind, 3 seeds; lb: 5 own + 3 backends
         assert_eq!(
             quoted,
-            3 * 6 + 6,
+            3 * 6 + 8,
             "a 127.0.0.1 address SPECS does not know about"
         );
     }
@@ -260,9 +270,9 @@ mod tests {
     #[test]
     fn base_port_range_is_checked() {
         assert!(Ports::new(Some(0)).is_err());
-        assert!(Ports::new(Some(65525)).is_err());
-        let p = Ports::new(Some(65524)).unwrap();
-        assert_eq!(p.cluster(3), 65535);
+        assert!(Ports::new(Some(65523)).is_err());
+        let p = Ports::new(Some(65522)).unwrap();
+        assert_eq!(p.lb_wss(), 65535);
         let d = Ports::new(None).unwrap();
         assert_eq!(
             (d.lb_plain(), d.lb_tls(), d.node_admin(2)),

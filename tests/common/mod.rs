@@ -19,6 +19,7 @@ pub mod cluster_nodes;
 mod inproc;
 mod mqtt_steps;
 mod scripts;
+pub mod ws;
 #[allow(unused_imports)]
 pub use inproc::{InProc, InProcBroker, InProcLb};
 #[allow(unused_imports)]

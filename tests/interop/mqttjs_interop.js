@@ -1,9 +1,9 @@
 #!/usr/bin/env node
 // Interoperability checks of an MQTT server against MQTT.js (npm `mqtt`, 5.x), MQTT 3.1.1 and 5.0.
 //
-// Usage: node mqttjs_interop.js URL [CA CERT KEY]
-//   URL    mqtt://HOST:PORT (plain TCP) or mqtts://HOST:PORT (TLS; then CA, CERT and KEY are the
-//          PEM files of the CA to trust and of the client certificate to present)
+// Usage: node mqttjs_interop.js URL [CA [CERT KEY]]
+//   URL    mqtt://HOST:PORT or ws://HOST:PORT/PATH (plain), mqtts:// or wss:// (TLS; then CA is the
+//          PEM file of the CA to trust, CERT and KEY those of a client certificate to present)
 //
 // Prints one line per check ("ok NAME" or "FAIL NAME: why") and a final "N passed, M failed";
 // exits 0 only when every check passed. Every wait is bounded and a watchdog ends the run after
@@ -29,7 +29,7 @@ if (!URL) {
   console.log('usage: node mqttjs_interop.js URL [CA CERT KEY]')
   process.exit(2)
 }
-const TLS = URL.startsWith('mqtts:')
+const TLS = URL.startsWith('mqtts:') || URL.startsWith('wss:')
 const RUN = crypto.randomBytes(4).toString('hex')
 const WAIT = 5000
 const QUIET = 700
@@ -246,7 +246,7 @@ async function main () {
     checks.push([`v${v} retained`, () => checkRetained(v)])
     checks.push([`v${v} will`, () => checkWill(v)])
     checks.push([`v${v} persistent session`, () => checkSession(v)])
-    if (TLS) checks.push([`v${v} tls without client cert refused`, () => checkNoCertRefused(v)])
+    if (TLS && CERT) checks.push([`v${v} tls without client cert refused`, () => checkNoCertRefused(v)])
   }
   checks.push(['v5 properties', checkV5Properties])
   let passed = 0

@@ -31,6 +31,8 @@ except ImportError:
 
 HOST = sys.argv[1] if len(sys.argv) > 1 else "127.0.0.1"
 PORT = int(sys.argv[2]) if len(sys.argv) > 2 else 1883
+# PAHO_WS_PATH=/mqtt: paho's websocket transport (MQTT over WebSocket at that path)
+WS_PATH = os.environ.get("PAHO_WS_PATH")
 RUN = uuid.uuid4().hex[:8]
 V311, V5 = mqtt.MQTTv311, mqtt.MQTTv5
 VNAME = {V311: "v311", V5: "v5"}
@@ -73,9 +75,13 @@ class Paho:
         kw = {}
         if version == V311:
             kw["clean_session"] = clean
+        if WS_PATH:
+            kw["transport"] = "websockets"
         self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2,
                              client_id=cid(name) if client_id is None else client_id,
                              protocol=version, reconnect_on_failure=False, **kw)
+        if WS_PATH:
+            self.c.ws_set_options(path=WS_PATH)
         self.c.on_connect = self._on_connect
         self.c.on_message = self._on_message
         self.c.on_subscribe = self._on_subscribe

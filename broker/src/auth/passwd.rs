@@ -48,6 +48,17 @@ pub fn hash_password(password: &[u8]) -> Result<String, AuthError> {
     Ok(hash.to_string())
 }
 
+/// Whether `password` matches the argon2 PHC string `stored`; `None` (no such user) is `false`
+/// after verifying against a dummy hash of the same cost, so both answers take as long. Also
+/// used for the hashes `[auth.postgres]` holds.
+pub fn verify_hash(stored: Option<&str>, password: &[u8]) -> bool {
+    let Ok(parsed) = PasswordHash::new(stored.unwrap_or(DUMMY_HASH)) else {
+        return false;
+    };
+    let ok = Argon2::default().verify_password(password, &parsed).is_ok();
+    stored.is_some() && ok
+}
+
 /// Checks that `hash` is a complete argon2 PHC string that [`PasswordFile::verify`] can use.
 fn check_hash(hash: &str) -> Result<(), String> {
     let parsed = PasswordHash::new(hash).map_err(|e| e.to_string())?;
@@ -178,15 +189,7 @@ impl PasswordFile {
     /// answer takes about as long either way (usernames cannot be probed by timing). The final
     /// comparison inside argon2 is constant-time.
     pub fn verify(&self, user: &str, password: &[u8]) -> bool {
-        let (stored, known) = match self.users.get(user) {
-            Some(h) => (h.as_str(), true),
-            None => (DUMMY_HASH, false),
-        };
-        let Ok(parsed) = PasswordHash::new(stored) else {
-            return false;
-        };
-        let ok = Argon2::default().verify_password(password, &parsed).is_ok();
-        known && ok
+        verify_hash(self.users.get(user).map(String::as_str), password)
     }
 
     /// How many users the file defines (for logs and metrics).

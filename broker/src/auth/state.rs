@@ -45,6 +45,20 @@ pub struct Auth {
     checks: Arc<Semaphore>,
     /// `trust_claimed_usernames`: the operator lets unchecked usernames act as that user.
     trust_claimed: bool,
+    /// `[auth.http]`: the external service asked first.
+    hook: Option<super::hook::Hook>,
+    /// `[auth.http_acl]`: the external service asked after the ACL file.
+    acl_hook: Option<super::acl_hook::AclHook>,
+    /// `[auth.postgres]`: users and ACL rows in the database.
+    postgres: Option<super::postgres::Postgres>,
+}
+
+/// Where a password check finds the user's hash.
+pub enum Stored {
+    /// In the password file (an unknown user checks against a dummy hash).
+    File,
+    /// This one (from `[auth.postgres]`).
+    Hash(Arc<str>),
 }
 
 impl Auth {
@@ -63,7 +77,39 @@ impl Auth {
             acl,
             checks: Arc::new(Semaphore::new(max_checks.max(1))),
             trust_claimed,
+            hook: None,
+            acl_hook: None,
+            postgres: None,
         }
+    }
+
+    /// Asks the service of `http` about every CONNECT before the password file, and the one
+    /// of `http_acl` about every PUBLISH and SUBSCRIBE filter the ACL file allows.
+    pub fn with_services(
+        mut self,
+        http: Option<super::hook::AuthHttpConfig>,
+        http_acl: Option<super::hook::AuthHttpConfig>,
+        postgres: Option<super::postgres::PostgresConfig>,
+    ) -> Auth {
+        self.hook = http.map(super::hook::Hook::new);
+        self.acl_hook = http_acl.map(super::acl_hook::AclHook::new);
+        self.postgres = postgres.map(super::postgres::Postgres::new);
+        self
+    }
+
+    /// The user database, when `[auth.postgres]` names one.
+    pub fn postgres(&self) -> Option<&super::postgres::Postgres> {
+        self.postgres.as_ref()
+    }
+
+    /// The external authorization service, when `[auth.http_acl]` names one.
+    pub fn acl_hook(&self) -> Option<&super::acl_hook::AclHook> {
+        self.acl_hook.as_ref()
+    }
+
+    /// The external service, when `[auth.http]` names one.
+    pub fn hook(&self) -> Option<&super::hook::Hook> {
+        self.hook.as_ref()
     }
 
     /// The username the session and its ACL checks get, for a client admitted without a
@@ -93,11 +139,15 @@ impl Auth {
 
     /// Checks `user`'s `password` through the gate: waits up to [`CHECK_WAIT`] for a slot,
     /// then runs argon2 on a blocking thread while holding it. Unknown users cost the same as
-    /// known ones (and take a slot the same way). Without a password file nothing matches.
-    pub async fn check_password(&self, user: &str, password: Bytes) -> Result<(), CheckError> {
-        let Some(file) = self.passwords.clone() else {
-            return Err(CheckError::Wrong);
-        };
+    /// known ones (and take a slot the same way). `stored` says where the hash is; without a
+    /// password file, [`Stored::File`] matches nothing.
+    pub async fn check_password(
+        &self,
+        user: &str,
+        password: Bytes,
+        stored: Stored,
+    ) -> Result<(), CheckError> {
+        let file = self.passwords.clone();
         let permit =
             match tokio::time::timeout(CHECK_WAIT, self.checks.clone().acquire_owned()).await {
                 Ok(Ok(p)) => p,
@@ -107,7 +157,11 @@ impl Auth {
         let user = user.to_string();
         let ok = tokio::task::spawn_blocking(move || {
             let _slot = permit; // released when argon2 is done, even if the CONNECT went away
-            file.verify(&user, &password)
+            match (stored, file) {
+                (Stored::Hash(h), _) => super::passwd::verify_hash(Some(&h), &password),
+                (Stored::File, Some(f)) => f.verify(&user, &password),
+                (Stored::File, None) => super::passwd::verify_hash(None, &password),
+            }
         })
         .await
         .unwrap_or(false);
@@ -150,14 +204,18 @@ mod tests {
         let a = auth(1);
         let held = a.checks.clone().acquire_owned().await.unwrap();
         let started = tokio::time::Instant::now();
-        let r = a.check_password("u", Bytes::from_static(b"pw")).await;
+        let r = a
+            .check_password("u", Bytes::from_static(b"pw"), Stored::File)
+            .await;
         assert_eq!(r, Err(CheckError::Busy));
         assert!(started.elapsed() >= CHECK_WAIT);
         drop(held);
-        let pw = |p: &'static [u8]| a.check_password("u", Bytes::from_static(p));
+        let pw = |p: &'static [u8]| a.check_password("u", Bytes::from_static(p), Stored::File);
         assert_eq!(pw(b"pw").await, Ok(()));
         assert_eq!(pw(b"no").await, Err(CheckError::Wrong));
-        let r = a.check_password("nobody", Bytes::from_static(b"pw")).await;
+        let r = a
+            .check_password("nobody", Bytes::from_static(b"pw"), Stored::File)
+            .await;
         assert_eq!(r, Err(CheckError::Wrong));
     }
 }

@@ -384,6 +384,8 @@ impl Cluster {
                 self.on_session_append(&client_id, &queued)
             }
             Frame::Leave => self.node_down(&n, "left gracefully", false),
+            Frame::Replicate { id, ops } => return self.on_replicate(&n, id, &ops),
+            Frame::Promoted { of } => self.note_promoted(&of, n),
             Frame::Holds {
                 id,
                 client_ids,

@@ -145,6 +145,21 @@ pub enum Frame {
         /// The next bytes.
         data: Bytes,
     },
+    /// Session replication: store ops on the sender's persistent sessions that the receiver
+    /// keeps as standby copies (`[cluster] session_replicas = 2`); answered with
+    /// [`Frame::ForwardAck`] once durable there.
+    Replicate {
+        /// Nonzero: acknowledge once durable.
+        id: u64,
+        /// The ops (the broker's `replica::ops` encoding; opaque here).
+        ops: Vec<u8>,
+    },
+    /// The sender promoted every standby copy it had of `of`'s sessions (`of` is down): once
+    /// every live node said so, `of`'s held routes are no longer needed.
+    Promoted {
+        /// The node that is down.
+        of: String,
+    },
 }
 
 impl Frame {
@@ -173,6 +188,8 @@ impl Frame {
             Frame::SessionAppend { client_id, queued } => client_id.len() + bufs(queued),
             Frame::Holds { client_ids, .. } | Frame::Held { client_ids, .. } => strs(client_ids),
             Frame::ChunkStart { data, .. } | Frame::ChunkMore { data } => data.len() + 8,
+            Frame::Replicate { ops, .. } => ops.len() + 8,
+            Frame::Promoted { of } => of.len(),
             Frame::ForwardAck { .. } | Frame::Leave | Frame::Ping { .. } | Frame::Pong { .. } => 0,
         }
     }
@@ -335,6 +352,15 @@ pub fn encode(f: &Frame, out: &mut Vec<u8>) {
             put(b, data);
             18
         }
+        Frame::Replicate { id, ops } => {
+            b.extend_from_slice(&id.to_be_bytes());
+            put(b, ops);
+            19
+        }
+        Frame::Promoted { of } => {
+            put_str(b, of);
+            20
+        }
     };
     out[start + 5] = kind;
     let len = (out.len() - start - 4) as u32;
@@ -485,6 +511,11 @@ pub fn decode_capped(buf: &[u8], cap: usize) -> Result<Option<(Frame, usize)>, F
         18 => Frame::ChunkMore {
             data: Bytes::copy_from_slice(r.bytes().ok_or(bad.clone())?),
         },
+        19 => Frame::Replicate {
+            id: r.u64().ok_or(bad.clone())?,
+            ops: r.bytes().ok_or(bad.clone())?.to_vec(),
+        },
+        20 => Frame::Promoted { of: s(&mut r)? },
         _ => return Err(FrameError::Malformed("unknown frame kind")),
     };
     if !r.0.is_empty() {

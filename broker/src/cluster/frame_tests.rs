@@ -66,6 +66,11 @@ fn all() -> Vec<Frame> {
         Frame::ChunkMore {
             data: Bytes::from_static(&[3]),
         },
+        Frame::Replicate {
+            id: 11,
+            ops: vec![0, 0, 0, 0],
+        },
+        Frame::Promoted { of: "node3".into() },
     ]
 }
 

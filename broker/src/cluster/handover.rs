@@ -298,30 +298,47 @@ impl Cluster {
                     continue;
                 }
             };
-            for client_id in held {
-                if pushed.contains(&client_id) {
-                    continue;
-                }
-                let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-                let token: FreezeToken = (n.clone(), id);
-                let Some(export) = b.export_for_leave(&client_id, &token) else {
-                    continue;
-                };
-                let push = Frame::Session {
-                    id,
-                    client_id: client_id.clone(),
-                    export: Some(export),
-                };
-                if !self.send_to(&n, push) {
-                    b.settle_export(&client_id, &token, true);
-                    continue;
-                }
+            let (deferred, fresh): (Vec<String>, Vec<String>) = held
+                .into_iter()
+                .filter(|c| !pushed.contains(c))
+                .partition(|c| b.defer_restored(c));
+            if !deferred.is_empty() {
+                tracing::info!(node = %self.node, peer = %n, sessions = deferred.len(), "cluster: restored sessions that peer took over from their replicas dropped here (nothing of them is missing there)");
+            }
+            for client_id in self.push_to(&n, fresh) {
                 tracing::info!(node = %self.node, client_id = %client_id, to = %n, "cluster: restored session pushed to the node its client reconnected to");
-                self.arm_freeze_deadline(client_id.clone(), token);
                 pushed.insert(client_id);
             }
         }
         pushed.len()
+    }
+
+    /// Pushes this node's sessions of `client_ids` to peer `n` with the freeze → confirm
+    /// protocol (merged there; deleted here once confirmed); returns the ones sent.
+    pub(super) fn push_to(self: &Arc<Self>, n: &Arc<str>, client_ids: Vec<String>) -> Vec<String> {
+        let Some(b) = self.core() else {
+            return Vec::new();
+        };
+        let mut sent = Vec::new();
+        for client_id in client_ids {
+            let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+            let token: FreezeToken = (n.clone(), id);
+            let Some(export) = b.export_for_leave(&client_id, &token) else {
+                continue;
+            };
+            let push = Frame::Session {
+                id,
+                client_id: client_id.clone(),
+                export: Some(export),
+            };
+            if !self.send_to(n, push) {
+                b.settle_export(&client_id, &token, true);
+                continue;
+            }
+            self.arm_freeze_deadline(client_id.clone(), token);
+            sent.push(client_id);
+        }
+        sent
     }
 
     /// A peer is up again (back from a pause or a cut, or restarted): sessions of clients now

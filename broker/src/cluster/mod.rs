@@ -32,6 +32,7 @@ mod outgoing;
 mod peer;
 mod peers;
 mod remembered;
+mod replicas;
 mod tls;
 mod transport;
 
@@ -97,6 +98,8 @@ pub struct PeerStatus {
     pub unreachable: bool,
     /// Cluster address.
     pub addr: SocketAddr,
+    /// Its admin API, as it announces it in gossip (the status page links to it).
+    pub admin: Option<SocketAddr>,
     /// Down, not left: its routes are kept (publishes toward it are refused) until it returns
     /// or `dead_after` passes.
     pub held: bool,
@@ -157,6 +160,19 @@ pub trait Peers: Send + Sync {
     fn remote_routes(&self) -> usize;
     /// Number of distinct local filters (this node's routes).
     fn local_routes(&self) -> usize;
+    /// Sends session-replication ops (opaque bytes) to node `n`: its ack once they are durable
+    /// there when `want_ack`; `Err` when they could not be queued (no channel, unreachable,
+    /// queue far over its bound).
+    fn replicate(&self, n: &Arc<str>, ops: Vec<u8>, want_ack: bool)
+        -> Result<Option<Ack>, NotSent>;
+    /// This node promoted every standby copy of `of`'s sessions (`of` is down): the peers are
+    /// told, and `of`'s held routes go once every live node has said so.
+    fn promoted(&self, of: &str);
+    /// Whether `n` is a live member whose channel answers (it can speak for its sessions).
+    fn reachable(&self, n: &str) -> bool;
+    /// Pushes this node's sessions of `client_ids` to `n` (freeze → confirm: merged there,
+    /// deleted here once confirmed); returns how many were sent.
+    fn push_sessions(&self, n: &Arc<str>, client_ids: Vec<String>) -> usize;
 }
 
 /// What the other nodes ask of this one: the core's side of the boundary, given to the cluster
@@ -215,6 +231,24 @@ pub trait LocalNode: Send + Sync {
     /// Every retained message and tombstone (an empty payload) with its version, for a peer's
     /// snapshot.
     fn retained(&self) -> Vec<(Arc<Message>, Version)>;
+    /// Session-replication ops from holder `from` for the standby copies kept here: queued to
+    /// the store before it returns (frames apply in order); resolves true once durable.
+    fn apply_replica(&self, from: &Arc<str>, ops: &[u8]) -> BoxFuture<'static, bool>;
+    /// The live peers now (each membership round): replicas are placed again when it changed.
+    fn members(&self, up: &[Arc<str>]);
+    /// Peer `n` is down (failure detector) or left: the standby copies of its sessions kept
+    /// here become sessions of this node ([`Peers::promoted`] once done).
+    fn holder_down(&self, n: &Arc<str>);
+    /// This node restarted and a peer holds `client_id`'s session now: true when the restored
+    /// copy here is dropped instead of pushed there (its replica took it over with everything
+    /// acknowledged in it).
+    fn defer_restored(&self, client_id: &str) -> bool;
+    /// Peer `n` is up again; `restarted`: as a new incarnation (it restores its own sessions
+    /// and pushes them where their clients went), otherwise back from a pause or a cut.
+    fn holder_up(&self, n: &Arc<str>, restarted: bool);
+    /// A new outgoing channel to `n` opened: what was replicated to it over the old one may be
+    /// incomplete, so the sessions it is the replica of are copied again.
+    fn replica_link(&self, n: &Arc<str>);
 }
 
 /// What a forward set in motion: the peer's ack to await (QoS 1/2) and, when its queue is over
@@ -279,6 +313,11 @@ impl Gate {
         }
     }
 }
+
+/// A frame that could not be queued to a peer (no channel, unreachable, far over its bound).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("not sent: the peer has no reachable channel or its queue is full")]
+pub struct NotSent;
 
 /// Errors starting the cluster layer.
 #[derive(Debug, thiserror::Error)]

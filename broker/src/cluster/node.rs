@@ -52,6 +52,15 @@ pub struct Cluster {
     pub(super) seeds: Vec<SocketAddr>,
     /// The peers' routes as last written to `data_dir` (see `remembered`).
     pub(super) saved_routes: Mutex<HashMap<Arc<str>, HashSet<String>>>,
+    /// The last incarnation (chitchat generation) seen of each peer.
+    pub(super) generations: Mutex<HashMap<Arc<str>, u64>>,
+    /// This cluster itself (for work a `&self` method hands to a task).
+    pub(super) me: Weak<Cluster>,
+    /// Down peers → the live nodes that promoted their standby copies of its sessions
+    /// (see `replicas`).
+    pub(super) promoted: Mutex<HashMap<Arc<str>, HashSet<Arc<str>>>>,
+    /// This node's admin API (announced in gossip for the peers' status pages).
+    pub(super) admin: OnceLock<SocketAddr>,
     /// Mutual TLS on the node channel; `None`: plain TCP, unauthenticated (warned at start).
     pub(super) tls: Option<Arc<NodeTls>>,
     /// Sockets or the in-memory network, and the timers.
@@ -92,7 +101,9 @@ impl Cluster {
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0);
-        Arc::new(Cluster {
+        Arc::new_cyclic(|me| Cluster {
+            me: me.clone(),
+            generations: Mutex::new(HashMap::new()),
             node: Arc::from(node),
             epoch,
             bind: cfg.bind,
@@ -111,9 +122,16 @@ impl Cluster {
             dead_after: cfg.dead_after,
             seeds: cfg.seeds.clone(),
             saved_routes: Mutex::new(HashMap::new()),
+            promoted: Mutex::new(HashMap::new()),
+            admin: OnceLock::new(),
             tls,
             wiring,
         })
+    }
+
+    /// The admin API's address, announced to the peers (call before [`Cluster::start`]).
+    pub fn set_admin(&self, addr: SocketAddr) {
+        let _ = self.admin.set(addr);
     }
 
     /// This node's core, while it runs.
@@ -152,13 +170,13 @@ impl Cluster {
             })),
             protocol_version: chitchat::ProtocolVersion::V0,
         };
-        let handle = spawn_chitchat(
-            config,
-            vec![("cluster_addr".into(), cfg.bind.to_string())],
-            self.wiring.transport.gossip(),
-        )
-        .await
-        .map_err(|e| ClusterError::Gossip(cfg.bind, e.to_string()))?;
+        let mut keys = vec![("cluster_addr".into(), cfg.bind.to_string())];
+        if let Some(a) = self.admin.get() {
+            keys.push(("admin_addr".into(), a.to_string()));
+        }
+        let handle = spawn_chitchat(config, keys, self.wiring.transport.gossip())
+            .await
+            .map_err(|e| ClusterError::Gossip(cfg.bind, e.to_string()))?;
         let live = handle.chitchat().lock().await.live_nodes_watcher();
         *lock(&self.chitchat) = Some(handle);
         tracing::info!(node = %self.node, bind = %cfg.bind, seeds = ?cfg.seeds, tls = self.tls.is_some(), "cluster: gossip and node channel up");
@@ -198,7 +216,7 @@ impl Cluster {
     ) {
         loop {
             let now: HashMap<Arc<str>, (SocketAddr, u64)> = live
-                .borrow_and_update()
+                .borrow()
                 .keys()
                 .filter(|id| *id.node_id != *self.node)
                 .map(|id| {
@@ -208,6 +226,20 @@ impl Cluster {
                     )
                 })
                 .collect();
+            let admins: Vec<(Arc<str>, Option<SocketAddr>)> = live
+                .borrow_and_update()
+                .iter()
+                .filter(|(id, _)| *id.node_id != *self.node)
+                .map(|(id, st)| {
+                    let a = st.get("admin_addr").and_then(|a| a.parse().ok());
+                    (id.node_id.clone(), a)
+                })
+                .collect();
+            for (n, a) in admins {
+                if let Some(s) = lock(&self.status).get_mut(&n) {
+                    s.admin = a;
+                }
+            }
             self.apply_membership(now);
             self.resend_settlements();
             self.expire_held();
@@ -231,6 +263,7 @@ impl Cluster {
         for n in gone {
             self.node_down(&n, "failure detector", true);
         }
+        let up: Vec<Arc<str>> = live.keys().cloned().collect();
         for (n, (addr, generation)) in live {
             let (need, restarted) = {
                 let peers = lock(&self.peers);
@@ -239,6 +272,15 @@ impl Cluster {
                     None => (true, false),
                 }
             };
+            let new_incarnation = lock(&self.generations)
+                .insert(n.clone(), generation)
+                .is_some_and(|g| g != generation);
+            let came_back = lock(&self.status).get(&n).is_some_and(|s| !s.up);
+            if came_back {
+                if let Some(b) = self.core() {
+                    b.holder_up(&n, new_incarnation);
+                }
+            }
             if restarted {
                 // a new incarnation (restarted before the detector noticed): what the old one
                 // owed us will never come
@@ -254,6 +296,7 @@ impl Cluster {
                     up: false,
                     unreachable: false,
                     addr,
+                    admin: None,
                     held: false,
                 });
                 let came_up = !e.up;
@@ -267,7 +310,11 @@ impl Cluster {
                 lock(&self.held).remove(&n);
                 // copies it kept of sessions whose clients moved here meanwhile
                 self.pull_copies(n.clone());
+                lock(&self.promoted).remove(&n);
             }
+        }
+        if let Some(b) = self.core() {
+            b.members(&up);
         }
     }
 
@@ -294,6 +341,11 @@ impl Cluster {
             self.drop_routes(n);
         }
         self.release_waiters(n);
+        if was_up {
+            if let Some(b) = self.core() {
+                b.holder_down(n);
+            }
+        }
         if was_up && held {
             tracing::warn!(node = %self.node, peer = %n, dead_after = ?self.dead_after, "cluster: peer down ({why}); its routes are held: publishes toward it are refused until it returns or dead_after passes");
         } else if was_up {

@@ -51,6 +51,9 @@ impl Cluster {
             peers.insert(n.clone(), p);
             out
         };
+        if let Some(b) = self.core() {
+            b.replica_link(&n);
+        }
         let me = self.clone();
         let dial = Dial {
             node: self.node.clone(),
@@ -96,7 +99,7 @@ impl Cluster {
     /// Queues a frame to a peer; for forwards, the peer's gate when it is congested. Forwards
     /// to a peer that is not reachable fail at once.
     pub(super) fn send_gated(&self, n: &str, f: Frame) -> Result<Option<Arc<Gate>>, Unsent> {
-        let forward = matches!(f, Frame::Forward { .. });
+        let forward = matches!(f, Frame::Forward { .. } | Frame::Replicate { .. });
         let too_large = |e: Unsent| {
             if e == Unsent::TooLarge {
                 tracing::error!(node = %self.node, peer = %n, max = MAX_TRANSFER, "cluster: frame over the size cap not sent");

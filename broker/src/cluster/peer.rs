@@ -124,7 +124,7 @@ impl Peer {
         if w > MAX_FRAME {
             return Err(Unsent::TooLarge);
         }
-        let forward = matches!(f, Frame::Forward { .. });
+        let forward = matches!(f, Frame::Forward { .. } | Frame::Replicate { .. });
         let counter = if forward {
             &self.data.queued
         } else {
@@ -226,7 +226,7 @@ async fn frames<S: AsyncWrite + Unpin>(
                 buf.clear();
                 let (mut forwards, mut control) = (0, 0);
                 let mut add = |f: &Frame, buf: &mut Vec<u8>| {
-                    if matches!(f, Frame::Forward { .. }) {
+                    if matches!(f, Frame::Forward { .. } | Frame::Replicate { .. }) {
                         forwards += f.weight();
                     } else {
                         control += f.weight();

@@ -178,4 +178,28 @@ impl Peers for Cluster {
     fn local_routes(&self) -> usize {
         lock(&self.local).len()
     }
+
+    fn replicate(
+        &self,
+        n: &Arc<str>,
+        ops: Vec<u8>,
+        want_ack: bool,
+    ) -> Result<Option<Ack>, super::NotSent> {
+        self.replicate_now(n, ops, want_ack)
+    }
+
+    fn promoted(&self, of: &str) {
+        self.promoted_here(of);
+    }
+
+    fn push_sessions(&self, n: &Arc<str>, client_ids: Vec<String>) -> usize {
+        match self.me.upgrade() {
+            Some(me) => me.push_to(n, client_ids).len(),
+            None => 0,
+        }
+    }
+
+    fn reachable(&self, n: &str) -> bool {
+        self.is_member(n) && lock(&self.peers).get(n).is_some_and(|p| p.reachable())
+    }
 }

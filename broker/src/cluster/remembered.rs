@@ -80,6 +80,7 @@ impl Cluster {
                     up: false,
                     unreachable: false,
                     addr,
+                    admin: None,
                     held: true,
                 },
             );

@@ -174,7 +174,7 @@ impl NodeTls {
 /// verified already).
 fn dns_names(der: &[u8]) -> Vec<String> {
     mqedge_shared::tls::CertFacts::from_der(der)
-        .map(|f| f.sans)
+        .map(|f| f.san_values())
         .unwrap_or_default()
 }
 

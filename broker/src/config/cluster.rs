@@ -25,6 +25,8 @@ pub(super) struct RawCluster {
     tls_cert: Option<Spanned<String>>,
     tls_key: Option<Spanned<String>>,
     tls_ca: Option<Spanned<String>>,
+    session_replicas: Option<Spanned<i64>>,
+    replica_sync_rate: Option<Spanned<i64>>,
 }
 
 /// `[cluster]`.
@@ -46,6 +48,12 @@ pub struct ClusterConfig {
     pub retained_tombstone_ttl: Duration,
     /// Mutual TLS on the node channel (`tls_cert`, `tls_key`, `tls_ca`); `None`: plain TCP.
     pub tls: Option<Arc<ClusterTls>>,
+    /// Copies of each persistent session: 1 (its holder only) or 2 (and a replica on the next
+    /// node of the LB's order), acknowledged only once durable on both.
+    pub session_replicas: u8,
+    /// Sessions per second copied whole to their replica (after a membership change, a
+    /// restart, a new session).
+    pub replica_sync_rate: u32,
 }
 
 /// The node channel's TLS material, loaded and checked at config load (the handshakes and the
@@ -58,6 +66,16 @@ pub struct ClusterTls {
     pub client: Arc<rustls::ClientConfig>,
     /// The three files, for messages.
     pub files: [PathBuf; 3],
+}
+
+impl RawCluster {
+    /// Where `session_replicas` is written (for a problem found with other sections).
+    pub(super) fn replicas_span(&self) -> std::ops::Range<usize> {
+        self.session_replicas
+            .as_ref()
+            .map(|v| v.span())
+            .unwrap_or_else(|| self.bind.span())
+    }
 }
 
 pub(super) fn cluster(
@@ -82,7 +100,38 @@ pub(super) fn cluster(
         .retained_tombstone_ttl
         .map(|d| d.0)
         .unwrap_or(Duration::from_secs(24 * 3600));
+    let session_replicas = match &c.session_replicas {
+        None => 1,
+        Some(v) if (1..=2).contains(v.get_ref()) => *v.get_ref() as u8,
+        Some(v) => {
+            p.at(
+                v.span(),
+                format!(
+                    "session_replicas = {}: must be 1 (the holder only) or 2 (the holder and \
+                     one replica)",
+                    v.get_ref()
+                ),
+            );
+            1
+        }
+    };
+    let replica_sync_rate = match &c.replica_sync_rate {
+        None => 5_000,
+        Some(v) if (1..=1_000_000).contains(v.get_ref()) => *v.get_ref() as u32,
+        Some(v) => {
+            p.at(
+                v.span(),
+                format!(
+                    "replica_sync_rate = {}: sessions per second, from 1 to 1000000",
+                    v.get_ref()
+                ),
+            );
+            5_000
+        }
+    };
     Some(ClusterConfig {
+        session_replicas,
+        replica_sync_rate,
         bind,
         seeds,
         leave_timeout,
@@ -125,7 +174,7 @@ fn cluster_tls(
     let sans = chain
         .first()
         .and_then(|c| tls::CertFacts::from_der(c))
-        .map(|f| f.sans)
+        .map(|f| f.san_values())
         .unwrap_or_default();
     if !sans.iter().any(|s| s.eq_ignore_ascii_case(name)) {
         p.at(

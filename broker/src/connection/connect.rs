@@ -13,6 +13,7 @@ use tokio::net::TcpStream;
 
 use super::aliases::{OutAliases, TOPIC_ALIAS_MAX};
 use super::{linger, read_more, write_all, ClientInfo, Conn, Live};
+use crate::auth::hook::{HookRequest, OnUnavailable, Verdict};
 use crate::auth::{Access, CheckError};
 use crate::broker::Broker;
 use crate::cluster::Handover;
@@ -63,11 +64,11 @@ impl Live {
         };
         let conn_id = b.next_conn_id();
         // in a cluster, the session may live on another node: it is handed over before CONNACK
-        let taken = match b.cluster() {
-            Some(c) => Box::pin(c.take_session(&admitted.client_id, connect.clean_start)).await,
-            None => None,
+        // (or resumed from this node's copy when its holder does not answer)
+        let (import, handover) = match b.cluster() {
+            Some(_) => Box::pin(find_session(&b, &admitted.client_id, connect.clean_start)).await,
+            None => (None, None),
         };
-        let (import, handover) = taken.unzip();
         let att = b.sessions().attach(
             &admitted.client_id,
             connect.clean_start,
@@ -78,6 +79,7 @@ impl Live {
             conn_id,
             import,
         );
+        att.session.lock().cn = info.cert_username.clone();
         if let Some(h) = handover {
             // rare (a session moved here): boxed, to keep the CONNECT phase small
             Box::pin(settle_handover(&b, h)).await;
@@ -159,7 +161,49 @@ impl Conn {
     }
 }
 
-/// Reads the first packet, bounded in time: the CONNECT, or why the client is refused.
+/// The session of a connecting client held elsewhere in the cluster: handed over by its
+/// holder, or its standby copy here when the holder does not answer.
+async fn find_session(
+    b: &Arc<Broker>,
+    client_id: &str,
+    clean_start: bool,
+) -> (Option<crate::cluster::SessionExport>, Option<Handover>) {
+    let taken = match b.cluster() {
+        Some(c) => c.take_session(client_id, clean_start).await,
+        None => None,
+    };
+    let (import, handover) = taken.unzip();
+    if b.replica().is_none() {
+        return (import, handover);
+    }
+    let standby = standby_import(b, client_id, clean_start, import.is_some()).await;
+    (import.or(standby), handover)
+}
+
+/// The standby copy of a connecting client's session kept here, when its holder cannot answer
+/// for it (down, or its channel does not answer): the client resumes it here (Session Present).
+/// When the holder handed the session over (`taken`), the standby copy is dropped instead.
+async fn standby_import(
+    b: &Arc<Broker>,
+    client_id: &str,
+    clean_start: bool,
+    taken: bool,
+) -> Option<crate::cluster::SessionExport> {
+    let r = b.replica()?;
+    let holder = r.standby_holder(client_id)?;
+    if taken || clean_start {
+        r.discard_standby(client_id);
+        return None;
+    }
+    if b.cluster().is_some_and(|c| c.reachable(&holder)) {
+        return None;
+    }
+    let e = r.take_standby(client_id).await?;
+    r.promoted("connect");
+    tracing::warn!(client_id, holder = %holder, "replication: the session's holder does not answer; its copy here resumes");
+    Some(e)
+}
+
 /// Settles a session handed over to this node: its old holders delete their copy only once this
 /// one is on disk (with `data_dir`), and keep theirs when it could not be written.
 async fn settle_handover(b: &Arc<Broker>, h: Handover) {
@@ -171,6 +215,7 @@ async fn settle_handover(b: &Arc<Broker>, h: Handover) {
     c.settle_handover(h, durable);
 }
 
+/// Reads the first packet, bounded in time: the CONNECT, or why the client is refused.
 async fn read_connect(
     r: &mut OwnedReadHalf,
     rbuf: &mut BytesMut,
@@ -249,6 +294,9 @@ async fn admit(b: &Arc<Broker>, c: &Connect, info: &ClientInfo) -> Result<Admitt
     if c.properties.authentication_method.is_some() {
         return Err(CloseReason::BadAuthMethod);
     }
+    if let Some(field) = info.missing_identity {
+        return Err(CloseReason::CertIdentityMissing(field));
+    }
     let (client_id, assigned) = if c.client_id.is_empty() {
         if !c.version.is_v5() && !c.clean_start {
             // MQTT-3.1.3-8
@@ -259,11 +307,16 @@ async fn admit(b: &Arc<Broker>, c: &Connect, info: &ClientInfo) -> Result<Admitt
     } else {
         (c.client_id.clone(), false)
     };
-    let username = match &info.cn_username {
-        Some(cn) => Some(cn.clone()),
-        None => {
-            let checked = authenticate(b, c).await?;
-            b.auth().acl_username(c.username.as_deref(), checked)
+    let username = if ask_hook(b, c, info, &client_id).await? {
+        // the service vouched for the CONNECT's identity
+        info.cert_username.clone().or_else(|| c.username.clone())
+    } else {
+        match &info.cert_username {
+            Some(cn) => Some(cn.clone()),
+            None => {
+                let checked = authenticate(b, c).await?;
+                b.auth().acl_username(c.username.as_deref(), checked)
+            }
         }
     };
     if let Some(w) = &c.will {
@@ -311,20 +364,71 @@ fn check_will(
     }
 }
 
+/// Asks the `[auth.http]` service, when there is one: `Ok(true)` when it let the client in,
+/// `Ok(false)` when the local checks decide (no service, `ignore`, or unavailable with
+/// `on_unavailable = "local"`).
+async fn ask_hook(
+    b: &Arc<Broker>,
+    c: &Connect,
+    info: &ClientInfo,
+    client_id: &str,
+) -> Result<bool, CloseReason> {
+    let Some(hook) = b.auth().hook() else {
+        return Ok(false);
+    };
+    let req = HookRequest {
+        client_id,
+        username: c.username.as_deref(),
+        password: c.password.as_deref(),
+        peer: info.addr,
+        cn: info.cert_username.as_deref(),
+        proto_ver: c.version.level(),
+    };
+    let (verdict, cached) = hook.check(&req).await;
+    let label = if cached { "cached" } else { verdict.label() };
+    b.metrics()
+        .auth_hook_results
+        .get_or_create(&crate::metrics::Reason {
+            reason: label.to_string(),
+        })
+        .inc();
+    match verdict {
+        Verdict::Allow => Ok(true),
+        Verdict::Deny => Err(CloseReason::HookDenied),
+        Verdict::Ignore => Ok(false),
+        Verdict::Unavailable(why) => {
+            let policy = hook.cfg().on_unavailable;
+            tracing::warn!(client_id, peer = %info.addr, on_unavailable = ?policy, "auth service unavailable: {why}");
+            match policy {
+                OnUnavailable::Deny => Err(CloseReason::HookUnavailable),
+                OnUnavailable::Allow => Ok(true),
+                OnUnavailable::Local => Ok(false),
+            }
+        }
+    }
+}
+
 /// Checks the CONNECT's username and password (a client without a certificate CN); `true` when
 /// a password check verified the username.
 async fn authenticate(b: &Arc<Broker>, c: &Connect) -> Result<bool, CloseReason> {
-    match (&c.username, b.auth().passwords()) {
+    let users = b.auth().passwords().is_some() || b.auth().postgres().is_some();
+    match (&c.username, users) {
         (None, _) if !b.auth().allow_anonymous() => Err(CloseReason::AnonymousNotAllowed),
         // a username alone proves nothing: without a password file (or a certificate CN from
         // a trusted proxy) such a client is as anonymous as one without
-        (Some(_), None) if !b.auth().allow_anonymous() => Err(CloseReason::NoPasswordFile),
-        (Some(u), Some(_)) => {
+        (Some(_), false) if !b.auth().allow_anonymous() => Err(CloseReason::NoPasswordFile),
+        (Some(u), true) => {
+            let Some(stored) = super::authorize::stored_hash(b, u).await? else {
+                return Ok(true); // the database is down and on_unavailable = "allow"
+            };
             let pw = c.password.clone().unwrap_or_default();
-            b.auth().check_password(u, pw).await.map_err(|e| match e {
-                CheckError::Wrong => CloseReason::BadCredentials,
-                CheckError::Busy => CloseReason::PasswordChecksBusy,
-            })?;
+            b.auth()
+                .check_password(u, pw, stored)
+                .await
+                .map_err(|e| match e {
+                    CheckError::Wrong => CloseReason::BadCredentials,
+                    CheckError::Busy => CloseReason::PasswordChecksBusy,
+                })?;
             Ok(true)
         }
         _ => Ok(false),

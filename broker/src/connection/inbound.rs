@@ -8,7 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::acks::{AckKind, PendingAck};
+use super::authorize::Cached;
 use super::{Conn, Later};
+use crate::auth::acl_hook::AclAction;
 use crate::auth::Access;
 use crate::cluster::Gate;
 use crate::error::CloseReason;
@@ -34,10 +36,41 @@ struct Routed {
 
 impl Conn {
     /// A PUBLISH: routed at once; its acknowledgement is owed in order. A held-back publisher
-    /// or one owing too many acknowledgements gets the rest as a boxed continuation.
+    /// or one owing too many acknowledgements gets the rest as a boxed continuation, and so
+    /// does one the `[auth.http_acl]` service must be asked about (the cache answers at once).
     pub(super) fn on_publish(&mut self, mut p: Publish) -> Result<Option<Later<'_>>, CloseReason> {
         self.b.metrics().messages_received.inc();
         self.check_publish(&mut p)?;
+        // the ACL file first: what it refuses the service is not asked about
+        if !self.may_publish(&p.topic) {
+            return self.publish_checked(p, Some(reason::NOT_AUTHORIZED), "ACL");
+        }
+        // a QoS 2 retransmission is only acknowledged: nothing to ask
+        let resent =
+            p.qos == QoS::ExactlyOnce && self.s.lock().qos2_in.contains(&p.packet_id.unwrap_or(0));
+        if resent {
+            return self.publish_checked(p, None, "");
+        }
+        match self.check_cached(AclAction::Publish, &p.topic) {
+            Cached::Ask(left) => Ok(Some(Box::pin(async move {
+                let deny = self.check_rest(left, AclAction::Publish, &p.topic).await;
+                if let Some(later) = self.publish_checked(p, deny, "external checks")? {
+                    later.await?;
+                }
+                Ok(())
+            }))),
+            Cached::Done(deny) => self.publish_checked(p, deny, "external checks"),
+        }
+    }
+
+    /// A PUBLISH whose topic is checked: routed, or refused with `deny`'s code (v5; 3.1.1
+    /// acknowledges and drops, MQTT-3.3.5-2) by `by` (for the log); its acknowledgement owed.
+    fn publish_checked(
+        &mut self,
+        p: Publish,
+        deny: Option<u8>,
+        by: &'static str,
+    ) -> Result<Option<Later<'_>>, CloseReason> {
         let pid = p.packet_id.unwrap_or(0);
         if p.qos == QoS::ExactlyOnce && !self.claim_qos2(pid)? {
             // a retransmission of a message we already routed: acknowledge only (MQTT-4.3.3)
@@ -51,18 +84,13 @@ impl Conn {
             return Ok(None);
         }
         let qos = p.qos;
-        let (code, routed) = if self.may_publish(&p.topic) {
-            (0, self.route(p))
-        } else {
-            self.b.metrics().dropped("not_authorized");
-            tracing::debug!(client_id = %self.s.client_id, topic = %p.topic, "publish denied by ACL");
-            // v5 says so; v3.1.1 acknowledges and drops (MQTT-3.3.5-2)
-            let code = if self.v.is_v5() {
-                reason::NOT_AUTHORIZED
-            } else {
-                0
-            };
-            (code, Routed::default())
+        let (code, routed) = match deny {
+            None => (0, self.route(p)),
+            Some(code) => {
+                self.b.metrics().dropped("not_authorized");
+                tracing::debug!(client_id = %self.s.client_id, topic = %p.topic, "publish denied by the {by}");
+                (if self.v.is_v5() { code } else { 0 }, Routed::default())
+            }
         };
         if qos == QoS::ExactlyOnce && code >= 0x80 {
             self.s.lock().qos2_in.remove(&pid);

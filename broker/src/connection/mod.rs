@@ -12,12 +12,14 @@
 //! The files: `connect.rs` (the CONNECT phase), `inbound.rs` (PUBLISH from the client, QoS 2
 //! release), `acks.rs` (acknowledgements owed, in order), `outbound.rs` (deliveries to the
 //! client and their acknowledgements), `subscribe.rs` (SUBSCRIBE, UNSUBSCRIBE, the retained
-//! messages of a new subscription), `aliases.rs`, `feed.rs`, `linger.rs`. The phase files add
+//! messages of a new subscription), `authorize.rs` (the `[auth.http_acl]` check of a PUBLISH or
+//! SUBSCRIBE), `aliases.rs`, `feed.rs`, `linger.rs`. The phase files add
 //! `impl` blocks to [`Live`] and `Conn` and import `super`; this file names only the leaf
 //! modules (`acks`, `aliases`, `feed`, `linger`), which import nothing of the connection.
 
 mod acks;
 pub mod aliases;
+mod authorize;
 mod connect;
 pub mod feed;
 mod inbound;
@@ -52,8 +54,11 @@ use crate::session::Session;
 pub struct ClientInfo {
     /// The client's address (from the PROXY header when there was one).
     pub addr: SocketAddr,
-    /// The verified certificate CN to use as the username.
-    pub cn_username: Option<String>,
+    /// The verified certificate's field to use as the username (`username_from`; the CN with
+    /// `use_cn_as_username`).
+    pub cert_username: Option<String>,
+    /// The `username_from` field this client's certificate lacks: its CONNECT is refused.
+    pub missing_identity: Option<&'static str>,
 }
 
 /// The CONNECT phase, from the client's first byte after any PROXY header (`rbuf` holds bytes

@@ -61,7 +61,8 @@ async fn an_idle_connection_holds_its_budget() {
     let _client = client.await.expect("client");
     let info = ClientInfo {
         addr: peer,
-        cn_username: None,
+        cert_username: None,
+        missing_identity: None,
     };
     let setup = establish(b, tcp, BytesMut::new(), info);
     let setup_size = std::mem::size_of_val(&setup);

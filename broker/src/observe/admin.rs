@@ -1,6 +1,7 @@
 //! Broker admin HTTP (axum): `/healthz`, `/metrics`, `GET /api/clients/{client_id}` with the
 //! client's real address (from the PROXY header) and its username (the CN when configured),
-//! `GET /api/cluster`. Every request passes the shared admin guard first.
+//! `GET /api/cluster`, and the status page `GET /` with its JSON `GET /api/status` (`status`).
+//! Every request passes the shared admin guard first.
 
 use std::sync::Arc;
 
@@ -26,29 +27,7 @@ async fn healthz(State(b): State<Arc<Broker>>) -> Response {
 }
 
 async fn metrics(State(b): State<Arc<Broker>>) -> Response {
-    if let Some(stats) = b.store().map(|s| s.stats()) {
-        let m = b.metrics();
-        m.store_commits.set(stats.commits as i64);
-        m.store_bytes_written.set(stats.bytes as i64);
-        let seen = m.store_commit_failures.get();
-        m.store_commit_failures
-            .inc_by(stats.commit_failures.saturating_sub(seen));
-    }
-    if let Some(c) = b.cluster() {
-        let peers = c.peers();
-        let live = peers.iter().filter(|p| p.1.up).count();
-        let unreachable = peers.iter().filter(|p| p.1.unreachable).count();
-        b.metrics()
-            .cluster_peers_up
-            .set((live - unreachable) as i64);
-        b.metrics()
-            .cluster_peers_unreachable
-            .set(unreachable as i64);
-        b.metrics()
-            .cluster_peers_down
-            .set((peers.len() - live) as i64);
-        b.metrics().cluster_routes.set(c.remote_routes() as i64);
-    }
+    super::status::refresh_gauges(&b);
     admin::metrics_text(b.metrics().encode())
 }
 
@@ -69,26 +48,15 @@ async fn client(State(b): State<Arc<Broker>>, Path(id): Path<String>) -> Respons
 }
 
 async fn cluster(State(b): State<Arc<Broker>>) -> Json<serde_json::Value> {
-    let mut nodes = vec![json!({
-        "name": b.cfg().name,
-        "state": "up",
-        "routes": b.cluster().map(|c| c.local_routes()).unwrap_or_else(|| b.router().filter_count()),
-    })];
-    if let Some(c) = b.cluster() {
-        for (n, st, routes) in c.peers() {
-            nodes.push(json!({
-                "name": n.to_string(),
-                "state": match (st.up, st.unreachable) {
-                    (false, _) => "down",
-                    (true, true) => "unreachable",
-                    (true, false) => "up",
-                },
-                "routes": routes,
-                "routes_held": st.held,
-            }));
-        }
-    }
-    Json(json!({ "node": b.cfg().name, "nodes": nodes }))
+    Json(super::status::cluster_json(&b))
+}
+
+async fn status_page(State(b): State<Arc<Broker>>) -> axum::response::Html<String> {
+    axum::response::Html(super::status::page_html(&b))
+}
+
+async fn status(State(b): State<Arc<Broker>>) -> Json<serde_json::Value> {
+    Json(super::status::status_json(&b))
 }
 
 /// The admin router, behind the shared guard (Host, Origin, `x-mqedge-admin` on
@@ -97,8 +65,10 @@ pub fn router(b: Arc<Broker>) -> Router {
     let access = b.cfg().admin_access.clone();
     let counted = b.clone();
     let routes = Router::new()
+        .route("/", get(status_page))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
+        .route("/api/status", get(status))
         .route("/api/clients/{client_id}", get(client))
         .route("/api/cluster", get(cluster))
         .with_state(b);

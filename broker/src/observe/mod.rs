@@ -3,4 +3,5 @@
 //! (The metrics registry they read is [`crate::metrics`], a leaf every module may count into.)
 
 pub mod admin;
+pub mod status;
 pub mod sys;

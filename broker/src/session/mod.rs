@@ -101,6 +101,8 @@ pub struct State {
     pub username: Option<String>,
     /// Client address of the last connection (from the PROXY header when there was one).
     pub peer: Option<SocketAddr>,
+    /// The verified certificate CN of the last connection (told to `[auth.http_acl]`).
+    pub cn: Option<String>,
     /// When the last connection ended.
     pub disconnected_at: Option<Instant>,
     /// Bumped at every attach; timers (will delay, expiry) check it did not change.
@@ -136,6 +138,7 @@ impl State {
             version: Version::V311,
             username: None,
             peer: None,
+            cn: None,
             disconnected_at: None,
             generation: 0,
             next_seq: 1,

@@ -22,6 +22,10 @@ pub enum StoreError {
     /// The store was closed (or its writer stopped) before the operation could run.
     #[error("store is closed")]
     Closed,
+    /// Committed here, but not confirmed durable where the store's [`super::Tap`] copies it
+    /// (the session's replica on another node): not to be acknowledged.
+    #[error("replica: {0}")]
+    Replica(String),
 }
 
 /// redb's error as one line: the writer hands the same text to every waiter of a failed commit.

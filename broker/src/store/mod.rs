@@ -20,9 +20,11 @@
 //! leaves both use. The writer never imports the handle.
 
 use std::fmt;
+use std::future::Future;
 use std::ops::Bound;
 use std::path::Path;
-use std::sync::{Arc, PoisonError, RwLock};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
 use std::thread::JoinHandle;
 
 use redb::{Database, DatabaseError};
@@ -53,6 +55,19 @@ pub const UNHEALTHY_AFTER_FAILURES: u64 = 3;
 /// Rows of a scan: (key, value) pairs in key order.
 pub type Rows = Vec<(Vec<u8>, Vec<u8>)>;
 
+/// What a [`Tap`] hands back: resolves once the ops it saw are safe where it copies them.
+pub type TapWait = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
+
+/// Sees every write in the order the writer gets it (session replication copies a node's
+/// session rows to another node). Called with the store's order lock held: it only queues.
+pub trait Tap: Send + Sync {
+    /// `ops` were just queued; `wait`: someone awaits them (the returned future, resolved once
+    /// they are durable where the tap copies them; `None`: nothing to wait for).
+    fn tap(&self, ops: &[Op], wait: bool) -> Option<TapWait>;
+    /// A flush (an empty write): resolves once everything tapped before is durable there.
+    fn flush(&self) -> Option<TapWait>;
+}
+
 /// Handle to the open store; cheap to clone (an `Arc` inside) so every session task can hold one.
 /// Writes go to one writer thread that commits them in batches; reads run on the caller's thread.
 ///
@@ -72,6 +87,10 @@ struct Inner {
     stopped: watch::Receiver<bool>,
     writer: Option<JoinHandle<()>>,
     counters: Arc<Counters>,
+    /// Set once when session replication is on.
+    tap: OnceLock<Arc<dyn Tap>>,
+    /// Held while a write is queued and tapped, so the tap sees the writer's order.
+    order: Mutex<()>,
 }
 
 impl Store {
@@ -117,6 +136,8 @@ impl Store {
                 stopped,
                 writer: Some(writer),
                 counters,
+                tap: OnceLock::new(),
+                order: Mutex::new(()),
             }),
         })
     }
@@ -150,18 +171,76 @@ impl Store {
         ops: Vec<Op>,
     ) -> impl std::future::Future<Output = Result<(), StoreError>> + Send + 'static {
         let (done, answer) = oneshot::channel();
-        let pending = Pending::new(ops, Some(done));
-        let queued = self.inner.queue.send(Msg::Write(pending)).is_ok();
+        let (queued, tapped) = self.enqueue(ops, Some(done));
         async move {
             if !queued {
                 return Err(StoreError::Closed);
             }
             match answer.await {
-                Ok(result) => result,
+                Ok(result) => result?,
                 // The writer went away without answering: it stopped before reaching these ops.
-                Err(_) => Err(StoreError::Closed),
+                Err(_) => return Err(StoreError::Closed),
+            }
+            match tapped {
+                Some(t) => t.await.map_err(StoreError::Replica),
+                None => Ok(()),
             }
         }
+    }
+
+    /// Like [`Store::submit`], but the tap does not see these ops (what a replica writes for
+    /// the copies it keeps; an empty `ops` is a flush of this store only).
+    pub fn submit_local(
+        &self,
+        ops: Vec<Op>,
+    ) -> impl std::future::Future<Output = Result<(), StoreError>> + Send + 'static {
+        let (done, answer) = oneshot::channel();
+        let queued = self
+            .inner
+            .queue
+            .send(Msg::Write(Pending::new(ops, Some(done))))
+            .is_ok();
+        async move {
+            if !queued {
+                return Err(StoreError::Closed);
+            }
+            answer.await.unwrap_or(Err(StoreError::Closed))
+        }
+    }
+
+    /// Resolves once everything queued before is durable here (the tap is not asked).
+    pub async fn flush_local(&self) -> Result<(), StoreError> {
+        self.submit_local(Vec::new()).await
+    }
+
+    /// Copies every later write to `tap` (once; a second tap is ignored).
+    pub fn set_tap(&self, tap: Arc<dyn Tap>) {
+        let _ = self.inner.tap.set(tap);
+    }
+
+    /// Queues one call's ops (and shows them to the tap, in the same order).
+    fn enqueue(
+        &self,
+        ops: Vec<Op>,
+        done: Option<oneshot::Sender<Result<(), StoreError>>>,
+    ) -> (bool, Option<TapWait>) {
+        let Some(tap) = self.inner.tap.get() else {
+            let queued = self.inner.queue.send(Msg::Write(Pending::new(ops, done)));
+            return (queued.is_ok(), None);
+        };
+        let wait = done.is_some();
+        let _order = self
+            .inner
+            .order
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let tapped = if ops.is_empty() {
+            wait.then(|| tap.flush()).flatten()
+        } else {
+            tap.tap(&ops, wait)
+        };
+        let queued = self.inner.queue.send(Msg::Write(Pending::new(ops, done)));
+        (queued.is_ok(), tapped)
     }
 
     /// Queues `ops` without waiting, for changes that may be lost in a crash (e.g. QoS 0 state).
@@ -169,8 +248,7 @@ impl Store {
     /// `write` resolving means these are durable too. Failures are only logged.
     pub fn write_nowait(&self, ops: Vec<Op>) {
         let n = ops.len();
-        let pending = Pending::new(ops, None);
-        if self.inner.queue.send(Msg::Write(pending)).is_err() {
+        if !self.enqueue(ops, None).0 {
             tracing::warn!(ops = n, "store is closed: write dropped");
         }
     }

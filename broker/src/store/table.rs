@@ -18,16 +18,20 @@ pub enum Table {
     Retained,
     /// Node-level bookkeeping (format versions, counters) the broker wants to survive restarts.
     Meta,
+    /// Copies of other nodes' persistent sessions this node is the replica of
+    /// (`[cluster] session_replicas = 2`): the holder's rows under a one-byte kind prefix.
+    Standby,
 }
 
 impl Table {
     /// Every table, so a fresh store can create them all up front.
-    pub(super) const ALL: [Table; 5] = [
+    pub(super) const ALL: [Table; 6] = [
         Table::Sessions,
         Table::Subscriptions,
         Table::Messages,
         Table::Retained,
         Table::Meta,
+        Table::Standby,
     ];
 
     fn name(self) -> &'static str {
@@ -37,6 +41,7 @@ impl Table {
             Table::Messages => "messages",
             Table::Retained => "retained",
             Table::Meta => "meta",
+            Table::Standby => "standby",
         }
     }
 
@@ -48,6 +53,7 @@ impl Table {
             Table::Retained => 2,
             Table::Meta => 3,
             Table::Subscriptions => 4,
+            Table::Standby => 5,
         }
     }
 

@@ -290,7 +290,7 @@ fn commit(db: &Database, batch: &[Pending]) -> Result<(), String> {
     let mut txn = db.begin_write().map_err(message)?;
     txn.set_durability(Durability::Immediate);
     {
-        let mut tables: [Option<redb::Table<&[u8], &[u8]>>; 5] = Default::default();
+        let mut tables: [Option<redb::Table<&[u8], &[u8]>>; 6] = Default::default();
         for op in batch.iter().flat_map(|pending| &pending.ops) {
             let slot = &mut tables[op.table().index()];
             if slot.is_none() {

@@ -2,7 +2,7 @@
 //! failed forward connects both feed it), the last check's outcome for `/api/backends`, and the
 //! ticket that keeps one checker task per backend.
 
-use super::{Backend, LastCheck, State};
+use super::{Backend, LastCheck, State, CHECK_HISTORY};
 use crate::config::HealthConfig;
 use std::sync::atomic::Ordering;
 
@@ -53,12 +53,23 @@ impl Backend {
         self.last_check
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .clone()
+            .back()
+            .cloned()
     }
 
-    /// Stores the last health check's outcome.
+    /// The last [`CHECK_HISTORY`] health checks, oldest first (the status page's history).
+    pub fn check_history(&self) -> Vec<LastCheck> {
+        let h = self.last_check.lock().unwrap_or_else(|e| e.into_inner());
+        h.iter().cloned().collect()
+    }
+
+    /// Stores the last health check's outcome (the oldest of a full history goes).
     pub fn set_last_check(&self, c: LastCheck) {
-        *self.last_check.lock().unwrap_or_else(|e| e.into_inner()) = Some(c);
+        let mut h = self.last_check.lock().unwrap_or_else(|e| e.into_inner());
+        if h.len() >= CHECK_HISTORY {
+            h.pop_front();
+        }
+        h.push_back(c);
     }
 
     /// Makes the caller the backend's only checker and returns its ticket. A backend re-added

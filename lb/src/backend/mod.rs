@@ -30,7 +30,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::net::TcpStream;
 
-use crate::config::{BackendAddr, BackendConfig, ProxyMode};
+use crate::config::{BackendAddr, BackendConfig, ProxyMode, ProxyTlvs};
 use crate::metrics::{BackendLabel, BytesLabel, Metrics};
 use crate::signal::Signal;
 
@@ -95,6 +95,11 @@ pub struct Backend {
     addr: BackendAddr,
     weight: AtomicU32,
     proxy: AtomicU8,
+    /// The [`ProxyTlvs`] bits of its `v2` header.
+    tlvs: AtomicU8,
+    /// SO_SNDBUF / SO_RCVBUF for the next dial (0: the kernel's default); a reload sets them.
+    sndbuf: AtomicU32,
+    rcvbuf: AtomicU32,
     state: AtomicU8,
     active: AtomicU64,
     total: AtomicU64,
@@ -104,7 +109,8 @@ pub struct Backend {
     drain: Mutex<DrainCtl>,
     /// The checker task that owns this backend (see [`Backend::claim_checker`]).
     checker: AtomicU64,
-    last_check: Mutex<Option<LastCheck>>,
+    /// The last health checks, newest last (at most [`CHECK_HISTORY`]).
+    last_check: Mutex<std::collections::VecDeque<LastCheck>>,
 }
 
 /// One drain cycle's close signal and number, changed together under [`Backend`]'s lock so a
@@ -118,6 +124,9 @@ struct DrainCtl {
     /// nothing.
     epoch: u64,
 }
+
+/// How many health-check outcomes a backend keeps for the status page.
+pub const CHECK_HISTORY: usize = 20;
 
 /// The outcome of a backend's last health check, for `/api/backends`.
 #[derive(Debug, Clone)]
@@ -168,11 +177,16 @@ impl Backend {
             check_failures: metrics.check_failures.get_or_create_owned(&l),
         };
         counters.up.set(i64::from(state == State::Up));
+        // the connect-time histogram exists (empty) before the first forward
+        drop(metrics.backend_connect_seconds.get_or_create(&l));
         Backend {
             name: cfg.name.clone(),
             addr: cfg.addr.clone(),
             weight: AtomicU32::new(cfg.weight),
             proxy: AtomicU8::new(proxy_to_u8(cfg.proxy_protocol)),
+            tlvs: AtomicU8::new(cfg.proxy_tlvs.bits()),
+            sndbuf: AtomicU32::new(cfg.bufs.sndbuf.unwrap_or(0)),
+            rcvbuf: AtomicU32::new(cfg.bufs.rcvbuf.unwrap_or(0)),
             state: AtomicU8::new(state as u8),
             active: AtomicU64::new(0),
             total: AtomicU64::new(0),
@@ -180,7 +194,7 @@ impl Backend {
             counters,
             drain: Mutex::new(DrainCtl::default()),
             checker: AtomicU64::new(0),
-            last_check: Mutex::new(None),
+            last_check: Mutex::new(std::collections::VecDeque::new()),
         }
     }
 
@@ -205,18 +219,56 @@ impl Backend {
     /// are followed).
     pub async fn dial(&self) -> io::Result<TcpStream> {
         let s = match &self.addr {
-            BackendAddr::Ip(a) => TcpStream::connect(a).await?,
-            BackendAddr::Host(h, p) => TcpStream::connect((h.as_str(), *p)).await?,
+            BackendAddr::Ip(a) => self.dial_one(*a).await?,
+            BackendAddr::Host(h, p) => {
+                let mut last = io::Error::new(io::ErrorKind::NotFound, "no address");
+                let mut found = None;
+                for a in tokio::net::lookup_host((h.as_str(), *p)).await? {
+                    match self.dial_one(a).await {
+                        Ok(s) => {
+                            found = Some(s);
+                            break;
+                        }
+                        Err(e) => last = e,
+                    }
+                }
+                found.ok_or(last)?
+            }
         };
         let _ = s.set_nodelay(true);
         Ok(s)
     }
 
-    /// Takes a reloaded config's weight and PROXY mode (name and address are the identity).
+    /// One connect, with the socket buffers set before the handshake (so the window scale the
+    /// kernel offers fits the receive buffer).
+    async fn dial_one(&self, a: std::net::SocketAddr) -> io::Result<TcpStream> {
+        let sock = if a.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        match self.sndbuf.load(Ordering::Relaxed) {
+            0 => {}
+            n => sock.set_send_buffer_size(n)?,
+        }
+        match self.rcvbuf.load(Ordering::Relaxed) {
+            0 => {}
+            n => sock.set_recv_buffer_size(n)?,
+        }
+        sock.connect(a).await
+    }
+
+    /// Takes a reloaded config's weight, PROXY mode and TLVs and socket buffers (name and address are the
+    /// identity).
     pub fn update(&self, cfg: &BackendConfig) {
         self.weight.store(cfg.weight, Ordering::Relaxed);
         self.proxy
             .store(proxy_to_u8(cfg.proxy_protocol), Ordering::Relaxed);
+        self.tlvs.store(cfg.proxy_tlvs.bits(), Ordering::Relaxed);
+        self.sndbuf
+            .store(cfg.bufs.sndbuf.unwrap_or(0), Ordering::Relaxed);
+        self.rcvbuf
+            .store(cfg.bufs.rcvbuf.unwrap_or(0), Ordering::Relaxed);
     }
 
     /// Relative share of new clients.
@@ -231,6 +283,11 @@ impl Backend {
             2 => ProxyMode::V2,
             _ => ProxyMode::None,
         }
+    }
+
+    /// The certificate TLVs its `v2` header carries.
+    pub fn proxy_tlvs(&self) -> ProxyTlvs {
+        ProxyTlvs::from_bits(self.tlvs.load(Ordering::Relaxed))
     }
 
     /// Current health state.

@@ -12,6 +12,8 @@ fn backend() -> Arc<Backend> {
         addr: BackendAddr::Ip("127.0.0.1:1".parse().unwrap()),
         weight: 1,
         proxy_protocol: ProxyMode::None,
+        proxy_tlvs: Default::default(),
+        bufs: Default::default(),
     };
     Arc::new(Backend::new(&cfg, State::Up, &Metrics::new()))
 }

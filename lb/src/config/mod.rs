@@ -15,9 +15,14 @@ use mqedge_shared::config::Cidr;
 use mqedge_shared::tls::ClientAuth;
 use serde::Deserialize;
 
+pub mod net;
+mod resume;
 #[cfg(test)]
 mod tests;
+pub mod ticket_keys;
 mod validate;
+
+pub use net::{ListenerNet, SocketBufs};
 
 /// Which key a connection is hashed on.
 ///
@@ -45,8 +50,62 @@ pub enum ProxyMode {
     None,
     /// Text header: addresses only.
     V1,
-    /// Binary header with TLVs (SSL, CN, ALPN, SNI, connection id, cert fingerprint).
+    /// Binary header with TLVs (SSL, CN, ALPN, SNI, connection id, the certificate's
+    /// fingerprint, subject DN and SANs).
     V2,
+}
+
+/// The optional client-certificate TLVs a `v2` backend gets (`[[backend]] proxy_tlvs`), as a
+/// bit set so a reload can swap it in one atomic store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProxyTlvs(u8);
+
+impl ProxyTlvs {
+    /// The CN sub-TLV `0x22` of the SSL TLV.
+    pub const CN: ProxyTlvs = ProxyTlvs(1);
+    /// The subject DN, `0xE1`.
+    pub const DN: ProxyTlvs = ProxyTlvs(2);
+    /// The SANs, `0xE2`.
+    pub const SAN: ProxyTlvs = ProxyTlvs(4);
+    /// The SHA-256 fingerprint, `0xE0`.
+    pub const FINGERPRINT: ProxyTlvs = ProxyTlvs(8);
+    /// Every one of them: the default.
+    pub const ALL: ProxyTlvs = ProxyTlvs(15);
+    /// The names `proxy_tlvs` takes, with their bits.
+    pub const NAMES: [(&'static str, ProxyTlvs); 4] = [
+        ("cn", ProxyTlvs::CN),
+        ("dn", ProxyTlvs::DN),
+        ("san", ProxyTlvs::SAN),
+        ("fingerprint", ProxyTlvs::FINGERPRINT),
+    ];
+
+    /// None of them.
+    pub const fn empty() -> ProxyTlvs {
+        ProxyTlvs(0)
+    }
+    /// This set and `other`'s.
+    pub const fn with(self, other: ProxyTlvs) -> ProxyTlvs {
+        ProxyTlvs(self.0 | other.0)
+    }
+    /// Whether every TLV of `t` is in the set.
+    #[inline]
+    pub const fn has(self, t: ProxyTlvs) -> bool {
+        self.0 & t.0 == t.0
+    }
+    /// The bits, for an atomic.
+    pub const fn bits(self) -> u8 {
+        self.0
+    }
+    /// The set of these bits (unknown bits dropped).
+    pub const fn from_bits(b: u8) -> ProxyTlvs {
+        ProxyTlvs(b & 15)
+    }
+}
+
+impl Default for ProxyTlvs {
+    fn default() -> Self {
+        ProxyTlvs::ALL
+    }
 }
 
 /// How health checks talk to a backend.
@@ -120,6 +179,11 @@ pub struct ListenerConfig {
     pub trusted_proxies: Vec<Cidr>,
     /// TLS termination, or plain TCP when `None`.
     pub tls: Option<ListenerTls>,
+    /// Bandwidth limits and socket buffers per connection (reloadable).
+    pub net: ListenerNet,
+    /// MQTT over WebSocket (`[listener.websocket]`): the LB terminates it (after TLS on a WSS
+    /// listener) and forwards plain MQTT.
+    pub websocket: Option<mqedge_shared::ws::WsConfig>,
 }
 
 /// `[balance]`.
@@ -202,6 +266,10 @@ pub struct BackendConfig {
     pub weight: u32,
     /// Header to send first.
     pub proxy_protocol: ProxyMode,
+    /// The certificate TLVs of a `v2` header.
+    pub proxy_tlvs: ProxyTlvs,
+    /// Socket buffers of the connections to it (new connections take a reload's values).
+    pub bufs: SocketBufs,
 }
 
 /// A validated LB config.

@@ -110,3 +110,93 @@ fn proxy_input_needs_trusted_proxies() {
     assert!(t[0].contains("10.1.2.3".parse().unwrap()));
     assert!(!t[0].contains("11.0.0.1".parse().unwrap()));
 }
+
+#[test]
+fn bandwidth_and_buffers_parse_and_refuse_with_lines() {
+    let ok = format!(
+        "{MIN}bandwidth_in = \"64KiB\"\nbandwidth_out = \"1MiB\"\nrcvbuf = \"32KiB\"\n\
+         [[backend]]\nname = \"n1\"\naddr = \"127.0.0.1:1\"\nsndbuf = \"1MiB\"\n"
+    );
+    let c = parse(&ok).unwrap();
+    let net = c.listeners[0].net;
+    assert_eq!(net.limit(true), Some((65536, 65536)));
+    assert_eq!(net.limit(false), Some((1 << 20, 1 << 20)));
+    assert_eq!(net.bufs.rcvbuf, Some(32768));
+    assert_eq!(c.backends[0].bufs.sndbuf, Some(1 << 20));
+    assert!(!parse(MIN).unwrap().listeners[0].net.shaped());
+
+    let bad = format!(
+        "{MIN}bandwidth_in = \"100B\"\nbandwidth_burst = \"512B\"\nsndbuf = \"1GiB\"\n\
+         [[listener]]\nname = \"b\"\nbind = \"127.0.0.1:1\"\nbandwidth_burst = \"8KiB\"\n\
+         [[backend]]\nname = \"n1\"\naddr = \"127.0.0.1:1\"\nrcvbuf = 10\n"
+    );
+    let e = parse(&bad).unwrap_err().to_string();
+    for want in [
+        "lb.toml:4: listener \"mqtt\": bandwidth_in must be at least 1KiB",
+        "lb.toml:5: listener \"mqtt\": bandwidth_burst must be at least 1KiB",
+        "lb.toml:6: listener \"mqtt\": sndbuf must be between 4KiB and 64MiB",
+        "lb.toml:10: listener \"b\": bandwidth_burst needs bandwidth_in or bandwidth_out",
+        "lb.toml:14: backend \"n1\": rcvbuf must be between 4KiB and 64MiB",
+    ] {
+        assert!(e.contains(want), "missing {want:?} in:\n{e}");
+    }
+}
+
+#[test]
+fn proxy_tlvs_default_to_all_and_refuse_with_lines() {
+    use crate::config::ProxyTlvs;
+    let b =
+        |extra: &str| format!("{MIN}[[backend]]\nname = \"n1\"\naddr = \"127.0.0.1:1\"\n{extra}");
+    let c = parse(&b("proxy_protocol = \"v2\"\n")).unwrap();
+    assert_eq!(c.backends[0].proxy_tlvs, ProxyTlvs::ALL);
+    let c = parse(&b(
+        "proxy_protocol = \"v2\"\nproxy_tlvs = [\"cn\", \"san\"]\n",
+    ))
+    .unwrap();
+    let t = c.backends[0].proxy_tlvs;
+    assert!(t.has(ProxyTlvs::CN) && t.has(ProxyTlvs::SAN));
+    assert!(!t.has(ProxyTlvs::DN) && !t.has(ProxyTlvs::FINGERPRINT));
+    let c = parse(&b("proxy_protocol = \"v2\"\nproxy_tlvs = []\n")).unwrap();
+    assert_eq!(c.backends[0].proxy_tlvs, ProxyTlvs::empty());
+    let e = parse(&b(
+        "proxy_protocol = \"v2\"\nproxy_tlvs = [\"cn\", \"subject\"]\n",
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.starts_with("lb.toml:8: proxy_tlvs: unknown TLV \"subject\""),
+        "{e}"
+    );
+    let e = parse(&b("proxy_protocol = \"v1\"\nproxy_tlvs = [\"dn\"]\n"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.starts_with("lb.toml:8: proxy_tlvs needs proxy_protocol = \"v2\""),
+        "{e}"
+    );
+}
+
+#[test]
+fn websocket_listeners_and_their_errors_with_lines() {
+    let ok = format!(
+        "{MIN}[listener.websocket]\npath = \"/ws\"\nmax_frame = \"64KiB\"\ntrusted_forwarders = [\"10.0.0.0/8\"]\n"
+    );
+    let ws = parse(&ok).unwrap().listeners[0].websocket.clone().unwrap();
+    assert_eq!((ws.path(), ws.max_frame()), ("/ws", 64 * 1024));
+    assert_eq!(ws.trusted_forwarders().len(), 1);
+    let empty = parse(&format!("{MIN}[listener.websocket]\n")).unwrap();
+    let ws = empty.listeners[0].websocket.clone().unwrap();
+    assert_eq!((ws.path(), ws.max_frame()), ("/mqtt", 1 << 20));
+    assert!(parse(MIN).unwrap().listeners[0].websocket.is_none());
+    let bad = format!(
+        "{MIN}[listener.websocket]\npath = \"mqtt\"\nmax_frame = \"10\"\ntrusted_forwarders = [\"x\"]\n"
+    );
+    let e = parse(&bad).unwrap_err().to_string();
+    for (line, what) in [
+        (5, "websocket path"),
+        (6, "websocket max_frame"),
+        (7, "invalid CIDR"),
+    ] {
+        assert!(e.contains(&format!("lb.toml:{line}: {what}")), "{e}");
+    }
+}

@@ -12,12 +12,14 @@ use mqedge_shared::config::{
     Problems,
 };
 use mqedge_shared::tls::{self, ClientAuth};
+use mqedge_shared::ws::{RawWebSocket, WsConfig};
 use serde::Deserialize;
 use toml::Spanned;
 
+use super::net::{parse_bufs, parse_listener_net, RawListenerNet};
 use super::{
     BackendAddr, BackendConfig, BalanceConfig, Config, HealthConfig, HealthKind, LbSettings,
-    ListenerConfig, ListenerTls, ProxyMode, Strategy,
+    ListenerConfig, ListenerTls, ProxyMode, ProxyTlvs, Strategy,
 };
 
 #[derive(Debug, Deserialize)]
@@ -59,6 +61,12 @@ struct RawListener {
     #[serde(default)]
     trusted_proxies: Vec<Spanned<String>>,
     tls: Option<Spanned<RawTls>>,
+    bandwidth_in: Option<Spanned<ByteSize>>,
+    bandwidth_out: Option<Spanned<ByteSize>>,
+    bandwidth_burst: Option<Spanned<ByteSize>>,
+    sndbuf: Option<Spanned<ByteSize>>,
+    rcvbuf: Option<Spanned<ByteSize>>,
+    websocket: Option<RawWebSocket>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -72,6 +80,9 @@ struct RawTls {
     #[serde(default)]
     alpn: Vec<String>,
     crl: Option<Spanned<CrlFiles>>,
+    session_cache: Option<Spanned<i64>>,
+    tickets: Option<bool>,
+    ticket_keys: Option<Spanned<String>>,
 }
 
 /// `crl = "file"` or `crl = ["file", ...]`.
@@ -108,6 +119,9 @@ struct RawBackend {
     weight: Option<u32>,
     #[serde(default)]
     proxy_protocol: ProxyMode,
+    proxy_tlvs: Option<Spanned<Vec<Spanned<String>>>>,
+    sndbuf: Option<Spanned<ByteSize>>,
+    rcvbuf: Option<Spanned<ByteSize>>,
 }
 
 impl Config {
@@ -255,12 +269,23 @@ fn parse_listeners(
             .tls
             .as_ref()
             .and_then(|t| parse_tls(path, l.name.get_ref(), t, p));
+        let raw_net = RawListenerNet {
+            bandwidth_in: l.bandwidth_in,
+            bandwidth_out: l.bandwidth_out,
+            bandwidth_burst: l.bandwidth_burst,
+            sndbuf: l.sndbuf,
+            rcvbuf: l.rcvbuf,
+        };
+        let net = parse_listener_net(l.name.get_ref(), raw_net, p);
+        let websocket = l.websocket.as_ref().map(|w| WsConfig::parse(w, p));
         listeners.push(ListenerConfig {
             name: l.name.into_inner(),
             bind,
             proxy_protocol: l.proxy_protocol,
             trusted_proxies,
             tls,
+            net,
+            websocket,
         });
     }
     listeners
@@ -347,6 +372,37 @@ fn parse_tls(
         };
         tls::server_config_with_crls(chain, k, ca_certs, t.client_auth, &crls, &t.alpn)
     })();
+    let keys_file = t
+        .ticket_keys
+        .as_ref()
+        .map(|k| (resolve_path(path, k.get_ref()), k.span()));
+    let keys = match &keys_file {
+        Some((f, span)) => match super::ticket_keys::load(f) {
+            // bound to what the CA and CRL files say now (see `ticket_keys`)
+            Ok(k) => {
+                let trust: Vec<Vec<u8>> = ca
+                    .iter()
+                    .chain(crl_files.iter().flatten())
+                    .map(|f| std::fs::read(f).unwrap_or_default())
+                    .collect();
+                Some(k.bind(&trust))
+            }
+            Err(e) => {
+                p.at(
+                    span.clone(),
+                    format!("listener {name:?} tls ticket_keys: {e}"),
+                );
+                None
+            }
+        },
+        None => None,
+    };
+    let resume = super::resume::Resumption {
+        size: &t.session_cache,
+        tickets: t.tickets,
+        keys,
+    };
+    let loaded = loaded.and_then(|sc| super::resume::with_resumption(sc, resume, name, p));
     match loaded {
         Ok(sc) => Some(ListenerTls {
             server_config: sc,
@@ -355,6 +411,7 @@ fn parse_tls(
                 .into_iter()
                 .flatten()
                 .chain(crl_files?)
+                .chain(keys_file.map(|(f, _)| f))
                 .collect(),
         }),
         Err(e) => {
@@ -451,12 +508,48 @@ fn parse_backends(raw: Vec<RawBackend>, p: &mut Problems<'_>) -> Vec<BackendConf
             p.at(b.name.span(), format!("duplicate backend name {name:?}"));
             continue;
         }
+        let bufs = parse_bufs(&format!("backend {name:?}"), b.sndbuf, b.rcvbuf, p);
+        let proxy_tlvs = proxy_tlvs(p, b.proxy_protocol, b.proxy_tlvs.as_ref());
         out.push(BackendConfig {
             name,
             addr,
             weight: b.weight.unwrap_or(1),
             proxy_protocol: b.proxy_protocol,
+            proxy_tlvs,
+            bufs,
         });
     }
     out
+}
+
+/// `[[backend]] proxy_tlvs`: names from [`ProxyTlvs::NAMES`], only with `proxy_protocol = "v2"`;
+/// every one when the key is absent.
+fn proxy_tlvs(
+    p: &mut Problems<'_>,
+    mode: ProxyMode,
+    raw: Option<&Spanned<Vec<Spanned<String>>>>,
+) -> ProxyTlvs {
+    let Some(raw) = raw else {
+        return ProxyTlvs::ALL;
+    };
+    if mode != ProxyMode::V2 {
+        p.at(
+            raw.span(),
+            "proxy_tlvs needs proxy_protocol = \"v2\" (only v2 headers carry TLVs)",
+        );
+    }
+    let mut set = ProxyTlvs::empty();
+    for name in raw.get_ref() {
+        match ProxyTlvs::NAMES.iter().find(|(n, _)| n == name.get_ref()) {
+            Some((_, t)) => set = set.with(*t),
+            None => p.at(
+                name.span(),
+                format!(
+                    "proxy_tlvs: unknown TLV {:?}: expected \"cn\", \"dn\", \"san\" or \"fingerprint\"",
+                    name.get_ref()
+                ),
+            ),
+        }
+    }
+    set
 }

@@ -1,7 +1,8 @@
 //! The accept loop and a connection's task. The loop only accepts, counts and spawns (a slow
 //! client can never stall accepts); each connection's task then runs the setup phases in order
 //! under one `connect_timeout` — PROXY in ([`super::proxy_in`], trusted senders only) → rate
-//! limit → TLS ([`super::tls_stream`], timed here) → CONNECT peek ([`super::peek`]) — then pick
+//! limit → TLS ([`super::tls_stream`], timed here) → WebSocket ([`super::websocket`], on WS/WSS
+//! listeners) → CONNECT peek ([`super::peek`]) — then pick
 //! and connect ([`super::connect`]) and the byte pump ([`super::pump`]). A refusal is counted
 //! and logged here.
 
@@ -22,7 +23,7 @@ use crate::conn::proxy_in::read_proxy_header;
 use crate::conn::pump::Established;
 use crate::conn::tls::TlsFacts;
 use crate::conn::tls_stream::TlsConn;
-use crate::conn::{connect, ClientFacts, ClientSlot, ClientStream, Reject};
+use crate::conn::{connect, websocket, ClientFacts, ClientSlot, ClientStream, Reject};
 use crate::metrics::ListenerLabel;
 use crate::signal::{Signal, Subscription};
 use crate::state::{Lb, Live};
@@ -47,11 +48,24 @@ pub async fn accept_loop(
             continue;
         };
         let _ = tcp.set_nodelay(true);
+        set_buffers(&tcp, rt.net().bufs);
         // built here, first polled in the task; boxed so the task frees it before the pump
         let setup = Box::pin(setup(lb.clone(), rt.clone(), tcp, peer, kill.subscribe()));
         tokio::spawn(connection(slot, setup, done.clone()));
     }
     tracing::debug!(listener = %rt.cfg().name, "accept loop stopped");
+}
+
+/// Applies a listener's `sndbuf`/`rcvbuf` to an accepted socket (the receive window it
+/// advertised in the handshake came from the listening socket; the buffer caps it from now on).
+fn set_buffers(tcp: &tokio::net::TcpStream, bufs: crate::config::SocketBufs) {
+    let sock = socket2::SockRef::from(tcp);
+    if let Some(n) = bufs.sndbuf {
+        let _ = sock.set_send_buffer_size(n as usize);
+    }
+    if let Some(n) = bufs.rcvbuf {
+        let _ = sock.set_recv_buffer_size(n as usize);
+    }
 }
 
 /// One connection's task, from accept to close. It holds `slot` (the connection counters) and
@@ -120,8 +134,8 @@ async fn setup(
     connect::forward(&lb, &rt, &live, client).await
 }
 
-/// PROXY in (when the listener expects it), the per-IP rate limit, TLS (on TLS listeners) and
-/// the CONNECT peek.
+/// PROXY in (when the listener expects it), the per-IP rate limit, TLS (on TLS listeners), the
+/// WebSocket Upgrade (on WS/WSS listeners) and the CONNECT peek.
 async fn prelude(
     lb: &Lb,
     rt: &ListenerRt,
@@ -140,14 +154,17 @@ async fn prelude(
         (peer, dst, Vec::new())
     };
     let _ = src_seen.set(src);
-    if !lb.allow_connect(live, src.ip()) {
+    let ws = rt.cfg().websocket.as_ref();
+    // a trusted forwarder speaks for many clients: the limit waits for X-Forwarded-For
+    let forwarded = ws.is_some_and(|w| websocket::forwarder_trusted(w, src));
+    if !forwarded && !lb.allow_connect(live, src.ip()) {
         return Err(Reject::RateLimited);
     }
-    // Phase 2: TLS, then phase 3: the CONNECT.
-    let (client, tls, peeked) = match rt.tls() {
+    // Phase 2: TLS.
+    let (client, tls) = match rt.tls() {
         Some(sc) => {
             let t0 = Instant::now();
-            let mut tls = TlsConn::accept(sc, tcp, head).await.map_err(Reject::Tls)?;
+            let tls = TlsConn::accept(sc, tcp, head).await.map_err(Reject::Tls)?;
             lb.metrics()
                 .tls_handshake_seconds
                 .get_or_create(&ListenerLabel {
@@ -155,15 +172,20 @@ async fn prelude(
                 })
                 .observe(t0.elapsed().as_secs_f64());
             let facts = tls.facts();
-            let peeked = read_connect(&mut tls, limit).await?;
-            (ClientStream::Tls(Box::new(tls)), Some(facts), peeked)
+            (ClientStream::Tls(Box::new(tls)), Some(facts))
         }
-        None => {
-            let mut s = Rewind::new(head, tcp);
-            let peeked = read_connect(&mut s, limit).await?;
-            (ClientStream::Plain(s), None, peeked)
-        }
+        None => (ClientStream::Plain(Rewind::new(head, tcp)), None),
     };
+    // Phase 3: WebSocket, on WS/WSS listeners.
+    let (mut client, src) = match ws {
+        Some(w) => websocket::upgrade(rt, w, client, src).await?,
+        None => (client, src),
+    };
+    if forwarded && !lb.allow_connect(live, src.ip()) {
+        return Err(Reject::RateLimited);
+    }
+    // Phase 4: the CONNECT.
+    let peeked = read_connect(&mut client, limit).await?;
     Ok(Prelude {
         client,
         src,

@@ -16,6 +16,7 @@ use crate::backend::Backend;
 use crate::conn::listener::ListenerRt;
 use crate::conn::peek::Peeked;
 use crate::conn::pump::{ConnLog, Established, PumpCounters};
+use crate::conn::shape::Shaping;
 use crate::conn::{proxy_out, ClientFacts, ClientStream};
 use crate::metrics::BackendLabel;
 use crate::signal::Subscription;
@@ -105,7 +106,7 @@ async fn attempt(
 ) -> io::Result<TcpStream> {
     tokio::time::timeout(live.health.timeout, async {
         let mut s = b.dial().await?;
-        let mut first = proxy_out::header_for(b.proxy_mode(), facts);
+        let mut first = proxy_out::header_for(b.proxy_mode(), b.proxy_tlvs(), facts);
         first.extend_from_slice(&peeked.bytes);
         s.write_all(&first).await?;
         Ok::<_, io::Error>(s)
@@ -151,6 +152,7 @@ fn established(
         started: Instant::now(),
         closed: lb.metrics().closed.clone(),
     });
+    let shaping = Shaping::for_listener(rt.net_handle(), rt.bandwidth_waits());
     Established::new(
         stream,
         backend,
@@ -160,4 +162,5 @@ fn established(
         guard,
         log,
     )
+    .shaped(shaping)
 }

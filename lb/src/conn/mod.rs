@@ -1,7 +1,8 @@
 //! One client connection's path, a file per phase, all in the connection's own task:
 //! [`accept`] (accept, count, spawn; then the setup phases in order under one
 //! `connect_timeout`) → [`proxy_in`] (PROXY header from a trusted balancer in front) → rate
-//! limit (`limits.rs`, through `state`) → [`tls`] / [`tls_stream`] (handshake, facts) → [`peek`] (the
+//! limit (`limits.rs`, through `state`) → [`tls`] / [`tls_stream`] (handshake, facts) →
+//! [`websocket`] (WS/WSS listeners: Upgrade, `X-Forwarded-For`, unwrap) → [`peek`] (the
 //! CONNECT) → [`connect`] (pick, dial with retries, [`proxy_out`] header and replay) → [`pump`]
 //! (the byte pump and the closing log line). [`listener`] holds each listener's runtime.
 //!
@@ -17,8 +18,10 @@ pub mod peek;
 pub mod proxy_in;
 pub mod proxy_out;
 pub mod pump;
+pub mod shape;
 pub mod tls;
 pub mod tls_stream;
+pub mod websocket;
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -26,6 +29,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use mqedge_shared::io::Rewind;
+use mqedge_shared::ws::WsStream;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
@@ -71,6 +75,12 @@ pub enum Reject {
     /// Client closed or errored before sending a full CONNECT.
     #[error("client closed before a complete CONNECT: {0}")]
     ClientIo(std::io::Error),
+    /// The WebSocket Upgrade request was refused (answered with an HTTP status).
+    #[error("{0}")]
+    WsHandshake(mqedge_shared::ws::handshake::HandshakeError),
+    /// A WebSocket frame before the CONNECT was refused (closed with a close code).
+    #[error("{0}")]
+    WsFrame(mqedge_shared::ws::frame::FrameError),
 }
 
 impl Reject {
@@ -84,6 +94,19 @@ impl Reject {
             Reject::Peek(e) => e.label(),
             Reject::ClientIo(_) => "client_io",
             Reject::RateLimited => "rate_limited",
+            Reject::WsHandshake(_) => "ws_handshake",
+            Reject::WsFrame(_) => "ws_frame",
+        }
+    }
+
+    /// A read error of the peek, which on a WebSocket listener may be a refused frame.
+    pub fn from_read(e: std::io::Error) -> Reject {
+        match e
+            .get_ref()
+            .and_then(|i| i.downcast_ref::<mqedge_shared::ws::frame::FrameError>())
+        {
+            Some(f) => Reject::WsFrame(*f),
+            None => Reject::ClientIo(e),
         }
     }
 }
@@ -129,12 +152,15 @@ impl Drop for ClientSlot {
     }
 }
 
-/// The client side after its prelude: plain TCP or TLS, both with replayable read-ahead.
+/// The client side after its prelude: plain TCP or TLS (both with replayable read-ahead), or
+/// WebSocket over either.
 pub enum ClientStream {
     /// Plain TCP.
     Plain(Rewind<TcpStream>),
     /// TLS-terminated.
     Tls(Box<TlsConn>),
+    /// WebSocket-terminated, over plain TCP (WS) or TLS (WSS): reads and writes plain MQTT.
+    Ws(Box<WsStream<ClientStream>>),
 }
 
 impl AsyncRead for ClientStream {
@@ -146,6 +172,7 @@ impl AsyncRead for ClientStream {
         match self.get_mut() {
             ClientStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
             ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            ClientStream::Ws(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
         }
     }
 }
@@ -159,18 +186,21 @@ impl AsyncWrite for ClientStream {
         match self.get_mut() {
             ClientStream::Plain(s) => Pin::new(s).poll_write(cx, buf),
             ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            ClientStream::Ws(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
         }
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         match self.get_mut() {
             ClientStream::Plain(s) => Pin::new(s).poll_flush(cx),
             ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            ClientStream::Ws(s) => Pin::new(s.as_mut()).poll_flush(cx),
         }
     }
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         match self.get_mut() {
             ClientStream::Plain(s) => Pin::new(s).poll_shutdown(cx),
             ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            ClientStream::Ws(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }
 }

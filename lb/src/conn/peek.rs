@@ -52,7 +52,7 @@ pub async fn read_connect<S: AsyncRead + AsyncWrite + Unpin>(
             let want = (buf.capacity() * 2).clamp(256, limit.max(256));
             buf.reserve_exact(want - buf.len());
         }
-        let n = s.read_buf(&mut buf).await.map_err(Reject::ClientIo)?;
+        let n = s.read_buf(&mut buf).await.map_err(Reject::from_read)?;
         if n == 0 {
             return Err(Reject::ClientIo(std::io::Error::new(
                 std::io::ErrorKind::UnexpectedEof,

@@ -18,6 +18,7 @@ use tokio::net::TcpStream;
 
 use crate::backend::ConnGuard;
 use crate::conn::listener::ListenerRt;
+use crate::conn::shape::{Bucket, Shaping, CHUNK};
 use crate::conn::ClientStream;
 use crate::metrics::ClosedLabel;
 use crate::signal::Subscription;
@@ -32,6 +33,8 @@ pub struct Established {
     client: ClientStream,
     backend: TcpStream,
     counters: PumpCounters,
+    /// The bandwidth buckets, on a listener with `bandwidth_in`/`bandwidth_out` only.
+    shaping: Option<Box<Shaping>>,
     kill: Subscription,
     close: Subscription,
     _guard: ConnGuard,
@@ -108,11 +111,18 @@ impl Established {
             client,
             backend,
             counters,
+            shaping: None,
             kill,
             close,
             _guard: guard,
             log,
         }
+    }
+
+    /// Limits its bandwidth with these buckets (see `shape`).
+    pub fn shaped(mut self, shaping: Option<Box<Shaping>>) -> Self {
+        self.shaping = shaping;
+        self
     }
 
     /// Pumps bytes until the connection ends, then logs it. (Not an `async fn`: the pump is built
@@ -122,12 +132,13 @@ impl Established {
             client,
             backend,
             counters,
+            shaping,
             kill,
             close,
             _guard,
             log,
         } = self;
-        let mut pumping = pump(client, backend, counters, kill, close);
+        let mut pumping = pump(client, backend, counters, kill, close).shaped(shaping);
         async move {
             // by reference: awaiting by value would move the pump into a second slot
             let (up, down, end) = (&mut pumping).await;
@@ -193,6 +204,7 @@ where
             b,
             up: Dir::new(counters.up),
             down: Dir::new(counters.down),
+            shaping: None,
         },
         linger: None,
         kill,
@@ -207,6 +219,14 @@ pub struct Forwarding<A, B> {
     linger: Option<Pin<Box<tokio::time::Sleep>>>,
     kill: Subscription,
     close: Subscription,
+}
+
+impl<A, B> Forwarding<A, B> {
+    /// Limits the pump's reads with these buckets (none: read as fast as both sides go).
+    pub fn shaped(mut self, shaping: Option<Box<Shaping>>) -> Self {
+        self.p.shaping = shaping;
+        self
+    }
 }
 
 impl<A, B> Future for Forwarding<A, B>
@@ -279,6 +299,7 @@ impl Dir {
         cx: &mut Context<'_>,
         r: &mut R,
         w: &mut W,
+        mut bucket: Option<&mut Bucket>,
     ) -> Poll<io::Result<()>>
     where
         R: AsyncRead + Unpin,
@@ -305,9 +326,22 @@ impl Dir {
                 }
                 return Poll::Ready(Ok(()));
             }
+            let grant = match bucket.as_deref_mut() {
+                None => CHUNK,
+                Some(b) => match b.poll_grant(cx) {
+                    Poll::Ready(n) => n,
+                    Poll::Pending => {
+                        if self.need_flush {
+                            ready!(Pin::new(&mut *w).poll_flush(cx))?;
+                            self.need_flush = false;
+                        }
+                        return Poll::Pending;
+                    }
+                },
+            };
             // not zeroed: only the part the read filled is used
-            let mut stack = [std::mem::MaybeUninit::<u8>::uninit(); 16 * 1024];
-            let mut rb = ReadBuf::uninit(&mut stack);
+            let mut stack = [std::mem::MaybeUninit::<u8>::uninit(); CHUNK];
+            let mut rb = ReadBuf::uninit(&mut stack[..grant]);
             match Pin::new(&mut *r).poll_read(cx, &mut rb) {
                 Poll::Pending => {
                     if self.need_flush {
@@ -325,6 +359,9 @@ impl Dir {
                 continue;
             }
             let n = data.len();
+            if let Some(b) = bucket.as_deref_mut() {
+                b.take(n);
+            }
             self.total += n as u64;
             for c in &self.counters {
                 c.inc_by(n as u64);
@@ -354,6 +391,7 @@ struct Pump<A, B> {
     b: B,
     up: Dir,
     down: Dir,
+    shaping: Option<Box<Shaping>>,
 }
 
 impl<A, B> Future for Pump<A, B>
@@ -367,7 +405,8 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let me = self.get_mut();
         let up_done = me.up.shut || {
-            match me.up.poll_copy(cx, &mut me.a, &mut me.b) {
+            let bucket = me.shaping.as_deref_mut().map(|s| &mut s.up);
+            match me.up.poll_copy(cx, &mut me.a, &mut me.b, bucket) {
                 Poll::Ready(r) => {
                     r?;
                     true
@@ -376,7 +415,8 @@ where
             }
         };
         let down_done = me.down.shut || {
-            match me.down.poll_copy(cx, &mut me.b, &mut me.a) {
+            let bucket = me.shaping.as_deref_mut().map(|s| &mut s.down);
+            match me.down.poll_copy(cx, &mut me.b, &mut me.a, bucket) {
                 Poll::Ready(r) => {
                     r?;
                     true

@@ -1,6 +1,7 @@
 //! The admin HTTP API on `[lb] admin` (axum): `/healthz`, `/metrics` (Prometheus text),
 //! `GET /api/backends`, `POST /api/backends/{name}/drain` (and `/ready` to undo it),
-//! `GET /api/reload`. Shapes are DESIGN.md's; bind it to a private address. Every request
+//! `GET /api/reload`, and the status page `GET /` with its JSON `GET /api/status` (`status`).
+//! Shapes are DESIGN.md's; bind it to a private address. Every request
 //! passes the shared admin guard first.
 //!
 //! May use `state`, `backend`, `metrics`.
@@ -20,21 +21,6 @@ use crate::backend::{Backend, State as BState};
 use crate::metrics::AdminRefusedLabel;
 use crate::state::Lb;
 
-fn backend_json(b: &Backend) -> Value {
-    let last = b.last_check();
-    json!({
-        "name": b.name(),
-        "addr": b.addr().to_string(),
-        "state": b.state().as_str(),
-        "active_connections": b.active(),
-        "total_connections": b.total(),
-        // µs precision: a check on a LAN takes well under a millisecond
-        "last_check_ms": last.as_ref().map(|c| c.took.as_micros() as f64 / 1000.0),
-        "last_check_at": last.as_ref().map(|c| c.at_unix_ms),
-        "last_check_error": last.and_then(|c| c.error),
-    })
-}
-
 async fn healthz(State(lb): State<Arc<Lb>>) -> Response {
     if lb.accepting() {
         (StatusCode::OK, "ok\n").into_response()
@@ -50,7 +36,10 @@ async fn metrics(State(lb): State<Arc<Lb>>) -> Response {
 async fn backends(State(lb): State<Arc<Lb>>) -> Json<Value> {
     let live = lb.live();
     Json(Value::Array(
-        live.backends.iter().map(|b| backend_json(b)).collect(),
+        live.backends
+            .iter()
+            .map(|b| super::status::backend_json(b))
+            .collect(),
     ))
 }
 
@@ -70,7 +59,7 @@ async fn drain(State(lb): State<Arc<Lb>>, Path(name): Path<String>) -> Response 
     if b.start_drain(after) != BState::Draining {
         tracing::info!(backend = %name, drain_timeout = ?after, "backend drained by the admin API");
     }
-    Json(backend_json(&b)).into_response()
+    Json(super::status::backend_json(&b)).into_response()
 }
 
 async fn ready(State(lb): State<Arc<Lb>>, Path(name): Path<String>) -> Response {
@@ -81,7 +70,15 @@ async fn ready(State(lb): State<Arc<Lb>>, Path(name): Path<String>) -> Response 
     if b.end_drain() {
         tracing::info!(backend = %name, "backend undrained by the admin API; takes traffic after its next check");
     }
-    Json(backend_json(&b)).into_response()
+    Json(super::status::backend_json(&b)).into_response()
+}
+
+async fn status_page(State(lb): State<Arc<Lb>>) -> axum::response::Html<String> {
+    axum::response::Html(crate::control::status::page_html(&lb))
+}
+
+async fn status(State(lb): State<Arc<Lb>>) -> Json<Value> {
+    Json(crate::control::status::status_json(&lb))
 }
 
 async fn reload(State(lb): State<Arc<Lb>>) -> Json<Value> {
@@ -95,8 +92,10 @@ async fn reload(State(lb): State<Arc<Lb>>) -> Json<Value> {
 pub fn router(lb: Arc<Lb>) -> Router {
     let (a, r) = (lb.clone(), lb.clone());
     let routes = Router::new()
+        .route("/", get(status_page))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
+        .route("/api/status", get(status))
         .route("/api/backends", get(backends))
         .route("/api/backends/{name}/drain", post(drain))
         .route("/api/backends/{name}/ready", post(ready))

@@ -8,3 +8,4 @@
 pub mod admin;
 pub mod health;
 pub mod reload;
+pub mod status;
