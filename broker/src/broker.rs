@@ -453,8 +453,12 @@ impl Broker {
 
     /// Persists a session's subscription changes (`None`: removed), one store row per filter;
     /// resolves when durable.
-    pub async fn persist_subscriptions(&self, s: &Session, changed: &[(String, Option<Sub>)]) {
-        self.registry.persist_subs(s, changed).await;
+    pub async fn persist_subscriptions(
+        &self,
+        s: &Session,
+        changed: &[(String, Option<Sub>)],
+    ) -> Result<(), crate::store::StoreError> {
+        self.registry.persist_subs(s, changed).await
     }
 
     /// Arms the expiry of the sessions restored from the store (once, before serving).

@@ -152,6 +152,10 @@ pub async fn run_wired(
             if pushed > 0 {
                 tracing::info!(node = %b.cfg().name, pushed, "cluster: restored sessions pushed to the nodes their clients reconnected to");
             }
+            // standby copies whose holder died while this node was away
+            if let Some(r) = b.replica() {
+                r.promote_orphans(cc.sync_timeout).await;
+            }
         }
     }
     tokio::spawn(b.clone().expire_tombstones(stop_rx.clone()));

@@ -553,12 +553,16 @@ impl Registry {
 
     /// Persists subscription changes of a persistent session (`None`: removed), one row per
     /// filter; resolves when durable.
-    pub async fn persist_subs(&self, s: &Session, changed: &[(String, Option<Sub>)]) {
+    pub async fn persist_subs(
+        &self,
+        s: &Session,
+        changed: &[(String, Option<Sub>)],
+    ) -> Result<(), crate::store::StoreError> {
         let (Some(store), false) = (&self.store, changed.is_empty()) else {
-            return;
+            return Ok(());
         };
         if !s.lock().persistent() {
-            return;
+            return Ok(());
         }
         let id = &s.client_id;
         let ops = changed
@@ -568,6 +572,6 @@ impl Registry {
                 None => sub_delete(id, f),
             })
             .collect();
-        let _ = store.write(ops).await;
+        store.write(ops).await
     }
 }
