@@ -28,6 +28,8 @@ pub mod websocket;
 
 #[cfg(test)]
 mod cluster_tests;
+#[cfg(test)]
+mod test_rng;
 
 /// The MQTT codec and packets live in their own crate, shared with the LB and the bench; this
 /// keeps `crate::protocol::...` (and `mqedge_broker::protocol`) naming them.
