@@ -210,3 +210,67 @@ async fn a_failed_feed_drops_its_entries_and_the_hash_decides() {
     .await
     .expect("within the bound");
 }
+
+/// An LB with one backend `node1` whose feed is at `admin`, with `[placement] extra`.
+fn one_backend_lb(node: SocketAddr, admin: Option<SocketAddr>, extra: &str) -> String {
+    let admin = admin
+        .map(|a| format!("admin = \"{a}\"\n"))
+        .unwrap_or_default();
+    format!(
+        "[lb]\nadmin = \"127.0.0.1:0\"\n\n[[listener]]\nname = \"mqtt\"\nbind = \"127.0.0.1:0\"\n\n\
+         [health]\nkind = \"tcp\"\ninterval = \"200ms\"\nrise = 1\n\n\
+         [placement]\ninterval = \"200ms\"\n{extra}\n\n\
+         [[backend]]\nname = \"node1\"\naddr = \"{node}\"\n{admin}"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_feed_carries_the_brokers_admin_token_and_reloads_without_a_restart() {
+    tokio::time::timeout(BOUND, async {
+        let dir = TempDir::new("pf-token");
+        dir.write("token", "s3cret-feed\n");
+        dir.write("wrong", "not-the-token\n");
+        let broker = InProcBroker::start(&dir.write(
+            "node.toml",
+            &broker_config("127.0.0.1:0", "admin_token_file = \"token\"", ""),
+        ));
+        let (code, _) = http("GET", broker.admin(), "/api/placement");
+        assert_eq!(code, 401, "the feed is behind the admin token");
+
+        let (node, admin) = (broker.addr(), Some(broker.admin()));
+        let lb_cfg = dir.write(
+            "lb.toml",
+            &one_backend_lb(node, admin, "admin_token_file = \"token\""),
+        );
+        let lb = InProcLb::start(&lb_cfg);
+        let feed = |lb: &InProcLb| get_json(lb.admin(), "/api/placement")["feeds"][0].clone();
+        let ok = eventually(Duration::from_secs(10), || feed(&lb)["ok"] == true).await;
+        assert!(ok, "{}\n{}", feed(&lb), lb.logs());
+        assert_eq!(feed(&lb)["members"], serde_json::json!(["node1"]));
+
+        // a wrong token: the reload applies at the next round, the feed fails with 401
+        std::fs::write(
+            &lb_cfg,
+            one_backend_lb(node, admin, "admin_token_file = \"wrong\""),
+        )
+        .unwrap();
+        let refused = eventually(Duration::from_secs(10), || {
+            feed(&lb)["error"] == "HTTP status 401"
+        })
+        .await;
+        assert!(refused, "{}\n{}", feed(&lb), lb.logs());
+        assert!(lb_metric(&lb, "mqedge_lb_placement_feed_errors_total", &["\"node1\""]) >= 1.0);
+
+        // no backend with admin: the feed and its table are gone
+        std::fs::write(&lb_cfg, one_backend_lb(node, None, "")).unwrap();
+        let off = eventually(Duration::from_secs(10), || {
+            let st = get_json(lb.admin(), "/api/placement");
+            st["feeds"].as_array().is_some_and(|f| f.is_empty()) && st["entries"] == 0
+        })
+        .await;
+        assert!(off, "{}", get_json(lb.admin(), "/api/placement"));
+        drop(lb);
+    })
+    .await
+    .expect("within the bound");
+}
