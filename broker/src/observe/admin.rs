@@ -1,7 +1,8 @@
 //! Broker admin HTTP (axum): `/healthz`, `/metrics`, `GET /api/clients/{client_id}` with the
 //! client's real address (from the PROXY header) and its username (the CN when configured),
-//! `GET /api/cluster`, and the status page `GET /` with its JSON `GET /api/status` (`status`).
-//! Every request passes the shared admin guard first.
+//! `GET /api/cluster`, the LB's placement feed `GET /api/placement` (`placement`), and the
+//! status page `GET /` with its JSON `GET /api/status` (`status`). Every request passes the
+//! shared admin guard first.
 
 use std::sync::Arc;
 
@@ -71,6 +72,7 @@ pub fn router(b: Arc<Broker>) -> Router {
         .route("/api/status", get(status))
         .route("/api/clients/{client_id}", get(client))
         .route("/api/cluster", get(cluster))
+        .route("/api/placement", get(super::placement::placement))
         .with_state(b);
     admin::guarded(
         routes,
