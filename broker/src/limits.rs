@@ -196,6 +196,7 @@ mod tests {
             max_retained_messages: 5,
             max_retained_bytes: 1000,
             max_topic_alias_bytes: 64,
+            connect_rate: 1000,
         })
     }
 

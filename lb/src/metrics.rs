@@ -119,6 +119,10 @@ pub struct Metrics {
     pub placement_picks: Family<PickLabel, Counter>,
     /// Placement feed polls that failed, by backend.
     pub placement_feed_errors: Family<BackendLabel, Counter>,
+    /// Clients that waited for their turn (`[placement] pacing`), by backend.
+    pub pacing_waits: Family<BackendLabel, Counter>,
+    /// Clients refused because their turn was further than `pacing_wait`, by backend.
+    pub pacing_refused: Family<BackendLabel, Counter>,
 }
 
 /// Labels for placement picks.
@@ -173,6 +177,8 @@ impl Metrics {
             placement_entries: Gauge::default(),
             placement_picks: Family::default(),
             placement_feed_errors: Family::default(),
+            pacing_waits: Family::default(),
+            pacing_refused: Family::default(),
             registry: Registry::default(),
         };
         m.register(&mut registry);
@@ -305,6 +311,16 @@ impl Metrics {
             "placement_feed_errors",
             "Placement feed polls that failed, by backend",
             self.placement_feed_errors.clone(),
+        );
+        registry.register(
+            "pacing_waits",
+            "Clients that waited for their turn at a paced backend ([placement] pacing)",
+            self.pacing_waits.clone(),
+        );
+        registry.register(
+            "pacing_refused",
+            "Clients refused because their turn at a paced backend was further than pacing_wait",
+            self.pacing_refused.clone(),
         );
     }
 

@@ -21,6 +21,7 @@ pub(super) struct RawLimits {
     max_retained_messages: Option<Spanned<i64>>,
     max_retained_bytes: Option<Spanned<ByteSize>>,
     max_topic_alias_bytes: Option<Spanned<ByteSize>>,
+    connect_rate: Option<Spanned<i64>>,
     // the slow-consumer keys (`flow`)
     pub(super) max_queued_bytes: Option<Spanned<ByteSize>>,
     pub(super) publisher_hold: Option<Spanned<HumanDuration>>,
@@ -52,6 +53,9 @@ pub struct LimitsConfig {
     pub max_retained_bytes: usize,
     /// Bytes of topic names one connection's incoming topic aliases may hold.
     pub max_topic_alias_bytes: usize,
+    /// New clients per second this node says it takes (its placement feed's `admit.rate`,
+    /// less while CONNECTs are in progress): what a pacing LB admits to it.
+    pub connect_rate: u32,
 }
 
 /// The default keep-alive cap: an hour (a client asking for none is closed after 90 minutes
@@ -144,7 +148,9 @@ pub(super) fn limits(p: &mut Problems<'_>, raw: Option<RawLimits>) -> LimitsConf
     };
     let subs = &rl.max_subscriptions_per_client;
     let retained = &rl.max_retained_messages;
+    let connect_rate = ranged(p, &rl.connect_rate, 1, 1_000_000, 1000, "connect_rate") as u32;
     LimitsConfig {
+        connect_rate,
         max_offline_messages: rl.max_offline_messages.unwrap_or(1000),
         max_inflight,
         max_packet_size,

@@ -51,12 +51,28 @@ pub async fn placement(State(b): State<Arc<Broker>>, Query(q): Query<Params>) ->
         .iter()
         .map(|id| json!({ "client_id": &**id, "node": me }))
         .collect();
+    let connecting = b.metrics().connecting.get().max(0) as u64;
+    let capacity = b.cfg().limits.connect_rate;
     Json(json!({
         "node": me,
         "members": members,
         "exceptions": entries,
         "truncated": truncated,
+        "admit": {
+            "connect_rate": capacity,
+            "connecting": connecting,
+            "rate": admit_rate(capacity, connecting),
+        },
     }))
+}
+
+/// New clients per second this node asks a pacing LB to send it: `[limits] connect_rate`, less
+/// by the share of a second's worth of CONNECTs still in progress here (authentication,
+/// takeovers, promotions), down to a quarter of it.
+pub fn admit_rate(capacity: u32, connecting: u64) -> f64 {
+    let c = f64::from(capacity.max(1));
+    let busy = (connecting as f64 / c).min(0.75);
+    c * (1.0 - busy)
 }
 
 /// This node and the peers gossip calls live, sorted: the names the hash home is taken over.
@@ -155,5 +171,13 @@ mod tests {
             .unwrap();
         let held = vec![Arc::from(long), Arc::from(ctl)];
         assert!(exceptions("n1", &members, held, 10).0.is_empty());
+    }
+
+    #[test]
+    fn the_admit_rate_falls_with_connects_in_progress_to_a_quarter() {
+        assert_eq!(admit_rate(1000, 0), 1000.0);
+        assert_eq!(admit_rate(1000, 500), 500.0);
+        assert_eq!(admit_rate(1000, 100_000), 250.0);
+        assert_eq!(admit_rate(0, 0), 1.0);
     }
 }

@@ -18,6 +18,7 @@
 pub mod balance;
 mod check;
 mod drain;
+pub mod pacing;
 pub mod placement;
 #[cfg(test)]
 mod tests;
@@ -112,6 +113,8 @@ pub struct Backend {
     checker: AtomicU64,
     /// The last health checks, newest last (at most [`CHECK_HISTORY`]).
     last_check: Mutex<std::collections::VecDeque<LastCheck>>,
+    /// Admission of new clients at the rate its broker's feed gives (`[placement] pacing`).
+    pacer: pacing::Pacer,
 }
 
 /// One drain cycle's close signal and number, changed together under [`Backend`]'s lock so a
@@ -196,7 +199,13 @@ impl Backend {
             drain: Mutex::new(DrainCtl::default()),
             checker: AtomicU64::new(0),
             last_check: Mutex::new(std::collections::VecDeque::new()),
+            pacer: pacing::Pacer::default(),
         }
+    }
+
+    /// Its failover pacer ([`pacing`]).
+    pub fn pacer(&self) -> &pacing::Pacer {
+        &self.pacer
     }
 
     /// Unique name (the hash key).

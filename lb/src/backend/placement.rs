@@ -30,6 +30,8 @@ pub struct FeedStatus {
     pub error: Option<String>,
     /// When a poll last answered, ms since the Unix epoch.
     pub last_ok_unix_ms: Option<u64>,
+    /// The admission rate its broker gave last (clients per second).
+    pub admit_rate: Option<f64>,
 }
 
 /// Most member names kept per feed for the status (a feed's list is shown, not used).

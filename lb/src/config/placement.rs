@@ -25,6 +25,8 @@ pub(super) struct RawPlacement {
     timeout: Option<Spanned<HumanDuration>>,
     max_entries: Option<Spanned<usize>>,
     admin_token_file: Option<Spanned<String>>,
+    pacing: Option<bool>,
+    pacing_wait: Option<Spanned<HumanDuration>>,
 }
 
 /// One feed: the backend it speaks for and its broker's admin address.
@@ -49,6 +51,10 @@ pub struct PlacementConfig {
     pub max_entries: usize,
     /// The brokers' admin bearer token (`admin_token_file`), when they ask for one.
     pub token: Option<String>,
+    /// Whether new clients are admitted to each feed's backend at the rate its broker gives.
+    pub pacing: bool,
+    /// Longest a client waits for its turn before it is refused.
+    pub pacing_wait: Duration,
 }
 
 impl Default for PlacementConfig {
@@ -59,6 +65,8 @@ impl Default for PlacementConfig {
             timeout: Duration::from_secs(1),
             max_entries: DEFAULT_MAX_ENTRIES,
             token: None,
+            pacing: true,
+            pacing_wait: Duration::from_secs(5),
         }
     }
 }
@@ -72,6 +80,8 @@ impl std::fmt::Debug for PlacementConfig {
             .field("timeout", &self.timeout)
             .field("max_entries", &self.max_entries)
             .field("token", &self.token.as_ref().map(|_| "<set>"))
+            .field("pacing", &self.pacing)
+            .field("pacing_wait", &self.pacing_wait)
             .finish()
     }
 }
@@ -119,6 +129,10 @@ pub(super) fn parse(
             ),
         }
     }
+    out.pacing = raw.pacing.unwrap_or(true);
+    if let Some(w) = dur(&raw.pacing_wait, Duration::ZERO, "pacing_wait", p) {
+        out.pacing_wait = w;
+    }
     out.token = AdminAccess::from_config(p, path, raw.admin_token_file.as_ref(), &[]).token;
     out
 }
@@ -152,6 +166,8 @@ mod tests {
         assert_eq!(c.placement.interval.as_secs(), 2);
         assert_eq!(c.placement.max_entries, 100_000);
         assert!(c.placement.token.is_none());
+        assert!(c.placement.pacing);
+        assert_eq!(c.placement.pacing_wait.as_secs(), 5);
     }
 
     #[test]

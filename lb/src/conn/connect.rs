@@ -13,6 +13,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use crate::backend::balance::{Candidate, Strategy};
+use crate::backend::pacing::Admit;
 use crate::backend::placement::prefer;
 use crate::backend::Backend;
 use crate::conn::listener::ListenerRt;
@@ -43,7 +44,7 @@ pub async fn forward(
     lb: &Arc<Lb>,
     rt: &Arc<ListenerRt>,
     live: &Arc<Live>,
-    client: Client,
+    mut client: Client,
 ) -> Option<Established> {
     let (facts, peeked) = (&client.facts, &client.peeked);
     let ok = live.usable();
@@ -66,6 +67,11 @@ pub async fn forward(
     let attempts = live.balance.retries as usize + 1;
     for &i in order.iter().take(attempts) {
         let b = ok[i];
+        if !paced(lb, live, b, &mut client.kill).await {
+            lb.metrics().reject(rt.name(), "paced");
+            tracing::info!(conn = %facts.conn_id, listener = %rt.name(), client_id = %peeked.client_id, src = %facts.src, backend = %b.name(), rate = b.pacer().rate(), "closed: backend paced, its turn was further than pacing_wait");
+            return None;
+        }
         let t0 = Instant::now();
         match attempt(live, b, facts, peeked).await {
             Ok(backend) => {
@@ -126,6 +132,28 @@ fn placed_first(
         .placement_picks
         .get_or_create(&PickLabel { source })
         .inc();
+}
+
+/// Waits for the client's turn at `b` (failover pacing, [`crate::backend::pacing`]); false when
+/// it was refused, or the LB began to shut down meanwhile.
+async fn paced(lb: &Lb, live: &Live, b: &Backend, kill: &mut Subscription) -> bool {
+    let label = || BackendLabel {
+        backend: b.name().to_string(),
+    };
+    match b.pacer().admit(Instant::now(), live.placement.pacing_wait) {
+        Admit::Now => true,
+        Admit::After(d) => {
+            lb.metrics().pacing_waits.get_or_create(&label()).inc();
+            tokio::select! {
+                _ = tokio::time::sleep(d) => true,
+                _ = std::future::poll_fn(|cx| kill.poll_fired(cx)) => false,
+            }
+        }
+        Admit::Refused => {
+            lb.metrics().pacing_refused.get_or_create(&label()).inc();
+            false
+        }
+    }
 }
 
 /// One connect attempt under `[health] timeout`: dial, then the PROXY header and the replayed

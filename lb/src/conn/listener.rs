@@ -62,7 +62,7 @@ impl ListenerRt {
         };
         // series the shipped alerts and dashboards watch exist at 0 from the start (an absent
         // series is not 0 to PromQL)
-        for reason in ["no_backend", "over_limit", "tls_handshake"] {
+        for reason in ["no_backend", "over_limit", "tls_handshake", "paced"] {
             m.reject_zero(&cfg.name, reason);
         }
         if cfg.websocket.is_some() {

@@ -72,6 +72,17 @@ pub struct FeedDoc {
     /// Whether it left some out.
     #[serde(default)]
     pub truncated: bool,
+    /// How fast it takes new clients (`[placement] pacing`); absent from a broker that
+    /// predates it.
+    #[serde(default)]
+    pub admit: Option<AdmitDoc>,
+}
+
+/// A broker's admission figures.
+#[derive(Debug, Clone, Copy, Deserialize)]
+pub struct AdmitDoc {
+    /// New clients per second it can take now.
+    pub rate: f64,
 }
 
 /// One session off its hash home.

@@ -47,6 +47,12 @@ pub async fn run(lb: Arc<Lb>, mut stop: watch::Receiver<bool>) {
 
 /// One round: every feed polled at once, the table rebuilt from the answers.
 pub async fn round(lb: &Lb, cfg: &PlacementConfig) {
+    // a backend without a feed (or with pacing off) is not paced
+    for b in &lb.live().backends {
+        if !cfg.pacing || !cfg.feeds.iter().any(|f| f.backend == b.name()) {
+            b.pacer().set_rate(None);
+        }
+    }
     if cfg.feeds.is_empty() {
         if !lb.placement().feeds().is_empty() || !lb.placement().is_empty() {
             lb.set_placement(Builder::new(0).finish(Vec::new()));
@@ -97,6 +103,10 @@ pub async fn round(lb: &Lb, cfg: &PlacementConfig) {
                 }
                 st.ok = true;
                 st.truncated = doc.truncated;
+                st.admit_rate = doc.admit.map(|a| a.rate);
+                if let Some(b) = lb.live().find(&f.backend) {
+                    b.pacer().set_rate(st.admit_rate.filter(|_| cfg.pacing));
+                }
                 st.members = doc.members.into_iter().take(MAX_MEMBERS).collect();
                 st.last_ok_unix_ms = Some(now_ms());
             }
@@ -112,6 +122,8 @@ pub async fn round(lb: &Lb, cfg: &PlacementConfig) {
                     tracing::warn!(backend = %f.backend, admin = %f.admin, error = %e, "placement feed failed; its clients go by the hash until it answers");
                 }
                 st.error = Some(e.to_string());
+                // the last rate its broker gave stands while it does not answer
+                st.admit_rate = prev.and_then(|p| p.admit_rate);
             }
         }
         feeds.push(st);
@@ -149,6 +161,8 @@ pub fn status_json(lb: &Lb) -> Value {
                 "members": f.members,
                 "error": f.error,
                 "last_ok_at": f.last_ok_unix_ms,
+                "admit_rate": f.admit_rate,
+                "pacing_rate": lb.live().find(&f.backend).map(|b| b.pacer().rate()),
             })
         })
         .collect();
@@ -157,6 +171,8 @@ pub fn status_json(lb: &Lb) -> Value {
         "max_entries": cfg.max_entries,
         "truncated": s.truncated(),
         "interval_ms": cfg.interval.as_millis() as u64,
+        "pacing": cfg.pacing,
+        "pacing_wait_ms": cfg.pacing_wait.as_millis() as u64,
         "feeds": feeds,
     })
 }

@@ -1,0 +1,181 @@
+//! Failover pacing (issue 16 item 4; docs/operations.md "Failover pacing"): with placement
+//! feeds, the LB admits new clients to a backend at the rate its broker gives in its feed
+//! (`admit.rate`: `[limits] connect_rate`, less while CONNECTs are in progress there), instead
+//! of all at once. A herd of clients connecting at the same moment (what the clients of a node
+//! that died do) reaches the broker at that rate, each CONNACK in turn; with `pacing = false`
+//! it arrives at once; a client whose turn is further than `pacing_wait` is refused. An
+//! in-process broker and LB, OS ports, raw MQTT clients.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Every test here ends within this.
+const BOUND: Duration = Duration::from_secs(90);
+
+/// The broker's `[limits] connect_rate` in these tests: clients per second.
+const RATE: u32 = 40;
+
+fn lb_toml(node: SocketAddr, admin: SocketAddr, placement: &str) -> String {
+    format!(
+        "[lb]\nadmin = \"127.0.0.1:0\"\n\n[[listener]]\nname = \"mqtt\"\nbind = \"127.0.0.1:0\"\n\n\
+         [health]\nkind = \"tcp\"\ninterval = \"200ms\"\nrise = 1\n\n\
+         [placement]\ninterval = \"200ms\"\n{placement}\n\n\
+         [[backend]]\nname = \"node1\"\naddr = \"{node}\"\nadmin = \"{admin}\"\n"
+    )
+}
+
+/// A broker with `connect_rate = RATE` and an LB in front of it whose feed gave it a rate.
+async fn start(dir: &TempDir, placement: &str) -> (InProcBroker, InProcLb) {
+    let broker = InProcBroker::start(&dir.write(
+        "node.toml",
+        &broker_config(
+            "127.0.0.1:0",
+            "",
+            &format!("[limits]\nconnect_rate = {RATE}\n"),
+        ),
+    ));
+    let feed = get_json(broker.admin(), "/api/placement");
+    assert_eq!(feed["admit"]["connect_rate"], RATE, "{feed}");
+    assert_eq!(feed["admit"]["rate"], f64::from(RATE), "{feed}");
+    let lb = InProcLb::start(&dir.write(
+        "lb.toml",
+        &lb_toml(broker.addr(), broker.admin(), placement),
+    ));
+    let admin = lb.admin();
+    let ready = eventually(Duration::from_secs(10), || {
+        let b = get_json(admin, "/api/backends");
+        let p = get_json(admin, "/api/placement");
+        b[0]["state"] == "up" && p["feeds"][0]["ok"] == true
+    })
+    .await;
+    assert!(ready, "{}", get_json(admin, "/api/placement"));
+    (broker, lb)
+}
+
+/// `n` clients connecting through the LB at the same moment: when each got its CONNACK
+/// (seconds after the start), or `None` when the LB closed it.
+async fn herd(lb: SocketAddr, n: usize, tag: &str) -> Vec<Option<f64>> {
+    let t0 = Instant::now();
+    let tasks: Vec<_> = (0..n)
+        .map(|i| {
+            let id = format!("{tag}-{i}");
+            tokio::spawn(async move {
+                let mut s = tokio::net::TcpStream::connect(lb).await.ok()?;
+                let pkt = mqedge_protocol::peek::encode_connect(4, &id, None, 60);
+                s.write_all(&pkt).await.ok()?;
+                let mut ack = [0u8; 4];
+                tokio::time::timeout(Duration::from_secs(40), s.read_exact(&mut ack))
+                    .await
+                    .ok()?
+                    .ok()?;
+                (ack[0] == 0x20 && ack[3] == 0).then(|| t0.elapsed().as_secs_f64())
+            })
+        })
+        .collect();
+    let mut out = Vec::with_capacity(n);
+    for t in tasks {
+        out.push(t.await.unwrap_or(None));
+    }
+    out
+}
+
+/// The most CONNACKs within any one second.
+fn busiest_second(times: &[f64]) -> usize {
+    let mut t: Vec<f64> = times.to_vec();
+    t.sort_by(f64::total_cmp);
+    (0..t.len())
+        .map(|i| t[i..].iter().take_while(|x| **x < t[i] + 1.0).count())
+        .max()
+        .unwrap_or(0)
+}
+
+fn lb_metric(lb: &InProcLb, name: &str, needles: &[&str]) -> f64 {
+    metric(
+        &parse_prometheus(&http("GET", lb.admin(), "/metrics").1),
+        name,
+        needles,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_herd_of_clients_reaches_the_broker_at_the_rate_it_gives() {
+    tokio::time::timeout(BOUND, async {
+        let dir = TempDir::new("pace-herd");
+        let (_broker, lb) = start(&dir, "pacing_wait = \"30s\"").await;
+        let st = get_json(lb.admin(), "/api/placement");
+        assert_eq!(st["feeds"][0]["pacing_rate"], f64::from(RATE), "{st}");
+
+        let n = 120;
+        let got = herd(lb.addr("mqtt"), n, "paced").await;
+        let times: Vec<f64> = got.iter().flatten().copied().collect();
+        assert_eq!(times.len(), n, "every client was admitted: {got:?}");
+        let last = times.iter().copied().fold(0.0, f64::max);
+        let busiest = busiest_second(&times);
+        println!("pacing at {RATE}/s: {n} clients, the last CONNACK after {last:.2} s, at most {busiest} in one second");
+        // a burst of a tenth of a second of the rate, then RATE a second (the broker may ask
+        // for less while CONNECTs are in progress: never for more)
+        let most = RATE as usize + RATE as usize / 10 + 2;
+        assert!(busiest <= most, "{busiest} CONNACKs in one second, more than {most}");
+        let least = (n - most) as f64 / f64::from(RATE);
+        assert!(last >= least, "the herd took {last:.2} s, less than {least:.2} s");
+        assert!(lb_metric(&lb, "mqedge_lb_pacing_waits_total", &["\"node1\""]) >= 60.0);
+        assert_eq!(lb_metric(&lb, "mqedge_lb_pacing_refused_total", &[]), 0.0);
+    })
+    .await
+    .expect("within the bound");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_pacing_the_herd_arrives_at_once() {
+    tokio::time::timeout(BOUND, async {
+        let dir = TempDir::new("pace-off");
+        let (_broker, lb) = start(&dir, "pacing = false").await;
+        let st = get_json(lb.admin(), "/api/placement");
+        assert_eq!(st["pacing"], false, "{st}");
+        let n = 120;
+        let got = herd(lb.addr("mqtt"), n, "unpaced").await;
+        let times: Vec<f64> = got.iter().flatten().copied().collect();
+        assert_eq!(times.len(), n, "{got:?}");
+        let busiest = busiest_second(&times);
+        println!("no pacing: {n} clients, at most {busiest} CONNACKs in one second");
+        assert!(busiest > 2 * RATE as usize, "only {busiest} in one second");
+        assert_eq!(lb_metric(&lb, "mqedge_lb_pacing_waits_total", &[]), 0.0);
+    })
+    .await
+    .expect("within the bound");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_whose_turn_is_further_than_pacing_wait_is_refused() {
+    tokio::time::timeout(BOUND, async {
+        let dir = TempDir::new("pace-refuse");
+        let (_broker, lb) = start(&dir, "pacing_wait = \"0s\"").await;
+        let n = 40;
+        let got = herd(lb.addr("mqtt"), n, "refused").await;
+        let admitted = got.iter().flatten().count();
+        // the burst only: the first and a tenth of a second of the rate after it
+        let burst = 1 + RATE as usize / 10;
+        assert!(
+            (burst..=burst + 2).contains(&admitted),
+            "{admitted} of {n} admitted: {got:?}"
+        );
+        let refused = lb_metric(&lb, "mqedge_lb_pacing_refused_total", &["\"node1\""]);
+        assert_eq!(refused as usize, n - admitted);
+        assert_eq!(
+            lb_metric(
+                &lb,
+                "mqedge_lb_connections_rejected_total",
+                &["reason=\"paced\""]
+            ) as usize,
+            n - admitted
+        );
+        assert!(lb.logs().contains("closed: backend paced"), "{}", lb.logs());
+    })
+    .await
+    .expect("within the bound");
+}
