@@ -43,6 +43,21 @@ async fn drain_node2(name: &'static str, tag: &str, rate: u32, start: fn(&mut Ri
         "{name}: draining seen only after {seen:?}"
     );
     assert_eq!(backend_field(admin, "node2", "drain_cause"), "backend");
+    if rate < 10 {
+        // (slow enough to still be there) a client that reaches node2 directly is told to go:
+        // v5 CONNACK 0x9C Use another server, 3.1.1 return code 3 (server unavailable)
+        use mqedge_protocol::{reason, Version};
+        let mut v5 = Raw::new(tcp(rig.cl.addr(1)).await, Version::V5);
+        let ack = v5.connect(&format!("{tag}-direct5"), true, 30).await;
+        assert_eq!(ack.code, reason::USE_ANOTHER_SERVER, "{name}: v5 {ack:?}");
+        let mut v4 = Raw::new(tcp(rig.cl.addr(1)).await, Version::V311);
+        let ack = v4.connect(&format!("{tag}-direct4"), true, 30).await;
+        assert_eq!(
+            ack.code,
+            reason::from_v3_return_code(3).unwrap(),
+            "{name}: 3.1.1 {ack:?}"
+        );
+    }
     // a new client whose id hashes to node2 lands elsewhere
     let id = id_for("node2", &NAMES, &format!("{tag}-new"));
     let lb_mqtt = rig.lb.addr("mqtt");
