@@ -1,7 +1,9 @@
-//! Active health checks, one task per backend. `kind = "mqtt"` sends a real CONNECT (behind a
-//! PROXY LOCAL header when the backend wants PROXY) and expects a CONNACK. Any return code but
-//! "server unavailable" passes: a broker that refuses our anonymous check client is still a
-//! working broker. `kind = "tcp"` only connects. Outcomes go through [`Backend::record_check`]
+//! Active health checks, one task per backend. `kind = "mqtt"` sends a real MQTT 5 CONNECT
+//! (behind a PROXY LOCAL header when the backend wants PROXY) and expects a CONNACK. Any return
+//! code but "server unavailable" passes: a broker that refuses our anonymous check client is
+//! still a working broker. `0x9C` Use another server says the broker drains: the backend goes
+//! `draining` at once, and the checks of a draining backend acknowledge it (the drain
+//! handshake, `mqedge_shared::drain`). `kind = "tcp"` only connects. Outcomes go through [`Backend::record_check`]
 //! (rise/fall, HAProxy semantics). A task ends when its backend leaves the live set.
 //!
 //! A failed check says what was expected, what came instead and, where the bytes suggest one, a
