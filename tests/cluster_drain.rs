@@ -4,7 +4,8 @@
 //! publisher and nine persistent QoS 1 subscribers through the LB. node2 drains (by
 //! `POST /api/drain`, or by SIGTERM): the LB shows it `draining` within two check intervals and
 //! sends new clients elsewhere, node2 moves its subscribers (Session Present = 1 on another
-//! node) and exits by itself once empty, and no acknowledged message is lost. `-- --nocapture`
+//! node) and exits by itself once empty, and no acknowledged message is lost; also with 200 more
+//! clients on node2. `-- --nocapture`
 //! prints the time until empty (docs/reliability.md).
 
 mod common;
@@ -141,5 +142,68 @@ fn d1_post_api_drain() {
 fn d2_sigterm_drains() {
     scenario("drain by SIGTERM", || {
         drain_node2("SIGTERM", "drn-term", 500, sigterm)
+    });
+}
+
+/// How many more clients [`d3_sigterm_with_many_clients`] puts on node2.
+const MANY: usize = 200;
+
+/// SIGTERM of node2 with [`MANY`] more persistent MQTT 5 clients on it (idle, through the LB),
+/// at the default rate: each is told DISCONNECT 0x9C and resumes its session through the LB on
+/// another node (Session Present = 1); node2 exits once they are gone.
+#[test]
+fn d3_sigterm_with_many_clients() {
+    scenario("drain of 200 more clients", || async {
+        use mqedge_protocol::{ConnectProperties, Packet};
+        let tag = "drn-many";
+        let mut rig = Rig::start_with("SIGTERM with 200 more clients", tag, 0, "").await;
+        let lb_mqtt = rig.lb.addr("mqtt");
+        let props = || ConnectProperties {
+            session_expiry_interval: Some(3600),
+            ..Default::default()
+        };
+        let mut clients = Vec::new();
+        for k in 0..MANY {
+            let id = id_for("node2", &NAMES, &format!("{tag}-c{k}-"));
+            let (c, _) = Raw::client5(lb_mqtt, &id, false, None, props()).await;
+            clients.push((id, c));
+        }
+        assert_eq!(rig.cl.client(1, &clients[0].0).0, 200, "not on node2");
+        let t0 = Instant::now();
+        rig.proc(1).signal("TERM");
+        let mut ids = Vec::new();
+        for (id, mut c) in clients.drain(..) {
+            let told = loop {
+                match c.recv(Duration::from_secs(20)).await {
+                    Some(Packet::Disconnect(d)) => break Some(d.code),
+                    Some(_) => continue,
+                    None => break None,
+                }
+            };
+            assert_eq!(told, Some(0x9C), "{id}: not told to use another server");
+            // and closes, as a client does (the LB counts a connection until both sides close)
+            drop(c);
+            ids.push(id);
+        }
+        let told = t0.elapsed();
+        let (exited, empty) = {
+            let p = rig.proc(1);
+            let exited = blocking(|| p.wait_exit(Duration::from_secs(30)).is_some());
+            (exited, p.wait_log("drain: empty", Duration::from_secs(1)))
+        };
+        let took = t0.elapsed();
+        assert!(exited, "node2 did not exit\n{}", rig.cl.logs());
+        rig.cl.nodes[1] = None;
+        let mut resumed = 0;
+        for id in ids {
+            let (_c, ack) = Raw::client5(lb_mqtt, &id, false, None, props()).await;
+            resumed += usize::from(ack.session_present);
+        }
+        println!(
+            "drain: SIGTERM with {MANY} more clients: all told after {told:?}, exited after {took:?}; {empty}; {resumed} of {MANY} resumed their session"
+        );
+        assert_eq!(resumed, MANY, "sessions not found after the drain");
+        let t = rig.finish(owed_everything).await;
+        rig.assert_none_lost(&t);
     });
 }
