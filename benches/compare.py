@@ -7,6 +7,7 @@ measured in the same run; each row gives mqedge's figure, the peer's, the ratio 
 target of issue 7 is met.
 """
 import argparse
+import re
 import datetime
 import json
 import os
@@ -676,7 +677,48 @@ def versions():
     }
 
 
-def write_md(rows, q, started, path):
+# the groups of a partial run (`--only`), for the report's first line
+PARTIAL_GROUPS = []
+
+
+def previous_rows(path):
+    """The table rows of an earlier report ((area, scenario) → its line, in order) and its
+    commands, so that a partial run keeps them."""
+    if not os.path.exists(path):
+        return [], []
+    rows, commands, in_cmds = [], [], False
+    for line in open(path).read().split("\n## Analysis")[0].splitlines():
+        if line.startswith("| ") and not line.startswith("| area ") and not line.startswith("|---"):
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            rows.append(((cells[0], cells[1]), line))
+        elif line == "## Commands":
+            in_cmds = True
+        elif in_cmds and line and line != "```":
+            commands.append(line)
+    return rows, commands
+
+
+def kept_line(path, partial, prefix, line):
+    """`line`, or in a partial run the earlier report's line that starts with `prefix` (the
+    rows it keeps were measured there)."""
+    if partial and os.path.exists(path):
+        return next((x for x in open(path).read().splitlines() if x.startswith(prefix)), line)
+    return line
+
+
+def written_line(path, q, started, partial):
+    """The report's first line: when it was written, and by a partial run, which rows when."""
+    line = (f"Written by `benches/compare.sh{' --quick' if q else ''}` on {started:%Y-%m-%d %H:%M} UTC. Every "
+            "figure of a row was measured in the same run on the same machine, with `mqedge bench` as the client.")
+    if not partial or not os.path.exists(path):
+        return line
+    old = next((x for x in open(path).read().splitlines() if x.startswith("Written by")), line)
+    groups = " ".join(f"--only {g}" for g in PARTIAL_GROUPS)
+    return (old.split(" The rows of `")[0] + f" The rows of `compare.sh {groups}` were measured again on "
+            f"{started:%Y-%m-%d %H:%M} UTC.")
+
+
+def write_md(rows, q, started, path, partial=False):
     cpu = "?"
     try:
         for line in open("/proc/cpuinfo"):
@@ -690,11 +732,11 @@ def write_md(rows, q, started, path):
     lines = [
         "# Benchmarks",
         "",
-        f"Written by `benches/compare.sh{' --quick' if q else ''}` on {started:%Y-%m-%d %H:%M} UTC. Every figure of a row "
-        "was measured in the same run on the same machine, with `mqedge bench` as the client.",
+        written_line(path, q, started, partial),
         "",
-        f"- Machine: {os.cpu_count()} cores ({cpu}), {mem:.0f} GiB, {platform.platform()}",
-        "- Versions: " + "; ".join(f"{k}: {x}" for k, x in v.items()),
+        kept_line(path, partial, "- Machine: ",
+                  f"- Machine: {os.cpu_count()} cores ({cpu}), {mem:.0f} GiB, {platform.platform()}"),
+        kept_line(path, partial, "- Versions: ", "- Versions: " + "; ".join(f"{k}: {x}" for k, x in v.items())),
         "- LB rows: each LB terminates TLS 1.3 with required client certificates and hashes to the same two Mosquitto "
         "backends (source hashing for all three), one worker thread each (`[lb] workers = 1`, HAProxy `nbthread 1`, "
         "NGINX `worker_processes 1`).",
@@ -715,10 +757,21 @@ def write_md(rows, q, started, path):
         "| area | scenario | mqedge | peer | ratio | target | result |",
         "|---|---|---:|---:|---:|---|---|",
     ]
+    fresh = {}
     for r in rows:
         v_, ratio = verdict(r)
-        lines.append(f"| {r[0]} | {r[1]} | {r[2]:,.1f} | {r[3]:,.1f} | {ratio:.2f} | {r[4]} | {v_} |")
-    lines += ["", "## Commands", "", "```"] + sorted(set(COMMANDS)) + ["```", ""]
+        fresh[(r[0], r[1])] = f"| {r[0]} | {r[1]} | {r[2]:,.1f} | {r[3]:,.1f} | {ratio:.2f} | {r[4]} | {v_} |"
+    old_rows, old_commands = previous_rows(path) if partial else ([], [])
+    # a partial run (--only) replaces its own rows where they were and keeps every other one
+    for key, line in old_rows:
+        lines.append(fresh.pop(key, line))
+    lines += list(fresh.values())
+    # an earlier command of the same kind as one of this run (other ports) is replaced by it
+    def kind(c):
+        return re.sub(r"\b\d{4,5}\b", "PORT", c)
+    mine = {kind(c) for c in COMMANDS}
+    commands = sorted(set(COMMANDS) | {c for c in old_commands if kind(c) not in mine})
+    lines += ["", "## Commands", "", "```"] + commands + ["```", ""]
     # the hand-written analysis below the table survives re-runs
     kept = ""
     if os.path.exists(path):
@@ -734,7 +787,9 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="a few seconds per scenario (smoke test)")
     ap.add_argument("--out", default=os.path.join(ROOT, "docs", "benchmarks.md"))
-    ap.add_argument("--only", choices=["lb", "broker", "cluster", "replicas"], action="append")
+    ap.add_argument("--only", choices=["lb", "broker", "cluster", "replicas"], action="append",
+                    help="run only these groups; their rows replace the same rows of --out, the others stay "
+                         "(the chart is left as it is)")
     a = ap.parse_args()
     started = datetime.datetime.now(datetime.timezone.utc)
     rows = []
@@ -751,8 +806,11 @@ def main():
             rows += replica_rows(a.quick)
     finally:
         stop_all()
-    write_md(rows, a.quick, started, a.out)
-    svg(rows, os.path.join(os.path.dirname(a.out), "benchmarks.svg"))
+    partial = set(only) != {"lb", "broker", "cluster", "replicas"}
+    PARTIAL_GROUPS[:] = sorted(set(only))
+    write_md(rows, a.quick, started, a.out, partial)
+    if not partial:
+        svg(rows, os.path.join(os.path.dirname(a.out), "benchmarks.svg"))
     for r in rows:
         v_, ratio = verdict(r)
         print(f"{r[0]:8} {r[1][:70]:70} {r[2]:>12,.1f} {r[3]:>12,.1f} {ratio:6.2f} {v_}")

@@ -146,6 +146,7 @@ fn every_config_key_is_in_its_operations_md_section() {
         (lb, "[balance]", "#### `[balance]`"),
         (lb, "[health]", "#### `[health]`"),
         (lb, "[[backend]]", "#### `[[backend]]`"),
+        (lb, "[placement]", "#### `[placement]`"),
         ("", "[node]", "#### `[node]`"),
         (
             "[node]\nname = \"n\"",

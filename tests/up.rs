@@ -258,6 +258,18 @@ fn up_runs_the_local_topology_and_ctrl_c_stops_it() {
     );
     let children = children_of(up.child.id());
     assert_eq!(children.len(), 4, "{children:?}");
+    // the LB (admin on port 2 of the block) reads every node's placement feed
+    let lb_admin = format!("127.0.0.1:{}", base + 2).parse().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let st = get_json(lb_admin, "/api/placement");
+        let feeds = st["feeds"].as_array().cloned().unwrap_or_default();
+        if feeds.len() == 3 && feeds.iter().all(|f| f["ok"] == true) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "placement feeds: {st}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 
     paste_the_printed_lines(&up, |sub_id, node| {
         // the TLS subscriber's node sees it through the LB: PROXY v2, the certificate CN as

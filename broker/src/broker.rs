@@ -17,7 +17,9 @@ use crate::metrics::Metrics;
 use crate::protocol::{QoS, Will};
 use crate::routing::retained_versions::{unix_ms, RetainedSet};
 use crate::routing::{Matches, Readiness, Router, Routing, SubOptions};
-use crate::session::{message_key, QueueRules, Registry, Session, Sub, Subscriptions, Writes};
+use crate::session::{
+    message_key, QueueRules, Registry, Session, SessionRef, Sub, Subscriptions, Writes,
+};
 use crate::store::{Op, Store, StoreError, Table};
 
 /// Errors starting a broker.
@@ -202,7 +204,7 @@ impl Broker {
     }
 
     /// Local subscriptions by filter.
-    pub fn router(&self) -> &Router<Arc<str>> {
+    pub fn router(&self) -> &Router<SessionRef> {
         self.subs().trie()
     }
 
@@ -338,7 +340,9 @@ impl Broker {
             Some(c) if !sys => Some(c.remote_matches(&msg.topic)),
             _ => None,
         };
-        let plan = self.routing.plan(m, remote, &|c: &str| self.readiness(c));
+        let plan = self
+            .routing
+            .plan(m, remote, &|c: &SessionRef| self.readiness(c));
         for (client, opts) in &plan.local {
             out.congested
                 .extend(self.deliver(client, &msg, opts, false, &mut out.writes));
@@ -391,8 +395,9 @@ impl Broker {
 
     /// How ready a local client is to take a shared group's message (see
     /// [`crate::session::Session::readiness`]).
-    fn readiness(&self, client: &str) -> Readiness {
-        self.session(client)
+    fn readiness(&self, client: &SessionRef) -> Readiness {
+        self.registry
+            .resolve(client)
             .map_or(Readiness::Offline, |s| s.readiness())
     }
 
@@ -411,16 +416,17 @@ impl Broker {
     /// delivery of a retained message at subscribe time (RETAIN flag set).
     pub fn deliver(
         &self,
-        client: &str,
+        client: &SessionRef,
         msg: &Arc<Message>,
         opts: &SubOptions,
         as_retained: bool,
         writes: &mut Writes,
     ) -> Option<Arc<Session>> {
-        if opts.no_local && *msg.publisher == *client {
+        if opts.no_local && *msg.publisher == **client.id() {
             return None;
         }
-        self.session(client)?
+        self.registry
+            .resolve(client)?
             .enqueue(msg, opts, as_retained, &self.queue_rules(), writes)
     }
 
@@ -437,7 +443,7 @@ impl Broker {
         let mut congested = Vec::new();
         let mut m = Matches::default();
         self.router().matches(&msg.topic, &mut m);
-        let ready = |c: &str| self.readiness(c);
+        let ready = |c: &SessionRef| self.readiness(c);
         for (client, opts) in self.routing.plan_forwarded(m, direct, shared, &ready) {
             congested.extend(self.deliver(&client, &msg, &opts, false, &mut writes));
         }
@@ -463,7 +469,7 @@ impl Broker {
     }
 
     /// Adds a subscription for a session; returns whether it is new (for Retain Handling 1).
-    pub fn subscribe(&self, s: &Session, filter: &str, sub: Sub) -> bool {
+    pub fn subscribe(&self, s: &Arc<Session>, filter: &str, sub: Sub) -> bool {
         self.subs().subscribe(s, filter, sub)
     }
 
@@ -474,8 +480,12 @@ impl Broker {
 
     /// Persists a session's subscription changes (`None`: removed), one store row per filter;
     /// resolves when durable.
-    pub async fn persist_subscriptions(&self, s: &Session, changed: &[(String, Option<Sub>)]) {
-        self.registry.persist_subs(s, changed).await;
+    pub async fn persist_subscriptions(
+        &self,
+        s: &Session,
+        changed: &[(String, Option<Sub>)],
+    ) -> Result<(), crate::store::StoreError> {
+        self.registry.persist_subs(s, changed).await
     }
 
     /// Arms the expiry of the sessions restored from the store (once, before serving).

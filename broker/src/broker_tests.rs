@@ -81,6 +81,13 @@ impl Peers for FakePeers {
     fn push_sessions(&self, _n: &Arc<str>, _ids: Vec<String>) -> usize {
         0
     }
+    fn held_by_peers(
+        &self,
+        _ids: Vec<String>,
+        _timeout: std::time::Duration,
+    ) -> BoxFuture<'_, std::collections::HashSet<String>> {
+        Box::pin(std::future::ready(Default::default()))
+    }
     fn reachable(&self, _n: &str) -> bool {
         false
     }

@@ -122,9 +122,10 @@ pub enum CloseReason {
     /// A packet that does not decode.
     #[error("closed: {0}")]
     Decode(DecodeError),
-    /// A QoS 1/2 publish that could not be made durable or that a cluster peer did not take:
-    /// the publisher is not acknowledged, so it sends again elsewhere.
-    #[error("closed: a message could not be stored or was not acknowledged by a cluster peer")]
+    /// A QoS 1/2 publish, or a SUBSCRIBE/UNSUBSCRIBE of a persistent session, that could not
+    /// be made durable (here and, with session replicas, on the replica) or that a cluster
+    /// peer did not take: the client is not acknowledged, so it sends again.
+    #[error("closed: a message or subscription change could not be stored or was not acknowledged by a cluster peer")]
     NotAcknowledged,
     /// MQTT-3.14.2-2.
     #[error("closed: session expiry set at DISCONNECT after 0 at CONNECT")]

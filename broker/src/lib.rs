@@ -29,6 +29,8 @@ pub mod websocket;
 
 #[cfg(test)]
 mod cluster_tests;
+#[cfg(test)]
+mod test_rng;
 
 /// The MQTT codec and packets live in their own crate, shared with the LB and the bench; this
 /// keeps `crate::protocol::...` (and `mqedge_broker::protocol`) naming them.
@@ -153,6 +155,10 @@ pub async fn run_wired(
             let pushed = c.reconcile_restored(cc.sync_timeout).await;
             if pushed > 0 {
                 tracing::info!(node = %b.cfg().name, pushed, "cluster: restored sessions pushed to the nodes their clients reconnected to");
+            }
+            // standby copies whose holder died while this node was away
+            if let Some(r) = b.replica() {
+                r.promote_orphans(cc.sync_timeout).await;
             }
         }
     }

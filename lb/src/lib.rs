@@ -141,6 +141,7 @@ pub async fn run_with(
         stop_rx.clone(),
     ));
     tokio::spawn(sweep_limiter(lb.clone(), stop_rx.clone()));
+    tokio::spawn(control::placement::run(lb.clone(), stop_rx.clone()));
     let mut accept_loops = Vec::new();
     for (rt, tcp) in rts.into_iter().zip(listeners) {
         let lc = rt.cfg();

@@ -113,6 +113,19 @@ pub struct Metrics {
     pub admin_refused: Family<AdminRefusedLabel, Counter>,
     /// WebSocket connections closed for a bad frame, by listener and reason.
     pub ws_frame_errors: Family<WsFrameLabel, Counter>,
+    /// Entries in the placement exceptions table.
+    pub placement_entries: Gauge,
+    /// `client_id` picks with placement feeds on, by what decided the first backend.
+    pub placement_picks: Family<PickLabel, Counter>,
+    /// Placement feed polls that failed, by backend.
+    pub placement_feed_errors: Family<BackendLabel, Counter>,
+}
+
+/// Labels for placement picks.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PickLabel {
+    /// `exception` (the feed's table) or `hash`.
+    pub source: &'static str,
 }
 
 /// Labels for refused admin requests.
@@ -157,10 +170,16 @@ impl Metrics {
             reloads: Counter::default(),
             admin_refused: Family::default(),
             ws_frame_errors: Family::default(),
+            placement_entries: Gauge::default(),
+            placement_picks: Family::default(),
+            placement_feed_errors: Family::default(),
             registry: Registry::default(),
         };
         m.register(&mut registry);
         m.reload_generation.set(1);
+        for source in ["exception", "hash"] {
+            drop(m.placement_picks.get_or_create(&PickLabel { source }));
+        }
         Metrics { registry, ..m }
     }
 
@@ -271,6 +290,21 @@ impl Metrics {
             "admin_refused",
             "Admin API requests refused (Host, Origin, missing header, token)",
             self.admin_refused.clone(),
+        );
+        registry.register(
+            "placement_entries",
+            "Entries in the placement exceptions table (sessions off their hash home)",
+            self.placement_entries.clone(),
+        );
+        registry.register(
+            "placement_picks",
+            "client_id picks while placement feeds are configured, by source (exception, hash)",
+            self.placement_picks.clone(),
+        );
+        registry.register(
+            "placement_feed_errors",
+            "Placement feed polls that failed, by backend",
+            self.placement_feed_errors.clone(),
         );
     }
 

@@ -12,8 +12,9 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use arc_swap::{ArcSwap, Guard};
 
 use crate::backend::balance::Picker;
+use crate::backend::placement::Snapshot;
 use crate::backend::{Backend, State};
-use crate::config::{BalanceConfig, Config, HealthConfig, LbSettings};
+use crate::config::{BalanceConfig, Config, HealthConfig, LbSettings, PlacementConfig};
 use crate::limits::PerIpLimiter;
 use crate::metrics::Metrics;
 
@@ -28,6 +29,8 @@ pub struct Live {
     pub health: HealthConfig,
     /// The backend set, in config order.
     pub backends: Vec<Arc<Backend>>,
+    /// `[placement]` and the feeds (read by the poller at every round).
+    pub placement: Arc<PlacementConfig>,
     /// Bumped by every successful reload.
     pub generation: u64,
 }
@@ -99,6 +102,8 @@ pub struct Lb {
     metrics: Metrics,
     /// Round-robin state.
     picker: Picker,
+    /// The placement exceptions in force, swapped whole by each feed round.
+    placement: ArcSwap<Snapshot>,
     reload: ReloadStatus,
     /// Client connections open now, all listeners (for `max_connections`).
     client_conns: AtomicU64,
@@ -129,10 +134,12 @@ impl Lb {
                 balance: cfg.balance,
                 health: cfg.health,
                 backends,
+                placement: cfg.placement.clone(),
                 generation: 1,
             }),
             metrics,
             picker: Picker::new(),
+            placement: ArcSwap::from_pointee(Snapshot::default()),
             reload: ReloadStatus::default(),
             client_conns: AtomicU64::new(0),
             limiter: PerIpLimiter::default(),
@@ -169,6 +176,18 @@ impl Lb {
     #[inline]
     pub fn picker(&self) -> &Picker {
         &self.picker
+    }
+
+    /// The placement exceptions in force now.
+    #[inline]
+    pub fn placement(&self) -> Guard<Arc<Snapshot>> {
+        self.placement.load()
+    }
+
+    /// Puts a feed round's exceptions in force.
+    pub fn set_placement(&self, s: Snapshot) {
+        self.metrics.placement_entries.set(s.len() as i64);
+        self.placement.store(Arc::new(s));
     }
 
     /// Reload bookkeeping for `/api/reload`.

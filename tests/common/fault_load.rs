@@ -58,12 +58,17 @@ pub struct Publisher {
 
 impl Publisher {
     pub fn start(lb: SocketAddr, id: &str, rate: u32, window: usize) -> Publisher {
+        Publisher::start_from(lb, id, rate, window, 0)
+    }
+
+    /// Like [`Publisher::start`], numbering its messages from `first` (so that two publishers
+    /// one after the other never send the same number).
+    pub fn start_from(lb: SocketAddr, id: &str, rate: u32, window: usize, first: u64) -> Publisher {
         let log = Arc::new(Mutex::new(Published::default()));
         let (stop, stop_rx) = watch::channel(false);
         let task = tokio::spawn(publish_loop(
             options(id, lb, true),
-            Duration::from_secs(1) / rate.max(1),
-            window.max(1),
+            (Duration::from_secs(1) / rate.max(1), window.max(1), first),
             log.clone(),
             stop_rx,
         ));
@@ -85,12 +90,11 @@ impl Publisher {
 
 async fn publish_loop(
     opts: MqttOptions,
-    every: Duration,
-    window: usize,
+    (every, window, first): (Duration, usize, u64),
     log: Arc<Mutex<Published>>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut next = 0u64;
+    let mut next = first;
     let mut stopping: Option<Instant> = None;
     loop {
         let (client, el) = AsyncClient::new(opts.clone(), 64);

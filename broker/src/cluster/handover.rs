@@ -267,6 +267,31 @@ impl Cluster {
         if ids.is_empty() {
             return 0;
         }
+        let answers = self.ask_holds(ids, timeout).await;
+        let mut pushed = std::collections::HashSet::new();
+        for (n, held) in answers {
+            let (deferred, fresh): (Vec<String>, Vec<String>) = held
+                .into_iter()
+                .filter(|c| !pushed.contains(c))
+                .partition(|c| b.defer_restored(c));
+            if !deferred.is_empty() {
+                tracing::info!(node = %self.node, peer = %n, sessions = deferred.len(), "cluster: restored sessions that peer took over from their replicas dropped here (nothing of them is missing there)");
+            }
+            for client_id in self.push_to(&n, fresh) {
+                tracing::info!(node = %self.node, client_id = %client_id, to = %n, "cluster: restored session pushed to the node its client reconnected to");
+                pushed.insert(client_id);
+            }
+        }
+        pushed.len()
+    }
+
+    /// Asks every live peer at once which of `ids` it holds a persistent session of
+    /// (`Holds`); the answers that came within `timeout`, per peer.
+    pub(super) async fn ask_holds(
+        &self,
+        ids: Vec<String>,
+        timeout: Duration,
+    ) -> Vec<(Arc<str>, Vec<String>)> {
         let peers: Vec<Arc<str>> = lock(&self.peers).keys().cloned().collect();
         let mut waits = Vec::new();
         for n in peers {
@@ -284,30 +309,18 @@ impl Cluster {
             }
         }
         let deadline = Instant::now() + timeout;
-        let mut pushed = std::collections::HashSet::new();
+        let mut answers = Vec::new();
         for (n, id, rx) in waits {
-            let held = match tokio::time::timeout_at(deadline, rx).await {
-                Ok(Ok(Frame::Held { client_ids, .. })) => client_ids,
-                Ok(_) => continue,
+            match tokio::time::timeout_at(deadline, rx).await {
+                Ok(Ok(Frame::Held { client_ids, .. })) => answers.push((n, client_ids)),
+                Ok(_) => {}
                 Err(_) => {
                     lock(&self.waiting).remove(&id);
-                    tracing::warn!(node = %self.node, peer = %n, "cluster: no answer in time about restored sessions");
-                    continue;
+                    tracing::warn!(node = %self.node, peer = %n, "cluster: no answer in time about the sessions it holds");
                 }
-            };
-            let (deferred, fresh): (Vec<String>, Vec<String>) = held
-                .into_iter()
-                .filter(|c| !pushed.contains(c))
-                .partition(|c| b.defer_restored(c));
-            if !deferred.is_empty() {
-                tracing::info!(node = %self.node, peer = %n, sessions = deferred.len(), "cluster: restored sessions that peer took over from their replicas dropped here (nothing of them is missing there)");
-            }
-            for client_id in self.push_to(&n, fresh) {
-                tracing::info!(node = %self.node, client_id = %client_id, to = %n, "cluster: restored session pushed to the node its client reconnected to");
-                pushed.insert(client_id);
             }
         }
-        pushed.len()
+        answers
     }
 
     /// Pushes this node's sessions of `client_ids` to peer `n` with the freeze → confirm

@@ -176,6 +176,13 @@ pub trait Peers: Send + Sync {
     /// Pushes this node's sessions of `client_ids` to `n` (freeze → confirm: merged there,
     /// deleted here once confirmed); returns how many were sent.
     fn push_sessions(&self, n: &Arc<str>, client_ids: Vec<String>) -> usize;
+    /// Which of `client_ids` a live peer holds a persistent session of (every peer asked at
+    /// once, the answers that came within `timeout`).
+    fn held_by_peers(
+        &self,
+        client_ids: Vec<String>,
+        timeout: std::time::Duration,
+    ) -> BoxFuture<'_, std::collections::HashSet<String>>;
 }
 
 /// What the other nodes ask of this one: the core's side of the boundary, given to the cluster

@@ -199,6 +199,20 @@ impl Peers for Cluster {
         }
     }
 
+    fn held_by_peers(
+        &self,
+        client_ids: Vec<String>,
+        timeout: std::time::Duration,
+    ) -> super::BoxFuture<'_, std::collections::HashSet<String>> {
+        Box::pin(async move {
+            self.ask_holds(client_ids, timeout)
+                .await
+                .into_iter()
+                .flat_map(|(_, held)| held)
+                .collect()
+        })
+    }
+
     fn reachable(&self, n: &str) -> bool {
         self.is_member(n) && lock(&self.peers).get(n).is_some_and(|p| p.reachable())
     }

@@ -45,7 +45,12 @@ impl Conn {
                 }
             }
         }
-        self.b.persist_subscriptions(&self.s, &changed).await;
+        if let Err(e) = self.b.persist_subscriptions(&self.s, &changed).await {
+            // not acknowledged: the session keeps the change here, and its next write copies
+            // it whole to the replica; the client sends the packet again
+            tracing::error!(client_id = %self.s.client_id, error = %e, "subscription change not durable; closing without acknowledgement");
+            return Err(CloseReason::NotAcknowledged);
+        }
         if !self.v.is_v5() {
             for c in &mut codes {
                 if *c >= 0x80 {
@@ -160,7 +165,12 @@ impl Conn {
                 reason::NO_SUBSCRIPTION_EXISTED
             });
         }
-        self.b.persist_subscriptions(&self.s, &changed).await;
+        if let Err(e) = self.b.persist_subscriptions(&self.s, &changed).await {
+            // not acknowledged: the session keeps the change here, and its next write copies
+            // it whole to the replica; the client sends the packet again
+            tracing::error!(client_id = %self.s.client_id, error = %e, "subscription change not durable; closing without acknowledgement");
+            return Err(CloseReason::NotAcknowledged);
+        }
         self.send(&Packet::UnsubAck(UnsubAck {
             packet_id: u.packet_id,
             properties: AckProperties::default(),

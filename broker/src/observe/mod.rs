@@ -4,5 +4,6 @@
 
 pub mod admin;
 pub mod drain_api;
+pub mod placement;
 pub mod status;
 pub mod sys;

@@ -86,7 +86,8 @@ pub struct Replication {
     /// The live peers (without this node), sorted: the placement's input.
     up: Mutex<Arc<[Arc<str>]>>,
     /// Client id → the node that has a complete copy of its session.
-    synced: Mutex<HashMap<Arc<str>, Arc<str>>>,
+    /// (Shared with the acknowledgement waits, which forget a copy whose write failed.)
+    synced: Arc<Mutex<HashMap<Arc<str>, Arc<str>>>>,
     pending: Mutex<Pending>,
     /// Rung when `pending` got work.
     wake: Notify,
@@ -118,7 +119,7 @@ impl Replication {
             rate: rate.max(1),
             peers: OnceLock::new(),
             up: Mutex::new(Arc::from(Vec::new())),
-            synced: Mutex::new(HashMap::new()),
+            synced: Arc::new(Mutex::new(HashMap::new())),
             pending: Mutex::new(Pending::default()),
             wake: Notify::new(),
             standby: Mutex::new(HashMap::new()),
@@ -262,6 +263,9 @@ impl Replication {
     }
 }
 
+/// What one write sends to one replica: the replica, the ops, the clients they are of.
+type Group<'a> = (Arc<str>, Vec<&'a Op>, Vec<Arc<str>>);
+
 /// The ops of one batch grouped by client id, in order (a batch is mostly one client).
 fn by_client(ops: &[Op]) -> Vec<(&str, Vec<&Op>)> {
     let mut v: Vec<(&str, Vec<&Op>)> = Vec::new();
@@ -281,7 +285,7 @@ impl Tap for Replication {
     fn tap(&self, ops: &[Op], wait: bool) -> Option<TapWait> {
         let peers = self.peers.get()?;
         let up = self.up();
-        let mut groups: Vec<(Arc<str>, Vec<&Op>)> = Vec::new();
+        let mut groups: Vec<Group<'_>> = Vec::new();
         let mut waits: Vec<TapWait> = Vec::new();
         for (client, list) in by_client(ops) {
             let Some(target) = replica_of(client, &self.node, &up) else {
@@ -328,22 +332,35 @@ impl Tap for Replication {
                     }
                 }
             }
-            match groups.iter_mut().find(|(t, _)| *t == target) {
-                Some((_, g)) => g.extend(list),
-                None => groups.push((target, list)),
+            match groups.iter_mut().find(|(t, _, _)| *t == target) {
+                Some((_, g, cs)) => {
+                    g.extend(list);
+                    cs.push(Arc::from(client));
+                }
+                None => groups.push((target, list, vec![Arc::from(client)])),
             }
         }
-        for (target, list) in groups {
+        for (target, list, clients) in groups {
             let mut bytes = Vec::new();
             ops::encode(list, &mut bytes);
             self.metrics.replica.writes.inc();
             match peers.replicate(&target, bytes, wait) {
                 Ok(Some(ack)) => {
                     let m = self.metrics.clone();
+                    let synced = self.synced.clone();
                     waits.push(Box::pin(async move {
                         if tokio::time::timeout(ACK_WAIT, ack).await == Ok(true) {
                             Ok(())
                         } else {
+                            // the copies there may miss this write: copied whole at the next
+                            {
+                                let mut s = lock(&synced);
+                                for c in &clients {
+                                    if s.get(c) == Some(&target) {
+                                        s.remove(c);
+                                    }
+                                }
+                            }
                             m.replica
                                 .failures
                                 .get_or_create(&Reason {

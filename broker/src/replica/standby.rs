@@ -186,6 +186,61 @@ impl Replication {
             .inc();
     }
 
+    /// Makes the standby copy of `client` (held by `holder`) a session of this node; false
+    /// when there was none.
+    async fn promote(&self, client: &Arc<str>, holder: &Arc<str>, trigger: &str) -> bool {
+        let Some(export) = self.take_standby(client).await else {
+            return false;
+        };
+        if !self.registry.adopt_session(client, export) {
+            return false;
+        }
+        self.promoted(trigger);
+        lock(&self.promoted_from).insert(client.clone(), holder.clone());
+        true
+    }
+
+    /// At start, before serving (after the peers' routes are in): the standby copies restored
+    /// from `data_dir` whose holder is not reachable. Their holder died while this node was
+    /// away, so no "down" is ever seen here for it. A copy some live peer holds a session of
+    /// (the copy was promoted there, or its client went there) is dropped; the others are
+    /// promoted as [`Replication::holder_down`] does. Without this they would sit here
+    /// unrouted, and what is published to them would be dropped until their client came.
+    /// `timeout`: how long the peers' answers are awaited. Returns how many were promoted.
+    pub async fn promote_orphans(self: &Arc<Self>, timeout: std::time::Duration) -> usize {
+        let Some(p) = self.peers.get().cloned() else {
+            return 0;
+        };
+        let orphans: Vec<(Arc<str>, Arc<str>)> = lock(&self.standby)
+            .iter()
+            .filter(|(_, h)| ***h != *self.node && !p.reachable(h))
+            .map(|(c, h)| (c.clone(), h.clone()))
+            .collect();
+        if orphans.is_empty() {
+            return 0;
+        }
+        let ids = orphans.iter().map(|(c, _)| c.to_string()).collect();
+        let held = p.held_by_peers(ids, timeout).await;
+        let mut promoted = 0;
+        let mut holders = std::collections::BTreeSet::new();
+        for (c, h) in orphans {
+            if held.contains(&*c) {
+                self.discard_standby(&c);
+            } else if self.promote(&c, &h, "restored").await {
+                promoted += 1;
+                holders.insert(h);
+            }
+        }
+        let _ = self.store.flush_local().await;
+        tracing::warn!(node = %self.node, promoted, holders = ?holders, "replication: standby copies restored from data_dir whose holder is gone are sessions of this node now");
+        if self.holder {
+            for h in &holders {
+                p.promoted(h);
+            }
+        }
+        promoted
+    }
+
     /// Holder `n` is down: every standby copy it has here becomes a session of this node
     /// (routes announced), then the peers are told ([`crate::cluster::Peers::promoted`]).
     pub fn holder_down(self: &Arc<Self>, n: &Arc<str>) {
@@ -204,14 +259,7 @@ impl Replication {
                 .collect();
             let mut promoted = 0;
             for c in &mine {
-                let Some(export) = me.take_standby(c).await else {
-                    continue;
-                };
-                if me.registry.adopt_session(c, export) {
-                    promoted += 1;
-                    me.promoted("holder_down");
-                    lock(&me.promoted_from).insert(c.clone(), n.clone());
-                }
+                promoted += usize::from(me.promote(c, &n, "holder_down").await);
             }
             // the sessions are routed from here before the peers hear it
             let _ = me.store.flush_local().await;

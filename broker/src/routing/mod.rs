@@ -21,11 +21,11 @@ use crate::config::SharedPolicy;
 use crate::message::Message;
 use crate::store::{Op, Store, StoreError, Table};
 
-/// Where one message goes.
-#[derive(Default)]
-pub struct Plan {
+/// Where one message goes; `K` names a local subscriber (the broker's trie holds a handle to
+/// its session).
+pub struct Plan<K> {
     /// Local deliveries: direct subscribers first, then one member per shared group.
-    pub local: Vec<(Arc<str>, SubOptions)>,
+    pub local: Vec<(K, SubOptions)>,
     /// Copies for other nodes, one per node.
     pub remote: Vec<RemoteCopy>,
 }
@@ -41,7 +41,7 @@ pub struct RemoteCopy {
 }
 
 /// A shared group's local members and the other nodes with members.
-type GroupCandidates = (Vec<(Arc<str>, SubOptions)>, Vec<Arc<str>>);
+type GroupCandidates<K> = (Vec<(K, SubOptions)>, Vec<Arc<str>>);
 
 /// Retained messages and the shared-group policy: the routing state beside the trie.
 pub struct Routing {
@@ -85,26 +85,29 @@ impl Routing {
     /// Plans a publish from its local and remote matches: shared groups get one member
     /// cluster-wide per (group, filter); `ready` says how ready each local client is to take
     /// it (a member with room first).
-    pub fn plan(
+    pub fn plan<K: Clone>(
         &self,
-        local: Matches<Arc<str>>,
+        local: Matches<K>,
         remote: Option<Matches<Arc<str>>>,
-        ready: &dyn Fn(&str) -> Readiness,
-    ) -> Plan {
+        ready: &dyn Fn(&K) -> Readiness,
+    ) -> Plan<K> {
         let mut plan = Plan {
             local: local.direct,
             remote: Vec::new(),
         };
         let mut remote_shared: HashMap<Arc<str>, Vec<(String, String)>> = HashMap::new();
-        let mut groups: HashMap<(String, String), GroupCandidates> = HashMap::new();
+        let mut groups: HashMap<(String, String), GroupCandidates<K>> = HashMap::new();
         for g in local.shared {
-            groups.entry((g.group, g.filter)).or_default().0 = g.members;
+            groups
+                .entry((g.group, g.filter))
+                .or_insert_with(|| (Vec::new(), Vec::new()))
+                .0 = g.members;
         }
         if let Some(rm) = &remote {
             for g in &rm.shared {
                 groups
                     .entry((g.group.clone(), g.filter.clone()))
-                    .or_default()
+                    .or_insert_with(|| (Vec::new(), Vec::new()))
                     .1 = g.members.iter().map(|(n, _)| n.clone()).collect();
             }
         }
@@ -139,13 +142,13 @@ impl Routing {
 
     /// Plans a message another node forwarded: local direct subscribers when `direct`, and one
     /// local member of each listed shared group (the readiest). Never another node.
-    pub fn plan_forwarded(
+    pub fn plan_forwarded<K: Clone>(
         &self,
-        local: Matches<Arc<str>>,
+        local: Matches<K>,
         direct: bool,
         shared: &[(String, String)],
-        ready: &dyn Fn(&str) -> Readiness,
-    ) -> Vec<(Arc<str>, SubOptions)> {
+        ready: &dyn Fn(&K) -> Readiness,
+    ) -> Vec<(K, SubOptions)> {
         let mut out = if direct { local.direct } else { Vec::new() };
         for (group, filter) in shared {
             if let Some(g) = local
@@ -246,7 +249,7 @@ mod tests {
 
     #[test]
     fn a_member_with_room_is_picked_first() {
-        let rank = |c: &str| match c {
+        let rank = |c: &Arc<str>| match &**c {
             "x" => Readiness::Offline,
             "y" => Readiness::Congested,
             _ => Readiness::Ready,

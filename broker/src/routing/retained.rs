@@ -384,16 +384,7 @@ mod tests {
         assert_eq!(topics(r.matching("+/+")), vec!["a/$SYS"]);
     }
 
-    /// Small deterministic PRNG (xorshift64*), so the cross-check needs no dependency.
-    struct Rng(u64);
-    impl Rng {
-        fn below(&mut self, n: usize) -> usize {
-            self.0 ^= self.0 >> 12;
-            self.0 ^= self.0 << 25;
-            self.0 ^= self.0 >> 27;
-            (self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) % n as u64) as usize
-        }
-    }
+    use crate::test_rng::Rng;
 
     fn random_levels(rng: &mut Rng, alphabet: &[&str]) -> String {
         let n = 1 + rng.below(4);

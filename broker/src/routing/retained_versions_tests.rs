@@ -86,16 +86,7 @@ fn a_local_publish_is_always_newer_even_behind_a_fast_clock() {
     assert!(fresh.ms <= unix_ms() && fresh.ms + 60_000 > unix_ms());
 }
 
-/// Small deterministic PRNG (xorshift64*), so the model check needs no dependency.
-struct Rng(u64);
-impl Rng {
-    fn below(&mut self, n: usize) -> usize {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        (self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) % n as u64) as usize
-    }
-}
+use crate::test_rng::Rng;
 
 /// Every node that receives the same changes, in any order, any number of times, ends with the
 /// newest change of each topic: the one a brute-force model picks.

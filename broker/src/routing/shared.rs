@@ -36,9 +36,9 @@ pub enum Readiness {
 }
 
 /// Where a shared group's copy goes.
-pub enum Target {
+pub enum Target<K> {
     /// A member on this node.
-    Local(Arc<str>, SubOptions),
+    Local(K, SubOptions),
     /// Another node (which picks one of its members).
     Node(Arc<str>),
 }
@@ -61,14 +61,14 @@ impl Shared {
     }
 
     /// Chooses where a shared group's copy goes, by policy: a local member or another node.
-    pub fn choose(
+    pub fn choose<K: Clone>(
         &self,
         group: &str,
         filter: &str,
-        local: &[(Arc<str>, SubOptions)],
+        local: &[(K, SubOptions)],
         nodes: &[Arc<str>],
-        ready: &dyn Fn(&str) -> Readiness,
-    ) -> Option<Target> {
+        ready: &dyn Fn(&K) -> Readiness,
+    ) -> Option<Target<K>> {
         let local_pick = || {
             self.pick(group, filter, local, ready)
                 .map(|(c, o)| Target::Local(c, o))
@@ -98,19 +98,19 @@ impl Shared {
     }
 
     /// Picks one local member of a group among the readiest (`ready` says how ready each is).
-    pub fn pick(
+    pub fn pick<K: Clone>(
         &self,
         group: &str,
         filter: &str,
-        members: &[(Arc<str>, SubOptions)],
-        ready: &dyn Fn(&str) -> Readiness,
-    ) -> Option<(Arc<str>, SubOptions)> {
+        members: &[(K, SubOptions)],
+        ready: &dyn Fn(&K) -> Readiness,
+    ) -> Option<(K, SubOptions)> {
         // the readiest members only: a message should not wait in an offline or congested
         // member's queue while another member could take it now
-        let ranked: Vec<(Readiness, &(Arc<str>, SubOptions))> =
+        let ranked: Vec<(Readiness, &(K, SubOptions))> =
             members.iter().map(|m| (ready(&m.0), m)).collect();
         let best = ranked.iter().map(|(r, _)| *r).max()?;
-        let pool: Vec<&(Arc<str>, SubOptions)> = ranked
+        let pool: Vec<&(K, SubOptions)> = ranked
             .into_iter()
             .filter(|(r, _)| *r == best)
             .map(|(_, m)| m)

@@ -407,7 +407,10 @@ impl<K: Clone + Eq + Hash> Router<K> {
         if members.is_empty() {
             self.filters.fetch_add(1, Ordering::Relaxed);
         }
-        let is_new = members.insert(key.clone(), opts).is_none();
+        // the new key replaces an equal old one (a key may carry more than what it is
+        // compared by: the broker's holds a handle to the subscriber's current session)
+        let is_new = members.remove(key).is_none();
+        members.insert(key.clone(), opts);
         if is_new {
             self.subscriptions.fetch_add(1, Ordering::Relaxed);
         }

@@ -279,19 +279,7 @@ fn hundred_thousand_filters() {
     );
 }
 
-/// Small deterministic PRNG (xorshift64*), so the cross-check needs no dependency.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-}
+use crate::test_rng::Rng;
 
 fn random_topic(rng: &mut Rng) -> String {
     const LEVELS: [&str; 5] = ["a", "b", "", "$s", "c"];

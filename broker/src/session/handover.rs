@@ -112,6 +112,19 @@ impl Registry {
             .collect()
     }
 
+    /// The client ids of the persistent sessions held here, not moved away (what
+    /// `GET /api/placement` looks through for sessions off their hash home).
+    pub fn held_ids(&self) -> Vec<Arc<str>> {
+        self.all()
+            .into_iter()
+            .filter(|s| {
+                let st = s.lock();
+                st.persistent() && !st.frozen.as_ref().is_some_and(|f| f.moved)
+            })
+            .map(|s| s.client_id.clone())
+            .collect()
+    }
+
     /// Which of `client_ids` this node holds a persistent session of, not moved away;
     /// `offline_only`: whose client is not connected here.
     pub fn holds(&self, client_ids: &[String], offline_only: bool) -> Vec<String> {

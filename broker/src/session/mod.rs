@@ -6,6 +6,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -22,11 +23,13 @@ mod handover;
 mod queue;
 pub mod record;
 pub mod registry;
+mod route;
 mod subs;
 
 pub use self::queue::{QueueRules, Writes, OVERFLOW_FACTOR};
 pub use self::record::{decode_outgoing, encode_outgoing, message_key, message_prefix};
 pub use self::registry::{Attach, Registry};
+pub use self::route::SessionRef;
 pub use self::subs::Subscriptions;
 
 /// One subscription of a session.
@@ -179,6 +182,9 @@ pub struct Session {
     /// Rung when the queue of a connected session is no longer congested: publishers held
     /// back by this session's backlog (for at most `publisher_hold`) continue.
     pub space: Notify,
+    /// Set once the registry no longer holds this session for its client id (removed, or
+    /// replaced): the trie's handles to it ([`SessionRef`]) stop being used.
+    retired: AtomicBool,
 }
 
 impl Session {
@@ -189,7 +195,18 @@ impl Session {
             state: Mutex::new(State::new()),
             notify: Notify::new(),
             space: Notify::new(),
+            retired: AtomicBool::new(false),
         }
+    }
+
+    /// Marks the session as no longer the registry's (done under the registry's lock).
+    pub(super) fn retire(&self) {
+        self.retired.store(true, Ordering::Release);
+    }
+
+    /// Whether the registry no longer holds this session.
+    pub fn is_retired(&self) -> bool {
+        self.retired.load(Ordering::Acquire)
     }
 
     /// A session restored from the store.
@@ -199,6 +216,7 @@ impl Session {
             state: Mutex::new(st),
             notify: Notify::new(),
             space: Notify::new(),
+            retired: AtomicBool::new(false),
         }
     }
 

@@ -16,11 +16,12 @@ use super::record::{
     sub_delete, sub_put,
 };
 use super::subs::Subscriptions;
-use super::{sub_options, Attached, Await, Session, State, Sub};
+use super::{sub_options, Attached, Await, Session, SessionRef, State, Sub};
 use crate::cluster::{Peers, SessionExport};
 use crate::metrics::Metrics;
 use crate::protocol::{reason, QoS, Version, Will};
 use crate::routing::shared::{shard_of, SHARDS};
+use crate::routing::SubOptions;
 use crate::store::{Op, Store, StoreError, Table};
 
 #[path = "timers.rs"]
@@ -114,13 +115,20 @@ impl Registry {
             }
             let id: Arc<str> = Arc::from(id);
             for (f, s) in &st.subs {
-                self.subs.trie().subscribe(&id, f, sub_options(s));
                 migrate.push(sub_put(&id, f, s));
             }
             if !st.subs.is_empty() {
                 migrate.push(record_put(&id, st.encode()));
             }
+            let subs: Vec<(String, SubOptions)> = st
+                .subs
+                .iter()
+                .map(|(f, s)| (f.clone(), sub_options(s)))
+                .collect();
             let s = Arc::new(Session::restored(id.clone(), st));
+            for (f, o) in subs {
+                self.subs.trie().subscribe(&SessionRef::new(&s), &f, o);
+            }
             self.shard(&id).insert(id, s);
             restored += 1;
         }
@@ -137,7 +145,7 @@ impl Registry {
             };
             self.subs
                 .trie()
-                .subscribe(&s.client_id, &f, sub_options(&sub));
+                .subscribe(&SessionRef::new(&s), &f, sub_options(&sub));
             s.lock().subs.insert(f, sub);
         }
         if !migrate.is_empty() {
@@ -209,6 +217,11 @@ impl Registry {
         self.shard(id).get(id).cloned()
     }
 
+    /// The session a trie entry names: its handle while good, else by client id.
+    pub fn resolve(&self, r: &SessionRef) -> Option<Arc<Session>> {
+        r.live().or_else(|| self.get(r.id()))
+    }
+
     /// Whether a client's session has a connection (shared groups prefer such members).
     pub fn is_online(&self, id: &str) -> bool {
         self.get(id).is_some_and(|s| s.lock().conn.is_some())
@@ -265,6 +278,7 @@ impl Registry {
                     ends
                 };
                 if ends {
+                    s.retire();
                     discard = Some(s);
                     let n = Arc::new(Session::new(id.clone()));
                     map.insert(id.clone(), n.clone());
@@ -359,7 +373,10 @@ impl Registry {
         let removed = {
             let mut map = self.shard(&s.client_id);
             match map.get(&s.client_id) {
-                Some(cur) if Arc::ptr_eq(cur, s) => map.remove(&s.client_id).is_some(),
+                Some(cur) if Arc::ptr_eq(cur, s) => {
+                    s.retire();
+                    map.remove(&s.client_id).is_some()
+                }
                 _ => false,
             }
         };
@@ -520,7 +537,10 @@ impl Registry {
         {
             // the handed-over session is the newer one (the client was last connected there):
             // it replaces whatever stale session this node still held
-            let stale = self.shard(id).insert(id.clone(), s.clone());
+            let stale = self
+                .shard(id)
+                .insert(id.clone(), s.clone())
+                .inspect(|o| o.retire());
             if let Some(old) = stale {
                 // a copy handed away: what queued into it since still follows the client; an
                 // independent copy (restored from `data_dir`, or opened while the other node
@@ -541,7 +561,7 @@ impl Registry {
         }
         self.metrics.sessions.inc();
         for (f, sub) in subs {
-            self.subs.add(id, &f, sub_options(&sub));
+            self.subs.add(&s, &f, sub_options(&sub));
         }
         self.subs.count_changed();
         if let Some(store) = &self.store {
@@ -553,12 +573,16 @@ impl Registry {
 
     /// Persists subscription changes of a persistent session (`None`: removed), one row per
     /// filter; resolves when durable.
-    pub async fn persist_subs(&self, s: &Session, changed: &[(String, Option<Sub>)]) {
+    pub async fn persist_subs(
+        &self,
+        s: &Session,
+        changed: &[(String, Option<Sub>)],
+    ) -> Result<(), crate::store::StoreError> {
         let (Some(store), false) = (&self.store, changed.is_empty()) else {
-            return;
+            return Ok(());
         };
         if !s.lock().persistent() {
-            return;
+            return Ok(());
         }
         let id = &s.client_id;
         let ops = changed
@@ -568,6 +592,6 @@ impl Registry {
                 None => sub_delete(id, f),
             })
             .collect();
-        let _ = store.write(ops).await;
+        store.write(ops).await
     }
 }

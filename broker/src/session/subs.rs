@@ -3,14 +3,14 @@
 
 use std::sync::{Arc, OnceLock};
 
-use super::{sub_options, Session, Sub};
+use super::{sub_options, Session, SessionRef, Sub};
 use crate::cluster::Peers;
 use crate::metrics::Metrics;
 use crate::routing::{Router, SubOptions};
 
 /// Local subscriptions by filter, and where route changes are announced.
 pub struct Subscriptions {
-    trie: Router<Arc<str>>,
+    trie: Router<SessionRef>,
     peers: OnceLock<Arc<dyn Peers>>,
     metrics: Arc<Metrics>,
 }
@@ -25,7 +25,7 @@ impl Subscriptions {
     }
 
     /// The trie itself: matching on the publish path, counts for `$SYS` and the admin API.
-    pub fn trie(&self) -> &Router<Arc<str>> {
+    pub fn trie(&self) -> &Router<SessionRef> {
         &self.trie
     }
 
@@ -39,8 +39,8 @@ impl Subscriptions {
     }
 
     /// Adds a subscription for a session; returns whether it is new (for Retain Handling 1).
-    pub fn subscribe(&self, s: &Session, filter: &str, sub: Sub) -> bool {
-        self.add(&s.client_id, filter, sub_options(&sub));
+    pub fn subscribe(&self, s: &Arc<Session>, filter: &str, sub: Sub) -> bool {
+        self.add(s, filter, sub_options(&sub));
         let new = s.lock().subs.insert(filter.to_string(), sub).is_none();
         self.count_changed();
         new
@@ -54,10 +54,11 @@ impl Subscriptions {
         existed
     }
 
-    /// Puts a client into the trie; a new subscription counts toward the route the cluster
-    /// announces for its filter.
-    pub(super) fn add(&self, client: &Arc<str>, filter: &str, opts: SubOptions) {
-        if self.trie.subscribe(client, filter, opts) {
+    /// Puts a client's session into the trie (its handle replacing an older one of the same
+    /// client id); a new subscription counts toward the route the cluster announces for its
+    /// filter.
+    pub(super) fn add(&self, s: &Arc<Session>, filter: &str, opts: SubOptions) {
+        if self.trie.subscribe(&SessionRef::new(s), filter, opts) {
             if let Some(c) = self.peers() {
                 c.local_add(filter);
             }
@@ -66,7 +67,7 @@ impl Subscriptions {
 
     /// Takes a client out of the trie; a removed subscription counts down that route.
     pub(super) fn remove(&self, client: &Arc<str>, filter: &str) {
-        if self.trie.unsubscribe(client, filter) {
+        if self.trie.unsubscribe(&SessionRef::id_only(client), filter) {
             if let Some(c) = self.peers() {
                 c.local_del(filter);
             }

@@ -18,6 +18,7 @@
 pub mod balance;
 mod check;
 mod drain;
+pub mod placement;
 #[cfg(test)]
 mod tests;
 

@@ -16,6 +16,7 @@ use mqedge_shared::tls::ClientAuth;
 use serde::Deserialize;
 
 pub mod net;
+pub mod placement;
 mod resume;
 #[cfg(test)]
 mod tests;
@@ -23,6 +24,7 @@ pub mod ticket_keys;
 mod validate;
 
 pub use net::{ListenerNet, SocketBufs};
+pub use placement::PlacementConfig;
 
 /// Which key a connection is hashed on.
 ///
@@ -287,4 +289,6 @@ pub struct Config {
     pub health: HealthConfig,
     /// `[[backend]]`.
     pub backends: Vec<BackendConfig>,
+    /// `[placement]` and the backends' `admin` feeds.
+    pub placement: Arc<PlacementConfig>,
 }

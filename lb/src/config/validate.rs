@@ -32,6 +32,7 @@ struct RawFile {
     health: Option<RawHealth>,
     #[serde(default)]
     backend: Vec<RawBackend>,
+    placement: Option<super::placement::RawPlacement>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -122,6 +123,8 @@ struct RawBackend {
     proxy_tlvs: Option<Spanned<Vec<Spanned<String>>>>,
     sndbuf: Option<Spanned<ByteSize>>,
     rcvbuf: Option<Spanned<ByteSize>>,
+    /// The broker's admin API, where its placement feed is read (`super::placement`).
+    admin: Option<Spanned<String>>,
 }
 
 impl Config {
@@ -145,6 +148,12 @@ fn parse(path: &Path, src: &str) -> Result<Config, ConfigErrors> {
     let listeners = parse_listeners(path, raw.listener, &mut p);
     let balance = parse_balance(raw.balance, &mut p);
     let health = parse_health(raw.health, &mut p);
+    let admins = raw
+        .backend
+        .iter()
+        .filter_map(|b| Some((b.name.get_ref().clone(), b.admin.clone()?)))
+        .collect();
+    let placement = super::placement::parse(path, raw.placement, admins, &mut p);
     let backends = parse_backends(raw.backend, &mut p);
     p.finish()?;
     Ok(Config {
@@ -154,6 +163,7 @@ fn parse(path: &Path, src: &str) -> Result<Config, ConfigErrors> {
         balance,
         health,
         backends,
+        placement: std::sync::Arc::new(placement),
     })
 }
 

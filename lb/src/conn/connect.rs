@@ -2,7 +2,8 @@
 //! first); a failed connect is invisible to the client because its CONNECT was only peeked.
 //! Each attempt dials with [`Backend::dial`] (as the health checks do), writes the backend's
 //! PROXY header ([`super::proxy_out`]) and the replayed bytes; a failed one counts as a failed
-//! health check (passive health).
+//! health check (passive health). With placement feeds on, a client the cluster holds off its
+//! hash home tries that backend first ([`placed_first`]).
 
 use std::io;
 use std::sync::Arc;
@@ -11,14 +12,15 @@ use std::time::Instant;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-use crate::backend::balance::Candidate;
+use crate::backend::balance::{Candidate, Strategy};
+use crate::backend::placement::prefer;
 use crate::backend::Backend;
 use crate::conn::listener::ListenerRt;
 use crate::conn::peek::Peeked;
 use crate::conn::pump::{ConnLog, Established, PumpCounters};
 use crate::conn::shape::Shaping;
 use crate::conn::{proxy_out, ClientFacts, ClientStream};
-use crate::metrics::BackendLabel;
+use crate::metrics::{BackendLabel, PickLabel};
 use crate::signal::Subscription;
 use crate::state::{Lb, Live};
 
@@ -53,13 +55,14 @@ pub async fn forward(
             active: b.active(),
         })
         .collect();
-    let order = lb.picker().order(
+    let mut order = lb.picker().order(
         live.balance.strategy,
         live.balance.fallback,
         &peeked.client_id,
         facts.src.ip(),
         &cands,
     );
+    placed_first(lb, live, &peeked.client_id, &cands, &mut order);
     let attempts = live.balance.retries as usize + 1;
     for &i in order.iter().take(attempts) {
         let b = ok[i];
@@ -94,6 +97,35 @@ pub async fn forward(
         "closed: no backend available"
     );
     None
+}
+
+/// With the `client_id` strategy and placement feeds on: a client whose session the feeds place
+/// on a usable backend tries that one first, then the hash order; counted by what decided.
+fn placed_first(
+    lb: &Lb,
+    live: &Live,
+    client_id: &str,
+    cands: &[Candidate<'_>],
+    order: &mut [usize],
+) {
+    if live.balance.strategy != Strategy::ClientId
+        || client_id.is_empty()
+        || live.placement.feeds.is_empty()
+    {
+        return;
+    }
+    let snap = lb.placement();
+    let at = snap
+        .lookup(client_id)
+        .and_then(|n| cands.iter().position(|c| c.name == n));
+    let source = match at {
+        Some(i) if prefer(order, i) => "exception",
+        _ => "hash",
+    };
+    lb.metrics()
+        .placement_picks
+        .get_or_create(&PickLabel { source })
+        .inc();
 }
 
 /// One connect attempt under `[health] timeout`: dial, then the PROXY header and the replayed

@@ -1,6 +1,8 @@
 //! The admin HTTP API on `[lb] admin` (axum): `/healthz`, `/metrics` (Prometheus text),
 //! `GET /api/backends`, `POST /api/backends/{name}/drain` (and `/ready` to undo it),
-//! `GET /api/reload`, and the status page `GET /` with its JSON `GET /api/status` (`status`).
+//! `GET /api/reload`, the placement feeds' state `GET /api/placement` (and
+//! `/api/placement/{client_id}`: where that client goes now), and the status page `GET /` with
+//! its JSON `GET /api/status` (`status`).
 //! Shapes are DESIGN.md's; bind it to a private address. Every request
 //! passes the shared admin guard first.
 //!
@@ -81,6 +83,14 @@ async fn status(State(lb): State<Arc<Lb>>) -> Json<Value> {
     Json(crate::control::status::status_json(&lb))
 }
 
+async fn placement(State(lb): State<Arc<Lb>>) -> Json<Value> {
+    Json(crate::control::placement::status_json(&lb))
+}
+
+async fn placement_of(State(lb): State<Arc<Lb>>, Path(id): Path<String>) -> Json<Value> {
+    Json(crate::control::placement::client_json(&lb, &id))
+}
+
 async fn reload(State(lb): State<Arc<Lb>>) -> Json<Value> {
     let generation = lb.live().generation;
     let last_error = lb.reload_status().last_error();
@@ -100,6 +110,8 @@ pub fn router(lb: Arc<Lb>) -> Router {
         .route("/api/backends/{name}/drain", post(drain))
         .route("/api/backends/{name}/ready", post(ready))
         .route("/api/reload", get(reload))
+        .route("/api/placement", get(placement))
+        .route("/api/placement/{client_id}", get(placement_of))
         .with_state(lb);
     admin::guarded(
         routes,

@@ -92,6 +92,7 @@ pub fn apply(lb: &Arc<Lb>, listeners: &Listeners, new: &Config) -> Applied {
         balance: new.balance,
         health: new.health,
         backends: next,
+        placement: new.placement.clone(),
         generation: out.generation,
     });
     for b in &removed {
