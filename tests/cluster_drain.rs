@@ -120,8 +120,26 @@ async fn drain_node2(name: &'static str, tag: &str, rate: u32, start: fn(&mut Ri
 }
 
 fn post_drain(rig: &mut Rig) {
-    let (code, body) = http("POST", rig.cl.admin(1), "/api/drain");
+    let admin = rig.cl.admin(1);
+    // a state-changing request: refused without the admin header
+    let host = admin.to_string();
+    let (code, _) = http_request("POST", admin, "/api/drain", &[("Host", host.as_str())]);
+    assert_eq!(code, 403, "POST /api/drain without x-mqedge-admin");
+    let (code, body) = http("POST", admin, "/api/drain");
     assert_eq!(code, 202, "POST /api/drain: {body}");
+}
+
+/// Without `[cluster]` there is nowhere to move the clients: `POST /api/drain` says so (409),
+/// and the node goes on serving.
+#[test]
+fn d0_a_single_node_does_not_drain() {
+    let dir = TempDir::new("drn-single");
+    let n = BrokerProc::start(&dir.write("b.toml", &broker_config("127.0.0.1:0", "", "")));
+    let (code, body) = http("POST", n.admin(), "/api/drain");
+    assert_eq!(code, 409, "{body}");
+    assert!(body.contains("no [cluster]"), "{body}");
+    assert_eq!(get_json(n.admin(), "/api/drain")["state"], "serving");
+    assert_eq!(http("GET", n.admin(), "/healthz").0, 200);
 }
 
 fn sigterm(rig: &mut Rig) {
