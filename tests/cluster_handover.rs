@@ -295,7 +295,8 @@ async fn sigterm_hands_every_session_to_the_lbs_next_pick() {
             "node1 did not exit"
         );
     }
-    // the online clients were told to go (v5: DISCONNECT 0x8B)
+    // the online clients were told to go elsewhere (SIGTERM drains a clustered node: v5
+    // DISCONNECT 0x9C Use another server)
     for mut c in online {
         let told = loop {
             match c.recv(Duration::from_secs(5)).await {
@@ -304,7 +305,7 @@ async fn sigterm_hands_every_session_to_the_lbs_next_pick() {
                 None => break None,
             }
         };
-        assert_eq!(told, Some(0x8B));
+        assert_eq!(told, Some(0x9C));
     }
     let acked = publisher.await.unwrap();
     let mut lost = 0;

@@ -69,6 +69,8 @@ pub struct Broker {
     started: Instant,
     /// Session replication (a cluster with `data_dir`).
     replica: Option<Arc<crate::replica::Replication>>,
+    /// The drain handshake (`POST /api/drain`, SIGTERM): read by every CONNECT.
+    drain: crate::drain::Drain,
 }
 
 /// What a publish set in motion: store writes to make durable and remote nodes' acks to await
@@ -110,6 +112,7 @@ impl Broker {
             )),
             _ => None,
         };
+        let drain = crate::drain::Drain::new(metrics.drain_moved.clone());
         let b = Broker {
             // the files were loaded (and checked) by the config's second stage
             auth: Auth::new(
@@ -131,6 +134,7 @@ impl Broker {
             store,
             metrics,
             started: Instant::now(),
+            drain,
         };
         b.restore()?;
         Ok(Arc::new(b))
@@ -155,6 +159,23 @@ impl Broker {
             );
         }
         Ok(())
+    }
+
+    /// The drain handshake's state.
+    pub fn drain(&self) -> &crate::drain::Drain {
+        &self.drain
+    }
+
+    /// Starts draining this node (`cause`: `api`, `SIGTERM`): new clients are refused with "use
+    /// another server", and the node moves its clients to its peers and stops once empty. False
+    /// without `[cluster]` (nowhere to move them) or when it drains already.
+    pub fn start_drain(&self, cause: &'static str) -> bool {
+        if self.cfg.cluster.is_none() || !self.drain.start(cause) {
+            return false;
+        }
+        self.metrics.draining.set(1);
+        tracing::info!(node = %self.cfg.name, cause, "draining: new clients are told to use another server");
+        true
     }
 
     /// The config the node runs with.

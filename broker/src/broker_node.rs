@@ -53,6 +53,23 @@ impl LocalNode for Broker {
             .freeze_export(client_id, false, token, reason::SERVER_SHUTTING_DOWN)
     }
 
+    fn export_for_drain(&self, client_id: &str, token: &FreezeToken) -> Option<SessionExport> {
+        self.registry
+            .freeze_export(client_id, false, token, reason::USE_ANOTHER_SERVER)
+    }
+
+    fn drain_candidates(&self) -> Vec<(Arc<str>, bool)> {
+        self.registry.drain_candidates()
+    }
+
+    fn kick(&self, client_id: &str, code: u8) -> bool {
+        self.registry.kick(client_id, code)
+    }
+
+    fn client_connections(&self) -> usize {
+        self.registry.connections()
+    }
+
     fn session_ids(&self) -> Vec<Arc<str>> {
         self.registry.persistent_ids()
     }

@@ -89,6 +89,10 @@ pub enum CloseReason {
     /// A will topic the client could not publish to (`$SYS`, or the ACL): CONNACK 0x87 / 0x05.
     #[error("refused: will topic not authorized")]
     WillNotAuthorized,
+    /// The node drains (`POST /api/drain`, SIGTERM): v5 CONNACK 0x9C Use another server,
+    /// 3.1.1 0x03 Server unavailable.
+    #[error("refused: the node is draining")]
+    Draining,
 
     // the end of an established connection, not counted as rejected
     /// DISCONNECT received (the will is kept unless the v5 code is 0x00).
@@ -109,6 +113,10 @@ pub enum CloseReason {
     /// The broker is shutting down (the will is kept back: not a client failure).
     #[error("client disconnected")]
     Shutdown,
+    /// The node drains and moved the session elsewhere: v5 DISCONNECT 0x9C Use another server
+    /// (the will is kept back, as at a shutdown).
+    #[error("client disconnected")]
+    Moved,
 
     // protocol violations and failures of an established connection: v5 gets a DISCONNECT
     /// A packet that does not decode.
@@ -177,6 +185,7 @@ impl CloseReason {
             KeepAlive => reason::KEEP_ALIVE_TIMEOUT,
             TakenOver => reason::SESSION_TAKEN_OVER,
             Shutdown => reason::SERVER_SHUTTING_DOWN,
+            Draining | Moved => reason::USE_ANOTHER_SERVER,
             Decode(e) => e.reason_code(),
             NotAcknowledged | PasswordChecksBusy => reason::SERVER_BUSY,
             AliasOverMax(_) => reason::TOPIC_ALIAS_INVALID,
@@ -236,6 +245,8 @@ impl CloseReason {
             KeepAlive => "keepalive",
             TakenOver => "taken_over",
             Shutdown => "server_shutdown",
+            Draining => "draining",
+            Moved => "drained",
             Decode(_)
             | NotAcknowledged
             | ExpiryAfterZero
@@ -266,7 +277,10 @@ impl CloseReason {
     /// An end that is no fault of either side: logged as "client disconnected", not counted.
     pub fn is_ordinary(&self) -> bool {
         use CloseReason::*;
-        matches!(self, Normal { .. } | Io | KeepAlive | TakenOver | Shutdown)
+        matches!(
+            self,
+            Normal { .. } | Io | KeepAlive | TakenOver | Shutdown | Moved
+        )
     }
 
     /// Whether the client's will is published: not after a DISCONNECT 0x00, nor when the
@@ -274,7 +288,7 @@ impl CloseReason {
     pub fn keeps_will(&self) -> bool {
         !matches!(
             self,
-            CloseReason::Normal { keep_will: false } | CloseReason::Shutdown
+            CloseReason::Normal { keep_will: false } | CloseReason::Shutdown | CloseReason::Moved
         )
     }
 }

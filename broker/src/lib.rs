@@ -14,6 +14,7 @@ pub mod broker;
 pub mod cluster;
 pub mod config;
 pub mod connection;
+pub mod drain;
 pub mod error;
 pub mod limits;
 pub mod listener;
@@ -81,7 +82,8 @@ pub async fn bind(cfg: &Config) -> Result<Bound, BrokerError> {
     Ok(Bound { listeners, admin })
 }
 
-/// Runs a broker node on bound listeners until `shutdown`; then stops accepting, closes client
+/// Runs a broker node on bound listeners until `shutdown` (or, clustered, until a drain started
+/// by `POST /api/drain` or [`Broker::start_drain`] has moved every client away); then stops accepting, closes client
 /// connections (v5 clients get DISCONNECT 0x8B; sessions stay, persisted when `data_dir` is set;
 /// wills are not published) and flushes the store.
 pub async fn run(
@@ -175,8 +177,22 @@ pub async fn run_wired(
         )));
     }
     drop(done_tx);
+    // (sessions a drain pushed, and whether one ran to its end)
+    let mut drained = (0, false);
     if !stopped {
-        (&mut shutdown).await;
+        match (&cluster, &b.cfg().cluster) {
+            (Some(c), Some(cc)) => tokio::select! {
+                _ = &mut shutdown => {}
+                (pushed, _) = async {
+                    b.drain().wait_started().await;
+                    c.drain(b.drain(), cc).await
+                } => {
+                    b.drain().set_phase(drain::Phase::Done);
+                    drained = (pushed, true);
+                }
+            },
+            _ => (&mut shutdown).await,
+        }
     }
     tracing::info!(node = %b.cfg().name, "shutting down");
     // stop accepting first: a client told to go must not come back here
@@ -190,7 +206,8 @@ pub async fn run_wired(
         let timeout = b.cfg().cluster.as_ref().map(|c| c.leave_timeout);
         let started = std::time::Instant::now();
         let (moved, left) = c.hand_over_all(timeout.unwrap_or_default()).await;
-        tracing::info!(node = %b.cfg().name, sessions = moved, not_confirmed = left, elapsed = ?started.elapsed(), "sessions handed over");
+        let (sessions, drained) = (moved + drained.0, drained.1);
+        tracing::info!(node = %b.cfg().name, sessions, not_confirmed = left, drained, elapsed = ?started.elapsed(), "sessions handed over");
         c.leave().await;
     }
     // connected clients are told (v5: DISCONNECT 0x8B), flushed and detached, bounded; the

@@ -122,6 +122,10 @@ pub struct Metrics {
     pub cluster_transfers_dropped: Counter,
     /// Sessions handed over to another node.
     pub cluster_handovers: Counter,
+    /// 1 while the node drains (`POST /api/drain`, SIGTERM), else 0.
+    pub draining: Gauge,
+    /// Clients and sessions a drain moved to other nodes.
+    pub drain_moved: Counter,
     /// Admin requests refused by the guard, by reason (host, origin, admin_header, token).
     pub admin_refused: Family<Reason, Counter>,
     /// Times a `[limits]` key refused or capped something, by key.
@@ -202,6 +206,8 @@ impl Metrics {
             cluster_transfers_dropped: Counter::default(),
             cluster_received: Counter::default(),
             cluster_handovers: Counter::default(),
+            draining: Gauge::default(),
+            drain_moved: Counter::default(),
             admin_refused: Family::default(),
             limit_hits: Family::default(),
             connecting: Gauge::default(),
@@ -422,6 +428,16 @@ impl Metrics {
             "cluster_session_handovers",
             "Sessions handed over to another node",
             self.cluster_handovers.clone(),
+        );
+        r.register(
+            "draining",
+            "1 while the node drains (POST /api/drain, SIGTERM)",
+            self.draining.clone(),
+        );
+        r.register(
+            "drain_moved",
+            "Clients and sessions a drain moved to other nodes",
+            self.drain_moved.clone(),
         );
     }
 

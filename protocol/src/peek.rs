@@ -184,6 +184,18 @@ pub fn encode_connect(
     username: Option<&str>,
     keep_alive: u16,
 ) -> Vec<u8> {
+    encode_connect_props(level, client_id, username, keep_alive, &[])
+}
+
+/// [`encode_connect`] with MQTT 5 user properties (left out below level 5, which has none): the
+/// LB's health check says with them that it saw a broker's drain.
+pub fn encode_connect_props(
+    level: u8,
+    client_id: &str,
+    username: Option<&str>,
+    keep_alive: u16,
+    user_properties: &[(&str, &str)],
+) -> Vec<u8> {
     let version = match level {
         3 => Version::V31,
         5 => Version::V5,
@@ -197,7 +209,14 @@ pub fn encode_connect(
         will: None,
         username: username.map(str::to_owned),
         password: None,
-        properties: ConnectProperties::default(),
+        properties: ConnectProperties {
+            user_properties: user_properties
+                .iter()
+                .filter(|_| version == Version::V5)
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            ..ConnectProperties::default()
+        },
     };
     let mut out = BytesMut::new();
     encode(&Packet::Connect(Box::new(connect)), version, &mut out);
@@ -242,6 +261,20 @@ mod tests {
             };
             assert_eq!(c.packet_len, p.len());
         }
+    }
+
+    #[test]
+    fn user_properties_only_in_v5() {
+        let props = [("mqedge-drain-ack", "lb1"), ("mqedge-lb-connections", "3")];
+        let p = encode_connect_props(5, "hc", None, 10, &props);
+        let mut b = BytesMut::from(&p[..]);
+        let Some(Packet::Connect(c)) = crate::decode(&mut b, None, 1024).unwrap() else {
+            panic!("not a CONNECT")
+        };
+        assert_eq!(c.properties.user_properties.len(), 2);
+        assert_eq!(c.properties.user_properties[0].1, "lb1");
+        let p4 = encode_connect_props(4, "hc", None, 10, &props);
+        assert_eq!(p4, encode_connect(4, "hc", None, 10));
     }
 
     #[test]

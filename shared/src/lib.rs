@@ -8,6 +8,7 @@
 pub mod admin;
 pub mod certs;
 pub mod config;
+pub mod drain;
 pub mod io;
 pub mod net;
 pub mod placement;

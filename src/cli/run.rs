@@ -61,7 +61,8 @@ impl Loaded {
                 ignore_hangup();
                 let bound = mqedge_broker::bind(&cfg).await?;
                 let b = mqedge_broker::Broker::new(*cfg)?;
-                mqedge_broker::run_with(b, bound, shutdown_signal()).await?;
+                let stop = broker_signals(b.clone());
+                mqedge_broker::run_with(b, bound, stop).await?;
             }
         }
         Ok(())
@@ -123,6 +124,33 @@ fn ignore_hangup() {
     }
 }
 
+/// A broker's stop. SIGTERM on a clustered node starts a drain (its clients move to the other
+/// nodes and the node stops by itself once empty, see docs/cluster.md "Draining a node"); then a
+/// second SIGTERM or a SIGINT resolves (the graceful leave at once) and a third exits. Without
+/// `[cluster]`, and for SIGINT, as [`shutdown_signal`].
+async fn broker_signals(b: std::sync::Arc<mqedge_broker::Broker>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        std::future::pending::<()>().await;
+        return;
+    };
+    let sigterm = tokio::select! {
+        _ = int.recv() => false,
+        _ = term.recv() => true,
+    };
+    if sigterm && b.start_drain("SIGTERM") {
+        tokio::select! {
+            _ = int.recv() => {},
+            _ = term.recv() => {},
+        }
+        tracing::warn!("second signal: leaving now without waiting for the drain");
+    }
+    exit_on_next(int, term);
+}
+
 /// Resolves on the first SIGINT or SIGTERM; a second one exits at once.
 async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
@@ -137,6 +165,11 @@ async fn shutdown_signal() {
         _ = int.recv() => {},
         _ = term.recv() => {},
     }
+    exit_on_next(int, term);
+}
+
+/// The next SIGINT or SIGTERM exits at once.
+fn exit_on_next(mut int: tokio::signal::unix::Signal, mut term: tokio::signal::unix::Signal) {
     tokio::spawn(async move {
         tokio::select! {
             _ = int.recv() => {},

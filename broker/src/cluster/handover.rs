@@ -180,7 +180,7 @@ impl Cluster {
         });
     }
 
-    fn append_to(&self, n: &str, client_id: &str, queued: Vec<Vec<u8>>) {
+    pub(super) fn append_to(&self, n: &str, client_id: &str, queued: Vec<Vec<u8>>) {
         if !queued.is_empty() {
             tracing::debug!(node = %self.node, client_id, to = %n, n = queued.len(), "cluster: messages follow a moved session");
             let client_id = client_id.to_string();
@@ -215,16 +215,13 @@ impl Cluster {
     }
 
     /// A leaving node (SIGTERM): every persistent session goes to the node the LB will pick
-    /// next for its client id (the LB's rendezvous order over the live peers' names), pushed
+    /// next for its client id (the LB's rendezvous order over the names of the live peers that
+    /// do not drain), pushed
     /// with the same freeze → confirm protocol; waits (up to `timeout`) for the confirms, then
     /// ends the moves and sends what queued since. Returns (pushed, not confirmed in time).
     pub async fn hand_over_all(self: &Arc<Self>, timeout: Duration) -> (usize, usize) {
         let Some(b) = self.core() else { return (0, 0) };
-        let live: Vec<Arc<str>> = lock(&self.status)
-            .iter()
-            .filter(|(_, s)| s.up)
-            .map(|(n, _)| n.clone())
-            .collect();
+        let live = self.targets();
         let names: Vec<&str> = live.iter().map(|n| &**n).collect();
         let mut pushed = 0;
         for client_id in b.session_ids() {
@@ -334,24 +331,39 @@ impl Cluster {
         };
         let mut sent = Vec::new();
         for client_id in client_ids {
-            let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-            let token: FreezeToken = (n.clone(), id);
-            let Some(export) = b.export_for_leave(&client_id, &token) else {
-                continue;
-            };
-            let push = Frame::Session {
-                id,
-                client_id: client_id.clone(),
-                export: Some(export),
-            };
-            if !self.send_to(n, push) {
-                b.settle_export(&client_id, &token, true);
-                continue;
+            if self.push_one(&b, n, &client_id, |b, c, t| b.export_for_leave(c, t)) {
+                sent.push(client_id);
             }
-            self.arm_freeze_deadline(client_id.clone(), token);
-            sent.push(client_id);
         }
         sent
+    }
+
+    /// Pushes this node's session of `client_id` to peer `n`, exported by `export` (which also
+    /// tells its connection why), with the freeze → confirm protocol; true when it was sent (a
+    /// session that cannot be sent stays here, unfrozen).
+    pub(super) fn push_one(
+        self: &Arc<Self>,
+        b: &Arc<dyn super::LocalNode>,
+        n: &Arc<str>,
+        client_id: &str,
+        export: impl Fn(&dyn super::LocalNode, &str, &FreezeToken) -> Option<SessionExport>,
+    ) -> bool {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let token: FreezeToken = (n.clone(), id);
+        let Some(export) = export(&**b, client_id, &token) else {
+            return false;
+        };
+        let push = Frame::Session {
+            id,
+            client_id: client_id.to_string(),
+            export: Some(export),
+        };
+        if !self.send_to(n, push) {
+            b.settle_export(client_id, &token, true);
+            return false;
+        }
+        self.arm_freeze_deadline(client_id.to_string(), token);
+        true
     }
 
     /// A peer is up again (back from a pause or a cut, or restarted): sessions of clients now

@@ -22,6 +22,7 @@
 
 mod channel;
 mod chunks;
+mod drain;
 /// Public only for the fuzz targets (`fuzz/`) and their regression tests; not an API.
 #[doc(hidden)]
 pub mod frame;
@@ -103,6 +104,8 @@ pub struct PeerStatus {
     /// Down, not left: its routes are kept (publishes toward it are refused) until it returns
     /// or `dead_after` passes.
     pub held: bool,
+    /// It announced in gossip that it drains: no node moving sessions off sends them there.
+    pub draining: bool,
 }
 
 /// A future a trait object can return (the cluster's work crosses the boundary boxed).
@@ -229,6 +232,15 @@ pub trait LocalNode: Send + Sync {
     fn load_peer_routes(&self) -> Vec<(String, Vec<u8>)>;
     /// Like `export_session` for a leaving node: its connection is told "server shutting down".
     fn export_for_leave(&self, client_id: &str, token: &FreezeToken) -> Option<SessionExport>;
+    /// Like `export_session` for a draining node: its connection is told "use another server".
+    fn export_for_drain(&self, client_id: &str, token: &FreezeToken) -> Option<SessionExport>;
+    /// What a draining node still has to move: (client id, persistent) of every session not
+    /// frozen whose client is connected or that is persistent.
+    fn drain_candidates(&self) -> Vec<(Arc<str>, bool)>;
+    /// Closes the connection of `client_id` with v5 reason `code`; false when it has none.
+    fn kick(&self, client_id: &str, code: u8) -> bool;
+    /// Client connections attached here.
+    fn client_connections(&self) -> usize;
     /// Sessions exported and not yet confirmed.
     fn frozen_pending(&self) -> usize;
     /// Ends every moved session's linger now: (client id, its token, what queued since).

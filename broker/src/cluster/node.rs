@@ -191,6 +191,23 @@ impl Cluster {
         Ok(())
     }
 
+    /// Announces in gossip that this node drains: its peers move no session to it.
+    pub async fn announce_draining(&self) {
+        let h = lock(&self.chitchat).as_ref().map(|h| h.chitchat());
+        if let Some(c) = h {
+            c.lock().await.self_node_state().set("draining", "true");
+        }
+    }
+
+    /// The live peers that do not drain: where sessions moving off this node may go.
+    pub(super) fn targets(&self) -> Vec<Arc<str>> {
+        lock(&self.status)
+            .iter()
+            .filter(|(_, s)| s.up && !s.draining)
+            .map(|(n, _)| n.clone())
+            .collect()
+    }
+
     /// Announces a graceful leave (SIGTERM): peers mark this node down at once.
     pub async fn leave(&self) {
         let h = lock(&self.chitchat).take();
@@ -226,18 +243,19 @@ impl Cluster {
                     )
                 })
                 .collect();
-            let admins: Vec<(Arc<str>, Option<SocketAddr>)> = live
+            let admins: Vec<(Arc<str>, Option<SocketAddr>, bool)> = live
                 .borrow_and_update()
                 .iter()
                 .filter(|(id, _)| *id.node_id != *self.node)
                 .map(|(id, st)| {
                     let a = st.get("admin_addr").and_then(|a| a.parse().ok());
-                    (id.node_id.clone(), a)
+                    (id.node_id.clone(), a, st.get("draining").is_some())
                 })
                 .collect();
-            for (n, a) in admins {
+            for (n, a, draining) in admins {
                 if let Some(s) = lock(&self.status).get_mut(&n) {
                     s.admin = a;
+                    s.draining = draining;
                 }
             }
             self.apply_membership(now);
@@ -298,6 +316,7 @@ impl Cluster {
                     addr,
                     admin: None,
                     held: false,
+                    draining: false,
                 });
                 let came_up = !e.up;
                 e.up = true;

@@ -82,6 +82,7 @@ impl Cluster {
                     addr,
                     admin: None,
                     held: true,
+                    draining: false,
                 },
             );
             lock(&self.held).insert(peer, std::time::Instant::now());

@@ -27,6 +27,9 @@ pub(super) struct RawCluster {
     tls_ca: Option<Spanned<String>>,
     session_replicas: Option<Spanned<i64>>,
     replica_sync_rate: Option<Spanned<i64>>,
+    drain_rate: Option<Spanned<i64>>,
+    drain_timeout: Option<HumanDuration>,
+    drain_ack_timeout: Option<HumanDuration>,
 }
 
 /// `[cluster]`.
@@ -54,6 +57,14 @@ pub struct ClusterConfig {
     /// Sessions per second copied whole to their replica (after a membership change, a
     /// restart, a new session).
     pub replica_sync_rate: u32,
+    /// Clients (and offline sessions) per second a draining node moves to the other nodes.
+    pub drain_rate: u32,
+    /// The longest a drain runs: the node stops then, empty or not (what is left goes the
+    /// graceful leave's way).
+    pub drain_timeout: Duration,
+    /// How long a draining node that LB health checks reach waits for an LB to acknowledge
+    /// before it moves clients anyway.
+    pub drain_ack_timeout: Duration,
 }
 
 /// The node channel's TLS material, loaded and checked at config load (the handshakes and the
@@ -129,7 +140,32 @@ pub(super) fn cluster(
             5_000
         }
     };
+    let drain_rate = match &c.drain_rate {
+        None => 500,
+        Some(v) if (1..=1_000_000).contains(v.get_ref()) => *v.get_ref() as u32,
+        Some(v) => {
+            p.at(
+                v.span(),
+                format!(
+                    "drain_rate = {}: clients per second, from 1 to 1000000",
+                    v.get_ref()
+                ),
+            );
+            500
+        }
+    };
+    let drain_timeout = c
+        .drain_timeout
+        .map(|d| d.0)
+        .unwrap_or(Duration::from_secs(300));
+    let drain_ack_timeout = c
+        .drain_ack_timeout
+        .map(|d| d.0)
+        .unwrap_or(Duration::from_secs(10));
     Some(ClusterConfig {
+        drain_rate,
+        drain_timeout,
+        drain_ack_timeout,
         session_replicas,
         replica_sync_rate,
         bind,

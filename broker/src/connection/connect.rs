@@ -17,6 +17,7 @@ use crate::auth::hook::{HookRequest, OnUnavailable, Verdict};
 use crate::auth::{Access, CheckError};
 use crate::broker::Broker;
 use crate::cluster::Handover;
+use crate::drain;
 use crate::error::CloseReason;
 use crate::limits::{Bite, Limits, CONNECT_TIMEOUT};
 use crate::message::unix_now;
@@ -55,6 +56,16 @@ impl Live {
                 return None;
             }
         };
+        if connect.client_id.starts_with("mqedge-hc-") {
+            // an LB checks this node: a drain then waits for it to acknowledge
+            b.drain().check_seen(&connect.client_id);
+        }
+        if b.drain().is_draining() {
+            // before auth: the LB's health check needs no credentials, and a client told to go
+            // elsewhere costs no password check
+            Box::pin(refuse_draining(&b, r, w, &info, connect)).await;
+            return None;
+        }
         let admitted = match Box::pin(admit(&b, &connect, &info)).await {
             Ok(a) => a,
             Err(why) => {
@@ -275,6 +286,10 @@ async fn refuse(
     why.count(b.metrics());
     let peer = info.addr;
     match (&why, connect, code) {
+        // LB health checks and clients bouncing off a draining node: not one INFO line each
+        (CloseReason::Draining, Some(c), _) => {
+            tracing::debug!(peer = %peer, client_id = %c.client_id, "{why}")
+        }
         (_, Some(c), Some(code)) => {
             tracing::info!(peer = %peer, client_id = %c.client_id, code, "{why}")
         }
@@ -287,6 +302,27 @@ async fn refuse(
     if code.is_some() {
         linger::close(r, w).await;
     }
+}
+
+/// A CONNECT while the node drains: the LB acknowledgement it may carry (user properties
+/// [`drain::ACK`] and [`drain::LB_CONNECTIONS`]) is recorded, and the client is told to use
+/// another server.
+async fn refuse_draining(
+    b: &Broker,
+    r: OwnedReadHalf,
+    w: OwnedWriteHalf,
+    info: &ClientInfo,
+    connect: Connect,
+) {
+    let props = &connect.properties.user_properties;
+    if let Some((_, lb)) = props.iter().find(|(k, _)| k == drain::ACK) {
+        let connections = props
+            .iter()
+            .find(|(k, _)| k == drain::LB_CONNECTIONS)
+            .and_then(|(_, v)| v.parse().ok());
+        b.drain().ack(lb, connections);
+    }
+    refuse(b, r, w, info, Some(&connect), CloseReason::Draining).await;
 }
 
 /// Authenticates and names the client.

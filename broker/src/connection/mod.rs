@@ -154,6 +154,7 @@ impl Live {
                 biased;
                 code = &mut self.kicked => return match code {
                     Ok(reason::SERVER_SHUTTING_DOWN) => CloseReason::Shutdown,
+                    Ok(reason::USE_ANOTHER_SERVER) => CloseReason::Moved,
                     Ok(reason::QUOTA_EXCEEDED) => CloseReason::SlowConsumer,
                     _ => CloseReason::TakenOver,
                 },

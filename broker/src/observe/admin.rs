@@ -1,8 +1,8 @@
 //! Broker admin HTTP (axum): `/healthz`, `/metrics`, `GET /api/clients/{client_id}` with the
 //! client's real address (from the PROXY header) and its username (the CN when configured),
-//! `GET /api/cluster`, the LB's placement feed `GET /api/placement` (`placement`), and the
-//! status page `GET /` with its JSON `GET /api/status` (`status`). Every request passes the
-//! shared admin guard first.
+//! `GET /api/cluster`, `GET`/`POST /api/drain` (`drain_api`), the LB's placement feed
+//! `GET /api/placement` (`placement`), and the status page `GET /` with its JSON
+//! `GET /api/status` (`status`). Every request passes the shared admin guard first.
 
 use std::sync::Arc;
 
@@ -19,8 +19,11 @@ use crate::broker::Broker;
 use crate::metrics::Reason;
 
 /// 200 `ok`, or 503 with the reason while the store refuses writes (a node that cannot make
-/// messages durable should not be sent clients).
+/// messages durable should not be sent clients) or the node drains.
 async fn healthz(State(b): State<Arc<Broker>>) -> Response {
+    if b.drain().is_draining() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response();
+    }
     match b.store().and_then(|s| s.failing()) {
         Some(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")).into_response(),
         None => "ok\n".into_response(),
@@ -72,6 +75,10 @@ pub fn router(b: Arc<Broker>) -> Router {
         .route("/api/status", get(status))
         .route("/api/clients/{client_id}", get(client))
         .route("/api/cluster", get(cluster))
+        .route(
+            "/api/drain",
+            get(super::drain_api::get).post(super::drain_api::post),
+        )
         .route("/api/placement", get(super::placement::placement))
         .with_state(b);
     admin::guarded(

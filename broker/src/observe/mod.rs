@@ -3,6 +3,7 @@
 //! (The metrics registry they read is [`crate::metrics`], a leaf every module may count into.)
 
 pub mod admin;
+pub mod drain_api;
 pub mod placement;
 pub mod status;
 pub mod sys;

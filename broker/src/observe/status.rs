@@ -108,6 +108,7 @@ pub fn status_json(b: &Broker) -> Value {
         "figures": figures,
         "dropped": dropped,
         "cluster": cluster_json(b),
+        "drain": b.drain().json(),
     })
 }
 

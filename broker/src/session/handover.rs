@@ -154,6 +154,42 @@ impl Registry {
             .collect()
     }
 
+    /// What a draining node still has to move: every session not frozen (exported or moved)
+    /// whose client is connected or that is persistent; `true` for a persistent one (it moves
+    /// with the handover, the others only have their client told to go).
+    pub fn drain_candidates(&self) -> Vec<(Arc<str>, bool)> {
+        self.all()
+            .into_iter()
+            .filter_map(|s| {
+                let st = s.lock();
+                let persistent = st.persistent();
+                (st.frozen.is_none() && (persistent || st.conn.is_some()))
+                    .then(|| (s.client_id.clone(), persistent))
+            })
+            .collect()
+    }
+
+    /// Client connections attached here.
+    pub fn connections(&self) -> usize {
+        self.all()
+            .iter()
+            .filter(|s| s.lock().conn.is_some())
+            .count()
+    }
+
+    /// Closes the connection of `client_id`'s session with v5 reason `code`; false when it has
+    /// none (or it is closing already).
+    pub fn kick(&self, client_id: &str, code: u8) -> bool {
+        let Some(s) = self.get(client_id) else {
+            return false;
+        };
+        let mut st = s.lock();
+        match st.conn.as_mut().and_then(|c| c.kick.take()) {
+            Some(k) => k.send(code).is_ok(),
+            None => false,
+        }
+    }
+
     /// Sessions exported and not yet confirmed by their new holder.
     pub fn frozen_pending(&self) -> usize {
         let unsettled = |s: &Arc<Session>| s.lock().frozen.as_ref().is_some_and(|f| !f.moved);

@@ -1,13 +1,15 @@
 //! Draining a backend: entering `draining` (operator drain, or removed by a reload) starts a
 //! drain cycle whose timer closes the leftover connections after `drain_timeout`; leaving it
-//! (`ready`, or re-added) ends the cycle. The state of the cycle, `DrainCtl`, sits behind
+//! (`ready`, or re-added) ends the cycle. A broker that says it drains (its health check's
+//! CONNACK `0x9C`) enters a cycle without a timer: it moves its clients itself; its checks end
+//! that cycle when the broker leaves or serves again. The state of the cycle, `DrainCtl`, sits behind
 //! the backend's lock; every change of `state` into or out of `draining` is made under it.
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, MutexGuard};
 use std::time::Duration;
 
-use super::{Backend, DrainCtl, State};
+use super::{Backend, DrainCause, DrainCtl, State};
 use crate::signal::{Signal, Subscription};
 
 impl Backend {
@@ -32,9 +34,11 @@ impl Backend {
     pub fn start_drain(self: &Arc<Self>, after: Duration) -> State {
         let mut d = self.drain_lock();
         let prev = self.set_state(&d, State::Draining);
-        if prev == State::Draining {
+        // a broker's own drain has no timer: an operator's drain on top of it starts one
+        if prev == State::Draining && d.cause != Some(DrainCause::Backend) {
             return prev;
         }
+        d.cause = Some(DrainCause::Operator);
         d.epoch += 1;
         let epoch = d.epoch;
         drop(d);
@@ -68,12 +72,52 @@ impl Backend {
         if self.state() != State::Draining {
             return false;
         }
+        self.leave_drain(&mut d, State::Checking);
+        true
+    }
+
+    /// Ends a drain cycle into `next` (under the drain lock).
+    fn leave_drain(&self, d: &mut DrainCtl, next: State) {
         d.epoch += 1;
+        d.cause = None;
         if d.close.is_fired() {
             d.close = Signal::new();
         }
-        self.set_state(&d, State::Checking);
+        self.set_state(d, next);
+    }
+
+    /// The broker's health check answered "draining": the backend takes no new connections
+    /// from now on, and its open ones stay (the broker moves them at its own pace). Returns
+    /// true when that changed the state (a backend an operator drains stays so).
+    pub fn backend_drain(&self) -> bool {
+        let mut d = self.drain_lock();
+        if self.state() == State::Draining {
+            return false;
+        }
+        d.epoch += 1;
+        d.cause = Some(DrainCause::Backend);
+        self.set_state(&d, State::Draining);
         true
+    }
+
+    /// A check of a backend that drains by its own word answered otherwise: it left (the check
+    /// failed: `down` at once) or serves again (`checking`, which the caller's record of the
+    /// passing check makes `up`). Returns the new state; `None` when the backend was not in a
+    /// drain of its own.
+    pub fn end_backend_drain(&self, passed: bool) -> Option<State> {
+        let mut d = self.drain_lock();
+        if self.state() != State::Draining || d.cause != Some(DrainCause::Backend) {
+            return None;
+        }
+        let next = if passed { State::Checking } else { State::Down };
+        self.leave_drain(&mut d, next);
+        Some(next)
+    }
+
+    /// Why the backend drains; `None` when it does not.
+    pub fn drain_cause(&self) -> Option<DrainCause> {
+        let d = self.drain_lock();
+        d.cause.filter(|_| self.state() == State::Draining)
     }
 
     /// Draining, with its leftovers' close still to come.

@@ -46,8 +46,8 @@ pub enum State {
     Up = 1,
     /// Failed `fall` checks in a row (or never passed its first): takes none.
     Down = 2,
-    /// Drained by an operator or removed from the config: takes none; leftovers close after
-    /// `drain_timeout`.
+    /// Drained by an operator or removed from the config (leftovers close after
+    /// `drain_timeout`), or the broker said it drains (it moves them itself): takes none.
     Draining = 3,
 }
 
@@ -127,6 +127,29 @@ struct DrainCtl {
     /// Bumped at every entry into and exit from `draining`: the timer of an older cycle does
     /// nothing.
     epoch: u64,
+    /// Who put the backend in `draining` (`None` when it is not).
+    cause: Option<DrainCause>,
+}
+
+/// Why a backend is `draining`, as `/api/backends` shows it (`drain_cause`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DrainCause {
+    /// `POST /api/backends/{name}/drain`, or removed by a reload: its leftovers are closed
+    /// after `drain_timeout`.
+    Operator,
+    /// The broker's health check answered "draining" (CONNACK `0x9C`): the broker moves its
+    /// clients itself, so the LB closes none of them.
+    Backend,
+}
+
+impl DrainCause {
+    /// The name in `/api/backends`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DrainCause::Operator => "operator",
+            DrainCause::Backend => "backend",
+        }
+    }
 }
 
 /// How many health-check outcomes a backend keeps for the status page.

@@ -67,3 +67,31 @@ async fn ready_before_the_timeout_cancels_the_close() {
     assert!(fires_within(early, 500 * MS).await);
     assert!(fires_within(late, 500 * MS).await);
 }
+
+#[tokio::test]
+async fn a_brokers_own_drain_has_no_timer_and_ends_with_its_checks() {
+    let b = backend();
+    let open = b.close_signal();
+    assert!(b.backend_drain());
+    assert!(!b.backend_drain(), "draining already");
+    assert_eq!(b.state(), State::Draining);
+    assert_eq!(b.drain_cause(), Some(DrainCause::Backend));
+    assert!(
+        !fires_within(open, 100 * MS).await,
+        "the LB closed them itself"
+    );
+    // the broker has gone: down at once
+    assert_eq!(b.end_backend_drain(false), Some(State::Down));
+    assert_eq!(b.drain_cause(), None);
+    assert_eq!(b.end_backend_drain(true), None, "not draining any more");
+    // an operator's drain on top of the broker's starts the timer, and checks leave it alone
+    assert!(b.backend_drain());
+    let open = b.close_signal();
+    assert_eq!(b.start_drain(20 * MS), State::Draining);
+    assert_eq!(b.drain_cause(), Some(DrainCause::Operator));
+    assert!(fires_within(open, 500 * MS).await);
+    assert_eq!(b.end_backend_drain(true), None);
+    assert!(!b.backend_drain(), "an operator's drain stays");
+    assert!(b.end_drain());
+    assert_eq!(b.state(), State::Checking);
+}

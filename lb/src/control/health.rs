@@ -1,7 +1,9 @@
-//! Active health checks, one task per backend. `kind = "mqtt"` sends a real CONNECT (behind a
-//! PROXY LOCAL header when the backend wants PROXY) and expects a CONNACK. Any return code but
-//! "server unavailable" passes: a broker that refuses our anonymous check client is still a
-//! working broker. `kind = "tcp"` only connects. Outcomes go through [`Backend::record_check`]
+//! Active health checks, one task per backend. `kind = "mqtt"` sends a real MQTT 5 CONNECT
+//! (behind a PROXY LOCAL header when the backend wants PROXY) and expects a CONNACK. Any return
+//! code but "server unavailable" passes: a broker that refuses our anonymous check client is
+//! still a working broker. `0x9C` Use another server says the broker drains: the backend goes
+//! `draining` at once, and the checks of a draining backend acknowledge it (the drain
+//! handshake, `mqedge_shared::drain`). `kind = "tcp"` only connects. Outcomes go through [`Backend::record_check`]
 //! (rise/fall, HAProxy semantics). A task ends when its backend leaves the live set.
 //!
 //! A failed check says what was expected, what came instead and, where the bytes suggest one, a
@@ -15,13 +17,14 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use mqedge_protocol::peek::encode_connect;
+use mqedge_protocol::peek::encode_connect_props;
 use mqedge_protocol::reason;
+use mqedge_shared::drain::{ACK, LB_CONNECTIONS};
 use mqedge_shared::proxy::{encode_v1, encode_v2_local};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::timeout_at;
 
-use crate::backend::{Backend, LastCheck};
+use crate::backend::{Backend, LastCheck, State as BState};
 use crate::config::{HealthKind, ProxyMode};
 use crate::metrics::BackendLabel;
 use crate::state::Lb;
@@ -98,6 +101,9 @@ pub enum Passed {
     /// CONNACK refusing the check client (bad credentials, not authorized, ...): still a
     /// working broker.
     Refused(u8),
+    /// CONNACK `0x9C` Use another server: the broker drains (it moves its clients away and
+    /// stops once empty). Not a failure: the backend goes `draining` at once.
+    Draining,
 }
 
 /// What a CONNACK return code (MQTT 3.1.1) or reason code (MQTT 5 layout) means.
@@ -277,12 +283,15 @@ async fn read_reply(
     (buf, got, short)
 }
 
-/// Runs one check against a backend.
+/// Runs one check against a backend. `ack` (this LB's name and its connections to the
+/// backend), for a backend in `draining`: the CONNECT tells a draining broker that this LB saw
+/// its drain.
 pub async fn check_once(
     b: &Backend,
     kind: HealthKind,
     timeout: Duration,
     client_id: &str,
+    ack: Option<(&str, u64)>,
 ) -> Result<Passed, CheckError> {
     let deadline = tokio::time::Instant::now() + timeout;
     let mut s = match timeout_at(deadline, b.dial()).await {
@@ -299,7 +308,13 @@ pub async fn check_once(
         ProxyMode::V1 => encode_v1(None, None),
         ProxyMode::V2 => encode_v2_local(),
     };
-    out.extend_from_slice(&encode_connect(4, client_id, None, 10));
+    // MQTT 5, so that a draining broker can say so (CONNACK 0x9C) and read the acknowledgement
+    let active = ack.map(|(_, n)| n.to_string()).unwrap_or_default();
+    let props: Vec<(&str, &str)> = match ack {
+        Some((lb, _)) => vec![(ACK, lb), (LB_CONNECTIONS, active.as_str())],
+        None => Vec::new(),
+    };
+    out.extend_from_slice(&encode_connect_props(5, client_id, None, 10, &props));
     match timeout_at(deadline, s.write_all(&out)).await {
         Ok(Ok(())) => {}
         Ok(Err(err)) => {
@@ -323,10 +338,17 @@ pub async fn check_once(
     if let Some(e) = short {
         return Err(e);
     }
+    // the rest of a v5 CONNACK (its properties), so the close is a FIN and not a reset
+    let rest = usize::from(buf[1]).saturating_sub(2);
+    if buf[1] < 0x80 && rest > 0 {
+        let mut skip = [0u8; 128];
+        let _ = timeout_at(deadline, s.read_exact(&mut skip[..rest])).await;
+    }
     // polite goodbye (DISCONNECT) so the broker does not log an abrupt close
     let _ = timeout_at(deadline, s.write_all(&[0xe0, 0x00])).await;
     match buf[3] {
         0 => Ok(Passed::Accepted),
+        reason::USE_ANOTHER_SERVER => Ok(Passed::Draining),
         code if unavailable(code) => Err(CheckError::Unavailable { code }),
         code => Ok(Passed::Refused(code)),
     }
@@ -343,7 +365,8 @@ pub async fn check_and_record(lb: &Lb, b: &Arc<Backend>) {
         std::process::id()
     );
     let t0 = Instant::now();
-    let res = check_once(b, hc.kind, hc.timeout, &client_id).await;
+    let ack = (b.state() == BState::Draining).then(|| (live.lb.name.as_str(), b.active()));
+    let res = check_once(b, hc.kind, hc.timeout, &client_id, ack).await;
     let took = t0.elapsed();
     let at_unix_ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -370,6 +393,9 @@ pub async fn check_and_record(lb: &Lb, b: &Arc<Backend>) {
         }
         Ok(_) => {}
     }
+    if drain_applied(b, &res, &hc) {
+        return;
+    }
     if let Some(st) = b.record_check(res.is_ok(), &hc) {
         match &res {
             Ok(_) => {
@@ -380,6 +406,40 @@ pub async fn check_and_record(lb: &Lb, b: &Arc<Backend>) {
             }
         }
     }
+}
+
+/// The drain handshake's side of a check: a "draining" answer puts the backend in `draining`
+/// at once (no `fall` to wait for: the broker said so) and no other outcome counts; any other
+/// answer from a backend that drains by its own word ends that drain (`down` at once when the
+/// check failed: the broker left; else `up` by this passing check). True when the outcome was
+/// taken here.
+fn drain_applied(
+    b: &Backend,
+    res: &Result<Passed, CheckError>,
+    hc: &crate::config::HealthConfig,
+) -> bool {
+    if let Ok(Passed::Draining) = res {
+        if b.backend_drain() {
+            tracing::info!(backend = %b.name(), addr = %b.addr(), state = "draining", "backend state changed: the broker drains; no new connections to it, and it moves its clients itself");
+        }
+        return true;
+    }
+    let Some(next) = b.end_backend_drain(res.is_ok()) else {
+        return false;
+    };
+    let st = match next {
+        BState::Checking => b.record_check(true, hc).unwrap_or(next),
+        other => other,
+    };
+    match res {
+        Err(e) => {
+            tracing::info!(backend = %b.name(), addr = %b.addr(), state = st.as_str(), error = %e, "backend state changed: the broker that drained is gone")
+        }
+        Ok(_) => {
+            tracing::info!(backend = %b.name(), addr = %b.addr(), state = st.as_str(), "backend state changed: the broker serves again")
+        }
+    }
+    true
 }
 
 /// Checks `b` every `interval` (read live, so reloads apply) until it leaves the live set or

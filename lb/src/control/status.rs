@@ -21,6 +21,7 @@ pub fn backend_json(b: &Backend) -> Value {
         "name": b.name(),
         "addr": b.addr().to_string(),
         "state": b.state().as_str(),
+        "drain_cause": b.drain_cause().map(|c| c.as_str()),
         "active_connections": b.active(),
         "total_connections": b.total(),
         // µs precision: a check on a LAN takes well under a millisecond
