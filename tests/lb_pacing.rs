@@ -239,10 +239,9 @@ async fn kill_and_reconnect(tag: &str, pacing: bool) -> Vec<f64> {
          [health]\nkind = \"tcp\"\ninterval = \"200ms\"\ntimeout = \"500ms\"\nfall = 1\nrise = 1\n\n\
          [placement]\ninterval = \"200ms\"\npacing = {pacing}\npacing_wait = \"30s\"\n"
     );
-    for i in 0..3 {
+    for (i, name) in NAMES.iter().enumerate() {
         toml.push_str(&format!(
-            "\n[[backend]]\nname = \"{}\"\naddr = \"{}\"\nadmin = \"{}\"\n",
-            NAMES[i],
+            "\n[[backend]]\nname = \"{name}\"\naddr = \"{}\"\nadmin = \"{}\"\n",
             cl.addr(i),
             cl.admin(i)
         ));
