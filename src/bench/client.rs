@@ -48,15 +48,37 @@ pub struct Endpoint {
     pub password: Option<Bytes>,
     /// TCP connect + TLS handshake + CONNACK must finish within it.
     pub connect_timeout: Duration,
+    /// TLS handshakes of the run that resumed a session (`--resume`).
+    pub resumed: std::sync::atomic::AtomicU64,
 }
 
 /// A TLS client config with the name to verify the server against.
 pub struct TlsTarget {
-    /// rustls config (CA or `--insecure`, optional client certificate, no session resumption),
+    /// rustls config (CA or `--insecure`, optional client certificate, session resumption only
+    /// with `--resume`),
     /// built once and shared by every connection.
     pub config: Arc<rustls::ClientConfig>,
     /// SNI and verification name.
     pub server_name: ServerName<'static>,
+    /// `--resume`: one config per client index, each with a session store of its own (one
+    /// device, one ticket), made on first use; empty without `--resume`.
+    pub per_client: Vec<std::sync::OnceLock<Arc<rustls::ClientConfig>>>,
+}
+
+impl TlsTarget {
+    /// The config client `index` connects with.
+    fn config_for(&self, index: usize) -> Arc<rustls::ClientConfig> {
+        if self.per_client.is_empty() {
+            return self.config.clone();
+        }
+        self.per_client[index % self.per_client.len()]
+            .get_or_init(|| {
+                let mut c = (*self.config).clone();
+                c.resumption = rustls::client::Resumption::in_memory_sessions(1);
+                Arc::new(c)
+            })
+            .clone()
+    }
 }
 
 /// Why a client could not connect or lost its connection. Displayed as the one line the bench
@@ -232,10 +254,14 @@ impl Endpoint {
         let stream = match &self.tls {
             None => Stream::Tcp(tcp),
             Some(t) => {
-                let tls = TlsConnector::from(t.config.clone())
+                let tls = TlsConnector::from(t.config_for(index))
                     .connect(t.server_name.clone(), tcp)
                     .await
                     .map_err(|source| ClientError::Tls { addr, source })?;
+                if tls.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
+                    self.resumed
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
                 Stream::Tls(Box::new(tls))
             }
         };

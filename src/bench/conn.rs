@@ -1,5 +1,6 @@
 //! `conn` and `hold`. `conn` is a connect storm: N connections, `--concurrency` at a time, each a
-//! full TCP connect + TLS handshake (no resumption) + CONNECT/CONNACK, timed into a histogram;
+//! full TCP connect + TLS handshake (no resumption; with `--resume`, a first pass connects every
+//! client once, then the measured one resumes) + CONNECT/CONNACK, timed into a histogram;
 //! they stay open until the storm ends (or close at once with `--close-each`). `hold` opens N
 //! connections, keeps them alive with PINGREQ, says on stderr when all are up, holds them for
 //! `--duration` (so the caller can read the server's memory) and reports how many survived.
@@ -33,6 +34,8 @@ pub struct ConnOpts {
     pub conn_rate: f64,
     /// Draw a progress bar.
     pub progress: bool,
+    /// TLS sessions are resumed (`--resume`): the report counts the resumed handshakes.
+    pub resume: bool,
 }
 
 /// One connection that must succeed before the measured ones.
@@ -123,6 +126,18 @@ pub async fn conn(
     mut stop: watch::Receiver<bool>,
 ) -> Result<ConnReport, BenchError> {
     probe(&ep, &opts.prefix).await?;
+    if opts.resume {
+        // the fleet connects once (full handshakes, each client keeps its ticket), then the
+        // measured storm is every client coming back
+        let (_, _, first, _, _) = storm(&ep, clients, &opts, &mut stop, "conn", |c| {
+            tokio::spawn(c.close());
+        })
+        .await;
+        if let Some(e) = first {
+            eprintln!("mqedge bench: the first pass of --resume had errors; the first: {e}");
+        }
+    }
+    let resumed_before = ep.resumed.load(Relaxed);
     let mut open = Vec::new();
     let mut closing = JoinSet::new();
     let (connections, errors, first, duration, latency) =
@@ -139,6 +154,9 @@ pub async fn conn(
     }
     while closing.join_next().await.is_some() {}
     say_first_error(errors, first);
+    let resumed = opts
+        .resume
+        .then(|| ep.resumed.load(Relaxed) - resumed_before);
     Ok(ConnReport {
         scenario: "conn",
         clients,
@@ -148,6 +166,7 @@ pub async fn conn(
         held: None,
         hold_time: None,
         latency,
+        resumed,
     })
 }
 
@@ -211,6 +230,7 @@ pub async fn hold(
         held: Some(held),
         hold_time: Some(hold_time),
         latency,
+        resumed: None,
     })
 }
 

@@ -90,6 +90,12 @@ pub struct Common {
     /// Server name for SNI and certificate verification.
     #[arg(long, default_value = "localhost")]
     sni: String,
+    /// A reconnect storm (`conn`): every client keeps its own TLS session store, as a device
+    /// does; the fleet connects once (full handshakes, not measured), then every client comes
+    /// back and resumes with its ticket; the report counts the resumed handshakes. Without it
+    /// every handshake is a full one.
+    #[arg(long, requires = "tls")]
+    resume: bool,
     /// User Name in CONNECT.
     #[arg(short, long)]
     username: Option<String>,
@@ -299,6 +305,7 @@ impl Common {
             concurrency: self.concurrency as usize,
             conn_rate: self.conn_rate,
             progress: Progress::wanted(self.json),
+            resume: self.resume,
         }
     }
 }

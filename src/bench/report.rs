@@ -245,6 +245,8 @@ pub struct ConnReport {
     pub hold_time: Option<Duration>,
     /// Per connection: TCP connect + TLS handshake + CONNECT/CONNACK.
     pub latency: Option<Latency>,
+    /// conn with `--resume`: handshakes that resumed a session (the probe's not counted).
+    pub resumed: Option<u64>,
 }
 
 impl ConnReport {
@@ -264,6 +266,9 @@ impl ConnReport {
             "connects_per_s": round1(self.connects_per_s()),
             "latency_us": Latency::json(self.latency),
         });
+        if let (Some(r), Value::Object(m)) = (self.resumed, &mut v) {
+            m.insert("resumed".into(), r.into());
+        }
         if let (Some(held), Value::Object(m)) = (self.held, &mut v) {
             m.insert("held".into(), held.into());
             let t = self.hold_time.unwrap_or_default().as_secs_f64();
@@ -284,6 +289,9 @@ impl ConnReport {
                 "  held       {h}  for {:.2} s\n",
                 self.hold_time.unwrap_or_default().as_secs_f64()
             );
+        }
+        if let Some(r) = self.resumed {
+            s += &format!("  resumed    {r}\n");
         }
         s += &format!("  errors     {}\n", self.errors);
         s += &format!(

@@ -74,13 +74,19 @@ pub async fn endpoint(c: &Common) -> Result<Endpoint, BenchError> {
             }
             None => insecure_config(id)?,
         };
-        // Every connection does a full handshake: that is what a connect storm measures.
+        // Every connection does a full handshake (what a connect storm measures); with
+        // `--resume` each client index has a store of its own (`TlsTarget::per_client`)
         config.resumption = rustls::client::Resumption::disabled();
         let server_name = ServerName::try_from(c.sni.clone())
             .map_err(|_| BenchError::Usage(format!("--sni {:?}: not a valid name", c.sni)))?;
         Some(TlsTarget {
             config: Arc::new(config),
             server_name,
+            per_client: if c.resume {
+                (0..RESUME_DEVICES).map(|_| Default::default()).collect()
+            } else {
+                Vec::new()
+            },
         })
     };
     Ok(Endpoint {
@@ -100,8 +106,14 @@ pub async fn endpoint(c: &Common) -> Result<Endpoint, BenchError> {
             .as_ref()
             .map(|p| Bytes::from(p.clone().into_bytes())),
         connect_timeout: c.connect_timeout,
+        resumed: Default::default(),
     })
 }
+
+
+/// Client indexes with a session store of their own under `--resume` (beyond it they share,
+/// round robin); a slot is 16 bytes until its client first connects.
+const RESUME_DEVICES: usize = 100_000;
 
 /// The `--insecure` client config: same provider and protocol versions as the verifying one,
 /// the client certificate (if any) still presented, the server taken on trust.
