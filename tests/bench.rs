@@ -351,6 +351,28 @@ fn tls_through_the_lb_with_client_certificates() {
     ]);
     assert_eq!(j["connections"], 20, "{j}");
     assert_eq!(j["errors"], 0);
+    assert!(j.get("resumed").is_none(), "full handshakes only: {j}");
+
+    // --resume: the fleet connects once, then every client comes back with its own ticket
+    // (the LB issues tickets by default), 8 at a time
+    let j = bench_json(&[
+        "conn",
+        "-p",
+        &tls_port,
+        "-c",
+        "40",
+        "--concurrency",
+        "8",
+        "--close-each",
+        "--insecure",
+        "--resume",
+        "--cert",
+        &cert,
+        "--key",
+        &key,
+    ]);
+    assert_eq!(j["connections"], 40, "{j}");
+    assert_eq!(j["resumed"], 40, "every client resumed: {j}");
 
     // no client certificate: the LB refuses the handshake, one line, exit 2 (with or without
     // --insecure: skipping the client's checks does not skip the server's)

@@ -110,7 +110,6 @@ pub async fn endpoint(c: &Common) -> Result<Endpoint, BenchError> {
     })
 }
 
-
 /// Client indexes with a session store of their own under `--resume` (beyond it they share,
 /// round robin); a slot is 16 bytes until its client first connects.
 const RESUME_DEVICES: usize = 100_000;
