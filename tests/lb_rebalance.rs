@@ -28,12 +28,12 @@ const CLIENTS: usize = 60;
 /// The whole scenario's bound.
 const LIMIT: Duration = Duration::from_secs(110);
 
-fn lb_config(cl: &Cluster) -> String {
+fn lb_config(cl: &Cluster, mode: &str) -> String {
     let mut s = format!(
         "[lb]\nname = \"rbl\"\nadmin = \"127.0.0.1:0\"\nconnect_timeout = \"2s\"\ndrain_timeout = \"1s\"\n\n\
          [[listener]]\nname = \"mqtt\"\nbind = \"127.0.0.1:0\"\n\n\
          [balance]\nstrategy = \"client_id\"\nfallback = \"source_ip\"\nretries = 2\n\
-         rebalance = \"manual\"\nrebalance_rate = {RATE}\n\n\
+         rebalance = \"{mode}\"\nrebalance_rate = {RATE}\n\n\
          [health]\nkind = \"mqtt\"\ninterval = \"300ms\"\ntimeout = \"500ms\"\nfall = 2\nrise = 1\n\n\
          [placement]\ninterval = \"300ms\"\ntimeout = \"2s\"\n"
     );
@@ -82,6 +82,27 @@ fn watch_end(
     })
 }
 
+/// `POST /api/sessions/move` on a broker's admin with `body` (and the admin header when
+/// `header`): the status line's code.
+fn post_move(admin: SocketAddr, body: &str, header: bool) -> u16 {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(admin).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let extra = if header { "X-Mqedge-Admin: 1\r\n" } else { "" };
+    let req = format!(
+        "POST /api/sessions/move HTTP/1.1\r\nHost: {admin}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n{extra}Connection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out.split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
 /// The most instants of `ts` within any one second.
 fn max_per_second(ts: &[Instant]) -> usize {
     let mut ts = ts.to_vec();
@@ -109,7 +130,7 @@ async fn scale_out() {
     let tag = "rbl";
     let cl = Cluster::start_custom(tag, true, "prefer_local", Run::Binary, 5000, "").await;
     let dir = TempDir::new("rbl-lb");
-    let lb = Lb::start(&dir.write("lb.toml", &lb_config(&cl)));
+    let lb = Lb::start(&dir.write("lb.toml", &lb_config(&cl, "manual")));
     let (lb_mqtt, admin) = (lb.addr("mqtt"), lb.admin());
     tokio::task::block_in_place(|| {
         for n in NAMES {
@@ -326,6 +347,102 @@ fn r1_scale_out_moves_the_moved_share_sessions_first_at_the_rate() {
     rt.block_on(async {
         if tokio::time::timeout(LIMIT, scale_out()).await.is_err() {
             panic!("scale-out rebalance not done within {LIMIT:?}");
+        }
+    });
+}
+
+/// `[balance] rebalance = "auto"`: node3 made ready at the LB starts a rebalance by itself
+/// (after `AUTO_SETTLE`, 3 s), which moves exactly the idle clients at home on node3. And the
+/// broker's `POST /api/sessions/move` refuses what it must.
+async fn auto_after_ready() {
+    let tag = "rba";
+    let cl = Cluster::start_custom(tag, false, "prefer_local", Run::Binary, 5000, "").await;
+    let dir = TempDir::new("rba-lb");
+    let lb = Lb::start(&dir.write("lb.toml", &lb_config(&cl, "auto")));
+    let (lb_mqtt, admin) = (lb.addr("mqtt"), lb.admin());
+    tokio::task::block_in_place(|| {
+        for n in NAMES {
+            wait_backend_state(admin, n, "up", Duration::from_secs(10));
+        }
+        assert_eq!(http("POST", admin, "/api/backends/node3/drain").0, 200);
+        wait_backend_state(admin, "node3", "draining", Duration::from_secs(5));
+    });
+    // the broker's endpoint: behind the admin guard; only to a live peer that takes clients
+    let to = |n: &str| format!("{{\"to\": \"{n}\", \"client_ids\": [\"{tag}-x\"]}}");
+    assert_eq!(post_move(cl.admin(0), &to("node3"), false), 403);
+    assert_eq!(post_move(cl.admin(0), &to("nowhere"), true), 409);
+    assert_eq!(post_move(cl.admin(0), &to("node1"), true), 409, "to itself");
+    assert_eq!(post_move(cl.admin(0), &to("node3"), true), 200);
+    let (stop, stop_rx) = watch::channel(false);
+    let mut idle = Vec::new();
+    for k in 0..30 {
+        let id = format!("{tag}-c{k}");
+        let (c, _) = idle_client(lb_mqtt, &id).await;
+        idle.push((id, watch_end(c, stop_rx.clone())));
+    }
+    let expected: Vec<String> = idle
+        .iter()
+        .map(|(id, _)| id.clone())
+        .filter(|id| hashed_backend(id, &NAMES) == "node3")
+        .collect();
+    assert!(expected.len() >= 5, "{expected:?}");
+    tokio::task::block_in_place(|| {
+        assert_eq!(http("POST", admin, "/api/backends/node3/ready").0, 200);
+    });
+    let ran = eventually(Duration::from_secs(20), || {
+        // (the LB's own start scheduled one too: the moves may fall in either run)
+        let p = get_json(admin, "/api/rebalance");
+        p["cause"] == "auto"
+            && p["state"] == "done"
+            && lb_metric(admin, "mqedge_lb_rebalance_moved_total") == expected.len() as f64
+    })
+    .await;
+    let p = get_json(admin, "/api/rebalance");
+    assert!(ran, "{p}\n{}", tail(&lb.proc.logs(), 30));
+    assert_eq!(lb_metric(admin, "mqedge_lb_rebalance_failed_total"), 0.0);
+    for (id, task) in idle {
+        if !expected.contains(&id) {
+            continue;
+        }
+        let end = tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .unwrap_or_else(|_| panic!("{id}: never told to go"))
+            .unwrap();
+        assert_eq!(end.map(|e| e.0), Some(0x9C), "{id}");
+        let (_c, present) = idle_client(lb_mqtt, &id).await;
+        assert!(present, "{id}: no session on its return");
+        let on3 = eventually(Duration::from_secs(3), || {
+            cl.client(2, &id).1["connected"] == true
+        })
+        .await;
+        assert!(
+            on3,
+            "{id} is not on node3: {:?} {}\n{}",
+            (0..3).map(|i| cl.client(i, &id)).collect::<Vec<_>>(),
+            get_json(admin, &format!("/api/placement/{id}")),
+            tail(&lb.proc.logs(), 20)
+        );
+    }
+    let _ = stop.send(true);
+    println!(
+        "rebalance: auto after node3 was made ready: {} of 30 moved",
+        expected.len()
+    );
+}
+
+#[test]
+fn r2_auto_rebalance_when_a_backend_comes_up() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        if tokio::time::timeout(Duration::from_secs(60), auto_after_ready())
+            .await
+            .is_err()
+        {
+            panic!("auto rebalance not done within 60 s");
         }
     });
 }

@@ -4,7 +4,8 @@
 //!
 //! A moved client's placement exception (its session was on the node it left) is ignored for
 //! [`EXCEPTION_HOLD`] after the move: the feed that listed it is read every `[placement]
-//! interval`, and until its next round it would send the client straight back.
+//! interval`, and until its next round it would send the client straight back (a run that
+//! starts meanwhile keeps the hold).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -47,7 +48,8 @@ struct Progress {
     rate: u32,
     started_unix_ms: Option<u64>,
     finished_unix_ms: Option<u64>,
-    /// Moved clients and when (see [`EXCEPTION_HOLD`]); cleared by the next start.
+    /// Moved clients and when (see [`EXCEPTION_HOLD`]); the expired ones are dropped at each
+    /// start (bounded by the clients moved within the hold).
     recent: HashMap<Arc<str>, Instant>,
 }
 
@@ -55,6 +57,8 @@ struct Progress {
 #[derive(Debug)]
 pub struct Rebalance {
     inner: Mutex<Progress>,
+    /// An `auto` start is scheduled: further triggers join it (it plans when it starts).
+    auto_pending: std::sync::atomic::AtomicBool,
     /// Its series in the LB's registry.
     metrics: RebalanceMetrics,
 }
@@ -81,8 +85,22 @@ impl Rebalance {
                 finished_unix_ms: None,
                 recent: HashMap::new(),
             }),
+            auto_pending: Default::default(),
             metrics,
         }
+    }
+
+    /// Schedules an `auto` start; false when one is scheduled already.
+    pub fn schedule_auto(&self) -> bool {
+        !self
+            .auto_pending
+            .swap(true, std::sync::atomic::Ordering::AcqRel)
+    }
+
+    /// The scheduled `auto` start is about to plan: later triggers schedule a new one.
+    pub fn auto_due(&self) {
+        self.auto_pending
+            .store(false, std::sync::atomic::Ordering::Release);
     }
 
     fn lock(&self) -> MutexGuard<'_, Progress> {
@@ -95,6 +113,9 @@ impl Rebalance {
         if p.phase == Phase::Running {
             return false;
         }
+        // the clients an earlier run moved keep their hold; only expired ones go
+        let mut recent = std::mem::take(&mut p.recent);
+        recent.retain(|_, t| t.elapsed() < EXCEPTION_HOLD);
         *p = Progress {
             phase: Phase::Running,
             cause,
@@ -104,7 +125,7 @@ impl Rebalance {
             rate,
             started_unix_ms: Some(now_ms()),
             finished_unix_ms: None,
-            recent: HashMap::new(),
+            recent,
         };
         self.metrics.pending.set(planned as i64);
         true
@@ -184,7 +205,8 @@ mod tests {
         );
         r.finish();
         assert_eq!(r.json()["state"], "done");
+        // a later run keeps the hold of the clients moved just before
         assert!(r.start("api", 0, 10));
-        assert!(!r.recently_moved("a"));
+        assert!(r.recently_moved("a"));
     }
 }

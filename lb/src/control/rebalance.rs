@@ -108,9 +108,10 @@ pub fn start(lb: &Arc<Lb>, cause: &'static str) -> Result<usize, StartError> {
 }
 
 /// `auto`: a backend became `up` that was not; a rebalance starts after [`AUTO_SETTLE`] (after
-/// the running one, if any).
+/// the running one, if any). Triggers meanwhile join that one (several backends up at once,
+/// as at the LB's start).
 pub fn on_up(lb: &Arc<Lb>, backend: &str) {
-    if lb.live().balance.rebalance != RebalanceMode::Auto {
+    if lb.live().balance.rebalance != RebalanceMode::Auto || !lb.rebalance().schedule_auto() {
         return;
     }
     let (lb, backend) = (lb.clone(), backend.to_string());
@@ -119,6 +120,7 @@ pub fn on_up(lb: &Arc<Lb>, backend: &str) {
         while lb.rebalance().running() {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
+        lb.rebalance().auto_due();
         match start(&lb, "auto") {
             Ok(n) => {
                 tracing::info!(backend = %backend, planned = n, "rebalance started: a backend came up")
