@@ -347,6 +347,27 @@ def pubsub_rounds(fronts, backends, dur, c, runs=3, qos=0):
     return out
 
 
+def lb_to_brokers(res, dur, c, runs):
+    """QoS 0 through each LB to two mqedge broker backends instead of Mosquitto: a single Mosquitto
+    thread is every LB's ceiling in the Mosquitto rows, so those measure Mosquitto; these measure
+    the LBs (the same pubsub rounds, the LBs taking turns). Adds `qos0_mq*` to `res`."""
+    ports = [free_port(), free_port()]
+    backends = [mqedge_broker("lb-broker-1", ports[0]), mqedge_broker("lb-broker-2", ports[1])]
+    fronts = {}
+    for name, start in (("mqedge lb", mqedge_lb), ("HAProxy", haproxy), ("NGINX", nginx)):
+        port = free_port()
+        fronts[name] = (start(port, ports, c), port)
+    try:
+        for name, v in pubsub_rounds(fronts, backends, dur, c, runs=runs, qos=0).items():
+            res[name].update({"qos0_mq": v["qos0"], "qos0_mq_cpu_per_m": v["qos0_cpu_per_m"],
+                              "qos0_mq_backend_cpu": v["qos0_backend_cpu"], "qos0_mq_runs": runs})
+    finally:
+        for p in fronts.values():
+            p[0].stop()
+        for b in backends:
+            b.stop()
+
+
 def lb_rows(q, c):
     rows = []
     b1, b2 = free_port(), free_port()
@@ -378,6 +399,7 @@ def lb_rows(q, c):
         p[0].stop()
     for b in backends:
         b.stop()
+    lb_to_brokers(res, dur, c, runs=1 if q else 3)
     m = res["mqedge lb"]
     for peer in ("HAProxy", "NGINX"):
         o = res[peer]
@@ -392,6 +414,12 @@ def lb_rows(q, c):
                      m["qos0"], o["qos0"], "≥ 1.1×" if peer == "HAProxy" else "", 1.1 if peer == "HAProxy" else None, True))
         rows.append(("LB", f"LB CPU seconds per million QoS 0 messages delivered (same runs) vs {peer}",
                      m["qos0_cpu_per_m"], o["qos0_cpu_per_m"], "", None, False))
+        rows.append(("LB", f"QoS 0 delivered msg/s through the LB to two mqedge broker backends (median of "
+                     f"{m['qos0_mq_runs']}; busiest broker CPU: {m['qos0_mq_backend_cpu']:.0%} with mqedge, "
+                     f"{o['qos0_mq_backend_cpu']:.0%} with {peer}) vs {peer}",
+                     m["qos0_mq"], o["qos0_mq"], "", None, True))
+        rows.append(("LB", f"LB CPU seconds per million QoS 0 messages to mqedge broker backends (same runs) vs {peer}",
+                     m["qos0_mq_cpu_per_m"], o["qos0_mq_cpu_per_m"], "", None, False))
         rows.append(("LB", f"QoS 1 delivered msg/s through the LB (median of {m['qos1_runs']}) vs {peer}",
                      m["qos1"], o["qos1"], "", None, True))
         rows.append(("LB", f"p99 latency at 20k msg/s, µs vs {peer}",
@@ -677,6 +705,11 @@ def versions():
     }
 
 
+def row_key(area, scenario):
+    """What names a row across runs: its scenario without the figures in it (CPU shares, counts)."""
+    return (area, re.sub(r"[0-9][0-9,.]*%?", "#", scenario))
+
+
 # the groups of a partial run (`--only`), for the report's first line
 PARTIAL_GROUPS = []
 
@@ -690,7 +723,7 @@ def previous_rows(path):
     for line in open(path).read().split("\n## Analysis")[0].splitlines():
         if line.startswith("| ") and not line.startswith("| area ") and not line.startswith("|---"):
             cells = [c.strip() for c in line.strip("|").split("|")]
-            rows.append(((cells[0], cells[1]), line))
+            rows.append((row_key(cells[0], cells[1]), line))
         elif line == "## Commands":
             in_cmds = True
         elif in_cmds and line and line != "```":
@@ -714,8 +747,11 @@ def written_line(path, q, started, partial):
         return line
     old = next((x for x in open(path).read().splitlines() if x.startswith("Written by")), line)
     groups = " ".join(f"--only {g}" for g in PARTIAL_GROUPS)
-    return (old.split(" The rows of `")[0] + f" The rows of `compare.sh {groups}` were measured again on "
-            f"{started:%Y-%m-%d %H:%M} UTC.")
+    mine = f" The rows of `compare.sh {groups}` were measured again on "
+    # the notes of earlier partial runs of other groups stay; this group's is replaced
+    head, *notes = old.split(" The rows of `")
+    kept = [n for n in notes if not (" The rows of `" + n).startswith(mine)]
+    return head + "".join(" The rows of `" + n for n in kept) + mine + f"{started:%Y-%m-%d %H:%M} UTC."
 
 
 def write_md(rows, q, started, path, partial=False):
@@ -760,7 +796,7 @@ def write_md(rows, q, started, path, partial=False):
     fresh = {}
     for r in rows:
         v_, ratio = verdict(r)
-        fresh[(r[0], r[1])] = f"| {r[0]} | {r[1]} | {r[2]:,.1f} | {r[3]:,.1f} | {ratio:.2f} | {r[4]} | {v_} |"
+        fresh[row_key(r[0], r[1])] = f"| {r[0]} | {r[1]} | {r[2]:,.1f} | {r[3]:,.1f} | {ratio:.2f} | {r[4]} | {v_} |"
     old_rows, old_commands = previous_rows(path) if partial else ([], [])
     # a partial run (--only) replaces its own rows where they were and keeps every other one
     for key, line in old_rows:

@@ -179,3 +179,198 @@ async fn a_client_whose_turn_is_further_than_pacing_wait_is_refused() {
     .await
     .expect("within the bound");
 }
+
+/// One client through the LB that connects again at once whenever its connection ends: the
+/// times (since `t0`) of each CONNACK after the first.
+fn reconnecting_client(
+    lb: SocketAddr,
+    id: String,
+    t0: Instant,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<Vec<f64>> {
+    tokio::spawn(async move {
+        let mut again = Vec::new();
+        let mut first = true;
+        while !*stop.borrow() {
+            let Ok(mut s) = tokio::net::TcpStream::connect(lb).await else {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            };
+            let pkt = mqedge_protocol::peek::encode_connect(4, &id, None, 60);
+            let mut ack = [0u8; 4];
+            let ok = s.write_all(&pkt).await.is_ok()
+                && tokio::time::timeout(Duration::from_secs(40), s.read_exact(&mut ack))
+                    .await
+                    .is_ok_and(|r| r.is_ok())
+                && ack[0] == 0x20
+                && ack[3] == 0;
+            if !ok {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+            if !first {
+                again.push(t0.elapsed().as_secs_f64());
+            }
+            first = false;
+            // connected: until the connection ends (or the test stops)
+            let mut buf = [0u8; 64];
+            let mut stop2 = stop.clone();
+            loop {
+                tokio::select! {
+                    r = s.read(&mut buf) => if !matches!(r, Ok(n) if n > 0) { break },
+                    _ = stop2.changed() => return again,
+                }
+            }
+        }
+        again
+    })
+}
+
+/// Three broker processes with `connect_rate = 10` behind an LB with their feeds; 120 clients;
+/// node3 killed (`kill -9`): when the LB admitted each of its clients to a survivor, in seconds
+/// after the kill (sampled from the LB's `backend_connections_total` every 50 ms; a CONNACK can
+/// come later: the survivor first asks every peer, the dead one included, for the session).
+async fn kill_and_reconnect(tag: &str, pacing: bool) -> Vec<f64> {
+    use common::cluster_nodes::*;
+    let cl = Cluster::start_limits(tag, Run::Binary, "connect_rate = 10").await;
+    let mut toml = format!(
+        "[lb]\nadmin = \"127.0.0.1:0\"\n\n[[listener]]\nname = \"mqtt\"\nbind = \"127.0.0.1:0\"\n\n\
+         [balance]\nstrategy = \"client_id\"\nretries = 2\n\n\
+         [health]\nkind = \"tcp\"\ninterval = \"200ms\"\ntimeout = \"500ms\"\nfall = 1\nrise = 1\n\n\
+         [placement]\ninterval = \"200ms\"\npacing = {pacing}\npacing_wait = \"30s\"\n"
+    );
+    for (i, name) in NAMES.iter().enumerate() {
+        toml.push_str(&format!(
+            "\n[[backend]]\nname = \"{name}\"\naddr = \"{}\"\nadmin = \"{}\"\n",
+            cl.addr(i),
+            cl.admin(i)
+        ));
+    }
+    let dir = TempDir::new(&format!("{tag}-lb"));
+    let lb = InProcLb::start(&dir.write("lb.toml", &toml));
+    let ready = eventually(Duration::from_secs(15), || {
+        let p = get_json(lb.admin(), "/api/placement");
+        let f = p["feeds"].as_array().cloned().unwrap_or_default();
+        f.len() == 3 && f.iter().all(|f| f["ok"] == true)
+    })
+    .await;
+    assert!(ready, "{}", get_json(lb.admin(), "/api/placement"));
+    let mut cl = cl;
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let t0 = Instant::now();
+    let ids: Vec<String> = (0..120).map(|i| format!("{tag}-{i}")).collect();
+    let on3: Vec<bool> = ids
+        .iter()
+        .map(|id| hashed_backend(id, &NAMES) == "node3")
+        .collect();
+    let clients: Vec<_> = ids
+        .iter()
+        .map(|id| reconnecting_client(lb.addr("mqtt"), id.clone(), t0, stop.clone()))
+        .collect();
+    // everyone connected (paced too: 40 a node at 10 a second)
+    let all_in = eventually(Duration::from_secs(30), || {
+        lb_metric(&lb, "mqedge_lb_backend_connections_active", &[]) as usize >= ids.len()
+    })
+    .await;
+    assert!(all_in, "{}", http("GET", lb.admin(), "/metrics").1);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let forwarded = |lb: &InProcLb| {
+        let m = parse_prometheus(&http("GET", lb.admin(), "/metrics").1);
+        ["\"node1\"", "\"node2\""]
+            .iter()
+            .map(|n| metric(&m, "mqedge_lb_backend_connections_total", &[n]))
+            .sum::<f64>()
+    };
+    let before = forwarded(&lb);
+    let killed = t0.elapsed().as_secs_f64();
+    cl.kill9(2);
+    let n3 = on3.iter().filter(|x| **x).count();
+    // the LB's admissions to the survivors, sampled every 50 ms: (seconds after the kill, count)
+    let mut admitted = Vec::new();
+    let until = Instant::now() + Duration::from_secs(40);
+    let mut back = false;
+    while Instant::now() < until {
+        let n = forwarded(&lb) - before;
+        let t = t0.elapsed().as_secs_f64() - killed;
+        if admitted.last().is_none_or(|(_, m)| *m < n) {
+            admitted.push((t, n));
+        }
+        if n as usize >= n3 {
+            back = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = stop_tx.send(true);
+    let mut times = Vec::new();
+    for (c, was3) in clients.into_iter().zip(&on3) {
+        let again = c.await.unwrap_or_default();
+        if *was3 {
+            times.extend(again.into_iter().map(|t| t - killed));
+        }
+    }
+    assert!(
+        back,
+        "not every client came back: {admitted:?} of node3's {n3}"
+    );
+    assert_eq!(times.len(), n3, "node3's clients: each reconnected once");
+    // one time per admission, from the samples
+    let mut at = Vec::new();
+    let mut prev = 0.0;
+    for (t, n) in admitted {
+        at.extend(std::iter::repeat_n(t, (n - prev) as usize));
+        prev = n;
+    }
+    at
+}
+
+/// Reconnects per quarter second after the kill, for the log and docs/reliability.md.
+fn curve(times: &[f64]) -> String {
+    let last = times.iter().copied().fold(0.0, f64::max);
+    (0..=(last * 4.0) as usize)
+        .map(|q| {
+            let lo = q as f64 / 4.0;
+            times
+                .iter()
+                .filter(|t| **t >= lo && **t < lo + 0.25)
+                .count()
+                .to_string()
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_clients_of_a_killed_node_come_back_at_the_survivors_rate() {
+    tokio::time::timeout(BOUND, async {
+        let times = kill_and_reconnect("pace-kill", true).await;
+        let first = times.iter().copied().fold(f64::MAX, f64::min);
+        let last = times.iter().copied().fold(0.0, f64::max);
+        println!(
+            "paced: {} admissions from {first:.2} s to {last:.2} s after the kill; per 250 ms: {}",
+            times.len(),
+            curve(&times)
+        );
+        // two survivors at 10 a second each (a burst of 1), at most: never a herd
+        assert!(busiest_second(&times) <= 2 * (10 + 2), "{}", curve(&times));
+        assert!(last - first >= 1.0, "{}", curve(&times));
+    })
+    .await
+    .expect("within the bound");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_pacing_the_clients_of_a_killed_node_come_back_at_once() {
+    tokio::time::timeout(BOUND, async {
+        let times = kill_and_reconnect("pace-kill-off", false).await;
+        let last = times.iter().copied().fold(0.0, f64::max);
+        println!(
+            "not paced: {} admissions within {last:.2} s of the kill; per 250 ms: {}",
+            times.len(),
+            curve(&times)
+        );
+        assert!(busiest_second(&times) > 2 * (10 + 2), "{}", curve(&times));
+    })
+    .await
+    .expect("within the bound");
+}

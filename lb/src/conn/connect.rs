@@ -67,7 +67,12 @@ pub async fn forward(
     let attempts = live.balance.retries as usize + 1;
     for &i in order.iter().take(attempts) {
         let b = ok[i];
-        if !paced(lb, live, b, &mut client.kill).await {
+        let turn = paced(lb, live, b, &mut client.kill).await;
+        if turn == Turn::Gone {
+            // it went down while the client waited: the next of the order, at once
+            continue;
+        }
+        if turn == Turn::Refused {
             lb.metrics().reject(rt.name(), "paced");
             tracing::info!(conn = %facts.conn_id, listener = %rt.name(), client_id = %peeked.client_id, src = %facts.src, backend = %b.name(), rate = b.pacer().rate(), "closed: backend paced, its turn was further than pacing_wait");
             return None;
@@ -136,24 +141,44 @@ fn placed_first(
         .inc();
 }
 
-/// Waits for the client's turn at `b` (failover pacing, [`crate::backend::pacing`]); false when
-/// it was refused, or the LB began to shut down meanwhile.
-async fn paced(lb: &Lb, live: &Live, b: &Backend, kill: &mut Subscription) -> bool {
+/// What a client's wait for its turn at a backend came to.
+#[derive(Debug, PartialEq, Eq)]
+enum Turn {
+    /// Its turn: dial it.
+    Go,
+    /// Its turn was further than `pacing_wait` (or the LB began to shut down meanwhile).
+    Refused,
+    /// The backend went down while the client waited (its clients come to the survivors).
+    Gone,
+}
+
+/// How often a waiting client looks whether its backend is still up.
+const GONE_CHECK: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// Waits for the client's turn at `b` (failover pacing, [`crate::backend::pacing`]).
+async fn paced(lb: &Lb, live: &Live, b: &Backend, kill: &mut Subscription) -> Turn {
     let label = || BackendLabel {
         backend: b.name().to_string(),
     };
     match b.pacer().admit(Instant::now(), live.placement.pacing_wait) {
-        Admit::Now => true,
+        Admit::Now => Turn::Go,
         Admit::After(d) => {
             lb.metrics().pacing_waits.get_or_create(&label()).inc();
-            tokio::select! {
-                _ = tokio::time::sleep(d) => true,
-                _ = std::future::poll_fn(|cx| kill.poll_fired(cx)) => false,
+            let until = tokio::time::Instant::now() + d;
+            while tokio::time::Instant::now() < until {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(until.min(tokio::time::Instant::now() + GONE_CHECK)) => {}
+                    _ = std::future::poll_fn(|cx| kill.poll_fired(cx)) => return Turn::Refused,
+                }
+                if b.state() != crate::backend::State::Up {
+                    return Turn::Gone;
+                }
             }
+            Turn::Go
         }
         Admit::Refused => {
             lb.metrics().pacing_refused.get_or_create(&label()).inc();
-            false
+            Turn::Refused
         }
     }
 }
