@@ -123,6 +123,19 @@ pub struct Metrics {
     pub pacing_waits: Family<BackendLabel, Counter>,
     /// Clients refused because their turn was further than `pacing_wait`, by backend.
     pub pacing_refused: Family<BackendLabel, Counter>,
+    /// The rebalance's counters (`rebalance_moved`, `rebalance_failed`, `rebalance_pending`).
+    pub rebalance: RebalanceMetrics,
+}
+
+/// The rebalance's series (`backend::rebalance` counts into them).
+#[derive(Debug, Clone, Default)]
+pub struct RebalanceMetrics {
+    /// `mqedge_lb_rebalance_moved_total`.
+    pub moved: Counter,
+    /// `mqedge_lb_rebalance_failed_total`.
+    pub failed: Counter,
+    /// `mqedge_lb_rebalance_pending`.
+    pub pending: Gauge,
 }
 
 /// Labels for placement picks.
@@ -179,6 +192,7 @@ impl Metrics {
             placement_feed_errors: Family::default(),
             pacing_waits: Family::default(),
             pacing_refused: Family::default(),
+            rebalance: Default::default(),
             registry: Registry::default(),
         };
         m.register(&mut registry);
@@ -321,6 +335,21 @@ impl Metrics {
             "pacing_refused",
             "Clients refused because their turn at a paced backend was further than pacing_wait",
             self.pacing_refused.clone(),
+        );
+        registry.register(
+            "rebalance_moved",
+            "Clients a rebalance moved to their hash pick (POST /api/rebalance)",
+            self.rebalance.moved.clone(),
+        );
+        registry.register(
+            "rebalance_failed",
+            "Clients a rebalance could not move (their broker refused or did not answer)",
+            self.rebalance.failed.clone(),
+        );
+        registry.register(
+            "rebalance_pending",
+            "Clients the running rebalance has still to move",
+            self.rebalance.pending.clone(),
         );
     }
 

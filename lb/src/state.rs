@@ -112,6 +112,8 @@ pub struct Lb {
     accepting: AtomicBool,
     seq: AtomicU64,
     boot: u64,
+    /// The rebalance's progress and the clients it moved (`POST /api/rebalance`).
+    rebalance: crate::backend::rebalance::Rebalance,
 }
 
 impl Lb {
@@ -128,7 +130,9 @@ impl Lb {
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0);
+        let rebalance = crate::backend::rebalance::Rebalance::new(metrics.rebalance.clone());
         Arc::new(Lb {
+            rebalance,
             live: ArcSwap::from_pointee(Live {
                 lb: cfg.lb.clone(),
                 balance: cfg.balance,
@@ -164,6 +168,11 @@ impl Lb {
     /// Puts a reloaded config in force for everything that reads it from now on.
     pub fn set_live(&self, live: Live) {
         self.live.store(Arc::new(live));
+    }
+
+    /// The rebalance's state.
+    pub fn rebalance(&self) -> &crate::backend::rebalance::Rebalance {
+        &self.rebalance
     }
 
     /// The counters.

@@ -32,6 +32,7 @@ mod node;
 mod outgoing;
 mod peer;
 mod peers;
+mod rebalance;
 mod remembered;
 mod replicas;
 mod tls;
@@ -183,6 +184,13 @@ pub trait Peers: Send + Sync {
         client_ids: Vec<String>,
         timeout: std::time::Duration,
     ) -> BoxFuture<'_, std::collections::HashSet<String>>;
+    /// A rebalance (`POST /api/sessions/move`): each of `client_ids` has its session pushed to
+    /// live node `to` (freeze → confirm) and its connection told DISCONNECT `0x9C`; a client
+    /// without a persistent session is only told to go. `None` when `to` is not a live peer
+    /// that takes clients; else (client id, moved) for each.
+    fn move_sessions(&self, _to: &str, _client_ids: Vec<String>) -> Option<Vec<(String, bool)>> {
+        None
+    }
 }
 
 /// What the other nodes ask of this one: the core's side of the boundary, given to the cluster

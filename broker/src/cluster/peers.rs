@@ -213,6 +213,10 @@ impl Peers for Cluster {
         })
     }
 
+    fn move_sessions(&self, to: &str, client_ids: Vec<String>) -> Option<Vec<(String, bool)>> {
+        self.me.upgrade()?.move_to(to, client_ids)
+    }
+
     fn reachable(&self, n: &str) -> bool {
         self.is_member(n) && lock(&self.peers).get(n).is_some_and(|p| p.reachable())
     }

@@ -1,7 +1,7 @@
 //! Broker admin HTTP (axum): `/healthz`, `/metrics`, `GET /api/clients/{client_id}` with the
 //! client's real address (from the PROXY header) and its username (the CN when configured),
 //! `GET /api/cluster`, `GET`/`POST /api/drain` (`drain_api`), the LB's placement feed
-//! `GET /api/placement` (`placement`), and the status page `GET /` with its JSON
+//! `GET /api/placement` (`placement`), `POST /api/sessions/move` (`move_api`), and the status page `GET /` with its JSON
 //! `GET /api/status` (`status`). Every request passes the shared admin guard first.
 
 use std::sync::Arc;
@@ -80,6 +80,10 @@ pub fn router(b: Arc<Broker>) -> Router {
             get(super::drain_api::get).post(super::drain_api::post),
         )
         .route("/api/placement", get(super::placement::placement))
+        .route(
+            "/api/sessions/move",
+            axum::routing::post(super::move_api::post),
+        )
         .with_state(b);
     admin::guarded(
         routes,

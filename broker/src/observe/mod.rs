@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod drain_api;
+pub mod move_api;
 pub mod placement;
 pub mod status;
 pub mod sys;

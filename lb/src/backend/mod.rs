@@ -17,9 +17,11 @@
 
 pub mod balance;
 mod check;
+pub mod clients;
 mod drain;
 pub mod pacing;
 pub mod placement;
+pub mod rebalance;
 #[cfg(test)]
 mod tests;
 
@@ -115,6 +117,8 @@ pub struct Backend {
     last_check: Mutex<std::collections::VecDeque<LastCheck>>,
     /// Admission of new clients at the rate its broker's feed gives (`[placement] pacing`).
     pacer: pacing::Pacer,
+    /// The client ids of its open connections (the rebalance reads them).
+    clients: clients::Clients,
 }
 
 /// One drain cycle's close signal and number, changed together under [`Backend`]'s lock so a
@@ -223,6 +227,7 @@ impl Backend {
             checker: AtomicU64::new(0),
             last_check: Mutex::new(std::collections::VecDeque::new()),
             pacer: pacing::Pacer::default(),
+            clients: clients::Clients::default(),
         }
     }
 
@@ -339,25 +344,36 @@ impl Backend {
     }
 
     /// Marks one forwarded connection open; the guard closes the count.
-    pub fn open_connection(self: &Arc<Self>) -> ConnGuard {
+    pub fn open_connection(self: &Arc<Self>, client_id: &str) -> ConnGuard {
         self.active.fetch_add(1, Ordering::Relaxed);
         self.total.fetch_add(1, Ordering::Relaxed);
         self.counters.total.inc();
         self.counters.active.inc();
         ConnGuard {
             backend: self.clone(),
+            slot: self.clients.add(client_id),
         }
+    }
+
+    /// The client ids of its open connections, one per connection.
+    pub fn client_ids(&self) -> Vec<Arc<str>> {
+        self.clients.ids()
     }
 }
 
-/// Held by a forwarded connection; keeps the active count right however the task ends.
+/// Held by a forwarded connection; keeps the active count and the client list right however
+/// the task ends.
 pub struct ConnGuard {
     backend: Arc<Backend>,
+    /// Its entry in the backend's client list (0: none, without a client id); a plain `u64`
+    /// so an idle connection grows by 8 bytes only.
+    slot: u64,
 }
 
 impl Drop for ConnGuard {
     fn drop(&mut self) {
         self.backend.active.fetch_sub(1, Ordering::Relaxed);
         self.backend.counters.active.dec();
+        self.backend.clients.remove(self.slot);
     }
 }

@@ -197,6 +197,20 @@ pub struct BalanceConfig {
     pub fallback: Strategy,
     /// Further backends to try, in hash order, when a connect fails.
     pub retries: u32,
+    /// When a rebalance runs (`manual`: `POST /api/rebalance` only).
+    pub rebalance: RebalanceMode,
+    /// Clients a rebalance moves per second.
+    pub rebalance_rate: u32,
+}
+
+/// `[balance] rebalance`: when the clients whose hash pick moved to a backend are moved there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RebalanceMode {
+    /// Only on `POST /api/rebalance`.
+    Manual,
+    /// Also when a backend becomes `up` that was not (it joined, or came back).
+    Auto,
 }
 
 /// `[health]`.

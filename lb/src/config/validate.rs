@@ -100,6 +100,8 @@ struct RawBalance {
     strategy: Option<Strategy>,
     fallback: Option<Spanned<Strategy>>,
     retries: Option<u32>,
+    rebalance: Option<super::RebalanceMode>,
+    rebalance_rate: Option<Spanned<u32>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -438,7 +440,20 @@ fn parse_balance(rb: Option<RawBalance>, p: &mut Problems<'_>) -> BalanceConfig 
         strategy: None,
         fallback: None,
         retries: None,
+        rebalance: None,
+        rebalance_rate: None,
     });
+    let rebalance_rate = match &rb.rebalance_rate {
+        Some(r) if *r.get_ref() == 0 => {
+            p.at(
+                r.span(),
+                "rebalance_rate must be at least 1 (clients per second)",
+            );
+            1
+        }
+        Some(r) => *r.get_ref(),
+        None => 100,
+    };
     let fallback = match &rb.fallback {
         Some(f) if *f.get_ref() == Strategy::ClientId => {
             p.at(
@@ -454,6 +469,8 @@ fn parse_balance(rb: Option<RawBalance>, p: &mut Problems<'_>) -> BalanceConfig 
         strategy: rb.strategy.unwrap_or(Strategy::ClientId),
         fallback,
         retries: rb.retries.unwrap_or(2),
+        rebalance: rb.rebalance.unwrap_or(super::RebalanceMode::Manual),
+        rebalance_rate,
     }
 }
 

@@ -126,8 +126,10 @@ fn placed_first(
         return;
     }
     let snap = lb.placement();
+    // a client the rebalance just moved to its hash pick: its old node's entry is stale
     let at = snap
         .lookup(client_id)
+        .filter(|_| !lb.rebalance().recently_moved(client_id))
         .and_then(|n| cands.iter().position(|c| c.name == n));
     let source = match at {
         Some(i) if prefer(order, i) => "exception",
@@ -215,7 +217,7 @@ fn established(
         peeked,
         kill,
     } = client;
-    let guard = b.open_connection();
+    let guard = b.open_connection(&peeked.client_id);
     let replayed = peeked.bytes.len() as u64;
     b.counters().bytes_in.inc_by(replayed);
     rt.bytes_in().inc_by(replayed);

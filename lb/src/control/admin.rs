@@ -1,6 +1,6 @@
 //! The admin HTTP API on `[lb] admin` (axum): `/healthz`, `/metrics` (Prometheus text),
 //! `GET /api/backends`, `POST /api/backends/{name}/drain` (and `/ready` to undo it),
-//! `GET /api/reload`, the placement feeds' state `GET /api/placement` (and
+//! `GET /api/reload`, `GET`/`POST /api/rebalance` (`control::rebalance`), the placement feeds' state `GET /api/placement` (and
 //! `/api/placement/{client_id}`: where that client goes now), and the status page `GET /` with
 //! its JSON `GET /api/status` (`status`).
 //! Shapes are DESIGN.md's; bind it to a private address. Every request
@@ -91,6 +91,22 @@ async fn placement_of(State(lb): State<Arc<Lb>>, Path(id): Path<String>) -> Json
     Json(crate::control::placement::client_json(&lb, &id))
 }
 
+async fn rebalance(State(lb): State<Arc<Lb>>) -> Json<Value> {
+    Json(lb.rebalance().json())
+}
+
+/// `202` with the progress once started; `409` when one runs or the strategy has no hash home.
+async fn start_rebalance(State(lb): State<Arc<Lb>>) -> Response {
+    match crate::control::rebalance::start(&lb, "api") {
+        Ok(_) => (StatusCode::ACCEPTED, Json(lb.rebalance().json())).into_response(),
+        Err(e) => (
+            StatusCode::CONFLICT,
+            Json(json!({ "error": e.to_string() })),
+        )
+            .into_response(),
+    }
+}
+
 async fn reload(State(lb): State<Arc<Lb>>) -> Json<Value> {
     let generation = lb.live().generation;
     let last_error = lb.reload_status().last_error();
@@ -110,6 +126,7 @@ pub fn router(lb: Arc<Lb>) -> Router {
         .route("/api/backends/{name}/drain", post(drain))
         .route("/api/backends/{name}/ready", post(ready))
         .route("/api/reload", get(reload))
+        .route("/api/rebalance", get(rebalance).post(start_rebalance))
         .route("/api/placement", get(placement))
         .route("/api/placement/{client_id}", get(placement_of))
         .with_state(lb);

@@ -131,7 +131,7 @@ pub async fn fetch(
 
 /// A TCP connection to the admin address (a host name is resolved at every poll) and the peer
 /// address, which the request names as its `Host` (the admin guard accepts IP literals).
-async fn dial(addr: &BackendAddr) -> Result<(TcpStream, SocketAddr), FeedError> {
+pub(crate) async fn dial(addr: &BackendAddr) -> Result<(TcpStream, SocketAddr), FeedError> {
     let failed = |source| FeedError::Connect {
         addr: addr.to_string(),
         source,

@@ -355,7 +355,8 @@ pub async fn check_once(
 }
 
 /// Runs a check and applies its outcome; logs state changes.
-pub async fn check_and_record(lb: &Lb, b: &Arc<Backend>) {
+pub async fn check_and_record(lb: &Arc<Lb>, b: &Arc<Backend>) {
+    let before = b.state();
     let live = lb.live_arc();
     let hc = live.health;
     let client_id = format!(
@@ -394,9 +395,11 @@ pub async fn check_and_record(lb: &Lb, b: &Arc<Backend>) {
         Ok(_) => {}
     }
     if drain_applied(b, &res, &hc) {
+        came_up(lb, b, before);
         return;
     }
     if let Some(st) = b.record_check(res.is_ok(), &hc) {
+        came_up(lb, b, before);
         match &res {
             Ok(_) => {
                 tracing::info!(backend = %b.name(), addr = %b.addr(), state = st.as_str(), "backend state changed")
@@ -405,6 +408,13 @@ pub async fn check_and_record(lb: &Lb, b: &Arc<Backend>) {
                 tracing::warn!(backend = %b.name(), addr = %b.addr(), state = st.as_str(), error = %e, "backend state changed")
             }
         }
+    }
+}
+
+/// `[balance] rebalance = "auto"`: a backend that became `up` takes its share of clients back.
+fn came_up(lb: &Arc<Lb>, b: &Backend, before: BState) {
+    if before != BState::Up && b.state() == BState::Up {
+        super::rebalance::on_up(lb, b.name());
     }
 }
 

@@ -10,5 +10,6 @@ pub mod admin;
 pub mod feed;
 pub mod health;
 pub mod placement;
+pub mod rebalance;
 pub mod reload;
 pub mod status;
