@@ -236,6 +236,18 @@ impl Backend {
         &self.pacer
     }
 
+    /// How the picker sees `backends` (borrowed, in their order).
+    pub fn candidates<'a>(backends: &[&'a Arc<Backend>]) -> Vec<balance::Candidate<'a>> {
+        backends
+            .iter()
+            .map(|b| balance::Candidate {
+                name: b.name(),
+                weight: b.weight(),
+                active: b.active(),
+            })
+            .collect()
+    }
+
     /// Unique name (the hash key).
     #[inline]
     pub fn name(&self) -> &str {

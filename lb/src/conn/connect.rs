@@ -48,14 +48,7 @@ pub async fn forward(
 ) -> Option<Established> {
     let (facts, peeked) = (&client.facts, &client.peeked);
     let ok = live.usable();
-    let cands: Vec<Candidate<'_>> = ok
-        .iter()
-        .map(|b| Candidate {
-            name: b.name(),
-            weight: b.weight(),
-            active: b.active(),
-        })
-        .collect();
+    let cands = Backend::candidates(&ok);
     let mut order = lb.picker().order(
         live.balance.strategy,
         live.balance.fallback,

@@ -101,6 +101,22 @@ pub fn cap_for(limit: usize) -> usize {
         .saturating_add(BASE_BYTES)
 }
 
+/// Reads a whole HTTP answer (at most `cap` bytes) and its JSON body.
+pub(super) async fn read_json<T: serde::de::DeserializeOwned>(
+    s: &mut TcpStream,
+    cap: usize,
+) -> Result<T, FeedError> {
+    let mut raw = Vec::new();
+    s.take((cap as u64).saturating_add(1))
+        .read_to_end(&mut raw)
+        .await?;
+    if raw.len() > cap {
+        return Err(FeedError::TooLarge(cap));
+    }
+    let body = body_of(&raw)?;
+    serde_json::from_slice::<T>(&body).map_err(|e| FeedError::Json(e.to_string()))
+}
+
 /// Polls the feed at `addr` once: at most `limit` entries, the bearer `token` when the broker
 /// asks for one, everything within `timeout`.
 pub async fn fetch(
@@ -113,16 +129,7 @@ pub async fn fetch(
     let poll = async {
         let (mut s, peer) = dial(addr).await?;
         s.write_all(request(peer, limit, token).as_bytes()).await?;
-        let mut raw = Vec::new();
-        (&mut s)
-            .take((cap as u64).saturating_add(1))
-            .read_to_end(&mut raw)
-            .await?;
-        if raw.len() > cap {
-            return Err(FeedError::TooLarge(cap));
-        }
-        let body = body_of(&raw)?;
-        serde_json::from_slice::<FeedDoc>(&body).map_err(|e| FeedError::Json(e.to_string()))
+        read_json::<FeedDoc>(&mut s, cap).await
     };
     tokio::time::timeout(timeout, poll)
         .await

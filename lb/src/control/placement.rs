@@ -16,8 +16,9 @@ use serde_json::{json, Value};
 use tokio::sync::watch;
 
 use super::feed::{self, FeedDoc, FeedError};
-use crate::backend::balance::{hash_order, Candidate};
+use crate::backend::balance::hash_order;
 use crate::backend::placement::{Builder, FeedStatus, MAX_MEMBERS};
+use crate::backend::Backend;
 use crate::config::placement::Feed;
 use crate::config::PlacementConfig;
 use crate::metrics::BackendLabel;
@@ -182,14 +183,7 @@ pub fn status_json(lb: &Lb) -> Value {
 pub fn client_json(lb: &Lb, client_id: &str) -> Value {
     let live = lb.live();
     let ok = live.usable();
-    let cands: Vec<Candidate<'_>> = ok
-        .iter()
-        .map(|b| Candidate {
-            name: b.name(),
-            weight: b.weight(),
-            active: b.active(),
-        })
-        .collect();
+    let cands = Backend::candidates(&ok);
     let snap = lb.placement();
     let exception = snap.lookup(client_id);
     let hashed = hash_order(client_id.as_bytes(), &cands)

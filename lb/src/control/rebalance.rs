@@ -15,11 +15,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::time::Instant;
 
 use super::feed::{self, FeedError};
-use crate::backend::balance::{hash_order, Candidate};
+use crate::backend::balance::hash_order;
 use crate::backend::Backend;
 use crate::config::{BackendAddr, RebalanceMode, Strategy};
 use crate::state::{Lb, Live};
@@ -54,14 +54,7 @@ struct Move {
 /// backends is another backend than the one it is on.
 fn plan(live: &Live) -> Vec<Move> {
     let usable = live.usable();
-    let cands: Vec<Candidate<'_>> = usable
-        .iter()
-        .map(|b| Candidate {
-            name: b.name(),
-            weight: b.weight(),
-            active: b.active(),
-        })
-        .collect();
+    let cands = Backend::candidates(&usable);
     let mut out = Vec::new();
     for (i, b) in usable.iter().enumerate() {
         for id in b.client_ids() {
@@ -212,16 +205,7 @@ async fn post_move(
             mqedge_shared::admin::ADMIN_HEADER,
         );
         s.write_all(format!("{head}{body}").as_bytes()).await?;
-        let mut raw = Vec::new();
-        (&mut s)
-            .take((cap as u64).saturating_add(1))
-            .read_to_end(&mut raw)
-            .await?;
-        if raw.len() > cap {
-            return Err(FeedError::TooLarge(cap));
-        }
-        let body = feed::body_of(&raw)?;
-        serde_json::from_slice::<MoveAnswer>(&body).map_err(|e| FeedError::Json(e.to_string()))
+        feed::read_json::<MoveAnswer>(&mut s, cap).await
     };
     tokio::time::timeout(timeout, call)
         .await
