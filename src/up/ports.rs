@@ -259,10 +259,11 @@ mod tests {
             );
         }
         let quoted = all.matches("\"127.0.0.1:").count();
-        // node1..3: listener, admin, cluster bind, 3 seeds; lb: 5 own + 3 backends
+        // node1..3: listener, admin, cluster bind, 3 seeds; lb: 5 own + 3 backends + their
+        // 3 admin addresses (the placement feeds)
         assert_eq!(
             quoted,
-            3 * 6 + 8,
+            3 * 6 + 8 + 3,
             "a 127.0.0.1 address SPECS does not know about"
         );
     }
