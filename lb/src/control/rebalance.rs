@@ -125,15 +125,19 @@ pub fn on_up(lb: &Arc<Lb>, backend: &str) {
     });
 }
 
-/// Moves `moves` in order, move `k` no earlier than `k / rate` seconds after the start.
+/// Moves `moves` in order, in steps of [`step`] clients: a step starts no earlier than the
+/// one before it started plus its length / `rate`, and never to catch up on time lost (a slow
+/// broker answer makes the run slower, never faster than `rate`). So any one second holds at
+/// most `rate` clients plus one step.
 async fn run(lb: &Lb, live: &Live, moves: Vec<Move>, rate: u32) {
-    let t0 = Instant::now();
     let every = Duration::from_secs(1) / rate;
+    let n = step(rate);
     let mut next = 0usize;
+    let mut at = Instant::now();
     while next < moves.len() {
-        tokio::time::sleep_until(t0 + every * next as u32).await;
-        let due = (t0.elapsed().as_secs_f64() * f64::from(rate)).floor() as usize + 1;
-        let end = due.min(moves.len()).min(next + STEP_MAX).max(next + 1);
+        tokio::time::sleep_until(at).await;
+        let started = Instant::now();
+        let end = (next + n).min(moves.len());
         let mut groups: BTreeMap<(&str, &str), Vec<&Arc<str>>> = BTreeMap::new();
         for m in &moves[next..end] {
             groups
@@ -141,6 +145,7 @@ async fn run(lb: &Lb, live: &Live, moves: Vec<Move>, rate: u32) {
                 .or_default()
                 .push(&m.client_id);
         }
+        at = started + every * (end - next) as u32;
         next = end;
         for ((from, to), ids) in groups {
             let moved = ask(live, from, to, &ids).await;
@@ -150,6 +155,12 @@ async fn run(lb: &Lb, live: &Live, moves: Vec<Move>, rate: u32) {
             }
         }
     }
+}
+
+/// Clients per step at `rate`: a twentieth of a second's worth (one at 20/s and below), at most
+/// [`STEP_MAX`].
+pub fn step(rate: u32) -> usize {
+    ((rate / 20).max(1) as usize).min(STEP_MAX)
 }
 
 /// Asks `from`'s broker to move `ids` to `to`: the ids it moved (none when it could not be
