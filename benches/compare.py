@@ -354,17 +354,23 @@ def pubsub_rounds(fronts, backends, dur, c, runs=3, qos=0):
     return out
 
 
-def resume_rows(q, c):
-    """TLS resumption at each LB: the connect storm of the handshake rows (the LB under test on
-    CPU 0, client certificates), once with full handshakes and once from one client process whose
-    connections share one session store (`bench conn --resume`: what a fleet reconnecting after a
-    blip presents). The share of handshakes resumed, and resumed handshakes/s."""
-    b1, b2 = free_port(), free_port()
-    backends = [mosquitto("mosq-r1", b1), mosquitto("mosq-r2", b2)]
+def start_fronts(backend_ports, c):
+    """mqedge lb, HAProxy and NGINX, each on a free port, in front of `backend_ports`."""
     fronts = {}
     for name, start in (("mqedge lb", mqedge_lb), ("HAProxy", haproxy), ("NGINX", nginx)):
         port = free_port()
-        fronts[name] = (start(port, [b1, b2], c), port)
+        fronts[name] = (start(port, backend_ports, c), port)
+    return fronts
+
+
+def resume_rows(q, c):
+    """TLS resumption at each LB: the connect storm of the handshake rows (the LB under test on
+    CPU 0, client certificates), once with full handshakes and once as a reconnect storm
+    (`bench conn --resume`: the clients connect once, then all come back, each with its own
+    ticket, as a fleet after a blip). The share of handshakes resumed, and resumed handshakes/s."""
+    b1, b2 = free_port(), free_port()
+    backends = [mosquitto("mosq-r1", b1), mosquitto("mosq-r2", b2)]
+    fronts = start_fronts([b1, b2], c)
     n = 300 if q else 5000
     runs = 1 if q else 3
     try:
@@ -394,10 +400,7 @@ def lb_to_brokers(res, dur, c, runs):
     the LBs (the same pubsub rounds, the LBs taking turns). Adds `qos0_mq*` to `res`."""
     ports = [free_port(), free_port()]
     backends = [mqedge_broker("lb-broker-1", ports[0]), mqedge_broker("lb-broker-2", ports[1])]
-    fronts = {}
-    for name, start in (("mqedge lb", mqedge_lb), ("HAProxy", haproxy), ("NGINX", nginx)):
-        port = free_port()
-        fronts[name] = (start(port, ports, c), port)
+    fronts = start_fronts(ports, c)
     try:
         for name, v in pubsub_rounds(fronts, backends, dur, c, runs=runs, qos=0).items():
             res[name].update({"qos0_mq": v["qos0"], "qos0_mq_cpu_per_m": v["qos0_cpu_per_m"],
@@ -413,10 +416,7 @@ def lb_rows(q, c):
     rows = []
     b1, b2 = free_port(), free_port()
     backends = [mosquitto("mosq-b1", b1), mosquitto("mosq-b2", b2)]
-    fronts = {}
-    for name, start in (("mqedge lb", mqedge_lb), ("HAProxy", haproxy), ("NGINX", nginx)):
-        port = free_port()
-        fronts[name] = (start(port, [b1, b2], c), port)
+    fronts = start_fronts([b1, b2], c)
     res = {}
     dur = "3s" if q else "10s"
     n_conn = 300 if q else 5000

@@ -23,6 +23,45 @@ pub(crate) struct RawAuthHttp {
     on_unavailable: OnUnavailable,
 }
 
+/// An external service's `timeout` in `table` (1 ms to 30 s; 5 s by default); `None` with the
+/// problem in `p`. One rule for `[auth.http]`, `[auth.http_acl]` and `[auth.postgres]`.
+pub(crate) fn service_timeout(
+    table: &str,
+    t: &Option<Spanned<HumanDuration>>,
+    p: &mut Problems<'_>,
+) -> Option<Duration> {
+    match t {
+        Some(t) if t.get_ref().0.is_zero() || t.get_ref().0 > Duration::from_secs(30) => {
+            p.at(
+                t.span(),
+                format!("{table} timeout must be between 1ms and 30s"),
+            );
+            None
+        }
+        Some(t) => Some(t.get_ref().0),
+        None => Some(Duration::from_secs(5)),
+    }
+}
+
+/// An external service's answer cache size in `table` (0 to 10,000,000; 10,000 by default).
+pub(crate) fn cache_size(
+    table: &str,
+    c: &Option<Spanned<i64>>,
+    p: &mut Problems<'_>,
+) -> Option<usize> {
+    match c {
+        Some(c) if !(0..=10_000_000).contains(c.get_ref()) => {
+            p.at(
+                c.span(),
+                format!("{table} cache_size must be between 0 and 10000000"),
+            );
+            None
+        }
+        Some(c) => Some(*c.get_ref() as usize),
+        None => Some(10_000),
+    }
+}
+
 /// Validates `[auth.http]` or `[auth.http_acl]` (`table`, for the messages); `None` with the problems in `p`.
 pub(crate) fn parse(table: &str, raw: RawAuthHttp, p: &mut Problems<'_>) -> Option<AuthHttpConfig> {
     let url = raw.url.get_ref();
@@ -49,28 +88,11 @@ pub(crate) fn parse(table: &str, raw: RawAuthHttp, p: &mut Problems<'_>) -> Opti
         );
         return None;
     }
-    let timeout = match raw.timeout {
-        Some(t) if t.get_ref().0.is_zero() || t.get_ref().0 > Duration::from_secs(30) => {
-            p.at(
-                t.span(),
-                format!("{table} timeout must be between 1ms and 30s"),
-            );
-            return None;
-        }
-        Some(t) => t.get_ref().0,
-        None => Duration::from_secs(5),
-    };
-    let cache_size = match raw.cache_size {
-        Some(c) if !(0..=10_000_000).contains(c.get_ref()) => {
-            p.at(
-                c.span(),
-                format!("{table} cache_size must be between 0 and 10000000"),
-            );
-            return None;
-        }
-        Some(c) => *c.get_ref() as usize,
-        None => 10_000,
-    };
+    let (timeout, cache_size) = (
+        service_timeout(table, &raw.timeout, p),
+        cache_size(table, &raw.cache_size, p),
+    );
+    let (timeout, cache_size) = (timeout?, cache_size?);
     Some(AuthHttpConfig {
         authority: authority.to_string(),
         path: path.to_string(),

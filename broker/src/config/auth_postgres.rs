@@ -26,7 +26,6 @@ pub(crate) struct RawAuthPostgres {
 
 /// Validates `[auth.postgres]`; `None` with the problems in `p`.
 pub(crate) fn parse(raw: RawAuthPostgres, p: &mut Problems<'_>) -> Option<PostgresConfig> {
-    let mut ok = true;
     let pg = match tokio_postgres::Config::from_str(raw.url.get_ref()) {
         Ok(c) if !c.get_hosts().is_empty() => Some(c),
         Ok(_) => {
@@ -38,31 +37,9 @@ pub(crate) fn parse(raw: RawAuthPostgres, p: &mut Problems<'_>) -> Option<Postgr
             None
         }
     };
-    let timeout = match raw.timeout {
-        Some(t) if t.get_ref().0.is_zero() || t.get_ref().0 > Duration::from_secs(30) => {
-            p.at(
-                t.span(),
-                "auth.postgres timeout must be between 1ms and 30s",
-            );
-            ok = false;
-            Duration::ZERO
-        }
-        Some(t) => t.get_ref().0,
-        None => Duration::from_secs(5),
-    };
-    let cache_size = match raw.cache_size {
-        Some(c) if !(0..=10_000_000).contains(c.get_ref()) => {
-            p.at(
-                c.span(),
-                "auth.postgres cache_size must be between 0 and 10000000",
-            );
-            ok = false;
-            0
-        }
-        Some(c) => *c.get_ref() as usize,
-        None => 10_000,
-    };
-    let pg = pg.filter(|_| ok)?;
+    let timeout = super::auth_http::service_timeout("auth.postgres", &raw.timeout, p);
+    let cache_size = super::auth_http::cache_size("auth.postgres", &raw.cache_size, p);
+    let (pg, timeout, cache_size) = (pg?, timeout?, cache_size?);
     Some(PostgresConfig {
         pg,
         timeout,
