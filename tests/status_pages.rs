@@ -12,7 +12,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::cluster_nodes::*;
-use common::{backend_state, InProcLb, ScriptRun, TempDir};
+use common::{backend_state, eventually, get_json, InProcLb, ScriptRun, TempDir};
 
 /// The Chromium binary, or `None` (outside CI) when it is not installed.
 fn chromium() -> Option<&'static str> {
@@ -159,6 +159,18 @@ async fn the_broker_page_shows_the_cluster() {
     let Some(bin) = chromium() else { return };
     let cluster = Cluster::start("status-broker", true, "prefer_local", Run::InProcess).await;
     let node = cluster.nodes[0].as_ref().unwrap();
+    // the peers' admin addresses come by gossip, a little after the nodes are up
+    let admins_known = eventually(Duration::from_secs(15), || {
+        let v = get_json(node.admin(), "/api/cluster");
+        let nodes = v["nodes"].as_array().cloned().unwrap_or_default();
+        nodes.len() >= 3
+            && nodes
+                .iter()
+                .filter(|n| n["name"] != "node1")
+                .all(|n| n["admin"].is_string())
+    })
+    .await;
+    assert!(admins_known, "{}", get_json(node.admin(), "/api/cluster"));
     let url = format!("http://{}/", node.admin());
     let (dom, console) = load(bin, &url);
     assert!(console.is_empty(), "console messages: {console:#?}");
