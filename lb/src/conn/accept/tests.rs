@@ -26,7 +26,8 @@ where
 /// Measured before the issue-12 restructure: `Established` 224 bytes, its `run` future 344,
 /// the spawned task's future 704 (the setup's `Option<Established>` sat beside the pump).
 /// After it: 224, 344 and 424 (the task pins the pump where it is built). Heap is apart:
-/// about 6 KiB per idle TLS connection with buffers and rustls state (heaptrack). The
+/// about 6 KiB per idle TLS connection with buffers and rustls state (heaptrack), 3.7 KiB once
+/// rustls' connection gave way to `tls_stream::lean::Records` (issue 18). The
 /// rebalance's client list (issue 16) adds 8 bytes to `Established` (the guard's slot; 232)
 /// and an entry in its backend's list (the client id) to the heap.
 #[test]

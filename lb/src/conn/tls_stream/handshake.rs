@@ -13,7 +13,8 @@ use tokio::net::TcpStream;
 
 use crate::conn::tls::{facts_of, TlsFacts};
 
-use super::{queue_alert, tls_err, Progress, TlsConn, MAX_INCOMING};
+use super::lean::{take_captured, SecretCapture};
+use super::{tls_err, Progress, Session, TlsConn, MAX_INCOMING};
 
 /// How long a failing handshake may spend sending its alert.
 const ALERT_WRITE_TIME: std::time::Duration = std::time::Duration::from_secs(1);
@@ -46,6 +47,9 @@ impl ResolvesServerCert for SniCapture {
 pub fn prepare(sc: Arc<ServerConfig>) -> Arc<ServerConfig> {
     let mut c = (*sc).clone();
     c.cert_resolver = Arc::new(SniCapture(c.cert_resolver.clone()));
+    // the keys move out of rustls after a TLS 1.3 handshake (`lean.rs`)
+    c.enable_secret_extraction = true;
+    c.key_log = Arc::new(SecretCapture(c.key_log.clone()));
     Arc::new(c)
 }
 
@@ -57,10 +61,11 @@ impl TlsConn {
         io: TcpStream,
         head: Vec<u8>,
     ) -> io::Result<TlsConn> {
+        let lean = config.enable_secret_extraction;
         let conn = UnbufferedServerConnection::new(config).map_err(tls_err)?;
         let mut t = TlsConn {
             io,
-            conn,
+            session: Session::Full(Box::new(conn), None),
             incoming: head,
             plain: Vec::new(),
             plain_pos: 0,
@@ -72,15 +77,21 @@ impl TlsConn {
         };
         loop {
             LAST_SNI.with(|s| s.borrow_mut().take());
+            take_captured();
             let res = t.drive_incoming(None);
             if let Some(sni) = LAST_SNI.with(|s| s.borrow_mut().take()) {
                 t.sni = sni;
+            }
+            if let (Some(secrets), Session::Full(_, slot), true) =
+                (take_captured(), &mut t.session, lean)
+            {
+                *slot = Some(secrets);
             }
             let progress = match res {
                 Ok(p) => p,
                 Err(e) => {
                     // tell the client why (e.g. certificate_required) before closing
-                    queue_alert(&mut t.conn, &mut t.outgoing);
+                    t.queue_alert();
                     let _ = tokio::time::timeout(ALERT_WRITE_TIME, t.write_out()).await;
                     return Err(e);
                 }
@@ -136,6 +147,10 @@ impl TlsConn {
 
     /// SNI, ALPN, version, cipher and client certificate of the finished handshake.
     pub fn facts(&self) -> TlsFacts {
-        facts_of(&self.conn, self.sni.clone())
+        match &self.session {
+            Session::Full(c, _) => facts_of(c, self.sni.clone()),
+            // only before the first read or write: `accept.rs` takes them right away
+            _ => TlsFacts::default(),
+        }
     }
 }

@@ -7,12 +7,15 @@
 //! asked for, ciphertext the socket did not take) are kept on the heap, and those copies are
 //! freed as soon as they drain — the same rule as the plain byte pump in `conn/pump.rs`.
 //!
-//! rustls does all of TLS (handshake, record protection, key updates, alerts); this module only
-//! moves bytes between the socket and rustls: [`drive`] here runs rustls over a buffer,
-//! `handshake.rs` runs the server handshake, `traffic.rs` reads and writes application data.
+//! rustls does the handshake (and all of TLS 1.2); this module moves bytes between the socket
+//! and rustls: [`drive`] here runs rustls over a buffer, `handshake.rs` runs the server
+//! handshake, `traffic.rs` reads and writes application data. After a TLS 1.3 handshake the
+//! first read or write replaces rustls' connection by `lean.rs`' bare record keys (3.7 KiB per
+//! idle connection instead of 6.1).
 
 use std::io;
 
+use rustls::crypto::tls13::OkmBlock;
 use rustls::server::UnbufferedServerConnection;
 use rustls::unbuffered::{ConnectionState, EncodeError, UnbufferedStatus};
 use tokio::net::TcpStream;
@@ -140,10 +143,20 @@ fn encode(
     }
 }
 
+/// Who protects the records: rustls' connection during the handshake (and for a TLS 1.2
+/// connection's whole life), [`lean::Records`] once a TLS 1.3 handshake is done.
+enum Session {
+    /// With the traffic secrets once rustls derived them (TLS 1.3, `lean::SecretCapture`).
+    Full(Box<UnbufferedServerConnection>, Option<Box<[OkmBlock; 2]>>),
+    Lean(Box<lean::Records>),
+    /// Only while the one becomes the other.
+    Gone,
+}
+
 /// A server-side TLS connection over a TCP stream; see the module docs.
 pub struct TlsConn {
     io: TcpStream,
-    conn: UnbufferedServerConnection,
+    session: Session,
     /// TLS bytes received that rustls has not finished with (a partial record).
     incoming: Vec<u8>,
     /// Decrypted bytes not yet handed to the reader.
@@ -160,23 +173,40 @@ pub struct TlsConn {
 }
 
 pub mod handshake;
+mod lean;
 #[cfg(test)]
 mod tests;
 mod traffic;
+
+/// Opens the records at the front of `buf` with whichever of rustls or [`lean::Records`]
+/// holds the keys (`at_write` is rustls' only: the lean write path does not need it).
+fn open(
+    session: &mut Session,
+    buf: &mut [u8],
+    outgoing: &mut Vec<u8>,
+    sink: &mut dyn FnMut(&[u8]),
+    at_write: Option<AtWrite<'_>>,
+) -> io::Result<(usize, Progress)> {
+    match session {
+        Session::Full(conn, _) => drive(conn, buf, outgoing, sink, at_write),
+        Session::Lean(r) => r.open(buf, outgoing, sink),
+        Session::Gone => Err(io::Error::other("TLS connection state lost")),
+    }
+}
 
 impl TlsConn {
     /// Runs [`drive`] over the kept `incoming` bytes, decrypted data going to `plain`, and drops
     /// the bytes rustls is done with.
     fn drive_incoming(&mut self, at_write: Option<AtWrite<'_>>) -> io::Result<Progress> {
         let TlsConn {
-            conn,
+            session,
             incoming,
             plain,
             outgoing,
             ..
         } = self;
-        let (used, progress) = drive(
-            conn,
+        let (used, progress) = open(
+            session,
             incoming,
             outgoing,
             &mut |p| plain.extend_from_slice(p),
@@ -184,5 +214,27 @@ impl TlsConn {
         )?;
         incoming.drain(..used);
         Ok(progress)
+    }
+
+    /// Replaces rustls' connection by [`lean::Records`] once a TLS 1.3 handshake is done
+    /// (called on the first read or write after it, so `facts()` can still read rustls').
+    fn lean_up(&mut self) -> io::Result<()> {
+        if !matches!(&self.session, Session::Full(c, Some(_)) if lean::Records::fits(c)) {
+            return Ok(());
+        }
+        if let Session::Full(c, Some(secrets)) = std::mem::replace(&mut self.session, Session::Gone)
+        {
+            self.session = Session::Lean(Box::new(lean::Records::from_conn(*c, &secrets)?));
+        }
+        Ok(())
+    }
+
+    /// After a failure: the alert that explains it goes to `outgoing` (once).
+    fn queue_alert(&mut self) {
+        match &mut self.session {
+            Session::Full(c, _) => queue_alert(c, &mut self.outgoing),
+            Session::Lean(r) => r.queue_alert(&mut self.outgoing),
+            Session::Gone => {}
+        }
     }
 }

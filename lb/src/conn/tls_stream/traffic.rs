@@ -10,7 +10,7 @@ use std::task::{ready, Context, Poll};
 use rustls::unbuffered::EncryptError;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use super::{drive, queue_alert, Progress, TlsConn, MAX_INCOMING, READ_CHUNK};
+use super::{open, Progress, Session, TlsConn, MAX_INCOMING, READ_CHUNK};
 
 /// Most plaintext encrypted per `poll_write` (one full record).
 const WRITE_CHUNK: usize = 16 * 1024;
@@ -27,7 +27,7 @@ impl TlsConn {
     /// Queues the alert for `e` and writes what the socket takes now (no waiting: the
     /// connection is about to close); returns `e`.
     fn fail(&mut self, cx: &mut Context<'_>, e: io::Error) -> io::Error {
-        queue_alert(&mut self.conn, &mut self.outgoing);
+        self.queue_alert();
         let _ = self.poll_write_out(cx);
         e
     }
@@ -92,6 +92,12 @@ impl TlsConn {
         chunk: &[u8],
         scratch: &mut Vec<u8>,
     ) -> io::Result<()> {
+        if let Session::Lean(r) = &mut self.session {
+            // rustls' encrypter hands out a fresh buffer: written from, then freed
+            let mut sealed = Vec::new();
+            r.seal(chunk, &mut sealed)?;
+            return self.send_sealed(cx, &sealed);
+        }
         if scratch.len() < WRITE_CHUNK + WRITE_OVERHEAD {
             scratch.resize(WRITE_CHUNK + WRITE_OVERHEAD, 0);
         }
@@ -109,11 +115,16 @@ impl TlsConn {
             }
             Err(e) => Err(io::Error::other(e.to_string())),
         })?;
-        // write straight from the scratch buffer; keep only what the socket does not take now
+        self.send_sealed(cx, &scratch[..sealed])
+    }
+
+    /// Writes `sealed` straight to the socket (after any older ciphertext); keeps only what the
+    /// socket does not take now.
+    fn send_sealed(&mut self, cx: &mut Context<'_>, sealed: &[u8]) -> io::Result<()> {
         let mut off = 0;
         if self.outgoing.is_empty() {
-            while off < sealed {
-                match Pin::new(&mut self.io).poll_write(cx, &scratch[off..sealed]) {
+            while off < sealed.len() {
+                match Pin::new(&mut self.io).poll_write(cx, &sealed[off..]) {
                     Poll::Ready(Ok(0)) => return Err(io::ErrorKind::WriteZero.into()),
                     Poll::Ready(Ok(k)) => off += k,
                     Poll::Ready(Err(e)) => return Err(e),
@@ -121,8 +132,8 @@ impl TlsConn {
                 }
             }
         }
-        if off < sealed {
-            self.outgoing.extend_from_slice(&scratch[off..sealed]);
+        if off < sealed.len() {
+            self.outgoing.extend_from_slice(&sealed[off..]);
         }
         if let Poll::Ready(Err(e)) = self.poll_write_out(cx) {
             return Err(e);
@@ -140,7 +151,7 @@ impl TlsConn {
     ) -> io::Result<Progress> {
         let n = got.len();
         let TlsConn {
-            conn,
+            session,
             incoming,
             plain,
             outgoing,
@@ -153,7 +164,7 @@ impl TlsConn {
         };
         let progress = if incoming.is_empty() {
             // the common case: whole records, decrypted in the stack buffer
-            let (used, progress) = match drive(conn, got, outgoing, &mut sink, None) {
+            let (used, progress) = match open(session, got, outgoing, &mut sink, None) {
                 Ok(v) => v,
                 Err(e) => return Err(self.fail(cx, e)),
             };
@@ -163,7 +174,7 @@ impl TlsConn {
             progress
         } else {
             incoming.extend_from_slice(got);
-            let (used, progress) = match drive(conn, incoming, outgoing, &mut sink, None) {
+            let (used, progress) = match open(session, incoming, outgoing, &mut sink, None) {
                 Ok(v) => v,
                 Err(e) => return Err(self.fail(cx, e)),
             };
@@ -189,6 +200,7 @@ impl AsyncRead for TlsConn {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let me = self.get_mut();
+        me.lean_up()?;
         loop {
             if me.plain_pos < me.plain.len() {
                 let n = (me.plain.len() - me.plain_pos).min(buf.remaining());
@@ -247,6 +259,7 @@ impl AsyncWrite for TlsConn {
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
         let me = self.get_mut();
+        me.lean_up()?;
         // ciphertext from earlier writes goes first: that is the backpressure
         ready!(me.poll_write_out(cx))?;
         if me.close_sent {
@@ -272,15 +285,20 @@ impl AsyncWrite for TlsConn {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let me = self.get_mut();
+        me.lean_up()?;
         ready!(me.poll_write_out(cx))?;
         if !me.close_sent {
             me.close_sent = true;
-            let mut alert = [0u8; 64];
-            let n = me.with_write_traffic(|w, _| {
-                w.queue_close_notify(&mut alert)
-                    .map_err(|e| io::Error::other(e.to_string()))
-            })?;
-            me.outgoing.extend_from_slice(&alert[..n]);
+            if let Session::Lean(r) = &mut me.session {
+                r.close_notify(&mut me.outgoing)?;
+            } else {
+                let mut alert = [0u8; 64];
+                let n = me.with_write_traffic(|w, _| {
+                    w.queue_close_notify(&mut alert)
+                        .map_err(|e| io::Error::other(e.to_string()))
+                })?;
+                me.outgoing.extend_from_slice(&alert[..n]);
+            }
             ready!(me.poll_write_out(cx))?;
         }
         Pin::new(&mut me.io).poll_shutdown(cx)
