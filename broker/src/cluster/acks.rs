@@ -1,21 +1,19 @@
 //! Forward acknowledgements in batches. The receiving node collects the ids of the copies that
 //! became durable while it read (one read of the channel carries hundreds of forwards) and
 //! answers them with one [`Frame::ForwardAcks`] of id ranges per batch, instead of one
-//! [`Frame::ForwardAck`] per copy; a peer that does not announce [`ACK_RANGES_KEY`] in gossip
-//! (an older release) gets the single frames, queued in one go. The origin resolves every
-//! waiter of a batch under one lock. A forward nobody acknowledges fails after
-//! [`FORWARD_ACK_TIMEOUT`]: one sweep a membership round, not one timer per message.
+//! [`Frame::ForwardAck`] per copy; a peer that does not announce
+//! [`ACK_RANGES_KEY`](super::frame::ACK_RANGES_KEY) in gossip (an older release) gets the
+//! single frames, queued in one go. The origin resolves every waiter of a batch under one lock.
+//! A forward nobody acknowledges fails after [`FORWARD_ACK_TIMEOUT`]: one sweep a membership
+//! round, not one timer per message.
 
 use std::collections::hash_map::Entry;
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::frame::{Frame, ACK_RANGES_KEY, MAX_RANGE_ACKS};
+use super::frame::{Frame, MAX_RANGE_ACKS};
 use super::node::{lock, Cluster};
 use super::FORWARD_ACK_TIMEOUT;
-
-#[cfg(doc)]
-use super::frame;
 
 /// Sorts `ids` and folds them into `(first, count)` ranges, split into frames of at most
 /// [`MAX_RANGE_ACKS`] ids each.
@@ -130,11 +128,6 @@ impl Cluster {
             tracing::warn!(node = %self.node, forwards = expired, timeout = ?FORWARD_ACK_TIMEOUT, "cluster: forwards not acknowledged in time fail (no PUBACK)");
         }
     }
-}
-
-/// The gossip key and value this node announces (it reads range acks).
-pub(super) fn announced() -> (String, String) {
-    (ACK_RANGES_KEY.to_string(), "1".to_string())
 }
 
 #[cfg(test)]

@@ -178,7 +178,8 @@ impl Cluster {
         };
         let mut keys = vec![
             ("cluster_addr".into(), cfg.bind.to_string()),
-            super::acks::announced(),
+            // this node reads range acks (see `acks`)
+            (ACK_RANGES_KEY.into(), "1".into()),
         ];
         if let Some(a) = self.admin.get() {
             keys.push(("admin_addr".into(), a.to_string()));
