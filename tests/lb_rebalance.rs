@@ -196,7 +196,7 @@ async fn scale_out() {
     let resumed = come_back(
         |_| lb_mqtt,
         &moved_idle,
-        cl.admin(2),
+        |_| cl.admin(2),
         &(0..3).map(|i| cl.admin(i)).collect::<Vec<_>>(),
     )
     .await;

@@ -9,6 +9,7 @@ use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use crate::common::cluster_nodes::{Cluster, Run, NAMES};
 use crate::common::*;
 use crate::fault_load::{Publisher, Received, Subscriber, Tally};
 use mqedge_protocol::{ConnectProperties, Packet, Version};
@@ -176,23 +177,25 @@ pub async fn told_to_go(
 }
 
 /// The moved idle clients come back, each through `lb(id)`: how many found their session (Session
-/// Present = 1) and are connected on the broker of `admin` (of all the `nodes`).
+/// Present = 1) and are connected on the broker whose admin is `home(id)` (of all the `nodes`).
 pub async fn come_back(
     lb: impl Fn(&str) -> SocketAddr,
     moved: &[String],
-    admin: SocketAddr,
+    home: impl Fn(&str) -> SocketAddr,
     nodes: &[SocketAddr],
 ) -> usize {
     let mut resumed = 0;
     for id in moved {
         let (_c, present) = idle_client(lb(id), id).await;
         resumed += usize::from(present);
-        let on = eventually(Duration::from_secs(3), || connected_on(admin, id)).await;
-        let seen: Vec<String> = nodes
-            .iter()
-            .map(|a| http("GET", *a, &format!("/api/clients/{id}")).1)
-            .collect();
-        assert!(on, "{id} is not on its new home: {seen:#?}");
+        let on = eventually(Duration::from_secs(3), || connected_on(home(id), id)).await;
+        if !on {
+            let seen: Vec<String> = nodes
+                .iter()
+                .map(|a| http("GET", *a, &format!("/api/clients/{id}")).1)
+                .collect();
+            panic!("{id} is not on its new home: {seen:#?}");
+        }
     }
     resumed
 }
@@ -214,4 +217,163 @@ pub async fn finish(publisher: Publisher, subs: Vec<Subscriber>) -> (Tally, usiz
     let t = Tally::count(&published, &snaps, |_, _| None);
     let sessions_lost = t.subs.iter().map(|s| s.sessions_lost).sum();
     (t, sessions_lost)
+}
+
+/// The LB file of a fleet member over `backends` (name, MQTT address, admin address):
+/// `[balance] rebalance = mode` at `rate`, MQTT health checks every 300 ms, the feeds at their
+/// default interval.
+fn fleet_lb_config(backends: &[(&str, SocketAddr, SocketAddr)], mode: &str, rate: u32) -> String {
+    let mut s = format!(
+        "[lb]\nname = \"fleet\"\nadmin = \"127.0.0.1:0\"\nconnect_timeout = \"2s\"\n\
+         drain_timeout = \"1s\"\n\n[[listener]]\nname = \"mqtt\"\nbind = \"127.0.0.1:0\"\n\n\
+         [balance]\nstrategy = \"client_id\"\nfallback = \"source_ip\"\nretries = 2\n\
+         rebalance = \"{mode}\"\nrebalance_rate = {rate}\n\n\
+         [health]\nkind = \"mqtt\"\ninterval = \"300ms\"\ntimeout = \"500ms\"\nfall = 2\nrise = 1\n\n\
+         [placement]\ntimeout = \"2s\"\n"
+    );
+    for (name, addr, admin) in backends {
+        s.push_str(&format!(
+            "\n[[backend]]\nname = \"{name}\"\naddr = \"{addr}\"\nadmin = \"{admin}\"\n"
+        ));
+    }
+    s
+}
+
+/// Three clustered nodes (binaries, `data_dir`) behind a fleet of LBs with their feeds, every
+/// LB up on all three and past the rebalance its own start schedules. Field order is drop
+/// order: the LBs stop first.
+pub struct Fleet {
+    pub lbs: Vec<Lb>,
+    pub mqtt: Vec<SocketAddr>,
+    pub admins: Vec<SocketAddr>,
+    /// What each LB's file lists (name, MQTT address, admin address).
+    pub backends: Vec<(&'static str, SocketAddr, SocketAddr)>,
+    files: Vec<std::path::PathBuf>,
+    mode: &'static str,
+    pub rate: u32,
+    pub cl: Cluster,
+    _dir: TempDir,
+}
+
+impl Fleet {
+    pub async fn start(tag: &str, lbs: usize, mode: &'static str, rate: u32) -> Fleet {
+        let cl = Cluster::start_custom(tag, true, "prefer_local", Run::Binary, 5000, "").await;
+        let dir = TempDir::new(&format!("{tag}-lb"));
+        let backends: Vec<_> = (0..3)
+            .map(|i| (NAMES[i], cl.addr(i), cl.admin(i)))
+            .collect();
+        let files: Vec<_> = (0..lbs)
+            .map(|k| {
+                let text = fleet_lb_config(&backends, mode, rate);
+                dir.write(&format!("lb{k}.toml"), &text)
+            })
+            .collect();
+        let procs: Vec<Lb> = files.iter().map(|f| Lb::start(f)).collect();
+        let mqtt: Vec<SocketAddr> = procs.iter().map(|lb| lb.addr("mqtt")).collect();
+        let admins: Vec<SocketAddr> = procs.iter().map(|lb| lb.admin()).collect();
+        tokio::task::block_in_place(|| {
+            for (admin, n) in admins.iter().flat_map(|a| NAMES.map(|n| (a, n))) {
+                wait_backend_state(*admin, n, "up", Duration::from_secs(10));
+            }
+        });
+        if mode == "auto" {
+            // each LB's start schedules an auto rebalance (its backends came up): let it pass
+            let settled = eventually(Duration::from_secs(10), || {
+                admins
+                    .iter()
+                    .all(|a| get_json(*a, "/api/rebalance")["state"] == "done")
+            })
+            .await;
+            assert!(settled, "{}", get_json(admins[0], "/api/rebalance"));
+        }
+        Fleet {
+            lbs: procs,
+            mqtt,
+            admins,
+            backends,
+            files,
+            mode,
+            rate,
+            cl,
+            _dir: dir,
+        }
+    }
+
+    /// Writes `backends` into every LB's file and reloads each (SIGHUP).
+    pub fn reload(&self) {
+        for (f, lb) in self.files.iter().zip(&self.lbs) {
+            let text = fleet_lb_config(&self.backends, self.mode, self.rate);
+            std::fs::write(f, text).unwrap();
+            lb.proc.signal("HUP");
+        }
+    }
+
+    /// The last lines of every LB's log.
+    pub fn lb_logs(&self) -> String {
+        let tails: Vec<String> = self.lbs.iter().map(|l| tail(&l.proc.logs(), 30)).collect();
+        tails.join("\n")
+    }
+}
+
+/// The load on a fleet: two persistent QoS 1 subscribers at home on each of `homes` (through
+/// the first LB), a QoS 1 publisher at home on `pub_home` (through the last), and `clients`
+/// idle clients, client `k` through LB `k % LBs`.
+pub struct Load {
+    pub subs: Vec<Subscriber>,
+    pub publisher: Publisher,
+    pub pub_id: String,
+    pub idle: Vec<(String, End)>,
+    /// Which LB each client came through.
+    pub through: std::collections::HashMap<String, usize>,
+    /// Ends the idle clients' watchers.
+    pub stop: watch::Sender<bool>,
+}
+
+impl Load {
+    pub async fn start(
+        f: &Fleet,
+        tag: &str,
+        homes: &[&str],
+        pub_home: &str,
+        clients: usize,
+    ) -> Load {
+        let last = f.mqtt.len() - 1;
+        let subs = subscribers(f.mqtt[0], tag, homes).await;
+        let pub_id = id_for(pub_home, homes, &format!("{tag}-pub"));
+        for i in 0..3 {
+            f.cl.wait_routes(i, NAMES[(i + 1) % 3], ">= 1", |r| r >= 1)
+                .await;
+        }
+        let publisher = Publisher::start(f.mqtt[last], &pub_id, 100, 8);
+        let acked = eventually(Duration::from_secs(10), || publisher.acked() >= 20).await;
+        assert!(acked, "no PUBACKs\n{}", f.cl.logs());
+        let (stop, stop_rx) = watch::channel(false);
+        let idle = idle_clients(&f.mqtt, tag, clients, &stop_rx).await;
+        let through = idle
+            .iter()
+            .enumerate()
+            .map(|(k, (id, _))| (id.clone(), k % f.mqtt.len()))
+            .chain(subs.iter().map(|s| (s.id.clone(), 0)))
+            .chain([(pub_id.clone(), last)])
+            .collect();
+        Load {
+            subs,
+            publisher,
+            pub_id,
+            idle,
+            through,
+            stop,
+        }
+    }
+
+    /// Every client id (idle, subscribers, publisher) for which `pick` holds.
+    pub fn ids(&self, pick: impl Fn(&str) -> bool) -> Vec<String> {
+        self.idle
+            .iter()
+            .map(|(id, _)| id.clone())
+            .chain(self.subs.iter().map(|s| s.id.clone()))
+            .chain([self.pub_id.clone()])
+            .filter(|id| pick(id))
+            .collect()
+    }
 }
