@@ -133,6 +133,44 @@ impl Cluster {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cluster::peer::Peer;
+    use crate::cluster::ClusterCounters;
+
+    /// A cluster with one peer `p` whose queued frames the test reads.
+    fn with_peer() -> (Arc<Cluster>, tokio::sync::mpsc::UnboundedReceiver<Frame>) {
+        let src = "[node]\nname = \"n1\"\n[[listener]]\nbind = \"127.0.0.1:0\"\n[cluster]\nbind = \"127.0.0.1:1\"\n";
+        let cfg = crate::config::Config::parse(std::path::Path::new("b.toml"), src).unwrap();
+        let cfg = cfg.cluster.expect("[cluster]");
+        let c = Cluster::new("n1", &cfg, ClusterCounters::default());
+        let (p, rx) = Peer::new("127.0.0.1:2".parse().unwrap(), 1, true);
+        lock(&c.peers).insert(Arc::from("p"), p);
+        (c, rx)
+    }
+
+    #[test]
+    fn a_peer_that_announces_ranges_gets_them_and_an_older_one_single_acks() {
+        let (c, mut rx) = with_peer();
+        // no gossip key (an older release): one ForwardAck per id, the same ids
+        c.send_acks("p", &mut vec![3, 1, 2]);
+        let mut got = Vec::new();
+        while let Ok(f) = rx.try_recv() {
+            got.push(f);
+        }
+        let ids: Vec<Frame> = [3, 1, 2].map(|id| Frame::ForwardAck { id }).into();
+        assert_eq!(got, ids);
+        assert_eq!(c.counters.ack_frames.get(), 3);
+        // it announces `ack_ranges`: one frame for the batch
+        c.note_ack_ranges([("p", true)].into_iter());
+        c.send_acks("p", &mut vec![3, 1, 2, 7]);
+        assert_eq!(
+            rx.try_recv().ok(),
+            Some(Frame::ForwardAcks {
+                ranges: vec![(1, 3), (7, 1)]
+            })
+        );
+        assert!(rx.try_recv().is_err());
+        assert_eq!(c.counters.ack_frames.get(), 4);
+    }
 
     #[test]
     fn contiguous_ids_fold_into_one_range() {
