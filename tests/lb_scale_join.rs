@@ -48,12 +48,7 @@ async fn join() {
     // the load: eight subscribers, two (and the publisher) at home on node4 once it joins
     let load = Load::start(&f, tag, &ALL, "node4", clients).await;
     let expected = load.ids(|id| hashed_backend(id, &ALL) == "node4");
-    let moved_idle: Vec<String> = load
-        .idle
-        .iter()
-        .map(|(id, _)| id.clone())
-        .filter(|id| expected.contains(id))
-        .collect();
+    let moved_idle = load.idle_among(&expected);
     assert!(moved_idle.len() >= 10, "too few to mean anything");
     tokio::time::sleep(Duration::from_secs(1)).await;
 
@@ -182,12 +177,7 @@ async fn drain() {
     let mut f = Fleet::start(tag, LBS, "manual", RATE).await;
     let load = Load::start(&f, tag, &NAMES, "node2", clients).await;
     let on2 = load.ids(|id| hashed_backend(id, &NAMES) == "node2");
-    let idle_on2: Vec<String> = load
-        .idle
-        .iter()
-        .map(|(id, _)| id.clone())
-        .filter(|id| on2.contains(id))
-        .collect();
+    let idle_on2 = load.idle_among(&on2);
     assert!(idle_on2.len() >= 10, "too few to mean anything");
     tokio::time::sleep(Duration::from_secs(1)).await;
 

@@ -366,6 +366,15 @@ impl Load {
         }
     }
 
+    /// The idle clients among `ids`.
+    pub fn idle_among(&self, ids: &[String]) -> Vec<String> {
+        self.idle
+            .iter()
+            .map(|(id, _)| id.clone())
+            .filter(|id| ids.contains(id))
+            .collect()
+    }
+
     /// Every client id (idle, subscribers, publisher) for which `pick` holds.
     pub fn ids(&self, pick: impl Fn(&str) -> bool) -> Vec<String> {
         self.idle
