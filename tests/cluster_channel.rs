@@ -240,3 +240,43 @@ async fn a_stuck_subscriber_does_not_stall_the_channel() {
     drop(stuck);
     drop(c);
 }
+
+/// QoS 1 copies forwarded in a stream are acknowledged in batches (docs/cluster.md, "The node
+/// channel"): the subscriber's node sends far fewer ack frames than it got copies, and still
+/// every publish is acknowledged and every message delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarded_qos1_copies_are_acknowledged_in_batches() {
+    const N: usize = 3000;
+    const WINDOW: usize = 200;
+    let cl = Cluster::start("ch-batch", false, "prefer_local", Run::InProcess).await;
+    let mut sub = subscriber(cl.addr(1), "ch-batch-sub", "batch/#").await;
+    cl.wait_routes(0, "node2", ">= 1", |r| r >= 1).await;
+    let taken = tokio::spawn(async move { take(&mut sub, N, Duration::from_secs(30)).await });
+    let mut p = client(cl.addr(0), "ch-batch-pub").await;
+    let puback = async |p: &mut Client| match p.recv(Duration::from_secs(10)).await {
+        Some(Packet::PubAck(a)) => assert_eq!(a.code, 0, "PUBACK {a:?}"),
+        other => panic!("no PUBACK (got {other:?})\n{}", cl.logs()),
+    };
+    for i in 0..N {
+        let pid = (i % 60_000) as u16 + 1;
+        p.publish("batch/x", format!("m{i}").as_bytes(), 1, Some(pid), false)
+            .await;
+        // up to WINDOW in flight, as a loaded publisher keeps them
+        if i >= WINDOW {
+            puback(&mut p).await;
+        }
+    }
+    for _ in 0..WINDOW {
+        puback(&mut p).await;
+    }
+    let got = taken.await.unwrap();
+    assert_eq!(payloads(&got), seq("m", 0..N), "delivered across nodes");
+    let received = cl.metric(1, "mqedge_broker_cluster_received_messages_total");
+    let frames = cl.metric(1, "mqedge_broker_cluster_ack_frames_sent_total");
+    println!("{received} copies forwarded to node2, acknowledged with {frames} ack frames");
+    assert!(received >= N as f64, "node2 received {received}");
+    assert!(
+        frames >= 1.0 && frames * 2.0 <= received,
+        "{frames} ack frames for {received} copies: not batched"
+    );
+}

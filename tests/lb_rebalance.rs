@@ -10,16 +10,17 @@
 mod common;
 #[path = "common/fault_load.rs"]
 mod fault_load;
+#[path = "common/rebalance.rs"]
+mod rebalance;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use common::cluster_nodes::*;
 use common::*;
-use fault_load::{Publisher, Received, Subscriber, Tally};
-use mqedge_protocol::{ConnectProperties, Packet, Version};
+use fault_load::Publisher;
+use rebalance::*;
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
 
 /// `[balance] rebalance_rate` of the LB.
 const RATE: u32 = 10;
@@ -27,15 +28,6 @@ const RATE: u32 = 10;
 const CLIENTS: usize = 60;
 /// The whole scenario's bound (at the default size).
 const LIMIT: Duration = Duration::from_secs(110);
-
-/// The scale-out scenario's size and rate: the defaults, or `MQEDGE_REBALANCE_CLIENTS` and
-/// `MQEDGE_REBALANCE_RATE` for a larger run (docs/reliability.md: 9,000 sessions).
-fn scale() -> (usize, u32) {
-    let env = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<u64>().ok());
-    let clients = env("MQEDGE_REBALANCE_CLIENTS").map_or(CLIENTS, |n| n as usize);
-    let rate = env("MQEDGE_REBALANCE_RATE").map_or(RATE, |r| r.max(1) as u32);
-    (clients, rate)
-}
 
 fn lb_config(cl: &Cluster, mode: &str, rate: u32) -> String {
     let mut s = format!(
@@ -54,41 +46,6 @@ fn lb_config(cl: &Cluster, mode: &str, rate: u32) -> String {
         ));
     }
     s
-}
-
-fn props() -> ConnectProperties {
-    ConnectProperties {
-        session_expiry_interval: Some(3600),
-        ..Default::default()
-    }
-}
-
-/// A persistent MQTT 5 client (keep-alive off: it idles through the whole scenario).
-async fn idle_client(lb: SocketAddr, id: &str) -> (Raw<tokio::net::TcpStream>, bool) {
-    let mut c = Raw::new(tcp(lb).await, Version::V5);
-    let ack = c.connect_with(id, false, 0, None, None, props()).await;
-    assert_eq!(ack.code, 0, "{id}: CONNACK {ack:?}");
-    (c, ack.session_present)
-}
-
-/// Waits (until `stop`) for the server to end the connection: the DISCONNECT reason (0xFF for
-/// a close without one) and when.
-fn watch_end(
-    mut c: Raw<tokio::net::TcpStream>,
-    mut stop: watch::Receiver<bool>,
-) -> JoinHandle<Option<(u8, Instant)>> {
-    tokio::spawn(async move {
-        loop {
-            tokio::select! {
-                _ = stop.changed() => return None,
-                p = c.recv(Duration::from_secs(90)) => match p {
-                    Some(Packet::Disconnect(d)) => return Some((d.code, Instant::now())),
-                    Some(_) => continue,
-                    None => return Some((0xFF, Instant::now())),
-                },
-            }
-        }
-    })
 }
 
 /// `POST /api/sessions/move` on a broker's admin with `body` (and the admin header when
@@ -112,34 +69,11 @@ fn post_move(admin: SocketAddr, body: &str, header: bool) -> u16 {
         .unwrap_or(0)
 }
 
-/// The most instants of `ts` within any one second.
-fn max_per_second(ts: &[Instant]) -> usize {
-    let mut ts = ts.to_vec();
-    ts.sort();
-    (0..ts.len())
-        .map(|i| {
-            ts[i..]
-                .iter()
-                .take_while(|t| t.duration_since(ts[i]) < Duration::from_secs(1))
-                .count()
-        })
-        .max()
-        .unwrap_or(0)
-}
-
-fn lb_metric(admin: SocketAddr, name: &str) -> f64 {
-    metric(
-        &parse_prometheus(&http("GET", admin, "/metrics").1),
-        name,
-        &[],
-    )
-}
-
 async fn scale_out() {
     let tag = "rbl";
     let cl = Cluster::start_custom(tag, true, "prefer_local", Run::Binary, 5000, "").await;
     let dir = TempDir::new("rbl-lb");
-    let (clients, rate) = scale();
+    let (clients, rate) = scale(CLIENTS, RATE);
     let lb = Lb::start(&dir.write("lb.toml", &lb_config(&cl, "manual", rate)));
     let (lb_mqtt, admin) = (lb.addr("mqtt"), lb.admin());
     tokio::task::block_in_place(|| {
@@ -166,21 +100,8 @@ async fn scale_out() {
 
     // the load: a publisher and six subscribers, three of them (and the publisher) at home on
     // node3 once it joins
-    let mut subs = Vec::new();
-    for (k, node) in NAMES.iter().enumerate() {
-        for j in 0..2 {
-            subs.push(Subscriber::start(
-                lb_mqtt,
-                &id_for(node, &NAMES, &format!("{tag}-s{k}{j}")),
-            ));
-        }
-    }
+    let subs = subscribers(lb_mqtt, tag, &NAMES).await;
     let pub_id = id_for("node3", &NAMES, &format!("{tag}-pub"));
-    let ok = eventually(Duration::from_secs(15), || {
-        subs.iter().all(|s| s.subscribed())
-    })
-    .await;
-    assert!(ok, "subscribers not subscribed\n{}", cl.logs());
     for (i, me) in ["node1", "node2"].iter().enumerate() {
         let peer = if *me == "node1" { "node2" } else { "node1" };
         cl.wait_routes(i, peer, ">= 1", |r| r >= 1).await;
@@ -191,12 +112,7 @@ async fn scale_out() {
 
     // the idle clients, on node1 and node2
     let (stop, stop_rx) = watch::channel(false);
-    let mut idle = Vec::new();
-    for k in 0..clients {
-        let id = format!("{tag}-c{k}");
-        let (c, _) = idle_client(lb_mqtt, &id).await;
-        idle.push((id, watch_end(c, stop_rx.clone())));
-    }
+    let idle = idle_clients(&[lb_mqtt], tag, clients, &stop_rx).await;
     for (id, _) in &idle {
         assert_eq!(cl.client(2, id).0, 404, "{id} is on node3 already");
     }
@@ -264,52 +180,26 @@ async fn scale_out() {
     assert_eq!(lb_metric(admin, "mqedge_lb_rebalance_pending"), 0.0);
 
     // the moved idle clients were told 0x9C, no faster than the rate; the others nothing
-    let mut told = Vec::new();
-    let mut stayed = Vec::new();
-    for (id, task) in idle {
-        if expected.contains(&id) {
-            let end = tokio::time::timeout(Duration::from_secs(10), task)
-                .await
-                .unwrap_or_else(|_| panic!("{id}: never told to go"))
-                .unwrap();
-            let (code, at) = end.unwrap_or_else(|| panic!("{id}: not ended"));
-            assert_eq!(code, 0x9C, "{id}: not told to use another server");
-            told.push(at);
-        } else {
-            stayed.push((id, task));
-        }
-    }
-    for (id, _) in &stayed {
+    let told = told_to_go(idle, &expected, stop, |id| {
         let home = hashed_backend(id, &NAMES);
-        let at = NAMES.iter().position(|n| *n == home).unwrap();
-        assert_eq!(cl.client(at, id).1["connected"], true, "{id} left {home}");
-    }
-    let _ = stop.send(true);
-    for (id, task) in stayed {
-        assert_eq!(
-            task.await.unwrap(),
-            None,
-            "{id}: moved, but its home did not"
-        );
-    }
+        connected_on(cl.admin(NAMES.iter().position(|n| *n == home).unwrap()), id)
+    })
+    .await;
+    let told: Vec<Instant> = told.into_iter().map(|(_, at)| at).collect();
     let peak = max_per_second(&told);
-    // the rate, plus one step of the LB's (a twentieth of a second's worth, at least one)
-    let bound = rate as usize + (rate as usize / 20).max(1);
+    let bound = rate_bound(rate);
     assert!(
         peak <= bound,
         "{peak} clients told to go within one second, rate {rate} (at most {bound})"
     );
     // each comes back through the LB to node3, where its session already is
-    let mut resumed = 0;
-    for id in &moved_idle {
-        let (_c, present) = idle_client(lb_mqtt, id).await;
-        resumed += usize::from(present);
-        assert_eq!(
-            cl.client(2, id).1["connected"],
-            true,
-            "{id} is not on node3"
-        );
-    }
+    let resumed = come_back(
+        |_| lb_mqtt,
+        &moved_idle,
+        |_| cl.admin(2),
+        &(0..3).map(|i| cl.admin(i)).collect::<Vec<_>>(),
+    )
+    .await;
     assert_eq!(resumed, moved_idle.len(), "sessions not found on node3");
     // the moved subscribers resumed on node3 too
     let on_node3 = eventually(Duration::from_secs(10), || {
@@ -321,19 +211,7 @@ async fn scale_out() {
     assert!(on_node3, "moved subscribers not on node3\n{}", cl.logs());
 
     // and nothing acknowledged was lost
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let published = publisher.stop().await;
-    let all: std::collections::BTreeSet<u64> = published.acked.iter().copied().collect();
-    let _ = eventually(Duration::from_secs(15), || {
-        subs.iter().all(|s| s.has_all(&all))
-    })
-    .await;
-    let mut snaps: Vec<(String, Received)> = Vec::new();
-    for s in subs {
-        snaps.push((s.id.clone(), s.stop().await));
-    }
-    let t = Tally::count(&published, &snaps, |_, _| None);
-    let sessions_lost: usize = t.subs.iter().map(|s| s.sessions_lost).sum();
+    let (t, sessions_lost) = finish(publisher, subs).await;
     println!(
         "rebalance: {} of {} clients moved (the moved share: home node3) at rebalance_rate {rate}/s in {took:?}; peak {peak} told to go in one second; {resumed} of {} idle resumed their session on node3 | acknowledged {} | lost {} | duplicates {} | sessions lost {sessions_lost}",
         expected.len(),
@@ -357,7 +235,7 @@ fn r1_scale_out_moves_the_moved_share_sessions_first_at_the_rate() {
         .build()
         .unwrap();
     rt.block_on(async {
-        let limit = LIMIT + Duration::from_millis(20 * scale().0 as u64);
+        let limit = LIMIT + Duration::from_millis(20 * scale(CLIENTS, RATE).0 as u64);
         if tokio::time::timeout(limit, scale_out()).await.is_err() {
             panic!("scale-out rebalance not done within {limit:?}");
         }
@@ -387,12 +265,7 @@ async fn auto_after_ready() {
     assert_eq!(post_move(cl.admin(0), &to("node1"), true), 409, "to itself");
     assert_eq!(post_move(cl.admin(0), &to("node3"), true), 200);
     let (stop, stop_rx) = watch::channel(false);
-    let mut idle = Vec::new();
-    for k in 0..30 {
-        let id = format!("{tag}-c{k}");
-        let (c, _) = idle_client(lb_mqtt, &id).await;
-        idle.push((id, watch_end(c, stop_rx.clone())));
-    }
+    let idle = idle_clients(&[lb_mqtt], tag, 30, &stop_rx).await;
     let expected: Vec<String> = idle
         .iter()
         .map(|(id, _)| id.clone())

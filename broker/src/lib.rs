@@ -233,6 +233,7 @@ fn cluster_counters(m: &metrics::Metrics) -> cluster::ClusterCounters {
     cluster::ClusterCounters {
         forwarded: m.cluster_forwarded.clone(),
         forwarded_bytes: m.cluster_forwarded_bytes.clone(),
+        ack_frames: m.cluster_ack_frames.clone(),
         transfers_received: m.cluster_transfers_received.clone(),
         transfers_dropped: m.cluster_transfers_dropped.clone(),
         failed_unreachable: failed("peer unreachable"),

@@ -116,6 +116,8 @@ pub struct Metrics {
     pub cluster_forwarded_bytes: Counter,
     /// Messages received from other nodes.
     pub cluster_received: Counter,
+    /// Frames acknowledging forwarded copies sent to other nodes (one per batch).
+    pub cluster_ack_frames: Counter,
     /// Chunked transfers (large snapshots, session exports) received whole.
     pub cluster_transfers_received: Counter,
     /// Chunked transfers dropped unfinished or refused.
@@ -205,6 +207,7 @@ impl Metrics {
             cluster_transfers_received: Counter::default(),
             cluster_transfers_dropped: Counter::default(),
             cluster_received: Counter::default(),
+            cluster_ack_frames: Counter::default(),
             cluster_handovers: Counter::default(),
             draining: Gauge::default(),
             drain_moved: Counter::default(),
@@ -413,6 +416,11 @@ impl Metrics {
             "cluster_transfers_dropped",
             "Chunked node-channel transfers dropped unfinished (channel closed) or refused (size cap, order)",
             self.cluster_transfers_dropped.clone(),
+        );
+        r.register(
+            "cluster_ack_frames_sent",
+            "Frames acknowledging forwarded copies sent to other nodes (one per batch of copies)",
+            self.cluster_ack_frames.clone(),
         );
         r.register(
             "cluster_forwarded_bytes",

@@ -9,9 +9,11 @@ use std::collections::HashSet;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
+use futures_util::FutureExt;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -233,7 +235,6 @@ impl Cluster {
         // a peer that (re)connects may have dropped our routes (it thought we were down, or it
         // restarted): send it our snapshot again
         self.resend_snapshot(&node);
-        let n = Some(node.clone());
         // the peer pings every heartbeat: silent for two deadlines, it is gone
         let read_deadline = self.wiring.timing.heartbeat_deadline * 2;
         // acks of forwarded copies still waiting to be durable (bounded: past it, reading
@@ -244,6 +245,8 @@ impl Cluster {
         let who = (self.node.clone(), node.clone());
         let (dropped, received) = (c.transfers_dropped.clone(), c.transfers_received.clone());
         let mut chunks = Reassembly::new(MAX_TRANSFER, dropped, received, who);
+        // ids of copies durable here, acknowledged together once this read is handled
+        let mut ready: Vec<u64> = Vec::new();
         loop {
             let mut off = 0;
             while let Some((f, used)) = decode(&buf[off..]).map_err(|e| e.to_string())? {
@@ -251,14 +254,23 @@ impl Cluster {
                 let Some(f) = chunks.take(f).map_err(|e| e.to_string())? else {
                     continue;
                 };
-                if let Some(ack) = self.handle(node.clone(), epoch, f) {
-                    acks.push(ack);
+                if let Some(mut ack) = self.handle(node.clone(), epoch, f) {
+                    // most copies are taken at once (no store write, no congested subscriber)
+                    match ack.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+                        Poll::Ready(id) => ready.extend(id),
+                        Poll::Pending => acks.push(ack),
+                    }
                 }
             }
             buf.drain(..off);
+            // and those whose wait ended meanwhile
+            while let Some(Some(id)) = acks.next().now_or_never() {
+                ready.extend(id);
+            }
+            self.send_acks(&node, &mut ready);
             if acks.len() >= MAX_PENDING_ACKS {
                 if let Some(id) = acks.next().await {
-                    self.ack(n.as_deref(), id);
+                    ready.extend(id);
                 }
                 continue;
             }
@@ -272,21 +284,19 @@ impl Cluster {
                         Ok(Ok(_)) => {}
                     }
                 }
-                Some(id) = acks.next(), if !acks.is_empty() => self.ack(n.as_deref(), id),
+                Some(id) = acks.next(), if !acks.is_empty() => ready.extend(id),
             }
         }
         // the peer closed: the copies it sent are still acked once durable
         while let Some(id) = acks.next().await {
-            self.ack(n.as_deref(), id);
+            ready.extend(id);
+            while let Some(Some(id)) = acks.next().now_or_never() {
+                ready.extend(id);
+            }
+            self.send_acks(&node, &mut ready);
         }
+        self.send_acks(&node, &mut ready);
         Ok(())
-    }
-
-    /// Acknowledges a forwarded copy that is durable here (`None`: not taken, no ack).
-    fn ack(&self, n: Option<&str>, id: Option<u64>) {
-        if let (Some(n), Some(id)) = (n, id) {
-            self.send_to(n, Frame::ForwardAck { id });
-        }
     }
 
     /// Applies one frame from peer `n` (incarnation `epoch`); for a forward that wants an ack,
@@ -344,6 +354,7 @@ impl Cluster {
                     Box::pin(async move { durable.await.then_some(id) })
                 });
             }
+            Frame::ForwardAcks { ranges } => self.on_forward_acks(&n, &ranges),
             f @ (Frame::ForwardAck { .. } | Frame::Session { .. } | Frame::Held { .. }) => {
                 let id = match &f {
                     Frame::ForwardAck { id }

@@ -160,7 +160,21 @@ pub enum Frame {
         /// The node that is down.
         of: String,
     },
+    /// Many [`Frame::ForwardAck`]s in one: every id of each `(first, count)` range was
+    /// delivered (or is durable) here. Sent only to a peer that announces it reads them
+    /// (gossip key [`ACK_RANGES_KEY`]); at most [`MAX_RANGE_ACKS`] ids per frame.
+    ForwardAcks {
+        /// `(first id, how many ids from it)`, each count at least 1.
+        ranges: Vec<(u64, u32)>,
+    },
 }
+
+/// The gossip key a node announces when it reads [`Frame::ForwardAcks`] (older nodes close the
+/// channel on a kind they do not know, so a peer without it gets one `ForwardAck` per id).
+pub const ACK_RANGES_KEY: &str = "ack_ranges";
+/// The most ids one [`Frame::ForwardAcks`] may acknowledge (a receiver's work per frame is
+/// bounded by it, whatever the ranges claim).
+pub const MAX_RANGE_ACKS: u64 = 1 << 16;
 
 impl Frame {
     /// About the bytes this frame takes encoded: what the per-peer queue bounds count.
@@ -190,6 +204,7 @@ impl Frame {
             Frame::ChunkStart { data, .. } | Frame::ChunkMore { data } => data.len() + 8,
             Frame::Replicate { ops, .. } => ops.len() + 8,
             Frame::Promoted { of } => of.len(),
+            Frame::ForwardAcks { ranges } => 4 + ranges.len() * 12,
             Frame::ForwardAck { .. } | Frame::Leave | Frame::Ping { .. } | Frame::Pong { .. } => 0,
         }
     }
@@ -361,6 +376,14 @@ pub fn encode(f: &Frame, out: &mut Vec<u8>) {
             put_str(b, of);
             20
         }
+        Frame::ForwardAcks { ranges } => {
+            b.extend_from_slice(&(ranges.len() as u32).to_be_bytes());
+            for (first, count) in ranges {
+                b.extend_from_slice(&first.to_be_bytes());
+                b.extend_from_slice(&count.to_be_bytes());
+            }
+            21
+        }
     };
     out[start + 5] = kind;
     let len = (out.len() - start - 4) as u32;
@@ -516,12 +539,37 @@ pub fn decode_capped(buf: &[u8], cap: usize) -> Result<Option<(Frame, usize)>, F
             ops: r.bytes().ok_or(bad.clone())?.to_vec(),
         },
         20 => Frame::Promoted { of: s(&mut r)? },
+        21 => Frame::ForwardAcks {
+            ranges: decode_ranges(&mut r)?,
+        },
         _ => return Err(FrameError::Malformed("unknown frame kind")),
     };
     if !r.0.is_empty() {
         return Err(FrameError::Malformed("trailing bytes"));
     }
     Ok(Some((f, 4 + len)))
+}
+
+/// The ranges of a [`Frame::ForwardAcks`]: each count at least 1, no range past `u64::MAX`,
+/// at most [`MAX_RANGE_ACKS`] ids in all.
+fn decode_ranges(r: &mut Rd<'_>) -> Result<Vec<(u64, u32)>, FrameError> {
+    let bad = FrameError::Malformed("truncated body");
+    let n = r.u32().ok_or(bad.clone())? as usize;
+    let mut ranges = Vec::with_capacity(n.min(r.0.len() / 12));
+    let mut ids = 0u64;
+    for _ in 0..n {
+        let first = r.u64().ok_or(bad.clone())?;
+        let count = r.u32().ok_or(bad.clone())?;
+        if count == 0 || first.checked_add(u64::from(count) - 1).is_none() {
+            return Err(FrameError::Malformed("empty or overflowing ack range"));
+        }
+        ids += u64::from(count);
+        if ids > MAX_RANGE_ACKS {
+            return Err(FrameError::Malformed("too many ids in one ack frame"));
+        }
+        ranges.push((first, count));
+    }
+    Ok(ranges)
 }
 
 #[cfg(test)]

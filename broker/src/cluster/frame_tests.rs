@@ -71,6 +71,9 @@ fn all() -> Vec<Frame> {
             ops: vec![0, 0, 0, 0],
         },
         Frame::Promoted { of: "node3".into() },
+        Frame::ForwardAcks {
+            ranges: vec![(1, 3), (7, 1), (u64::MAX, 1)],
+        },
     ]
 }
 
@@ -121,6 +124,26 @@ fn refusals() {
         decode(&[0, 0, 0, 3, 1, 3, 0]),
         Err(FrameError::Malformed(_))
     ));
+    // range acks: no empty range, none past the last id, at most MAX_RANGE_ACKS ids a frame
+    let acks = |ranges: Vec<(u64, u32)>| {
+        let mut b = Vec::new();
+        encode(&Frame::ForwardAcks { ranges }, &mut b);
+        decode(&b)
+    };
+    assert!(matches!(acks(vec![(5, 0)]), Err(FrameError::Malformed(_))));
+    assert!(matches!(
+        acks(vec![(u64::MAX, 2)]),
+        Err(FrameError::Malformed(_))
+    ));
+    let half = (MAX_RANGE_ACKS / 2) as u32;
+    assert!(matches!(
+        acks(vec![(1, half), (1 << 40, half)]),
+        Ok(Some(_))
+    ));
+    assert!(matches!(
+        acks(vec![(1, half), (1 << 40, half), (1 << 50, 1)]),
+        Err(FrameError::Malformed(_))
+    ));
     // never panics on noise
     let mut x: u64 = 0x2545_f491_4f6c_dd1d;
     for _ in 0..50_000 {
@@ -132,7 +155,7 @@ fn refusals() {
         if b.len() >= 6 {
             b[0..4].copy_from_slice(&((n - 4) as u32).to_be_bytes());
             b[4] = 1;
-            b[5] = (x % 19) as u8;
+            b[5] = (x % 22) as u8;
         }
         let _ = decode(&b);
     }

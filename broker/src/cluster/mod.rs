@@ -20,6 +20,7 @@
 //! `memory` for tests). This module and its children import only
 //! [`crate::routing`], [`crate::message`] and [`crate::config`].
 
+mod acks;
 mod channel;
 mod chunks;
 mod drain;
@@ -74,6 +75,8 @@ pub struct ClusterCounters {
     pub forwarded: Counter,
     /// Their message bytes.
     pub forwarded_bytes: Counter,
+    /// Frames acknowledging forwarded copies (and replication ops) sent to peers.
+    pub ack_frames: Counter,
     /// Forwards failed: the peer is a member but not reachable.
     pub failed_unreachable: Counter,
     /// Forwards failed: far past the peer's queue bound.

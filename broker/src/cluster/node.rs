@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use chitchat::{spawn_chitchat, ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig};
 use tokio::sync::{oneshot, watch};
 
-use super::frame::Frame;
+use super::frame::{Frame, ACK_RANGES_KEY};
 use super::peer::Peer;
 use super::tls::NodeTls;
 use super::transport::{Listener, Transport, Wiring};
@@ -36,6 +36,8 @@ pub struct Cluster {
     pub(super) local: Mutex<HashMap<String, u32>>,
     /// Answers awaited from peers (forward acks, session handovers), by request id.
     pub(super) waiting: Mutex<HashMap<u64, Waiter>>,
+    /// The live peers that announce in gossip that they read range acks (see `acks`).
+    pub(super) ack_ranges: Mutex<HashSet<Arc<str>>>,
     pub(super) next_id: AtomicU64,
     pub(super) core: OnceLock<Weak<dyn LocalNode>>,
     pub(super) counters: ClusterCounters,
@@ -76,6 +78,9 @@ pub(super) struct Waiter {
     pub(super) peer: Arc<str>,
     /// A forward's ack (counted when it fails), not a session answer.
     pub(super) forward: bool,
+    /// When a forward was sent: it fails once `FORWARD_ACK_TIMEOUT` passed (`None`: not a
+    /// forward, its asker keeps its own deadline).
+    pub(super) sent: Option<std::time::Instant>,
     pub(super) tx: oneshot::Sender<Frame>,
 }
 
@@ -114,6 +119,7 @@ impl Cluster {
             node_filters: Mutex::new(HashMap::new()),
             local: Mutex::new(HashMap::new()),
             waiting: Mutex::new(HashMap::new()),
+            ack_ranges: Mutex::new(HashSet::new()),
             next_id: AtomicU64::new(1),
             core: OnceLock::new(),
             counters,
@@ -170,7 +176,11 @@ impl Cluster {
             })),
             protocol_version: chitchat::ProtocolVersion::V0,
         };
-        let mut keys = vec![("cluster_addr".into(), cfg.bind.to_string())];
+        let mut keys = vec![
+            ("cluster_addr".into(), cfg.bind.to_string()),
+            // this node reads range acks (see `acks`)
+            (ACK_RANGES_KEY.into(), "1".into()),
+        ];
         if let Some(a) = self.admin.get() {
             keys.push(("admin_addr".into(), a.to_string()));
         }
@@ -243,15 +253,19 @@ impl Cluster {
                     )
                 })
                 .collect();
-            let admins: Vec<(Arc<str>, Option<SocketAddr>, bool)> = live
-                .borrow_and_update()
-                .iter()
-                .filter(|(id, _)| *id.node_id != *self.node)
-                .map(|(id, st)| {
-                    let a = st.get("admin_addr").and_then(|a| a.parse().ok());
-                    (id.node_id.clone(), a, st.get("draining").is_some())
-                })
-                .collect();
+            let admins: Vec<(Arc<str>, Option<SocketAddr>, bool)> = {
+                let live = live.borrow_and_update();
+                let others = || live.iter().filter(|(id, _)| *id.node_id != *self.node);
+                let ranges =
+                    others().map(|(id, st)| (&*id.node_id, st.get(ACK_RANGES_KEY).is_some()));
+                self.note_ack_ranges(ranges);
+                others()
+                    .map(|(id, st)| {
+                        let a = st.get("admin_addr").and_then(|a| a.parse().ok());
+                        (id.node_id.clone(), a, st.get("draining").is_some())
+                    })
+                    .collect()
+            };
             for (n, a, draining) in admins {
                 if let Some(s) = lock(&self.status).get_mut(&n) {
                     s.admin = a;
@@ -261,6 +275,7 @@ impl Cluster {
             self.apply_membership(now);
             self.resend_settlements();
             self.expire_held();
+            self.expire_forwards();
             self.save_peer_routes();
             tokio::select! {
                 _ = stop.changed() => break,

@@ -25,6 +25,8 @@ pub const HEARTBEAT: Duration = Duration::from_millis(500);
 pub const HEARTBEAT_DEADLINE: Duration = Duration::from_secs(4);
 /// A write (one batch, up to ~1 MiB) that takes longer drops the channel.
 pub const WRITE_DEADLINE: Duration = Duration::from_secs(5);
+/// The most bytes of frames the writer gathers for one write.
+const BATCH: usize = 1 << 20;
 /// Control frames (routes, answers, sessions) queued past this many bytes drop the channel: it
 /// is rebuilt from a fresh snapshot, and what was queued is settled by deadlines and resends.
 pub const CONTROL_QUEUE_BYTES: usize = 2 * MAX_FRAME;
@@ -234,12 +236,23 @@ async fn frames<S: AsyncWrite + Unpin>(
                     encode(f, buf);
                 };
                 add(&f, &mut buf);
-                // batch whatever else is queued (up to ~1 MiB per write)
-                while buf.len() < (1 << 20) {
-                    match rx.try_recv() {
-                        Ok(f) => add(&f, &mut buf),
-                        Err(_) => break,
+                // batch whatever else is queued (up to ~1 MiB per write); then let the tasks
+                // still queuing (a connection routing a whole read of PUBLISHes, a read loop
+                // acknowledging) run once and take what they added: one write for the burst,
+                // not one per frame
+                let mut yielded = false;
+                loop {
+                    while buf.len() < BATCH {
+                        match rx.try_recv() {
+                            Ok(f) => add(&f, &mut buf),
+                            Err(_) => break,
+                        }
                     }
+                    if yielded || buf.len() >= BATCH {
+                        break;
+                    }
+                    yielded = true;
+                    tokio::task::yield_now().await;
                 }
                 write(&mut s, &buf).await?;
                 link.control.fetch_sub(control, Ordering::Relaxed);

@@ -29,6 +29,7 @@ impl Cluster {
             Waiter {
                 peer: n.clone(),
                 forward,
+                sent: forward.then(std::time::Instant::now),
                 tx,
             },
         );

@@ -7,8 +7,12 @@
 
 use std::collections::VecDeque;
 
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Mutex;
+use std::task::{Context, Poll};
+
 use bytes::BytesMut;
-use tokio::task::JoinHandle;
 
 use crate::protocol::{encode, AckProperties, Packet, PubAck, QoS, Version};
 
@@ -36,6 +40,29 @@ impl AckKind {
     }
 }
 
+/// What an acknowledgement waits for (the store commit, the cluster peers' acks): a future
+/// polled by the connection while it is the oldest one owed, not a task of its own. Every part
+/// of it resolves without being polled in between (the store writer and the cluster answer
+/// channels; a forward that is never acknowledged is failed by the cluster's own deadline).
+pub struct Wait(Mutex<Pin<Box<dyn Future<Output = bool> + Send>>>);
+
+impl Wait {
+    /// A wait for `f`.
+    pub fn new(f: impl Future<Output = bool> + Send + 'static) -> Wait {
+        Wait(Mutex::new(Box::pin(f)))
+    }
+}
+
+impl Future for Wait {
+    type Output = bool;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<bool> {
+        // the lock only makes the connection `Sync`: polling has it exclusively (`&mut`)
+        let f = self.get_mut().0.get_mut();
+        f.unwrap_or_else(|p| p.into_inner()).as_mut().poll(cx)
+    }
+}
+
 /// One acknowledgement owed.
 pub struct PendingAck {
     /// The packet.
@@ -45,7 +72,7 @@ pub struct PendingAck {
     /// The reason code (0, or why the publish was refused).
     pub code: u8,
     /// Durability and cluster acks still awaited (true when all went well).
-    pub wait: Option<JoinHandle<bool>>,
+    pub wait: Option<Wait>,
 }
 
 /// The acknowledgements owed, oldest first.
@@ -70,18 +97,44 @@ impl Acks {
         self.q.front().is_some_and(|a| a.wait.is_some())
     }
 
-    /// Awaits the oldest one's durability/cluster wait; true when it went well (or there was
-    /// nothing to await).
+    /// Awaits the oldest one's durability/cluster wait, and takes every later one whose wait
+    /// is over by then too (a batch of cluster acks resolves many at once: their PUBACKs then
+    /// leave in one write, not one each); true when they went well (or there was nothing to
+    /// await). A failed one after some that went well fails at the next call, so those are
+    /// still acknowledged first, in order.
     pub async fn await_front(&mut self) -> bool {
-        let Some(front) = self.q.front_mut() else {
-            return true;
-        };
-        let Some(w) = front.wait.as_mut() else {
-            return true;
-        };
-        let ok = w.await.unwrap_or(false);
-        front.wait = None;
-        ok
+        std::future::poll_fn(|cx| self.poll_settled(cx)).await
+    }
+
+    fn poll_settled(&mut self, cx: &mut Context<'_>) -> Poll<bool> {
+        if self.q.front().is_none_or(|a| a.wait.is_none()) {
+            return Poll::Ready(true);
+        }
+        let mut settled = false;
+        for a in self.q.iter_mut() {
+            let Some(w) = a.wait.as_mut() else { continue };
+            match Pin::new(w).poll(cx) {
+                Poll::Pending => break,
+                Poll::Ready(true) => {
+                    a.wait = None;
+                    settled = true;
+                }
+                Poll::Ready(false) if settled => {
+                    // kept for the next call: the ones before it are written first
+                    a.wait = Some(Wait::new(std::future::ready(false)));
+                    break;
+                }
+                Poll::Ready(false) => {
+                    a.wait = None;
+                    return Poll::Ready(false);
+                }
+            }
+        }
+        if settled {
+            Poll::Ready(true)
+        } else {
+            Poll::Pending
+        }
     }
 
     /// Writes, in order, every acknowledgement up to the first whose wait is not over (a wait
@@ -115,7 +168,7 @@ mod tests {
     use super::*;
     use crate::protocol::decode;
 
-    fn ack(pid: u16, wait: Option<JoinHandle<bool>>) -> PendingAck {
+    fn ack(pid: u16, wait: Option<Wait>) -> PendingAck {
         PendingAck {
             kind: AckKind::PubAck,
             pid,
@@ -138,10 +191,7 @@ mod tests {
         let mut out = BytesMut::new();
         let (tx, rx) = tokio::sync::oneshot::channel::<bool>();
         acks.push(ack(1, None));
-        acks.push(ack(
-            2,
-            Some(tokio::spawn(async { rx.await.unwrap_or(false) })),
-        ));
+        acks.push(ack(2, Some(Wait::new(async { rx.await.unwrap_or(false) }))));
         acks.push(ack(3, None));
         acks.flush(&mut out, Version::V5);
         assert_eq!(written(&mut out), [1]);
@@ -153,5 +203,25 @@ mod tests {
         assert_eq!(written(&mut out), [2, 3]);
         assert_eq!(acks.len(), 0);
         assert!(acks.await_front().await, "nothing owed: nothing to fail");
+    }
+
+    #[tokio::test]
+    async fn waits_over_together_are_written_together_and_a_failure_after_them_waits_its_turn() {
+        let mut acks = Acks::default();
+        let mut out = BytesMut::new();
+        let done = |ok: bool| Some(Wait::new(std::future::ready(ok)));
+        let (tx, rx) = tokio::sync::oneshot::channel::<bool>();
+        acks.push(ack(1, done(true)));
+        acks.push(ack(2, None));
+        acks.push(ack(3, done(true)));
+        acks.push(ack(4, done(false)));
+        acks.push(ack(5, Some(Wait::new(async { rx.await.unwrap_or(false) }))));
+        // one call settles 1 to 3 (a batch of cluster acks): one write for their PUBACKs
+        assert!(acks.await_front().await);
+        acks.flush(&mut out, Version::V5);
+        assert_eq!(written(&mut out), [1, 2, 3]);
+        // then the failure: 4 gets no PUBACK (the connection closes), 5 is untouched
+        assert!(!acks.await_front().await);
+        drop(tx);
     }
 }

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::acks::{AckKind, PendingAck};
+use super::acks::{AckKind, PendingAck, Wait};
 use super::authorize::Cached;
 use super::{Conn, Later};
 use crate::auth::acl_hook::AclAction;
@@ -27,7 +27,7 @@ const CONGESTION_WAIT: Duration = Duration::from_secs(2);
 #[derive(Default)]
 struct Routed {
     /// Durability and cluster acks (true when all went well).
-    wait: Option<tokio::task::JoinHandle<bool>>,
+    wait: Option<Wait>,
     /// Peers whose forward queue is full: the publisher is held back for them.
     gates: Vec<Arc<Gate>>,
     /// Connected subscribers (not this client) far behind: held back for them too.
@@ -190,10 +190,12 @@ impl Conn {
             _ => None,
         };
         // acknowledge only what is durable and what every other node took (QoS 1/2); the
-        // wait runs beside the connection, which goes on reading: acks leave in order
+        // connection goes on reading meanwhile and acks leave in order. No task or timer per
+        // publish: a peer's ack that never comes is failed by the cluster after
+        // `FORWARD_ACK_TIMEOUT` (one sweep for all)
         let acks = published.acks;
         let wait = (durable.is_some() || !acks.is_empty()).then(|| {
-            tokio::spawn(async move {
+            Wait::new(async move {
                 if let Some(durable) = durable {
                     if let Err(e) = durable.await {
                         tracing::error!(error = %e, "store write failed");
@@ -201,9 +203,8 @@ impl Conn {
                     }
                 }
                 for ack in acks {
-                    match tokio::time::timeout(crate::cluster::FORWARD_ACK_TIMEOUT, ack).await {
-                        Ok(true) => {}
-                        _ => return false,
+                    if !ack.await {
+                        return false;
                     }
                 }
                 true
@@ -298,7 +299,7 @@ impl Conn {
         let wait = match self.b.store() {
             Some(store) if !writes.is_empty() => {
                 let durable = writes.submit(store);
-                Some(tokio::spawn(async move { durable.await.is_ok() }))
+                Some(Wait::new(async move { durable.await.is_ok() }))
             }
             _ => None,
         };

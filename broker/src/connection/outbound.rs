@@ -7,7 +7,7 @@ use std::sync::MutexGuard;
 
 use bytes::BytesMut;
 
-use super::acks::{AckKind, PendingAck};
+use super::acks::{AckKind, PendingAck, Wait};
 use super::aliases::{Alias, OutAliases};
 use super::feed::Feed;
 use super::Conn;
@@ -131,7 +131,7 @@ impl Conn {
                 return;
             }
             Some(Ok(durable)) => {
-                let wait = durable.map(|d| tokio::spawn(async move { d.await.is_ok() }));
+                let wait = durable.map(|d| Wait::new(async move { d.await.is_ok() }));
                 (0, wait)
             }
             None => (reason::PACKET_IDENTIFIER_NOT_FOUND, None),

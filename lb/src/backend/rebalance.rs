@@ -5,7 +5,12 @@
 //! A moved client's placement exception (its session was on the node it left) is ignored for
 //! [`EXCEPTION_HOLD`] after the move: the feed that listed it is read every `[placement]
 //! interval`, and until its next round it would send the client straight back (a run that
-//! starts meanwhile keeps the hold).
+//! starts meanwhile keeps the hold). And while a run goes on, and for [`EXCEPTION_HOLD`] after
+//! it, every pick goes by the hash: in a fleet of LBs the other LBs move their clients at the
+//! same time, and a client one of them moved may come back through this one before this one's
+//! feed round drops its old node's entry (it would take its session straight back, off its
+//! hash home again). A pick by the hash is what the rebalance aims at; where the feed was right
+//! it costs one takeover towards the home, never a loss.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -48,6 +53,8 @@ struct Progress {
     rate: u32,
     started_unix_ms: Option<u64>,
     finished_unix_ms: Option<u64>,
+    /// When the last run ended (picks go by the hash until [`EXCEPTION_HOLD`] after it).
+    finished: Option<Instant>,
     /// Moved clients and when (see [`EXCEPTION_HOLD`]); the expired ones are dropped at each
     /// start (bounded by the clients moved within the hold).
     recent: HashMap<Arc<str>, Instant>,
@@ -83,6 +90,7 @@ impl Rebalance {
                 rate: 0,
                 started_unix_ms: None,
                 finished_unix_ms: None,
+                finished: None,
                 recent: HashMap::new(),
             }),
             auto_pending: Default::default(),
@@ -125,6 +133,7 @@ impl Rebalance {
             rate,
             started_unix_ms: Some(now_ms()),
             finished_unix_ms: None,
+            finished: None,
             recent,
         };
         self.metrics.pending.set(planned as i64);
@@ -151,16 +160,19 @@ impl Rebalance {
         let mut p = self.lock();
         p.phase = Phase::Done;
         p.finished_unix_ms = Some(now_ms());
+        p.finished = Some(Instant::now());
         self.metrics.pending.set(0);
     }
 
-    /// Whether `client_id` was moved less than [`EXCEPTION_HOLD`] ago (its pick ignores a
-    /// placement exception).
-    pub fn recently_moved(&self, client_id: &str) -> bool {
+    /// Whether the pick of `client_id` ignores a placement exception: it was moved less than
+    /// [`EXCEPTION_HOLD`] ago, or a run goes on or ended less than that ago (see the module).
+    pub fn ignores_exception(&self, client_id: &str) -> bool {
         let p = self.lock();
-        p.recent
-            .get(client_id)
-            .is_some_and(|t| t.elapsed() < EXCEPTION_HOLD)
+        p.phase == Phase::Running
+            || p.finished.is_some_and(|t| t.elapsed() < EXCEPTION_HOLD)
+            || p.recent
+                .get(client_id)
+                .is_some_and(|t| t.elapsed() < EXCEPTION_HOLD)
     }
 
     /// Whether one runs now.
@@ -197,7 +209,10 @@ mod tests {
         let a: Arc<str> = Arc::from("a");
         r.record(&a, true);
         r.record(&Arc::from("b"), false);
-        assert!(r.recently_moved("a") && !r.recently_moved("b"));
+        let recent = |id: &str| r.lock().recent.contains_key(id);
+        assert!(recent("a") && !recent("b"));
+        // while it runs (and for the hold after it) every pick goes by the hash
+        assert!(r.ignores_exception("a") && r.ignores_exception("b"));
         let j = r.json();
         assert_eq!(
             (j["moved"].as_u64(), j["failed"].as_u64()),
@@ -207,6 +222,6 @@ mod tests {
         assert_eq!(r.json()["state"], "done");
         // a later run keeps the hold of the clients moved just before
         assert!(r.start("api", 0, 10));
-        assert!(r.recently_moved("a"));
+        assert!(recent("a"));
     }
 }

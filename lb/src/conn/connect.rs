@@ -119,10 +119,11 @@ fn placed_first(
         return;
     }
     let snap = lb.placement();
-    // a client the rebalance just moved to its hash pick: its old node's entry is stale
+    // a rebalance goes on here or in the fleet, or moved this client: its old node's entry
+    // may be stale (backend::rebalance)
     let at = snap
         .lookup(client_id)
-        .filter(|_| !lb.rebalance().recently_moved(client_id))
+        .filter(|_| !lb.rebalance().ignores_exception(client_id))
         .and_then(|n| cands.iter().position(|c| c.name == n));
     let source = match at {
         Some(i) if prefer(order, i) => "exception",
