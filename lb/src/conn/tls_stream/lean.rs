@@ -331,34 +331,32 @@ impl Records {
         }
     }
 
-    /// The post-handshake messages a client may send: only `KeyUpdate` (whole messages; rustls
-    /// never splits one, and a 5-byte message has no reason to be).
-    fn post_handshake(&mut self, mut msgs: &[u8], outgoing: &mut Vec<u8>) -> io::Result<()> {
-        if msgs.is_empty() {
-            let e = other("empty TLS handshake record");
-            return Err(self.fail(ALERT_UNEXPECTED_MESSAGE, e));
-        }
-        while !msgs.is_empty() {
-            let [KEY_UPDATE, 0, 0, 1, request, ..] = *msgs else {
-                let e = other("unexpected TLS post-handshake message");
-                return Err(self.fail(ALERT_UNEXPECTED_MESSAGE, e));
+    /// The post-handshake messages a client may send: only `KeyUpdate`, a whole message
+    /// (rustls never splits one, and a 5-byte message has no reason to be) that ends its record
+    /// (RFC 8446 section 5.1: handshake messages must not span a key change).
+    fn post_handshake(&mut self, msgs: &[u8], outgoing: &mut Vec<u8>) -> io::Result<()> {
+        let [KEY_UPDATE, 0, 0, 1, request] = *msgs else {
+            let e = if msgs.starts_with(&[KEY_UPDATE, 0, 0, 1]) {
+                other("TLS KeyUpdate not at the end of its record")
+            } else {
+                other("unexpected TLS post-handshake message")
             };
-            if request > 1 {
-                return Err(self.fail(ALERT_DECODE_ERROR, other("bad TLS KeyUpdate")));
+            return Err(self.fail(ALERT_UNEXPECTED_MESSAGE, e));
+        };
+        if request > 1 {
+            return Err(self.fail(ALERT_DECODE_ERROR, other("bad TLS KeyUpdate")));
+        }
+        if let Err(e) = self.rx.update(self.suite, self.alg) {
+            return Err(self.fail(ALERT_INTERNAL_ERROR, e));
+        }
+        if request == 1 {
+            // a peer that asks for updates and never reads the answers is not queued for
+            if outgoing.len() > MAX_UNREAD_REPLIES {
+                let e = other("peer requests TLS key updates without reading the replies");
+                return Err(self.fail(ALERT_UNEXPECTED_MESSAGE, e));
             }
-            if let Err(e) = self.rx.update(self.suite, self.alg) {
-                return Err(self.fail(ALERT_INTERNAL_ERROR, e));
-            }
-            if request == 1 {
-                // a peer that asks for updates and never reads the answers is not queued for
-                if outgoing.len() > MAX_UNREAD_REPLIES {
-                    let e = other("peer requests TLS key updates without reading the replies");
-                    return Err(self.fail(ALERT_UNEXPECTED_MESSAGE, e));
-                }
-                // answered under the old key, then ours changes too (RFC 8446 section 4.6.3)
-                self.update_tx(outgoing)?;
-            }
-            msgs = &msgs[5..];
+            // answered under the old key, then ours changes too (RFC 8446 section 4.6.3)
+            self.update_tx(outgoing)?;
         }
         Ok(())
     }
@@ -420,4 +418,89 @@ impl Records {
 #[cfg(test)]
 pub(super) fn size_of_records() -> usize {
     std::mem::size_of::<Records>()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn suite() -> &'static Tls13CipherSuite {
+        match rustls::crypto::aws_lc_rs::cipher_suite::TLS13_AES_128_GCM_SHA256 {
+            SupportedCipherSuite::Tls13(s) => s,
+            _ => unreachable!("a TLS 1.3 suite"),
+        }
+    }
+
+    fn dir(secret: u8) -> Dir {
+        let (suite, alg) = (suite(), &aead::AES_128_GCM);
+        let secret = OkmBlock::new(&[secret; 32]);
+        let (key, iv) = traffic_keys(suite, alg, &secret).unwrap();
+        Dir {
+            key,
+            iv,
+            seq: 0,
+            secret,
+        }
+    }
+
+    /// A client's and a server's record protection over the same two secrets.
+    fn pair() -> (Records, Records) {
+        let side = |tx, rx| Records {
+            suite: suite(),
+            alg: &aead::AES_128_GCM,
+            tx: dir(tx),
+            rx: dir(rx),
+            alert: None,
+        };
+        (side(1, 2), side(2, 1))
+    }
+
+    fn open_all(r: &mut Records, wire: &mut [u8]) -> io::Result<(Vec<u8>, Vec<u8>)> {
+        let (mut data, mut replies) = (Vec::new(), Vec::new());
+        let (used, _) = r.open(wire, &mut replies, &mut |d| data.extend_from_slice(d))?;
+        assert_eq!(used, wire.len(), "whole records");
+        Ok((data, replies))
+    }
+
+    #[test]
+    fn a_requested_key_update_is_answered_and_both_sides_move_on() {
+        let (mut client, mut server) = pair();
+        let mut wire = Vec::new();
+        client.seal(b"before", &mut wire).unwrap();
+        client
+            .seal_one(HANDSHAKE, &[KEY_UPDATE, 0, 0, 1, 1], &mut wire)
+            .unwrap();
+        client.tx.update(client.suite, client.alg).unwrap();
+        client.seal(b"after", &mut wire).unwrap();
+        let (data, mut reply) = open_all(&mut server, &mut wire).unwrap();
+        assert_eq!(data, b"beforeafter");
+        server.seal(b"answer", &mut reply).unwrap();
+        let (data, back) = open_all(&mut client, &mut reply).unwrap();
+        assert_eq!(
+            data, b"answer",
+            "the reply's KeyUpdate moved the client's key"
+        );
+        assert!(back.is_empty(), "update_not_requested asks for nothing");
+    }
+
+    #[test]
+    fn a_key_update_that_does_not_end_its_record_is_refused() {
+        let (mut client, mut server) = pair();
+        let mut wire = Vec::new();
+        let two = [KEY_UPDATE, 0, 0, 1, 0, KEY_UPDATE, 0, 0, 1, 0];
+        client.seal_one(HANDSHAKE, &two, &mut wire).unwrap();
+        let e = open_all(&mut server, &mut wire).unwrap_err();
+        assert!(e.to_string().contains("not at the end"), "{e}");
+        assert_eq!(server.alert, Some(ALERT_UNEXPECTED_MESSAGE));
+    }
+
+    #[test]
+    fn a_tampered_record_fails_with_bad_record_mac() {
+        let (mut client, mut server) = pair();
+        let mut wire = Vec::new();
+        client.seal(b"hello", &mut wire).unwrap();
+        wire[HEADER + 1] ^= 1;
+        assert!(open_all(&mut server, &mut wire).is_err());
+        assert_eq!(server.alert, Some(ALERT_BAD_RECORD_MAC));
+    }
 }
