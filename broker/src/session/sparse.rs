@@ -17,6 +17,7 @@ static NO_PIDS: LazyLock<HashSet<u16>> = LazyLock::new(HashSet::new);
 
 /// Subscriptions by filter string.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
+#[allow(clippy::box_collection)] // the point: 8 bytes in every session, not an empty map's 48
 pub struct SubMap(Option<Box<HashMap<String, Sub>>>);
 
 impl SubMap {
@@ -69,6 +70,7 @@ impl<'a> IntoIterator for &'a SubMap {
 
 /// Incoming QoS 2 packet ids received and not yet released.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
+#[allow(clippy::box_collection)] // as `SubMap`
 pub struct PidSet(Option<Box<HashSet<u16>>>);
 
 impl PidSet {
