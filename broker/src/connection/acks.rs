@@ -106,7 +106,9 @@ impl Acks {
         std::future::poll_fn(|cx| self.poll_settled(cx)).await
     }
 
-    fn poll_settled(&mut self, cx: &mut Context<'_>) -> Poll<bool> {
+    /// [`Acks::await_front`] as a poll (the main loop's `select!` keeps a closure, not a
+    /// future, per connection).
+    pub fn poll_settled(&mut self, cx: &mut Context<'_>) -> Poll<bool> {
         if self.q.front().is_none_or(|a| a.wait.is_none()) {
             return Poll::Ready(true);
         }

@@ -5,10 +5,8 @@
 //! [`CloseReason`].
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::BytesMut;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 
 use super::aliases::{OutAliases, TOPIC_ALIAS_MAX};
@@ -41,18 +39,17 @@ impl Live {
     /// See [`super::establish`].
     pub(super) async fn establish(
         b: Arc<Broker>,
-        tcp: TcpStream,
+        mut tcp: TcpStream,
         mut rbuf: BytesMut,
         info: ClientInfo,
     ) -> Option<Live> {
         let _ = tcp.set_nodelay(true);
-        let (mut r, w) = tcp.into_split();
         let max_packet = Limits::from_config(&b.cfg().limits).max_packet_size();
-        let connect = match read_connect(&mut r, &mut rbuf, max_packet).await {
+        let connect = match read_connect(&mut tcp, &mut rbuf, max_packet).await {
             Ok(c) => c,
             Err(why) => {
                 // boxed, like the rest of a refusal: rare, and it holds the lingering close
-                Box::pin(refuse(&b, r, w, &info, None, why)).await;
+                Box::pin(refuse(&b, tcp, &info, None, why)).await;
                 return None;
             }
         };
@@ -63,13 +60,13 @@ impl Live {
         if b.drain().is_draining() {
             // before auth: the LB's health check needs no credentials, and a client told to go
             // elsewhere costs no password check
-            Box::pin(refuse_draining(&b, r, w, &info, connect)).await;
+            Box::pin(refuse_draining(&b, tcp, &info, connect)).await;
             return None;
         }
         let admitted = match Box::pin(admit(&b, &connect, &info)).await {
             Ok(a) => a,
             Err(why) => {
-                Box::pin(refuse(&b, r, w, &info, Some(&connect), why)).await;
+                Box::pin(refuse(&b, tcp, &info, Some(&connect), why)).await;
                 return None;
             }
         };
@@ -117,15 +114,12 @@ impl Live {
         if session_present {
             c.resend_inflight();
         }
-        let keep_alive =
-            (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500));
         Some(Live {
             c,
-            r,
-            w,
+            tcp,
             rbuf,
             kicked,
-            keep_alive,
+            keep_alive_ms: u32::from(keep_alive) * 1500,
             peer: info.addr,
             conn_id,
             quiet,
@@ -150,10 +144,7 @@ impl Conn {
             v,
             out: BytesMut::new(),
             client_receive_max: props.receive_maximum.unwrap_or(u16::MAX),
-            client_max_packet: props
-                .maximum_packet_size
-                .map(|m| m as usize)
-                .unwrap_or(usize::MAX),
+            client_max_packet: props.maximum_packet_size.unwrap_or(u32::MAX),
             aliases: Default::default(),
             acks: Default::default(),
             feed: None,
@@ -228,7 +219,7 @@ async fn settle_handover(b: &Arc<Broker>, h: Handover) {
 
 /// Reads the first packet, bounded in time: the CONNECT, or why the client is refused.
 async fn read_connect(
-    r: &mut OwnedReadHalf,
+    r: &mut TcpStream,
     rbuf: &mut BytesMut,
     max: usize,
 ) -> Result<Connect, CloseReason> {
@@ -266,8 +257,7 @@ async fn read_connect(
 /// `connect` is the client's CONNECT when it got that far.
 async fn refuse(
     b: &Broker,
-    r: OwnedReadHalf,
-    mut w: OwnedWriteHalf,
+    mut tcp: TcpStream,
     info: &ClientInfo,
     connect: Option<&Connect>,
     why: CloseReason,
@@ -281,7 +271,7 @@ async fn refuse(
             v,
             &mut out,
         );
-        let _ = write_all(&mut w, &mut out).await;
+        let _ = write_all(&mut tcp, &mut out).await;
     }
     why.count(b.metrics());
     let peer = info.addr;
@@ -300,20 +290,14 @@ async fn refuse(
         _ => tracing::info!(peer = %peer, "{why}"),
     }
     if code.is_some() {
-        linger::close(r, w).await;
+        linger::close(tcp).await;
     }
 }
 
 /// A CONNECT while the node drains: the LB acknowledgement it may carry (user properties
 /// [`drain::ACK`] and [`drain::LB_CONNECTIONS`]) is recorded, and the client is told to use
 /// another server.
-async fn refuse_draining(
-    b: &Broker,
-    r: OwnedReadHalf,
-    w: OwnedWriteHalf,
-    info: &ClientInfo,
-    connect: Connect,
-) {
+async fn refuse_draining(b: &Broker, tcp: TcpStream, info: &ClientInfo, connect: Connect) {
     let props = &connect.properties.user_properties;
     if let Some((_, lb)) = props.iter().find(|(k, _)| k == drain::ACK) {
         let connections = props
@@ -322,7 +306,7 @@ async fn refuse_draining(
             .and_then(|(_, v)| v.parse().ok());
         b.drain().ack(lb, connections);
     }
-    refuse(b, r, w, info, Some(&connect), CloseReason::Draining).await;
+    refuse(b, tcp, info, Some(&connect), CloseReason::Draining).await;
 }
 
 /// Authenticates and names the client.

@@ -12,27 +12,27 @@
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
 
 /// Longest the broker keeps reading after it said why it closes.
 pub const LINGER_TIME: Duration = Duration::from_secs(2);
 /// Most bytes read (and discarded) from the client after it was told.
 pub const LINGER_BYTES: usize = 4 << 20;
 
-/// Half-closes `w` (everything written before goes out, then FIN), then reads and discards the
-/// client's input until it closes, [`LINGER_TIME`] passes or [`LINGER_BYTES`] were read; then
-/// both halves are dropped (closed). Box the future where it would enlarge a long-lived task:
+/// Half-closes `tcp` (everything written before goes out, then FIN), then reads and discards
+/// the client's input until it closes, [`LINGER_TIME`] passes or [`LINGER_BYTES`] were read;
+/// then it is dropped (closed). Box the future where it would enlarge a long-lived task:
 /// it holds a read buffer.
-pub async fn close(mut r: OwnedReadHalf, mut w: OwnedWriteHalf) {
+pub async fn close(mut tcp: TcpStream) {
     // a TCP half-close: immediate, it only queues the FIN behind what was written
-    if w.shutdown().await.is_err() {
+    if tcp.shutdown().await.is_err() {
         return;
     }
     let deadline = tokio::time::Instant::now() + LINGER_TIME;
     let mut buf = vec![0u8; 8192];
     let mut drained = 0usize;
     while drained < LINGER_BYTES {
-        match tokio::time::timeout_at(deadline, r.read(&mut buf)).await {
+        match tokio::time::timeout_at(deadline, tcp.read(&mut buf)).await {
             Ok(Ok(n)) if n > 0 => drained += n,
             // EOF (the client closed after reading the reason), an error, or time is up
             _ => break,

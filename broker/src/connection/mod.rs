@@ -34,7 +34,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
@@ -79,14 +78,14 @@ pub fn establish(
 /// An established connection: all its task keeps while the client is connected.
 pub struct Live {
     c: Conn,
-    r: OwnedReadHalf,
-    w: OwnedWriteHalf,
+    /// Whole, not split into owned halves: those would cost an `Arc` per connection.
+    tcp: TcpStream,
     /// Bytes read and not yet decoded (unallocated while idle).
     rbuf: BytesMut,
     /// Fires when another connection takes the session over.
     kicked: oneshot::Receiver<u8>,
-    /// 1.5 × the client's keep-alive.
-    keep_alive: Option<Duration>,
+    /// 1.5 × the client's keep-alive, in ms (0: none); not a `Duration`, 4 bytes for 16.
+    keep_alive_ms: u32,
     peer: SocketAddr,
     conn_id: u64,
     /// An LB health check: logged at debug only.
@@ -101,7 +100,8 @@ struct Conn {
     /// Bytes to write (unallocated while idle).
     out: BytesMut,
     client_receive_max: u16,
-    client_max_packet: usize,
+    /// The client's Maximum Packet Size (`u32::MAX`: none); a u32, as on the wire.
+    client_max_packet: u32,
     /// v5 topic aliases the client set.
     aliases: InAliases,
     /// QoS 1/2 acknowledgements owed, in order.
@@ -121,22 +121,23 @@ type Later<'a> =
     std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), CloseReason>> + Send + 'a>>;
 
 impl Live {
+    /// 1.5 × the client's keep-alive, when it has one.
+    fn keep_alive(&self) -> Option<Duration> {
+        (self.keep_alive_ms > 0).then(|| Duration::from_millis(u64::from(self.keep_alive_ms)))
+    }
+
     /// Reads and handles packets, drains the session queue into the socket, enforces
     /// keep-alive and obeys a takeover until the connection ends; then says why (v5), flushes
     /// (bounded) and detaches the session. By reference: the caller's task keeps the one copy
     /// of this state (an async fn that took it by value would hold it twice). True when the
     /// client was told why (a v5 DISCONNECT): then [`Live::close`] lingers.
     pub async fn serve(&mut self) -> bool {
-        let end = self.run().await;
-        self.finish(end).await
-    }
-
-    /// The main loop, until the connection ends.
-    async fn run(&mut self) -> CloseReason {
-        let mut deadline = self.keep_alive.map(|k| Instant::now() + k);
-        loop {
+        // the main loop, until the connection ends; in this fn rather than one of its own, whose
+        // future would sit in this one's with a second copy of `self`
+        let mut deadline = self.keep_alive().map(|k| Instant::now() + k);
+        let end = 'main: loop {
             if let Err(e) = self.handle_buffered(&mut deadline).await {
-                return e;
+                break 'main e;
             }
             if self.rbuf.is_empty() && self.rbuf.capacity() > 0 {
                 self.rbuf = BytesMut::new(); // idle: hold no read buffer
@@ -149,45 +150,54 @@ impl Live {
             // a client that does not read what we write is not read either (its PINGREQs or
             // PUBLISHes would grow `out` without bound): TCP holds it back
             let paused = c.limits().reads_paused(c.out.len());
-            let (r, w, rbuf) = (&self.r, &mut self.w, &mut self.rbuf);
+            // the futures borrow fields of `self` and the handlers use `self` again: no
+            // reference kept in a local across the await (each would be 8 bytes of every task)
             tokio::select! {
                 biased;
-                code = &mut self.kicked => return match code {
+                code = &mut self.kicked => break 'main match code {
                     Ok(reason::SERVER_SHUTTING_DOWN) => CloseReason::Shutdown,
                     Ok(reason::USE_ANOTHER_SERVER) => CloseReason::Moved,
                     Ok(reason::QUOTA_EXCEEDED) => CloseReason::SlowConsumer,
                     _ => CloseReason::TakenOver,
                 },
                 // the socket's own reader slot, not a waiter node: the smallest future there is
-                res = std::future::poll_fn(|cx| r.as_ref().poll_read_ready(cx)), if !paused => {
-                    match res.map_err(|_| CloseReason::Io).and_then(|()| read_ready(r, rbuf)) {
-                        Ok(n) => c.b.metrics().bytes_received.inc_by(n as u64),
-                        Err(e) => return e,
+                res = std::future::poll_fn(|cx| self.tcp.poll_read_ready(cx)), if !paused => {
+                    let read = res.map_err(|_| CloseReason::Io);
+                    match read.and_then(|()| read_ready(&self.tcp, &mut self.rbuf)) {
+                        Ok(n) => self.c.b.metrics().bytes_received.inc_by(n as u64),
+                        Err(e) => break 'main e,
                     };
                 }
-                res = write_some(w, &mut c.out), if has_out => {
-                    let Ok(n) = res else { return CloseReason::Io };
+                res = std::future::poll_fn(|cx| poll_write_some(&self.tcp, &mut self.c.out, cx)), if has_out => {
+                    let Ok(n) = res else { break 'main CloseReason::Io };
+                    let c = &mut self.c;
                     c.b.metrics().bytes_sent.inc_by(n as u64);
                     // not read while paused, but reading us: alive (recomputed, not kept
                     // across the await: the future stays within its budget)
-                    if let (true, Some(k)) = (c.limits().reads_paused(c.out.len() + n), self.keep_alive) {
-                        deadline = Some(Instant::now() + k);
+                    if c.limits().reads_paused(c.out.len() + n) {
+                        if let Some(k) = self.keep_alive() {
+                            deadline = Some(Instant::now() + k);
+                        }
                     }
-                    if c.out.is_empty() {
-                        c.out = BytesMut::new();
+                    if self.c.out.is_empty() {
+                        self.c.out = BytesMut::new();
                     }
                 }
-                _ = c.s.notify.notified(), if can_pull => {}
+                // the session's bell (see `session::Bell`): a closure, not a waiter node
+                _ = std::future::poll_fn(|cx| self.c.s.poll_bell(self.conn_id, cx)), if can_pull => {}
                 // without keep-alive the branch is off and its timer never registered
-                _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => return CloseReason::KeepAlive,
-                ok = c.acks.await_front(), if waiting => {
+                _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => break 'main CloseReason::KeepAlive,
+                ok = std::future::poll_fn(|cx| self.c.acks.poll_settled(cx)), if waiting => {
                     if !ok {
-                        return CloseReason::NotAcknowledged;
+                        break 'main CloseReason::NotAcknowledged;
                     }
+                    let c = &mut self.c;
                     c.acks.flush(&mut c.out, c.v);
                 }
             }
-        }
+        };
+        // boxed: its flush timeout would enlarge every connection's task
+        Box::pin(self.finish(end)).await
     }
 
     /// Handles every complete packet already buffered; each one restarts the keep-alive timer.
@@ -202,24 +212,27 @@ impl Live {
             // 64,000 in one poll that holds its worker thread for most of a second
             tokio::task::consume_budget().await;
             // (statements, not `while let`: no decode temporaries kept across the await)
-            let mut p = match decode(&mut self.rbuf, Some(self.c.v), max) {
-                Ok(Some(p)) => p,
-                Ok(None) => return Ok(()),
-                Err(e) => return Err(e.into()),
-            };
-            if let Packet::Publish(p) = &mut p {
-                // the message may outlive this read: it must not pin the read buffer
-                unpin(&mut p.payload);
-                if let Some(c) = &mut p.properties.correlation_data {
-                    unpin(c);
+            // in a block: the packet (224 bytes) is not kept across the await below
+            let later = {
+                let mut p = match decode(&mut self.rbuf, Some(self.c.v), max) {
+                    Ok(Some(p)) => p,
+                    Ok(None) => return Ok(()),
+                    Err(e) => return Err(e.into()),
+                };
+                if let Packet::Publish(p) = &mut p {
+                    // the message may outlive this read: it must not pin the read buffer
+                    unpin(&mut p.payload);
+                    if let Some(c) = &mut p.properties.correlation_data {
+                        unpin(c);
+                    }
                 }
-            }
-            if let Some(k) = self.keep_alive {
-                *deadline = Some(Instant::now() + k);
-            }
-            // most packets are handled at once; the rare ones that must wait bring a boxed
-            // future, so the waiting does not enlarge every connection's task
-            let later = self.c.handle(p)?;
+                if let Some(k) = self.keep_alive() {
+                    *deadline = Some(Instant::now() + k);
+                }
+                // most packets are handled at once; the rare ones that must wait bring a boxed
+                // future, so the waiting does not enlarge every connection's task
+                self.c.handle(p)?
+            };
             if let Some(later) = later {
                 later.await?;
             }
@@ -230,7 +243,7 @@ impl Live {
     /// (bounded), counts and logs the end and detaches the session (publishing the will when
     /// the reason keeps it). True when the client was told why.
     async fn finish(&mut self, end: CloseReason) -> bool {
-        let (c, w) = (&mut self.c, &mut self.w);
+        let (c, w) = (&mut self.c, &mut self.tcp);
         let code = end.code();
         let told = c.v.is_v5() && code.is_some();
         if let (true, Some(code)) = (told, code) {
@@ -268,10 +281,10 @@ impl Live {
     /// close otherwise. Everything else the connection held is freed first. Box this future in
     /// a long-lived task: it holds the connection by value.
     pub async fn close(self, told: bool) {
-        let Live { c, r, w, rbuf, .. } = self;
+        let Live { c, tcp, rbuf, .. } = self;
         drop((c, rbuf));
         if told {
-            linger::close(r, w).await;
+            linger::close(tcp).await;
         }
     }
 }
@@ -326,7 +339,7 @@ impl Conn {
 }
 
 /// Reads what the socket has once it is readable: the byte count, or why the connection ends.
-fn read_ready(r: &OwnedReadHalf, rbuf: &mut BytesMut) -> Result<usize, CloseReason> {
+fn read_ready(r: &TcpStream, rbuf: &mut BytesMut) -> Result<usize, CloseReason> {
     rbuf.reserve(4096);
     match r.try_read_buf(rbuf) {
         Ok(0) => Err(CloseReason::Io),
@@ -336,7 +349,7 @@ fn read_ready(r: &OwnedReadHalf, rbuf: &mut BytesMut) -> Result<usize, CloseReas
     }
 }
 
-async fn write_all(w: &mut OwnedWriteHalf, out: &mut BytesMut) -> std::io::Result<()> {
+async fn write_all(w: &mut TcpStream, out: &mut BytesMut) -> std::io::Result<()> {
     use tokio::io::AsyncWriteExt;
     while !out.is_empty() {
         w.write_buf(out).await?;
@@ -344,16 +357,29 @@ async fn write_all(w: &mut OwnedWriteHalf, out: &mut BytesMut) -> std::io::Resul
     Ok(())
 }
 
-async fn write_some(w: &mut OwnedWriteHalf, out: &mut BytesMut) -> std::io::Result<usize> {
-    use tokio::io::AsyncWriteExt;
-    let n = w.write_buf(out).await?;
-    if n == 0 {
-        return Err(std::io::ErrorKind::WriteZero.into());
+/// Writes what the socket takes of `out` once it is writable (through a shared reference, so
+/// that the main loop's read and write branches share the one socket): the byte count.
+fn poll_write_some(
+    w: &TcpStream,
+    out: &mut BytesMut,
+    cx: &mut std::task::Context<'_>,
+) -> std::task::Poll<std::io::Result<usize>> {
+    use bytes::Buf;
+    loop {
+        std::task::ready!(w.poll_write_ready(cx))?;
+        match w.try_write(out) {
+            Ok(0) => return std::task::Poll::Ready(Err(std::io::ErrorKind::WriteZero.into())),
+            Ok(n) => {
+                out.advance(n);
+                return std::task::Poll::Ready(Ok(n));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => return std::task::Poll::Ready(Err(e)),
+        }
     }
-    Ok(n)
 }
 
-async fn read_more(r: &mut OwnedReadHalf, buf: &mut BytesMut) -> std::io::Result<usize> {
+async fn read_more(r: &mut TcpStream, buf: &mut BytesMut) -> std::io::Result<usize> {
     use tokio::io::AsyncReadExt;
     buf.reserve(4096);
     r.read_buf(buf).await

@@ -73,7 +73,11 @@ impl Conn {
             out,
             feed,
             out_aliases: out_aliases.as_deref_mut(),
-            client_max_packet: *client_max_packet,
+            // u32::MAX: no limit (no packet is that large), so no size to compute per message
+            client_max_packet: match *client_max_packet {
+                u32::MAX => usize::MAX,
+                m => m as usize,
+            },
             window: limits.inflight_window(*client_receive_max),
             limits,
             now: unix_now(),

@@ -30,11 +30,11 @@ impl Registry {
             let e = (!clean_start && st.persistent())
                 .then(|| (st.encode_export(), encode_handover(&st)));
             if e.is_some() {
-                st.frozen = Some(Freeze {
+                st.frozen = Some(Box::new(Freeze {
                     token: token.clone(),
                     appended: 0,
                     moved: false,
-                });
+                }));
             }
             e
         };
@@ -258,6 +258,6 @@ impl Registry {
             return;
         };
         push_entries(&s, queued, self.store.as_ref());
-        s.notify.notify_one();
+        s.ring();
     }
 }

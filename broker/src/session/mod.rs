@@ -4,10 +4,11 @@
 //! every session of the node in [`registry`]. One `Mutex` per session
 //! (never held across an `.await`), so publishers to different sessions never contend.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
 use tokio::sync::{oneshot, Notify};
@@ -24,12 +25,14 @@ mod queue;
 pub mod record;
 pub mod registry;
 mod route;
+mod sparse;
 mod subs;
 
 pub use self::queue::{QueueRules, Writes, OVERFLOW_FACTOR};
 pub use self::record::{decode_outgoing, encode_outgoing, message_key, message_prefix};
 pub use self::registry::{Attach, Registry};
 pub use self::route::SessionRef;
+pub use self::sparse::{PidSet, SubMap};
 pub use self::subs::Subscriptions;
 
 /// One subscription of a session.
@@ -80,6 +83,39 @@ pub struct Attached {
     pub conn_id: u64,
     /// Fires to close that connection (takeover): carries the v5 reason code.
     pub kick: Option<oneshot::Sender<u8>>,
+    /// Rung when something was queued for it (or must be resent).
+    pub bell: Bell,
+}
+
+/// The wake-up of the one connection attached to a session, kept under the session's lock:
+/// what a `tokio::sync::Notify` did, without the 64-byte waiter node a `Notified` puts in every
+/// idle connection's task (the waiting is a `poll_fn` over [`Session::poll_bell`]). Dropped
+/// with the [`Attached`] it belongs to, so a connection that ended leaves no waker behind.
+#[derive(Debug, Default)]
+pub struct Bell {
+    /// Rung since the connection last looked (a permit, as `Notify::notify_one` stores).
+    rung: bool,
+    waker: Option<Waker>,
+}
+
+impl Bell {
+    /// Rings it: the waker to wake once the session's lock is released.
+    pub fn ring(&mut self) -> Option<Waker> {
+        self.rung = true;
+        self.waker.take()
+    }
+
+    /// Ready (and no longer rung) when it rang since the last time; otherwise it keeps the
+    /// waker for the next ring.
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if std::mem::take(&mut self.rung) {
+            return Poll::Ready(());
+        }
+        if !self.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            self.waker = Some(cx.waker().clone());
+        }
+        Poll::Pending
+    }
 }
 
 /// Everything behind the session's lock.
@@ -87,14 +123,14 @@ pub struct Attached {
 pub struct State {
     /// The connection, when online.
     pub conn: Option<Attached>,
-    /// Subscriptions by filter string.
-    pub subs: HashMap<String, Sub>,
+    /// Subscriptions by filter string (allocated only while there are some).
+    pub subs: SubMap,
     /// Waiting to be sent (with its bytes and congestion).
     pub queue: Backlog,
     /// Sent, not yet fully acknowledged, in send order.
     pub inflight: VecDeque<(u16, Await, Outgoing)>,
-    /// Incoming QoS 2 packet ids received and not yet released.
-    pub qos2_in: HashSet<u16>,
+    /// Incoming QoS 2 packet ids received and not yet released (allocated only while held).
+    pub qos2_in: PidSet,
     next_pid: u16,
     /// Seconds the session outlives its connection (`u32::MAX` = forever, 0 = not at all).
     pub expiry: u32,
@@ -112,8 +148,8 @@ pub struct State {
     pub generation: u64,
     /// Next store sequence number for queued messages.
     pub next_seq: u64,
-    /// Set while the session is exported to another node and not yet settled.
-    pub frozen: Option<Freeze>,
+    /// Set while the session is exported to another node and not yet settled (boxed: rare).
+    pub frozen: Option<Box<Freeze>>,
 }
 
 /// A session handed to another node and not yet confirmed (see `cluster::handover`): it stays
@@ -132,10 +168,10 @@ impl State {
     fn new() -> State {
         State {
             conn: None,
-            subs: HashMap::new(),
+            subs: SubMap::default(),
             queue: Backlog::default(),
             inflight: VecDeque::new(),
-            qos2_in: HashSet::new(),
+            qos2_in: PidSet::default(),
             next_pid: 1,
             expiry: 0,
             version: Version::V311,
@@ -170,15 +206,13 @@ impl State {
     }
 }
 
-/// A session: its client id, its state, and the bell its connection task waits on.
+/// A session: its client id and its state (with the bell its connection task waits on).
 #[derive(Debug)]
 pub struct Session {
     /// Client identifier.
     pub client_id: Arc<str>,
     /// State.
     pub state: Mutex<State>,
-    /// Rung when something was queued (or must be resent).
-    pub notify: Notify,
     /// Rung when the queue of a connected session is no longer congested: publishers held
     /// back by this session's backlog (for at most `publisher_hold`) continue.
     pub space: Notify,
@@ -193,7 +227,6 @@ impl Session {
         Session {
             client_id,
             state: Mutex::new(State::new()),
-            notify: Notify::new(),
             space: Notify::new(),
             retired: AtomicBool::new(false),
         }
@@ -214,7 +247,6 @@ impl Session {
         Session {
             client_id,
             state: Mutex::new(st),
-            notify: Notify::new(),
             space: Notify::new(),
             retired: AtomicBool::new(false),
         }
@@ -228,6 +260,23 @@ impl Session {
             None => Readiness::Offline,
             Some(c) if c.kick.is_none() || st.queue.is_congested() => Readiness::Congested,
             Some(_) => Readiness::Ready,
+        }
+    }
+
+    /// Rings the bell of the connection attached, if any (see [`Bell`]).
+    pub fn ring(&self) {
+        let waker = self.lock().conn.as_mut().and_then(|c| c.bell.ring());
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+
+    /// Ready once the bell of connection `conn_id` rang. Pending while that connection is no
+    /// longer the one attached: it was told to close (its takeover receiver fires).
+    pub fn poll_bell(&self, conn_id: u64, cx: &mut Context<'_>) -> Poll<()> {
+        match self.lock().conn.as_mut() {
+            Some(c) if c.conn_id == conn_id => c.bell.poll(cx),
+            _ => Poll::Pending,
         }
     }
 
@@ -251,6 +300,18 @@ pub fn sub_options(s: &Sub) -> SubOptions {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every client keeps one for as long as its session lives, connected or not: what most
+    /// sessions lack (subscriptions, QoS 2 ids held, a handover) is allocated only when there
+    /// is some. Measured (x86_64, December 2026): 352 bytes, 472 before.
+    #[test]
+    fn a_session_stays_small() {
+        assert!(
+            std::mem::size_of::<Session>() <= 352,
+            "Session is {} bytes",
+            std::mem::size_of::<Session>()
+        );
+    }
 
     #[test]
     fn packet_ids_skip_inflight_and_wrap() {

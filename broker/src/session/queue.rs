@@ -213,9 +213,14 @@ impl Session {
         }
         let wait =
             online && online_bound && st.queue.hold_until(hold).is_some_and(|until| now < until);
+        let waker = if online {
+            st.conn.as_mut().and_then(|c| c.bell.ring())
+        } else {
+            None
+        };
         drop(st);
-        if online {
-            self.notify.notify_one();
+        if let Some(w) = waker {
+            w.wake();
         }
         wait.then(|| self.clone())
     }

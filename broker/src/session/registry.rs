@@ -327,6 +327,7 @@ impl Registry {
             st.conn = Some(Attached {
                 conn_id,
                 kick: Some(tx),
+                bell: Default::default(),
             });
             st.generation += 1;
             st.expiry = expiry;
