@@ -58,7 +58,10 @@ class Proc:
 
     def __init__(self, name, cmd, env=None):
         self.name = name
-        logf = open(os.path.join(WORK, f"{name}.log"), "w")
+        # not beside the configs: mqedge lb watches its config's directory, and Mosquitto
+        # logging every connect there woke its watcher ~3 times per handshake (6 % of its CPU)
+        os.makedirs(os.path.join(WORK, "logs"), exist_ok=True)
+        logf = open(os.path.join(WORK, "logs", f"{name}.log"), "w")
         e = dict(os.environ)
         e.update(env or {})
         self.p = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=e,
@@ -175,6 +178,21 @@ def mqedge_broker(name, port, extra="", admin=None):
     p = Proc(name, [MQ, "broker", "-c", conf], env={"RUST_LOG": "warn"})
     wait_port(port)
     return p
+
+
+def crypto_floor_ms():
+    """The server's share of one full mTLS handshake in memory (criterion's median of
+    `tls13_handshake/full_client_cert/server_side`, benches/tls_resume.rs), in ms, from the
+    last `cargo bench --bench tls_resume` on this machine; None when it has not run."""
+    import glob
+    for f in glob.glob(os.path.join(ROOT, "target", "criterion", "tls13_handshake*", "**",
+                                    "new", "estimates.json"), recursive=True):
+        if "full_client_cert" in f:
+            try:
+                return json.load(open(f))["median"]["point_estimate"] / 1e6
+            except (OSError, KeyError, ValueError):
+                pass
+    return None
 
 
 def mqedge_lb(port, backends, c):
@@ -443,11 +461,18 @@ def lb_rows(q, c):
         b.stop()
     lb_to_brokers(res, dur, c, runs=1 if q else 3)
     m = res["mqedge lb"]
+    ms = lambda r: r["hs_cpu"] / max(1e-9, r["handshakes"]) * 1e3  # LB CPU ms per handshake
+    floor = crypto_floor_ms()
+    floor_txt = (f"the handshake's crypto alone: {floor:.3f} ms, `cargo bench --bench tls_resume -- "
+                 f"full_client_cert`" if floor else "crypto floor not measured")
     for peer in ("HAProxy", "NGINX"):
         o = res[peer]
         rows.append(("LB", f"full TLS 1.3 handshakes/s, client certs required (1 worker; LB CPU: mqedge "
                      f"{m['hs_cpu']:.0%}, {peer} {o['hs_cpu']:.0%}) vs {peer}",
                      m["handshakes"], o["handshakes"], "≥ 2×" if peer == "HAProxy" else "", 2.0 if peer == "HAProxy" else None, True))
+        rows.append(("LB", f"full TLS 1.3 handshakes per second of LB CPU, i.e. at equal CPU (1 worker; LB CPU per "
+                     f"handshake: mqedge {ms(m):.3f} ms, {peer} {ms(o):.3f} ms; {floor_txt}) vs {peer}",
+                     1e3 / ms(m), 1e3 / ms(o), "≥ 4×" if peer == "HAProxy" else "", 4.0 if peer == "HAProxy" else None, True))
         rows.append(("LB", f"RSS per idle TLS connection, KiB ({n_hold} held) vs {peer}",
                      m["rss_per_conn_kb"], o["rss_per_conn_kb"], "≤ 1/3" if peer == "HAProxy" else "", 1 / 3 if peer == "HAProxy" else None, False))
         rows.append(("LB", f"QoS 0 delivered msg/s through the LB to Mosquitto (median of "
@@ -853,7 +878,9 @@ def write_md(rows, q, started, path, partial=False):
         "the LB under test has CPU 0 to itself while the client and the backends share the other cores, and the "
         "client skips verifying the server (`--insecure`, which saves it a third of its CPU) but still presents its "
         "certificate, which every LB verifies. The LB's CPU use during its storms is in the row: ~100 % means the "
-        "figure is the LB's own limit, not the client's.",
+        "figure is the LB's own limit, not the client's; the row of handshakes per second of LB CPU compares the LBs "
+        "at equal CPU whoever set the rate, beside the handshake's crypto alone (criterion's median of "
+        "`tls13_handshake/full_client_cert/server_side`, `cargo bench --bench tls_resume`, read from target/criterion).",
         "- QoS 0 and QoS 1 through-LB rows: 4 publishers and 1 subscriber (all hashed to one Mosquitto), the median of 3 "
         "10 s runs per LB with the LBs taking turns. The busiest Mosquitto's CPU share is in the row: ~100 % means "
         "Mosquitto's single thread set the figure, not the LB; the LB's own cost is the CPU-seconds-per-million row.",

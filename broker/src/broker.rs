@@ -348,10 +348,13 @@ impl Broker {
                 .extend(self.deliver(client, &msg, opts, false, &mut out.writes));
         }
         if let (Some(c), false) = (peers, plan.remote.is_empty()) {
-            let enc = msg.encode();
+            // one buffer for every peer's copy (each frame holds a reference, not a copy; the
+            // last peer's takes the buffer itself: one peer, no reference count to set up)
+            let enc = bytes::Bytes::from(msg.encode());
             let want_ack = msg.qos != QoS::AtMostOnce;
-            for r in plan.remote {
-                let f = c.forward(&r.node, r.direct, r.shared, &enc, want_ack);
+            let copies = std::iter::repeat_n(enc, plan.remote.len());
+            for (r, enc) in plan.remote.into_iter().zip(copies) {
+                let f = c.forward(&r.node, r.direct, r.shared, enc, want_ack);
                 out.acks.extend(f.ack);
                 out.peer_gates.extend(f.gate);
             }
@@ -431,13 +434,14 @@ impl Broker {
     }
 
     /// Delivers a message another node forwarded (see [`LocalNode::deliver_forwarded`]): the
-    /// copies now, their durability (and a slow subscriber's space) in the future returned.
+    /// copies now, their durability (and a slow subscriber's space) in the future returned;
+    /// `None` when there is nothing to wait for (no store write, no congested subscriber).
     fn deliver_from_peer(
         &self,
         msg: Arc<Message>,
         direct: bool,
         shared: &[(String, String)],
-    ) -> impl std::future::Future<Output = bool> + Send + 'static {
+    ) -> Option<impl std::future::Future<Output = bool> + Send + 'static> {
         self.metrics.cluster_received.inc();
         let mut writes = Writes::default();
         let mut congested = Vec::new();
@@ -451,8 +455,11 @@ impl Broker {
             (Some(store), false) => Some(writes.submit(store)),
             _ => None,
         };
+        if durable.is_none() && congested.is_empty() {
+            return None;
+        }
         let hold = self.cfg.flow.publisher_hold;
-        async move {
+        Some(async move {
             if let Some(durable) = durable {
                 if let Err(e) = durable.await {
                     tracing::error!(error = %e, topic = %msg.topic, "store write failed: forwarded copy not acknowledged");
@@ -465,7 +472,7 @@ impl Broker {
                 c.wait_for_space(hold).await;
             }
             true
-        }
+        })
     }
 
     /// Adds a subscription for a session; returns whether it is new (for Retain Handling 1).

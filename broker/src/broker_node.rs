@@ -15,8 +15,9 @@ impl LocalNode for Broker {
         msg: Arc<Message>,
         direct: bool,
         shared: &[(String, String)],
-    ) -> BoxFuture<'static, bool> {
-        Box::pin(self.deliver_from_peer(msg, direct, shared))
+    ) -> Option<BoxFuture<'static, bool>> {
+        let wait = self.deliver_from_peer(msg, direct, shared)?;
+        Some(Box::pin(wait))
     }
 
     fn set_retained(&self, msg: Arc<Message>, version: Option<Version>) {

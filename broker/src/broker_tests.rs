@@ -40,7 +40,7 @@ impl Peers for FakePeers {
         n: &Arc<str>,
         direct: bool,
         _shared: Vec<(String, String)>,
-        msg: &[u8],
+        msg: Bytes,
         want_ack: bool,
     ) -> Forwarded {
         self.forwarded

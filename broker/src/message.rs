@@ -100,7 +100,26 @@ impl Message {
 
     /// Serializes for the store.
     pub fn encode(&self) -> Vec<u8> {
-        let mut o = Vec::with_capacity(32 + self.topic.len() + self.payload.len());
+        // exactly what is written: no regrowth, and a cluster forward turns the buffer into
+        // `Bytes` without another allocation
+        let opt = |b: Option<usize>| 1 + b.map_or(0, |l| 4 + l);
+        let props: usize = self
+            .user_properties
+            .iter()
+            .map(|(k, v)| 8 + k.len() + v.len())
+            .sum();
+        let size = 3
+            + 8
+            + (4 + self.topic.len())
+            + (4 + self.payload.len())
+            + (4 + self.publisher.len())
+            + 1
+            + opt(self.content_type.as_ref().map(String::len))
+            + opt(self.response_topic.as_ref().map(String::len))
+            + opt(self.correlation_data.as_ref().map(|c| c.len()))
+            + 4
+            + props;
+        let mut o = Vec::with_capacity(size);
         o.push(1); // format version
         o.push(self.qos as u8);
         o.push(u8::from(self.retain));
@@ -237,8 +256,19 @@ mod tests {
         };
         assert_eq!(Message::decode(&m.encode()), Some(m.clone()));
         let enc = m.encode();
+        // sized exactly: a forward's `Bytes::from` takes the buffer without reallocating
+        assert_eq!(enc.len(), enc.capacity());
         for i in 0..enc.len() {
             assert_eq!(Message::decode(&enc[..i]), None);
         }
+        let bare = Message::plain(
+            "t",
+            Bytes::from_static(b"x"),
+            QoS::AtMostOnce,
+            false,
+            "p".into(),
+        );
+        let enc = bare.encode();
+        assert_eq!(enc.len(), enc.capacity());
     }
 }

@@ -405,15 +405,31 @@ impl Conn {
     }
 
     /// Sends DISCONNECT and closes the stream (TLS close_notify included); errors are moot.
-    pub async fn close(mut self) {
+    /// Over TLS the DISCONNECT record and the close_notify leave in one write: a connect storm
+    /// measures the server, and a second send per connection was the client's own cost.
+    pub async fn close(self) {
+        let Conn {
+            rd,
+            wr,
+            mut wbuf,
+            version,
+            ..
+        } = self;
         encode(
             &Packet::Disconnect(Disconnect::default()),
-            self.version,
-            &mut self.wbuf,
+            version,
+            &mut wbuf,
         );
+        let mut s = rd.unsplit(wr);
         let closing = async {
-            let _ = self.wr.write_all_buf(&mut self.wbuf).await;
-            let _ = self.wr.shutdown().await;
+            if let Stream::Tls(t) = &mut s {
+                // into rustls' send buffer; the shutdown below writes it with the close_notify
+                if std::io::Write::write_all(&mut t.get_mut().1.writer(), &wbuf).is_ok() {
+                    wbuf.clear();
+                }
+            }
+            let _ = s.write_all_buf(&mut wbuf).await;
+            let _ = s.shutdown().await;
         };
         let _ = tokio::time::timeout(Duration::from_secs(2), closing).await;
     }

@@ -8,6 +8,7 @@
 use std::collections::HashSet;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
@@ -36,6 +37,31 @@ const MAX_HELLO: usize = 4096;
 
 /// A Hello: the peer's name, its incarnation and the one of this node it dialed.
 type Hello = (Arc<str>, u64, u64);
+
+/// The ack a received forward (or replication op) owes: its id once `durable` resolves true
+/// (`None`: the copy is taken already, no future to poll).
+pub(super) struct AckWait {
+    id: u64,
+    durable: Option<BoxFuture<'static, bool>>,
+}
+
+impl AckWait {
+    pub(super) fn new(id: u64, durable: Option<BoxFuture<'static, bool>>) -> AckWait {
+        AckWait { id, durable }
+    }
+}
+
+impl Future for AckWait {
+    type Output = Option<u64>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<u64>> {
+        let id = self.id;
+        match &mut self.durable {
+            None => Poll::Ready(Some(id)),
+            Some(f) => f.as_mut().poll(cx).map(|ok| ok.then_some(id)),
+        }
+    }
+}
 
 /// Why an inbound connection ended.
 enum Inbound {
@@ -239,7 +265,7 @@ impl Cluster {
         let read_deadline = self.wiring.timing.heartbeat_deadline * 2;
         // acks of forwarded copies still waiting to be durable (bounded: past it, reading
         // waits, and the sender's queue and then its publishers' gate feel it)
-        let mut acks: FuturesUnordered<BoxFuture<'static, Option<u64>>> = FuturesUnordered::new();
+        let mut acks: FuturesUnordered<AckWait> = FuturesUnordered::new();
         // large snapshots and exports come in pieces: applied once whole
         let c = &self.counters;
         let who = (self.node.clone(), node.clone());
@@ -256,7 +282,7 @@ impl Cluster {
                 };
                 if let Some(mut ack) = self.handle(node.clone(), epoch, f) {
                     // most copies are taken at once (no store write, no congested subscriber)
-                    match ack.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+                    match Pin::new(&mut ack).poll(&mut Context::from_waker(Waker::noop())) {
                         Poll::Ready(id) => ready.extend(id),
                         Poll::Pending => acks.push(ack),
                     }
@@ -301,12 +327,7 @@ impl Cluster {
 
     /// Applies one frame from peer `n` (incarnation `epoch`); for a forward that wants an ack,
     /// the future that resolves to its id once the copy is durable here.
-    fn handle(
-        self: &Arc<Self>,
-        n: Arc<str>,
-        epoch: u64,
-        f: Frame,
-    ) -> Option<BoxFuture<'static, Option<u64>>> {
+    fn handle(self: &Arc<Self>, n: Arc<str>, epoch: u64, f: Frame) -> Option<AckWait> {
         match f {
             // taken apart by the read loop's reassembly
             Frame::Hello { .. } | Frame::ChunkStart { .. } | Frame::ChunkMore { .. } => {}
@@ -350,9 +371,7 @@ impl Cluster {
                 };
                 // no ack for a copy that is not durable here: the origin's publisher gets no
                 // PUBACK and sends it again
-                return (id != 0).then(|| -> BoxFuture<'static, Option<u64>> {
-                    Box::pin(async move { durable.await.then_some(id) })
-                });
+                return (id != 0).then(|| AckWait::new(id, durable));
             }
             Frame::ForwardAcks { ranges } => self.on_forward_acks(&n, &ranges),
             f @ (Frame::ForwardAck { .. } | Frame::Session { .. } | Frame::Held { .. }) => {

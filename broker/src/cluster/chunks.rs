@@ -50,10 +50,15 @@ pub enum ChunkError {
     Frame(#[from] FrameError),
 }
 
+/// Whether a frame goes whole (a forward, or one of at most `chunk` bytes).
+pub(crate) fn is_whole(f: &Frame, chunk: usize) -> bool {
+    matches!(f, Frame::Forward { .. }) || f.weight() <= chunk
+}
+
 /// Splits a frame for the wire: itself when its encoding is at most `chunk` bytes, otherwise
 /// the pieces that carry it. Forwards are never split (the data queue counts them whole).
 pub(crate) fn split(f: Frame, chunk: usize) -> Result<Vec<Frame>, ChunkError> {
-    if matches!(f, Frame::Forward { .. }) || f.weight() <= chunk {
+    if is_whole(&f, chunk) {
         return Ok(vec![f]);
     }
     let mut whole = Vec::with_capacity(f.weight());
@@ -251,7 +256,7 @@ mod tests {
             id: 1,
             direct: true,
             shared: vec![],
-            msg: vec![0; 10_000],
+            msg: Bytes::from(vec![0; 10_000]),
         };
         assert_eq!(split(fwd.clone(), 4096).unwrap(), vec![fwd]);
         assert_eq!(a.take(Frame::Leave).unwrap(), Some(Frame::Leave));

@@ -47,8 +47,8 @@ pub enum Frame {
         direct: bool,
         /// Shared groups (group, filter) the receiver must serve with one member each.
         shared: Vec<(String, String)>,
-        /// The message (`Message::encode`).
-        msg: Vec<u8>,
+        /// The message (`Message::encode`), shared by the copies to several peers.
+        msg: Bytes,
     },
     /// A forward was delivered (queued) on the receiver.
     ForwardAck {
@@ -443,7 +443,7 @@ pub fn decode_capped(buf: &[u8], cap: usize) -> Result<Option<(Frame, usize)>, F
             for _ in 0..n {
                 shared.push((s(&mut r)?, s(&mut r)?));
             }
-            let msg = r.bytes().ok_or(bad.clone())?.to_vec();
+            let msg = Bytes::copy_from_slice(r.bytes().ok_or(bad.clone())?);
             Frame::Forward {
                 id,
                 direct,

@@ -17,7 +17,7 @@ fn all() -> Vec<Frame> {
             id: 7,
             direct: true,
             shared: vec![("g".into(), "t/#".into())],
-            msg: vec![1, 2, 3],
+            msg: Bytes::from(vec![1, 2, 3]),
         },
         Frame::ForwardAck { id: 7 },
         Frame::Retained {

@@ -47,8 +47,9 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
 use prometheus_client::metrics::counter::Counter;
-use tokio::sync::Notify;
+use tokio::sync::{oneshot, Notify};
 
 pub use self::node::Cluster;
 pub use self::peer::{HEARTBEAT, HEARTBEAT_DEADLINE, WRITE_DEADLINE};
@@ -148,7 +149,7 @@ pub trait Peers: Send + Sync {
         n: &Arc<str>,
         direct: bool,
         shared: Vec<(String, String)>,
-        msg: &[u8],
+        msg: Bytes,
         want_ack: bool,
     ) -> Forwarded;
     /// Asks every live peer at once (one deadline) to hand over `client_id`'s session; the
@@ -203,13 +204,14 @@ pub trait LocalNode: Send + Sync {
     /// `direct`, and to one local member of each listed shared group. Never forwards again.
     /// The copies are made (and their store writes queued) before it returns, so frames apply
     /// in order; the future resolves once they are durable: false when the store write failed
-    /// (no ack).
+    /// (no ack). `None`: taken already (nothing to write, no congested subscriber), which
+    /// most copies are: no future per message.
     fn deliver_forwarded(
         &self,
         msg: Arc<Message>,
         direct: bool,
         shared: &[(String, String)],
-    ) -> BoxFuture<'static, bool>;
+    ) -> Option<BoxFuture<'static, bool>>;
     /// A retained message (or clear) from another node, applied when its version is newer than
     /// what the topic has here; `None` from a node that predates versions.
     fn set_retained(&self, msg: Arc<Message>, version: Option<Version>);
@@ -293,12 +295,24 @@ pub struct Forwarded {
 
 /// A remote node's acknowledgement of a forwarded copy: `true` when it took it (or left the
 /// cluster, taking its subscribers with it), `false` when it never will.
-pub struct Ack(BoxFuture<'static, bool>);
+pub struct Ack(AckInner);
+
+/// A peer's answer is awaited on its channel directly (one per forwarded QoS 1/2 copy: no
+/// boxed future per message); anything else is boxed.
+enum AckInner {
+    Reply(oneshot::Receiver<frame::Frame>),
+    Boxed(BoxFuture<'static, bool>),
+}
 
 impl Ack {
     /// An ack that resolves with `f`.
     pub fn new(f: impl Future<Output = bool> + Send + 'static) -> Ack {
-        Ack(Box::pin(f))
+        Ack(AckInner::Boxed(Box::pin(f)))
+    }
+
+    /// An ack that is the answer on `rx` (true when one came, false when it was dropped).
+    fn reply(rx: oneshot::Receiver<frame::Frame>) -> Ack {
+        Ack(AckInner::Reply(rx))
     }
 }
 
@@ -306,7 +320,10 @@ impl Future for Ack {
     type Output = bool;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<bool> {
-        self.0.as_mut().poll(cx)
+        match &mut self.0 {
+            AckInner::Reply(rx) => Pin::new(rx).poll(cx).map(|r| r.is_ok()),
+            AckInner::Boxed(f) => f.as_mut().poll(cx),
+        }
     }
 }
 

@@ -3,6 +3,7 @@
 //! Siblings: [`super::channel`] (the TCP frames), [`super::peers`] (the core's side, [`Peers`]).
 
 use std::collections::{HashMap, HashSet};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
@@ -35,7 +36,7 @@ pub struct Cluster {
     pub(super) node_filters: Mutex<HashMap<Arc<str>, HashSet<String>>>,
     pub(super) local: Mutex<HashMap<String, u32>>,
     /// Answers awaited from peers (forward acks, session handovers), by request id.
-    pub(super) waiting: Mutex<HashMap<u64, Waiter>>,
+    pub(super) waiting: Mutex<HashMap<u64, Waiter, Ids>>,
     /// The live peers that announce in gossip that they read range acks (see `acks`).
     pub(super) ack_ranges: Mutex<HashSet<Arc<str>>>,
     pub(super) next_id: AtomicU64,
@@ -72,6 +73,30 @@ pub struct Cluster {
 pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
+
+/// Hashes request ids (a counter of this node's, never chosen by a peer) with one multiply:
+/// SipHash's flood resistance buys nothing here and cost a forward more than its map insert.
+#[derive(Default, Clone, Copy)]
+pub(super) struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+/// The hasher of the awaited answers' map.
+pub(super) type Ids = BuildHasherDefault<IdHasher>;
 
 /// An answer awaited from one peer.
 pub(super) struct Waiter {
@@ -118,7 +143,7 @@ impl Cluster {
             routes: Router::new(),
             node_filters: Mutex::new(HashMap::new()),
             local: Mutex::new(HashMap::new()),
-            waiting: Mutex::new(HashMap::new()),
+            waiting: Mutex::new(HashMap::default()),
             ack_ranges: Mutex::new(HashSet::new()),
             next_id: AtomicU64::new(1),
             core: OnceLock::new(),

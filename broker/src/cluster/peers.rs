@@ -4,6 +4,7 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use tokio::sync::oneshot;
 
 use super::frame::Frame;
@@ -80,7 +81,7 @@ impl Peers for Cluster {
         n: &Arc<str>,
         direct: bool,
         shared: Vec<(String, String)>,
-        msg: &[u8],
+        msg: Bytes,
         want_ack: bool,
     ) -> Forwarded {
         let id = if want_ack {
@@ -88,17 +89,15 @@ impl Peers for Cluster {
         } else {
             0
         };
-        let ack = want_ack.then(|| {
-            let rx = self.await_reply(id, n, true);
-            Ack::new(async move { rx.await.is_ok() })
-        });
+        let ack = want_ack.then(|| Ack::reply(self.await_reply(id, n, true)));
+        let bytes = msg.len() as u64;
         let sent = self.send_gated(
             n,
             Frame::Forward {
                 id,
                 direct,
                 shared,
-                msg: msg.to_vec(),
+                msg,
             },
         );
         if sent.is_err() {
@@ -107,7 +106,7 @@ impl Peers for Cluster {
         match sent {
             Ok(gate) => {
                 self.counters.forwarded.inc();
-                self.counters.forwarded_bytes.inc_by(msg.len() as u64);
+                self.counters.forwarded_bytes.inc_by(bytes);
                 Forwarded { ack, gate }
             }
             // we hold routes of a node that has no channel: it is down (crashed, paused, cut

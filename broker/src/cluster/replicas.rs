@@ -9,9 +9,10 @@ use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use super::channel::AckWait;
 use super::frame::Frame;
 use super::node::{lock, Cluster};
-use super::{Ack, BoxFuture};
+use super::Ack;
 
 impl Cluster {
     /// [`super::Peers::replicate`].
@@ -26,10 +27,7 @@ impl Cluster {
         } else {
             0
         };
-        let ack = want_ack.then(|| {
-            let rx = self.await_reply(id, n, false);
-            Ack::new(async move { rx.await.is_ok() })
-        });
+        let ack = want_ack.then(|| Ack::reply(self.await_reply(id, n, false)));
         if self.send_gated(n, Frame::Replicate { id, ops }).is_err() {
             lock(&self.waiting).remove(&id);
             return Err(super::NotSent);
@@ -39,16 +37,9 @@ impl Cluster {
 
     /// Replication ops from peer `n`: queued to the store now (in frame order); the ack's
     /// future when one is wanted.
-    pub(super) fn on_replicate(
-        &self,
-        n: &Arc<str>,
-        id: u64,
-        ops: &[u8],
-    ) -> Option<BoxFuture<'static, Option<u64>>> {
+    pub(super) fn on_replicate(&self, n: &Arc<str>, id: u64, ops: &[u8]) -> Option<AckWait> {
         let durable = self.core()?.apply_replica(n, ops);
-        (id != 0).then(|| -> BoxFuture<'static, Option<u64>> {
-            Box::pin(async move { durable.await.then_some(id) })
-        })
+        (id != 0).then(|| AckWait::new(id, Some(durable)))
     }
 
     /// [`super::Peers::promoted`]: this node is done with `of`'s standby copies.

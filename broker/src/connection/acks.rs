@@ -14,6 +14,7 @@ use std::task::{Context, Poll};
 
 use bytes::BytesMut;
 
+use crate::cluster::Ack;
 use crate::protocol::{encode, AckProperties, Packet, PubAck, QoS, Version};
 
 /// Which packet is owed.
@@ -44,12 +45,24 @@ impl AckKind {
 /// polled by the connection while it is the oldest one owed, not a task of its own. Every part
 /// of it resolves without being polled in between (the store writer and the cluster answer
 /// channels; a forward that is never acknowledged is failed by the cluster's own deadline).
-pub struct Wait(Mutex<Pin<Box<dyn Future<Output = bool> + Send>>>);
+pub struct Wait(Mutex<Waiting>);
+
+/// A publish forwarded to one peer, with no store write, waits on that peer's ack alone (the
+/// common cross-node QoS 1 case: no boxed future per message); anything else is boxed.
+enum Waiting {
+    Peer(Ack),
+    Boxed(Pin<Box<dyn Future<Output = bool> + Send>>),
+}
 
 impl Wait {
     /// A wait for `f`.
     pub fn new(f: impl Future<Output = bool> + Send + 'static) -> Wait {
-        Wait(Mutex::new(Box::pin(f)))
+        Wait(Mutex::new(Waiting::Boxed(Box::pin(f))))
+    }
+
+    /// A wait for one peer's ack.
+    pub fn ack(a: Ack) -> Wait {
+        Wait(Mutex::new(Waiting::Peer(a)))
     }
 }
 
@@ -59,7 +72,10 @@ impl Future for Wait {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<bool> {
         // the lock only makes the connection `Sync`: polling has it exclusively (`&mut`)
         let f = self.get_mut().0.get_mut();
-        f.unwrap_or_else(|p| p.into_inner()).as_mut().poll(cx)
+        match f.unwrap_or_else(|p| p.into_inner()) {
+            Waiting::Peer(a) => Pin::new(a).poll(cx),
+            Waiting::Boxed(f) => f.as_mut().poll(cx),
+        }
     }
 }
 

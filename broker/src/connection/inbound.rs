@@ -193,23 +193,28 @@ impl Conn {
         // connection goes on reading meanwhile and acks leave in order. No task or timer per
         // publish: a peer's ack that never comes is failed by the cluster after
         // `FORWARD_ACK_TIMEOUT` (one sweep for all)
-        let acks = published.acks;
-        let wait = (durable.is_some() || !acks.is_empty()).then(|| {
-            Wait::new(async move {
-                if let Some(durable) = durable {
-                    if let Err(e) = durable.await {
-                        tracing::error!(error = %e, "store write failed");
-                        return false;
+        let mut acks = published.acks;
+        let wait = if durable.is_none() && acks.len() == 1 {
+            // one peer took it or will not: the same wait, without a boxed future
+            acks.pop().map(Wait::ack)
+        } else {
+            (durable.is_some() || !acks.is_empty()).then(|| {
+                Wait::new(async move {
+                    if let Some(durable) = durable {
+                        if let Err(e) = durable.await {
+                            tracing::error!(error = %e, "store write failed");
+                            return false;
+                        }
                     }
-                }
-                for ack in acks {
-                    if !ack.await {
-                        return false;
+                    for ack in acks {
+                        if !ack.await {
+                            return false;
+                        }
                     }
-                }
-                true
+                    true
+                })
             })
-        });
+        };
         let mut congested = published.congested;
         congested.retain(|c| !Arc::ptr_eq(c, &self.s));
         Routed {

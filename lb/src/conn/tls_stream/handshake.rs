@@ -9,6 +9,7 @@ use std::sync::Arc;
 use rustls::server::{ClientHello, ResolvesServerCert, UnbufferedServerConnection};
 use rustls::sign::CertifiedKey;
 use rustls::ServerConfig;
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
 use crate::conn::tls::{facts_of, TlsFacts};
@@ -73,6 +74,7 @@ impl TlsConn {
             out_pos: 0,
             read_eof: false,
             close_sent: false,
+            hold_out: false,
             sni: None,
         };
         loop {
@@ -96,6 +98,13 @@ impl TlsConn {
                     return Err(e);
                 }
             };
+            if progress == Progress::Traffic && t.is_tls13() && !t.outgoing.is_empty() {
+                // TLS 1.3: all rustls queued with the client's Finished is session tickets; they
+                // wait for the first application data and go out in its write (one send, one
+                // wake-up of the client, instead of two)
+                t.hold_out = true;
+                break;
+            }
             t.write_out().await?;
             match progress {
                 Progress::Traffic => break,
@@ -111,8 +120,12 @@ impl TlsConn {
         }
         // the handshake buffers are done with: keep only what is still needed, exactly sized
         t.incoming.shrink_to_fit();
-        t.outgoing = Vec::new();
-        t.out_pos = 0;
+        if t.hold_out {
+            t.outgoing.shrink_to_fit();
+        } else {
+            t.outgoing = Vec::new();
+            t.out_pos = 0;
+        }
         Ok(t)
     }
 
@@ -124,20 +137,26 @@ impl TlsConn {
                 "TLS handshake message too large",
             ));
         }
-        self.io.readable().await?;
+        // `AsyncRead` rather than `readable()` + `try_read`: a short read clears the socket's
+        // readiness, so the next read (the client's next flight, or the byte pump's first)
+        // waits for epoll instead of costing a `recv` that finds nothing
         let mut chunk = [0u8; 4096];
-        match self.io.try_read(&mut chunk) {
-            Ok(0) => Err(io::Error::new(
+        match self.io.read(&mut chunk).await? {
+            0 => Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
                 "peer closed during the TLS handshake",
             )),
-            Ok(n) => {
+            n => {
                 self.incoming.extend_from_slice(&chunk[..n]);
                 Ok(())
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(()),
-            Err(e) => Err(e),
         }
+    }
+
+    /// A TLS 1.3 connection (rustls' state, before the first read or write).
+    fn is_tls13(&self) -> bool {
+        matches!(&self.session, Session::Full(c, _)
+            if c.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3))
     }
 
     /// Writes all of `outgoing` (handshake phase).

@@ -169,6 +169,9 @@ pub struct TlsConn {
     read_eof: bool,
     /// We sent close_notify.
     close_sent: bool,
+    /// `outgoing` holds a TLS 1.3 handshake's session tickets, sent with the first write
+    /// (`handshake.rs`); reads leave them there.
+    hold_out: bool,
     sni: Option<String>,
 }
 

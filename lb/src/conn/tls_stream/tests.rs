@@ -287,6 +287,50 @@ async fn idle_connection_keeps_no_buffers() {
     assert_eq!(caps, (0, 0, 0, true));
 }
 
+/// A TLS 1.3 handshake's session tickets wait, through the first read, for the first
+/// application data and go out in its write (one send and one wake-up of the client instead of
+/// two); the client still gets them: its next connection resumes.
+#[tokio::test]
+async fn session_tickets_go_out_with_the_first_write() {
+    let s = setup(&[]);
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let sc = s.server.clone();
+    let srv = tokio::spawn(async move {
+        let mut held = Vec::new();
+        for _ in 0..2 {
+            let (tcp, _) = l.accept().await.unwrap();
+            let mut t = TlsConn::accept(sc.clone(), tcp, Vec::new()).await.unwrap();
+            let mut buf = [0u8; 64];
+            let n = t.read(&mut buf).await.unwrap();
+            held.push(t.hold_out && !t.outgoing.is_empty());
+            t.write_all(&buf[..n]).await.unwrap();
+            held.push(t.hold_out || !t.outgoing.is_empty());
+            t.shutdown().await.unwrap();
+        }
+        held
+    });
+    let mut kinds = Vec::new();
+    for _ in 0..2 {
+        let mut c = client(s.client.clone(), addr).await;
+        c.write_all(b"ping").await.unwrap();
+        let mut b = [0u8; 4];
+        c.read_exact(&mut b).await.unwrap();
+        assert_eq!(&b, b"ping");
+        kinds.push(c.get_ref().1.handshake_kind());
+        let mut rest = Vec::new();
+        let _ = c.read_to_end(&mut rest).await;
+    }
+    let held = tokio::time::timeout(Duration::from_secs(5), srv)
+        .await
+        .unwrap()
+        .unwrap();
+    // held after the read, all written with the echo, on both connections
+    assert_eq!(held, [true, false, true, false]);
+    use rustls::HandshakeKind::{Full, Resumed};
+    assert_eq!(kinds, [Some(Full), Some(Resumed)]);
+}
+
 /// An idle TLS 1.3 connection holds [`TlsConn`] and, boxed, [`lean::Records`] (two AEAD keys,
 /// IVs, sequence numbers and traffic secrets) instead of rustls' connection (1,088 bytes inline
 /// and ~2.4 KiB behind it). Budgets a little above the sizes measured on x86_64 with rustc 1.95

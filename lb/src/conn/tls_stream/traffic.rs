@@ -216,8 +216,11 @@ impl AsyncRead for TlsConn {
                 return Poll::Ready(Ok(()));
             }
             // replies rustls queued while reading (key updates) go out when the socket takes them
-            if let Poll::Ready(Err(e)) = me.poll_write_out(cx) {
-                return Poll::Ready(Err(e));
+            // (held tickets, and what queued behind them, wait for the first write)
+            if !me.hold_out {
+                if let Poll::Ready(Err(e)) = me.poll_write_out(cx) {
+                    return Poll::Ready(Err(e));
+                }
             }
             // not zeroed: only the part the socket filled is read
             let mut stack = [std::mem::MaybeUninit::<u8>::uninit(); READ_CHUNK];
@@ -243,8 +246,10 @@ impl AsyncRead for TlsConn {
                 me.read_eof = true;
             }
             if buf.filled().len() > before {
-                if let Poll::Ready(Err(e)) = me.poll_write_out(cx) {
-                    return Poll::Ready(Err(e));
+                if !me.hold_out {
+                    if let Poll::Ready(Err(e)) = me.poll_write_out(cx) {
+                        return Poll::Ready(Err(e));
+                    }
                 }
                 return Poll::Ready(Ok(()));
             }
@@ -260,8 +265,11 @@ impl AsyncWrite for TlsConn {
     ) -> Poll<io::Result<usize>> {
         let me = self.get_mut();
         me.lean_up()?;
-        // ciphertext from earlier writes goes first: that is the backpressure
-        ready!(me.poll_write_out(cx))?;
+        // ciphertext from earlier writes goes first: that is the backpressure; held session
+        // tickets go in the same write as this data instead (`send_sealed` appends to them)
+        if !std::mem::take(&mut me.hold_out) {
+            ready!(me.poll_write_out(cx))?;
+        }
         if me.close_sent {
             return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
         }
@@ -279,6 +287,7 @@ impl AsyncWrite for TlsConn {
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let me = self.get_mut();
+        me.hold_out = false;
         ready!(me.poll_write_out(cx))?;
         Pin::new(&mut me.io).poll_flush(cx)
     }
@@ -286,7 +295,10 @@ impl AsyncWrite for TlsConn {
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let me = self.get_mut();
         me.lean_up()?;
-        ready!(me.poll_write_out(cx))?;
+        // held session tickets go in the same write as the close_notify
+        if !std::mem::take(&mut me.hold_out) {
+            ready!(me.poll_write_out(cx))?;
+        }
         if !me.close_sent {
             me.close_sent = true;
             if let Session::Lean(r) = &mut me.session {
