@@ -50,16 +50,30 @@ pub enum ChunkError {
     Frame(#[from] FrameError),
 }
 
-/// Whether a frame goes whole (a forward, or one of at most `chunk` bytes).
-pub(crate) fn is_whole(f: &Frame, chunk: usize) -> bool {
-    matches!(f, Frame::Forward { .. }) || f.weight() <= chunk
+/// The frames that carry one frame on the wire: itself (no list: every forward and small
+/// frame), or its pieces.
+#[derive(Debug)]
+pub(crate) enum Pieces {
+    Whole(Option<Frame>),
+    Split(std::vec::IntoIter<Frame>),
+}
+
+impl Iterator for Pieces {
+    type Item = Frame;
+
+    fn next(&mut self) -> Option<Frame> {
+        match self {
+            Pieces::Whole(f) => f.take(),
+            Pieces::Split(v) => v.next(),
+        }
+    }
 }
 
 /// Splits a frame for the wire: itself when its encoding is at most `chunk` bytes, otherwise
 /// the pieces that carry it. Forwards are never split (the data queue counts them whole).
-pub(crate) fn split(f: Frame, chunk: usize) -> Result<Vec<Frame>, ChunkError> {
-    if is_whole(&f, chunk) {
-        return Ok(vec![f]);
+pub(crate) fn split(f: Frame, chunk: usize) -> Result<Pieces, ChunkError> {
+    if matches!(f, Frame::Forward { .. }) || f.weight() <= chunk {
+        return Ok(Pieces::Whole(Some(f)));
     }
     let mut whole = Vec::with_capacity(f.weight());
     encode(&f, &mut whole);
@@ -70,16 +84,19 @@ pub(crate) fn split(f: Frame, chunk: usize) -> Result<Vec<Frame>, ChunkError> {
     let chunk = chunk.max(1);
     let total = whole.len() as u64;
     let whole = Bytes::from(whole);
-    Ok((0..whole.len())
-        .step_by(chunk)
-        .map(|at| {
-            let data = whole.slice(at..(at + chunk).min(whole.len()));
-            match at {
-                0 => Frame::ChunkStart { total, data },
-                _ => Frame::ChunkMore { data },
-            }
-        })
-        .collect())
+    Ok(Pieces::Split(
+        (0..whole.len())
+            .step_by(chunk)
+            .map(|at| {
+                let data = whole.slice(at..(at + chunk).min(whole.len()));
+                match at {
+                    0 => Frame::ChunkStart { total, data },
+                    _ => Frame::ChunkMore { data },
+                }
+            })
+            .collect::<Vec<_>>()
+            .into_iter(),
+    ))
 }
 
 /// Queues a frame to a peer, in pieces of [`CHUNK_SIZE`] when it is larger; the pieces go back
@@ -225,7 +242,7 @@ mod tests {
     #[test]
     fn a_large_export_splits_into_many_small_pieces_and_comes_back_whole() {
         let f = export(200);
-        let pieces = split(f.clone(), 4096).unwrap();
+        let pieces = split(f.clone(), 4096).unwrap().collect::<Vec<_>>();
         assert!(pieces.len() > 40, "{}", pieces.len());
         assert!(matches!(pieces[0], Frame::ChunkStart { .. }));
         for p in &pieces {
@@ -251,20 +268,26 @@ mod tests {
         }
         assert_eq!((dropped.get(), received.get()), (0, 1));
         // small frames and forwards go whole
-        assert_eq!(split(Frame::Leave, 4096).unwrap(), vec![Frame::Leave]);
+        assert_eq!(
+            split(Frame::Leave, 4096).unwrap().collect::<Vec<_>>(),
+            vec![Frame::Leave]
+        );
         let fwd = Frame::Forward {
             id: 1,
             direct: true,
             shared: vec![],
             msg: Bytes::from(vec![0; 10_000]),
         };
-        assert_eq!(split(fwd.clone(), 4096).unwrap(), vec![fwd]);
+        assert_eq!(
+            split(fwd.clone(), 4096).unwrap().collect::<Vec<_>>(),
+            vec![fwd]
+        );
         assert_eq!(a.take(Frame::Leave).unwrap(), Some(Frame::Leave));
     }
 
     #[test]
     fn a_transfer_over_the_cap_is_refused_before_it_grows() {
-        let pieces = split(export(50), 1000).unwrap();
+        let pieces = split(export(50), 1000).unwrap().collect::<Vec<_>>();
         let (mut a, dropped, _) = asm(10_000);
         assert!(matches!(
             a.take(pieces[0].clone()),
@@ -289,7 +312,7 @@ mod tests {
 
     #[test]
     fn pieces_out_of_order_are_protocol_errors() {
-        let pieces = split(export(20), 1000).unwrap();
+        let pieces = split(export(20), 1000).unwrap().collect::<Vec<_>>();
         let (mut a, dropped, _) = asm(MAX_TRANSFER);
         assert!(matches!(
             a.take(pieces[1].clone()),
@@ -330,7 +353,7 @@ mod tests {
 
     #[test]
     fn a_truncated_transfer_is_dropped_with_its_channel() {
-        let pieces = split(export(20), 1000).unwrap();
+        let pieces = split(export(20), 1000).unwrap().collect::<Vec<_>>();
         let (mut a, dropped, received) = asm(MAX_TRANSFER);
         for p in pieces.iter().take(pieces.len() - 1) {
             assert!(a.take(p.clone()).unwrap().is_none());

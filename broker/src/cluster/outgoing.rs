@@ -105,20 +105,15 @@ impl Cluster {
                 tracing::error!(node = %self.node, peer = %n, max = MAX_TRANSFER, "cluster: frame over the size cap not sent");
             }
         };
-        // a large frame is encoded and split before the lock: other senders do not wait on it;
-        // a forward (never split) or a small frame goes as it is, without a list of pieces
-        let (whole, pieces) = if chunks::is_whole(&f, CHUNK_SIZE) {
-            (Some(f), Vec::new())
-        } else {
-            let pieces = chunks::split(f, CHUNK_SIZE).map_err(|_| Unsent::TooLarge);
-            (None, pieces.inspect_err(|&e| too_large(e))?)
-        };
+        // a large frame is encoded and split before the lock: other senders do not wait on it
+        let pieces = chunks::split(f, CHUNK_SIZE).map_err(|_| Unsent::TooLarge);
+        let pieces = pieces.inspect_err(|&e| too_large(e))?;
         let peers = lock(&self.peers);
         let p = peers.get(n).ok_or(Unsent::NoChannel)?;
         if forward && !p.reachable() {
             return Err(Unsent::Unreachable);
         }
-        for piece in whole.into_iter().chain(pieces) {
+        for piece in pieces {
             p.send(piece).inspect_err(|&e| too_large(e))?;
         }
         Ok((forward && p.data.congested()).then(|| p.data.clone()))
